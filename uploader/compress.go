@@ -1,0 +1,77 @@
+package uploader
+
+import (
+	"fmt"
+	"io"
+	"runtime"
+
+	"github.com/klauspost/compress/zstd"
+	"github.com/ulikunitz/xz"
+)
+
+// Compression is the compression of uploaded NARs, named as in narinfo.
+type Compression string
+
+const (
+	Zstd Compression = "zstd"
+	XZ   Compression = "xz"
+	None Compression = "none"
+)
+
+// ParseCompression checks a --compression value.
+func ParseCompression(s string) (Compression, error) {
+	switch c := Compression(s); c {
+	case Zstd, XZ, None:
+		return c, nil
+	case "":
+		return Zstd, nil
+	}
+	return "", fmt.Errorf("compression %q: want zstd, xz or none", s)
+}
+
+// Ext is the file name extension of a NAR compressed so.
+func (c Compression) Ext() string {
+	switch c {
+	case Zstd:
+		return ".zst"
+	case XZ:
+		return ".xz"
+	}
+	return ""
+}
+
+// bigNAR is the NAR size from which zstd compresses on every core.
+const bigNAR = 16 << 20
+
+// writer returns a compressing writer into w; closing it flushes the
+// compressed stream but does not close w.
+func (c Compression) writer(w io.Writer, narSize uint64) (io.WriteCloser, error) {
+	switch c {
+	case Zstd:
+		conc := 1
+		if narSize >= bigNAR {
+			conc = runtime.GOMAXPROCS(0)
+		}
+		return zstd.NewWriter(w, zstd.WithEncoderLevel(zstd.SpeedDefault), zstd.WithEncoderConcurrency(conc),
+			zstd.WithWindowSize(windowFor(narSize)))
+	case XZ:
+		return xz.NewWriter(w)
+	case None:
+		return nopCloser{w}, nil
+	}
+	return nil, fmt.Errorf("compression %q: want zstd, xz or none", c)
+}
+
+// windowFor keeps zstd's window no larger than the data, so small NARs do
+// not allocate 8 MiB windows.
+func windowFor(narSize uint64) int {
+	w := zstd.MinWindowSize
+	for uint64(w) < narSize && w < 8<<20 {
+		w <<= 1
+	}
+	return w
+}
+
+type nopCloser struct{ io.Writer }
+
+func (nopCloser) Close() error { return nil }

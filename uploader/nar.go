@@ -1,0 +1,114 @@
+package uploader
+
+import (
+	"bufio"
+	"bytes"
+	"context"
+	"crypto/sha256"
+	"fmt"
+	"hash"
+	"io"
+
+	"github.com/nix-community/go-nix/pkg/nar"
+	"github.com/nix-community/go-nix/pkg/nixbase32"
+	"github.com/nix-community/go-nix/pkg/nixhash"
+
+	"github.com/nixpush/nixpush/nix"
+)
+
+// smallNAR is the NAR size up to which a path is compressed in memory and
+// sent with one PUT of known size; larger NARs stream as multipart uploads.
+const smallNAR = 4 << 20
+
+// narKey names a NAR object by its NAR hash, which the Nix database knows
+// before packing, so the upload can start before compression ends.
+func narKey(info nix.PathInfo, c Compression) string {
+	return "nar/" + nixbase32.EncodeToString(info.NarHash.Digest()) + ".nar" + c.Ext()
+}
+
+// counter is a hash plus a byte count.
+type counter struct {
+	h hash.Hash
+	n uint64
+}
+
+func newCounter() *counter { return &counter{h: sha256.New()} }
+
+func (c *counter) Write(p []byte) (int, error) {
+	c.h.Write(p)
+	c.n += uint64(len(p))
+	return len(p), nil
+}
+
+func (c *counter) hash() nixhash.Hash {
+	return *nixhash.MustNewHash(nixhash.SHA256, c.h.Sum(nil))
+}
+
+// packed describes a NAR after it has been packed and compressed.
+type packed struct {
+	narSize  uint64
+	fileHash nixhash.Hash
+	fileSize uint64
+}
+
+// pack writes the compressed NAR of info.Path to w in one pass, hashing the
+// NAR and the compressed file on the way. It fails with ErrHashMismatch when
+// the NAR differs from what the Nix database registered, before returning,
+// so a caller streaming w to a store can refuse to complete the object.
+func pack(info nix.PathInfo, c Compression, w io.Writer) (packed, error) {
+	file := newCounter()
+	zw, err := c.writer(io.MultiWriter(file, w), info.NarSize)
+	if err != nil {
+		return packed{}, err
+	}
+	narc := newCounter()
+	bw := bufio.NewWriterSize(io.MultiWriter(narc, zw), 256<<10)
+	if err := nar.DumpPath(bw, info.Path); err != nil {
+		zw.Close()
+		return packed{}, fmt.Errorf("pack %s: %w", info.Path, err)
+	}
+	if err := bw.Flush(); err != nil {
+		zw.Close()
+		return packed{}, fmt.Errorf("pack %s: %w", info.Path, err)
+	}
+	if err := zw.Close(); err != nil {
+		return packed{}, fmt.Errorf("compress %s: %w", info.Path, err)
+	}
+	got := narc.hash()
+	if narc.n != info.NarSize || !bytes.Equal(got.Digest(), info.NarHash.Digest()) {
+		return packed{}, Permanent(fmt.Errorf("%w: %s: the Nix database has %s (%d bytes), the store has %s (%d bytes); run nix-store --verify --check-contents",
+			ErrHashMismatch, info.Path, info.NarHash.Format(nixhash.NixBase32, true), info.NarSize,
+			got.Format(nixhash.NixBase32, true), narc.n))
+	}
+	return packed{narSize: narc.n, fileHash: file.hash(), fileSize: file.n}, nil
+}
+
+// putNAR packs and uploads the NAR of info under key. Small NARs are packed
+// in memory and sent with one PUT; large ones stream through a pipe into a
+// multipart upload that is aborted if packing fails.
+func putNAR(ctx context.Context, s Store, info nix.PathInfo, c Compression, key string) (packed, error) {
+	if info.NarSize <= smallNAR {
+		var buf bytes.Buffer
+		p, err := pack(info, c, &buf)
+		if err != nil {
+			return packed{}, err
+		}
+		return p, s.Put(ctx, key, &buf, int64(buf.Len()), "application/x-nix-nar")
+	}
+	pr, pw := io.Pipe()
+	done := make(chan struct{})
+	var p packed
+	var perr error
+	go func() {
+		defer close(done)
+		p, perr = pack(info, c, pw)
+		pw.CloseWithError(perr)
+	}()
+	err := s.Put(ctx, key, pr, -1, "application/x-nix-nar")
+	pr.CloseWithError(fmt.Errorf("upload ended"))
+	<-done
+	if perr != nil {
+		return packed{}, perr
+	}
+	return p, err
+}

@@ -1,0 +1,59 @@
+package uploader
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"net/url"
+	"strings"
+)
+
+// ErrNotExist reports an object the store does not hold.
+var ErrNotExist = errors.New("object does not exist")
+
+// Store is a binary cache: a flat namespace of objects.
+type Store interface {
+	// Has reports whether the object key exists.
+	Has(ctx context.Context, key string) (bool, error)
+	// Put stores r (size bytes, or -1 when unknown) under key, atomically:
+	// readers see the whole object or none of it. A read error from r aborts
+	// the Put and leaves no object behind.
+	Put(ctx context.Context, key string, r io.Reader, size int64, contentType string) error
+	// Get returns a small object whole, or an error wrapping ErrNotExist.
+	Get(ctx context.Context, key string) ([]byte, error)
+	// String names the store for logs and errors, without secrets.
+	String() string
+}
+
+// StoreOptions are settings of a store not carried by its URI.
+type StoreOptions struct {
+	// CACertFile is a PEM bundle trusted for an https S3 endpoint, for a
+	// private CA such as a self-signed MinIO.
+	CACertFile string
+}
+
+// OpenStore opens a store from a URI in the syntax of `nix copy --to`:
+//
+//	s3://BUCKET?endpoint=HOST[:PORT]&scheme=http|https&region=R&profile=P
+//	file:///DIR
+func OpenStore(ctx context.Context, uri string, opts StoreOptions) (Store, error) {
+	u, err := url.Parse(uri)
+	if err != nil {
+		return nil, fmt.Errorf("store URI %q: %w", uri, err)
+	}
+	switch u.Scheme {
+	case "file":
+		if u.Host != "" || u.Path == "" || !strings.HasPrefix(u.Path, "/") {
+			return nil, fmt.Errorf("store URI %q: want file:///absolute/dir", uri)
+		}
+		if len(u.Query()) > 0 {
+			return nil, fmt.Errorf("store URI %q: file:// stores take no parameters", uri)
+		}
+		return NewFileStore(u.Path)
+	case "s3":
+		return openS3(ctx, u, opts)
+	default:
+		return nil, fmt.Errorf("store URI %q: unsupported scheme %q; use s3://BUCKET?endpoint=HOST or file:///DIR", uri, u.Scheme)
+	}
+}

@@ -1,0 +1,175 @@
+package uploader
+
+import (
+	"context"
+	"crypto/tls"
+	"crypto/x509"
+	"errors"
+	"fmt"
+	"io"
+	"net/http"
+	"net/url"
+	"os"
+	"sort"
+	"strings"
+
+	"github.com/minio/minio-go/v7"
+	"github.com/minio/minio-go/v7/pkg/credentials"
+)
+
+// S3Store is a binary cache in an S3 bucket (AWS, MinIO, R2, Garage, …).
+type S3Store struct {
+	client *minio.Client
+	bucket string
+	name   string
+}
+
+// partSize is the multipart part size for NARs of unknown compressed size:
+// each streaming upload holds one part in memory.
+const partSize = 8 << 20
+
+var s3Params = map[string]bool{"endpoint": true, "scheme": true, "region": true, "profile": true}
+
+func openS3(ctx context.Context, u *url.URL, opts StoreOptions) (*S3Store, error) {
+	bucket := u.Host
+	if bucket == "" {
+		return nil, fmt.Errorf("store URI %q: missing bucket; want s3://BUCKET?endpoint=HOST", u.Redacted())
+	}
+	q := u.Query()
+	for k := range q {
+		if !s3Params[k] {
+			keys := make([]string, 0, len(s3Params))
+			for p := range s3Params {
+				keys = append(keys, p)
+			}
+			sort.Strings(keys)
+			return nil, fmt.Errorf("store URI %q: unknown parameter %q; supported: %s", u.Redacted(), k, strings.Join(keys, ", "))
+		}
+	}
+	endpoint := q.Get("endpoint")
+	if endpoint == "" {
+		endpoint = "s3.amazonaws.com"
+	}
+	scheme := q.Get("scheme")
+	switch scheme {
+	case "", "https", "http":
+	default:
+		return nil, fmt.Errorf("store URI %q: scheme must be http or https, not %q", u.Redacted(), scheme)
+	}
+	secure := scheme != "http"
+	region := q.Get("region")
+	if region == "" {
+		region = "us-east-1"
+	}
+
+	transport, err := minio.DefaultTransport(secure)
+	if err != nil {
+		return nil, err
+	}
+	if opts.CACertFile != "" {
+		pem, err := os.ReadFile(opts.CACertFile)
+		if err != nil {
+			return nil, fmt.Errorf("CA certificate: %w", err)
+		}
+		pool, err := x509.SystemCertPool()
+		if err != nil {
+			pool = x509.NewCertPool()
+		}
+		if !pool.AppendCertsFromPEM(pem) {
+			return nil, fmt.Errorf("CA certificate %s: no PEM certificate found", opts.CACertFile)
+		}
+		transport.TLSClientConfig = &tls.Config{RootCAs: pool, MinVersion: tls.VersionTLS12}
+	}
+	transport.MaxIdleConnsPerHost = 64
+
+	client, err := minio.New(endpoint, &minio.Options{
+		Creds:        credentialsFor(q.Get("profile")),
+		Secure:       secure,
+		Region:       region,
+		Transport:    transport,
+		BucketLookup: minio.BucketLookupAuto,
+	})
+	if err != nil {
+		return nil, fmt.Errorf("s3 client for %s: %w", endpoint, err)
+	}
+	return &S3Store{client: client, bucket: bucket, name: fmt.Sprintf("s3://%s (%s://%s)", bucket, map[bool]string{true: "https", false: "http"}[secure], endpoint)}, nil
+}
+
+// credentialsFor reads credentials as the AWS tools do: with a profile named
+// in the URI, from that profile of the shared credentials file
+// (~/.aws/credentials or $AWS_SHARED_CREDENTIALS_FILE); otherwise from
+// AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY, then the file's $AWS_PROFILE or
+// default profile.
+func credentialsFor(profile string) *credentials.Credentials {
+	if profile != "" {
+		return credentials.NewChainCredentials([]credentials.Provider{
+			&credentials.FileAWSCredentials{Profile: profile},
+		})
+	}
+	return credentials.NewChainCredentials([]credentials.Provider{
+		&credentials.EnvAWS{},
+		&credentials.FileAWSCredentials{},
+	})
+}
+
+func (s *S3Store) String() string { return s.name }
+
+func (s *S3Store) Has(ctx context.Context, key string) (bool, error) {
+	_, err := s.client.StatObject(ctx, s.bucket, key, minio.StatObjectOptions{})
+	if err == nil {
+		return true, nil
+	}
+	if isNotFound(err) {
+		return false, nil
+	}
+	return false, s.wrap("stat", key, err)
+}
+
+func (s *S3Store) Put(ctx context.Context, key string, r io.Reader, size int64, contentType string) error {
+	_, err := s.client.PutObject(ctx, s.bucket, key, r, size, minio.PutObjectOptions{
+		ContentType: contentType,
+		PartSize:    partSize,
+	})
+	if err != nil {
+		return s.wrap("put", key, err)
+	}
+	return nil
+}
+
+func (s *S3Store) Get(ctx context.Context, key string) ([]byte, error) {
+	obj, err := s.client.GetObject(ctx, s.bucket, key, minio.GetObjectOptions{})
+	if err != nil {
+		return nil, s.wrap("get", key, err)
+	}
+	defer obj.Close()
+	b, err := io.ReadAll(obj)
+	if err != nil {
+		if isNotFound(err) {
+			return nil, fmt.Errorf("%s: %s: %w", s.name, key, ErrNotExist)
+		}
+		return nil, s.wrap("get", key, err)
+	}
+	return b, nil
+}
+
+func isNotFound(err error) bool {
+	code := minio.ToErrorResponse(err).Code
+	return code == "NoSuchKey" || code == "NotFound"
+}
+
+// wrap classifies an S3 error once, where it is understood: access and
+// bucket errors are permanent, everything else may pass.
+func (s *S3Store) wrap(op, key string, err error) error {
+	resp := minio.ToErrorResponse(err)
+	switch resp.Code {
+	case "AccessDenied", "InvalidAccessKeyId", "SignatureDoesNotMatch", "NoSuchBucket", "AllAccessDisabled":
+		return Permanent(fmt.Errorf("%s %s %s: %s (%s)", s.name, op, key, resp.Message, resp.Code))
+	}
+	if resp.StatusCode == http.StatusForbidden {
+		return Permanent(fmt.Errorf("%s %s %s: access denied: %w", s.name, op, key, err))
+	}
+	if errors.Is(err, context.Canceled) {
+		return err
+	}
+	return fmt.Errorf("%s %s %s: %w", s.name, op, key, err)
+}

@@ -1,0 +1,308 @@
+package uploader
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/nix-community/go-nix/pkg/narinfo/signature"
+	"github.com/rs/zerolog"
+	"golang.org/x/sync/errgroup"
+
+	"github.com/nixpush/nixpush/nix"
+)
+
+// PathInfoSource is where the uploader learns what the Nix database knows.
+type PathInfoSource interface {
+	QueryClosure(ctx context.Context, paths []string) ([]nix.PathInfo, error)
+}
+
+// Config configures an Uploader.
+type Config struct {
+	Store       Store
+	Nix         PathInfoSource
+	Key         signature.SecretKey
+	Compression Compression
+	Jobs        int    // paths packed and uploaded at once; <1 means 4
+	StoreDir    string // "" means nix.DefaultStoreDir
+	Log         zerolog.Logger
+	// Priority is written to nix-cache-info when the cache lacks one (0 = 40).
+	Priority int
+}
+
+// Uploader pushes closures to one store. It is safe for concurrent use: a
+// path wanted by several pushes at once is uploaded once.
+type Uploader struct {
+	cfg  Config
+	jobs chan struct{} // a token per pack-and-upload
+	stat chan struct{} // a token per existence check
+
+	infoMu   sync.Mutex
+	infoDone bool // nix-cache-info is known to be in the store
+
+	mu       sync.Mutex
+	known    map[string]bool // paths whose .narinfo the store holds
+	inflight map[string]*flight
+	stats    Stats
+}
+
+type flight struct {
+	done chan struct{}
+	err  error
+}
+
+// Stats are cumulative figures since the uploader started.
+type Stats struct {
+	Paths     int64     // paths uploaded
+	NarBytes  int64     // their NAR bytes
+	FileBytes int64     // their compressed bytes
+	Skipped   int64     // paths found already in the cache
+	LastPush  time.Time // when a path was last uploaded
+}
+
+// New returns an Uploader.
+func New(cfg Config) *Uploader {
+	if cfg.Jobs < 1 {
+		cfg.Jobs = 4
+	}
+	if cfg.Compression == "" {
+		cfg.Compression = Zstd
+	}
+	if cfg.StoreDir == "" {
+		cfg.StoreDir = nix.DefaultStoreDir
+	}
+	if cfg.Priority == 0 {
+		cfg.Priority = 40
+	}
+	return &Uploader{
+		cfg:      cfg,
+		jobs:     make(chan struct{}, cfg.Jobs),
+		stat:     make(chan struct{}, 4*cfg.Jobs),
+		known:    make(map[string]bool),
+		inflight: make(map[string]*flight),
+	}
+}
+
+// Stats returns cumulative figures.
+func (u *Uploader) Stats() Stats {
+	u.mu.Lock()
+	defer u.mu.Unlock()
+	return u.stats
+}
+
+// Push uploads the closures of roots and returns one error per root (nil
+// where the root's whole closure is in the cache).
+func (u *Uploader) Push(ctx context.Context, roots []string) []error {
+	errs := make([]error, len(roots))
+	if err := u.ensureCacheInfo(ctx); err != nil {
+		for i := range errs {
+			errs[i] = err
+		}
+		return errs
+	}
+	var todo []string
+	u.mu.Lock()
+	for _, r := range roots {
+		if !u.known[r] {
+			todo = append(todo, r)
+		}
+	}
+	u.mu.Unlock()
+	if len(todo) == 0 {
+		return errs
+	}
+	infos, err := u.closure(ctx, todo)
+	if err != nil && len(todo) > 1 && nix.IsInvalid(err) {
+		// One invalid root must not fail the others: ask root by root.
+		infos = make(map[string]nix.PathInfo)
+		for i, r := range roots {
+			m, err := u.closure(ctx, []string{r})
+			if err != nil {
+				errs[i] = err
+				continue
+			}
+			for p, info := range m {
+				infos[p] = info
+			}
+		}
+	} else if err != nil {
+		for i := range errs {
+			errs[i] = err
+		}
+		return errs
+	}
+	var wg sync.WaitGroup
+	for i, r := range roots {
+		if errs[i] != nil {
+			continue
+		}
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			errs[i] = u.ensure(ctx, r, infos)
+		}()
+	}
+	wg.Wait()
+	return errs
+}
+
+func (u *Uploader) closure(ctx context.Context, roots []string) (map[string]nix.PathInfo, error) {
+	list, err := u.cfg.Nix.QueryClosure(ctx, roots)
+	if err != nil {
+		if nix.IsInvalid(err) {
+			return nil, Permanent(err)
+		}
+		return nil, err
+	}
+	m := make(map[string]nix.PathInfo, len(list))
+	for _, info := range list {
+		m[info.Path] = info
+	}
+	return m, nil
+}
+
+// ensure makes sure the cache holds p's .narinfo, and so its closure: once
+// per path however many pushes want it at once.
+func (u *Uploader) ensure(ctx context.Context, p string, infos map[string]nix.PathInfo) error {
+	u.mu.Lock()
+	if u.known[p] {
+		u.mu.Unlock()
+		return nil
+	}
+	if f := u.inflight[p]; f != nil {
+		u.mu.Unlock()
+		select {
+		case <-f.done:
+			return f.err
+		case <-ctx.Done():
+			return ctx.Err()
+		}
+	}
+	f := &flight{done: make(chan struct{})}
+	u.inflight[p] = f
+	u.mu.Unlock()
+
+	f.err = u.ensureOnce(ctx, p, infos)
+
+	u.mu.Lock()
+	delete(u.inflight, p)
+	if f.err == nil {
+		u.known[p] = true
+	}
+	u.mu.Unlock()
+	close(f.done)
+	return f.err
+}
+
+func (u *Uploader) ensureOnce(ctx context.Context, p string, infos map[string]nix.PathInfo) error {
+	info, ok := infos[p]
+	if !ok {
+		return fmt.Errorf("%s: no path info (it is in a closure pushed at the same time); will retry", p)
+	}
+	has, err := u.has(ctx, nix.NarInfoKey(p))
+	if err != nil {
+		return err
+	}
+	if has {
+		// A valid cache holds the closure of every .narinfo it holds.
+		u.mu.Lock()
+		u.stats.Skipped++
+		u.mu.Unlock()
+		return nil
+	}
+	g, gctx := errgroup.WithContext(ctx)
+	for _, ref := range info.References {
+		if ref == p {
+			continue
+		}
+		g.Go(func() error { return u.ensure(gctx, ref, infos) })
+	}
+	if err := g.Wait(); err != nil {
+		if errors.Is(err, context.Canceled) && ctx.Err() != nil {
+			return ctx.Err()
+		}
+		var dep *DependencyError
+		if errors.As(err, &dep) {
+			return err
+		}
+		return &DependencyError{Path: p, Err: err}
+	}
+	select {
+	case u.jobs <- struct{}{}:
+	case <-ctx.Done():
+		return ctx.Err()
+	}
+	defer func() { <-u.jobs }()
+	return u.upload(ctx, info)
+}
+
+func (u *Uploader) has(ctx context.Context, key string) (bool, error) {
+	select {
+	case u.stat <- struct{}{}:
+	case <-ctx.Done():
+		return false, ctx.Err()
+	}
+	defer func() { <-u.stat }()
+	return u.cfg.Store.Has(ctx, key)
+}
+
+// upload puts the NAR, then the signed .narinfo; the caller has made sure
+// every reference's .narinfo is in the store.
+func (u *Uploader) upload(ctx context.Context, info nix.PathInfo) error {
+	start := time.Now()
+	c := u.cfg.Compression
+	key := narKey(info, c)
+	p, err := putNAR(ctx, u.cfg.Store, info, c, key)
+	if err != nil {
+		return fmt.Errorf("upload %s: %w", info.Path, err)
+	}
+	ni, err := nix.NarInfo(info, nix.Upload{URL: key, Compression: string(c), FileHash: p.fileHash, FileSize: p.fileSize}, u.cfg.Key)
+	if err != nil {
+		return err
+	}
+	text := ni.String()
+	if err := u.cfg.Store.Put(ctx, nix.NarInfoKey(info.Path), strings.NewReader(text), int64(len(text)), "text/x-nix-narinfo"); err != nil {
+		return fmt.Errorf("upload %s: %w", info.Path, err)
+	}
+	d := time.Since(start)
+	u.mu.Lock()
+	u.stats.Paths++
+	u.stats.NarBytes += int64(p.narSize)
+	u.stats.FileBytes += int64(p.fileSize)
+	u.stats.LastPush = time.Now()
+	u.mu.Unlock()
+	u.cfg.Log.Info().Str("path", info.Path).Uint64("nar_bytes", p.narSize).Uint64("file_bytes", p.fileSize).
+		Dur("duration", d).Msg("uploaded")
+	return nil
+}
+
+// ensureCacheInfo writes nix-cache-info when the cache lacks it, before any
+// other object, since Nix 2.8 clients cache it forever.
+func (u *Uploader) ensureCacheInfo(ctx context.Context) error {
+	u.infoMu.Lock()
+	defer u.infoMu.Unlock()
+	if u.infoDone {
+		return nil
+	}
+	has, err := u.cfg.Store.Has(ctx, "nix-cache-info")
+	if err == nil && !has {
+		text := CacheInfo(u.cfg.StoreDir, u.cfg.Priority)
+		err = u.cfg.Store.Put(ctx, "nix-cache-info", strings.NewReader(text), int64(len(text)), "text/x-nix-cache-info")
+	}
+	if err != nil {
+		return fmt.Errorf("nix-cache-info: %w", err)
+	}
+	u.infoDone = true
+	return nil
+}
+
+// CacheInfo is the text of a binary cache's nix-cache-info.
+func CacheInfo(storeDir string, priority int) string {
+	return fmt.Sprintf("StoreDir: %s\nWantMassQuery: 1\nPriority: %d\n", storeDir, priority)
+}
+
+// Store is the store the uploader pushes to.
+func (u *Uploader) Store() Store { return u.cfg.Store }
