@@ -1,0 +1,110 @@
+package main
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"net"
+	"net/http"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+
+	"github.com/nixpush/nixpush/hook"
+)
+
+func env(m map[string]string) func(string) string {
+	return func(k string) string { return m[k] }
+}
+
+// fakeDaemon answers /v1/enqueue on a Unix socket with a fixed status.
+func fakeDaemon(t *testing.T, code int, got *[]hook.EnqueueRequest) string {
+	t.Helper()
+	sock := filepath.Join(t.TempDir(), "d.sock")
+	ln, err := net.Listen("unix", sock)
+	if err != nil {
+		t.Fatal(err)
+	}
+	srv := &http.Server{Handler: http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		var req hook.EnqueueRequest
+		json.NewDecoder(r.Body).Decode(&req)
+		*got = append(*got, req)
+		w.WriteHeader(code)
+		if code != 200 {
+			json.NewEncoder(w).Encode(hook.ErrorResponse{Error: "enqueue: refused for the test"})
+			return
+		}
+		json.NewEncoder(w).Encode(hook.EnqueueResponse{Added: len(req.Paths)})
+	})}
+	go srv.Serve(ln)
+	t.Cleanup(func() { srv.Shutdown(context.Background()) })
+	return sock
+}
+
+func TestHook(t *testing.T) {
+	const out1 = "/nix/store/84iphvw7rs2syhrdmwicjk2726dprxcw-t1"
+	const out2 = "/nix/store/vfwyf7lvpcxwdyfjvv2rxs8qad214b3j-t2"
+	const drv = "/nix/store/y0hd3jhar8r876by1rvnbr6q88h80n9c-t1.drv"
+	for _, tc := range []struct {
+		name       string
+		env        map[string]string
+		daemon     int // 0: no daemon
+		code       int
+		wantSent   *hook.EnqueueRequest
+		wantSpool  bool
+		wantStderr string
+	}{
+		{name: "out paths", env: map[string]string{"OUT_PATHS": out1 + " " + out2, "DRV_PATH": drv}, daemon: 200,
+			wantSent: &hook.EnqueueRequest{Paths: []string{out1, out2}}},
+		{name: "nix 2.8.0 empty OUT_PATHS", env: map[string]string{"OUT_PATHS": "", "DRV_PATH": drv}, daemon: 200,
+			wantSent: &hook.EnqueueRequest{DrvPath: drv}},
+		{name: "nothing to do", env: map[string]string{}, daemon: 200, wantStderr: "nothing to push"},
+		{name: "daemon down spools", env: map[string]string{"OUT_PATHS": out1}, wantSpool: true, wantStderr: "spooled " + out1},
+		{name: "daemon refuses", env: map[string]string{"OUT_PATHS": out1}, daemon: 400, wantStderr: "refused for the test",
+			wantSent: &hook.EnqueueRequest{Paths: []string{out1}}},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			var got []hook.EnqueueRequest
+			sock := filepath.Join(t.TempDir(), "none.sock")
+			if tc.daemon != 0 {
+				sock = fakeDaemon(t, tc.daemon, &got)
+			}
+			spool := filepath.Join(t.TempDir(), "spool")
+			var stderr bytes.Buffer
+			code := run([]string{"--socket", sock, "--spool-dir", spool}, env(tc.env), &stderr)
+			if code != 0 {
+				t.Fatalf("exit %d: %s", code, stderr.String())
+			}
+			if tc.wantSent != nil {
+				if len(got) != 1 || strings.Join(got[0].Paths, " ") != strings.Join(tc.wantSent.Paths, " ") || got[0].DrvPath != tc.wantSent.DrvPath {
+					t.Fatalf("daemon got %+v; want %+v", got, *tc.wantSent)
+				}
+			}
+			files, _ := hook.SpoolFiles(spool)
+			if tc.wantSpool != (len(files) == 1) {
+				t.Fatalf("spool files %v; want spooled=%v", files, tc.wantSpool)
+			}
+			if tc.wantSpool {
+				req, err := hook.ReadSpoolFile(files[0])
+				if err != nil || len(req.Paths) != 1 || req.Paths[0] != out1 {
+					t.Fatalf("spooled %+v, %v", req, err)
+				}
+			}
+			if !strings.Contains(stderr.String(), tc.wantStderr) {
+				t.Fatalf("stderr %q; want %q", stderr.String(), tc.wantStderr)
+			}
+		})
+	}
+}
+
+func TestHookFailsOnlyWhenNeitherHandedOverNorSpooled(t *testing.T) {
+	ro := filepath.Join(t.TempDir(), "file")
+	os.WriteFile(ro, nil, 0o444) // a file where the spool dir should be
+	var stderr bytes.Buffer
+	code := run([]string{"--socket", filepath.Join(t.TempDir(), "none.sock"), "--spool-dir", ro},
+		env(map[string]string{"OUT_PATHS": "/nix/store/84iphvw7rs2syhrdmwicjk2726dprxcw-t1"}), &stderr)
+	if code != 1 || strings.Count(strings.TrimSpace(stderr.String()), "\n") != 0 || !strings.Contains(stderr.String(), "nor spool") {
+		t.Fatalf("exit %d, stderr %q; want 1 and one line", code, stderr.String())
+	}
+}

@@ -1,0 +1,58 @@
+package hook
+
+import "time"
+
+// DefaultSocket is where the daemon listens unless told otherwise.
+const DefaultSocket = "/run/nixpush/nixpush.sock"
+
+// DefaultSpoolDir is where the hook leaves requests the daemon cannot take.
+const DefaultSpoolDir = "/var/lib/nixpush/spool"
+
+// EnqueueRequest is the body of POST /v1/enqueue: store paths to push with
+// their closures. DrvPath alone (Nix 2.8.0 leaves OUT_PATHS empty) asks the
+// daemon to push the derivation's outputs.
+type EnqueueRequest struct {
+	Paths   []string `json:"paths,omitempty"`
+	DrvPath string   `json:"drv_path,omitempty"`
+}
+
+// EnqueueResponse answers POST /v1/enqueue once the queue has committed.
+type EnqueueResponse struct {
+	Added  int `json:"added"`
+	Merged int `json:"merged"`
+}
+
+// Failure is a queue item that failed permanently.
+type Failure struct {
+	Path     string    `json:"path"`
+	Error    string    `json:"error"`
+	Attempts int       `json:"attempts"`
+	Since    time.Time `json:"since"`
+}
+
+// Status answers GET /v1/status and GET /v1/wait.
+type Status struct {
+	Queued       int        `json:"queued"`
+	Active       int        `json:"active"`
+	Failed       int        `json:"failed"`
+	Done         int        `json:"done"`
+	Drained      bool       `json:"drained"` // nothing queued or active
+	OldestQueued *time.Time `json:"oldest_queued,omitempty"`
+	Failures     []Failure  `json:"failures,omitempty"`
+	Uploaded     Uploaded   `json:"uploaded"`
+	Store        string     `json:"store"`
+}
+
+// Uploaded are the daemon's upload figures since it started.
+type Uploaded struct {
+	Paths     int64      `json:"paths"`
+	NarBytes  int64      `json:"nar_bytes"`
+	FileBytes int64      `json:"file_bytes"`
+	Skipped   int64      `json:"skipped"`
+	LastPush  *time.Time `json:"last_push,omitempty"`
+}
+
+// ErrorResponse is the body of every non-2xx answer.
+type ErrorResponse struct {
+	Error string `json:"error"`
+}

@@ -1,0 +1,118 @@
+package hook
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"net/url"
+	"time"
+)
+
+// Client talks to the daemon over its Unix socket.
+type Client struct {
+	Socket string
+	http   *http.Client
+}
+
+// NewClient returns a client for the daemon listening on socket.
+func NewClient(socket string) *Client {
+	if socket == "" {
+		socket = DefaultSocket
+	}
+	tr := &http.Transport{
+		DialContext: func(ctx context.Context, _, _ string) (net.Conn, error) {
+			var d net.Dialer
+			return d.DialContext(ctx, "unix", socket)
+		},
+		DisableCompression: true,
+	}
+	return &Client{Socket: socket, http: &http.Client{Transport: tr}}
+}
+
+// APIError is an error answer from the daemon.
+type APIError struct {
+	StatusCode int
+	Message    string
+}
+
+func (e *APIError) Error() string { return e.Message }
+
+// IsAPIError reports whether err is the daemon refusing a request (as
+// opposed to the daemon being unreachable).
+func IsAPIError(err error) bool {
+	var a *APIError
+	return errors.As(err, &a)
+}
+
+// Enqueue hands paths to the daemon and returns once they are committed.
+func (c *Client) Enqueue(ctx context.Context, req EnqueueRequest) (EnqueueResponse, error) {
+	var resp EnqueueResponse
+	err := c.do(ctx, http.MethodPost, "/v1/enqueue", req, &resp)
+	return resp, err
+}
+
+// Status returns the queue's state.
+func (c *Client) Status(ctx context.Context) (Status, error) {
+	var st Status
+	err := c.do(ctx, http.MethodGet, "/v1/status", nil, &st)
+	return st, err
+}
+
+// Wait blocks until nothing is queued or active, or until timeout, and
+// returns the state then.
+func (c *Client) Wait(ctx context.Context, timeout time.Duration) (Status, error) {
+	var st Status
+	err := c.do(ctx, http.MethodGet, "/v1/wait?timeout="+url.QueryEscape(timeout.String()), nil, &st)
+	return st, err
+}
+
+func (c *Client) do(ctx context.Context, method, path string, body, out any) error {
+	var rd io.Reader
+	if body != nil {
+		b, err := json.Marshal(body)
+		if err != nil {
+			return err
+		}
+		rd = bytes.NewReader(b)
+	}
+	req, err := http.NewRequestWithContext(ctx, method, "http://nixpush"+path, rd)
+	if err != nil {
+		return err
+	}
+	if body != nil {
+		req.Header.Set("Content-Type", "application/json")
+	}
+	resp, err := c.http.Do(req)
+	if err != nil {
+		return fmt.Errorf("daemon at %s: %w", c.Socket, unwrapURLError(err))
+	}
+	defer resp.Body.Close()
+	data, err := io.ReadAll(io.LimitReader(resp.Body, 64<<20))
+	if err != nil {
+		return fmt.Errorf("daemon at %s: %w", c.Socket, err)
+	}
+	if resp.StatusCode/100 != 2 {
+		var e ErrorResponse
+		if json.Unmarshal(data, &e) != nil || e.Error == "" {
+			e.Error = fmt.Sprintf("%s %s: %s", method, path, resp.Status)
+		}
+		return &APIError{StatusCode: resp.StatusCode, Message: e.Error}
+	}
+	if err := json.Unmarshal(data, out); err != nil {
+		return fmt.Errorf("daemon at %s: bad answer to %s: %w", c.Socket, path, err)
+	}
+	return nil
+}
+
+func unwrapURLError(err error) error {
+	var ue *url.Error
+	if errors.As(err, &ue) {
+		return ue.Err
+	}
+	return err
+}
