@@ -275,7 +275,7 @@ func (u *Uploader) upload(ctx context.Context, info nix.PathInfo) error {
 	u.stats.LastPush = time.Now()
 	u.mu.Unlock()
 	u.cfg.Log.Info().Str("path", info.Path).Uint64("nar_bytes", p.narSize).Uint64("file_bytes", p.fileSize).
-		Dur("duration", d).Msg("uploaded")
+		Int64("duration_ms", d.Milliseconds()).Msg("uploaded")
 	return nil
 }
 

@@ -1,0 +1,196 @@
+package main
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"os"
+	"path/filepath"
+	"strings"
+	"time"
+
+	"github.com/nixpush/nixpush/hook"
+	"github.com/nixpush/nixpush/nix"
+)
+
+func clientFlags(name string, stderr io.Writer) (*flag.FlagSet, *string) {
+	fs := flag.NewFlagSet("nixpush "+name, flag.ContinueOnError)
+	fs.SetOutput(stderr)
+	socket := fs.String("socket", envOr("NIXPUSH_SOCKET", hook.DefaultSocket), "daemon socket (env NIXPUSH_SOCKET)")
+	return fs, socket
+}
+
+func runPush(ctx context.Context, args []string, stdout, stderr io.Writer) int {
+	fs, socket := clientFlags("push", stderr)
+	wait := fs.Bool("wait", false, "wait until the queue is drained")
+	storeDir := fs.String("store-dir", envOr("NIX_STORE_DIR", nix.DefaultStoreDir), "the Nix store directory")
+	if err := fs.Parse(args); err != nil {
+		return 2
+	}
+	if fs.NArg() == 0 {
+		fmt.Fprintln(stderr, "nixpush push: no paths given; usage: nixpush push [--wait] PATH... (for example /run/current-system)")
+		return 2
+	}
+	var paths []string
+	for _, a := range fs.Args() {
+		p, err := resolveStorePath(*storeDir, a)
+		if err != nil {
+			fmt.Fprintf(stderr, "nixpush push: %v\n", err)
+			return 2
+		}
+		paths = append(paths, p)
+	}
+	c := hook.NewClient(*socket)
+	res, err := c.Enqueue(ctx, hook.EnqueueRequest{Paths: paths})
+	if err != nil {
+		fmt.Fprintf(stderr, "nixpush push: %v\n", explain(err))
+		return 1
+	}
+	fmt.Fprintf(stdout, "queued %d path(s) with their closures (%d already queued or pushed)\n", res.Added, res.Merged)
+	if *wait {
+		return waitDrained(ctx, c, 0, stdout, stderr)
+	}
+	return 0
+}
+
+// resolveStorePath turns an argument such as /run/current-system or
+// ./result into the top-level store path it stands for.
+func resolveStorePath(storeDir, arg string) (string, error) {
+	p, err := filepath.Abs(arg)
+	if err != nil {
+		return "", err
+	}
+	if real, err := filepath.EvalSymlinks(p); err == nil {
+		p = real
+	} else if !strings.HasPrefix(p, storeDir+"/") {
+		return "", fmt.Errorf("%s: %v", arg, errors.Unwrap(err))
+	}
+	rel, ok := strings.CutPrefix(p, storeDir+"/")
+	if !ok || rel == "" {
+		return "", fmt.Errorf("%s is not in the Nix store %s", arg, storeDir)
+	}
+	top, _, _ := strings.Cut(rel, "/")
+	return nix.StorePath(storeDir, storeDir+"/"+top)
+}
+
+func runStatus(ctx context.Context, args []string, stdout, stderr io.Writer) int {
+	fs, socket := clientFlags("status", stderr)
+	asJSON := fs.Bool("json", false, "print JSON for machines")
+	if err := fs.Parse(args); err != nil {
+		return 2
+	}
+	st, err := hook.NewClient(*socket).Status(ctx)
+	if err != nil {
+		fmt.Fprintf(stderr, "nixpush status: %v\n", explain(err))
+		return 1
+	}
+	if *asJSON {
+		enc := json.NewEncoder(stdout)
+		enc.SetIndent("", "  ")
+		enc.Encode(st)
+		return 0
+	}
+	printStatus(stdout, st, time.Now())
+	return 0
+}
+
+func printStatus(w io.Writer, st hook.Status, now time.Time) {
+	fmt.Fprintf(w, "store:    %s\n", st.Store)
+	oldest := ""
+	if st.OldestQueued != nil {
+		oldest = fmt.Sprintf(" (oldest %s ago)", now.Sub(*st.OldestQueued).Round(time.Second))
+	}
+	fmt.Fprintf(w, "queued:   %d%s\n", st.Queued, oldest)
+	fmt.Fprintf(w, "active:   %d\n", st.Active)
+	fmt.Fprintf(w, "failed:   %d\n", st.Failed)
+	fmt.Fprintf(w, "done:     %d\n", st.Done)
+	last := "never"
+	if st.Uploaded.LastPush != nil {
+		last = now.Sub(*st.Uploaded.LastPush).Round(time.Second).String() + " ago"
+	}
+	fmt.Fprintf(w, "uploaded: %d paths, %s NAR, %s compressed, %d already cached; last push %s\n",
+		st.Uploaded.Paths, bytesHuman(st.Uploaded.NarBytes), bytesHuman(st.Uploaded.FileBytes), st.Uploaded.Skipped, last)
+	for _, f := range st.Failures {
+		fmt.Fprintf(w, "FAILED    %s (%d attempts): %s\n", f.Path, f.Attempts, f.Error)
+	}
+}
+
+func bytesHuman(n int64) string {
+	const unit = 1024
+	if n < unit {
+		return fmt.Sprintf("%d B", n)
+	}
+	div, exp := int64(unit), 0
+	for m := n / unit; m >= unit; m /= unit {
+		div *= unit
+		exp++
+	}
+	return fmt.Sprintf("%.1f %ciB", float64(n)/float64(div), "KMGTPE"[exp])
+}
+
+func runWait(ctx context.Context, args []string, stdout, stderr io.Writer) int {
+	fs, socket := clientFlags("wait", stderr)
+	timeout := fs.Duration("timeout", 0, "give up after this long (0: no limit)")
+	if err := fs.Parse(args); err != nil {
+		return 2
+	}
+	return waitDrained(ctx, hook.NewClient(*socket), *timeout, stdout, stderr)
+}
+
+// waitDrained waits until nothing is queued or active: 0 when nothing has
+// failed either, 1 listing failures, 3 on timeout.
+func waitDrained(ctx context.Context, c *hook.Client, timeout time.Duration, stdout, stderr io.Writer) int {
+	if timeout > 0 {
+		var cancel context.CancelFunc
+		ctx, cancel = context.WithTimeout(ctx, timeout)
+		defer cancel()
+	}
+	for {
+		step := 5 * time.Minute
+		if dl, ok := ctx.Deadline(); ok {
+			step = min(step, time.Until(dl))
+		}
+		st, err := c.Wait(ctx, step)
+		if err != nil {
+			if ctx.Err() != nil {
+				st, err = c.Status(context.Background())
+				if err == nil {
+					fmt.Fprintf(stderr, "nixpush wait: timed out after %s: %d queued, %d active, %d failed\n", timeout, st.Queued, st.Active, st.Failed)
+					return 3
+				}
+			}
+			fmt.Fprintf(stderr, "nixpush wait: %v\n", explain(err))
+			return 1
+		}
+		if !st.Drained {
+			if ctx.Err() != nil {
+				fmt.Fprintf(stderr, "nixpush wait: timed out after %s: %d queued, %d active, %d failed\n", timeout, st.Queued, st.Active, st.Failed)
+				return 3
+			}
+			continue
+		}
+		if st.Failed > 0 {
+			fmt.Fprintf(stderr, "nixpush wait: %d path(s) failed (re-queue with nixpush push PATH after fixing the cause):\n", st.Failed)
+			for _, f := range st.Failures {
+				fmt.Fprintf(stderr, "  %s: %s\n", f.Path, f.Error)
+			}
+			return 1
+		}
+		fmt.Fprintf(stdout, "drained: %d done, nothing queued or failed\n", st.Done)
+		return 0
+	}
+}
+
+// explain adds the usual fix to an unreachable daemon.
+func explain(err error) error {
+	if hook.IsAPIError(err) {
+		return err
+	}
+	if errors.Is(err, os.ErrNotExist) || strings.Contains(err.Error(), "connection refused") || strings.Contains(err.Error(), "no such file") {
+		return fmt.Errorf("%w; is nixpush daemon running? (systemctl status nixpush, or pass --socket)", err)
+	}
+	return err
+}

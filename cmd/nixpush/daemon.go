@@ -1,0 +1,121 @@
+package main
+
+import (
+	"context"
+	"flag"
+	"fmt"
+	"io"
+	"net"
+	"os"
+	"path/filepath"
+	"runtime"
+	"time"
+
+	"github.com/coreos/go-systemd/v22/activation"
+	sddaemon "github.com/coreos/go-systemd/v22/daemon"
+	"github.com/mattn/go-isatty"
+	"github.com/rs/zerolog"
+
+	"github.com/nixpush/nixpush/daemon"
+	"github.com/nixpush/nixpush/hook"
+	"github.com/nixpush/nixpush/nix"
+	"github.com/nixpush/nixpush/uploader"
+)
+
+func runDaemon(ctx context.Context, args []string, stdout, stderr io.Writer) int {
+	fs := flag.NewFlagSet("nixpush daemon", flag.ContinueOnError)
+	fs.SetOutput(stderr)
+	stateDir := fs.String("state-dir", envOr("STATE_DIRECTORY", "/var/lib/nixpush"), "queue and default cache directory")
+	storeURI := fs.String("store-uri", os.Getenv("NIXPUSH_STORE_URI"), "binary cache: s3://BUCKET?endpoint=HOST&scheme=http|https&region=R&profile=P or file:///DIR (default file://STATE-DIR/cache) (env NIXPUSH_STORE_URI)")
+	keyFile := fs.String("secret-key-file", os.Getenv("NIXPUSH_SECRET_KEY_FILE"), "Nix signing key (name:base64), mode 0600 (env NIXPUSH_SECRET_KEY_FILE)")
+	socket := fs.String("socket", envOr("NIXPUSH_SOCKET", hook.DefaultSocket), "socket to listen on (env NIXPUSH_SOCKET)")
+	spoolDir := fs.String("spool-dir", os.Getenv("NIXPUSH_SPOOL_DIR"), "spool the hook writes to when the daemon is down (default STATE-DIR/spool) (env NIXPUSH_SPOOL_DIR)")
+	compression := fs.String("compression", "zstd", "NAR compression: zstd, xz or none")
+	jobs := fs.Int("jobs", max(4, 2*runtime.GOMAXPROCS(0)), "paths packed and uploaded at once")
+	caCert := fs.String("ca-certificate", "", "PEM file of a private CA that signed the S3 endpoint's certificate")
+	storeDir := fs.String("store-dir", envOr("NIX_STORE_DIR", nix.DefaultStoreDir), "the Nix store directory")
+	logLevel := fs.String("log-level", "info", "log level: debug, info, warn, error")
+	logFormat := fs.String("log-format", "auto", "log format: auto (console on a terminal, JSON otherwise), console, json")
+	if err := fs.Parse(args); err != nil {
+		return 2
+	}
+	if fs.NArg() > 0 {
+		fmt.Fprintf(stderr, "nixpush daemon: unexpected argument %q\n", fs.Arg(0))
+		return 2
+	}
+	log, err := newLogger(stderr, *logLevel, *logFormat)
+	if err != nil {
+		fmt.Fprintf(stderr, "nixpush daemon: %v\n", err)
+		return 2
+	}
+	comp, err := uploader.ParseCompression(*compression)
+	if err != nil {
+		fmt.Fprintf(stderr, "nixpush daemon: %v\n", err)
+		return 2
+	}
+	if *keyFile == "" {
+		fmt.Fprintln(stderr, "nixpush daemon: --secret-key-file is required; make one with: nixpush keygen --name NAME --out DIR")
+		return 2
+	}
+	key, err := nix.LoadSecretKeyFile(*keyFile)
+	if err != nil {
+		fmt.Fprintf(stderr, "nixpush daemon: %v\n", err)
+		return 2
+	}
+	if *storeURI == "" {
+		abs, err := filepath.Abs(filepath.Join(*stateDir, "cache"))
+		if err != nil {
+			fmt.Fprintf(stderr, "nixpush daemon: %v\n", err)
+			return 2
+		}
+		*storeURI = "file://" + abs
+	}
+	store, err := uploader.OpenStore(ctx, *storeURI, uploader.StoreOptions{CACertFile: *caCert})
+	if err != nil {
+		fmt.Fprintf(stderr, "nixpush daemon: %v\n", err)
+		return 2
+	}
+	nixClient := &nix.Client{StoreDir: *storeDir}
+	up := uploader.New(uploader.Config{
+		Store: store, Nix: nixClient, Key: key, Compression: comp, Jobs: *jobs,
+		StoreDir: *storeDir, Log: log,
+	})
+	var ln net.Listener
+	if lns, err := activation.Listeners(); err == nil && len(lns) > 0 && lns[0] != nil {
+		ln = lns[0]
+		log.Info().Msg("using the socket systemd passed in")
+	}
+	err = daemon.Run(ctx, daemon.Config{
+		Socket: *socket, StateDir: *stateDir, SpoolDir: *spoolDir, StoreDir: *storeDir,
+		Uploader: up, Nix: nixClient, Log: log, Listener: ln,
+		Ready: func() { sddaemon.SdNotify(false, sddaemon.SdNotifyReady) },
+	})
+	if err != nil {
+		log.Error().Err(err).Msg("daemon failed")
+		fmt.Fprintf(stderr, "nixpush daemon: %v\n", err)
+		return 1
+	}
+	return 0
+}
+
+func newLogger(w io.Writer, level, format string) (zerolog.Logger, error) {
+	lvl, err := zerolog.ParseLevel(level)
+	if err != nil || level == "" {
+		return zerolog.Logger{}, fmt.Errorf("--log-level %q: want debug, info, warn or error", level)
+	}
+	switch format {
+	case "auto":
+		if f, ok := w.(*os.File); ok && isatty.IsTerminal(f.Fd()) {
+			format = "console"
+		} else {
+			format = "json"
+		}
+	case "console", "json":
+	default:
+		return zerolog.Logger{}, fmt.Errorf("--log-format %q: want auto, console or json", format)
+	}
+	if format == "console" {
+		w = zerolog.ConsoleWriter{Out: w, TimeFormat: time.TimeOnly}
+	}
+	return zerolog.New(w).Level(lvl).With().Timestamp().Logger(), nil
+}

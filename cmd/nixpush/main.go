@@ -1,0 +1,63 @@
+// Command nixpush pushes what Nix builds to a signed binary cache in S3 or a
+// directory: `nixpush daemon` runs the uploader, the other commands talk to
+// it over its Unix socket.
+package main
+
+import (
+	"context"
+	"fmt"
+	"io"
+	"os"
+	"os/signal"
+	"syscall"
+)
+
+func main() {
+	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	code := run(ctx, os.Args[1:], os.Stdout, os.Stderr)
+	stop()
+	os.Exit(code)
+}
+
+const usage = `usage: nixpush COMMAND [flags]
+
+commands:
+  daemon   run the uploader: queue what the hook hands over, push it to the cache
+  push     queue store paths (with their closures) for upload: nixpush push [--wait] PATH...
+  status   show the queue: nixpush status [--json]
+  wait     block until the queue is drained: nixpush wait [--timeout DURATION]
+  keygen   make a signing key pair: nixpush keygen --name NAME --out DIR
+
+Run 'nixpush COMMAND -h' for a command's flags.
+`
+
+func run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
+	if len(args) == 0 {
+		fmt.Fprint(stderr, usage)
+		return 2
+	}
+	cmds := map[string]func(context.Context, []string, io.Writer, io.Writer) int{
+		"daemon": runDaemon,
+		"push":   runPush,
+		"status": runStatus,
+		"wait":   runWait,
+		"keygen": runKeygen,
+	}
+	cmd, ok := cmds[args[0]]
+	if !ok {
+		if args[0] == "-h" || args[0] == "--help" || args[0] == "help" {
+			fmt.Fprint(stdout, usage)
+			return 0
+		}
+		fmt.Fprintf(stderr, "nixpush: unknown command %q\n%s", args[0], usage)
+		return 2
+	}
+	return cmd(ctx, args[1:], stdout, stderr)
+}
+
+func envOr(key, def string) string {
+	if v := os.Getenv(key); v != "" {
+		return v
+	}
+	return def
+}

@@ -1,0 +1,277 @@
+package daemon
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"net"
+	"net/http"
+	"os"
+	"path/filepath"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/rs/zerolog"
+	"golang.org/x/sync/errgroup"
+
+	"github.com/nixpush/nixpush/hook"
+	"github.com/nixpush/nixpush/nix"
+	"github.com/nixpush/nixpush/queue"
+	"github.com/nixpush/nixpush/uploader"
+)
+
+// allOutputs marks a queued derivation whose outputs are to be pushed, in
+// Nix's own installable syntax (drv^*).
+const allOutputs = "^*"
+
+// Config configures the daemon.
+type Config struct {
+	Socket   string
+	StateDir string
+	SpoolDir string // "" means StateDir/spool
+	StoreDir string // "" means nix.DefaultStoreDir
+	Uploader *uploader.Uploader
+	Nix      *nix.Client
+	Log      zerolog.Logger
+	// Listener, when set, is used instead of creating Socket (systemd
+	// socket activation); the daemon then leaves the socket file alone.
+	Listener net.Listener
+	// Batch is how many queued items one push takes at most.
+	Batch int
+	// Pushes is how many pushes run at once.
+	Pushes int
+	// SpoolInterval is how often the spool is scanned (0 = 1s).
+	SpoolInterval time.Duration
+	// Ready is called once the socket accepts requests.
+	Ready func()
+}
+
+// Daemon is a running nixpush daemon.
+type Daemon struct {
+	cfg      Config
+	storeDir string
+	queue    *queue.Queue
+	up       *uploader.Uploader
+	log      zerolog.Logger
+}
+
+// Run runs the daemon until ctx is done, then stops taking work, returns
+// in-flight items to the queue, closes the queue and removes the socket.
+func Run(ctx context.Context, cfg Config) error {
+	if cfg.StoreDir == "" {
+		cfg.StoreDir = nix.DefaultStoreDir
+	}
+	if cfg.SpoolDir == "" {
+		cfg.SpoolDir = filepath.Join(cfg.StateDir, "spool")
+	}
+	if cfg.Batch < 1 {
+		cfg.Batch = 256
+	}
+	if cfg.Pushes < 1 {
+		cfg.Pushes = 4
+	}
+	if cfg.SpoolInterval <= 0 {
+		cfg.SpoolInterval = time.Second
+	}
+	if err := os.MkdirAll(cfg.StateDir, 0o700); err != nil {
+		return fmt.Errorf("state dir: %w", err)
+	}
+	q, err := queue.Open(filepath.Join(cfg.StateDir, "queue.db"), queue.Options{})
+	if err != nil {
+		return err
+	}
+	defer q.Close()
+	d := &Daemon{cfg: cfg, storeDir: cfg.StoreDir, queue: q, up: cfg.Uploader, log: cfg.Log}
+
+	ln := cfg.Listener
+	if ln == nil {
+		ln, err = listenUnix(cfg.Socket)
+		if err != nil {
+			return err
+		}
+		defer os.Remove(cfg.Socket)
+	}
+	srv := &http.Server{
+		Handler:           d.handler(),
+		ReadHeaderTimeout: 5 * time.Second,
+		ReadTimeout:       30 * time.Second,
+		WriteTimeout:      maxWait + 30*time.Second,
+		IdleTimeout:       time.Minute,
+		MaxHeaderBytes:    64 << 10,
+	}
+
+	st := q.Stats()
+	d.log.Info().Str("socket", cfg.Socket).Str("store", fmt.Sprint(cfg.Uploader.Store())).
+		Int("queued", st.Queued).Int("failed", st.Failed).Int("done", st.Done).Msg("daemon started")
+	if cfg.Ready != nil {
+		cfg.Ready()
+	}
+
+	g, gctx := errgroup.WithContext(ctx)
+	g.Go(func() error {
+		if err := srv.Serve(ln); !errors.Is(err, http.ErrServerClosed) {
+			return fmt.Errorf("serve %s: %w", cfg.Socket, err)
+		}
+		return nil
+	})
+	g.Go(func() error { return d.importSpoolLoop(gctx) })
+	g.Go(func() error { return d.work(gctx) })
+	g.Go(func() error {
+		<-gctx.Done()
+		sctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+		defer cancel()
+		srv.Shutdown(sctx)
+		return nil
+	})
+	err = g.Wait()
+	d.log.Info().Msg("daemon stopped")
+	return err
+}
+
+func listenUnix(path string) (net.Listener, error) {
+	if err := os.MkdirAll(filepath.Dir(path), 0o755); err != nil {
+		return nil, fmt.Errorf("socket dir: %w", err)
+	}
+	// A socket file nobody answers on is left over from a daemon that died.
+	if c, err := net.DialTimeout("unix", path, 200*time.Millisecond); err == nil {
+		c.Close()
+		return nil, fmt.Errorf("socket %s: another nixpush daemon is listening there", path)
+	}
+	os.Remove(path)
+	ln, err := net.Listen("unix", path)
+	if err != nil {
+		return nil, fmt.Errorf("listen on %s: %w", path, err)
+	}
+	if err := os.Chmod(path, 0o660); err != nil {
+		ln.Close()
+		return nil, fmt.Errorf("socket %s: %w", path, err)
+	}
+	return ln, nil
+}
+
+// work leases queued items and pushes them, Pushes batches at once, until
+// ctx is done.
+func (d *Daemon) work(ctx context.Context) error {
+	slots := make(chan struct{}, d.cfg.Pushes)
+	var wg sync.WaitGroup
+	defer wg.Wait()
+	for {
+		select {
+		case slots <- struct{}{}:
+		case <-ctx.Done():
+			return nil
+		}
+		changed := d.queue.Changed()
+		items, err := d.queue.Lease(ctx, d.cfg.Batch)
+		if err != nil {
+			<-slots
+			if ctx.Err() != nil {
+				return nil
+			}
+			return fmt.Errorf("lease: %w", err)
+		}
+		if len(items) > 0 {
+			wg.Add(1)
+			go func() {
+				defer wg.Done()
+				defer func() { <-slots }()
+				d.push(ctx, items)
+			}()
+			continue
+		}
+		<-slots
+		var timer <-chan time.Time
+		if wake := d.queue.NextWake(); !wake.IsZero() {
+			t := time.NewTimer(time.Until(wake) + 10*time.Millisecond)
+			defer t.Stop()
+			timer = t.C
+		}
+		select {
+		case <-changed:
+		case <-timer:
+		case <-ctx.Done():
+			return nil
+		}
+	}
+}
+
+// push uploads the closures of leased items and settles each item.
+func (d *Daemon) push(ctx context.Context, items []queue.Item) {
+	var roots []string
+	for _, it := range items {
+		if drv, ok := strings.CutSuffix(it.Path, allOutputs); ok {
+			d.expand(ctx, it.Path, drv)
+			continue
+		}
+		roots = append(roots, it.Path)
+	}
+	if len(roots) == 0 {
+		return
+	}
+	errs := d.up.Push(ctx, roots)
+	for i, root := range roots {
+		d.settle(ctx, root, errs[i])
+	}
+}
+
+// expand replaces a queued derivation by its outputs.
+func (d *Daemon) expand(ctx context.Context, item, drv string) {
+	outs, err := d.cfg.Nix.Outputs(ctx, drv)
+	if err != nil {
+		if nix.IsInvalid(err) {
+			err = uploader.Permanent(err)
+		}
+		d.settle(ctx, item, err)
+		return
+	}
+	if err := d.queue.Replace(ctx, item, outs); err != nil && ctx.Err() == nil {
+		d.log.Error().Err(err).Str("path", item).Msg("queue outputs of derivation")
+	}
+}
+
+func (d *Daemon) settle(ctx context.Context, path string, err error) {
+	if ctx.Err() != nil {
+		// Shutting down: the item stays leased and returns to the queue
+		// when the queue is next opened.
+		return
+	}
+	var qerr error
+	switch {
+	case err == nil:
+		qerr = d.queue.Complete(ctx, path)
+	case uploader.IsPermanent(err):
+		d.log.Error().Err(err).Str("path", path).Msg("push failed")
+		qerr = d.queue.Fail(ctx, path, err)
+	default:
+		d.log.Warn().Err(err).Str("path", path).Msg("push failed, will retry")
+		qerr = d.queue.Retry(ctx, path, err)
+	}
+	if qerr != nil {
+		d.log.Error().Err(qerr).Str("path", path).Msg("queue update failed")
+	}
+}
+
+// status is the answer to /v1/status.
+func (d *Daemon) status() hook.Status {
+	qs := d.queue.Stats()
+	us := d.up.Stats()
+	st := hook.Status{
+		Queued: qs.Queued, Active: qs.Active, Failed: qs.Failed, Done: qs.Done,
+		Drained:  qs.Queued == 0 && qs.Active == 0,
+		Uploaded: hook.Uploaded{Paths: us.Paths, NarBytes: us.NarBytes, FileBytes: us.FileBytes, Skipped: us.Skipped},
+		Store:    fmt.Sprint(d.up.Store()),
+	}
+	if !qs.OldestQueued.IsZero() {
+		t := qs.OldestQueued
+		st.OldestQueued = &t
+	}
+	if !us.LastPush.IsZero() {
+		t := us.LastPush
+		st.Uploaded.LastPush = &t
+	}
+	for _, f := range qs.Failures {
+		st.Failures = append(st.Failures, hook.Failure{Path: f.Path, Error: f.LastError, Attempts: f.Attempts, Since: f.UpdatedAt})
+	}
+	return st
+}

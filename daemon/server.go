@@ -1,0 +1,131 @@
+package daemon
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"net/http"
+	"strings"
+	"time"
+
+	"github.com/nixpush/nixpush/hook"
+	"github.com/nixpush/nixpush/nix"
+)
+
+// maxRequestBody bounds an enqueue request: 1 MiB holds about 10,000 paths.
+const maxRequestBody = 1 << 20
+
+// maxWait bounds one /v1/wait call; clients call again for longer waits.
+const maxWait = 10 * time.Minute
+
+func (d *Daemon) handler() http.Handler {
+	mux := http.NewServeMux()
+	mux.HandleFunc("POST /v1/enqueue", d.handleEnqueue)
+	mux.HandleFunc("GET /v1/status", d.handleStatus)
+	mux.HandleFunc("GET /v1/wait", d.handleWait)
+	mux.HandleFunc("/", func(w http.ResponseWriter, r *http.Request) {
+		writeError(w, http.StatusNotFound, fmt.Errorf("no route %s %s; routes: POST /v1/enqueue, GET /v1/status, GET /v1/wait?timeout=DURATION", r.Method, r.URL.Path))
+	})
+	return mux
+}
+
+func (d *Daemon) handleEnqueue(w http.ResponseWriter, r *http.Request) {
+	var req hook.EnqueueRequest
+	dec := json.NewDecoder(http.MaxBytesReader(w, r.Body, maxRequestBody))
+	dec.DisallowUnknownFields()
+	if err := dec.Decode(&req); err != nil {
+		var tooBig *http.MaxBytesError
+		if errors.As(err, &tooBig) {
+			writeError(w, http.StatusRequestEntityTooLarge, fmt.Errorf("enqueue: request over %d bytes; send fewer paths per request", maxRequestBody))
+			return
+		}
+		writeError(w, http.StatusBadRequest, fmt.Errorf("enqueue: bad JSON body: %v; want {\"paths\": [\"/nix/store/...\"]}", err))
+		return
+	}
+	paths, err := d.requestPaths(req)
+	if err != nil {
+		writeError(w, http.StatusBadRequest, fmt.Errorf("enqueue: %w", err))
+		return
+	}
+	res, err := d.queue.Enqueue(r.Context(), paths)
+	if err != nil {
+		d.log.Error().Err(err).Msg("enqueue failed")
+		writeError(w, http.StatusInternalServerError, fmt.Errorf("enqueue: %w", err))
+		return
+	}
+	d.log.Debug().Strs("paths", paths).Int("added", res.Added).Msg("enqueued")
+	writeJSON(w, http.StatusOK, hook.EnqueueResponse{Added: res.Added, Merged: res.Merged})
+}
+
+// requestPaths checks an enqueue request and returns what to queue: the
+// paths, or the derivation when Nix 2.8.0 gave no output paths.
+func (d *Daemon) requestPaths(req hook.EnqueueRequest) ([]string, error) {
+	if len(req.Paths) == 0 && req.DrvPath == "" {
+		return nil, errors.New("no paths and no drv_path")
+	}
+	if len(req.Paths) == 0 {
+		drv, err := nix.StorePath(d.storeDir, req.DrvPath)
+		if err != nil {
+			return nil, err
+		}
+		if !strings.HasSuffix(drv, ".drv") {
+			return nil, fmt.Errorf("drv_path %q is not a derivation (.drv)", req.DrvPath)
+		}
+		return []string{drv + allOutputs}, nil
+	}
+	out := make([]string, 0, len(req.Paths))
+	for _, p := range req.Paths {
+		sp, err := nix.StorePath(d.storeDir, p)
+		if err != nil {
+			return nil, err
+		}
+		out = append(out, sp)
+	}
+	return out, nil
+}
+
+func (d *Daemon) handleStatus(w http.ResponseWriter, r *http.Request) {
+	writeJSON(w, http.StatusOK, d.status())
+}
+
+func (d *Daemon) handleWait(w http.ResponseWriter, r *http.Request) {
+	timeout := maxWait
+	if s := r.URL.Query().Get("timeout"); s != "" {
+		t, err := time.ParseDuration(s)
+		if err != nil || t < 0 {
+			writeError(w, http.StatusBadRequest, fmt.Errorf("wait: timeout %q: want a duration such as 30s or 5m", s))
+			return
+		}
+		timeout = min(t, maxWait)
+	}
+	ctx, cancel := context.WithTimeout(r.Context(), timeout)
+	defer cancel()
+	for {
+		changed := d.queue.Changed()
+		st := d.status()
+		if st.Drained {
+			writeJSON(w, http.StatusOK, st)
+			return
+		}
+		select {
+		case <-changed:
+		case <-ctx.Done():
+			writeJSON(w, http.StatusOK, d.status())
+			return
+		}
+	}
+}
+
+func writeJSON(w http.ResponseWriter, code int, v any) {
+	w.Header().Set("Content-Type", "application/json")
+	w.WriteHeader(code)
+	enc := json.NewEncoder(w)
+	enc.SetIndent("", "  ")
+	enc.Encode(v)
+}
+
+func writeError(w http.ResponseWriter, code int, err error) {
+	msg := strings.ReplaceAll(err.Error(), "\n", " ")
+	writeJSON(w, code, hook.ErrorResponse{Error: msg})
+}

@@ -1,0 +1,10 @@
+// Package queue is nixpush's durable work queue, kept in a bbolt file. It
+// knows nothing of S3, NARs or sockets: an item is a string (a store path,
+// or a derivation whose outputs are wanted).
+//
+// Invariants: an enqueue returns only after its transaction has committed,
+// so an acknowledged item survives any crash; an item leased by a worker
+// returns to the queue when the queue is next opened, so a daemon that dies
+// mid-upload loses nothing; an item is queued at most once, however often it
+// is enqueued.
+package queue
