@@ -117,6 +117,9 @@ func Open(path string, opts Options) (*Queue, error) {
 		}
 		return nil, fmt.Errorf("queue: open %s: %w", path, err)
 	}
+	// Batch commits what arrived within this delay together: short, so a
+	// lone hook is not held up, long enough to share fsyncs in a burst.
+	db.MaxBatchDelay = time.Millisecond
 	q := &Queue{db: db, path: path, opts: opts, changed: make(chan struct{}),
 		failed: map[string]Item{}, backoff: map[string]time.Time{}}
 	if err := q.init(); err != nil {
