@@ -1,0 +1,169 @@
+package e2e
+
+import (
+	"crypto/rand"
+	"encoding/hex"
+	"encoding/json"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/nixpush/nixpush/internal/testenv"
+)
+
+func seed() string {
+	var b [6]byte
+	rand.Read(b[:])
+	return hex.EncodeToString(b[:])
+}
+
+// closureOf lists the closure of paths in the machine's store.
+func closureOf(t *testing.T, nx *testenv.NixEnv, paths ...string) []string {
+	t.Helper()
+	out, err := nx.Run(t, "nix-store", append([]string{"--query", "--requisites"}, paths...)...)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return lines(out)
+}
+
+// checkFetched asserts that real Nix, trusting pub, fetches the whole
+// closure of paths from the cache into a fresh store, byte-exactly.
+func checkFetched(t *testing.T, nx *testenv.NixEnv, from, pub string, paths ...string) {
+	t.Helper()
+	root, err := nx.CopyFrom(t, from, pub, paths...)
+	if err != nil {
+		t.Fatalf("nix copy --from %s: %v", from, err)
+	}
+	closure := closureOf(t, nx, paths...)
+	for _, p := range closure {
+		testenv.TreeEqual(t, p, filepath.Join(root, p))
+	}
+	t.Logf("nix copy --from %s fetched all %d paths of the closure", from, len(closure))
+}
+
+// checkRefused asserts that Nix refuses the cache's paths when it trusts
+// only pub.
+func checkRefused(t *testing.T, nx *testenv.NixEnv, from, pub string, paths ...string) {
+	t.Helper()
+	_, err := nx.CopyFrom(t, from, pub, paths...)
+	if err == nil {
+		t.Fatalf("nix copy --from %s trusting only %s succeeded; want a signature failure", from, pub)
+	}
+	// Nix 2.8 says "… lacks a valid signature"; newer Nix and Lix say the same.
+	if !strings.Contains(err.Error(), "lacks a valid signature") {
+		t.Fatalf("nix copy failed, but not for the signature: %v", err)
+	}
+	t.Logf("as expected, Nix refused the paths: they lack a valid signature for %s", pub)
+}
+
+
+// TestHookToMinIO is the backbone: Nix builds a chain of 30 derivations with
+// nixpush-hook; the daemon pushes to a real MinIO; a fresh store substitutes
+// the closure over plain HTTP; another key of the same name is refused.
+func TestHookToMinIO(t *testing.T) {
+	m := testenv.MinIO(t)
+	m.MakeBucket(t, "cache", true)
+	nx := testenv.Nix(t)
+	sec, pub := keys(t, "nixpush-e2e-1")
+	_, otherPub := keys(t, "nixpush-e2e-1")
+
+	d := startDaemon(t, m.CredentialsEnv(), "--store-uri", m.StoreURI("cache"), "--secret-key-file", sec, "--jobs", "8")
+	out := nx.Build(t, testenv.Chain(seed(), 30), "--option", "post-build-hook", d.Hook)
+	if len(closureOf(t, nx, out...)) < 30 {
+		t.Fatalf("closure of %v has fewer than 30 paths", out)
+	}
+	d.mustWait(3 * time.Minute)
+
+	st := status(t, d)
+	if st["queued"] != 0 || st["active"] != 0 || st["failed"] != 0 || st["done"] < 30 {
+		t.Fatalf("status after wait: %v", st)
+	}
+	checkFetched(t, nx, m.HTTPURL("cache"), pub, out...)
+	checkRefused(t, nx, m.HTTPURL("cache"), otherPub, out...)
+}
+
+// TestHookToFileCache is the same round trip through a file:// cache, the
+// embedded default (no --store-uri).
+func TestHookToFileCache(t *testing.T) {
+	nx := testenv.Nix(t)
+	sec, pub := keys(t, "nixpush-e2e-file-1")
+	_, otherPub := keys(t, "nixpush-e2e-file-1")
+	d := startDaemon(t, nil, "--secret-key-file", sec)
+	out := nx.Build(t, testenv.Chain(seed(), 30), "--option", "post-build-hook", d.Hook)
+	d.mustWait(3 * time.Minute)
+	cache := "file://" + filepath.Join(d.StateDir, "cache")
+	checkFetched(t, nx, cache, pub, out...)
+	checkRefused(t, nx, cache, otherPub, out...)
+}
+
+// TestAwkwardPaths round-trips paths that are hard to serialise, through
+// MinIO with each compression.
+func TestAwkwardPaths(t *testing.T) {
+	m := testenv.MinIO(t)
+	nx := testenv.Nix(t)
+	sec, pub := keys(t, "nixpush-e2e-awkward-1")
+	for _, comp := range []string{"zstd", "xz", "none"} {
+		t.Run(comp, func(t *testing.T) {
+			bucket := "awkward-" + comp
+			m.MakeBucket(t, bucket, true)
+			d := startDaemon(t, m.CredentialsEnv(), "--store-uri", m.StoreURI(bucket), "--secret-key-file", sec, "--compression", comp)
+			out := nx.Build(t, testenv.Awkward(seed()), "--option", "post-build-hook", d.Hook)
+			d.mustWait(3 * time.Minute)
+			checkFetched(t, nx, m.HTTPURL(bucket), pub, out...)
+		})
+	}
+}
+
+// TestPushCommand queues a closure built without the hook, waits, and checks
+// that bad arguments are refused with one line.
+func TestPushCommand(t *testing.T) {
+	nx := testenv.Nix(t)
+	sec, pub := keys(t, "nixpush-e2e-push-1")
+	d := startDaemon(t, nil, "--secret-key-file", sec)
+	out := nx.Build(t, testenv.Chain(seed(), 5))
+	// A symlink into the store, as /run/current-system is.
+	link := filepath.Join(t.TempDir(), "result")
+	if _, err := nx.Run(t, "ln", "-s", out[0], link); err != nil {
+		t.Fatal(err)
+	}
+	if o, err := d.cli("push", "--wait", link); err != nil {
+		t.Fatalf("nixpush push --wait: %v\n%s", err, o)
+	}
+	checkFetched(t, nx, "file://"+filepath.Join(d.StateDir, "cache"), pub, out...)
+
+	for _, bad := range []string{"/etc/passwd", "/nix/store/../etc", "/nix/store/00000000000000000000000000000000-missing"} {
+		o, err := d.cli("push", bad)
+		if err == nil {
+			if _, werr := d.cli("wait", "--timeout", "30s"); werr == nil {
+				t.Errorf("nixpush push %s: accepted and drained without failure\n%s", bad, o)
+			}
+			continue
+		}
+		if strings.Count(strings.TrimSpace(o), "\n") != 0 {
+			t.Errorf("nixpush push %s: want a one-line error, got %q", bad, o)
+		}
+	}
+}
+
+func status(t *testing.T, d *daemon) map[string]int {
+	t.Helper()
+	out, err := d.cli("status", "--json")
+	if err != nil {
+		t.Fatalf("status: %v\n%s", err, out)
+	}
+	var raw map[string]any
+	if err := json.Unmarshal([]byte(out), &raw); err != nil {
+		t.Fatalf("status --json: %v\n%s", err, out)
+	}
+	st := map[string]int{}
+	for _, k := range []string{"queued", "active", "failed", "done"} {
+		f, ok := raw[k].(float64)
+		if !ok || f != float64(int(f)) {
+			t.Fatalf("status --json: %q is not an integer: %v", k, raw[k])
+		}
+		st[k] = int(f)
+	}
+	return st
+}
