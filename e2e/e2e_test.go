@@ -4,6 +4,7 @@ import (
 	"crypto/rand"
 	"encoding/hex"
 	"encoding/json"
+	"os"
 	"path/filepath"
 	"strings"
 	"testing"
@@ -57,7 +58,6 @@ func checkRefused(t *testing.T, nx *testenv.NixEnv, from, pub string, paths ...s
 	}
 	t.Logf("as expected, Nix refused the paths: they lack a valid signature for %s", pub)
 }
-
 
 // TestHookToMinIO is the backbone: Nix builds a chain of 30 derivations with
 // nixpush-hook; the daemon pushes to a real MinIO; a fresh store substitutes
@@ -166,4 +166,27 @@ func status(t *testing.T, d *daemon) map[string]int {
 		st[k] = int(f)
 	}
 	return st
+}
+
+// TestS3ProfileCredentials reads S3 credentials from a named profile of the
+// shared credentials file, as in the classic [nixbuilder] setup, with no
+// AWS variables in the environment.
+func TestS3ProfileCredentials(t *testing.T) {
+	m := testenv.MinIO(t)
+	m.MakeBucket(t, "profiled", true)
+	nx := testenv.Nix(t)
+	creds := filepath.Join(t.TempDir(), "credentials")
+	text := "[default]\naws_access_key_id = wrong\naws_secret_access_key = wrong\n\n[nixbuilder]\naws_access_key_id = " +
+		m.AccessKey + "\naws_secret_access_key = " + m.SecretKey + "\n"
+	if err := os.WriteFile(creds, []byte(text), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	sec, pub := keys(t, "nixpush-e2e-profile-1")
+	d := startDaemon(t, []string{"AWS_SHARED_CREDENTIALS_FILE=" + creds, "AWS_ACCESS_KEY_ID=", "AWS_SECRET_ACCESS_KEY="},
+		"--store-uri", m.StoreURI("profiled")+"&profile=nixbuilder", "--secret-key-file", sec)
+	out := nx.Build(t, testenv.Chain(seed(), 3))
+	if o, err := d.cli("push", "--wait", out[0]); err != nil {
+		t.Fatalf("nixpush push --wait: %v\n%s\n%s", err, o, d.log)
+	}
+	checkFetched(t, nx, m.HTTPURL("profiled"), pub, out...)
 }

@@ -74,7 +74,9 @@ func (c *Client) pathInfo(ctx context.Context, paths []string, recursive bool) (
 	var out []PathInfo
 	for start := 0; start < len(paths); start += maxArgs {
 		chunk := paths[start:min(start+maxArgs, len(paths))]
-		args := []string{"--extra-experimental-features", "nix-command", "path-info", "--json"}
+		// Without substitute=false, Nix tries to substitute a path that is
+		// not valid (network retries, seconds) before saying so.
+		args := []string{"--extra-experimental-features", "nix-command", "path-info", "--json", "--option", "substitute", "false"}
 		if recursive {
 			args = append(args, "--recursive")
 		}

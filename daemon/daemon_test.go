@@ -1,0 +1,129 @@
+package daemon
+
+import (
+	"context"
+	"encoding/json"
+	"io"
+	"net"
+	"net/http"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/nix-community/go-nix/pkg/narinfo/signature"
+	"github.com/rs/zerolog"
+
+	"github.com/nixpush/nixpush/hook"
+	"github.com/nixpush/nixpush/nix"
+	"github.com/nixpush/nixpush/uploader"
+)
+
+// startDaemon runs the daemon in-process on a file:// store.
+func startDaemon(t *testing.T) (socket string) {
+	t.Helper()
+	dir := t.TempDir()
+	store, err := uploader.NewFileStore(filepath.Join(dir, "cache"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	sk, _, _ := signature.GenerateKeypair("test-1", nil)
+	nc := &nix.Client{}
+	up := uploader.New(uploader.Config{Store: store, Nix: nc, Key: sk, Log: zerolog.Nop()})
+	socket = filepath.Join(dir, "d.sock")
+	ctx, cancel := context.WithCancel(context.Background())
+	ready := make(chan struct{})
+	done := make(chan error, 1)
+	go func() {
+		done <- Run(ctx, Config{Socket: socket, StateDir: filepath.Join(dir, "state"), Uploader: up, Nix: nc,
+			Log: zerolog.Nop(), Ready: func() { close(ready) }})
+	}()
+	select {
+	case <-ready:
+	case err := <-done:
+		t.Fatalf("daemon: %v", err)
+	}
+	t.Cleanup(func() {
+		cancel()
+		if err := <-done; err != nil {
+			t.Errorf("daemon: %v", err)
+		}
+	})
+	return socket
+}
+
+func rawClient(socket string) *http.Client {
+	return &http.Client{Transport: &http.Transport{DialContext: func(ctx context.Context, _, _ string) (net.Conn, error) {
+		return (&net.Dialer{}).DialContext(ctx, "unix", socket)
+	}}}
+}
+
+func TestAPIRefusesBadRequests(t *testing.T) {
+	socket := startDaemon(t)
+	c := rawClient(socket)
+	for _, tc := range []struct {
+		name, method, path, body string
+		code                     int
+		want                     string
+	}{
+		{"garbage", "POST", "/v1/enqueue", "{{{", 400, "bad JSON"},
+		{"unknown field", "POST", "/v1/enqueue", `{"pathz":["x"]}`, 400, "unknown field"},
+		{"empty", "POST", "/v1/enqueue", `{}`, 400, "no paths"},
+		{"not in store", "POST", "/v1/enqueue", `{"paths":["/etc/passwd"]}`, 400, "not directly under /nix/store"},
+		{"traversal", "POST", "/v1/enqueue", `{"paths":["/nix/store/../../etc/shadow"]}`, 400, "contains '..'"},
+		{"relative", "POST", "/v1/enqueue", `{"paths":["nix/store/84iphvw7rs2syhrdmwicjk2726dprxcw-t1"]}`, 400, "not absolute"},
+		{"drv not a drv", "POST", "/v1/enqueue", `{"drv_path":"/nix/store/84iphvw7rs2syhrdmwicjk2726dprxcw-t1"}`, 400, "not a derivation"},
+		{"oversize", "POST", "/v1/enqueue", `{"paths":["` + strings.Repeat("a", 2<<20) + `"]}`, 413, "over 1048576 bytes"},
+		{"no route", "GET", "/v2/status", "", 404, "no route"},
+		{"wrong method", "POST", "/v1/status", "", 404, "routes: POST /v1/enqueue, GET /v1/status"},
+		{"bad timeout", "GET", "/v1/wait?timeout=soon", "", 400, "want a duration"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			req, _ := http.NewRequest(tc.method, "http://nixpush"+tc.path, strings.NewReader(tc.body))
+			resp, err := c.Do(req)
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer resp.Body.Close()
+			body, _ := io.ReadAll(resp.Body)
+			if resp.StatusCode != tc.code || !strings.Contains(string(body), tc.want) {
+				t.Fatalf("%s %s: %d %s; want %d containing %q", tc.method, tc.path, resp.StatusCode, body, tc.code, tc.want)
+			}
+			{
+				var e hook.ErrorResponse
+				if json.Unmarshal(body, &e) != nil || e.Error == "" || strings.Contains(e.Error, "\n") {
+					t.Fatalf("error body is not a one-line JSON error: %s", body)
+				}
+			}
+		})
+	}
+	// The daemon still answers after all that.
+	if _, err := hook.NewClient(socket).Status(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+}
+
+func TestWaitAndStatus(t *testing.T) {
+	socket := startDaemon(t)
+	c := hook.NewClient(socket)
+	ctx := context.Background()
+	// An invalid path fails permanently, and wait returns with it listed.
+	bad := "/nix/store/00000000000000000000000000000000-nixpush-never-built"
+	res, err := c.Enqueue(ctx, hook.EnqueueRequest{Paths: []string{bad}})
+	if err != nil || res.Added != 1 {
+		t.Fatalf("enqueue: %+v, %v", res, err)
+	}
+	st, err := c.Wait(ctx, 30*time.Second)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !st.Drained || st.Failed != 1 || len(st.Failures) != 1 || st.Failures[0].Path != bad ||
+		!strings.Contains(st.Failures[0].Error, "not a valid path") {
+		t.Fatalf("status after wait: %+v", st)
+	}
+	// Enqueueing it again merges nothing away: a failed item gets a new chance.
+	res, err = c.Enqueue(ctx, hook.EnqueueRequest{Paths: []string{bad, bad}})
+	if err != nil || res.Added != 1 || res.Merged != 1 {
+		t.Fatalf("re-enqueue: %+v, %v", res, err)
+	}
+}
