@@ -73,7 +73,7 @@ func MinIO(t testing.TB) *MinIOServer {
 }
 
 // Start starts (or restarts, on the same port and data) the server and
-// waits until it is live.
+// waits until it serves requests (cluster health: write quorum reached).
 func (m *MinIOServer) Start(t testing.TB) {
 	t.Helper()
 	log, err := os.OpenFile(filepath.Join(m.dir, "minio.log"), os.O_CREATE|os.O_APPEND|os.O_WRONLY, 0o644)
@@ -93,7 +93,7 @@ func (m *MinIOServer) Start(t testing.TB) {
 	go func() { m.cmd.Wait(); close(m.exited) }()
 	deadline := time.Now().Add(30 * time.Second)
 	for time.Now().Before(deadline) {
-		resp, err := http.Get("http://" + m.Endpoint + "/minio/health/live")
+		resp, err := http.Get("http://" + m.Endpoint + "/minio/health/cluster")
 		if err == nil {
 			resp.Body.Close()
 			if resp.StatusCode == 200 {
