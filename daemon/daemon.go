@@ -7,7 +7,9 @@ import (
 	"net"
 	"net/http"
 	"os"
+	"os/user"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"sync"
 	"time"
@@ -43,8 +45,13 @@ type Config struct {
 	Pushes int
 	// SpoolInterval is how often the spool is scanned (0 = 1s).
 	SpoolInterval time.Duration
+	// SocketGroup is the group (name or number) whose members may enqueue,
+	// besides root; the socket file is given to it, mode 0660.
+	SocketGroup string
 	// Ready is called once the socket accepts requests.
 	Ready func()
+	// Stopping is called when the daemon begins to shut down.
+	Stopping func()
 }
 
 // Daemon is a running nixpush daemon.
@@ -54,6 +61,7 @@ type Daemon struct {
 	queue    *queue.Queue
 	up       *uploader.Uploader
 	log      zerolog.Logger
+	groupID  int // -1: no socket group
 }
 
 // Run runs the daemon until ctx is done, then stops taking work, returns
@@ -82,11 +90,16 @@ func Run(ctx context.Context, cfg Config) error {
 		return err
 	}
 	defer q.Close()
-	d := &Daemon{cfg: cfg, storeDir: cfg.StoreDir, queue: q, up: cfg.Uploader, log: cfg.Log}
+	d := &Daemon{cfg: cfg, storeDir: cfg.StoreDir, queue: q, up: cfg.Uploader, log: cfg.Log, groupID: -1}
+	if cfg.SocketGroup != "" {
+		if d.groupID, err = lookupGroup(cfg.SocketGroup); err != nil {
+			return err
+		}
+	}
 
 	ln := cfg.Listener
 	if ln == nil {
-		ln, err = listenUnix(cfg.Socket)
+		ln, err = listenUnix(cfg.Socket, d.groupID)
 		if err != nil {
 			return err
 		}
@@ -99,6 +112,7 @@ func Run(ctx context.Context, cfg Config) error {
 		WriteTimeout:      maxWait + 30*time.Second,
 		IdleTimeout:       time.Minute,
 		MaxHeaderBytes:    64 << 10,
+		ConnContext:       connContext,
 	}
 
 	st := q.Stats()
@@ -119,6 +133,10 @@ func Run(ctx context.Context, cfg Config) error {
 	g.Go(func() error { return d.work(gctx) })
 	g.Go(func() error {
 		<-gctx.Done()
+		if cfg.Stopping != nil {
+			cfg.Stopping()
+		}
+		d.log.Info().Msg("stopping: no new work; in-flight items return to the queue")
 		sctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 		defer cancel()
 		srv.Shutdown(sctx)
@@ -129,7 +147,18 @@ func Run(ctx context.Context, cfg Config) error {
 	return err
 }
 
-func listenUnix(path string) (net.Listener, error) {
+func lookupGroup(name string) (int, error) {
+	if n, err := strconv.Atoi(name); err == nil {
+		return n, nil
+	}
+	g, err := user.LookupGroup(name)
+	if err != nil {
+		return -1, fmt.Errorf("socket group %q: %w (create it, or pass a group that exists)", name, err)
+	}
+	return strconv.Atoi(g.Gid)
+}
+
+func listenUnix(path string, gid int) (net.Listener, error) {
 	if err := os.MkdirAll(filepath.Dir(path), 0o755); err != nil {
 		return nil, fmt.Errorf("socket dir: %w", err)
 	}
@@ -146,6 +175,12 @@ func listenUnix(path string) (net.Listener, error) {
 	if err := os.Chmod(path, 0o660); err != nil {
 		ln.Close()
 		return nil, fmt.Errorf("socket %s: %w", path, err)
+	}
+	if gid >= 0 {
+		if err := os.Chown(path, -1, gid); err != nil {
+			ln.Close()
+			return nil, fmt.Errorf("socket %s: give it to group %d: %w", path, gid, err)
+		}
 	}
 	return ln, nil
 }
@@ -232,8 +267,10 @@ func (d *Daemon) expand(ctx context.Context, item, drv string) {
 
 func (d *Daemon) settle(ctx context.Context, path string, err error) {
 	if ctx.Err() != nil {
-		// Shutting down: the item stays leased and returns to the queue
-		// when the queue is next opened.
+		// Stopping: the item goes back to the queue as it was.
+		if rerr := d.queue.Release(context.Background(), path); rerr != nil {
+			d.log.Error().Err(rerr).Str("path", path).Msg("return item to the queue (it returns at the next start)")
+		}
 		return
 	}
 	var qerr error

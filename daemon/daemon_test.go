@@ -6,7 +6,9 @@ import (
 	"io"
 	"net"
 	"net/http"
+	"os"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"testing"
 	"time"
@@ -107,8 +109,17 @@ func TestWaitAndStatus(t *testing.T) {
 	socket := startDaemon(t)
 	c := hook.NewClient(socket)
 	ctx := context.Background()
-	// An invalid path fails permanently, and wait returns with it listed.
-	bad := "/nix/store/00000000000000000000000000000000-nixpush-never-built"
+	// A path on disk that the Nix database does not register fails
+	// permanently at upload, and wait returns with it listed.
+	bad := "/nix/store/00000000000000000000000000000000-nixpush-unregistered-" + strconv.Itoa(os.Getpid())
+	if err := os.WriteFile(bad, []byte("not registered"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { os.Remove(bad) })
+	if _, err := c.Enqueue(ctx, hook.EnqueueRequest{Paths: []string{"/nix/store/00000000000000000000000000000000-nixpush-nowhere"}}); err == nil ||
+		!strings.Contains(err.Error(), "is not in the store") {
+		t.Fatalf("missing path: %v; want a refusal at once", err)
+	}
 	res, err := c.Enqueue(ctx, hook.EnqueueRequest{Paths: []string{bad}})
 	if err != nil || res.Added != 1 {
 		t.Fatalf("enqueue: %+v, %v", res, err)

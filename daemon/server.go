@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"net/http"
+	"os"
 	"strings"
 	"time"
 
@@ -24,26 +25,27 @@ func (d *Daemon) handler() http.Handler {
 	mux.HandleFunc("POST /v1/enqueue", d.handleEnqueue)
 	mux.HandleFunc("GET /v1/status", d.handleStatus)
 	mux.HandleFunc("GET /v1/wait", d.handleWait)
+	mux.HandleFunc("POST /v1/retry", d.handleRetry)
 	mux.HandleFunc("/", func(w http.ResponseWriter, r *http.Request) {
-		writeError(w, http.StatusNotFound, fmt.Errorf("no route %s %s; routes: POST /v1/enqueue, GET /v1/status, GET /v1/wait?timeout=DURATION", r.Method, r.URL.Path))
+		writeError(w, http.StatusNotFound, fmt.Errorf("no route %s %s; routes: POST /v1/enqueue, GET /v1/status, GET /v1/wait?timeout=DURATION, POST /v1/retry", r.Method, r.URL.Path))
 	})
 	return mux
 }
 
 func (d *Daemon) handleEnqueue(w http.ResponseWriter, r *http.Request) {
+	if err := d.mayEnqueue(peerFrom(r.Context())); err != nil {
+		writeError(w, http.StatusForbidden, fmt.Errorf("enqueue: %w", err))
+		return
+	}
 	var req hook.EnqueueRequest
-	dec := json.NewDecoder(http.MaxBytesReader(w, r.Body, maxRequestBody))
-	dec.DisallowUnknownFields()
-	if err := dec.Decode(&req); err != nil {
-		var tooBig *http.MaxBytesError
-		if errors.As(err, &tooBig) {
-			writeError(w, http.StatusRequestEntityTooLarge, fmt.Errorf("enqueue: request over %d bytes; send fewer paths per request", maxRequestBody))
-			return
-		}
-		writeError(w, http.StatusBadRequest, fmt.Errorf("enqueue: bad JSON body: %v; want {\"paths\": [\"/nix/store/...\"]}", err))
+	if code, err := decodeJSON(w, r, &req, `{"paths": ["/nix/store/..."]}`); err != nil {
+		writeError(w, code, fmt.Errorf("enqueue: %w", err))
 		return
 	}
 	paths, err := d.requestPaths(req)
+	if err == nil {
+		err = d.checkExist(paths)
+	}
 	if err != nil {
 		writeError(w, http.StatusBadRequest, fmt.Errorf("enqueue: %w", err))
 		return
@@ -56,6 +58,60 @@ func (d *Daemon) handleEnqueue(w http.ResponseWriter, r *http.Request) {
 	}
 	d.log.Debug().Strs("paths", paths).Int("added", res.Added).Msg("enqueued")
 	writeJSON(w, http.StatusOK, hook.EnqueueResponse{Added: res.Added, Merged: res.Merged})
+}
+
+// decodeJSON reads a request body of at most maxRequestBody bytes into v,
+// refusing unknown fields; it returns the status code to answer an error
+// with.
+func decodeJSON(w http.ResponseWriter, r *http.Request, v any, example string) (int, error) {
+	dec := json.NewDecoder(http.MaxBytesReader(w, r.Body, maxRequestBody))
+	dec.DisallowUnknownFields()
+	if err := dec.Decode(v); err != nil {
+		var tooBig *http.MaxBytesError
+		if errors.As(err, &tooBig) {
+			return http.StatusRequestEntityTooLarge, fmt.Errorf("request over %d bytes; send fewer paths per request", maxRequestBody)
+		}
+		return http.StatusBadRequest, fmt.Errorf("bad JSON body: %v; want %s", err, example)
+	}
+	if dec.More() {
+		return http.StatusBadRequest, fmt.Errorf("bad JSON body: more than one value; want %s", example)
+	}
+	return 0, nil
+}
+
+// checkExist refuses paths that are not in the store at all: a path Nix
+// just built is there, and checking costs a stat, not a Nix call. Whether
+// the Nix database registers it as valid is checked before upload.
+func (d *Daemon) checkExist(paths []string) error {
+	for _, p := range paths {
+		p = strings.TrimSuffix(p, allOutputs)
+		if _, err := os.Lstat(p); err != nil {
+			return fmt.Errorf("%s is not in the store (%v); build it first", p, errors.Unwrap(err))
+		}
+	}
+	return nil
+}
+
+func (d *Daemon) handleRetry(w http.ResponseWriter, r *http.Request) {
+	if err := d.mayEnqueue(peerFrom(r.Context())); err != nil {
+		writeError(w, http.StatusForbidden, fmt.Errorf("retry: %w", err))
+		return
+	}
+	var req hook.RetryRequest
+	if code, err := decodeJSON(w, r, &req, `{"all": true} or {"paths": ["/nix/store/..."]}`); err != nil {
+		writeError(w, code, fmt.Errorf("retry: %w", err))
+		return
+	}
+	if !req.All && len(req.Paths) == 0 {
+		writeError(w, http.StatusBadRequest, errors.New("retry: say which: {\"all\": true} or {\"paths\": [...]}"))
+		return
+	}
+	n, err := d.queue.Requeue(r.Context(), req.All, req.Paths...)
+	if err != nil {
+		writeError(w, http.StatusInternalServerError, fmt.Errorf("retry: %w", err))
+		return
+	}
+	writeJSON(w, http.StatusOK, hook.RetryResponse{Requeued: n})
 }
 
 // requestPaths checks an enqueue request and returns what to queue: the

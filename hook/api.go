@@ -56,3 +56,14 @@ type Uploaded struct {
 type ErrorResponse struct {
 	Error string `json:"error"`
 }
+
+// RetryRequest is the body of POST /v1/retry: re-queue failed items.
+type RetryRequest struct {
+	All   bool     `json:"all,omitempty"`
+	Paths []string `json:"paths,omitempty"`
+}
+
+// RetryResponse answers POST /v1/retry.
+type RetryResponse struct {
+	Requeued int `json:"requeued"`
+}

@@ -56,6 +56,13 @@ func (c *Client) Enqueue(ctx context.Context, req EnqueueRequest) (EnqueueRespon
 	return resp, err
 }
 
+// Retry re-queues failed items: all of them, or the paths given.
+func (c *Client) Retry(ctx context.Context, req RetryRequest) (RetryResponse, error) {
+	var resp RetryResponse
+	err := c.do(ctx, http.MethodPost, "/v1/retry", req, &resp)
+	return resp, err
+}
+
 // Status returns the queue's state.
 func (c *Client) Status(ctx context.Context) (Status, error) {
 	var st Status

@@ -446,6 +446,32 @@ func (q *Queue) Retry(ctx context.Context, path string, cause error) error {
 	})
 }
 
+// Release returns active items to the queue as they were, attempts
+// unchanged: the daemon is stopping and did not finish them.
+func (q *Queue) Release(ctx context.Context, paths ...string) error {
+	return q.update("release", func(tx *bbolt.Tx, now time.Time, d *delta) error {
+		for _, p := range paths {
+			it, ok, err := getItem(tx, p)
+			if err != nil {
+				return err
+			}
+			if !ok || it.State != Active {
+				continue
+			}
+			q.leaveState(it, d)
+			it.State, it.UpdatedAt = Queued, now
+			if err := putItem(tx.Bucket(bucketItems), it); err != nil {
+				return err
+			}
+			if err := tx.Bucket(bucketOrder).Put(seqKey(it.Seq), []byte(it.Path)); err != nil {
+				return err
+			}
+			d.queued++
+		}
+		return nil
+	})
+}
+
 // Fail moves an active item to the failed set with its reason.
 func (q *Queue) Fail(ctx context.Context, path string, cause error) error {
 	return q.update("fail", func(tx *bbolt.Tx, now time.Time, d *delta) error {

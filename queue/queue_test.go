@@ -320,3 +320,17 @@ func BenchmarkEnqueueParallel(b *testing.B) {
 		}
 	})
 }
+
+func TestRelease(t *testing.T) {
+	q := open(t, filepath.Join(t.TempDir(), "q.db"), nil)
+	q.Enqueue(ctx, paths("a", "b"))
+	leasePaths(t, q, 2)
+	if err := q.Release(ctx, "a", "b"); err != nil {
+		t.Fatal(err)
+	}
+	wantStats(t, q, 2, 0, 0, 0)
+	items, _ := q.Lease(ctx, 2)
+	if len(items) != 2 || items[0].Path != "a" || items[0].Attempts != 0 {
+		t.Fatalf("after release: %+v", items)
+	}
+}

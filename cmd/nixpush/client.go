@@ -8,6 +8,7 @@ import (
 	"fmt"
 	"io"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"strings"
 	"time"
@@ -43,6 +44,10 @@ func runPush(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 		}
 		paths = append(paths, p)
 	}
+	if err := checkValid(ctx, paths); err != nil {
+		fmt.Fprintf(stderr, "nixpush push: %v\n", err)
+		return 2
+	}
 	c := hook.NewClient(*socket)
 	res, err := c.Enqueue(ctx, hook.EnqueueRequest{Paths: paths})
 	if err != nil {
@@ -74,6 +79,20 @@ func resolveStorePath(storeDir, arg string) (string, error) {
 	}
 	top, _, _ := strings.Cut(rel, "/")
 	return nix.StorePath(storeDir, storeDir+"/"+top)
+}
+
+// checkValid refuses paths the Nix database does not register as valid, at
+// once rather than when the daemon gets to them.
+func checkValid(ctx context.Context, paths []string) error {
+	cmd := exec.CommandContext(ctx, "nix-store", append([]string{"--check-validity", "--print-invalid", "--"}, paths...)...)
+	out, err := cmd.Output()
+	if err != nil {
+		return fmt.Errorf("nix-store --check-validity: %v (is Nix installed?)", err)
+	}
+	if bad := strings.Fields(string(out)); len(bad) > 0 {
+		return fmt.Errorf("%s is not a valid path in the Nix store (not built, or garbage-collected); build it first", strings.Join(bad, ", "))
+	}
+	return nil
 }
 
 func runStatus(ctx context.Context, args []string, stdout, stderr io.Writer) int {
@@ -131,6 +150,35 @@ func bytesHuman(n int64) string {
 	return fmt.Sprintf("%.1f %ciB", float64(n)/float64(div), "KMGTPE"[exp])
 }
 
+func runRetry(ctx context.Context, args []string, stdout, stderr io.Writer) int {
+	fs, socket := clientFlags("retry", stderr)
+	all := fs.Bool("all", false, "re-queue every failed item")
+	storeDir := fs.String("store-dir", envOr("NIX_STORE_DIR", nix.DefaultStoreDir), "the Nix store directory")
+	if err := fs.Parse(args); err != nil {
+		return 2
+	}
+	if *all == (fs.NArg() > 0) {
+		fmt.Fprintln(stderr, "nixpush retry: give --all or the failed paths (nixpush status lists them), not both")
+		return 2
+	}
+	req := hook.RetryRequest{All: *all}
+	for _, a := range fs.Args() {
+		p, err := nix.StorePath(*storeDir, a)
+		if err != nil {
+			fmt.Fprintf(stderr, "nixpush retry: %v\n", err)
+			return 2
+		}
+		req.Paths = append(req.Paths, p)
+	}
+	res, err := hook.NewClient(*socket).Retry(ctx, req)
+	if err != nil {
+		fmt.Fprintf(stderr, "nixpush retry: %v\n", explain(err))
+		return 1
+	}
+	fmt.Fprintf(stdout, "re-queued %d item(s)\n", res.Requeued)
+	return 0
+}
+
 func runWait(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 	fs, socket := clientFlags("wait", stderr)
 	timeout := fs.Duration("timeout", 0, "give up after this long (0: no limit)")
@@ -173,7 +221,7 @@ func waitDrained(ctx context.Context, c *hook.Client, timeout time.Duration, std
 			continue
 		}
 		if st.Failed > 0 {
-			fmt.Fprintf(stderr, "nixpush wait: %d path(s) failed (re-queue with nixpush push PATH after fixing the cause):\n", st.Failed)
+			fmt.Fprintf(stderr, "nixpush wait: %d path(s) failed (fix the cause, then: nixpush retry --all):\n", st.Failed)
 			for _, f := range st.Failures {
 				fmt.Fprintf(stderr, "  %s: %s\n", f.Path, f.Error)
 			}

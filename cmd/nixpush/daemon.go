@@ -32,6 +32,7 @@ func runDaemon(ctx context.Context, args []string, stdout, stderr io.Writer) int
 	spoolDir := fs.String("spool-dir", os.Getenv("NIXPUSH_SPOOL_DIR"), "spool the hook writes to when the daemon is down (default STATE-DIR/spool) (env NIXPUSH_SPOOL_DIR)")
 	compression := fs.String("compression", "zstd", "NAR compression: zstd, xz or none")
 	jobs := fs.Int("jobs", max(4, 2*runtime.GOMAXPROCS(0)), "paths packed and uploaded at once")
+	socketGroup := fs.String("socket-group", os.Getenv("NIXPUSH_SOCKET_GROUP"), "group whose members may enqueue besides root; the socket is given to it, mode 0660 (env NIXPUSH_SOCKET_GROUP)")
 	caCert := fs.String("ca-certificate", "", "PEM file of a private CA that signed the S3 endpoint's certificate")
 	storeDir := fs.String("store-dir", envOr("NIX_STORE_DIR", nix.DefaultStoreDir), "the Nix store directory")
 	logLevel := fs.String("log-level", "info", "log level: debug, info, warn, error")
@@ -87,8 +88,9 @@ func runDaemon(ctx context.Context, args []string, stdout, stderr io.Writer) int
 	}
 	err = daemon.Run(ctx, daemon.Config{
 		Socket: *socket, StateDir: *stateDir, SpoolDir: *spoolDir, StoreDir: *storeDir,
-		Uploader: up, Nix: nixClient, Log: log, Listener: ln,
-		Ready: func() { sddaemon.SdNotify(false, sddaemon.SdNotifyReady) },
+		Uploader: up, Nix: nixClient, Log: log, Listener: ln, SocketGroup: *socketGroup,
+		Ready:    func() { sddaemon.SdNotify(false, sddaemon.SdNotifyReady) },
+		Stopping: func() { sddaemon.SdNotify(false, sddaemon.SdNotifyStopping) },
 	})
 	if err != nil {
 		log.Error().Err(err).Msg("daemon failed")

@@ -26,6 +26,7 @@ commands:
   push     queue store paths (with their closures) for upload: nixpush push [--wait] PATH...
   status   show the queue: nixpush status [--json]
   wait     block until the queue is drained: nixpush wait [--timeout DURATION]
+  retry    re-queue failed items: nixpush retry [--all | PATH...]
   keygen   make a signing key pair: nixpush keygen --name NAME --out DIR
 
 Run 'nixpush COMMAND -h' for a command's flags.
@@ -41,6 +42,7 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 		"push":   runPush,
 		"status": runStatus,
 		"wait":   runWait,
+		"retry":  runRetry,
 		"keygen": runKeygen,
 	}
 	cmd, ok := cmds[args[0]]
