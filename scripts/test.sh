@@ -40,6 +40,7 @@ for f in $(find . -name '*.nix' -not -path './.git/*'); do nix-instantiate --par
 
 echo "== fuzz (bounded)"
 go test -run '^$' -fuzz '^FuzzStorePath$' -fuzztime 20s ./nix/
+go test -run '^$' -fuzz '^FuzzEnqueueRequest$' -fuzztime 20s ./daemon/
 
 echo "== go test"
 go test -count=1 -timeout 80m "$@" ./...

@@ -26,7 +26,10 @@ func Nix(t testing.TB) *NixEnv {
 		}
 	}
 	home := t.TempDir()
-	return &NixEnv{env: []string{"HOME=" + home, "XDG_CACHE_HOME=" + filepath.Join(home, ".cache")}}
+	// No default substituters: this machine has no network, and Nix would
+	// spend seconds retrying cache.nixos.org on every build.
+	return &NixEnv{env: []string{"HOME=" + home, "XDG_CACHE_HOME=" + filepath.Join(home, ".cache"),
+		"NIX_CONFIG=substituters =\nconnect-timeout = 2"}}
 }
 
 // Env is the environment Nix commands run with.
