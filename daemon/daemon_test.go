@@ -132,6 +132,15 @@ func TestWaitAndStatus(t *testing.T) {
 		!strings.Contains(st.Failures[0].Error, "not a valid path") {
 		t.Fatalf("status after wait: %+v", st)
 	}
+	// nixpush retry puts it back in the queue; it fails again, for the same reason.
+	rr, err := c.Retry(ctx, hook.RetryRequest{All: true})
+	if err != nil || rr.Requeued != 1 {
+		t.Fatalf("retry: %+v, %v", rr, err)
+	}
+	st, err = c.Wait(ctx, 30*time.Second)
+	if err != nil || st.Failed != 1 || st.Failures[0].Attempts != 1 {
+		t.Fatalf("after retry: %+v, %v", st, err)
+	}
 	// Enqueueing it again merges nothing away: a failed item gets a new chance.
 	res, err = c.Enqueue(ctx, hook.EnqueueRequest{Paths: []string{bad, bad}})
 	if err != nil || res.Added != 1 || res.Merged != 1 {

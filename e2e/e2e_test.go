@@ -82,6 +82,19 @@ func TestHookToMinIO(t *testing.T) {
 	}
 	checkFetched(t, nx, m.HTTPURL("cache"), pub, out...)
 	checkRefused(t, nx, m.HTTPURL("cache"), otherPub, out...)
+
+	// No secret reaches the logs or the status output.
+	statusText, _ := d.cli("status")
+	statusJSON, _ := d.cli("status", "--json")
+	secretKey, _ := os.ReadFile(sec)
+	_, b64, _ := strings.Cut(string(secretKey), ":")
+	for what, text := range map[string]string{"daemon log": d.log.String(), "status": statusText, "status --json": statusJSON} {
+		for name, secret := range map[string]string{"S3 secret key": m.SecretKey, "signing key": b64} {
+			if strings.Contains(text, secret) {
+				t.Errorf("%s shows the %s", what, name)
+			}
+		}
+	}
 }
 
 // TestHookToFileCache is the same round trip through a file:// cache, the

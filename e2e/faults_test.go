@@ -280,3 +280,52 @@ func TestSIGTERMMidUpload(t *testing.T) {
 		t.Fatal(problems)
 	}
 }
+
+// TestSocketActivation: with the socket held by systemd
+// (systemd-socket-activate, as systemd.sockets.nixpush does), a hook that
+// connects before the daemon runs waits for it to start and is
+// acknowledged, not spooled.
+func TestSocketActivation(t *testing.T) {
+	activate, err := exec.LookPath("systemd-socket-activate")
+	if err != nil {
+		t.Fatal("systemd-socket-activate not found: apt-get install systemd")
+	}
+	nx := testenv.Nix(t)
+	sec, pub := keys(t, "nixpush-e2e-activation-1")
+	dir := t.TempDir()
+	sock, state, spool := filepath.Join(dir, "nixpush.sock"), filepath.Join(dir, "state"), filepath.Join(dir, "spool")
+	var log bytes.Buffer
+	cmd := exec.Command(activate, "-l", sock, nixpushBin(), "daemon", "--socket", sock, "--state-dir", state,
+		"--spool-dir", spool, "--secret-key-file", sec, "--log-format", "json")
+	cmd.Stdout, cmd.Stderr = &log, &log
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { cmd.Process.Signal(syscall.SIGTERM); cmd.Wait() })
+	for i := 0; ; i++ {
+		if _, err := os.Stat(sock); err == nil {
+			break
+		}
+		if i > 200 {
+			t.Fatalf("systemd-socket-activate made no socket: %s", log.String())
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+	out := nx.Build(t, testenv.Chain(seed(), 3))
+	h := exec.Command(filepath.Join(binDir, "nixpush-hook"), "--socket", sock, "--spool-dir", spool)
+	h.Env = append(os.Environ(), "OUT_PATHS="+out[0])
+	if o, err := h.CombinedOutput(); err != nil || len(o) > 0 {
+		t.Fatalf("hook: %v %s", err, o)
+	}
+	if files, _ := hook.SpoolFiles(spool); len(files) != 0 {
+		t.Fatalf("hook spooled instead of waiting for the activated daemon: %v", files)
+	}
+	if !strings.Contains(log.String(), "using the socket systemd passed in") {
+		t.Fatalf("daemon did not take the socket from systemd:\n%s", log.String())
+	}
+	w := exec.Command(nixpushBin(), "wait", "--timeout", "2m", "--socket", sock)
+	if o, err := w.CombinedOutput(); err != nil {
+		t.Fatalf("wait: %v %s\n%s", err, o, log.String())
+	}
+	checkFetched(t, nx, "file://"+filepath.Join(state, "cache"), pub, out...)
+}

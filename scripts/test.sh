@@ -19,6 +19,12 @@ mkdir -p /etc/nix
 grep -qs '^sandbox *= *false' /etc/nix/nix.conf || echo 'sandbox = false' >>/etc/nix/nix.conf
 nix --version
 
+if ! command -v systemd-socket-activate >/dev/null; then
+	echo "installing systemd (systemd-socket-activate, systemd-analyze)"
+	apt-get update -qq
+	DEBIAN_FRONTEND=noninteractive apt-get install -y -qq systemd >/dev/null
+fi
+
 echo "== MinIO"
 minio=${NIXPUSH_MINIO:-}
 [ -n "$minio" ] || minio=$(command -v minio || true)

@@ -10,6 +10,7 @@ import (
 	"path/filepath"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/nixpush/nixpush/hook"
 )
@@ -106,5 +107,38 @@ func TestHookFailsOnlyWhenNeitherHandedOverNorSpooled(t *testing.T) {
 		env(map[string]string{"OUT_PATHS": "/nix/store/84iphvw7rs2syhrdmwicjk2726dprxcw-t1"}), &stderr)
 	if code != 1 || strings.Count(strings.TrimSpace(stderr.String()), "\n") != 0 || !strings.Contains(stderr.String(), "nor spool") {
 		t.Fatalf("exit %d, stderr %q; want 1 and one line", code, stderr.String())
+	}
+}
+
+// TestHookBoundedAgainstHungDaemon: a daemon that accepts the connection
+// but never answers holds the hook for the hand-off timeout at most; the
+// hook then spools and exits 0.
+func TestHookBoundedAgainstHungDaemon(t *testing.T) {
+	sock := filepath.Join(t.TempDir(), "hung.sock")
+	ln, err := net.Listen("unix", sock)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	go func() {
+		for {
+			c, err := ln.Accept()
+			if err != nil {
+				return
+			}
+			defer c.Close() // hold it, answer nothing
+		}
+	}()
+	spool := filepath.Join(t.TempDir(), "spool")
+	var stderr bytes.Buffer
+	start := time.Now()
+	code := run([]string{"--socket", sock, "--spool-dir", spool},
+		env(map[string]string{"OUT_PATHS": "/nix/store/84iphvw7rs2syhrdmwicjk2726dprxcw-t1"}), &stderr)
+	took := time.Since(start)
+	if code != 0 || took > handoffTimeout+500*time.Millisecond {
+		t.Fatalf("exit %d after %s (bound %s): %s", code, took, handoffTimeout, stderr.String())
+	}
+	if files, _ := hook.SpoolFiles(spool); len(files) != 1 {
+		t.Fatalf("spool: %v", files)
 	}
 }
