@@ -48,6 +48,11 @@ type Config struct {
 	// SocketGroup is the group (name or number) whose members may enqueue,
 	// besides root; the socket file is given to it, mode 0660.
 	SocketGroup string
+	// Notify, when set, receives sd_notify messages: STATUS= lines every
+	// StatusInterval (0 = 2s) and WATCHDOG=1 when Watchdog > 0.
+	Notify         func(string)
+	StatusInterval time.Duration
+	Watchdog       time.Duration
 	// Ready is called once the socket accepts requests.
 	Ready func()
 	// Stopping is called when the daemon begins to shut down.
@@ -62,6 +67,8 @@ type Daemon struct {
 	up       *uploader.Uploader
 	log      zerolog.Logger
 	groupID  int // -1: no socket group
+	started  time.Time
+	rates    meter
 }
 
 // Run runs the daemon until ctx is done, then stops taking work, returns
@@ -82,6 +89,9 @@ func Run(ctx context.Context, cfg Config) error {
 	if cfg.SpoolInterval <= 0 {
 		cfg.SpoolInterval = time.Second
 	}
+	if cfg.StatusInterval <= 0 {
+		cfg.StatusInterval = 2 * time.Second
+	}
 	if err := os.MkdirAll(cfg.StateDir, 0o700); err != nil {
 		return fmt.Errorf("state dir: %w", err)
 	}
@@ -90,7 +100,7 @@ func Run(ctx context.Context, cfg Config) error {
 		return err
 	}
 	defer q.Close()
-	d := &Daemon{cfg: cfg, storeDir: cfg.StoreDir, queue: q, up: cfg.Uploader, log: cfg.Log, groupID: -1}
+	d := &Daemon{cfg: cfg, storeDir: cfg.StoreDir, queue: q, up: cfg.Uploader, log: cfg.Log, groupID: -1, started: time.Now()}
 	if cfg.SocketGroup != "" {
 		if d.groupID, err = lookupGroup(cfg.SocketGroup); err != nil {
 			return err
@@ -131,6 +141,7 @@ func Run(ctx context.Context, cfg Config) error {
 	})
 	g.Go(func() error { return d.importSpoolLoop(gctx) })
 	g.Go(func() error { return d.work(gctx) })
+	g.Go(func() error { return d.report(gctx) })
 	g.Go(func() error {
 		<-gctx.Done()
 		if cfg.Stopping != nil {
@@ -295,9 +306,10 @@ func (d *Daemon) status() hook.Status {
 	us := d.up.Stats()
 	st := hook.Status{
 		Queued: qs.Queued, Active: qs.Active, Failed: qs.Failed, Done: qs.Done,
-		Drained:  qs.Queued == 0 && qs.Active == 0,
-		Uploaded: hook.Uploaded{Paths: us.Paths, NarBytes: us.NarBytes, FileBytes: us.FileBytes, Skipped: us.Skipped},
-		Store:    fmt.Sprint(d.up.Store()),
+		Drained: qs.Queued == 0 && qs.Active == 0,
+		Uploaded: hook.Uploaded{Paths: us.Paths, NarBytes: us.NarBytes, FileBytes: us.FileBytes, Skipped: us.Skipped,
+			NarBytesPerSecond: d.rates.rate(), Since: d.started},
+		Store: fmt.Sprint(d.up.Store()),
 	}
 	if !qs.OldestQueued.IsZero() {
 		t := qs.OldestQueued

@@ -50,6 +50,9 @@ type Uploaded struct {
 	FileBytes int64      `json:"file_bytes"`
 	Skipped   int64      `json:"skipped"`
 	LastPush  *time.Time `json:"last_push,omitempty"`
+	// NarBytesPerSecond is the upload rate over the last minute or so.
+	NarBytesPerSecond float64 `json:"nar_bytes_per_second"`
+	Since             time.Time `json:"since"` // when the daemon started
 }
 
 // ErrorResponse is the body of every non-2xx answer.

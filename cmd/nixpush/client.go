@@ -117,6 +117,7 @@ func runStatus(ctx context.Context, args []string, stdout, stderr io.Writer) int
 }
 
 func printStatus(w io.Writer, st hook.Status, now time.Time) {
+	fmt.Fprintln(w, st.Line(now))
 	fmt.Fprintf(w, "store:    %s\n", st.Store)
 	oldest := ""
 	if st.OldestQueued != nil {
@@ -126,28 +127,12 @@ func printStatus(w io.Writer, st hook.Status, now time.Time) {
 	fmt.Fprintf(w, "active:   %d\n", st.Active)
 	fmt.Fprintf(w, "failed:   %d\n", st.Failed)
 	fmt.Fprintf(w, "done:     %d\n", st.Done)
-	last := "never"
-	if st.Uploaded.LastPush != nil {
-		last = now.Sub(*st.Uploaded.LastPush).Round(time.Second).String() + " ago"
-	}
-	fmt.Fprintf(w, "uploaded: %d paths, %s NAR, %s compressed, %d already cached; last push %s\n",
-		st.Uploaded.Paths, bytesHuman(st.Uploaded.NarBytes), bytesHuman(st.Uploaded.FileBytes), st.Uploaded.Skipped, last)
+	fmt.Fprintf(w, "uploaded: %d paths, %s NAR, %s compressed, %d already cached, since %s; now %s/s\n",
+		st.Uploaded.Paths, hook.Bytes(st.Uploaded.NarBytes), hook.Bytes(st.Uploaded.FileBytes), st.Uploaded.Skipped,
+		st.Uploaded.Since.Format(time.DateTime), hook.Bytes(int64(st.Uploaded.NarBytesPerSecond)))
 	for _, f := range st.Failures {
 		fmt.Fprintf(w, "FAILED    %s (%d attempts): %s\n", f.Path, f.Attempts, f.Error)
 	}
-}
-
-func bytesHuman(n int64) string {
-	const unit = 1024
-	if n < unit {
-		return fmt.Sprintf("%d B", n)
-	}
-	div, exp := int64(unit), 0
-	for m := n / unit; m >= unit; m /= unit {
-		div *= unit
-		exp++
-	}
-	return fmt.Sprintf("%.1f %ciB", float64(n)/float64(div), "KMGTPE"[exp])
 }
 
 func runRetry(ctx context.Context, args []string, stdout, stderr io.Writer) int {

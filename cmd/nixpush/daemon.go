@@ -86,9 +86,12 @@ func runDaemon(ctx context.Context, args []string, stdout, stderr io.Writer) int
 		ln = lns[0]
 		log.Info().Msg("using the socket systemd passed in")
 	}
+	watchdog, _ := sddaemon.SdWatchdogEnabled(false)
 	err = daemon.Run(ctx, daemon.Config{
 		Socket: *socket, StateDir: *stateDir, SpoolDir: *spoolDir, StoreDir: *storeDir,
 		Uploader: up, Nix: nixClient, Log: log, Listener: ln, SocketGroup: *socketGroup,
+		Notify:   func(s string) { sddaemon.SdNotify(false, s) },
+		Watchdog: watchdog,
 		Ready:    func() { sddaemon.SdNotify(false, sddaemon.SdNotifyReady) },
 		Stopping: func() { sddaemon.SdNotify(false, sddaemon.SdNotifyStopping) },
 	})

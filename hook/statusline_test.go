@@ -1,0 +1,24 @@
+package hook
+
+import (
+	"testing"
+	"time"
+)
+
+func TestStatusLine(t *testing.T) {
+	now := time.Date(2026, 1, 1, 12, 0, 0, 0, time.UTC)
+	last := now.Add(-12 * time.Second)
+	st := Status{Queued: 3, Active: 1, Uploaded: Uploaded{Paths: 1234, NarBytes: 6012954214, LastPush: &last}}
+	want := "3 queued, 1 uploading, 0 failed; 1234 paths, 5.6 GiB pushed; last push 12s ago"
+	if got := st.Line(now); got != want {
+		t.Fatalf("got  %q\nwant %q", got, want)
+	}
+	if got := (Status{}).Line(now); got != "0 queued, 0 uploading, 0 failed; 0 paths, 0 B pushed; last push never" {
+		t.Fatalf("empty: %q", got)
+	}
+	for n, want := range map[int64]string{0: "0 B", 1023: "1023 B", 1536: "1.5 KiB", 5 << 30: "5.0 GiB"} {
+		if got := Bytes(n); got != want {
+			t.Errorf("Bytes(%d) = %q; want %q", n, got, want)
+		}
+	}
+}
