@@ -51,7 +51,7 @@ type Uploaded struct {
 	Skipped   int64      `json:"skipped"`
 	LastPush  *time.Time `json:"last_push,omitempty"`
 	// NarBytesPerSecond is the upload rate over the last minute or so.
-	NarBytesPerSecond float64 `json:"nar_bytes_per_second"`
+	NarBytesPerSecond float64   `json:"nar_bytes_per_second"`
 	Since             time.Time `json:"since"` // when the daemon started
 }
 
