@@ -19,9 +19,12 @@ import (
 
 // S3Store is a binary cache in an S3 bucket (AWS, MinIO, R2, Garage, …).
 type S3Store struct {
-	client *minio.Client
-	bucket string
-	name   string
+	client   *minio.Client
+	bucket   string
+	name     string
+	region   string
+	endpoint string
+	secure   bool
 }
 
 // partSize is the multipart part size for NARs of unknown compressed size:
@@ -92,7 +95,7 @@ func openS3(ctx context.Context, u *url.URL, opts StoreOptions) (*S3Store, error
 	if err != nil {
 		return nil, fmt.Errorf("s3 client for %s: %w", endpoint, err)
 	}
-	return &S3Store{client: client, bucket: bucket, name: fmt.Sprintf("s3://%s (%s://%s)", bucket, map[bool]string{true: "https", false: "http"}[secure], endpoint)}, nil
+	return &S3Store{client: client, bucket: bucket, region: region, endpoint: endpoint, secure: secure, name: fmt.Sprintf("s3://%s (%s://%s)", bucket, map[bool]string{true: "https", false: "http"}[secure], endpoint)}, nil
 }
 
 // credentialsFor reads credentials as the AWS tools do: with a profile named

@@ -28,6 +28,7 @@ commands:
   wait     block until the queue is drained: nixpush wait [--timeout DURATION]
   retry    re-queue failed items: nixpush retry [--all | PATH...]
   keygen   make a signing key pair: nixpush keygen --name NAME --out DIR
+  init     prepare a cache: nixpush init --store-uri URI [--public-read] [--expire-days N] [--print-policy]
 
 Run 'nixpush COMMAND -h' for a command's flags.
 `
@@ -44,6 +45,7 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 		"wait":   runWait,
 		"retry":  runRetry,
 		"keygen": runKeygen,
+		"init":   runInit,
 	}
 	cmd, ok := cmds[args[0]]
 	if !ok {
