@@ -329,3 +329,31 @@ func TestSocketActivation(t *testing.T) {
 	}
 	checkFetched(t, nx, "file://"+filepath.Join(state, "cache"), pub, out...)
 }
+
+// TestTwoBuildersSamePaths: two daemons (two builders) push the same
+// closure to one bucket at the same time; uploads are idempotent, so both
+// drain and the bucket stays valid.
+func TestTwoBuildersSamePaths(t *testing.T) {
+	m := testenv.MinIO(t)
+	m.MakeBucket(t, "shared", true)
+	nx := testenv.Nix(t)
+	sec, pub := keys(t, "nixpush-e2e-two-1")
+	out := nx.Build(t, testenv.DAG(seed(), 40, 128, true))
+	a := startDaemon(t, m.CredentialsEnv(), "--store-uri", m.StoreURI("shared"), "--secret-key-file", sec)
+	b := startDaemon(t, m.CredentialsEnv(), "--store-uri", m.StoreURI("shared"), "--secret-key-file", sec)
+	var wg sync.WaitGroup
+	for _, d := range []*daemon{a, b} {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			if o, err := d.cli("push", "--wait", out[0]); err != nil {
+				t.Errorf("push --wait: %v %s", err, o)
+			}
+		}()
+	}
+	wg.Wait()
+	if problems, n := checkBucket(t, m, "shared"); len(problems) > 0 || n != 41 {
+		t.Fatalf("bucket: %d narinfos, problems %v", n, problems)
+	}
+	checkFetched(t, nx, m.HTTPURL("shared"), pub, out...)
+}
