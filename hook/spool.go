@@ -35,7 +35,12 @@ func Spool(dir string, req EnqueueRequest) (string, error) {
 		return "", fmt.Errorf("spool: %w", err)
 	}
 	tmp := f.Name()
-	_, err = f.Write(data)
+	// Group-readable: the hook runs as root, the daemon as its own user in
+	// the spool directory's group (a setgid directory under the NixOS module).
+	err = f.Chmod(0o640)
+	if err == nil {
+		_, err = f.Write(data)
+	}
 	if err == nil {
 		err = f.Sync()
 	}

@@ -41,8 +41,8 @@ echo "$minio"
 echo "== go vet"
 go vet ./...
 
-echo "== nix-instantiate --parse (NixOS module)"
-for f in $(find . -name '*.nix' -not -path './.git/*'); do nix-instantiate --parse "$f" >/dev/null; echo "ok $f"; done
+echo "== NixOS module: nix-instantiate --parse, systemd-analyze security of its unit"
+./scripts/check-module.sh
 
 echo "== fuzz (bounded)"
 go test -run '^$' -fuzz '^FuzzStorePath$' -fuzztime 20s ./nix/

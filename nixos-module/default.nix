@@ -1,0 +1,295 @@
+# NixOS module for nixpush: a post-build-hook that hands every built path to
+# a socket-activated, hardened daemon which signs it and pushes its closure to
+# an S3 bucket or a file:// binary cache; plus a consumer side for machines
+# that only read the cache.
+{ config, lib, pkgs, ... }:
+
+let
+  inherit (lib) mkOption mkEnableOption mkIf mkMerge types optional optionals optionalAttrs
+    escapeShellArg escapeShellArgs concatStringsSep hasPrefix hasInfix literalExpression;
+
+  cfg = config.services.nixpush;
+
+  stateDir = "/var/lib/nixpush";
+  spoolDir = "${stateDir}/spool";
+  socket = "/run/nixpush/nixpush.sock";
+
+  # An s3:// URI gets profile= when the profile option is set and the URI
+  # does not name one itself.
+  storeUri =
+    if cfg.profile != null && hasPrefix "s3://" cfg.storeUri && !(hasInfix "profile=" cfg.storeUri)
+    then cfg.storeUri + (if hasInfix "?" cfg.storeUri then "&" else "?") + "profile=${cfg.profile}"
+    else cfg.storeUri;
+
+  # Nix runs the post-build-hook without arguments, as root under nix-daemon.
+  hook = pkgs.writeShellScript "nixpush-post-build-hook" ''
+    exec ${cfg.package}/bin/nixpush-hook --socket ${socket} --spool-dir ${spoolDir}
+  '';
+
+  daemonArgs = [
+    "daemon"
+    "--socket" socket
+    "--state-dir" stateDir
+    "--spool-dir" spoolDir
+    "--store-uri" storeUri
+    "--secret-key-file" "%d/secret-key"
+    "--compression" cfg.compression
+    "--jobs" (toString cfg.jobs)
+    "--socket-group" cfg.socketGroup
+    "--log-format" "json"
+  ] ++ optionals (cfg.caCertificate != null) [ "--ca-certificate" "%d/ca.pem" ]
+    ++ cfg.extraArgs;
+
+  pushSystem = "${cfg.package}/bin/nixpush push --socket ${socket} /nix/var/nix/profiles/system";
+in
+{
+  options.services.nixpush = {
+    enable = mkEnableOption "nixpush, which pushes every path this machine builds to a signed Nix binary cache";
+
+    package = mkOption {
+      type = types.package;
+      default = pkgs.nixpush or (pkgs.callPackage ../package.nix { });
+      defaultText = literalExpression "pkgs.nixpush";
+      description = "The nixpush package.";
+      example = literalExpression "inputs.nixpush.packages.\${pkgs.system}.default";
+    };
+
+    storeUri = mkOption {
+      type = types.str;
+      default = "file://${stateDir}/cache";
+      description = ''
+        The binary cache to push to, in the syntax of `nix copy --to`:
+        `s3://BUCKET?endpoint=HOST[:PORT]&scheme=http|https&region=R&profile=P`, or `file:///DIR`.
+      '';
+      example = "s3://nix-cache?endpoint=minio.lan:9000&scheme=http&region=us-east-1";
+    };
+
+    secretKeyFile = mkOption {
+      type = types.str;
+      description = ''
+        Path to the Nix signing key (`name:base64`, as made by `nixpush keygen` or
+        `nix key generate-secret`). Read by systemd through LoadCredential, so it may stay
+        root-only (mode 0600); it is never copied into the Nix store.
+      '';
+      example = "/var/lib/nixpush-keys/secret.key";
+    };
+
+    credentialsFile = mkOption {
+      type = types.nullOr types.str;
+      default = null;
+      description = ''
+        An AWS shared credentials file (`[profile]` sections with `aws_access_key_id` and
+        `aws_secret_access_key`) for S3, passed through LoadCredential. Not copied into the store.
+      '';
+      example = "/root/.aws/credentials";
+    };
+
+    profile = mkOption {
+      type = types.nullOr types.str;
+      default = null;
+      description = "The profile of `credentialsFile` to use; added to an s3:// `storeUri` as `profile=`.";
+      example = "nixbuilder";
+    };
+
+    compression = mkOption {
+      type = types.enum [ "zstd" "xz" "none" ];
+      default = "zstd";
+      description = "Compression of uploaded NARs. zstd is fast and understood by Nix 2.8 and later; xz is smaller and slow.";
+      example = "xz";
+    };
+
+    jobs = mkOption {
+      type = types.ints.positive;
+      default = 4;
+      description = "How many store paths are packed and uploaded at once.";
+      example = 8;
+    };
+
+    caCertificate = mkOption {
+      type = types.nullOr types.str;
+      default = null;
+      description = "PEM file of a private CA that signed the S3 endpoint's certificate (a self-signed MinIO, say).";
+      example = "/etc/ssl/minio-ca.pem";
+    };
+
+    socketGroup = mkOption {
+      type = types.str;
+      default = "nixpush";
+      description = "Group allowed to use the daemon's socket; its members may queue paths with `nixpush push`.";
+      example = "wheel";
+    };
+
+    pushSystemOnActivation = mkOption {
+      type = types.bool;
+      default = true;
+      description = ''
+        Push the system's closure after every `nixos-rebuild switch` or `boot` (when the system
+        profile changes) and at start-up.
+      '';
+      example = false;
+    };
+
+    extraArgs = mkOption {
+      type = types.listOf types.str;
+      default = [ ];
+      description = "Extra arguments for `nixpush daemon`.";
+      example = [ "--log-level" "debug" ];
+    };
+
+    consumer = {
+      enable = mkEnableOption "reading a nixpush cache as a substituter (for machines that only consume it)";
+      url = mkOption {
+        type = types.str;
+        description = "The cache's URL as a substituter: the bucket's HTTP(S) URL when it allows anonymous download.";
+        example = "http://minio.lan:9000/nix-cache";
+      };
+      publicKey = mkOption {
+        type = types.str;
+        description = "The cache's public key (`name:base64`, the public.key `nixpush keygen` wrote).";
+        example = "nix-cache.lan-1:6NCHdD59X431o0gWypbMrAURkbJ16ZPMQFGspcDShjY=";
+      };
+    };
+  };
+
+  config = mkMerge [
+    (mkIf cfg.consumer.enable {
+      nix.settings.substituters = [ cfg.consumer.url ];
+      nix.settings.trusted-public-keys = [ cfg.consumer.publicKey ];
+    })
+
+    (mkIf cfg.enable {
+      assertions = [{
+        assertion = hasPrefix "s3://" cfg.storeUri || hasPrefix "file:///" cfg.storeUri;
+        message = "services.nixpush.storeUri must be s3://BUCKET?... or file:///DIR, not ${cfg.storeUri}";
+      }];
+
+      environment.systemPackages = [ cfg.package ];
+      environment.variables.NIXPUSH_SOCKET = socket;
+
+      nix.settings.post-build-hook = hook;
+
+      users.users.nixpush = {
+        isSystemUser = true;
+        group = "nixpush";
+        extraGroups = optional (cfg.socketGroup != "nixpush") cfg.socketGroup;
+        description = "nixpush daemon";
+      };
+      users.groups.nixpush = { };
+      users.groups.${cfg.socketGroup} = { };
+
+      # The hook (root) spools here when the daemon is down; setgid so the
+      # daemon's group can read and remove what root wrote.
+      systemd.tmpfiles.rules = [
+        "d ${stateDir} 0750 nixpush nixpush -"
+        "d ${spoolDir} 2770 nixpush nixpush -"
+      ];
+
+      systemd.sockets.nixpush = {
+        description = "nixpush hand-off socket";
+        wantedBy = [ "sockets.target" ];
+        listenStreams = [ socket ];
+        socketConfig = {
+          SocketUser = "root";
+          SocketGroup = cfg.socketGroup;
+          SocketMode = "0660";
+          DirectoryMode = "0755";
+          RemoveOnStop = true;
+        };
+      };
+
+      systemd.services.nixpush = {
+        description = "nixpush: push built store paths to a Nix binary cache";
+        documentation = [ "https://github.com/nixpush/nixpush" ];
+        requires = [ "nixpush.socket" ];
+        after = [ "nixpush.socket" "network-online.target" "nix-daemon.socket" ];
+        wants = [ "network-online.target" ];
+        wantedBy = [ "multi-user.target" ];
+        path = [ config.nix.package ];
+        environment = {
+          NIXPUSH_SOCKET = socket;
+        } // optionalAttrs (cfg.credentialsFile != null) {
+          AWS_SHARED_CREDENTIALS_FILE = "%d/aws-credentials";
+        };
+        serviceConfig = {
+          Type = "notify";
+          NotifyAccess = "main";
+          ExecStart = "${cfg.package}/bin/nixpush ${escapeShellArgs daemonArgs}";
+          Restart = "on-failure";
+          RestartSec = "2s";
+          TimeoutStopSec = "30s";
+          WatchdogSec = "2min";
+          User = "nixpush";
+          Group = "nixpush";
+          StateDirectory = "nixpush";
+          StateDirectoryMode = "0750";
+          LoadCredential = [ "secret-key:${cfg.secretKeyFile}" ]
+            ++ optional (cfg.credentialsFile != null) "aws-credentials:${cfg.credentialsFile}"
+            ++ optional (cfg.caCertificate != null) "ca.pem:${cfg.caCertificate}";
+
+          # Hardening. The daemon reads /nix/store, asks nix-daemon (a Unix
+          # socket) about paths, listens on its own socket, and talks to S3.
+          # No PrivateUsers: peer credentials of the root hook would then
+          # read as the overflow uid and be refused.
+          CapabilityBoundingSet = "";
+          AmbientCapabilities = "";
+          NoNewPrivileges = true;
+          ProtectSystem = "strict";
+          ProtectHome = true;
+          PrivateTmp = true;
+          PrivateDevices = true;
+          DevicePolicy = "closed";
+          ProtectKernelTunables = true;
+          ProtectKernelModules = true;
+          ProtectKernelLogs = true;
+          ProtectControlGroups = true;
+          ProtectClock = true;
+          ProtectHostname = true;
+          ProtectProc = "invisible";
+          ProcSubset = "pid";
+          RestrictAddressFamilies = [ "AF_UNIX" "AF_INET" "AF_INET6" ];
+          RestrictNamespaces = true;
+          RestrictRealtime = true;
+          RestrictSUIDSGID = true;
+          LockPersonality = true;
+          MemoryDenyWriteExecute = true;
+          RemoveIPC = true;
+          KeyringMode = "private";
+          SystemCallArchitectures = "native";
+          SystemCallFilter = [ "@system-service" "~@privileged" "~@resources" ];
+          SystemCallErrorNumber = "EPERM";
+          UMask = "0027";
+        };
+      };
+    })
+
+    (mkIf (cfg.enable && cfg.pushSystemOnActivation) {
+      # switch: right away, from the activation script (never fatal).
+      system.activationScripts.nixpush = ''
+        OUT_PATHS="$systemConfig" ${cfg.package}/bin/nixpush-hook --socket ${socket} --spool-dir ${spoolDir} \
+          || echo "nixpush: could not queue $systemConfig for upload" >&2
+      '';
+      # boot (no activation): when the system profile changes, and at start-up.
+      systemd.paths.nixpush-system = {
+        description = "Push the system closure when the system profile changes";
+        wantedBy = [ "paths.target" ];
+        pathConfig.PathChanged = "/nix/var/nix/profiles/system";
+      };
+      systemd.services.nixpush-system = {
+        description = "Queue the system closure for nixpush";
+        after = [ "nixpush.socket" ];
+        requires = [ "nixpush.socket" ];
+        wantedBy = [ "multi-user.target" ];
+        path = [ config.nix.package ];
+        serviceConfig = {
+          Type = "oneshot";
+          ExecStart = pushSystem;
+          NoNewPrivileges = true;
+          ProtectSystem = "strict";
+          ProtectHome = true;
+          PrivateTmp = true;
+          RestrictAddressFamilies = [ "AF_UNIX" ];
+        };
+      };
+    })
+  ];
+}

@@ -1,0 +1,22 @@
+# nixpush built from this checkout.
+{ lib, buildGoModule }:
+
+buildGoModule {
+  pname = "nixpush";
+  version = "0.1.0";
+  src = lib.cleanSource ./.;
+  # Update after changing go.mod/go.sum: set lib.fakeHash, run `nix build`,
+  # and paste the hash Nix reports.
+  vendorHash = lib.fakeHash;
+  subPackages = [ "cmd/nixpush" "cmd/nixpush-hook" ];
+  env.CGO_ENABLED = 0;
+  ldflags = [ "-s" "-w" ];
+  # The tests need a Nix store, nix-daemon and MinIO: ./scripts/test.sh runs them.
+  doCheck = false;
+  meta = {
+    description = "Push what Nix builds to a signed binary cache in S3, from a post-build-hook that never blocks";
+    license = lib.licenses.mit;
+    mainProgram = "nixpush";
+    platforms = lib.platforms.linux;
+  };
+}
