@@ -5,6 +5,7 @@ import (
 	"encoding/hex"
 	"encoding/json"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"strings"
 	"testing"
@@ -202,4 +203,33 @@ func TestS3ProfileCredentials(t *testing.T) {
 		t.Fatalf("nixpush push --wait: %v\n%s\n%s", err, o, d.log)
 	}
 	checkFetched(t, nx, m.HTTPURL("profiled"), pub, out...)
+}
+
+// TestKeygenInterchangeable: nixpush keygen writes keys in Nix's format
+// (Nix derives the same public key from the secret one), the secret key is
+// 0600, and an existing key is never overwritten.
+func TestKeygenInterchangeable(t *testing.T) {
+	nx := testenv.Nix(t)
+	dir := t.TempDir()
+	if out, err := exec.Command(nixpushBin(), "keygen", "--name", "cache.example.org-1", "--out", dir).CombinedOutput(); err != nil {
+		t.Fatalf("keygen: %v %s", err, out)
+	}
+	sec, pub := filepath.Join(dir, "secret.key"), filepath.Join(dir, "public.key")
+	fi, err := os.Stat(sec)
+	if err != nil || fi.Mode().Perm() != 0o600 {
+		t.Fatalf("secret.key: %v, mode %v; want 0600", err, fi.Mode())
+	}
+	want, _ := os.ReadFile(pub)
+	got, err := nx.Run(t, "sh", "-c", "nix --extra-experimental-features nix-command key convert-secret-to-public < "+sec)
+	if err != nil || strings.TrimSpace(got) != string(want) || !strings.HasPrefix(got, "cache.example.org-1:") {
+		t.Fatalf("nix key convert-secret-to-public says %q (%v); public.key has %q", got, err, want)
+	}
+	before, _ := os.ReadFile(sec)
+	if out, err := exec.Command(nixpushBin(), "keygen", "--name", "other-1", "--out", dir).CombinedOutput(); err == nil ||
+		!strings.Contains(string(out), "refusing to overwrite") {
+		t.Fatalf("second keygen into the same dir: %v %s", err, out)
+	}
+	if after, _ := os.ReadFile(sec); string(after) != string(before) {
+		t.Fatal("keygen overwrote a signing key")
+	}
 }

@@ -36,7 +36,7 @@ let
     "--compression" cfg.compression
     "--jobs" (toString cfg.jobs)
     "--socket-group" cfg.socketGroup
-    "--log-format" "json"
+    "--log-format" "journald"
   ] ++ optionals (cfg.caCertificate != null) [ "--ca-certificate" "%d/ca.pem" ]
     ++ cfg.extraArgs;
 

@@ -13,8 +13,10 @@ import (
 
 	"github.com/coreos/go-systemd/v22/activation"
 	sddaemon "github.com/coreos/go-systemd/v22/daemon"
+	"github.com/coreos/go-systemd/v22/journal"
 	"github.com/mattn/go-isatty"
 	"github.com/rs/zerolog"
+	"github.com/rs/zerolog/journald"
 
 	"github.com/nixpush/nixpush/daemon"
 	"github.com/nixpush/nixpush/hook"
@@ -36,7 +38,7 @@ func runDaemon(ctx context.Context, args []string, stdout, stderr io.Writer) int
 	caCert := fs.String("ca-certificate", "", "PEM file of a private CA that signed the S3 endpoint's certificate")
 	storeDir := fs.String("store-dir", envOr("NIX_STORE_DIR", nix.DefaultStoreDir), "the Nix store directory")
 	logLevel := fs.String("log-level", "info", "log level: debug, info, warn, error")
-	logFormat := fs.String("log-format", "auto", "log format: auto (console on a terminal, JSON otherwise), console, json")
+	logFormat := fs.String("log-format", "auto", "log format: auto (journald under systemd, console on a terminal, JSON otherwise), journald, console, json")
 	if err := fs.Parse(args); err != nil {
 		return 2
 	}
@@ -110,17 +112,26 @@ func newLogger(w io.Writer, level, format string) (zerolog.Logger, error) {
 	}
 	switch format {
 	case "auto":
-		if f, ok := w.(*os.File); ok && isatty.IsTerminal(f.Fd()) {
+		f, isFile := w.(*os.File)
+		switch {
+		case isFile && os.Getenv("JOURNAL_STREAM") != "" && journal.Enabled():
+			format = "journald" // systemd connected stderr to the journal
+		case isFile && isatty.IsTerminal(f.Fd()):
 			format = "console"
-		} else {
+		default:
 			format = "json"
 		}
-	case "console", "json":
+	case "console", "json", "journald":
 	default:
-		return zerolog.Logger{}, fmt.Errorf("--log-format %q: want auto, console or json", format)
+		return zerolog.Logger{}, fmt.Errorf("--log-format %q: want auto, journald, console or json", format)
 	}
-	if format == "console" {
+	switch format {
+	case "console":
 		w = zerolog.ConsoleWriter{Out: w, TimeFormat: time.TimeOnly}
+	case "journald":
+		// Native journal entries: PRIORITY from the level, and every field
+		// (PATH, NAR_BYTES, …) queryable with journalctl.
+		w = journald.NewJournalDWriter()
 	}
 	return zerolog.New(w).Level(lvl).With().Timestamp().Logger(), nil
 }
