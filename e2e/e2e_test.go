@@ -75,7 +75,7 @@ func TestHookToMinIO(t *testing.T) {
 	if len(closureOf(t, nx, out...)) < 30 {
 		t.Fatalf("closure of %v has fewer than 30 paths", out)
 	}
-	d.mustWait(3 * time.Minute)
+	d.MustWait(3 * time.Minute)
 
 	st := status(t, d)
 	if st["queued"] != 0 || st["active"] != 0 || st["failed"] != 0 || st["done"] < 30 {
@@ -85,11 +85,11 @@ func TestHookToMinIO(t *testing.T) {
 	checkRefused(t, nx, m.HTTPURL("cache"), otherPub, out...)
 
 	// No secret reaches the logs or the status output.
-	statusText, _ := d.cli("status")
-	statusJSON, _ := d.cli("status", "--json")
+	statusText, _ := d.CLI("status")
+	statusJSON, _ := d.CLI("status", "--json")
 	secretKey, _ := os.ReadFile(sec)
 	_, b64, _ := strings.Cut(string(secretKey), ":")
-	for what, text := range map[string]string{"daemon log": d.log.String(), "status": statusText, "status --json": statusJSON} {
+	for what, text := range map[string]string{"daemon log": d.Log.String(), "status": statusText, "status --json": statusJSON} {
 		for name, secret := range map[string]string{"S3 secret key": m.SecretKey, "signing key": b64} {
 			if strings.Contains(text, secret) {
 				t.Errorf("%s shows the %s", what, name)
@@ -106,7 +106,7 @@ func TestHookToFileCache(t *testing.T) {
 	_, otherPub := keys(t, "nixpush-e2e-file-1")
 	d := startDaemon(t, nil, "--secret-key-file", sec)
 	out := nx.Build(t, testenv.Chain(seed(), 30), "--option", "post-build-hook", d.Hook)
-	d.mustWait(3 * time.Minute)
+	d.MustWait(3 * time.Minute)
 	cache := "file://" + filepath.Join(d.StateDir, "cache")
 	checkFetched(t, nx, cache, pub, out...)
 	checkRefused(t, nx, cache, otherPub, out...)
@@ -124,7 +124,7 @@ func TestAwkwardPaths(t *testing.T) {
 			m.MakeBucket(t, bucket, true)
 			d := startDaemon(t, m.CredentialsEnv(), "--store-uri", m.StoreURI(bucket), "--secret-key-file", sec, "--compression", comp)
 			out := nx.Build(t, testenv.Awkward(seed()), "--option", "post-build-hook", d.Hook)
-			d.mustWait(3 * time.Minute)
+			d.MustWait(3 * time.Minute)
 			checkFetched(t, nx, m.HTTPURL(bucket), pub, out...)
 		})
 	}
@@ -142,15 +142,15 @@ func TestPushCommand(t *testing.T) {
 	if _, err := nx.Run(t, "ln", "-s", out[0], link); err != nil {
 		t.Fatal(err)
 	}
-	if o, err := d.cli("push", "--wait", link); err != nil {
+	if o, err := d.CLI("push", "--wait", link); err != nil {
 		t.Fatalf("nixpush push --wait: %v\n%s", err, o)
 	}
 	checkFetched(t, nx, "file://"+filepath.Join(d.StateDir, "cache"), pub, out...)
 
 	for _, bad := range []string{"/etc/passwd", "/nix/store/../etc", "/nix/store/00000000000000000000000000000000-missing"} {
-		o, err := d.cli("push", bad)
+		o, err := d.CLI("push", bad)
 		if err == nil {
-			if _, werr := d.cli("wait", "--timeout", "30s"); werr == nil {
+			if _, werr := d.CLI("wait", "--timeout", "30s"); werr == nil {
 				t.Errorf("nixpush push %s: accepted and drained without failure\n%s", bad, o)
 			}
 			continue
@@ -163,7 +163,7 @@ func TestPushCommand(t *testing.T) {
 
 func status(t *testing.T, d *daemon) map[string]int {
 	t.Helper()
-	out, err := d.cli("status", "--json")
+	out, err := d.CLI("status", "--json")
 	if err != nil {
 		t.Fatalf("status: %v\n%s", err, out)
 	}
@@ -199,8 +199,8 @@ func TestS3ProfileCredentials(t *testing.T) {
 	d := startDaemon(t, []string{"AWS_SHARED_CREDENTIALS_FILE=" + creds, "AWS_ACCESS_KEY_ID=", "AWS_SECRET_ACCESS_KEY="},
 		"--store-uri", m.StoreURI("profiled")+"&profile=nixbuilder", "--secret-key-file", sec)
 	out := nx.Build(t, testenv.Chain(seed(), 3))
-	if o, err := d.cli("push", "--wait", out[0]); err != nil {
-		t.Fatalf("nixpush push --wait: %v\n%s\n%s", err, o, d.log)
+	if o, err := d.CLI("push", "--wait", out[0]); err != nil {
+		t.Fatalf("nixpush push --wait: %v\n%s\n%s", err, o, d.Log)
 	}
 	checkFetched(t, nx, m.HTTPURL("profiled"), pub, out...)
 }

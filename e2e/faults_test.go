@@ -62,14 +62,6 @@ func checkBucket(t *testing.T, m *testenv.MinIOServer, bucket string) (problems 
 	return problems, narinfos
 }
 
-// kill sends SIGKILL to the daemon and waits for it to die.
-func (d *daemon) kill() {
-	d.cmd.Process.Signal(syscall.SIGKILL)
-	for d.cmd.ProcessState == nil {
-		time.Sleep(5 * time.Millisecond)
-	}
-}
-
 // TestSIGKILLNeverBreaksTheCache kills the daemon at random moments while a
 // closure of 100+ paths uploads to MinIO, and checks the bucket after each
 // kill: never a .narinfo without its NAR or references. After the last
@@ -85,14 +77,14 @@ func TestSIGKILLNeverBreaksTheCache(t *testing.T) {
 		t.Fatalf("closure has %d paths; want 100+", len(closure))
 	}
 	d := startDaemon(t, m.CredentialsEnv(), "--store-uri", m.StoreURI("killed"), "--secret-key-file", sec, "--jobs", "4")
-	if o, err := d.cli("push", out[0]); err != nil {
+	if o, err := d.CLI("push", out[0]); err != nil {
 		t.Fatalf("push: %v\n%s", err, o)
 	}
 	kills, seen := 0, 0
 	rng := rand.New(rand.NewPCG(uint64(time.Now().UnixNano()), 7))
 	for kills < 12 {
 		time.Sleep(time.Duration(50+rng.IntN(400)) * time.Millisecond)
-		d.kill()
+		d.Kill()
 		kills++
 		problems, n := checkBucket(t, m, "killed")
 		for _, p := range problems {
@@ -105,7 +97,7 @@ func TestSIGKILLNeverBreaksTheCache(t *testing.T) {
 			break
 		}
 	}
-	d.mustWait(5 * time.Minute)
+	d.MustWait(5 * time.Minute)
 	problems, n := checkBucket(t, m, "killed")
 	if len(problems) > 0 || n != len(closure) {
 		t.Fatalf("final bucket: %d .narinfo (want %d), problems %v", n, len(closure), problems)
@@ -126,7 +118,7 @@ func TestMinIOOutage(t *testing.T) {
 	sec, pub := keys(t, "nixpush-e2e-outage-1")
 	out := nx.Build(t, testenv.DAG(seed(), 60, 512, true))
 	d := startDaemon(t, m.CredentialsEnv(), "--store-uri", m.StoreURI("outage"), "--secret-key-file", sec, "--jobs", "2")
-	if o, err := d.cli("push", out[0]); err != nil {
+	if o, err := d.CLI("push", out[0]); err != nil {
 		t.Fatalf("push: %v\n%s", err, o)
 	}
 	// Stop MinIO once some paths are up.
@@ -156,7 +148,7 @@ func TestMinIOOutage(t *testing.T) {
 	}
 	m.Start(t)
 	t.Log("MinIO started again")
-	d.mustWait(5 * time.Minute)
+	d.MustWait(5 * time.Minute)
 	if st := status(t, d); st["failed"] != 0 {
 		t.Fatalf("status: %v", st)
 	}
@@ -179,7 +171,7 @@ func TestDaemonDownDuringBuilds(t *testing.T) {
 		t.Fatalf("%d spool files; want 20 (one per build)", len(spooled))
 	}
 	d.Start()
-	d.mustWait(3 * time.Minute)
+	d.MustWait(3 * time.Minute)
 	if left, _ := hook.SpoolFiles(d.SpoolDir); len(left) != 0 {
 		t.Fatalf("spool not emptied: %v", left)
 	}
@@ -226,7 +218,7 @@ func TestSixteenHooksAtOnce(t *testing.T) {
 	if spooled, _ := hook.SpoolFiles(d.SpoolDir); len(spooled) != 0 {
 		t.Fatalf("%d hooks spooled instead of being acknowledged", len(spooled))
 	}
-	d.mustWait(3 * time.Minute)
+	d.MustWait(3 * time.Minute)
 	st := status(t, d)
 	if st["done"] != 16 {
 		t.Fatalf("status %v; want 16 done", st)
@@ -244,7 +236,7 @@ func TestSIGTERMMidUpload(t *testing.T) {
 	sec, pub := keys(t, "nixpush-e2e-term-1")
 	out := nx.Build(t, testenv.DAG(seed(), 40, 1024, true))
 	d := startDaemon(t, m.CredentialsEnv(), "--store-uri", m.StoreURI("termed"), "--secret-key-file", sec, "--jobs", "2")
-	if o, err := d.cli("push", out[0]); err != nil {
+	if o, err := d.CLI("push", out[0]); err != nil {
 		t.Fatalf("push: %v\n%s", err, o)
 	}
 	for {
@@ -269,12 +261,12 @@ func TestSIGTERMMidUpload(t *testing.T) {
 	if _, err := os.Stat(d.Socket); !os.IsNotExist(err) {
 		t.Fatalf("socket left behind after SIGTERM: %v", err)
 	}
-	if !strings.Contains(d.log.String(), "daemon stopped") {
-		t.Fatalf("no clean stop in the log:\n%s", d.log)
+	if !strings.Contains(d.Log.String(), "daemon stopped") {
+		t.Fatalf("no clean stop in the log:\n%s", d.Log)
 	}
 	t.Logf("stopped %s after SIGTERM", took.Round(time.Millisecond))
 	d.Start()
-	d.mustWait(3 * time.Minute)
+	d.MustWait(3 * time.Minute)
 	checkFetched(t, nx, m.HTTPURL("termed"), pub, out...)
 	if problems, _ := checkBucket(t, m, "termed"); len(problems) > 0 {
 		t.Fatal(problems)
@@ -346,7 +338,7 @@ func TestTwoBuildersSamePaths(t *testing.T) {
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
-			if o, err := d.cli("push", "--wait", out[0]); err != nil {
+			if o, err := d.CLI("push", "--wait", out[0]); err != nil {
 				t.Errorf("push --wait: %v %s", err, o)
 			}
 		}()

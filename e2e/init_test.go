@@ -95,7 +95,7 @@ func TestInit(t *testing.T) {
 	// The prepared bucket works: push, and Nix substitutes anonymously.
 	d := startDaemon(t, m.CredentialsEnv(), "--store-uri", uri, "--secret-key-file", sec)
 	out := nx.Build(t, testenv.Chain(seed(), 3))
-	if o, err := d.cli("push", "--wait", out[0]); err != nil {
+	if o, err := d.CLI("push", "--wait", out[0]); err != nil {
 		t.Fatalf("push: %v %s", err, o)
 	}
 	checkFetched(t, nx, m.HTTPURL("fresh-cache"), pub, out...)

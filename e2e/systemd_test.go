@@ -76,7 +76,7 @@ func TestSdNotify(t *testing.T) {
 	ns.waitFor(t, "WATCHDOG=1", func(m string) bool { return m == "WATCHDOG=1" })
 
 	out := nx.Build(t, testenv.Chain(seed(), 4))
-	if o, err := d.cli("push", "--wait", out[0]); err != nil {
+	if o, err := d.CLI("push", "--wait", out[0]); err != nil {
 		t.Fatalf("push: %v %s", err, o)
 	}
 	busy := ns.waitFor(t, "a STATUS with 4 paths pushed", func(m string) bool {

@@ -1,0 +1,185 @@
+package testenv
+
+import (
+	"bytes"
+	"fmt"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"sync"
+	"syscall"
+	"testing"
+	"time"
+)
+
+// BuildNixpush builds nixpush and nixpush-hook into dir, from the module
+// whose root is moduleRoot.
+func BuildNixpush(moduleRoot, dir string) error {
+	build := exec.Command("go", "build", "-o", dir+"/", "./cmd/nixpush", "./cmd/nixpush-hook")
+	build.Dir = moduleRoot
+	build.Stdout, build.Stderr = os.Stdout, os.Stderr
+	if err := build.Run(); err != nil {
+		return fmt.Errorf("build nixpush: %w", err)
+	}
+	return nil
+}
+
+// Daemon is a running nixpush daemon with its own socket, state and spool.
+type Daemon struct {
+	t        testing.TB
+	BinDir   string // where nixpush and nixpush-hook are
+	Socket   string
+	StateDir string
+	SpoolDir string
+	Hook     string // a post-build-hook wrapper that reaches this daemon
+	Cmd      *exec.Cmd
+	Log      *SyncBuffer
+	Args     []string
+	Env      []string
+}
+
+// StartDaemon starts nixpush daemon (from binDir) with args and waits
+// until it answers on its socket; it stops at cleanup.
+func StartDaemon(t testing.TB, binDir string, env []string, args ...string) *Daemon {
+	t.Helper()
+	dir := t.TempDir()
+	d := &Daemon{
+		t: t, BinDir: binDir, Socket: filepath.Join(dir, "nixpush.sock"), StateDir: filepath.Join(dir, "state"),
+		SpoolDir: filepath.Join(dir, "spool"), Hook: filepath.Join(dir, "hook.sh"), Env: env,
+	}
+	d.Args = append([]string{"daemon", "--socket", d.Socket, "--state-dir", d.StateDir, "--spool-dir", d.SpoolDir, "--log-format", "json"}, args...)
+	script := fmt.Sprintf("#!/bin/sh\nexec %s --socket %s --spool-dir %s\n", d.HookBin(), d.Socket, d.SpoolDir)
+	if err := os.WriteFile(d.Hook, []byte(script), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	d.Start()
+	t.Cleanup(d.Stop)
+	return d
+}
+
+// Bin is the nixpush binary.
+func (d *Daemon) Bin() string { return filepath.Join(d.BinDir, "nixpush") }
+
+// HookBin is the nixpush-hook binary.
+func (d *Daemon) HookBin() string { return filepath.Join(d.BinDir, "nixpush-hook") }
+
+// HookEnv is the environment that points nixpush-hook at this daemon.
+func (d *Daemon) HookEnv() []string {
+	return []string{"NIXPUSH_SOCKET=" + d.Socket, "NIXPUSH_SPOOL_DIR=" + d.SpoolDir}
+}
+
+// Start (re)starts the daemon process.
+func (d *Daemon) Start() {
+	t := d.t
+	t.Helper()
+	d.Log = &SyncBuffer{}
+	d.Cmd = exec.Command(d.Bin(), d.Args...)
+	d.Cmd.Env = append(os.Environ(), d.Env...)
+	d.Cmd.Stdout, d.Cmd.Stderr = d.Log, d.Log
+	if err := d.Cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	exited := make(chan struct{})
+	go func() { d.Cmd.Wait(); close(exited) }()
+	deadline := time.Now().Add(10 * time.Second)
+	for time.Now().Before(deadline) {
+		if _, err := d.CLI("status"); err == nil {
+			return
+		}
+		select {
+		case <-exited:
+			t.Fatalf("daemon exited at start: %s", d.Log)
+		case <-time.After(20 * time.Millisecond):
+		}
+	}
+	t.Fatalf("daemon socket %s not answering after 10s: %s", d.Socket, d.Log)
+}
+
+// Stop stops the daemon with SIGTERM.
+func (d *Daemon) Stop() {
+	if d.Cmd == nil || d.Cmd.Process == nil || d.Cmd.ProcessState != nil {
+		return
+	}
+	d.Cmd.Process.Signal(syscall.SIGTERM)
+	done := make(chan struct{})
+	go func() {
+		for d.Cmd.ProcessState == nil {
+			time.Sleep(10 * time.Millisecond)
+		}
+		close(done)
+	}()
+	select {
+	case <-done:
+	case <-time.After(15 * time.Second):
+		d.Cmd.Process.Kill()
+		d.t.Errorf("daemon did not stop within 15s of SIGTERM")
+	}
+	if d.t.Failed() {
+		d.t.Logf("daemon log:\n%s", d.Log)
+	}
+}
+
+// Kill sends SIGKILL to the daemon and waits for it to die.
+func (d *Daemon) Kill() {
+	d.Cmd.Process.Signal(syscall.SIGKILL)
+	for d.Cmd.ProcessState == nil {
+		time.Sleep(5 * time.Millisecond)
+	}
+}
+
+// CLI runs a nixpush client command against the daemon.
+func (d *Daemon) CLI(args ...string) (string, error) {
+	cmd := exec.Command(d.Bin(), args...)
+	cmd.Env = append(os.Environ(), "NIXPUSH_SOCKET="+d.Socket)
+	out, err := cmd.CombinedOutput()
+	return string(out), err
+}
+
+// MustWait runs nixpush wait and fails the test unless it exits 0.
+func (d *Daemon) MustWait(timeout time.Duration) {
+	d.t.Helper()
+	out, err := d.CLI("wait", "--timeout", timeout.String())
+	if err != nil {
+		d.t.Fatalf("nixpush wait: %v\n%s\ndaemon log:\n%s", err, out, d.Log)
+	}
+}
+
+// PeakRSS is the daemon's peak resident set (VmHWM) in bytes.
+func (d *Daemon) PeakRSS() (int64, error) { return procStatusBytes(d.Cmd.Process.Pid, "VmHWM:") }
+
+// RSS is the daemon's resident set now (VmRSS) in bytes.
+func (d *Daemon) RSS() (int64, error) { return procStatusBytes(d.Cmd.Process.Pid, "VmRSS:") }
+
+func procStatusBytes(pid int, field string) (int64, error) {
+	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/status", pid))
+	if err != nil {
+		return 0, err
+	}
+	for _, line := range strings.Split(string(b), "\n") {
+		if rest, ok := strings.CutPrefix(line, field); ok {
+			kb, err := strconv.ParseInt(strings.TrimSpace(strings.TrimSuffix(strings.TrimSpace(rest), "kB")), 10, 64)
+			return kb << 10, err
+		}
+	}
+	return 0, fmt.Errorf("/proc/%d/status has no %s", pid, field)
+}
+
+// SyncBuffer is a bytes.Buffer safe for a process writing while a test reads.
+type SyncBuffer struct {
+	mu  sync.Mutex
+	buf bytes.Buffer
+}
+
+func (b *SyncBuffer) Write(p []byte) (int, error) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.buf.Write(p)
+}
+
+func (b *SyncBuffer) String() string {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.buf.String()
+}
