@@ -17,6 +17,7 @@ import (
 	"github.com/rs/zerolog"
 
 	"github.com/nixpush/nixpush/hook"
+	"github.com/nixpush/nixpush/hook/client"
 	"github.com/nixpush/nixpush/nix"
 	"github.com/nixpush/nixpush/uploader"
 )
@@ -100,14 +101,14 @@ func TestAPIRefusesBadRequests(t *testing.T) {
 		})
 	}
 	// The daemon still answers after all that.
-	if _, err := hook.NewClient(socket).Status(context.Background()); err != nil {
+	if _, err := client.New(socket).Status(context.Background()); err != nil {
 		t.Fatal(err)
 	}
 }
 
 func TestWaitAndStatus(t *testing.T) {
 	socket := startDaemon(t)
-	c := hook.NewClient(socket)
+	c := client.New(socket)
 	ctx := context.Background()
 	// A path on disk that the Nix database does not register fails
 	// permanently at upload, and wait returns with it listed.

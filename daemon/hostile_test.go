@@ -15,6 +15,7 @@ import (
 	"time"
 
 	"github.com/nixpush/nixpush/hook"
+	"github.com/nixpush/nixpush/hook/client"
 	"github.com/nixpush/nixpush/nix"
 )
 
@@ -31,7 +32,7 @@ func TestSlowClientDoesNotStallOthers(t *testing.T) {
 	slow.Write([]byte("POST /v1/enqueue HTTP/1.1\r\nHost: x\r\nContent-Length: 100\r\n")) // and then nothing
 	start := time.Now()
 	for range 5 {
-		if _, err := hook.NewClient(socket).Status(context.Background()); err != nil {
+		if _, err := client.New(socket).Status(context.Background()); err != nil {
 			t.Fatal(err)
 		}
 	}

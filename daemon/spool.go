@@ -4,8 +4,6 @@ import (
 	"context"
 	"os"
 	"time"
-
-	"github.com/nixpush/nixpush/hook"
 )
 
 // importSpoolLoop imports spooled requests at start and then every
@@ -27,13 +25,13 @@ func (d *Daemon) importSpoolLoop(ctx context.Context) error {
 // queue has committed its paths. A file that cannot be read as a request is
 // renamed *.bad and kept for a person to look at, never deleted.
 func (d *Daemon) importSpool(ctx context.Context) {
-	files, err := hook.SpoolFiles(d.cfg.SpoolDir)
+	files, err := SpoolFiles(d.cfg.SpoolDir)
 	if err != nil {
 		d.log.Error().Err(err).Str("spool", d.cfg.SpoolDir).Msg("read spool")
 		return
 	}
 	for _, f := range files {
-		req, err := hook.ReadSpoolFile(f)
+		req, err := ReadSpoolFile(f)
 		var paths []string
 		if err == nil {
 			paths, err = d.requestPaths(req)

@@ -17,7 +17,8 @@ import (
 	"github.com/minio/minio-go/v7"
 	"github.com/nix-community/go-nix/pkg/narinfo"
 
-	"github.com/nixpush/nixpush/hook"
+	npdaemon "github.com/nixpush/nixpush/daemon"
+	"github.com/nixpush/nixpush/hook/client"
 	"github.com/nixpush/nixpush/internal/testenv"
 )
 
@@ -124,7 +125,7 @@ func TestMinIOOutage(t *testing.T) {
 	// Stop MinIO once some paths are up.
 	deadline := time.Now().Add(time.Minute)
 	for {
-		st, err := hook.NewClient(d.Socket).Status(context.Background())
+		st, err := client.New(d.Socket).Status(context.Background())
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -166,13 +167,13 @@ func TestDaemonDownDuringBuilds(t *testing.T) {
 	start := time.Now()
 	out := nx.Build(t, testenv.Chain(seed(), 20), "--option", "post-build-hook", d.Hook)
 	t.Logf("20 builds with the daemon down took %s", time.Since(start).Round(time.Millisecond))
-	spooled, _ := hook.SpoolFiles(d.SpoolDir)
+	spooled, _ := npdaemon.SpoolFiles(d.SpoolDir)
 	if len(spooled) != 20 {
 		t.Fatalf("%d spool files; want 20 (one per build)", len(spooled))
 	}
 	d.Start()
 	d.MustWait(3 * time.Minute)
-	if left, _ := hook.SpoolFiles(d.SpoolDir); len(left) != 0 {
+	if left, _ := npdaemon.SpoolFiles(d.SpoolDir); len(left) != 0 {
 		t.Fatalf("spool not emptied: %v", left)
 	}
 	checkFetched(t, nx, "file://"+filepath.Join(d.StateDir, "cache"), pub, out...)
@@ -215,7 +216,7 @@ func TestSixteenHooksAtOnce(t *testing.T) {
 			t.Error(err)
 		}
 	}
-	if spooled, _ := hook.SpoolFiles(d.SpoolDir); len(spooled) != 0 {
+	if spooled, _ := npdaemon.SpoolFiles(d.SpoolDir); len(spooled) != 0 {
 		t.Fatalf("%d hooks spooled instead of being acknowledged", len(spooled))
 	}
 	d.MustWait(3 * time.Minute)
@@ -240,7 +241,7 @@ func TestSIGTERMMidUpload(t *testing.T) {
 		t.Fatalf("push: %v\n%s", err, o)
 	}
 	for {
-		st, err := hook.NewClient(d.Socket).Status(context.Background())
+		st, err := client.New(d.Socket).Status(context.Background())
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -309,7 +310,7 @@ func TestSocketActivation(t *testing.T) {
 	if o, err := h.CombinedOutput(); err != nil || len(o) > 0 {
 		t.Fatalf("hook: %v %s", err, o)
 	}
-	if files, _ := hook.SpoolFiles(spool); len(files) != 0 {
+	if files, _ := npdaemon.SpoolFiles(spool); len(files) != 0 {
 		t.Fatalf("hook spooled instead of waiting for the activated daemon: %v", files)
 	}
 	if !strings.Contains(log.String(), "using the socket systemd passed in") {

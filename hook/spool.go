@@ -1,12 +1,9 @@
 package hook
 
 import (
-	"crypto/rand"
-	"encoding/hex"
-	"encoding/json"
-	"fmt"
 	"os"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"time"
 )
@@ -19,27 +16,22 @@ const SpoolExt = ".json"
 // temporary file, fsynced, renamed into place, and the directory fsynced.
 func Spool(dir string, req EnqueueRequest) (string, error) {
 	if err := os.MkdirAll(dir, 0o700); err != nil {
-		return "", fmt.Errorf("spool: %w", err)
+		return "", spoolError(err)
 	}
-	data, err := json.Marshal(req)
-	if err != nil {
-		return "", err
-	}
-	var rnd [8]byte
-	if _, err := rand.Read(rnd[:]); err != nil {
-		return "", err
-	}
-	name := fmt.Sprintf("%d-%s%s", time.Now().UnixNano(), hex.EncodeToString(rnd[:]), SpoolExt)
 	f, err := os.CreateTemp(dir, ".tmp-*")
 	if err != nil {
-		return "", fmt.Errorf("spool: %w", err)
+		return "", spoolError(err)
 	}
 	tmp := f.Name()
+	// The final name sorts by time; the temporary name's random part keeps
+	// hooks spooling at the same moment apart.
+	final := filepath.Join(dir, strconv.FormatInt(time.Now().UnixNano(), 10)+"-"+
+		strings.TrimPrefix(filepath.Base(tmp), ".tmp-")+SpoolExt)
 	// Group-readable: the hook runs as root, the daemon as its own user in
 	// the spool directory's group (a setgid directory under the NixOS module).
 	err = f.Chmod(0o640)
 	if err == nil {
-		_, err = f.Write(data)
+		_, err = f.Write(req.AppendJSON(nil))
 	}
 	if err == nil {
 		err = f.Sync()
@@ -47,13 +39,12 @@ func Spool(dir string, req EnqueueRequest) (string, error) {
 	if cerr := f.Close(); err == nil {
 		err = cerr
 	}
-	final := filepath.Join(dir, name)
 	if err == nil {
 		err = os.Rename(tmp, final)
 	}
 	if err != nil {
 		os.Remove(tmp)
-		return "", fmt.Errorf("spool: %w", err)
+		return "", spoolError(err)
 	}
 	if d, err := os.Open(dir); err == nil {
 		d.Sync()
@@ -62,33 +53,9 @@ func Spool(dir string, req EnqueueRequest) (string, error) {
 	return final, nil
 }
 
-// ReadSpoolFile reads one spooled request.
-func ReadSpoolFile(path string) (EnqueueRequest, error) {
-	var req EnqueueRequest
-	data, err := os.ReadFile(path)
-	if err != nil {
-		return req, err
-	}
-	if err := json.Unmarshal(data, &req); err != nil {
-		return req, fmt.Errorf("spool file %s: %w", path, err)
-	}
-	return req, nil
-}
+type spoolErr struct{ err error }
 
-// SpoolFiles lists the complete spool files in dir, oldest first.
-func SpoolFiles(dir string) ([]string, error) {
-	entries, err := os.ReadDir(dir)
-	if err != nil {
-		if os.IsNotExist(err) {
-			return nil, nil
-		}
-		return nil, err
-	}
-	var out []string
-	for _, e := range entries {
-		if !e.IsDir() && strings.HasSuffix(e.Name(), SpoolExt) && !strings.HasPrefix(e.Name(), ".") {
-			out = append(out, filepath.Join(dir, e.Name()))
-		}
-	}
-	return out, nil
-}
+func (e spoolErr) Error() string { return "spool: " + e.err.Error() }
+func (e spoolErr) Unwrap() error { return e.err }
+
+func spoolError(err error) error { return spoolErr{err} }

@@ -1,7 +1,7 @@
 package hook
 
 import (
-	"fmt"
+	"strconv"
 	"time"
 )
 
@@ -13,20 +13,22 @@ func (st Status) Line(now time.Time) string {
 	if st.Uploaded.LastPush != nil {
 		last = now.Sub(*st.Uploaded.LastPush).Round(time.Second).String() + " ago"
 	}
-	return fmt.Sprintf("%d queued, %d uploading, %d failed; %d paths, %s pushed; last push %s",
-		st.Queued, st.Active, st.Failed, st.Uploaded.Paths, Bytes(st.Uploaded.NarBytes), last)
+	return strconv.Itoa(st.Queued) + " queued, " + strconv.Itoa(st.Active) + " uploading, " +
+		strconv.Itoa(st.Failed) + " failed; " + strconv.FormatInt(st.Uploaded.Paths, 10) + " paths, " +
+		Bytes(st.Uploaded.NarBytes) + " pushed; last push " + last
 }
 
 // Bytes formats a byte count for people: 512 B, 1.5 KiB, 5.6 GiB.
+// (strconv, not fmt: this package is linked into nixpush-hook.)
 func Bytes(n int64) string {
 	const unit = 1024
 	if n < unit {
-		return fmt.Sprintf("%d B", n)
+		return strconv.FormatInt(n, 10) + " B"
 	}
 	div, exp := int64(unit), 0
 	for m := n / unit; m >= unit; m /= unit {
 		div *= unit
 		exp++
 	}
-	return fmt.Sprintf("%.1f %ciB", float64(n)/float64(div), "KMGTPE"[exp])
+	return strconv.FormatFloat(float64(n)/float64(div), 'f', 1, 64) + " " + string("KMGTPE"[exp]) + "iB"
 }

@@ -47,6 +47,7 @@ echo "== NixOS module: nix-instantiate --parse, systemd-analyze security of its 
 echo "== fuzz (bounded)"
 go test -run '^$' -fuzz '^FuzzStorePath$' -fuzztime 20s ./nix/
 go test -run '^$' -fuzz '^FuzzEnqueueRequest$' -fuzztime 20s ./daemon/
+go test -run '^$' -fuzz '^FuzzAppendJSON$' -fuzztime 15s ./hook/
 
 echo "== go test"
 go test -count=1 -timeout 80m "$@" ./...

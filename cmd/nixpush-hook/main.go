@@ -7,9 +7,6 @@
 package main
 
 import (
-	"context"
-	"flag"
-	"fmt"
 	"io"
 	"os"
 	"strings"
@@ -22,47 +19,77 @@ import (
 // then spools instead, so it never holds a build up for much longer.
 const handoffTimeout = 1500 * time.Millisecond
 
+// Nix runs this program after every build, so its start-up time is paid per
+// build: it links neither flag nor fmt nor net, only what it needs.
+
+const usage = `usage: nixpush-hook [--socket PATH] [--spool-dir DIR]
+Nix's post-build-hook for nixpush: hands $OUT_PATHS (or the outputs of
+$DRV_PATH) to the nixpush daemon, or spools them when it is unreachable.
+  --socket PATH     daemon socket (env NIXPUSH_SOCKET; default ` + hook.DefaultSocket + `)
+  --spool-dir DIR   spool directory (env NIXPUSH_SPOOL_DIR; default ` + hook.DefaultSpoolDir + `)
+`
+
 func main() {
 	os.Exit(run(os.Args[1:], os.Getenv, os.Stderr))
 }
 
 func run(args []string, getenv func(string) string, stderr io.Writer) int {
-	fs := flag.NewFlagSet("nixpush-hook", flag.ContinueOnError)
-	fs.SetOutput(stderr)
-	socket := fs.String("socket", envOr(getenv, "NIXPUSH_SOCKET", hook.DefaultSocket), "daemon socket (env NIXPUSH_SOCKET)")
-	spool := fs.String("spool-dir", envOr(getenv, "NIXPUSH_SPOOL_DIR", hook.DefaultSpoolDir), "where to leave paths when the daemon is unreachable (env NIXPUSH_SPOOL_DIR)")
-	if err := fs.Parse(args); err != nil {
-		return 2
+	socket := envOr(getenv, "NIXPUSH_SOCKET", hook.DefaultSocket)
+	spool := envOr(getenv, "NIXPUSH_SPOOL_DIR", hook.DefaultSpoolDir)
+	for len(args) > 0 {
+		name, value, hasValue := strings.Cut(strings.TrimLeft(args[0], "-"), "=")
+		args = args[1:]
+		var dst *string
+		switch name {
+		case "socket":
+			dst = &socket
+		case "spool-dir":
+			dst = &spool
+		case "h", "help":
+			io.WriteString(stderr, usage)
+			return 0
+		default:
+			io.WriteString(stderr, "nixpush-hook: unknown option "+strqq(name)+"\n"+usage)
+			return 2
+		}
+		if !hasValue {
+			if len(args) == 0 {
+				io.WriteString(stderr, "nixpush-hook: --"+name+" needs a value\n"+usage)
+				return 2
+			}
+			value, args = args[0], args[1:]
+		}
+		*dst = value
 	}
 	req := hook.EnqueueRequest{Paths: strings.Fields(getenv("OUT_PATHS")), DrvPath: getenv("DRV_PATH")}
 	if len(req.Paths) > 0 {
 		req.DrvPath = "" // the daemon needs the drv only when Nix 2.8.0 gave no outputs
 	}
 	if len(req.Paths) == 0 && req.DrvPath == "" {
-		fmt.Fprintln(stderr, "nixpush-hook: OUT_PATHS and DRV_PATH are both empty; nothing to push (run me as Nix's post-build-hook)")
+		io.WriteString(stderr, "nixpush-hook: OUT_PATHS and DRV_PATH are both empty; nothing to push (run me as Nix's post-build-hook)\n")
 		return 0
 	}
-	ctx, cancel := context.WithTimeout(context.Background(), handoffTimeout)
-	defer cancel()
-	_, err := hook.NewClient(*socket).Enqueue(ctx, req)
+	err := hook.Handoff(socket, req, handoffTimeout)
 	if err == nil {
 		return 0
 	}
 	if hook.IsAPIError(err) {
 		// The daemon looked at the paths and refused them: spooling would
 		// not change its mind, and failing would stop Nix's builds.
-		fmt.Fprintf(stderr, "nixpush-hook: daemon refused %s: %v\n", describe(req), err)
+		io.WriteString(stderr, "nixpush-hook: daemon refused "+describe(req)+": "+err.Error()+"\n")
 		return 0
 	}
-	file, serr := hook.Spool(*spool, req)
+	file, serr := hook.Spool(spool, req)
 	if serr != nil {
-		fmt.Fprintf(stderr, "nixpush-hook: could not hand %s to the daemon (%v) nor spool them (%v); start nixpush daemon or make %s writable\n",
-			describe(req), err, serr, *spool)
+		io.WriteString(stderr, "nixpush-hook: could not hand "+describe(req)+" to the daemon ("+err.Error()+
+			") nor spool them ("+serr.Error()+"); start nixpush daemon or make "+spool+" writable\n")
 		return 1
 	}
-	fmt.Fprintf(stderr, "nixpush-hook: daemon unreachable (%v); spooled %s to %s\n", err, describe(req), file)
+	io.WriteString(stderr, "nixpush-hook: daemon unreachable ("+err.Error()+"); spooled "+describe(req)+" to "+file+"\n")
 	return 0
 }
+
+func strqq(s string) string { return `"` + s + `"` }
 
 func describe(req hook.EnqueueRequest) string {
 	if len(req.Paths) == 0 {

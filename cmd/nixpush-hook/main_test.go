@@ -5,6 +5,7 @@ import (
 	"context"
 	"encoding/json"
 	"net"
+	"os/exec"
 	"net/http"
 	"os"
 	"path/filepath"
@@ -12,6 +13,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/nixpush/nixpush/daemon"
 	"github.com/nixpush/nixpush/hook"
 )
 
@@ -82,12 +84,12 @@ func TestHook(t *testing.T) {
 					t.Fatalf("daemon got %+v; want %+v", got, *tc.wantSent)
 				}
 			}
-			files, _ := hook.SpoolFiles(spool)
+			files, _ := daemon.SpoolFiles(spool)
 			if tc.wantSpool != (len(files) == 1) {
 				t.Fatalf("spool files %v; want spooled=%v", files, tc.wantSpool)
 			}
 			if tc.wantSpool {
-				req, err := hook.ReadSpoolFile(files[0])
+				req, err := daemon.ReadSpoolFile(files[0])
 				if err != nil || len(req.Paths) != 1 || req.Paths[0] != out1 {
 					t.Fatalf("spooled %+v, %v", req, err)
 				}
@@ -138,7 +140,25 @@ func TestHookBoundedAgainstHungDaemon(t *testing.T) {
 	if code != 0 || took > handoffTimeout+500*time.Millisecond {
 		t.Fatalf("exit %d after %s (bound %s): %s", code, took, handoffTimeout, stderr.String())
 	}
-	if files, _ := hook.SpoolFiles(spool); len(files) != 1 {
+	if files, _ := daemon.SpoolFiles(spool); len(files) != 1 {
 		t.Fatalf("spool: %v", files)
+	}
+}
+
+// TestHookLinksLittle keeps the hook small and quick to start: Nix runs it
+// after every build. No S3, bbolt or logging stacks, and none of the
+// packages whose initialisation or dynamic linking cost milliseconds.
+func TestHookLinksLittle(t *testing.T) {
+	out, err := exec.Command("go", "list", "-deps", ".").Output()
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, dep := range strings.Fields(string(out)) {
+		for _, banned := range []string{"github.com/minio/", "go.etcd.io/bbolt", "github.com/rs/zerolog",
+			"github.com/klauspost/", "net", "net/http", "encoding/json", "fmt", "flag", "reflect", "crypto"} {
+			if dep == banned || strings.HasPrefix(dep, banned+"/") || (strings.HasSuffix(banned, "/") && strings.HasPrefix(dep, banned)) {
+				t.Errorf("nixpush-hook links %s", dep)
+			}
+		}
 	}
 }

@@ -14,6 +14,7 @@ import (
 	"time"
 
 	"github.com/nixpush/nixpush/hook"
+	"github.com/nixpush/nixpush/hook/client"
 	"github.com/nixpush/nixpush/nix"
 )
 
@@ -48,7 +49,7 @@ func runPush(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 		fmt.Fprintf(stderr, "nixpush push: %v\n", err)
 		return 2
 	}
-	c := hook.NewClient(*socket)
+	c := client.New(*socket)
 	res, err := c.Enqueue(ctx, hook.EnqueueRequest{Paths: paths})
 	if err != nil {
 		fmt.Fprintf(stderr, "nixpush push: %v\n", explain(err))
@@ -101,7 +102,7 @@ func runStatus(ctx context.Context, args []string, stdout, stderr io.Writer) int
 	if err := fs.Parse(args); err != nil {
 		return 2
 	}
-	st, err := hook.NewClient(*socket).Status(ctx)
+	st, err := client.New(*socket).Status(ctx)
 	if err != nil {
 		fmt.Fprintf(stderr, "nixpush status: %v\n", explain(err))
 		return 1
@@ -155,7 +156,7 @@ func runRetry(ctx context.Context, args []string, stdout, stderr io.Writer) int 
 		}
 		req.Paths = append(req.Paths, p)
 	}
-	res, err := hook.NewClient(*socket).Retry(ctx, req)
+	res, err := client.New(*socket).Retry(ctx, req)
 	if err != nil {
 		fmt.Fprintf(stderr, "nixpush retry: %v\n", explain(err))
 		return 1
@@ -170,12 +171,12 @@ func runWait(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 	if err := fs.Parse(args); err != nil {
 		return 2
 	}
-	return waitDrained(ctx, hook.NewClient(*socket), *timeout, stdout, stderr)
+	return waitDrained(ctx, client.New(*socket), *timeout, stdout, stderr)
 }
 
 // waitDrained waits until nothing is queued or active: 0 when nothing has
 // failed either, 1 listing failures, 3 on timeout.
-func waitDrained(ctx context.Context, c *hook.Client, timeout time.Duration, stdout, stderr io.Writer) int {
+func waitDrained(ctx context.Context, c *client.Client, timeout time.Duration, stdout, stderr io.Writer) int {
 	if timeout > 0 {
 		var cancel context.CancelFunc
 		ctx, cancel = context.WithTimeout(ctx, timeout)

@@ -1,4 +1,6 @@
-package hook
+// Package client is the full client of the nixpush daemon's API, for the
+// nixpush command and tests. nixpush-hook uses hook.Handoff instead.
+package client
 
 import (
 	"bytes"
@@ -11,6 +13,8 @@ import (
 	"net/http"
 	"net/url"
 	"time"
+
+	"github.com/nixpush/nixpush/hook"
 )
 
 // Client talks to the daemon over its Unix socket.
@@ -19,10 +23,10 @@ type Client struct {
 	http   *http.Client
 }
 
-// NewClient returns a client for the daemon listening on socket.
-func NewClient(socket string) *Client {
+// New returns a client for the daemon listening on socket.
+func New(socket string) *Client {
 	if socket == "" {
-		socket = DefaultSocket
+		socket = hook.DefaultSocket
 	}
 	tr := &http.Transport{
 		DialContext: func(ctx context.Context, _, _ string) (net.Conn, error) {
@@ -34,46 +38,31 @@ func NewClient(socket string) *Client {
 	return &Client{Socket: socket, http: &http.Client{Transport: tr}}
 }
 
-// APIError is an error answer from the daemon.
-type APIError struct {
-	StatusCode int
-	Message    string
-}
-
-func (e *APIError) Error() string { return e.Message }
-
-// IsAPIError reports whether err is the daemon refusing a request (as
-// opposed to the daemon being unreachable).
-func IsAPIError(err error) bool {
-	var a *APIError
-	return errors.As(err, &a)
-}
-
 // Enqueue hands paths to the daemon and returns once they are committed.
-func (c *Client) Enqueue(ctx context.Context, req EnqueueRequest) (EnqueueResponse, error) {
-	var resp EnqueueResponse
+func (c *Client) Enqueue(ctx context.Context, req hook.EnqueueRequest) (hook.EnqueueResponse, error) {
+	var resp hook.EnqueueResponse
 	err := c.do(ctx, http.MethodPost, "/v1/enqueue", req, &resp)
 	return resp, err
 }
 
 // Retry re-queues failed items: all of them, or the paths given.
-func (c *Client) Retry(ctx context.Context, req RetryRequest) (RetryResponse, error) {
-	var resp RetryResponse
+func (c *Client) Retry(ctx context.Context, req hook.RetryRequest) (hook.RetryResponse, error) {
+	var resp hook.RetryResponse
 	err := c.do(ctx, http.MethodPost, "/v1/retry", req, &resp)
 	return resp, err
 }
 
 // Status returns the queue's state.
-func (c *Client) Status(ctx context.Context) (Status, error) {
-	var st Status
+func (c *Client) Status(ctx context.Context) (hook.Status, error) {
+	var st hook.Status
 	err := c.do(ctx, http.MethodGet, "/v1/status", nil, &st)
 	return st, err
 }
 
 // Wait blocks until nothing is queued or active, or until timeout, and
 // returns the state then.
-func (c *Client) Wait(ctx context.Context, timeout time.Duration) (Status, error) {
-	var st Status
+func (c *Client) Wait(ctx context.Context, timeout time.Duration) (hook.Status, error) {
+	var st hook.Status
 	err := c.do(ctx, http.MethodGet, "/v1/wait?timeout="+url.QueryEscape(timeout.String()), nil, &st)
 	return st, err
 }
@@ -104,11 +93,11 @@ func (c *Client) do(ctx context.Context, method, path string, body, out any) err
 		return fmt.Errorf("daemon at %s: %w", c.Socket, err)
 	}
 	if resp.StatusCode/100 != 2 {
-		var e ErrorResponse
+		var e hook.ErrorResponse
 		if json.Unmarshal(data, &e) != nil || e.Error == "" {
 			e.Error = fmt.Sprintf("%s %s: %s", method, path, resp.Status)
 		}
-		return &APIError{StatusCode: resp.StatusCode, Message: e.Error}
+		return &hook.APIError{StatusCode: resp.StatusCode, Message: e.Error}
 	}
 	if err := json.Unmarshal(data, out); err != nil {
 		return fmt.Errorf("daemon at %s: bad answer to %s: %w", c.Socket, path, err)

@@ -1,0 +1,275 @@
+// Package bench measures nixpush against the classic setup, side by side in
+// one run on this machine: real Nix builds the workloads, a real MinIO on
+// loopback holds the buckets, and Nix's own `nix copy` to the bucket's HTTP
+// endpoint is the baseline. Run it with ./scripts/bench.sh.
+//
+// Figures are reported as benchmark metrics and as a table in the log.
+package bench
+
+import (
+	"context"
+	"crypto/rand"
+	"encoding/hex"
+	"encoding/json"
+	"fmt"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"sort"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/minio/minio-go/v7"
+
+	"github.com/nixpush/nixpush/hook"
+	"github.com/nixpush/nixpush/internal/testenv"
+)
+
+var binDir string
+
+func TestMain(m *testing.M) {
+	dir, err := os.MkdirTemp("", "nixpush-bench-bin-")
+	if err != nil {
+		panic(err)
+	}
+	if err := testenv.BuildNixpush("..", dir); err != nil {
+		fmt.Fprintln(os.Stderr, "bench:", err)
+		os.Exit(1)
+	}
+	binDir = dir
+	code := m.Run()
+	os.RemoveAll(dir)
+	os.Exit(code)
+}
+
+func seed() string {
+	var b [6]byte
+	rand.Read(b[:])
+	return hex.EncodeToString(b[:])
+}
+
+// keys makes a signing key pair with nixpush keygen.
+func keys(b *testing.B) (secretFile, public string) {
+	b.Helper()
+	dir := b.TempDir()
+	out, err := exec.Command(filepath.Join(binDir, "nixpush"), "keygen", "--name", "nixpush-bench-1", "--out", dir).CombinedOutput()
+	if err != nil {
+		b.Fatalf("keygen: %v\n%s", err, out)
+	}
+	pub, err := os.ReadFile(filepath.Join(dir, "public.key"))
+	if err != nil {
+		b.Fatal(err)
+	}
+	return filepath.Join(dir, "secret.key"), strings.TrimSpace(string(pub))
+}
+
+// rig is MinIO, a signing key and Nix, shared by a benchmark's runs.
+type rig struct {
+	b        *testing.B
+	minio    *testenv.MinIOServer
+	nix      *testenv.NixEnv
+	sec, pub string
+}
+
+func newRig(b *testing.B) *rig {
+	r := &rig{b: b, minio: testenv.MinIO(b), nix: testenv.Nix(b)}
+	r.sec, r.pub = keys(b)
+	return r
+}
+
+// daemon starts nixpush daemon pushing to a new bucket.
+func (r *rig) daemon(bucket string, args ...string) *testenv.Daemon {
+	r.minio.MakeBucket(r.b, bucket, true)
+	args = append([]string{"--store-uri", r.minio.StoreURI(bucket), "--secret-key-file", r.sec, "--log-level", "warn"}, args...)
+	return testenv.StartDaemon(r.b, binDir, r.minio.CredentialsEnv(), args...)
+}
+
+// classicBucket makes a bucket that anyone may read and write, so Nix 2.8
+// (no S3 support) can `nix copy` to its HTTP endpoint.
+func (r *rig) classicBucket(name string) string {
+	r.b.Helper()
+	c := r.minio.Client(r.b)
+	ctx := context.Background()
+	if err := c.MakeBucket(ctx, name, minio.MakeBucketOptions{Region: "us-east-1"}); err != nil {
+		r.b.Fatal(err)
+	}
+	policy := fmt.Sprintf(`{"Version":"2012-10-17","Statement":[
+{"Effect":"Allow","Principal":{"AWS":["*"]},"Action":["s3:GetObject","s3:PutObject"],"Resource":["arn:aws:s3:::%[1]s/*"]},
+{"Effect":"Allow","Principal":{"AWS":["*"]},"Action":["s3:ListBucket","s3:GetBucketLocation"],"Resource":["arn:aws:s3:::%[1]s"]}]}`, name)
+	if err := c.SetBucketPolicy(ctx, name, policy); err != nil {
+		r.b.Fatal(err)
+	}
+	return r.minio.HTTPURL(name)
+}
+
+// nixCopy is the classic method: nix copy to the bucket's HTTP endpoint.
+func (r *rig) nixCopy(url, compression string, paths ...string) time.Duration {
+	r.b.Helper()
+	args := append([]string{"--extra-experimental-features", "nix-command", "copy", "--to",
+		url + "?compression=" + compression + "&secret-key=" + r.sec}, paths...)
+	start := time.Now()
+	if _, err := r.nix.Run(r.b, "nix", args...); err != nil {
+		r.b.Fatal(err)
+	}
+	return time.Since(start)
+}
+
+// pushAndWait is nixpush's method: nixpush push, then nixpush wait.
+func pushAndWait(b *testing.B, d *testenv.Daemon, paths ...string) time.Duration {
+	b.Helper()
+	start := time.Now()
+	if out, err := d.CLI(append([]string{"push"}, paths...)...); err != nil {
+		b.Fatalf("nixpush push: %v\n%s", err, out)
+	}
+	if out, err := d.CLI("wait", "--timeout", "20m"); err != nil {
+		b.Fatalf("nixpush wait: %v\n%s\n%s", err, out, d.Log)
+	}
+	return time.Since(start)
+}
+
+func status(b *testing.B, d *testenv.Daemon) hook.Status {
+	b.Helper()
+	out, err := d.CLI("status", "--json")
+	if err != nil {
+		b.Fatalf("nixpush status: %v\n%s", err, out)
+	}
+	var st hook.Status
+	if err := json.Unmarshal([]byte(out), &st); err != nil {
+		b.Fatalf("status --json: %v\n%s", err, out)
+	}
+	return st
+}
+
+// checkFetched has real Nix fetch the closure of paths from url, trusting
+// only the bench key: it checks every signature and NAR hash.
+func (r *rig) checkFetched(url string, paths ...string) {
+	r.b.Helper()
+	if _, err := r.nix.CopyFrom(r.b, url, r.pub, paths...); err != nil {
+		r.b.Fatalf("nix copy --from %s: %v", url, err)
+	}
+}
+
+func closureSize(b *testing.B, nx *testenv.NixEnv, paths ...string) (count int, narBytes int64) {
+	b.Helper()
+	out, err := nx.Run(b, "nix", append([]string{"--extra-experimental-features", "nix-command", "path-info", "--json", "--recursive"}, paths...)...)
+	if err != nil {
+		b.Fatal(err)
+	}
+	var infos []struct {
+		NarSize int64 `json:"narSize"`
+	}
+	if err := json.Unmarshal([]byte(out), &infos); err != nil {
+		b.Fatal(err)
+	}
+	for _, i := range infos {
+		narBytes += i.NarSize
+	}
+	return len(infos), narBytes
+}
+
+func percentile(d []time.Duration, p float64) time.Duration {
+	s := append([]time.Duration(nil), d...)
+	sort.Slice(s, func(i, j int) bool { return s[i] < s[j] })
+	i := int(p*float64(len(s))+0.5) - 1
+	i = max(0, min(i, len(s)-1))
+	return s[i]
+}
+
+func ms(d time.Duration) float64 { return float64(d.Microseconds()) / 1000 }
+
+const mib = 1 << 20
+
+// manyOutputs is one derivation with n small outputs: n distinct store
+// paths from a single build, for handing to the hook one by one.
+func manyOutputs(s string, n int) string {
+	outs := make([]string, n)
+	for i := range outs {
+		outs[i] = fmt.Sprintf("%q", fmt.Sprintf("o%d", i))
+	}
+	return fmt.Sprintf(`(derivation {
+  name = "bench-outputs"; system = builtins.currentSystem; builder = "/bin/sh";
+  outputs = [ %s ];
+  args = [ "-c" "PATH=/bin:/usr/bin; for o in $outputs; do echo %s $o > $(printenv $o); done" ];
+}).all`, strings.Join(outs, " "), s)
+}
+
+// BenchmarkHookLatency runs nixpush-hook as Nix does, once per store path,
+// against a daemon that uploads to MinIO meanwhile, and times each run
+// from process start to exit (the daemon has committed the path to its
+// queue with fsync by then). /bin/true, run the same way, is the floor.
+func BenchmarkHookLatency(b *testing.B) {
+	const n = 1000
+	r := newRig(b)
+	d := r.daemon("hook-latency")
+	paths := r.nix.Build(b, manyOutputs(seed(), n))
+	if len(paths) != n {
+		b.Fatalf("built %d paths, want %d", len(paths), n)
+	}
+	run := func(bin string, p string) time.Duration {
+		cmd := exec.Command(bin)
+		cmd.Env = append(os.Environ(), append(d.HookEnv(), "OUT_PATHS="+p, "DRV_PATH=")...)
+		start := time.Now()
+		out, err := cmd.CombinedOutput()
+		took := time.Since(start)
+		if err != nil || len(out) > 0 {
+			b.Fatalf("%s: %v %s", bin, err, out)
+		}
+		return took
+	}
+	var hookT, trueT []time.Duration
+	for _, p := range paths {
+		trueT = append(trueT, run("/bin/true", p))
+		hookT = append(hookT, run(d.HookBin(), p))
+	}
+	if spooled, _ := filepath.Glob(filepath.Join(d.SpoolDir, "*")); len(spooled) > 0 {
+		b.Fatalf("%d hook runs spooled instead of handing off", len(spooled))
+	}
+	d.MustWait(5 * time.Minute)
+	st := status(b, d)
+	if st.Uploaded.Paths < n {
+		b.Fatalf("daemon uploaded %d paths, want %d", st.Uploaded.Paths, n)
+	}
+	b.ReportMetric(ms(percentile(hookT, 0.5)), "hook-p50-ms")
+	b.ReportMetric(ms(percentile(hookT, 0.99)), "hook-p99-ms")
+	b.ReportMetric(ms(percentile(trueT, 0.5)), "true-p50-ms")
+	b.Logf("hook latency over %d runs (process start to exit, durable enqueue):", n)
+	b.Logf("  %-16s p50 %6.2f ms  p90 %6.2f ms  p99 %6.2f ms  max %6.2f ms", "nixpush-hook",
+		ms(percentile(hookT, 0.5)), ms(percentile(hookT, 0.9)), ms(percentile(hookT, 0.99)), ms(percentile(hookT, 1)))
+	b.Logf("  %-16s p50 %6.2f ms  p90 %6.2f ms  p99 %6.2f ms  max %6.2f ms", "/bin/true",
+		ms(percentile(trueT, 0.5)), ms(percentile(trueT, 0.9)), ms(percentile(trueT, 0.99)), ms(percentile(trueT, 1)))
+}
+
+// BenchmarkBuild200 builds 200 small derivations with /bin/true as Nix's
+// post-build-hook and with nixpush-hook (the daemon uploading to MinIO
+// alongside), alternating, on fresh derivations each round.
+func BenchmarkBuild200(b *testing.B) {
+	const n, rounds = 200, 3
+	r := newRig(b)
+	d := r.daemon("build200")
+	build := func(hookBin string) time.Duration {
+		cmd := exec.Command("nix-build", "--no-out-link", "--option", "post-build-hook", hookBin, "-E", testenv.DAG(seed(), n, 1, false))
+		cmd.Env = append(r.nix.Env(), d.HookEnv()...)
+		start := time.Now()
+		out, err := cmd.CombinedOutput()
+		if err != nil {
+			b.Fatalf("nix-build with hook %s: %v\n%s", hookBin, err, out)
+		}
+		return time.Since(start)
+	}
+	var withTrue, withHook []time.Duration
+	for range rounds {
+		withTrue = append(withTrue, build("/bin/true"))
+		withHook = append(withHook, build(d.HookBin()))
+	}
+	d.MustWait(5 * time.Minute)
+	if st := status(b, d); st.Uploaded.Paths < rounds*(n+1) {
+		b.Fatalf("daemon uploaded %d paths, want %d", st.Uploaded.Paths, rounds*(n+1))
+	}
+	bt, bh := percentile(withTrue, 0.5), percentile(withHook, 0.5)
+	b.ReportMetric(bt.Seconds(), "true-s")
+	b.ReportMetric(bh.Seconds(), "nixpush-hook-s")
+	b.ReportMetric(bh.Seconds()/bt.Seconds(), "ratio")
+	b.Logf("nix-build of %d derivations, median of %d rounds: /bin/true %.2f s %v, nixpush-hook %.2f s %v, ratio %.3f",
+		n+1, rounds, bt.Seconds(), withTrue, bh.Seconds(), withHook, bh.Seconds()/bt.Seconds())
+}
