@@ -79,8 +79,12 @@ func runDaemon(ctx context.Context, args []string, stdout, stderr io.Writer) int
 		return 2
 	}
 	nixClient := &nix.Client{StoreDir: *storeDir}
+	// Path info through one long-lived nix-store --serve, not a Nix process
+	// per push: that costs ~50 ms of CPU each, taken from the builds.
+	pathInfo := nix.NewServe(*nixClient)
+	defer pathInfo.Close()
 	up := uploader.New(uploader.Config{
-		Store: store, Nix: nixClient, Key: key, Compression: comp, Jobs: *jobs,
+		Store: store, Nix: pathInfo, Key: key, Compression: comp, Jobs: *jobs,
 		StoreDir: *storeDir, Log: log,
 	})
 	var ln net.Listener

@@ -1,0 +1,121 @@
+package nix
+
+import (
+	"context"
+	"os/exec"
+	"reflect"
+	"slices"
+	"strings"
+	"testing"
+
+	"github.com/nixpush/nixpush/internal/testenv"
+)
+
+// TestServeMatchesPathInfo holds the serve protocol's answers against
+// `nix path-info --json` for an awkward closure: several outputs, a
+// fixed-output (content-addressed) path, self-references.
+func TestServeMatchesPathInfo(t *testing.T) {
+	needNix(t)
+	out := strings.Fields(nixCmd(t, "nix-build", "--no-out-link", "-E", testenv.Awkward(seed(t))))
+	ctx := context.Background()
+	want, err := (&Client{}).QueryClosure(ctx, out)
+	if err != nil {
+		t.Fatal(err)
+	}
+	s := NewServe(Client{})
+	defer s.Close()
+	got, err := s.QueryClosure(ctx, out)
+	if err != nil {
+		t.Fatal(err)
+	}
+	byPath := func(a, b PathInfo) int { return strings.Compare(a.Path, b.Path) }
+	slices.SortFunc(want, byPath)
+	slices.SortFunc(got, byPath)
+	if len(got) < 6 || len(got) != len(want) {
+		t.Fatalf("serve protocol gave %d paths, nix path-info %d", len(got), len(want))
+	}
+	for i := range got {
+		if !reflect.DeepEqual(got[i], want[i]) {
+			t.Errorf("serve protocol and nix path-info disagree:\n got %#v\nwant %#v", got[i], want[i])
+		}
+	}
+	var ca int
+	for _, info := range got {
+		if info.CA != "" {
+			ca++
+		}
+	}
+	if ca == 0 {
+		t.Fatalf("no content-addressed path in the closure: %+v", got)
+	}
+
+	// Query gives the roots alone.
+	roots, err := s.Query(ctx, out[:1])
+	if err != nil || len(roots) != 1 || roots[0].Path != out[0] {
+		t.Fatalf("Query(%s) = %+v, %v", out[0], roots, err)
+	}
+}
+
+// TestServeInvalidAndRestart: an invalid path is ErrInvalidPath and the
+// process goes on serving; a dead process is replaced at the next query.
+func TestServeInvalidAndRestart(t *testing.T) {
+	needNix(t)
+	top := buildRefs(t)
+	ctx := context.Background()
+	s := NewServe(Client{})
+	defer s.Close()
+	for _, bad := range []string{"/nix/store/00000000000000000000000000000000-nope", "/etc/passwd", "relative"} {
+		if _, err := s.QueryClosure(ctx, []string{top, bad}); !IsInvalid(err) {
+			t.Fatalf("QueryClosure(%s) err = %v; want ErrInvalidPath", bad, err)
+		}
+	}
+	first, err := s.QueryClosure(ctx, []string{top})
+	if err != nil || len(first) != 3 {
+		t.Fatalf("after invalid paths: %+v, %v", first, err)
+	}
+	pid := s.cmd.Process.Pid
+	s.cmd.Process.Kill()
+	_, err = s.QueryClosure(ctx, []string{top})
+	if err == nil || IsInvalid(err) {
+		// The kill may land before or after the query is written; either
+		// way this query fails and says why.
+		if err == nil {
+			t.Log("query raced the kill and succeeded")
+		}
+	}
+	again, err := s.QueryClosure(ctx, []string{top})
+	if err != nil || len(again) != 3 || s.cmd.Process.Pid == pid {
+		t.Fatalf("after kill: %+v, %v (pid %d was %d)", again, err, s.cmd.Process.Pid, pid)
+	}
+}
+
+func BenchmarkServeQueryClosure(b *testing.B) {
+	top := strings.TrimSpace(string(must(b, "nix-build", "--no-out-link", "-E", testenv.DAG("serve-bench", 100, 1, false))))
+	s := NewServe(Client{})
+	defer s.Close()
+	ctx := context.Background()
+	for b.Loop() {
+		if _, err := s.QueryClosure(ctx, []string{top}); err != nil {
+			b.Fatal(err)
+		}
+	}
+}
+
+func BenchmarkPathInfoQueryClosure(b *testing.B) {
+	top := strings.TrimSpace(string(must(b, "nix-build", "--no-out-link", "-E", testenv.DAG("serve-bench", 100, 1, false))))
+	c := &Client{}
+	ctx := context.Background()
+	for b.Loop() {
+		if _, err := c.QueryClosure(ctx, []string{top}); err != nil {
+			b.Fatal(err)
+		}
+	}
+}
+
+func must(b *testing.B, name string, args ...string) []byte {
+	out, err := exec.Command(name, args...).Output()
+	if err != nil {
+		b.Fatalf("%s: %v", name, err)
+	}
+	return out
+}
