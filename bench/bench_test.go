@@ -257,10 +257,25 @@ func BenchmarkBuild200(b *testing.B) {
 		}
 		return time.Since(start)
 	}
+	cpu := func() (daemon, minio time.Duration) {
+		daemon, err := d.CPUTime()
+		if err == nil {
+			minio, err = r.minio.CPUTime()
+		}
+		if err != nil {
+			b.Fatal(err)
+		}
+		return daemon, minio
+	}
 	var withTrue, withHook []time.Duration
+	var daemonCPU, minioCPU time.Duration
 	for range rounds {
 		withTrue = append(withTrue, build("/bin/true"))
+		d0, m0 := cpu()
 		withHook = append(withHook, build(d.HookBin()))
+		d1, m1 := cpu()
+		daemonCPU += d1 - d0
+		minioCPU += m1 - m0
 	}
 	d.MustWait(5 * time.Minute)
 	if st := status(b, d); st.Uploaded.Paths < rounds*(n+1) {
@@ -272,4 +287,26 @@ func BenchmarkBuild200(b *testing.B) {
 	b.ReportMetric(bh.Seconds()/bt.Seconds(), "ratio")
 	b.Logf("nix-build of %d derivations, median of %d rounds: /bin/true %.2f s %v, nixpush-hook %.2f s %v, ratio %.3f",
 		n+1, rounds, bt.Seconds(), withTrue, bh.Seconds(), withHook, bh.Seconds()/bt.Seconds())
+	b.Logf("CPU used during the hook builds, per round: daemon %.2f s, MinIO %.2f s",
+		daemonCPU.Seconds()/rounds, minioCPU.Seconds()/rounds)
+}
+
+// BenchmarkHandoff is the daemon's side of the hook alone: one durable
+// enqueue over the socket, without starting a process.
+func BenchmarkHandoff(b *testing.B) {
+	const n = 500
+	r := newRig(b)
+	d := r.daemon("handoff")
+	paths := r.nix.Build(b, manyOutputs(seed(), n))
+	var took []time.Duration
+	for _, p := range paths {
+		start := time.Now()
+		if err := hook.Handoff(d.Socket, hook.EnqueueRequest{Paths: []string{p}}, 5*time.Second); err != nil {
+			b.Fatal(err)
+		}
+		took = append(took, time.Since(start))
+	}
+	d.MustWait(5 * time.Minute)
+	b.ReportMetric(ms(percentile(took, 0.5)), "p50-ms")
+	b.ReportMetric(ms(percentile(took, 0.99)), "p99-ms")
 }

@@ -256,8 +256,19 @@ func (d *Daemon) push(ctx context.Context, items []queue.Item) {
 		return
 	}
 	errs := d.up.Push(ctx, roots)
+	var done []string
 	for i, root := range roots {
+		if errs[i] == nil && ctx.Err() == nil {
+			done = append(done, root)
+			continue
+		}
 		d.settle(ctx, root, errs[i])
+	}
+	if len(done) > 0 {
+		// One commit for every root pushed, not one each.
+		if err := d.queue.Complete(ctx, done...); err != nil {
+			d.log.Error().Err(err).Int("paths", len(done)).Msg("queue update failed; the paths are pushed again at the next start")
+		}
 	}
 }
 

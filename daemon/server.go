@@ -128,6 +128,13 @@ func (d *Daemon) requestPaths(req hook.EnqueueRequest) ([]string, error) {
 		if !strings.HasSuffix(drv, ".drv") {
 			return nil, fmt.Errorf("drv_path %q is not a derivation (.drv)", req.DrvPath)
 		}
+		// Nix 2.8.0 names only the derivation. Its outputs are usually
+		// written in the .drv file: queue them at once, which spares the
+		// workers a round of queue commits per build. Otherwise (floating
+		// content-addressed outputs, or one missing) a worker asks Nix.
+		if outs, err := nix.StaticOutputs(drv); err == nil && len(outs) > 0 && d.checkExist(outs) == nil {
+			return outs, nil
+		}
 		return []string{drv + allOutputs}, nil
 	}
 	out := make([]string, 0, len(req.Paths))

@@ -204,31 +204,42 @@ func (c *Client) Outputs(ctx context.Context, drvPath string) ([]string, error) 
 	if !strings.HasSuffix(drvPath, ".drv") {
 		return nil, fmt.Errorf("%s: not a derivation (.drv)", drvPath)
 	}
-	f, err := os.Open(drvPath)
+	outs, err := StaticOutputs(drvPath)
 	if err != nil {
-		return nil, fmt.Errorf("%w: %v", ErrInvalidPath, err)
+		return nil, err
 	}
-	drv, err := derivation.ReadDerivation(f)
-	f.Close()
-	if err == nil {
-		var outs []string
-		for _, o := range drv.Outputs {
-			if o.Path == "" {
-				outs = nil
-				break
-			}
-			outs = append(outs, o.Path)
-		}
-		if len(outs) > 0 {
-			slices.Sort(outs)
-			return outs, nil
-		}
+	if len(outs) > 0 {
+		return outs, nil
 	}
 	stdout, err := c.run(ctx, "nix-store", "--query", "--outputs", "--", drvPath)
 	if err != nil {
 		return nil, err
 	}
 	return strings.Fields(string(stdout)), nil
+}
+
+// StaticOutputs reads the output paths a .drv file names, sorted, without
+// running Nix. It returns none for a floating content-addressed derivation,
+// whose outputs only Nix knows, and ErrInvalidPath when the file is missing.
+func StaticOutputs(drvPath string) ([]string, error) {
+	f, err := os.Open(drvPath)
+	if err != nil {
+		return nil, fmt.Errorf("%w: %v", ErrInvalidPath, err)
+	}
+	defer f.Close()
+	drv, err := derivation.ReadDerivation(f)
+	if err != nil {
+		return nil, nil // let Nix read what go-nix cannot
+	}
+	var outs []string
+	for _, o := range drv.Outputs {
+		if o.Path == "" {
+			return nil, nil
+		}
+		outs = append(outs, o.Path)
+	}
+	slices.Sort(outs)
+	return outs, nil
 }
 
 func (c *Client) run(ctx context.Context, name string, args ...string) ([]byte, error) {

@@ -4,6 +4,7 @@ import (
 	"fmt"
 	"io"
 	"runtime"
+	"sync"
 
 	"github.com/klauspost/compress/zstd"
 	"github.com/ulikunitz/xz"
@@ -61,6 +62,14 @@ func (c Compression) writer(w io.Writer, narSize uint64) (io.WriteCloser, error)
 	}
 	return nil, fmt.Errorf("compression %q: want zstd, xz or none", c)
 }
+
+// sharedZstd is the encoder small NARs are compressed with, one call each
+// (EncodeAll is safe for concurrent use and keeps a pool of encoder states),
+// at the same level as the streaming writer.
+var sharedZstd = sync.OnceValues(func() (*zstd.Encoder, error) {
+	return zstd.NewWriter(nil, zstd.WithEncoderLevel(zstd.SpeedDefault),
+		zstd.WithEncoderConcurrency(runtime.GOMAXPROCS(0)), zstd.WithWindowSize(windowFor(smallNAR)))
+})
 
 // windowFor keeps zstd's window no larger than the data, so small NARs do
 // not allocate 8 MiB windows.

@@ -8,6 +8,7 @@ import (
 	"fmt"
 	"hash"
 	"io"
+	"sync"
 
 	"github.com/nix-community/go-nix/pkg/nar"
 	"github.com/nix-community/go-nix/pkg/nixbase32"
@@ -83,17 +84,77 @@ func pack(info nix.PathInfo, c Compression, w io.Writer) (packed, error) {
 	return packed{narSize: narc.n, fileHash: file.hash(), fileSize: file.n}, nil
 }
 
+// packSmall packs a small NAR in memory: the NAR into narBuf, checked
+// against the database, then compressed in one call into fileBuf (zstd
+// through a shared encoder, so a path costs no encoder set-up). It returns
+// the compressed bytes, which live in narBuf or fileBuf.
+func packSmall(info nix.PathInfo, c Compression, narBuf, fileBuf *bytes.Buffer) ([]byte, packed, error) {
+	if err := nar.DumpPath(narBuf, info.Path); err != nil {
+		return nil, packed{}, fmt.Errorf("pack %s: %w", info.Path, err)
+	}
+	narBytes := narBuf.Bytes()
+	sum := sha256.Sum256(narBytes)
+	if uint64(len(narBytes)) != info.NarSize || !bytes.Equal(sum[:], info.NarHash.Digest()) {
+		got := nixhash.MustNewHash(nixhash.SHA256, sum[:])
+		return nil, packed{}, Permanent(fmt.Errorf("%w: %s: the Nix database has %s (%d bytes), the store has %s (%d bytes); run nix-store --verify --check-contents",
+			ErrHashMismatch, info.Path, info.NarHash.Format(nixhash.NixBase32, true), info.NarSize,
+			got.Format(nixhash.NixBase32, true), len(narBytes)))
+	}
+	var file []byte
+	switch c {
+	case Zstd:
+		enc, err := sharedZstd()
+		if err != nil {
+			return nil, packed{}, err
+		}
+		fileBuf.Grow(len(narBytes) + len(narBytes)/64 + 1024) // zstd's worst case, so no reallocation
+		file = enc.EncodeAll(narBytes, fileBuf.AvailableBuffer())
+	case None:
+		file = narBytes
+	default:
+		zw, err := c.writer(fileBuf, info.NarSize)
+		if err == nil {
+			_, err = zw.Write(narBytes)
+		}
+		if err == nil {
+			err = zw.Close()
+		}
+		if err != nil {
+			return nil, packed{}, fmt.Errorf("compress %s: %w", info.Path, err)
+		}
+		file = fileBuf.Bytes()
+	}
+	fileSum := sha256.Sum256(file)
+	return file, packed{narSize: info.NarSize, fileHash: *nixhash.MustNewHash(nixhash.SHA256, fileSum[:]),
+		fileSize: uint64(len(file))}, nil
+}
+
+// buffers holds the in-memory NARs of small paths between uploads.
+var buffers = sync.Pool{New: func() any { return new(bytes.Buffer) }}
+
+func getBuffer() *bytes.Buffer { return buffers.Get().(*bytes.Buffer) }
+
+func putBuffer(b *bytes.Buffer) {
+	if b.Cap() > 2*smallNAR {
+		return // an odd large one: let it go
+	}
+	b.Reset()
+	buffers.Put(b)
+}
+
 // putNAR packs and uploads the NAR of info under key. Small NARs are packed
 // in memory and sent with one PUT; large ones stream through a pipe into a
 // multipart upload that is aborted if packing fails.
 func putNAR(ctx context.Context, s Store, info nix.PathInfo, c Compression, key string) (packed, error) {
 	if info.NarSize <= smallNAR {
-		var buf bytes.Buffer
-		p, err := pack(info, c, &buf)
+		narBuf, fileBuf := getBuffer(), getBuffer()
+		defer putBuffer(narBuf)
+		defer putBuffer(fileBuf)
+		file, p, err := packSmall(info, c, narBuf, fileBuf)
 		if err != nil {
 			return packed{}, err
 		}
-		return p, s.Put(ctx, key, &buf, int64(buf.Len()), "application/x-nix-nar")
+		return p, s.Put(ctx, key, bytes.NewReader(file), int64(len(file)), "application/x-nix-nar")
 	}
 	pr, pw := io.Pipe()
 	done := make(chan struct{})

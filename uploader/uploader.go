@@ -17,6 +17,7 @@ import (
 
 // PathInfoSource is where the uploader learns what the Nix database knows.
 type PathInfoSource interface {
+	Query(ctx context.Context, paths []string) ([]nix.PathInfo, error)
 	QueryClosure(ctx context.Context, paths []string) ([]nix.PathInfo, error)
 }
 
@@ -149,8 +150,34 @@ func (u *Uploader) Push(ctx context.Context, roots []string) []error {
 	return errs
 }
 
+// closure returns the path info the pushes of roots need: the roots', and
+// the whole closure of any reference not yet known to be in the cache. A
+// path built on top of pushed ones (the hook's usual case) costs a query of
+// itself alone, not of its whole closure.
 func (u *Uploader) closure(ctx context.Context, roots []string) (map[string]nix.PathInfo, error) {
-	list, err := u.cfg.Nix.QueryClosure(ctx, roots)
+	list, err := u.cfg.Nix.Query(ctx, roots)
+	if err == nil {
+		var unknown []string
+		seen := make(map[string]bool)
+		u.mu.Lock()
+		for _, info := range list {
+			seen[info.Path] = true
+		}
+		for _, info := range list {
+			for _, ref := range info.References {
+				if !seen[ref] && !u.known[ref] {
+					seen[ref] = true
+					unknown = append(unknown, ref)
+				}
+			}
+		}
+		u.mu.Unlock()
+		if len(unknown) > 0 {
+			var more []nix.PathInfo
+			more, err = u.cfg.Nix.QueryClosure(ctx, unknown)
+			list = append(list, more...)
+		}
+	}
 	if err != nil {
 		if nix.IsInvalid(err) {
 			return nil, Permanent(err)

@@ -68,6 +68,18 @@ func (f *fakeStore) QueryClosure(ctx context.Context, roots []string) ([]nix.Pat
 	return out, nil
 }
 
+func (f *fakeStore) Query(ctx context.Context, paths []string) ([]nix.PathInfo, error) {
+	var out []nix.PathInfo
+	for _, p := range paths {
+		info, ok := f.infos[p]
+		if !ok {
+			return nil, fmt.Errorf("%w: %s", nix.ErrInvalidPath, p)
+		}
+		out = append(out, info)
+	}
+	return out, nil
+}
+
 // add makes a store path holding content (a file) that refers to refs.
 func (f *fakeStore) add(t *testing.T, name string, content []byte, refs ...string) string {
 	t.Helper()

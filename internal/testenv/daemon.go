@@ -152,6 +152,31 @@ func (d *Daemon) PeakRSS() (int64, error) { return procStatusBytes(d.Cmd.Process
 // RSS is the daemon's resident set now (VmRSS) in bytes.
 func (d *Daemon) RSS() (int64, error) { return procStatusBytes(d.Cmd.Process.Pid, "VmRSS:") }
 
+// CPUTime is the CPU time the daemon has used so far.
+func (d *Daemon) CPUTime() (time.Duration, error) { return ProcessCPUTime(d.Cmd.Process.Pid) }
+
+// ProcessCPUTime is the user and system time process pid has used, with
+// that of its waited-for children (nix-store and the like).
+func ProcessCPUTime(pid int) (time.Duration, error) {
+	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
+	if err != nil {
+		return 0, err
+	}
+	// Fields after the command name, which is in parentheses: utime is
+	// the 14th field of the line, stime, cutime and cstime follow.
+	s := string(b)
+	f := strings.Fields(s[strings.LastIndexByte(s, ')')+2:])
+	var ticks int64
+	for _, i := range []int{11, 12, 13, 14} {
+		n, err := strconv.ParseInt(f[i], 10, 64)
+		if err != nil {
+			return 0, fmt.Errorf("/proc/%d/stat: %v", pid, err)
+		}
+		ticks += n
+	}
+	return time.Duration(ticks) * (time.Second / 100), nil // USER_HZ is 100 on Linux
+}
+
 func procStatusBytes(pid int, field string) (int64, error) {
 	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/status", pid))
 	if err != nil {

@@ -130,6 +130,9 @@ func (m *MinIOServer) Stop(t testing.TB) {
 	m.log.Close()
 }
 
+// CPUTime is the CPU time the server has used so far.
+func (m *MinIOServer) CPUTime() (time.Duration, error) { return ProcessCPUTime(m.cmd.Process.Pid) }
+
 // Client is an admin client of the server.
 func (m *MinIOServer) Client(t testing.TB) *minio.Client {
 	t.Helper()
