@@ -310,3 +310,64 @@ func BenchmarkHandoff(b *testing.B) {
 	b.ReportMetric(ms(percentile(took, 0.5)), "p50-ms")
 	b.ReportMetric(ms(percentile(took, 0.99)), "p99-ms")
 }
+
+// pushWorkload is a closure to push: count derivations of sizeKiB each,
+// half random data, in a DAG.
+type pushWorkload struct {
+	name    string
+	count   int
+	sizeKiB int
+}
+
+var pushWorkloads = []pushWorkload{
+	{"500-paths", 500, 258},  // 126 MiB of NAR in all
+	{"10-paths", 10, 51200}, // 500 MiB of NAR in all
+}
+
+// BenchmarkPush times, on the same closure and the same MinIO, the classic
+// `nix copy --to http://…?compression=zstd` against `nixpush push` until
+// `nixpush wait` returns; then pushing the closure again, with the daemon
+// restarted (it has to remember what is in the cache); and the daemon's
+// peak RSS. Real Nix then fetches nixpush's bucket, checking every
+// signature and NAR hash.
+func BenchmarkPush(b *testing.B) {
+	for _, w := range pushWorkloads {
+		b.Run(w.name, func(b *testing.B) { benchPush(b, w, "zstd") })
+	}
+}
+
+func benchPush(b *testing.B, w pushWorkload, compression string) {
+	r := newRig(b)
+	top := r.nix.Build(b, testenv.DAG(seed(), w.count, w.sizeKiB, true))
+	paths, narBytes := closureSize(b, r.nix, top...)
+
+	nixCopy := r.nixCopy(r.classicBucket("classic"), compression, top...)
+
+	d := r.daemon("nixpush", "--compression", compression)
+	push := pushAndWait(b, d, top...)
+	peak, err := d.PeakRSS()
+	if err != nil {
+		b.Fatal(err)
+	}
+	st := status(b, d)
+	if st.Uploaded.Paths != int64(paths) {
+		b.Fatalf("daemon uploaded %d paths; the closure has %d", st.Uploaded.Paths, paths)
+	}
+
+	d.Stop()
+	d.Start()
+	again := pushAndWait(b, d, top...)
+	st = status(b, d)
+	r.checkFetched(r.minio.HTTPURL("nixpush"), top...)
+
+	b.ReportMetric(nixCopy.Seconds(), "nix-copy-s")
+	b.ReportMetric(push.Seconds(), "nixpush-s")
+	b.ReportMetric(push.Seconds()/nixCopy.Seconds(), "ratio")
+	b.ReportMetric(again.Seconds(), "cached-s")
+	b.ReportMetric(float64(st.Uploaded.Requests), "cached-requests")
+	b.ReportMetric(float64(peak)/mib, "peak-rss-MiB")
+	b.Logf("%s: %d paths, %.0f MiB of NAR, %s", w.name, paths, float64(narBytes)/mib, compression)
+	b.Logf("  nix copy %.2f s, nixpush push+wait %.2f s, ratio %.2f; daemon peak RSS %.1f MiB",
+		nixCopy.Seconds(), push.Seconds(), push.Seconds()/nixCopy.Seconds(), float64(peak)/mib)
+	b.Logf("  again after a daemon restart: %.3f s, %d requests to S3", again.Seconds(), st.Uploaded.Requests)
+}

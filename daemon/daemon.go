@@ -318,7 +318,7 @@ func (d *Daemon) status() hook.Status {
 	st := hook.Status{
 		Queued: qs.Queued, Active: qs.Active, Failed: qs.Failed, Done: qs.Done,
 		Drained: qs.Queued == 0 && qs.Active == 0,
-		Uploaded: hook.Uploaded{Paths: us.Paths, NarBytes: us.NarBytes, FileBytes: us.FileBytes, Skipped: us.Skipped,
+		Uploaded: hook.Uploaded{Paths: us.Paths, NarBytes: us.NarBytes, FileBytes: us.FileBytes, Skipped: us.Skipped, Requests: us.Requests,
 			NarBytesPerSecond: d.rates.rate(), Since: d.started},
 		Store: fmt.Sprint(d.up.Store()),
 	}

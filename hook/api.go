@@ -49,6 +49,7 @@ type Uploaded struct {
 	NarBytes  int64      `json:"nar_bytes"`
 	FileBytes int64      `json:"file_bytes"`
 	Skipped   int64      `json:"skipped"`
+	Requests  int64      `json:"requests"` // operations on the cache (HEAD, PUT, GET)
 	LastPush  *time.Time `json:"last_push,omitempty"`
 	// NarBytesPerSecond is the upload rate over the last minute or so.
 	NarBytesPerSecond float64   `json:"nar_bytes_per_second"`

@@ -71,11 +71,15 @@ var sharedZstd = sync.OnceValues(func() (*zstd.Encoder, error) {
 		zstd.WithEncoderConcurrency(runtime.GOMAXPROCS(0)), zstd.WithWindowSize(windowFor(smallNAR)))
 })
 
+// maxWindow is zstd's window for large NARs: what the zstd command line
+// uses at level 3 (windowLog 21), which bounds the memory per stream.
+const maxWindow = 2 << 20
+
 // windowFor keeps zstd's window no larger than the data, so small NARs do
 // not allocate 8 MiB windows.
 func windowFor(narSize uint64) int {
 	w := zstd.MinWindowSize
-	for uint64(w) < narSize && w < 8<<20 {
+	for uint64(w) < narSize && w < maxWindow {
 		w <<= 1
 	}
 	return w

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"slices"
 	"strings"
 	"sync"
 	"time"
@@ -39,6 +40,7 @@ type Config struct {
 type Uploader struct {
 	cfg  Config
 	jobs chan struct{} // a token per pack-and-upload
+	big  chan struct{} // a token per large NAR streaming (each holds ~12 MiB of buffers)
 	stat chan struct{} // a token per existence check
 
 	infoMu   sync.Mutex
@@ -47,7 +49,18 @@ type Uploader struct {
 	mu       sync.Mutex
 	known    map[string]bool // paths whose .narinfo the store holds
 	inflight map[string]*flight
+	nars     map[string]*narFlight // NAR uploads under way or done, until their .narinfo is written
 	stats    Stats
+}
+
+// errCached is nar's answer for a path whose .narinfo is already written.
+var errCached = errors.New("already in the cache")
+
+// narFlight is one NAR upload, shared by every push that needs the path.
+type narFlight struct {
+	done chan struct{}
+	p    packed
+	err  error
 }
 
 type flight struct {
@@ -61,6 +74,7 @@ type Stats struct {
 	NarBytes  int64     // their NAR bytes
 	FileBytes int64     // their compressed bytes
 	Skipped   int64     // paths found already in the cache
+	Requests  int64     // operations on the store (existence checks, uploads, reads)
 	LastPush  time.Time // when a path was last uploaded
 }
 
@@ -81,9 +95,11 @@ func New(cfg Config) *Uploader {
 	return &Uploader{
 		cfg:      cfg,
 		jobs:     make(chan struct{}, cfg.Jobs),
+		big:      make(chan struct{}, bigStreams),
 		stat:     make(chan struct{}, 4*cfg.Jobs),
 		known:    make(map[string]bool),
 		inflight: make(map[string]*flight),
+		nars:     make(map[string]*narFlight),
 	}
 }
 
@@ -92,6 +108,12 @@ func (u *Uploader) Stats() Stats {
 	u.mu.Lock()
 	defer u.mu.Unlock()
 	return u.stats
+}
+
+func (u *Uploader) count(requests int64) {
+	u.mu.Lock()
+	u.stats.Requests += requests
+	u.mu.Unlock()
 }
 
 // Push uploads the closures of roots and returns one error per root (nil
@@ -135,6 +157,15 @@ func (u *Uploader) Push(ctx context.Context, roots []string) []error {
 		}
 		return errs
 	}
+	missing := u.probe(ctx, roots, infos)
+	// NARs upload ahead, deps first, on up to Jobs connections, while
+	// ensure writes each .narinfo once its NAR and its references' are in.
+	pctx, stop := context.WithCancel(ctx)
+	var prefetch sync.WaitGroup
+	defer prefetch.Wait()
+	defer stop() // runs first: uploads nobody waits for any more end
+	prefetch.Go(func() { u.prefetchNARs(pctx, topoOrder(missing, infos), infos, &prefetch) })
+	pl := &plan{infos: infos, missing: missing}
 	var wg sync.WaitGroup
 	for i, r := range roots {
 		if errs[i] != nil {
@@ -143,11 +174,171 @@ func (u *Uploader) Push(ctx context.Context, roots []string) []error {
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
-			errs[i] = u.ensure(ctx, r, infos)
+			errs[i] = u.ensure(ctx, r, pl)
 		}()
 	}
 	wg.Wait()
 	return errs
+}
+
+// plan is what one push knows: the path infos it needs and which paths
+// the cache was found to lack.
+type plan struct {
+	infos   map[string]nix.PathInfo
+	missing map[string]bool
+}
+
+// probe finds which paths of the closure the cache lacks: the roots first
+// (a root's .narinfo means its whole closure is there), then every other
+// path not known locally, checked in parallel. Paths whose check failed
+// count as missing here; ensure checks them again.
+func (u *Uploader) probe(ctx context.Context, roots []string, infos map[string]nix.PathInfo) map[string]bool {
+	missing := make(map[string]bool)
+	check := func(paths []string) {
+		var mu sync.Mutex
+		g, gctx := errgroup.WithContext(ctx)
+		g.SetLimit(4 * u.cfg.Jobs)
+		for _, p := range paths {
+			g.Go(func() error {
+				has, err := u.has(gctx, nix.NarInfoKey(p))
+				mu.Lock()
+				defer mu.Unlock()
+				if err == nil && has {
+					u.mu.Lock()
+					u.known[p] = true
+					u.stats.Skipped++
+					u.mu.Unlock()
+				} else {
+					missing[p] = true
+				}
+				return nil
+			})
+		}
+		g.Wait()
+	}
+	unknown := func(paths []string) []string {
+		var out []string
+		u.mu.Lock()
+		defer u.mu.Unlock()
+		for _, p := range paths {
+			if _, ok := infos[p]; ok && !u.known[p] && u.inflight[p] == nil && !missing[p] {
+				out = append(out, p)
+			}
+		}
+		return out
+	}
+	check(unknown(roots))
+	if len(missing) == 0 {
+		return missing
+	}
+	rest := make([]string, 0, len(infos))
+	for p := range infos {
+		rest = append(rest, p)
+	}
+	check(unknown(rest))
+	return missing
+}
+
+// topoOrder lists the missing paths with every path after its references.
+func topoOrder(missing map[string]bool, infos map[string]nix.PathInfo) []string {
+	var out []string
+	seen := make(map[string]bool, len(missing))
+	var visit func(p string)
+	visit = func(p string) {
+		if seen[p] || !missing[p] {
+			return
+		}
+		seen[p] = true
+		for _, r := range infos[p].References {
+			visit(r)
+		}
+		out = append(out, p)
+	}
+	keys := make([]string, 0, len(missing))
+	for p := range missing {
+		keys = append(keys, p)
+	}
+	slices.Sort(keys)
+	for _, p := range keys {
+		visit(p)
+	}
+	return out
+}
+
+// prefetchNARs starts the NAR uploads of order, in that order, as upload
+// slots free up.
+func (u *Uploader) prefetchNARs(ctx context.Context, order []string, infos map[string]nix.PathInfo, wg *sync.WaitGroup) {
+	for _, p := range order {
+		if ctx.Err() != nil {
+			return
+		}
+		u.mu.Lock()
+		_, started := u.nars[p]
+		started = started || u.known[p]
+		u.mu.Unlock()
+		if started {
+			continue
+		}
+		select {
+		case u.jobs <- struct{}{}:
+		case <-ctx.Done():
+			return
+		}
+		wg.Go(func() {
+			defer func() { <-u.jobs }()
+			u.nar(ctx, infos[p], true)
+		})
+	}
+}
+
+// nar returns the NAR upload of info, starting it (and waiting for an
+// upload slot, unless the caller holds one) when no push has yet.
+func (u *Uploader) nar(ctx context.Context, info nix.PathInfo, holdsSlot bool) (packed, error) {
+	var f *narFlight
+	for tries := 0; ; tries++ {
+		u.mu.Lock()
+		if u.known[info.Path] {
+			u.mu.Unlock()
+			return packed{}, errCached
+		}
+		f = u.nars[info.Path]
+		if f == nil {
+			break // still locked
+		}
+		u.mu.Unlock()
+		select {
+		case <-f.done:
+		case <-ctx.Done():
+			return packed{}, ctx.Err()
+		}
+		// Another push's upload failed, perhaps only because that push
+		// was cancelled: this one tries for itself.
+		if f.err == nil || tries == 2 {
+			return f.p, f.err
+		}
+	}
+	f = &narFlight{done: make(chan struct{})}
+	u.nars[info.Path] = f
+	u.mu.Unlock()
+	if !holdsSlot {
+		select {
+		case u.jobs <- struct{}{}:
+			defer func() { <-u.jobs }()
+		case <-ctx.Done():
+			f.err = ctx.Err()
+		}
+	}
+	if f.err == nil {
+		f.p, f.err = u.putNAR(ctx, info)
+	}
+	if f.err != nil {
+		// A failed upload is not remembered: the next attempt starts anew.
+		u.mu.Lock()
+		delete(u.nars, info.Path)
+		u.mu.Unlock()
+	}
+	close(f.done)
+	return f.p, f.err
 }
 
 // closure returns the path info the pushes of roots need: the roots', and
@@ -193,7 +384,7 @@ func (u *Uploader) closure(ctx context.Context, roots []string) (map[string]nix.
 
 // ensure makes sure the cache holds p's .narinfo, and so its closure: once
 // per path however many pushes want it at once.
-func (u *Uploader) ensure(ctx context.Context, p string, infos map[string]nix.PathInfo) error {
+func (u *Uploader) ensure(ctx context.Context, p string, pl *plan) error {
 	u.mu.Lock()
 	if u.known[p] {
 		u.mu.Unlock()
@@ -212,7 +403,7 @@ func (u *Uploader) ensure(ctx context.Context, p string, infos map[string]nix.Pa
 	u.inflight[p] = f
 	u.mu.Unlock()
 
-	f.err = u.ensureOnce(ctx, p, infos)
+	f.err = u.ensureOnce(ctx, p, pl)
 
 	u.mu.Lock()
 	delete(u.inflight, p)
@@ -224,14 +415,17 @@ func (u *Uploader) ensure(ctx context.Context, p string, infos map[string]nix.Pa
 	return f.err
 }
 
-func (u *Uploader) ensureOnce(ctx context.Context, p string, infos map[string]nix.PathInfo) error {
-	info, ok := infos[p]
+func (u *Uploader) ensureOnce(ctx context.Context, p string, pl *plan) error {
+	info, ok := pl.infos[p]
 	if !ok {
 		return fmt.Errorf("%s: no path info (it is in a closure pushed at the same time); will retry", p)
 	}
-	has, err := u.has(ctx, nix.NarInfoKey(p))
-	if err != nil {
-		return err
+	has := false
+	if !pl.missing[p] { // not probed by this push: check now
+		var err error
+		if has, err = u.has(ctx, nix.NarInfoKey(p)); err != nil {
+			return err
+		}
 	}
 	if has {
 		// A valid cache holds the closure of every .narinfo it holds.
@@ -245,7 +439,7 @@ func (u *Uploader) ensureOnce(ctx context.Context, p string, infos map[string]ni
 		if ref == p {
 			continue
 		}
-		g.Go(func() error { return u.ensure(gctx, ref, infos) })
+		g.Go(func() error { return u.ensure(gctx, ref, pl) })
 	}
 	if err := g.Wait(); err != nil {
 		if errors.Is(err, context.Canceled) && ctx.Err() != nil {
@@ -257,12 +451,6 @@ func (u *Uploader) ensureOnce(ctx context.Context, p string, infos map[string]ni
 		}
 		return &DependencyError{Path: p, Err: err}
 	}
-	select {
-	case u.jobs <- struct{}{}:
-	case <-ctx.Done():
-		return ctx.Err()
-	}
-	defer func() { <-u.jobs }()
 	return u.upload(ctx, info)
 }
 
@@ -273,29 +461,58 @@ func (u *Uploader) has(ctx context.Context, key string) (bool, error) {
 		return false, ctx.Err()
 	}
 	defer func() { <-u.stat }()
+	u.count(1)
 	return u.cfg.Store.Has(ctx, key)
 }
 
-// upload puts the NAR, then the signed .narinfo; the caller has made sure
-// every reference's .narinfo is in the store.
+// bigStreams bounds the large NARs packed at once: each streams through a
+// multipart part buffer and a zstd window, and two keep both cores busy.
+const bigStreams = 2
+
+// putNAR packs and uploads the NAR of info.
+func (u *Uploader) putNAR(ctx context.Context, info nix.PathInfo) (packed, error) {
+	if info.NarSize > smallNAR {
+		select {
+		case u.big <- struct{}{}:
+			defer func() { <-u.big }()
+		case <-ctx.Done():
+			return packed{}, ctx.Err()
+		}
+	}
+	u.count(1)
+	p, err := putNAR(ctx, u.cfg.Store, info, u.cfg.Compression, narKey(info, u.cfg.Compression))
+	if err != nil {
+		return packed{}, fmt.Errorf("upload %s: %w", info.Path, err)
+	}
+	return p, nil
+}
+
+// upload puts the signed .narinfo once the NAR is in (uploading it now if
+// no push has started it); the caller has made sure every reference's
+// .narinfo is in the store.
 func (u *Uploader) upload(ctx context.Context, info nix.PathInfo) error {
 	start := time.Now()
 	c := u.cfg.Compression
-	key := narKey(info, c)
-	p, err := putNAR(ctx, u.cfg.Store, info, c, key)
-	if err != nil {
-		return fmt.Errorf("upload %s: %w", info.Path, err)
+	p, err := u.nar(ctx, info, false)
+	if errors.Is(err, errCached) {
+		return nil
 	}
-	ni, err := nix.NarInfo(info, nix.Upload{URL: key, Compression: string(c), FileHash: p.fileHash, FileSize: p.fileSize}, u.cfg.Key)
+	if err != nil {
+		return err
+	}
+	ni, err := nix.NarInfo(info, nix.Upload{URL: narKey(info, c), Compression: string(c), FileHash: p.fileHash, FileSize: p.fileSize}, u.cfg.Key)
 	if err != nil {
 		return err
 	}
 	text := ni.String()
+	u.count(1)
 	if err := u.cfg.Store.Put(ctx, nix.NarInfoKey(info.Path), strings.NewReader(text), int64(len(text)), "text/x-nix-narinfo"); err != nil {
 		return fmt.Errorf("upload %s: %w", info.Path, err)
 	}
 	d := time.Since(start)
 	u.mu.Lock()
+	delete(u.nars, info.Path)
+	u.known[info.Path] = true // in the same step, so no push starts this NAR again
 	u.stats.Paths++
 	u.stats.NarBytes += int64(p.narSize)
 	u.stats.FileBytes += int64(p.fileSize)
@@ -314,8 +531,10 @@ func (u *Uploader) ensureCacheInfo(ctx context.Context) error {
 	if u.infoDone {
 		return nil
 	}
+	u.count(1)
 	has, err := u.cfg.Store.Has(ctx, "nix-cache-info")
 	if err == nil && !has {
+		u.count(1)
 		text := CacheInfo(u.cfg.StoreDir, u.cfg.Priority)
 		err = u.cfg.Store.Put(ctx, "nix-cache-info", strings.NewReader(text), int64(len(text)), "text/x-nix-cache-info")
 	}

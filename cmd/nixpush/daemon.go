@@ -9,6 +9,7 @@ import (
 	"os"
 	"path/filepath"
 	"runtime"
+	"runtime/debug"
 	"time"
 
 	"github.com/coreos/go-systemd/v22/activation"
@@ -23,6 +24,9 @@ import (
 	"github.com/nixpush/nixpush/nix"
 	"github.com/nixpush/nixpush/uploader"
 )
+
+// memoryLimit is the daemon's soft memory limit (GOMEMLIMIT overrides it).
+const memoryLimit = 40 << 20
 
 func runDaemon(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 	fs := flag.NewFlagSet("nixpush daemon", flag.ContinueOnError)
@@ -77,6 +81,11 @@ func runDaemon(ctx context.Context, args []string, stdout, stderr io.Writer) int
 	if err != nil {
 		fmt.Fprintf(stderr, "nixpush daemon: %v\n", err)
 		return 2
+	}
+	if os.Getenv("GOMEMLIMIT") == "" {
+		// A soft limit: the garbage collector works harder near it, so
+		// the daemon stays small on a Raspberry Pi beside the builds.
+		debug.SetMemoryLimit(memoryLimit)
 	}
 	nixClient := &nix.Client{StoreDir: *storeDir}
 	// Path info through one long-lived nix-store --serve, not a Nix process
