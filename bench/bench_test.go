@@ -320,7 +320,7 @@ type pushWorkload struct {
 }
 
 var pushWorkloads = []pushWorkload{
-	{"500-paths", 500, 258},  // 126 MiB of NAR in all
+	{"500-paths", 500, 258}, // 126 MiB of NAR in all
 	{"10-paths", 10, 51200}, // 500 MiB of NAR in all
 }
 
