@@ -343,7 +343,7 @@ func benchPush(b *testing.B, w pushWorkload, compression string) {
 
 	nixCopy := r.nixCopy(r.classicBucket("classic"), compression, top...)
 
-	d := r.daemon("nixpush", "--compression", compression)
+	d := r.daemon("nixpush", append([]string{"--compression", compression}, strings.Fields(os.Getenv("NIXPUSH_BENCH_ARGS"))...)...)
 	push := pushAndWait(b, d, top...)
 	peak, err := d.PeakRSS()
 	if err != nil {

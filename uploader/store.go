@@ -26,6 +26,15 @@ type Store interface {
 	String() string
 }
 
+// Lister is a store that can list the top level of its namespace, where
+// the .narinfo files are: one request for a thousand names where checking
+// paths one by one costs a request each.
+type Lister interface {
+	// ListTop calls fn with each object name that has no "/" in it, in
+	// no set order, until fn returns false or the names run out.
+	ListTop(ctx context.Context, fn func(name string) bool) error
+}
+
 // StoreOptions are settings of a store not carried by its URI.
 type StoreOptions struct {
 	// CACertFile is a PEM bundle trusted for an https S3 endpoint, for a

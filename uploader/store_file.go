@@ -45,6 +45,20 @@ func (s *FileStore) Has(ctx context.Context, key string) (bool, error) {
 	return err == nil, err
 }
 
+// ListTop lists the store directory's files.
+func (s *FileStore) ListTop(ctx context.Context, fn func(name string) bool) error {
+	entries, err := os.ReadDir(s.dir)
+	if err != nil {
+		return err
+	}
+	for _, e := range entries {
+		if e.Type().IsRegular() && !fn(e.Name()) {
+			return nil
+		}
+	}
+	return nil
+}
+
 // Put writes to a temporary file, syncs it and renames it into place, so a
 // crash leaves either the whole object or none.
 func (s *FileStore) Put(ctx context.Context, key string, r io.Reader, size int64, contentType string) error {

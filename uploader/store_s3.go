@@ -139,6 +139,22 @@ func (s *S3Store) Put(ctx context.Context, key string, r io.Reader, size int64, 
 	return nil
 }
 
+// ListTop lists the bucket's top level (ListObjectsV2 with delimiter "/",
+// a thousand names a request).
+func (s *S3Store) ListTop(ctx context.Context, fn func(name string) bool) error {
+	ctx, cancel := context.WithCancel(ctx)
+	defer cancel() // stops minio-go's listing goroutine when fn stops early
+	for obj := range s.client.ListObjects(ctx, s.bucket, minio.ListObjectsOptions{}) {
+		if obj.Err != nil {
+			return s.wrap("list", "", obj.Err)
+		}
+		if !strings.Contains(obj.Key, "/") && !fn(obj.Key) {
+			return nil
+		}
+	}
+	return nil
+}
+
 func (s *S3Store) Get(ctx context.Context, key string) ([]byte, error) {
 	obj, err := s.client.GetObject(ctx, s.bucket, key, minio.GetObjectOptions{})
 	if err != nil {

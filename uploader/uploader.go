@@ -235,8 +235,50 @@ func (u *Uploader) probe(ctx context.Context, roots []string, infos map[string]n
 	for p := range infos {
 		rest = append(rest, p)
 	}
-	check(unknown(rest))
+	rest = unknown(rest)
+	if listed, ok := u.listNarInfos(ctx, len(rest)); ok {
+		u.mu.Lock()
+		for _, p := range rest {
+			if listed[nix.NarInfoKey(p)] {
+				u.known[p] = true
+				u.stats.Skipped++
+			} else {
+				missing[p] = true
+			}
+		}
+		u.mu.Unlock()
+		return missing
+	}
+	check(rest)
 	return missing
+}
+
+// listBudget is how many names a listing may read per path it would spare
+// an existence check: a page of a thousand costs about what twenty checks do.
+const listBudget = 50
+
+// listNarInfos lists the .narinfo names in the store when that is cheaper
+// than checking n paths one by one, which it is unless the cache is large.
+func (u *Uploader) listNarInfos(ctx context.Context, n int) (map[string]bool, bool) {
+	l, ok := u.cfg.Store.(Lister)
+	if !ok || n < 32 {
+		return nil, false
+	}
+	names := make(map[string]bool)
+	budget, seen := n*listBudget, int64(0)
+	err := l.ListTop(ctx, func(name string) bool {
+		seen++
+		if strings.HasSuffix(name, ".narinfo") {
+			names[name] = true
+		}
+		budget--
+		return budget > 0
+	})
+	u.count(seen/1000 + 1) // list requests
+	if err != nil || budget <= 0 {
+		return nil, false // too large or failing: check path by path
+	}
+	return names, true
 }
 
 // topoOrder lists the missing paths with every path after its references.

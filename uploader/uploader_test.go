@@ -444,3 +444,50 @@ func TestOpenStoreErrors(t *testing.T) {
 		}
 	}
 }
+
+// listingStore counts the operations of a store that can list.
+type listingStore struct {
+	countingStore
+	lists int
+}
+
+func (l *listingStore) ListTop(ctx context.Context, fn func(string) bool) error {
+	l.mu.Lock()
+	l.lists++
+	l.mu.Unlock()
+	return l.Store.(Lister).ListTop(ctx, fn)
+}
+
+// TestPushListsInsteadOfChecking: a closure of 60 paths of which the cache
+// holds the lower half costs one listing, not 60 existence checks, and
+// uploads exactly the missing half.
+func TestPushListsInsteadOfChecking(t *testing.T) {
+	fs := newFakeStore(t)
+	var chain []string
+	prev := []string{}
+	for i := range 60 {
+		p := fs.add(t, fmt.Sprintf("n%d", i), []byte(fmt.Sprint("node ", i)), prev...)
+		chain = append(chain, p)
+		prev = []string{p}
+	}
+	base, _ := NewFileStore(t.TempDir())
+	first := New(Config{Store: base, Nix: fs, Key: testKey(t), StoreDir: fs.dir, Log: zerolog.Nop()})
+	if err := first.Push(context.Background(), []string{chain[29]})[0]; err != nil {
+		t.Fatal(err)
+	}
+	ls := &listingStore{countingStore: countingStore{Store: base}}
+	u := New(Config{Store: ls, Nix: fs, Key: testKey(t), StoreDir: fs.dir, Log: zerolog.Nop()})
+	if err := u.Push(context.Background(), []string{chain[59]})[0]; err != nil {
+		t.Fatal(err)
+	}
+	// Checks: nix-cache-info and the root; then one listing.
+	if ls.lists != 1 || ls.has != 2 || ls.puts != 2*30 {
+		t.Fatalf("%d listings, %d existence checks, %d puts; want 1, 2 and 60", ls.lists, ls.has, ls.puts)
+	}
+	if st := u.Stats(); st.Skipped != 30 || st.Paths != 30 {
+		t.Fatalf("stats %+v; want 30 skipped, 30 uploaded", st)
+	}
+	for _, p := range chain {
+		checkPushed(t, base, fs.infos[p])
+	}
+}
