@@ -196,20 +196,39 @@ func listenUnix(path string, gid int) (net.Listener, error) {
 	return ln, nil
 }
 
+// leaseInterval is the shortest time between two leases: the longest a
+// path handed over right after another waits before its push starts.
+const leaseInterval = 200 * time.Millisecond
+
 // work leases queued items and pushes them, Pushes batches at once, until
 // ctx is done.
 func (d *Daemon) work(ctx context.Context) error {
 	slots := make(chan struct{}, d.cfg.Pushes)
 	var wg sync.WaitGroup
 	defer wg.Wait()
+	var lastLease time.Time
 	for {
 		select {
 		case slots <- struct{}{}:
 		case <-ctx.Done():
 			return nil
 		}
+		// While hooks trickle in, one per build, gather them for a moment:
+		// a push cycle has fixed costs (queue commits, a path-info query)
+		// that would otherwise be paid per build, beside the builds.
+		if wait := leaseInterval - time.Since(lastLease); wait > 0 {
+			select {
+			case <-time.After(wait):
+			case <-ctx.Done():
+				<-slots
+				return nil
+			}
+		}
 		changed := d.queue.Changed()
 		items, err := d.queue.Lease(ctx, d.cfg.Batch)
+		if len(items) > 0 {
+			lastLease = time.Now()
+		}
 		if err != nil {
 			<-slots
 			if ctx.Err() != nil {
