@@ -409,3 +409,46 @@ func benchPush(b *testing.B, w pushWorkload, compression string) {
 	b.Logf("  already cached: %.3f s after a daemon restart (%d requests), %.3f s from a fresh daemon (%d requests)",
 		restarted.Seconds(), restartedReq, other.Seconds(), otherSt.Uploaded.Requests)
 }
+
+// BenchmarkBigPath pushes one path of 5 GiB (half random) and samples the
+// daemon's RSS every 250 ms: it must stay flat, not grow with the path.
+func BenchmarkBigPath(b *testing.B) {
+	r := newRig(b)
+	expr := fmt.Sprintf(`derivation { name = "big"; system = builtins.currentSystem; builder = "/bin/sh";
+  args = [ "-c" "PATH=/bin:/usr/bin; mkdir $out; head -c 2560M /dev/urandom > $out/random; yes 'nixpush %s big' | head -c 2560M > $out/text" ]; }`, seed())
+	top := r.nix.Build(b, expr)
+	defer exec.Command("nix-store", "--delete", top[0]).Run()
+	_, narBytes := closureSize(b, r.nix, top...)
+	d := r.daemon("big")
+	var samples []int64
+	stop := make(chan struct{})
+	sampled := make(chan struct{})
+	go func() {
+		defer close(sampled)
+		t := time.NewTicker(250 * time.Millisecond)
+		defer t.Stop()
+		for {
+			select {
+			case <-stop:
+				return
+			case <-t.C:
+				if rss, err := d.RSS(); err == nil {
+					samples = append(samples, rss)
+				}
+			}
+		}
+	}()
+	took := pushAndWait(b, d, top...)
+	close(stop)
+	<-sampled
+	peak, _ := d.PeakRSS()
+	if len(samples) < 8 {
+		b.Fatalf("only %d RSS samples", len(samples))
+	}
+	q := func(f float64) float64 { return float64(samples[int(f*float64(len(samples)-1))]) / mib }
+	b.ReportMetric(float64(peak)/mib, "peak-rss-MiB")
+	b.ReportMetric(float64(narBytes)/mib/took.Seconds(), "MiB/s")
+	b.Logf("one path of %.1f GiB: pushed in %.1f s (%.0f MiB/s of NAR); daemon RSS at 10/25/50/75/90 %% of the push: %.1f %.1f %.1f %.1f %.1f MiB, peak %.1f MiB",
+		float64(narBytes)/(1<<30), took.Seconds(), float64(narBytes)/mib/took.Seconds(),
+		q(0.1), q(0.25), q(0.5), q(0.75), q(0.9), float64(peak)/mib)
+}

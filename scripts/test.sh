@@ -38,6 +38,8 @@ fi
 export NIXPUSH_MINIO=$minio
 echo "$minio"
 
+[ -z "${NIXPUSH_SETUP_ONLY:-}" ] || exit 0
+
 echo "== go vet"
 go vet ./...
 

@@ -1,0 +1,12 @@
+#!/usr/bin/env bash
+# nixpush against the classic setup, side by side on this machine: real Nix
+# builds the workloads, a real MinIO on loopback holds the buckets.
+# Installs Nix and MinIO like scripts/test.sh when missing.
+#
+#   ./scripts/bench.sh                 # everything (about 10 minutes on 2 cores)
+#   ./scripts/bench.sh 'Push|Hook'     # a subset, by benchmark name
+set -euo pipefail
+cd "$(dirname "$0")/.."
+NIXPUSH_SETUP_ONLY=1 ./scripts/test.sh
+export NIXPUSH_MINIO=${NIXPUSH_MINIO:-$(command -v minio || echo "${XDG_CACHE_HOME:-$HOME/.cache}/nixpush/bin/minio")}
+go test -run '^$' -bench "${1:-.}" -benchtime 1x -timeout 90m ./bench/
