@@ -5,9 +5,9 @@ buildGoModule {
   pname = "nixpush";
   version = "0.1.0";
   src = lib.cleanSource ./.;
-  # Update after changing go.mod/go.sum: set lib.fakeHash, run `nix build`,
-  # and paste the hash Nix reports.
-  vendorHash = lib.fakeHash;
+  # After changing go.mod/go.sum run ./scripts/vendor-hash.sh --write;
+  # ./scripts/test.sh fails while it is stale.
+  vendorHash = "sha256-NxTgwlo5NlTdRUmvfkFH1cNu2fNcKshNEtSpavHTG+0=";
   subPackages = [ "cmd/nixpush" "cmd/nixpush-hook" ];
   env.CGO_ENABLED = 0;
   ldflags = [ "-s" "-w" ];

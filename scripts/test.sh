@@ -43,6 +43,9 @@ echo "$minio"
 echo "== go vet"
 go vet ./...
 
+echo "== package.nix vendorHash"
+./scripts/vendor-hash.sh --check
+
 echo "== NixOS module: nix-instantiate --parse, systemd-analyze security of its unit"
 ./scripts/check-module.sh
 
