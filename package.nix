@@ -7,7 +7,7 @@ buildGoModule {
   src = lib.cleanSource ./.;
   # After changing go.mod/go.sum run ./scripts/vendor-hash.sh --write;
   # ./scripts/test.sh fails while it is stale.
-  vendorHash = "sha256-NxTgwlo5NlTdRUmvfkFH1cNu2fNcKshNEtSpavHTG+0=";
+  vendorHash = "sha256-VtvAWvhPsOaWuvPESRfaCVh+o7W7x9v8MDelA33xtig=";
   subPackages = [ "cmd/nixpush" "cmd/nixpush-hook" ];
   env.CGO_ENABLED = 0;
   ldflags = [ "-s" "-w" ];

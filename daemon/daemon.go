@@ -57,6 +57,9 @@ type Config struct {
 	Ready func()
 	// Stopping is called when the daemon begins to shut down.
 	Stopping func()
+	// MetricsListen, when set, is a TCP address to serve Prometheus
+	// metrics on (GET /metrics).
+	MetricsListen string
 }
 
 // Daemon is a running nixpush daemon.
@@ -139,6 +142,27 @@ func Run(ctx context.Context, cfg Config) error {
 		}
 		return nil
 	})
+	if cfg.MetricsListen != "" {
+		mln, err := net.Listen("tcp", cfg.MetricsListen)
+		if err != nil {
+			return fmt.Errorf("--metrics-listen %s: %w", cfg.MetricsListen, err)
+		}
+		mux := http.NewServeMux()
+		mux.Handle("GET /metrics", d.metricsHandler())
+		msrv := &http.Server{Handler: mux, ReadHeaderTimeout: 5 * time.Second}
+		g.Go(func() error {
+			if err := msrv.Serve(mln); !errors.Is(err, http.ErrServerClosed) {
+				return fmt.Errorf("metrics on %s: %w", cfg.MetricsListen, err)
+			}
+			return nil
+		})
+		g.Go(func() error {
+			<-gctx.Done()
+			msrv.Close()
+			return nil
+		})
+		d.log.Info().Str("address", mln.Addr().String()).Msg("serving Prometheus metrics at /metrics")
+	}
 	g.Go(func() error { return d.importSpoolLoop(gctx) })
 	g.Go(func() error { return d.work(gctx) })
 	g.Go(func() error { return d.report(gctx) })

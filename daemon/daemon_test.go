@@ -24,6 +24,11 @@ import (
 
 // startDaemon runs the daemon in-process on a file:// store.
 func startDaemon(t *testing.T) (socket string) {
+	return startDaemonWith(t, func(*Config) {})
+}
+
+// startDaemonWith is startDaemon with changes to the configuration.
+func startDaemonWith(t *testing.T, change func(*Config)) (socket string) {
 	t.Helper()
 	dir := t.TempDir()
 	store, err := uploader.NewFileStore(filepath.Join(dir, "cache"))
@@ -38,8 +43,10 @@ func startDaemon(t *testing.T) (socket string) {
 	ready := make(chan struct{})
 	done := make(chan error, 1)
 	go func() {
-		done <- Run(ctx, Config{Socket: socket, StateDir: filepath.Join(dir, "state"), Uploader: up, Nix: nc,
-			Log: zerolog.Nop(), Ready: func() { close(ready) }})
+		cfg := Config{Socket: socket, StateDir: filepath.Join(dir, "state"), Uploader: up, Nix: nc,
+			Log: zerolog.Nop(), Ready: func() { close(ready) }}
+		change(&cfg)
+		done <- Run(ctx, cfg)
 	}()
 	select {
 	case <-ready:

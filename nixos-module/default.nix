@@ -38,6 +38,7 @@ let
     "--socket-group" cfg.socketGroup
     "--log-format" "journald"
   ] ++ optionals (cfg.caCertificate != null) [ "--ca-certificate" "%d/ca.pem" ]
+    ++ optionals (cfg.metricsListen != null) [ "--metrics-listen" cfg.metricsListen ]
     ++ cfg.extraArgs;
 
   pushSystem = "${cfg.package}/bin/nixpush push --socket ${socket} /nix/var/nix/profiles/system";
@@ -110,6 +111,13 @@ in
       default = null;
       description = "PEM file of a private CA that signed the S3 endpoint's certificate (a self-signed MinIO, say).";
       example = "/etc/ssl/minio-ca.pem";
+    };
+
+    metricsListen = mkOption {
+      type = types.nullOr types.str;
+      default = null;
+      description = "TCP address to serve Prometheus metrics on, at `/metrics` (queue items by state, uploads, request counts, rate).";
+      example = "127.0.0.1:9747";
     };
 
     socketGroup = mkOption {

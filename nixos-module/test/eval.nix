@@ -35,6 +35,7 @@ let
       secretKeyFile = "/var/lib/nixpush-keys/secret.key";
       credentialsFile = "/root/.aws/credentials";
       caCertificate = "/etc/ssl/minio-ca.pem";
+      metricsListen = "127.0.0.1:9747";
       jobs = 8;
     };
     services.nixpush.consumer = {

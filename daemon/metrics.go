@@ -1,0 +1,64 @@
+package daemon
+
+import (
+	"net/http"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/collectors"
+	"github.com/prometheus/client_golang/prometheus/promhttp"
+)
+
+// metricsHandler serves Prometheus metrics, read from the same figures as
+// /v1/status at each scrape.
+func (d *Daemon) metricsHandler() http.Handler {
+	reg := prometheus.NewRegistry()
+	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
+	reg.MustRegister(&statusCollector{d: d})
+	return promhttp.HandlerFor(reg, promhttp.HandlerOpts{})
+}
+
+var (
+	descItems = prometheus.NewDesc("nixpush_queue_items", "Items in the queue by state (done: pushed since the queue was created).",
+		[]string{"state"}, nil)
+	descOldest = prometheus.NewDesc("nixpush_queue_oldest_queued_age_seconds", "Age of the oldest queued item; 0 when none is queued.", nil, nil)
+	descPaths  = prometheus.NewDesc("nixpush_uploaded_paths_total", "Store paths uploaded since the daemon started.", nil, nil)
+	descNAR    = prometheus.NewDesc("nixpush_uploaded_nar_bytes_total", "NAR bytes of the uploaded paths.", nil, nil)
+	descFile   = prometheus.NewDesc("nixpush_uploaded_file_bytes_total", "Compressed bytes uploaded.", nil, nil)
+	descSkip   = prometheus.NewDesc("nixpush_skipped_paths_total", "Paths found already in the cache.", nil, nil)
+	descReq    = prometheus.NewDesc("nixpush_store_requests_total", "Operations on the cache (existence checks, listings, uploads).", nil, nil)
+	descLast   = prometheus.NewDesc("nixpush_last_push_timestamp_seconds", "When a path was last uploaded (Unix time); 0 before the first.", nil, nil)
+	descRate   = prometheus.NewDesc("nixpush_upload_nar_bytes_per_second", "Upload rate over the last minute or so, in NAR bytes.", nil, nil)
+)
+
+type statusCollector struct{ d *Daemon }
+
+func (c *statusCollector) Describe(ch chan<- *prometheus.Desc) {
+	for _, d := range []*prometheus.Desc{descItems, descOldest, descPaths, descNAR, descFile, descSkip, descReq, descLast, descRate} {
+		ch <- d
+	}
+}
+
+func (c *statusCollector) Collect(ch chan<- prometheus.Metric) {
+	st := c.d.status()
+	for state, n := range map[string]int{"queued": st.Queued, "active": st.Active, "failed": st.Failed, "done": st.Done} {
+		ch <- prometheus.MustNewConstMetric(descItems, prometheus.GaugeValue, float64(n), state)
+	}
+	var oldest float64
+	if st.OldestQueued != nil {
+		oldest = time.Since(*st.OldestQueued).Seconds()
+	}
+	ch <- prometheus.MustNewConstMetric(descOldest, prometheus.GaugeValue, oldest)
+	u := st.Uploaded
+	ch <- prometheus.MustNewConstMetric(descPaths, prometheus.CounterValue, float64(u.Paths))
+	ch <- prometheus.MustNewConstMetric(descNAR, prometheus.CounterValue, float64(u.NarBytes))
+	ch <- prometheus.MustNewConstMetric(descFile, prometheus.CounterValue, float64(u.FileBytes))
+	ch <- prometheus.MustNewConstMetric(descSkip, prometheus.CounterValue, float64(u.Skipped))
+	ch <- prometheus.MustNewConstMetric(descReq, prometheus.CounterValue, float64(u.Requests))
+	var last float64
+	if u.LastPush != nil {
+		last = float64(u.LastPush.UnixNano()) / 1e9
+	}
+	ch <- prometheus.MustNewConstMetric(descLast, prometheus.GaugeValue, last)
+	ch <- prometheus.MustNewConstMetric(descRate, prometheus.GaugeValue, u.NarBytesPerSecond)
+}
