@@ -41,20 +41,17 @@ func (c Compression) Ext() string {
 	return ""
 }
 
-// bigNAR is the NAR size from which zstd compresses on every core.
-const bigNAR = 16 << 20
-
 // writer returns a compressing writer into w; closing it flushes the
 // compressed stream but does not close w.
 func (c Compression) writer(w io.Writer, narSize uint64) (io.WriteCloser, error) {
 	switch c {
 	case Zstd:
-		conc := 1
-		if narSize >= bigNAR {
-			conc = runtime.GOMAXPROCS(0)
+		window := windowFor(narSize)
+		if window == maxWindow {
+			return getStreamEncoder(w)
 		}
-		return zstd.NewWriter(w, zstd.WithEncoderLevel(zstd.SpeedDefault), zstd.WithEncoderConcurrency(conc),
-			zstd.WithWindowSize(windowFor(narSize)))
+		return zstd.NewWriter(w, zstd.WithEncoderLevel(zstd.SpeedDefault), zstd.WithEncoderConcurrency(1),
+			zstd.WithWindowSize(window))
 	case XZ:
 		return xz.NewWriter(w)
 	case None:
@@ -83,6 +80,44 @@ func windowFor(narSize uint64) int {
 		w <<= 1
 	}
 	return w
+}
+
+// streamEncoders recycles the zstd encoders of large NARs, one for each
+// stream bigStreams allows: an encoder's window and match tables were most
+// of what a push allocated, and so most of the garbage collector's work.
+// Each encodes on a second goroutine while the next block fills (a stream
+// encoder uses no more than that), so one large NAR still keeps two cores
+// busy with hashing and compressing.
+var streamEncoders = make(chan *zstd.Encoder, bigStreams)
+
+func getStreamEncoder(w io.Writer) (io.WriteCloser, error) {
+	select {
+	case e := <-streamEncoders:
+		e.Reset(w)
+		return pooledEncoder{e}, nil
+	default:
+	}
+	e, err := zstd.NewWriter(w, zstd.WithEncoderLevel(zstd.SpeedDefault),
+		zstd.WithEncoderConcurrency(min(2, runtime.GOMAXPROCS(0))), zstd.WithWindowSize(maxWindow))
+	if err != nil {
+		return nil, err
+	}
+	return pooledEncoder{e}, nil
+}
+
+// pooledEncoder returns its encoder to streamEncoders when it closes
+// cleanly; an encoder left mid-stream by an error is dropped.
+type pooledEncoder struct{ *zstd.Encoder }
+
+func (p pooledEncoder) Close() error {
+	if err := p.Encoder.Close(); err != nil {
+		return err
+	}
+	select {
+	case streamEncoders <- p.Encoder:
+	default:
+	}
+	return nil
 }
 
 type nopCloser struct{ io.Writer }

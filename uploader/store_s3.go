@@ -1,6 +1,7 @@
 package uploader
 
 import (
+	"bytes"
 	"context"
 	"crypto/tls"
 	"crypto/x509"
@@ -12,6 +13,7 @@ import (
 	"os"
 	"sort"
 	"strings"
+	"time"
 
 	"github.com/minio/minio-go/v7"
 	"github.com/minio/minio-go/v7/pkg/credentials"
@@ -28,8 +30,9 @@ type S3Store struct {
 }
 
 // partSize is the multipart part size for NARs of unknown compressed size:
-// each streaming upload holds one part in memory.
-const partSize = 8 << 20
+// each streaming upload holds two parts in memory, one being sent while the
+// next fills, and its objects can be up to 10,000 parts (78 GiB).
+const partSize = 6 << 20
 
 var s3Params = map[string]bool{"endpoint": true, "scheme": true, "region": true, "profile": true}
 
@@ -129,17 +132,116 @@ func (s *S3Store) Has(ctx context.Context, key string) (bool, error) {
 }
 
 func (s *S3Store) Put(ctx context.Context, key string, r io.Reader, size int64, contentType string) error {
-	_, err := s.client.PutObject(ctx, s.bucket, key, r, size, minio.PutObjectOptions{
+	opts := minio.PutObjectOptions{
 		ContentType: contentType,
-		PartSize:    partSize,
 		// No SHA-256 of the payload in the request signature, as minio-go
 		// already does over https: on plain http it costs a hash of every
 		// byte here and again in the server. Integrity does not rest on it:
 		// the signed .narinfo carries the NAR's and the file's SHA-256,
 		// which every Nix client checks, and it is written last.
 		DisableContentSha256: true,
-	})
+	}
+	if size < 0 {
+		return s.putStream(ctx, key, r, opts)
+	}
+	if _, err := s.client.PutObject(ctx, s.bucket, key, r, size, opts); err != nil {
+		return s.wrap("put", key, err)
+	}
+	return nil
+}
+
+// maxParts is S3's limit on the parts of a multipart upload.
+const maxParts = 10000
+
+// putStream uploads r, of unknown size. What fits in one part goes up with
+// a single PUT. More becomes a multipart upload (minio.Core's calls) in
+// which the next part is read, so packed and compressed, while the
+// previous one is sent; minio-go's own streaming upload does one after the
+// other and takes a fresh buffer per object. A read error (packing failed)
+// or an upload error aborts the upload: no object, no stray parts.
+func (s *S3Store) putStream(ctx context.Context, key string, r io.Reader, opts minio.PutObjectOptions) (err error) {
+	buf, err := parts.get(ctx)
 	if err != nil {
+		return err
+	}
+	n, rerr := io.ReadFull(r, buf)
+	if rerr == io.EOF || rerr == io.ErrUnexpectedEOF {
+		defer parts.put(buf)
+		if _, err := s.client.PutObject(ctx, s.bucket, key, bytes.NewReader(buf[:n]), int64(n), opts); err != nil {
+			return s.wrap("put", key, err)
+		}
+		return nil
+	}
+	if rerr != nil {
+		parts.put(buf)
+		return rerr
+	}
+
+	core := minio.Core{Client: s.client}
+	id, err := core.NewMultipartUpload(ctx, s.bucket, key, opts)
+	if err != nil {
+		parts.put(buf)
+		return s.wrap("put", key, err)
+	}
+	defer func() {
+		if err != nil {
+			// Not ctx: a cancelled upload is aborted too.
+			actx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 30*time.Second)
+			defer cancel()
+			_ = core.AbortMultipartUpload(actx, s.bucket, key, id)
+		}
+	}()
+
+	type sent struct {
+		part minio.ObjectPart
+		err  error
+	}
+	send := func(num int, buf []byte, n int) <-chan sent {
+		ch := make(chan sent, 1)
+		go func() {
+			defer parts.put(buf)
+			p, err := core.PutObjectPart(ctx, s.bucket, key, id, num, bytes.NewReader(buf[:n]), int64(n),
+				minio.PutObjectPartOptions{DisableContentSha256: true})
+			ch <- sent{p, err}
+		}()
+		return ch
+	}
+	var done []minio.CompletePart
+	for num := 1; ; num++ {
+		pending := send(num, buf, n)
+		last := rerr == io.ErrUnexpectedEOF
+		if !last {
+			if num == maxParts {
+				<-pending
+				return Permanent(fmt.Errorf("%s put %s: more than %d parts of %d MiB", s.name, key, maxParts, partSize>>20))
+			}
+			if buf, err = parts.get(ctx); err != nil {
+				<-pending
+				return err
+			}
+			n, rerr = io.ReadFull(r, buf)
+		}
+		res := <-pending
+		if res.err != nil {
+			if !last {
+				parts.put(buf)
+			}
+			return s.wrap("put", key, res.err)
+		}
+		done = append(done, minio.CompletePart{PartNumber: num, ETag: res.part.ETag})
+		if last {
+			break
+		}
+		if rerr == io.EOF {
+			parts.put(buf)
+			break
+		}
+		if rerr != nil && rerr != io.ErrUnexpectedEOF {
+			parts.put(buf)
+			return rerr
+		}
+	}
+	if _, err := core.CompleteMultipartUpload(ctx, s.bucket, key, id, done, opts); err != nil {
 		return s.wrap("put", key, err)
 	}
 	return nil
