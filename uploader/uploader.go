@@ -56,6 +56,9 @@ type Uploader struct {
 // errCached is nar's answer for a path whose .narinfo is already written.
 var errCached = errors.New("already in the cache")
 
+// errInFlight tells a prefetch that another push is uploading the NAR.
+var errInFlight = errors.New("NAR upload in flight")
+
 // narFlight is one NAR upload, shared by every push that needs the path.
 type narFlight struct {
 	done chan struct{}
@@ -334,7 +337,9 @@ func (u *Uploader) prefetchNARs(ctx context.Context, order []string, infos map[s
 }
 
 // nar returns the NAR upload of info, starting it (and waiting for an
-// upload slot, unless the caller holds one) when no push has yet.
+// upload slot, unless the caller holds one) when no push has yet. A caller
+// holding a slot never waits for another's upload: that upload may be
+// waiting for a slot, and with every slot so held nothing would move.
 func (u *Uploader) nar(ctx context.Context, info nix.PathInfo, holdsSlot bool) (packed, error) {
 	var f *narFlight
 	for tries := 0; ; tries++ {
@@ -348,6 +353,11 @@ func (u *Uploader) nar(ctx context.Context, info nix.PathInfo, holdsSlot bool) (
 			break // still locked
 		}
 		u.mu.Unlock()
+		if holdsSlot {
+			// A prefetch: the upload is someone else's already, and that
+			// one may be waiting for the very slot held here.
+			return packed{}, errInFlight
+		}
 		select {
 		case <-f.done:
 		case <-ctx.Done():

@@ -10,6 +10,7 @@ import (
 	"math/rand/v2"
 	"os"
 	"path/filepath"
+	"runtime"
 	"strings"
 	"sync"
 	"testing"
@@ -489,5 +490,49 @@ func TestPushListsInsteadOfChecking(t *testing.T) {
 	}
 	for _, p := range chain {
 		checkPushed(t, base, fs.infos[p])
+	}
+}
+
+// TestConcurrentPushesDoNotDeadlock runs many small pushes at once over one
+// DAG with few upload slots, as a burst of hooks does. A prefetch holding a
+// slot must never wait for an upload that is itself waiting for a slot.
+func TestConcurrentPushesDoNotDeadlock(t *testing.T) {
+	fs := newFakeStore(t)
+	rng := rand.New(rand.NewPCG(3, 4))
+	var paths []string
+	for i := range 120 {
+		var refs []string
+		for j := 0; j < 2 && len(paths) > 0; j++ {
+			refs = append(refs, paths[rng.IntN(len(paths))])
+		}
+		paths = append(paths, fs.add(t, fmt.Sprintf("d%d", i), []byte(fmt.Sprintf("path %d", i)), dedup(refs)...))
+	}
+	for round := range 5 {
+		for _, jobs := range []int{1, 2} {
+			sub, _ := NewFileStore(t.TempDir())
+			cs := &checkingStore{Store: sub, storeDir: fs.dir, delay: func() time.Duration { return time.Duration(rand.IntN(300)) * time.Microsecond }}
+			u := New(Config{Store: cs, Nix: fs, Key: testKey(t), Jobs: jobs, StoreDir: fs.dir, Log: zerolog.Nop()})
+			var wg sync.WaitGroup
+			for _, p := range paths {
+				wg.Go(func() {
+					for _, err := range u.Push(context.Background(), []string{p}) {
+						if err != nil {
+							t.Errorf("push %s: %v", p, err)
+						}
+					}
+				})
+			}
+			done := make(chan struct{})
+			go func() { wg.Wait(); close(done) }()
+			select {
+			case <-done:
+			case <-time.After(30 * time.Second):
+				buf := make([]byte, 1<<20)
+				t.Fatalf("round %d, %d jobs: pushes stuck\n%s", round, jobs, buf[:runtime.Stack(buf, true)])
+			}
+			for _, e := range cs.errs {
+				t.Error(e)
+			}
+		}
 	}
 }
