@@ -93,6 +93,59 @@ type Queue struct {
 	stats   Stats                // counts only
 	failed  map[string]Item      // the failed set
 	backoff map[string]time.Time // queued items waiting for NotBefore
+
+	commitMu   sync.Mutex // guards the group commit below
+	committing bool
+	waiting    []groupCall
+	commits    int // group commits made, for tests
+}
+
+// groupCall is an update waiting for the next group commit.
+type groupCall struct {
+	fn   func(*bbolt.Tx) error
+	done chan error
+}
+
+// group runs fn in a read-write transaction and returns once it is
+// committed. Calls that arrive while a commit is under way share the next
+// one, so a burst of hooks costs a few fsyncs; a lone call commits at once
+// (bbolt's Batch would first wait MaxBatchDelay for company). As with
+// Batch, fn may run more than once: when a shared transaction fails, each
+// call is retried in a transaction of its own.
+func (q *Queue) group(fn func(*bbolt.Tx) error) error {
+	c := groupCall{fn: fn, done: make(chan error, 1)}
+	q.commitMu.Lock()
+	q.waiting = append(q.waiting, c)
+	if q.committing {
+		q.commitMu.Unlock()
+		return <-c.done
+	}
+	q.committing = true
+	for len(q.waiting) > 0 {
+		calls := q.waiting
+		q.waiting = nil
+		q.commits++
+		q.commitMu.Unlock()
+		err := q.db.Update(func(tx *bbolt.Tx) error {
+			for _, c := range calls {
+				if err := c.fn(tx); err != nil {
+					return err
+				}
+			}
+			return nil
+		})
+		for _, c := range calls {
+			if err != nil && len(calls) > 1 {
+				c.done <- q.db.Update(c.fn)
+			} else {
+				c.done <- err
+			}
+		}
+		q.commitMu.Lock()
+	}
+	q.committing = false
+	q.commitMu.Unlock()
+	return <-c.done
 }
 
 // Open opens or creates the queue file at path. Items a previous process
@@ -117,9 +170,6 @@ func Open(path string, opts Options) (*Queue, error) {
 		}
 		return nil, fmt.Errorf("queue: open %s: %w", path, err)
 	}
-	// Batch commits what arrived within this delay together: short, so a
-	// lone hook is not held up, long enough to share fsyncs in a burst.
-	db.MaxBatchDelay = time.Millisecond
 	q := &Queue{db: db, path: path, opts: opts, changed: make(chan struct{}),
 		failed: map[string]Item{}, backoff: map[string]time.Time{}}
 	if err := q.init(); err != nil {
@@ -267,13 +317,12 @@ type EnqueueResult struct {
 }
 
 // Enqueue durably records paths and returns after the commit. Concurrent
-// callers share one commit (bbolt's Batch), so a burst of hooks costs few
-// fsyncs.
+// callers share commits (see group), so a burst of hooks costs few fsyncs.
 func (q *Queue) Enqueue(ctx context.Context, paths []string) (EnqueueResult, error) {
 	var res EnqueueResult
 	var d delta
-	err := q.db.Batch(func(tx *bbolt.Tx) error {
-		res, d = EnqueueResult{}, delta{} // Batch may run this more than once
+	err := q.group(func(tx *bbolt.Tx) error {
+		res, d = EnqueueResult{}, delta{} // group may run this more than once
 		now := q.opts.Now()
 		for _, p := range paths {
 			added, err := q.enqueueTx(tx, p, now, &d)

@@ -334,3 +334,79 @@ func TestRelease(t *testing.T) {
 		t.Fatalf("after release: %+v", items)
 	}
 }
+
+// TestGroupCommit: enqueues that arrive together share commits, every one
+// of them is durable when it returns, and one failing update does not fail
+// those it shared a transaction with.
+func TestGroupCommit(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "q.db")
+	q := open(t, path, nil)
+	const n = 200
+	var wg sync.WaitGroup
+	start := make(chan struct{})
+	for i := range n {
+		wg.Go(func() {
+			<-start
+			if _, err := q.Enqueue(ctx, paths(fmt.Sprintf("/nix/store/%032d-p", i))); err != nil {
+				t.Error(err)
+			}
+		})
+	}
+	close(start)
+	wg.Wait()
+	q.commitMu.Lock()
+	commits := q.commits
+	q.commitMu.Unlock()
+	if commits >= n {
+		t.Errorf("%d enqueues took %d commits; want them shared", n, commits)
+	}
+	t.Logf("%d concurrent enqueues, %d commits", n, commits)
+	if st := q.Stats(); st.Queued != n {
+		t.Fatalf("%d queued, want %d", st.Queued, n)
+	}
+
+	// A failing update among good ones: only it fails.
+	boom := errors.New("boom")
+	var errs [8]error
+	var wg2 sync.WaitGroup
+	q.commitMu.Lock() // hold the next commit so all eight share it
+	q.committing = true
+	for i := range errs {
+		wg2.Go(func() {
+			errs[i] = q.group(func(tx *bbolt.Tx) error {
+				if i == 3 {
+					return boom
+				}
+				return tx.Bucket(bucketItems).Put(fmt.Appendf(nil, "/nix/store/%032d-g", i), []byte("{}"))
+			})
+		})
+	}
+	for {
+		q.commitMu.Unlock()
+		time.Sleep(time.Millisecond)
+		q.commitMu.Lock()
+		if len(q.waiting) == len(errs) {
+			break
+		}
+	}
+	// Become the leader of the waiting calls, as a caller would.
+	q.committing = false
+	q.commitMu.Unlock()
+	if err := q.group(func(*bbolt.Tx) error { return nil }); err != nil {
+		t.Fatal(err)
+	}
+	wg2.Wait()
+	for i, err := range errs {
+		if (i == 3) != errors.Is(err, boom) {
+			t.Errorf("call %d: err = %v", i, err)
+		}
+	}
+	q.db.View(func(tx *bbolt.Tx) error {
+		for i := range errs {
+			if got := tx.Bucket(bucketItems).Get(fmt.Appendf(nil, "/nix/store/%032d-g", i)); (got != nil) == (i == 3) {
+				t.Errorf("call %d: written %v", i, got != nil)
+			}
+		}
+		return nil
+	})
+}
