@@ -84,7 +84,7 @@ func TestSIGKILLNeverBreaksTheCache(t *testing.T) {
 	kills, seen := 0, 0
 	rng := rand.New(rand.NewPCG(uint64(time.Now().UnixNano()), 7))
 	for kills < 12 {
-		time.Sleep(time.Duration(50+rng.IntN(400)) * time.Millisecond)
+		time.Sleep(time.Duration(20+rng.IntN(200)) * time.Millisecond)
 		d.Kill()
 		kills++
 		problems, n := checkBucket(t, m, "killed")
