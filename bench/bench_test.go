@@ -28,20 +28,7 @@ import (
 
 var binDir string
 
-func TestMain(m *testing.M) {
-	dir, err := os.MkdirTemp("", "nixpush-bench-bin-")
-	if err != nil {
-		panic(err)
-	}
-	if err := testenv.BuildNixpush("..", dir); err != nil {
-		fmt.Fprintln(os.Stderr, "bench:", err)
-		os.Exit(1)
-	}
-	binDir = dir
-	code := m.Run()
-	os.RemoveAll(dir)
-	os.Exit(code)
-}
+func TestMain(m *testing.M) { os.Exit(testenv.WithNixpush(m, "..", &binDir)) }
 
 func seed() string {
 	var b [6]byte

@@ -2,7 +2,6 @@ package e2e
 
 import (
 	"context"
-	"fmt"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -15,20 +14,7 @@ import (
 
 var binDir string
 
-func TestMain(m *testing.M) {
-	dir, err := os.MkdirTemp("", "nixpush-e2e-bin-")
-	if err != nil {
-		panic(err)
-	}
-	if err := testenv.BuildNixpush("..", dir); err != nil {
-		fmt.Fprintln(os.Stderr, "e2e:", err)
-		os.Exit(1)
-	}
-	binDir = dir
-	code := m.Run()
-	os.RemoveAll(dir)
-	os.Exit(code)
-}
+func TestMain(m *testing.M) { os.Exit(testenv.WithNixpush(m, "..", &binDir)) }
 
 func nixpushBin() string { return filepath.Join(binDir, "nixpush") }
 

@@ -7,27 +7,35 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"strings"
 	"testing"
 
 	"github.com/nixpush/nixpush/internal/testenv"
 )
 
+// minioStore starts a MinIO with a private bucket and opens it as a store
+// the way the daemon does, credentials from the environment.
+func minioStore(t *testing.T, bucket string) (*testenv.MinIOServer, *S3Store) {
+	t.Helper()
+	m := testenv.MinIO(t)
+	m.MakeBucket(t, bucket, false)
+	for _, kv := range m.CredentialsEnv() {
+		k, v, _ := strings.Cut(kv, "=")
+		t.Setenv(k, v)
+	}
+	st, err := OpenStore(context.Background(), m.StoreURI(bucket), StoreOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return m, st.(*S3Store)
+}
+
 // TestS3PutStream streams objects of unknown size to a real MinIO: one
 // short of a part goes up with one PUT, more as a multipart upload whose
 // parts are sent while the next one is read; every size reads back whole.
 func TestS3PutStream(t *testing.T) {
-	m := testenv.MinIO(t)
-	m.MakeBucket(t, "stream", false)
-	for _, kv := range m.CredentialsEnv() {
-		k, v, _ := bytes.Cut([]byte(kv), []byte("="))
-		t.Setenv(string(k), string(v))
-	}
+	_, s := minioStore(t, "stream")
 	ctx := context.Background()
-	st, err := OpenStore(ctx, m.StoreURI("stream"), StoreOptions{})
-	if err != nil {
-		t.Fatal(err)
-	}
-	s := st.(*S3Store)
 	data := make([]byte, 2*partSize+partSize/2)
 	rand.Read(data)
 	for _, size := range []int{0, 1, partSize - 1, partSize, partSize + 1, 2 * partSize, len(data)} {
@@ -58,17 +66,8 @@ func TestS3PutStream(t *testing.T) {
 // TestS3PutStreamAbort fails the reader after two parts, as packing does on
 // a NAR hash mismatch: no object may appear, and no upload may linger.
 func TestS3PutStreamAbort(t *testing.T) {
-	m := testenv.MinIO(t)
-	m.MakeBucket(t, "abort", false)
-	for _, kv := range m.CredentialsEnv() {
-		k, v, _ := bytes.Cut([]byte(kv), []byte("="))
-		t.Setenv(string(k), string(v))
-	}
+	m, st := minioStore(t, "abort")
 	ctx := context.Background()
-	st, err := OpenStore(ctx, m.StoreURI("abort"), StoreOptions{})
-	if err != nil {
-		t.Fatal(err)
-	}
 	boom := errors.New("packing failed")
 	for _, size := range []int{partSize / 2, 2*partSize + 5} {
 		key := fmt.Sprintf("nar/bad-%d", size)

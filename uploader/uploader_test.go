@@ -101,6 +101,21 @@ func (f *fakeStore) add(t *testing.T, name string, content []byte, refs ...strin
 	return p
 }
 
+// randomDAG adds n paths, each referring to up to refs earlier ones picked
+// by rng, with content(i) as the i-th path's file; it returns them in order.
+func (f *fakeStore) randomDAG(t *testing.T, rng *rand.Rand, n, refs int, content func(i int) []byte) []string {
+	t.Helper()
+	var paths []string
+	for i := range n {
+		var rs []string
+		for j := 0; j < refs && len(paths) > 0; j++ {
+			rs = append(rs, paths[rng.IntN(len(paths))])
+		}
+		paths = append(paths, f.add(t, fmt.Sprintf("p%d", i), content(i), dedup(rs)...))
+	}
+	return paths
+}
+
 // checkingStore wraps a store and checks, at every .narinfo write, that the
 // NAR it names and the .narinfo of every reference are already there.
 type checkingStore struct {
@@ -164,15 +179,9 @@ func testKey(t *testing.T) signature.SecretKey {
 func TestPushDAGKeepsOrderWithParallelJobs(t *testing.T) {
 	fs := newFakeStore(t)
 	rng := rand.New(rand.NewPCG(1, 2))
-	var paths []string
-	for i := range 300 {
-		var refs []string
-		for j := 0; j < 3 && len(paths) > 0; j++ {
-			refs = append(refs, paths[rng.IntN(len(paths))])
-		}
-		content := bytes.Repeat([]byte(fmt.Sprintf("path %d ", i)), rng.IntN(2000)+1)
-		paths = append(paths, fs.add(t, fmt.Sprintf("p%d", i), content, dedup(refs)...))
-	}
+	paths := fs.randomDAG(t, rng, 300, 3, func(i int) []byte {
+		return bytes.Repeat([]byte(fmt.Sprintf("path %d ", i)), rng.IntN(2000)+1)
+	})
 	base, err := NewFileStore(t.TempDir())
 	if err != nil {
 		t.Fatal(err)
@@ -498,15 +507,9 @@ func TestPushListsInsteadOfChecking(t *testing.T) {
 // slot must never wait for an upload that is itself waiting for a slot.
 func TestConcurrentPushesDoNotDeadlock(t *testing.T) {
 	fs := newFakeStore(t)
-	rng := rand.New(rand.NewPCG(3, 4))
-	var paths []string
-	for i := range 120 {
-		var refs []string
-		for j := 0; j < 2 && len(paths) > 0; j++ {
-			refs = append(refs, paths[rng.IntN(len(paths))])
-		}
-		paths = append(paths, fs.add(t, fmt.Sprintf("d%d", i), []byte(fmt.Sprintf("path %d", i)), dedup(refs)...))
-	}
+	paths := fs.randomDAG(t, rand.New(rand.NewPCG(3, 4)), 120, 2, func(i int) []byte {
+		return []byte(fmt.Sprintf("path %d", i))
+	})
 	for round := range 5 {
 		for _, jobs := range []int{1, 2} {
 			sub, _ := NewFileStore(t.TempDir())

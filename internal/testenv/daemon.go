@@ -14,16 +14,26 @@ import (
 	"time"
 )
 
-// BuildNixpush builds nixpush and nixpush-hook into dir, from the module
-// whose root is moduleRoot.
-func BuildNixpush(moduleRoot, dir string) error {
+// WithNixpush is a TestMain body for packages that run the binaries: it
+// builds nixpush and nixpush-hook (from the module whose root is
+// moduleRoot) into a temp dir, sets *binDir to it, runs the tests, removes
+// the dir and returns m.Run's exit code.
+func WithNixpush(m *testing.M, moduleRoot string, binDir *string) int {
+	dir, err := os.MkdirTemp("", "nixpush-bin-")
+	if err != nil {
+		fmt.Fprintln(os.Stderr, err)
+		return 1
+	}
+	defer os.RemoveAll(dir)
 	build := exec.Command("go", "build", "-o", dir+"/", "./cmd/nixpush", "./cmd/nixpush-hook")
 	build.Dir = moduleRoot
 	build.Stdout, build.Stderr = os.Stdout, os.Stderr
 	if err := build.Run(); err != nil {
-		return fmt.Errorf("build nixpush: %w", err)
+		fmt.Fprintln(os.Stderr, "build nixpush:", err)
+		return 1
 	}
-	return nil
+	*binDir = dir
+	return m.Run()
 }
 
 // Daemon is a running nixpush daemon with its own socket, state and spool.
