@@ -31,7 +31,7 @@ type S3Store struct {
 
 // partSize is the multipart part size for NARs of unknown compressed size:
 // each streaming upload holds two parts in memory, one being sent while the
-// next fills, and its objects can be up to 10,000 parts (78 GiB).
+// next fills, and its objects can be up to 10,000 parts (58 GiB).
 const partSize = 6 << 20
 
 var s3Params = map[string]bool{"endpoint": true, "scheme": true, "region": true, "profile": true}
@@ -167,10 +167,7 @@ func (s *S3Store) putStream(ctx context.Context, key string, r io.Reader, opts m
 	n, rerr := io.ReadFull(r, buf)
 	if rerr == io.EOF || rerr == io.ErrUnexpectedEOF {
 		defer parts.put(buf)
-		if _, err := s.client.PutObject(ctx, s.bucket, key, bytes.NewReader(buf[:n]), int64(n), opts); err != nil {
-			return s.wrap("put", key, err)
-		}
-		return nil
+		return s.Put(ctx, key, bytes.NewReader(buf[:n]), int64(n), opts.ContentType)
 	}
 	if rerr != nil {
 		parts.put(buf)
