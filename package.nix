@@ -1,7 +1,8 @@
-# nixpush built from this checkout.
-{ lib, buildGoModule }:
+# nixpush built from this checkout. rev: the commit, for nixpush --version
+# (the flake passes self.rev).
+{ lib, buildGoModule, rev ? null }:
 
-buildGoModule {
+buildGoModule rec {
   pname = "nixpush";
   version = "0.1.0";
   src = lib.cleanSource ./.;
@@ -10,7 +11,8 @@ buildGoModule {
   vendorHash = "sha256-VtvAWvhPsOaWuvPESRfaCVh+o7W7x9v8MDelA33xtig=";
   subPackages = [ "cmd/nixpush" "cmd/nixpush-hook" ];
   env.CGO_ENABLED = 0;
-  ldflags = [ "-s" "-w" ];
+  ldflags = [ "-s" "-w" "-X github.com/nixpush/nixpush/internal/version.version=${version}" ]
+    ++ lib.optional (rev != null) "-X github.com/nixpush/nixpush/internal/version.commit=${rev}";
   # The tests need a Nix store, nix-daemon and MinIO: ./scripts/test.sh runs them.
   doCheck = false;
   meta = {

@@ -18,6 +18,7 @@ import (
 	"golang.org/x/sync/errgroup"
 
 	"github.com/nixpush/nixpush/hook"
+	"github.com/nixpush/nixpush/internal/version"
 	"github.com/nixpush/nixpush/nix"
 	"github.com/nixpush/nixpush/queue"
 	"github.com/nixpush/nixpush/uploader"
@@ -129,7 +130,7 @@ func Run(ctx context.Context, cfg Config) error {
 	}
 
 	st := q.Stats()
-	d.log.Info().Str("socket", cfg.Socket).Str("store", fmt.Sprint(cfg.Uploader.Store())).
+	d.log.Info().Str("version", version.Get().String()).Str("socket", cfg.Socket).Str("store", fmt.Sprint(cfg.Uploader.Store())).
 		Int("queued", st.Queued).Int("failed", st.Failed).Int("done", st.Done).Msg("daemon started")
 	if cfg.Ready != nil {
 		cfg.Ready()
@@ -363,7 +364,8 @@ func (d *Daemon) status() hook.Status {
 		Drained: qs.Queued == 0 && qs.Active == 0,
 		Uploaded: hook.Uploaded{Paths: us.Paths, NarBytes: us.NarBytes, FileBytes: us.FileBytes, Skipped: us.Skipped, Requests: us.Requests,
 			NarBytesPerSecond: d.rates.rate(), Since: d.started},
-		Store: fmt.Sprint(d.up.Store()),
+		Store:   fmt.Sprint(d.up.Store()),
+		Version: version.Get(),
 	}
 	if !qs.OldestQueued.IsZero() {
 		t := qs.OldestQueued

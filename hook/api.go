@@ -1,6 +1,10 @@
 package hook
 
-import "time"
+import (
+	"time"
+
+	"github.com/nixpush/nixpush/internal/version"
+)
 
 // DefaultSocket is where the daemon listens unless told otherwise.
 const DefaultSocket = "/run/nixpush/nixpush.sock"
@@ -41,6 +45,8 @@ type Status struct {
 	Failures     []Failure  `json:"failures,omitempty"`
 	Uploaded     Uploaded   `json:"uploaded"`
 	Store        string     `json:"store"`
+	// Version is the daemon's, so a bug report says what ran.
+	Version version.Info `json:"version"`
 }
 
 // Uploaded are the daemon's upload figures since it started.

@@ -13,6 +13,7 @@ import (
 	"time"
 
 	"github.com/nixpush/nixpush/hook"
+	"github.com/nixpush/nixpush/internal/version"
 )
 
 // handoffTimeout bounds the wait for the daemon's acknowledgement; the hook
@@ -22,7 +23,7 @@ const handoffTimeout = 1500 * time.Millisecond
 // Nix runs this program after every build, so its start-up time is paid per
 // build: it links neither flag nor fmt nor net, only what it needs.
 
-const usage = `usage: nixpush-hook [--socket PATH] [--spool-dir DIR]
+const usage = `usage: nixpush-hook [--socket PATH] [--spool-dir DIR] [--version]
 Nix's post-build-hook for nixpush: hands $OUT_PATHS (or the outputs of
 $DRV_PATH) to the nixpush daemon, or spools them when it is unreachable.
   --socket PATH     daemon socket (env NIXPUSH_SOCKET; default ` + hook.DefaultSocket + `)
@@ -47,6 +48,9 @@ func run(args []string, getenv func(string) string, stderr io.Writer) int {
 			dst = &spool
 		case "h", "help":
 			io.WriteString(stderr, usage)
+			return 0
+		case "version":
+			os.Stdout.WriteString("nixpush-hook " + version.Get().String() + "\n")
 			return 0
 		default:
 			io.WriteString(stderr, "nixpush-hook: unknown option "+strqq(name)+"\n"+usage)

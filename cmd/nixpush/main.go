@@ -10,6 +10,8 @@ import (
 	"os"
 	"os/signal"
 	"syscall"
+
+	"github.com/nixpush/nixpush/internal/version"
 )
 
 func main() {
@@ -29,6 +31,7 @@ commands:
   retry    re-queue failed items: nixpush retry [--all | PATH...]
   keygen   make a signing key pair: nixpush keygen --name NAME --out DIR
   init     prepare a cache: nixpush init --store-uri URI [--public-read] [--expire-days N] [--print-policy]
+  version  print the version and commit (also: nixpush --version)
 
 Run 'nixpush COMMAND -h' for a command's flags.
 `
@@ -46,9 +49,16 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 		"retry":  runRetry,
 		"keygen": runKeygen,
 		"init":   runInit,
+		"version": func(_ context.Context, _ []string, stdout, _ io.Writer) int {
+			fmt.Fprintln(stdout, "nixpush", version.Get())
+			return 0
+		},
 	}
 	cmd, ok := cmds[args[0]]
 	if !ok {
+		if args[0] == "--version" || args[0] == "-version" {
+			return cmds["version"](ctx, nil, stdout, stderr)
+		}
 		if args[0] == "-h" || args[0] == "--help" || args[0] == "help" {
 			fmt.Fprint(stdout, usage)
 			return 0
