@@ -61,6 +61,9 @@ type Config struct {
 	// MetricsListen, when set, is a TCP address to serve Prometheus
 	// metrics on (GET /metrics).
 	MetricsListen string
+	// BuildLogs, when set, is where the build logs of the derivations the
+	// hook names are read from, to upload after their outputs.
+	BuildLogs BuildLogs
 }
 
 // Daemon is a running nixpush daemon.
@@ -288,14 +291,24 @@ func (d *Daemon) work(ctx context.Context) error {
 
 // push uploads the closures of leased items and settles each item.
 func (d *Daemon) push(ctx context.Context, items []queue.Item) {
-	var roots []string
+	var roots, logs []string
 	for _, it := range items {
 		if drv, ok := strings.CutSuffix(it.Path, allOutputs); ok {
 			d.expand(ctx, it.Path, drv)
 			continue
 		}
+		if strings.HasSuffix(it.Path, logSuffix) {
+			logs = append(logs, it.Path)
+			continue
+		}
 		roots = append(roots, it.Path)
 	}
+	// Build logs after the paths: a log never holds up a .narinfo.
+	defer func() {
+		for _, item := range logs {
+			d.pushLog(ctx, item, strings.TrimSuffix(item, logSuffix))
+		}
+	}()
 	if len(roots) == 0 {
 		return
 	}
@@ -363,6 +376,7 @@ func (d *Daemon) status() hook.Status {
 		Queued: qs.Queued, Active: qs.Active, Failed: qs.Failed, Done: qs.Done,
 		Drained: qs.Queued == 0 && qs.Active == 0,
 		Uploaded: hook.Uploaded{Paths: us.Paths, NarBytes: us.NarBytes, FileBytes: us.FileBytes, Skipped: us.Skipped, Requests: us.Requests,
+			Logs:              us.Logs,
 			NarBytesPerSecond: d.rates.rate(), Since: d.started},
 		Store:   fmt.Sprint(d.up.Store()),
 		Version: version.Get(),

@@ -84,7 +84,7 @@ func decodeJSON(w http.ResponseWriter, r *http.Request, v any, example string) (
 // the Nix database registers it as valid is checked before upload.
 func (d *Daemon) checkExist(paths []string) error {
 	for _, p := range paths {
-		p = strings.TrimSuffix(p, allOutputs)
+		p = itemPath(p)
 		if _, err := os.Lstat(p); err != nil {
 			return fmt.Errorf("%s is not in the store (%v); build it first", p, errors.Unwrap(err))
 		}
@@ -115,27 +115,31 @@ func (d *Daemon) handleRetry(w http.ResponseWriter, r *http.Request) {
 }
 
 // requestPaths checks an enqueue request and returns what to queue: the
-// paths, or the derivation when Nix 2.8.0 gave no output paths.
+// paths, or the derivation when Nix 2.8.0 gave no output paths, then the
+// derivation's build log.
 func (d *Daemon) requestPaths(req hook.EnqueueRequest) ([]string, error) {
 	if len(req.Paths) == 0 && req.DrvPath == "" {
 		return nil, errors.New("no paths and no drv_path")
 	}
-	if len(req.Paths) == 0 {
-		drv, err := nix.StorePath(d.storeDir, req.DrvPath)
-		if err != nil {
+	var drv string
+	if req.DrvPath != "" {
+		var err error
+		if drv, err = nix.StorePath(d.storeDir, req.DrvPath); err != nil {
 			return nil, err
 		}
 		if !strings.HasSuffix(drv, ".drv") {
 			return nil, fmt.Errorf("drv_path %q is not a derivation (.drv)", req.DrvPath)
 		}
+	}
+	if len(req.Paths) == 0 {
 		// Nix 2.8.0 names only the derivation. Its outputs are usually
 		// written in the .drv file: queue them at once, which spares the
 		// workers a round of queue commits per build. Otherwise (floating
 		// content-addressed outputs, or one missing) a worker asks Nix.
 		if outs, err := nix.StaticOutputs(drv); err == nil && len(outs) > 0 && d.checkExist(outs) == nil {
-			return outs, nil
+			return append(outs, d.logItem(drv)...), nil
 		}
-		return []string{drv + allOutputs}, nil
+		return append([]string{drv + allOutputs}, d.logItem(drv)...), nil
 	}
 	out := make([]string, 0, len(req.Paths))
 	for _, p := range req.Paths {
@@ -144,6 +148,9 @@ func (d *Daemon) requestPaths(req hook.EnqueueRequest) ([]string, error) {
 			return nil, err
 		}
 		out = append(out, sp)
+	}
+	if drv != "" {
+		out = append(out, d.logItem(drv)...)
 	}
 	return out, nil
 }

@@ -13,7 +13,8 @@ const DefaultSocket = "/run/nixpush/nixpush.sock"
 const DefaultSpoolDir = "/var/lib/nixpush/spool"
 
 // EnqueueRequest is the body of POST /v1/enqueue: store paths to push with
-// their closures. DrvPath alone (Nix 2.8.0 leaves OUT_PATHS empty) asks the
+// their closures. DrvPath, the derivation that built them, names the build
+// log to upload; alone (Nix 2.8.0 leaves OUT_PATHS empty) it also asks the
 // daemon to push the derivation's outputs.
 type EnqueueRequest struct {
 	Paths   []string `json:"paths,omitempty"`
@@ -56,6 +57,7 @@ type Uploaded struct {
 	FileBytes int64      `json:"file_bytes"`
 	Skipped   int64      `json:"skipped"`
 	Requests  int64      `json:"requests"` // operations on the cache (HEAD, PUT, GET)
+	Logs      int64      `json:"logs"`     // build logs uploaded
 	LastPush  *time.Time `json:"last_push,omitempty"`
 	// NarBytesPerSecond is the upload rate over the last minute or so.
 	NarBytesPerSecond float64   `json:"nar_bytes_per_second"`

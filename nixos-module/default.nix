@@ -37,6 +37,7 @@ let
     "--jobs" (toString cfg.jobs)
     "--socket-group" cfg.socketGroup
     "--log-format" "journald"
+    "--upload-logs=${lib.boolToString cfg.uploadLogs}"
   ] ++ optionals (cfg.caCertificate != null) [ "--ca-certificate" "%d/ca.pem" ]
     ++ optionals (cfg.metricsListen != null) [ "--metrics-listen" cfg.metricsListen ]
     ++ cfg.extraArgs;
@@ -118,6 +119,17 @@ in
       default = null;
       description = "TCP address to serve Prometheus metrics on, at `/metrics` (queue items by state, uploads, request counts, rate).";
       example = "127.0.0.1:9747";
+    };
+
+    uploadLogs = mkOption {
+      type = types.bool;
+      default = true;
+      description = ''
+        Upload the build log of every derivation the post-build-hook reports to `log/<drv name>`
+        in the cache (plain text, after the outputs), where `nix log` finds it through the
+        substituter once the local log is gone.
+      '';
+      example = false;
     };
 
     socketGroup = mkOption {

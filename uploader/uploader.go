@@ -78,6 +78,7 @@ type Stats struct {
 	FileBytes int64     // their compressed bytes
 	Skipped   int64     // paths found already in the cache
 	Requests  int64     // operations on the store (existence checks, uploads, reads)
+	Logs      int64     // build logs uploaded
 	LastPush  time.Time // when a path was last uploaded
 }
 

@@ -65,10 +65,8 @@ func run(args []string, getenv func(string) string, stderr io.Writer) int {
 		}
 		*dst = value
 	}
+	// DRV_PATH goes along with the outputs: the daemon uploads its build log.
 	req := hook.EnqueueRequest{Paths: strings.Fields(getenv("OUT_PATHS")), DrvPath: getenv("DRV_PATH")}
-	if len(req.Paths) > 0 {
-		req.DrvPath = "" // the daemon needs the drv only when Nix 2.8.0 gave no outputs
-	}
 	if len(req.Paths) == 0 && req.DrvPath == "" {
 		io.WriteString(stderr, "nixpush-hook: OUT_PATHS and DRV_PATH are both empty; nothing to push (run me as Nix's post-build-hook)\n")
 		return 0

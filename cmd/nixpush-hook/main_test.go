@@ -59,7 +59,7 @@ func TestHook(t *testing.T) {
 		wantStderr string
 	}{
 		{name: "out paths", env: map[string]string{"OUT_PATHS": out1 + " " + out2, "DRV_PATH": drv}, daemon: 200,
-			wantSent: &hook.EnqueueRequest{Paths: []string{out1, out2}}},
+			wantSent: &hook.EnqueueRequest{Paths: []string{out1, out2}, DrvPath: drv}},
 		{name: "nix 2.8.0 empty OUT_PATHS", env: map[string]string{"OUT_PATHS": "", "DRV_PATH": drv}, daemon: 200,
 			wantSent: &hook.EnqueueRequest{DrvPath: drv}},
 		{name: "nothing to do", env: map[string]string{}, daemon: 200, wantStderr: "nothing to push"},

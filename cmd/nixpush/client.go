@@ -131,6 +131,7 @@ func printStatus(w io.Writer, st hook.Status, now time.Time) {
 	fmt.Fprintf(w, "uploaded: %d paths, %s NAR, %s compressed, %d already cached, since %s; now %s/s\n",
 		st.Uploaded.Paths, hook.Bytes(st.Uploaded.NarBytes), hook.Bytes(st.Uploaded.FileBytes), st.Uploaded.Skipped,
 		st.Uploaded.Since.Format(time.DateTime), hook.Bytes(int64(st.Uploaded.NarBytesPerSecond)))
+	fmt.Fprintf(w, "logs:     %d build logs uploaded\n", st.Uploaded.Logs)
 	for _, f := range st.Failures {
 		fmt.Fprintf(w, "FAILED    %s (%d attempts): %s\n", f.Path, f.Attempts, f.Error)
 	}

@@ -41,6 +41,7 @@ func runDaemon(ctx context.Context, args []string, stdout, stderr io.Writer) int
 	socketGroup := fs.String("socket-group", os.Getenv("NIXPUSH_SOCKET_GROUP"), "group whose members may enqueue besides root; the socket is given to it, mode 0660 (env NIXPUSH_SOCKET_GROUP)")
 	caCert := fs.String("ca-certificate", "", "PEM file of a private CA that signed the S3 endpoint's certificate")
 	storeDir := fs.String("store-dir", envOr("NIX_STORE_DIR", nix.DefaultStoreDir), "the Nix store directory")
+	uploadLogs := fs.Bool("upload-logs", true, "upload the build log of each derivation the hook names to log/<drv name>, after its outputs")
 	metricsListen := fs.String("metrics-listen", "", "serve Prometheus metrics on this TCP address (e.g. 127.0.0.1:9747), at /metrics")
 	logLevel := fs.String("log-level", "info", "log level: debug, info, warn, error")
 	logFormat := fs.String("log-format", "auto", "log format: auto (journald under systemd, console on a terminal, JSON otherwise), journald, console, json")
@@ -102,9 +103,14 @@ func runDaemon(ctx context.Context, args []string, stdout, stderr io.Writer) int
 		ln = lns[0]
 		log.Info().Msg("using the socket systemd passed in")
 	}
+	var buildLogs daemon.BuildLogs
+	if *uploadLogs {
+		buildLogs = &nix.BuildLogs{Client: *nixClient}
+	}
 	watchdog, _ := sddaemon.SdWatchdogEnabled(false)
 	err = daemon.Run(ctx, daemon.Config{
-		Socket: *socket, StateDir: *stateDir, SpoolDir: *spoolDir, StoreDir: *storeDir,
+		BuildLogs: buildLogs,
+		Socket:    *socket, StateDir: *stateDir, SpoolDir: *spoolDir, StoreDir: *storeDir,
 		Uploader: up, Nix: nixClient, Log: log, Listener: ln, SocketGroup: *socketGroup, MetricsListen: *metricsListen,
 		Notify:   func(s string) { sddaemon.SdNotify(false, s) },
 		Watchdog: watchdog,

@@ -1,0 +1,70 @@
+package daemon
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"strings"
+
+	"github.com/nixpush/nixpush/nix"
+)
+
+// logSuffix marks a queued item that is the build log of a derivation
+// ("/nix/store/…-x.drv#log"): a queue item of its own, so a log handed
+// over is pushed after a restart like any path. "#" is in no store path.
+const logSuffix = "#log"
+
+// BuildLogs opens the build log Nix kept of a derivation; an error wrapping
+// nix.ErrNoBuildLog means there is none.
+type BuildLogs interface {
+	Open(ctx context.Context, drvPath string) (io.ReadCloser, error)
+}
+
+// pushLog uploads the build log of drv once the derivation's outputs are
+// in the cache, so a log never goes ahead of (or holds up) a .narinfo: the
+// outputs' pushes are shared with any under way, and free when done.
+func (d *Daemon) pushLog(ctx context.Context, item, drv string) {
+	outs, err := d.cfg.Nix.Outputs(ctx, drv)
+	switch {
+	case err == nil:
+		for i, err := range d.up.Push(ctx, outs) {
+			if err != nil {
+				d.settle(ctx, item, fmt.Errorf("build log waits for output %s: %w", outs[i], err))
+				return
+			}
+		}
+	case nix.IsInvalid(err):
+		// The .drv is gone (garbage-collected): no outputs to wait for,
+		// and the log, if Nix kept it, is still worth having.
+	default:
+		d.settle(ctx, item, err)
+		return
+	}
+	r, err := d.cfg.BuildLogs.Open(ctx, drv)
+	if errors.Is(err, nix.ErrNoBuildLog) {
+		d.log.Debug().Str("drv", drv).Msg("no build log to upload")
+		d.settle(ctx, item, nil)
+		return
+	}
+	if err == nil {
+		err = d.up.PutLog(ctx, drv, r)
+		r.Close()
+	}
+	d.settle(ctx, item, err)
+}
+
+// logItem is the queue item of drv's build log, when logs are uploaded.
+func (d *Daemon) logItem(drv string) []string {
+	if d.cfg.BuildLogs == nil || !strings.HasSuffix(drv, ".drv") {
+		return nil
+	}
+	return []string{drv + logSuffix}
+}
+
+// itemPath is the store path a queue item is about.
+func itemPath(item string) string {
+	return strings.TrimSuffix(strings.TrimSuffix(item, allOutputs), logSuffix)
+}
+
+var _ BuildLogs = (*nix.BuildLogs)(nil)

@@ -1,0 +1,93 @@
+package e2e
+
+import (
+	"fmt"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/minio/minio-go/v7"
+
+	"github.com/nixpush/nixpush/internal/testenv"
+	"github.com/nixpush/nixpush/nix"
+)
+
+// logDrv is a derivation that prints line to its build log.
+func logDrv(name, line string) string {
+	return fmt.Sprintf(`derivation { name = %q; system = builtins.currentSystem; builder = "/bin/sh";
+  args = [ "-c" "echo %s; echo %s > $out" ]; }`, name, line, line)
+}
+
+// removeLocalLog deletes the build log Nix keeps of drv.
+func removeLocalLog(t *testing.T, drv string) {
+	t.Helper()
+	base := filepath.Base(drv)
+	file := filepath.Join(nix.LogDirFromEnv(), "drvs", base[:2], base[2:]+".bz2")
+	if err := os.Remove(file); err != nil {
+		t.Fatalf("remove the local build log: %v", err)
+	}
+}
+
+func deriver(t *testing.T, nx *testenv.NixEnv, out string) string {
+	t.Helper()
+	drv, err := nx.Run(t, "nix-store", "--query", "--deriver", out)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return strings.TrimSpace(drv)
+}
+
+// TestBuildLogs: the hook hands over DRV_PATH with the outputs, the daemon
+// uploads the build log to log/<drv name> in MinIO, and real Nix, its
+// local log removed, reads the known line back from the cache. A build
+// handed over while the daemon was down (spooled), whose log is deleted
+// before the daemon starts, still has its outputs pushed, without a
+// failure.
+func TestBuildLogs(t *testing.T) {
+	m := testenv.MinIO(t)
+	m.MakeBucket(t, "logs", true)
+	nx := testenv.Nix(t)
+	sec, pub := keys(t, "nixpush-e2e-logs-1")
+	d := startDaemon(t, m.CredentialsEnv(), "--store-uri", m.StoreURI("logs"), "--secret-key-file", sec)
+	s := seed()
+	line := "nixpush-known-log-line-" + s
+	out := nx.Build(t, logDrv("logged-"+s, line), "--option", "post-build-hook", d.Hook)
+	d.MustWait(2 * time.Minute)
+
+	// Hand a second build over while the daemon is down, and lose its log.
+	d.Stop()
+	lost := nx.Build(t, logDrv("log-lost-"+s, "never-uploaded-"+s), "--option", "post-build-hook", d.Hook)
+	removeLocalLog(t, deriver(t, nx, lost[0]))
+	d.Start()
+	d.MustWait(2 * time.Minute)
+	if st := status(t, d); st["failed"] != 0 {
+		t.Fatalf("status: %v", st)
+	}
+	checkFetched(t, nx, m.HTTPURL("logs"), pub, out[0], lost[0])
+
+	drv := deriver(t, nx, out[0])
+	removeLocalLog(t, drv)
+	if got, err := nx.Run(t, "nix", "--extra-experimental-features", "nix-command", "log", out[0]); err == nil {
+		t.Fatalf("nix log still finds a local log after it was removed: %q", got)
+	}
+	got, err := nx.Run(t, "nix", "--extra-experimental-features", "nix-command", "log",
+		"--option", "substituters", m.HTTPURL("logs"), out[0])
+	if err != nil {
+		t.Fatalf("nix log through the cache: %v", err)
+	}
+	if !strings.Contains(got, line) {
+		t.Fatalf("nix log through the cache printed %q; want the line %q", got, line)
+	}
+	// The object is the plain text `nix store copy-log` writes.
+	obj, err := m.Client(t).StatObject(ctxT(t, time.Minute), "logs", "log/"+filepath.Base(drv), minio.StatObjectOptions{})
+	if err != nil || !strings.HasPrefix(obj.ContentType, "text/plain") {
+		t.Fatalf("log/%s: %v, content type %q", filepath.Base(drv), err, obj.ContentType)
+	}
+	lostDrv := deriver(t, nx, lost[0])
+	if _, err := m.Client(t).StatObject(ctxT(t, time.Minute), "logs", "log/"+filepath.Base(lostDrv), minio.StatObjectOptions{}); err == nil {
+		t.Fatalf("log/%s is in the bucket, but its log was deleted before the daemon could read it", filepath.Base(lostDrv))
+	}
+	t.Logf("nix log read %q back from the cache; the build whose log was lost was pushed without it", line)
+}

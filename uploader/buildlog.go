@@ -1,0 +1,51 @@
+package uploader
+
+import (
+	"bytes"
+	"context"
+	"fmt"
+	"io"
+	"path/filepath"
+	"time"
+)
+
+// LogKey is where a binary cache holds the build log of the derivation
+// drvPath: the object `nix store copy-log --to` writes and `nix log` reads
+// from a substituter.
+func LogKey(drvPath string) string { return "log/" + filepath.Base(drvPath) }
+
+// PutLog uploads the build log of drvPath, read from r, as plain text:
+// Nix 2.8 reads a log from a file:// cache as it is and from an HTTP cache
+// as sent (decoding only a Content-Encoding), so plain text is what every
+// Nix reads back from every kind of cache.
+func (u *Uploader) PutLog(ctx context.Context, drvPath string, r io.Reader) error {
+	select {
+	case u.jobs <- struct{}{}:
+		defer func() { <-u.jobs }()
+	case <-ctx.Done():
+		return ctx.Err()
+	}
+	start := time.Now()
+	buf := getBuffer()
+	defer putBuffer(buf)
+	// Most logs are small: one PUT of known size. Longer ones stream.
+	n, err := io.Copy(buf, io.LimitReader(r, smallNAR+1))
+	if err != nil {
+		return fmt.Errorf("read build log of %s: %w", drvPath, err)
+	}
+	var body io.Reader = bytes.NewReader(buf.Bytes())
+	size := n
+	if n > smallNAR {
+		body, size = io.MultiReader(body, r), -1
+	}
+	u.count(1)
+	if err := u.cfg.Store.Put(ctx, LogKey(drvPath), body, size, "text/plain; charset=utf-8"); err != nil {
+		return fmt.Errorf("upload build log of %s: %w", drvPath, err)
+	}
+	u.mu.Lock()
+	u.stats.Logs++
+	u.mu.Unlock()
+	u.cfg.Log.Info().Str("drv", drvPath).Int64("log_bytes", n).Int64("duration_ms", time.Since(start).Milliseconds()).
+		Msg("uploaded build log")
+	return nil
+}
