@@ -21,10 +21,11 @@ let
     then cfg.storeUri + (if hasInfix "?" cfg.storeUri then "&" else "?") + "profile=${cfg.profile}"
     else cfg.storeUri;
 
-  # Nix runs the post-build-hook without arguments, as root under nix-daemon.
-  hook = pkgs.writeShellScript "nixpush-post-build-hook" ''
-    exec ${cfg.package}/bin/nixpush-hook --socket ${socket} --spool-dir ${spoolDir}
-  '';
+  # Nix runs the post-build-hook without arguments, as root under nix-daemon,
+  # after every build: the binary itself, no shell in front of it. Its
+  # built-in socket and spool paths are the ones above (a test in
+  # cmd/nixpush-hook keeps the two in step).
+  hook = "${cfg.package}/bin/nixpush-hook";
 
   daemonArgs = [
     "daemon"

@@ -9,6 +9,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"regexp"
 	"strings"
 	"testing"
 	"time"
@@ -160,5 +161,30 @@ func TestHookLinksLittle(t *testing.T) {
 				t.Errorf("nixpush-hook links %s", dep)
 			}
 		}
+	}
+}
+
+// TestModulePathsAreTheDefaults: the NixOS module points Nix's
+// post-build-hook at the bare binary, so the socket and spool it sets up
+// must be the ones the binary uses without flags.
+func TestModulePathsAreTheDefaults(t *testing.T) {
+	src, err := os.ReadFile("../../nixos-module/default.nix")
+	if err != nil {
+		t.Fatal(err)
+	}
+	binding := func(name string) string {
+		m := regexp.MustCompile(`(?m)^\s*` + name + ` = "([^"]*)";`).FindSubmatch(src)
+		if m == nil {
+			t.Fatalf("nixos-module/default.nix: no %s = \"...\"; binding", name)
+		}
+		return string(m[1])
+	}
+	socket := binding("socket")
+	spool := strings.ReplaceAll(binding("spoolDir"), "${stateDir}", binding("stateDir"))
+	if socket != hook.DefaultSocket || spool != hook.DefaultSpoolDir {
+		t.Errorf("module: socket %s, spool %s; nixpush-hook's defaults: %s, %s", socket, spool, hook.DefaultSocket, hook.DefaultSpoolDir)
+	}
+	if !regexp.MustCompile(`hook = "\$\{cfg.package\}/bin/nixpush-hook";`).Match(src) {
+		t.Error("module: post-build-hook is not the nixpush-hook binary itself")
 	}
 }
