@@ -1,9 +1,11 @@
 package e2e
 
 import (
+	"encoding/json"
 	"fmt"
 	"os"
 	"path/filepath"
+	"reflect"
 	"strings"
 	"testing"
 	"time"
@@ -90,4 +92,68 @@ func TestBuildLogs(t *testing.T) {
 		t.Fatalf("log/%s is in the bucket, but its log was deleted before the daemon could read it", filepath.Base(lostDrv))
 	}
 	t.Logf("nix log read %q back from the cache; the build whose log was lost was pushed without it", line)
+}
+
+// TestNARListings: with --write-nar-listing, every pushed path has a .ls in
+// MinIO equal (as JSON) to the one Nix itself writes for it with
+// write-nar-listing=true, and real Nix lists a path's files from the cache.
+func TestNARListings(t *testing.T) {
+	m := testenv.MinIO(t)
+	m.MakeBucket(t, "listed", true)
+	nx := testenv.Nix(t)
+	sec, pub := keys(t, "nixpush-e2e-ls-1")
+	d := startDaemon(t, m.CredentialsEnv(), "--store-uri", m.StoreURI("listed"), "--secret-key-file", sec, "--write-nar-listing")
+	out := nx.Build(t, testenv.Awkward(seed()), "--option", "post-build-hook", d.Hook)
+	d.MustWait(2 * time.Minute)
+	checkFetched(t, nx, m.HTTPURL("listed"), pub, out...)
+
+	nixCache := t.TempDir()
+	if _, err := nx.Run(t, "nix", "--extra-experimental-features", "nix-command", "copy",
+		"--to", "file://"+nixCache+"?write-nar-listing=true&compression=none", out[0]); err != nil {
+		t.Fatal(err)
+	}
+	closure := closureOf(t, nx, out...)
+	for _, p := range closure {
+		key := filepath.Base(p)[:32] + ".ls"
+		want := readJSON(t, filepath.Join(nixCache, key))
+		obj, err := m.Client(t).GetObject(ctxT(t, time.Minute), "listed", key, minio.GetObjectOptions{})
+		if err != nil {
+			t.Fatal(err)
+		}
+		var got any
+		if err := json.NewDecoder(obj).Decode(&got); err != nil {
+			t.Fatalf("%s in the bucket: %v", key, err)
+		}
+		if !reflect.DeepEqual(got, want) {
+			g, _ := json.Marshal(got)
+			w, _ := json.Marshal(want)
+			t.Fatalf("%s (%s) differs from what Nix writes:\nnixpush: %.600s\nNix:     %.600s", key, p, g, w)
+		}
+	}
+	t.Logf("the .ls of all %d paths equal Nix's own", len(closure))
+
+	var tree string
+	for _, p := range closure {
+		if strings.HasSuffix(p, "-awkward-tree") {
+			tree = p
+		}
+	}
+	ls, err := nx.Run(t, "nix", "--extra-experimental-features", "nix-command", "store", "ls",
+		"--store", m.HTTPURL("listed"), "-l", tree+"/spaces in name")
+	if err != nil || !strings.Contains(ls, "a file") {
+		t.Fatalf("nix store ls from the cache: %v\n%s", err, ls)
+	}
+}
+
+func readJSON(t *testing.T, file string) any {
+	t.Helper()
+	b, err := os.ReadFile(file)
+	if err != nil {
+		t.Fatalf("Nix wrote no listing: %v", err)
+	}
+	var v any
+	if err := json.Unmarshal(b, &v); err != nil {
+		t.Fatalf("%s: %v", file, err)
+	}
+	return v
 }

@@ -39,6 +39,7 @@ let
     "--socket-group" cfg.socketGroup
     "--log-format" "journald"
     "--upload-logs=${lib.boolToString cfg.uploadLogs}"
+    "--write-nar-listing=${lib.boolToString cfg.writeNarListing}"
   ] ++ optionals (cfg.caCertificate != null) [ "--ca-certificate" "%d/ca.pem" ]
     ++ optionals (cfg.metricsListen != null) [ "--metrics-listen" cfg.metricsListen ]
     ++ cfg.extraArgs;
@@ -131,6 +132,17 @@ in
         substituter once the local log is gone.
       '';
       example = false;
+    };
+
+    writeNarListing = mkOption {
+      type = types.bool;
+      default = false;
+      description = ''
+        Write `<hash>.ls` beside each `.narinfo`: the JSON listing of the path's files with their
+        offsets in the NAR, as Nix writes with `write-nar-listing=true`, for cache browsers,
+        Hydra-style indexers and `nix-index`-like tools. Built while the NAR is packed.
+      '';
+      example = true;
     };
 
     socketGroup = mkOption {

@@ -10,7 +10,6 @@ import (
 	"io"
 	"sync"
 
-	"github.com/nix-community/go-nix/pkg/nar"
 	"github.com/nix-community/go-nix/pkg/nixbase32"
 	"github.com/nix-community/go-nix/pkg/nixhash"
 
@@ -50,13 +49,14 @@ type packed struct {
 	narSize  uint64
 	fileHash nixhash.Hash
 	fileSize uint64
+	listing  []byte // the .ls JSON, when asked for
 }
 
 // pack writes the compressed NAR of info.Path to w in one pass, hashing the
 // NAR and the compressed file on the way. It fails with ErrHashMismatch when
 // the NAR differs from what the Nix database registered, before returning,
 // so a caller streaming w to a store can refuse to complete the object.
-func pack(info nix.PathInfo, c Compression, w io.Writer) (packed, error) {
+func pack(info nix.PathInfo, c Compression, list bool, w io.Writer) (packed, error) {
 	file := newCounter()
 	zw, err := c.writer(io.MultiWriter(file, w), info.NarSize)
 	if err != nil {
@@ -64,7 +64,8 @@ func pack(info nix.PathInfo, c Compression, w io.Writer) (packed, error) {
 	}
 	narc := newCounter()
 	bw := bufio.NewWriterSize(io.MultiWriter(narc, zw), 256<<10)
-	if err := nar.DumpPath(bw, info.Path); err != nil {
+	ls, err := dumpPath(bw, info.Path, list)
+	if err != nil {
 		zw.Close()
 		return packed{}, fmt.Errorf("pack %s: %w", info.Path, err)
 	}
@@ -81,15 +82,26 @@ func pack(info nix.PathInfo, c Compression, w io.Writer) (packed, error) {
 			ErrHashMismatch, info.Path, info.NarHash.Format(nixhash.NixBase32, true), info.NarSize,
 			got.Format(nixhash.NixBase32, true), narc.n))
 	}
-	return packed{narSize: narc.n, fileHash: file.hash(), fileSize: file.n}, nil
+	return withListing(packed{narSize: narc.n, fileHash: file.hash(), fileSize: file.n}, ls)
+}
+
+// withListing adds the JSON of listing ls (when there is one) to p.
+func withListing(p packed, ls *lsNode) (packed, error) {
+	if ls == nil {
+		return p, nil
+	}
+	var err error
+	p.listing, err = listingJSON(ls)
+	return p, err
 }
 
 // packSmall packs a small NAR in memory: the NAR into narBuf, checked
 // against the database, then compressed in one call into fileBuf (zstd
 // through a shared encoder, so a path costs no encoder set-up). It returns
 // the compressed bytes, which live in narBuf or fileBuf.
-func packSmall(info nix.PathInfo, c Compression, narBuf, fileBuf *bytes.Buffer) ([]byte, packed, error) {
-	if err := nar.DumpPath(narBuf, info.Path); err != nil {
+func packSmall(info nix.PathInfo, c Compression, list bool, narBuf, fileBuf *bytes.Buffer) ([]byte, packed, error) {
+	ls, err := dumpPath(narBuf, info.Path, list)
+	if err != nil {
 		return nil, packed{}, fmt.Errorf("pack %s: %w", info.Path, err)
 	}
 	narBytes := narBuf.Bytes()
@@ -125,8 +137,9 @@ func packSmall(info nix.PathInfo, c Compression, narBuf, fileBuf *bytes.Buffer) 
 		file = fileBuf.Bytes()
 	}
 	fileSum := sha256.Sum256(file)
-	return file, packed{narSize: info.NarSize, fileHash: *nixhash.MustNewHash(nixhash.SHA256, fileSum[:]),
-		fileSize: uint64(len(file))}, nil
+	p, err := withListing(packed{narSize: info.NarSize, fileHash: *nixhash.MustNewHash(nixhash.SHA256, fileSum[:]),
+		fileSize: uint64(len(file))}, ls)
+	return file, p, err
 }
 
 // buffers holds the in-memory NARs of small paths between uploads.
@@ -145,12 +158,12 @@ func putBuffer(b *bytes.Buffer) {
 // putNAR packs and uploads the NAR of info under key. Small NARs are packed
 // in memory and sent with one PUT; large ones stream through a pipe into a
 // multipart upload that is aborted if packing fails.
-func putNAR(ctx context.Context, s Store, info nix.PathInfo, c Compression, key string) (packed, error) {
+func putNAR(ctx context.Context, s Store, info nix.PathInfo, c Compression, list bool, key string) (packed, error) {
 	if info.NarSize <= smallNAR {
 		narBuf, fileBuf := getBuffer(), getBuffer()
 		defer putBuffer(narBuf)
 		defer putBuffer(fileBuf)
-		file, p, err := packSmall(info, c, narBuf, fileBuf)
+		file, p, err := packSmall(info, c, list, narBuf, fileBuf)
 		if err != nil {
 			return packed{}, err
 		}
@@ -162,7 +175,7 @@ func putNAR(ctx context.Context, s Store, info nix.PathInfo, c Compression, key 
 	var perr error
 	go func() {
 		defer close(done)
-		p, perr = pack(info, c, pw)
+		p, perr = pack(info, c, list, pw)
 		pw.CloseWithError(perr)
 	}()
 	err := s.Put(ctx, key, pr, -1, "application/x-nix-nar")

@@ -26,7 +26,7 @@ func BenchmarkPack(b *testing.B) {
 			}
 			b.SetBytes(int64(info.NarSize))
 			for b.Loop() {
-				if _, err := pack(info, c, io.Discard); err != nil {
+				if _, err := pack(info, c, false, io.Discard); err != nil {
 					b.Fatal(err)
 				}
 			}

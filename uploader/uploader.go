@@ -1,6 +1,7 @@
 package uploader
 
 import (
+	"bytes"
 	"context"
 	"errors"
 	"fmt"
@@ -33,6 +34,9 @@ type Config struct {
 	Log         zerolog.Logger
 	// Priority is written to nix-cache-info when the cache lacks one (0 = 40).
 	Priority int
+	// WriteNARListing writes <hash>.ls, the NAR's file listing, before
+	// each .narinfo, as Nix does with write-nar-listing=true.
+	WriteNARListing bool
 }
 
 // Uploader pushes closures to one store. It is safe for concurrent use: a
@@ -533,7 +537,7 @@ func (u *Uploader) putNAR(ctx context.Context, info nix.PathInfo) (packed, error
 		}
 	}
 	u.count(1)
-	p, err := putNAR(ctx, u.cfg.Store, info, u.cfg.Compression, narKey(info, u.cfg.Compression))
+	p, err := putNAR(ctx, u.cfg.Store, info, u.cfg.Compression, u.cfg.WriteNARListing, narKey(info, u.cfg.Compression))
 	if err != nil {
 		return packed{}, fmt.Errorf("upload %s: %w", info.Path, err)
 	}
@@ -556,6 +560,13 @@ func (u *Uploader) upload(ctx context.Context, info nix.PathInfo) error {
 	ni, err := nix.NarInfo(info, nix.Upload{URL: narKey(info, c), Compression: string(c), FileHash: p.fileHash, FileSize: p.fileSize}, u.cfg.Key)
 	if err != nil {
 		return err
+	}
+	if p.listing != nil {
+		// Before the .narinfo, as Nix writes it: a .narinfo never lacks its listing.
+		u.count(1)
+		if err := u.cfg.Store.Put(ctx, ListingKey(info.Path), bytes.NewReader(p.listing), int64(len(p.listing)), "application/json"); err != nil {
+			return fmt.Errorf("upload listing of %s: %w", info.Path, err)
+		}
 	}
 	text := ni.String()
 	u.count(1)

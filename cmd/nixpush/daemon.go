@@ -42,6 +42,7 @@ func runDaemon(ctx context.Context, args []string, stdout, stderr io.Writer) int
 	caCert := fs.String("ca-certificate", "", "PEM file of a private CA that signed the S3 endpoint's certificate")
 	storeDir := fs.String("store-dir", envOr("NIX_STORE_DIR", nix.DefaultStoreDir), "the Nix store directory")
 	uploadLogs := fs.Bool("upload-logs", true, "upload the build log of each derivation the hook names to log/<drv name>, after its outputs")
+	writeListing := fs.Bool("write-nar-listing", false, "write <hash>.ls, the JSON listing of each NAR's files, beside its .narinfo (Nix's write-nar-listing=true)")
 	metricsListen := fs.String("metrics-listen", "", "serve Prometheus metrics on this TCP address (e.g. 127.0.0.1:9747), at /metrics")
 	logLevel := fs.String("log-level", "info", "log level: debug, info, warn, error")
 	logFormat := fs.String("log-format", "auto", "log format: auto (journald under systemd, console on a terminal, JSON otherwise), journald, console, json")
@@ -96,7 +97,7 @@ func runDaemon(ctx context.Context, args []string, stdout, stderr io.Writer) int
 	defer pathInfo.Close()
 	up := uploader.New(uploader.Config{
 		Store: store, Nix: pathInfo, Key: key, Compression: comp, Jobs: *jobs,
-		StoreDir: *storeDir, Log: log,
+		StoreDir: *storeDir, Log: log, WriteNARListing: *writeListing,
 	})
 	var ln net.Listener
 	if lns, err := activation.Listeners(); err == nil && len(lns) > 0 && lns[0] != nil {
