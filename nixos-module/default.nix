@@ -98,7 +98,7 @@ in
     compression = mkOption {
       type = types.enum [ "zstd" "xz" "none" ];
       default = "zstd";
-      description = "Compression of uploaded NARs. zstd is fast and understood by Nix 2.8 and later; xz is smaller and slow.";
+      description = "Compression of uploaded NARs. zstd is fast and understood by Nix 2.8 and later; xz (Nix's default, run through the xz tool on every core) is smaller and slower.";
       example = "xz";
     };
 
@@ -237,7 +237,8 @@ in
         after = [ "nixpush.socket" "network-online.target" "nix-daemon.socket" ];
         wants = [ "network-online.target" ];
         wantedBy = [ "multi-user.target" ];
-        path = [ config.nix.package ];
+        # xz: the daemon compresses xz NARs with the xz tool (liblzma, every core).
+        path = [ config.nix.package pkgs.xz ];
         environment = {
           NIXPUSH_SOCKET = socket;
         } // optionalAttrs (cfg.credentialsFile != null) {

@@ -25,6 +25,12 @@ if ! command -v systemd-socket-activate >/dev/null; then
 	DEBIAN_FRONTEND=noninteractive apt-get install -y -qq systemd >/dev/null
 fi
 
+if ! command -v xz >/dev/null; then
+	echo "installing xz-utils (the daemon's xz compression runs the xz tool)"
+	apt-get update -qq
+	DEBIAN_FRONTEND=noninteractive apt-get install -y -qq xz-utils >/dev/null
+fi
+
 echo "== MinIO"
 minio=${NIXPUSH_MINIO:-}
 [ -n "$minio" ] || minio=$(command -v minio || true)

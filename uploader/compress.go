@@ -7,7 +7,6 @@ import (
 	"sync"
 
 	"github.com/klauspost/compress/zstd"
-	"github.com/ulikunitz/xz"
 )
 
 // Compression is the compression of uploaded NARs, named as in narinfo.
@@ -53,7 +52,7 @@ func (c Compression) writer(w io.Writer, narSize uint64) (io.WriteCloser, error)
 		return zstd.NewWriter(w, zstd.WithEncoderLevel(zstd.SpeedDefault), zstd.WithEncoderConcurrency(1),
 			zstd.WithWindowSize(window))
 	case XZ:
-		return xz.NewWriter(w)
+		return newXZWriter(w, narSize)
 	case None:
 		return nopCloser{w}, nil
 	}

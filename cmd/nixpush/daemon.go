@@ -63,6 +63,13 @@ func runDaemon(ctx context.Context, args []string, stdout, stderr io.Writer) int
 		fmt.Fprintf(stderr, "nixpush daemon: %v\n", err)
 		return 2
 	}
+	if comp == uploader.XZ {
+		if tool := uploader.XZTool(); tool != "" {
+			log.Info().Str("xz", tool).Msg("xz NARs are compressed by the xz tool")
+		} else {
+			log.Warn().Msg("xz is not on PATH: xz NARs are compressed by a pure-Go encoder at about 1 MB/s; install xz (xz-utils) for liblzma's speed on every core")
+		}
+	}
 	if *keyFile == "" {
 		fmt.Fprintln(stderr, "nixpush daemon: --secret-key-file is required; make one with: nixpush keygen --name NAME --out DIR")
 		return 2

@@ -26,6 +26,7 @@ let
   pkgs = {
     writeShellScript = name: text: "/nix/store/11111111111111111111111111111111-${name}";
     nixpush = fakePkg "nixpush";
+    xz = fakePkg "xz";
   };
   example = {
     services.nixpush = {
