@@ -76,6 +76,7 @@ type Daemon struct {
 	groupID  int // -1: no socket group
 	started  time.Time
 	rates    meter
+	health   *storeHealth
 }
 
 // Run runs the daemon until ctx is done, then stops taking work, returns
@@ -107,7 +108,7 @@ func Run(ctx context.Context, cfg Config) error {
 		return err
 	}
 	defer q.Close()
-	d := &Daemon{cfg: cfg, storeDir: cfg.StoreDir, queue: q, up: cfg.Uploader, log: cfg.Log, groupID: -1, started: time.Now()}
+	d := &Daemon{cfg: cfg, storeDir: cfg.StoreDir, queue: q, up: cfg.Uploader, log: cfg.Log, groupID: -1, started: time.Now(), health: newStoreHealth()}
 	if cfg.SocketGroup != "" {
 		if d.groupID, err = lookupGroup(cfg.SocketGroup); err != nil {
 			return err
@@ -168,6 +169,7 @@ func Run(ctx context.Context, cfg Config) error {
 		d.log.Info().Str("address", mln.Addr().String()).Msg("serving Prometheus metrics at /metrics")
 	}
 	g.Go(func() error { return d.importSpoolLoop(gctx) })
+	g.Go(func() error { return d.watchStore(gctx) })
 	g.Go(func() error { return d.work(gctx) })
 	g.Go(func() error { return d.report(gctx) })
 	g.Go(func() error {
@@ -251,6 +253,14 @@ func (d *Daemon) work(ctx context.Context) error {
 				<-slots
 				return nil
 			}
+		}
+		// Nothing is leased while the store check fails: items keep their
+		// attempts and go as soon as it passes.
+		select {
+		case <-d.health.ready():
+		case <-ctx.Done():
+			<-slots
+			return nil
 		}
 		changed := d.queue.Changed()
 		items, err := d.queue.Lease(ctx, d.cfg.Batch)
@@ -352,6 +362,7 @@ func (d *Daemon) settle(ctx context.Context, path string, err error) {
 		}
 		return
 	}
+	d.storeTrouble(err)
 	var qerr error
 	switch {
 	case err == nil:
@@ -378,8 +389,9 @@ func (d *Daemon) status() hook.Status {
 		Uploaded: hook.Uploaded{Paths: us.Paths, NarBytes: us.NarBytes, FileBytes: us.FileBytes, Skipped: us.Skipped, Requests: us.Requests,
 			Logs:              us.Logs,
 			NarBytesPerSecond: d.rates.rate(), Since: d.started},
-		Store:   fmt.Sprint(d.up.Store()),
-		Version: version.Get(),
+		Store:      fmt.Sprint(d.up.Store()),
+		Version:    version.Get(),
+		StoreCheck: d.health.status(),
 	}
 	if !qs.OldestQueued.IsZero() {
 		t := qs.OldestQueued
@@ -390,7 +402,7 @@ func (d *Daemon) status() hook.Status {
 		st.Uploaded.LastPush = &t
 	}
 	for _, f := range qs.Failures {
-		st.Failures = append(st.Failures, hook.Failure{Path: f.Path, Error: f.LastError, Attempts: f.Attempts, Since: f.UpdatedAt})
+		st.Failures = append(st.Failures, hook.Failure{Path: f.Path, Error: f.LastError, Attempts: f.Attempts, Since: f.UpdatedAt, Class: f.Class})
 	}
 	return st
 }

@@ -29,12 +29,14 @@ var (
 	descReq    = prometheus.NewDesc("nixpush_store_requests_total", "Operations on the cache (existence checks, listings, uploads).", nil, nil)
 	descLast   = prometheus.NewDesc("nixpush_last_push_timestamp_seconds", "When a path was last uploaded (Unix time); 0 before the first.", nil, nil)
 	descRate   = prometheus.NewDesc("nixpush_upload_nar_bytes_per_second", "Upload rate over the last minute or so, in NAR bytes.", nil, nil)
+	descStore  = prometheus.NewDesc("nixpush_store_ok", "1 when the last check of the store passed (reachable, credentials, bucket, write, nix-cache-info), else 0.", nil, nil)
+	descCheck  = prometheus.NewDesc("nixpush_store_check_timestamp_seconds", "When the store was last checked (Unix time); 0 before the first check ends.", nil, nil)
 )
 
 type statusCollector struct{ d *Daemon }
 
 func (c *statusCollector) Describe(ch chan<- *prometheus.Desc) {
-	for _, d := range []*prometheus.Desc{descItems, descOldest, descPaths, descNAR, descFile, descSkip, descReq, descLast, descRate} {
+	for _, d := range []*prometheus.Desc{descItems, descOldest, descPaths, descNAR, descFile, descSkip, descReq, descLast, descRate, descStore, descCheck} {
 		ch <- d
 	}
 }
@@ -61,4 +63,13 @@ func (c *statusCollector) Collect(ch chan<- prometheus.Metric) {
 	}
 	ch <- prometheus.MustNewConstMetric(descLast, prometheus.GaugeValue, last)
 	ch <- prometheus.MustNewConstMetric(descRate, prometheus.GaugeValue, u.NarBytesPerSecond)
+	var ok, checked float64
+	if st.StoreCheck.OK {
+		ok = 1
+	}
+	if st.StoreCheck.CheckedAt != nil {
+		checked = float64(st.StoreCheck.CheckedAt.UnixNano()) / 1e9
+	}
+	ch <- prometheus.MustNewConstMetric(descStore, prometheus.GaugeValue, ok)
+	ch <- prometheus.MustNewConstMetric(descCheck, prometheus.GaugeValue, checked)
 }

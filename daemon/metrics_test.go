@@ -55,6 +55,7 @@ func TestMetrics(t *testing.T) {
 		`nixpush_queue_items{state="failed"} 0`,
 		`nixpush_queue_items{state="done"} 1`,
 		`nixpush_uploaded_paths_total 1`,
+		`nixpush_store_ok 1`,
 		`nixpush_store_requests_total `,
 		`nixpush_queue_oldest_queued_age_seconds 0`,
 		`# TYPE nixpush_uploaded_nar_bytes_total counter`,
@@ -64,6 +65,9 @@ func TestMetrics(t *testing.T) {
 		if !strings.Contains(text, want) {
 			t.Errorf("metrics lack %q", want)
 		}
+	}
+	if strings.Contains(text, "nixpush_store_check_timestamp_seconds 0\n") {
+		t.Errorf("no store check time after a push")
 	}
 	if strings.Contains(text, "nixpush_last_push_timestamp_seconds 0\n") {
 		t.Errorf("no last push time after a push")

@@ -66,7 +66,7 @@ func TestInit(t *testing.T) {
 	}
 
 	// The printed policy: exactly the classic nix-cache-write actions on the
-	// bucket and its objects.
+	// bucket and its objects,
 	start := strings.Index(first, "{")
 	end := strings.Index(first, "\n}") + 2
 	var pol struct {
@@ -81,8 +81,13 @@ func TestInit(t *testing.T) {
 	}
 	wantActions := []string{"s3:AbortMultipartUpload", "s3:GetBucketLocation", "s3:GetObject", "s3:ListBucket",
 		"s3:ListBucketMultipartUploads", "s3:ListMultipartUploadParts", "s3:PutObject"}
-	if len(pol.Statement) != 1 || pol.Statement[0].Effect != "Allow" {
+	if len(pol.Statement) != 2 || pol.Statement[0].Effect != "Allow" || pol.Statement[1].Effect != "Allow" {
 		t.Fatalf("printed policy: %+v", pol)
+	}
+	// and the deletion of the store check's probe object, nothing else.
+	if p := pol.Statement[1]; !slices.Equal(p.Action, []string{"s3:DeleteObject"}) ||
+		!slices.Equal(p.Resource, []string{"arn:aws:s3:::fresh-cache/nixpush/preflight/*"}) {
+		t.Fatalf("second statement: %+v; want s3:DeleteObject on the probe prefix only", p)
 	}
 	got := slices.Sorted(slices.Values(pol.Statement[0].Action))
 	if !slices.Equal(got, wantActions) {

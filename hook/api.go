@@ -33,6 +33,9 @@ type Failure struct {
 	Error    string    `json:"error"`
 	Attempts int       `json:"attempts"`
 	Since    time.Time `json:"since"`
+	// Class "store": failed for the store's configuration (credentials,
+	// bucket, policy); queued again by itself once the store check passes.
+	Class string `json:"class,omitempty"`
 }
 
 // Status answers GET /v1/status and GET /v1/wait.
@@ -46,8 +49,20 @@ type Status struct {
 	Failures     []Failure  `json:"failures,omitempty"`
 	Uploaded     Uploaded   `json:"uploaded"`
 	Store        string     `json:"store"`
+	// StoreCheck is the outcome of the daemon's last check of the store.
+	StoreCheck StoreCheck `json:"store_check"`
 	// Version is the daemon's, so a bug report says what ran.
 	Version version.Info `json:"version"`
+}
+
+// StoreCheck is the daemon's last check of its store (endpoint,
+// credentials, bucket, write, nix-cache-info). Before the first check ends,
+// OK is false and CheckedAt absent.
+type StoreCheck struct {
+	OK        bool       `json:"ok"`
+	Error     string     `json:"error,omitempty"` // the cause, e.g. "store unreachable: …"
+	Fix       string     `json:"fix,omitempty"`
+	CheckedAt *time.Time `json:"checked_at,omitempty"`
 }
 
 // Uploaded are the daemon's upload figures since it started.

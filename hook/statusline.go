@@ -7,13 +7,18 @@ import (
 
 // Line is the one-line summary shown by systemctl status (sd_notify
 // STATUS=) and at the top of nixpush status:
-// "3 queued, 1 uploading, 0 failed; 1234 paths, 5.6 GiB pushed; last push 12s ago".
+// "3 queued, 1 uploading, 0 failed; 1234 paths, 5.6 GiB pushed; last push 12s ago",
+// after the cause while the store check fails ("store unreachable: …; 3 queued, …").
 func (st Status) Line(now time.Time) string {
 	last := "never"
 	if st.Uploaded.LastPush != nil {
 		last = now.Sub(*st.Uploaded.LastPush).Round(time.Second).String() + " ago"
 	}
-	return strconv.Itoa(st.Queued) + " queued, " + strconv.Itoa(st.Active) + " uploading, " +
+	prefix := ""
+	if !st.StoreCheck.OK && st.StoreCheck.Error != "" {
+		prefix = st.StoreCheck.Error + "; "
+	}
+	return prefix + strconv.Itoa(st.Queued) + " queued, " + strconv.Itoa(st.Active) + " uploading, " +
 		strconv.Itoa(st.Failed) + " failed; " + strconv.FormatInt(st.Uploaded.Paths, 10) + " paths, " +
 		Bytes(st.Uploaded.NarBytes) + " pushed; last push " + last
 }

@@ -35,7 +35,10 @@ type Item struct {
 	EnqueuedAt time.Time `json:"enqueued_at"`
 	NotBefore  time.Time `json:"not_before,omitzero"` // retry backoff: not leased before
 	LastError  string    `json:"last_error,omitempty"`
-	UpdatedAt  time.Time `json:"updated_at"`
+	// Class is the kind of failure, as the cause's FailureClass method
+	// named it (the queue does not interpret it; Heal finds it again).
+	Class     string    `json:"class,omitempty"`
+	UpdatedAt time.Time `json:"updated_at"`
 }
 
 // Stats are the queue's counts.
@@ -360,7 +363,7 @@ func (q *Queue) enqueueTx(tx *bbolt.Tx, p string, now time.Time, d *delta) (bool
 		}
 		d.failed--
 		d.setFailed(p, nil)
-		it.Attempts, it.LastError, it.NotBefore = 0, "", time.Time{}
+		it.Attempts, it.LastError, it.NotBefore, it.Class = 0, "", time.Time{}, ""
 	}
 	return true, q.queueTx(tx, it, now, d)
 }
@@ -536,6 +539,7 @@ func (q *Queue) Fail(ctx context.Context, path string, cause error) error {
 		}
 		it.Attempts++
 		it.State, it.LastError, it.UpdatedAt, it.NotBefore = Failed, cause.Error(), now, time.Time{}
+		it.Class = failureClass(cause)
 		d.failed++
 		d.setFailed(path, &it)
 		return putItem(tx.Bucket(bucketItems), it)
@@ -575,7 +579,7 @@ func (q *Queue) Requeue(ctx context.Context, all bool, paths ...string) (int, er
 				continue
 			}
 			q.leaveState(it, d)
-			it.Attempts, it.LastError, it.NotBefore = 0, "", time.Time{}
+			it.Attempts, it.LastError, it.NotBefore, it.Class = 0, "", time.Time{}, ""
 			if err := q.queueTx(tx, it, now, d); err != nil {
 				return err
 			}

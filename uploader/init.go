@@ -74,12 +74,18 @@ var UploaderActions = []string{
 }
 
 // UploaderPolicy is the least-privilege IAM policy for the account nixpush
-// uploads with.
+// uploads with: the classic nix-cache-write actions on the bucket, and
+// the deletion of the store check's probe object (only under
+// nixpush/preflight/, so the account cannot delete cache objects).
 func UploaderPolicy(bucket string) string {
 	return policyJSON([]statement{{
 		Effect:   "Allow",
 		Action:   UploaderActions,
 		Resource: []string{"arn:aws:s3:::" + bucket, "arn:aws:s3:::" + bucket + "/*"},
+	}, {
+		Effect:   "Allow",
+		Action:   []string{"s3:DeleteObject"},
+		Resource: []string{"arn:aws:s3:::" + bucket + "/" + probePrefix + "*"},
 	}})
 }
 

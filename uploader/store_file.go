@@ -120,3 +120,27 @@ func (c contextReader) Read(p []byte) (int, error) {
 	}
 	return c.r.Read(p)
 }
+
+// Delete removes an object; a missing one is no error.
+func (s *FileStore) Delete(ctx context.Context, key string) error {
+	p, err := s.path(key)
+	if err != nil {
+		return err
+	}
+	if err := os.Remove(p); err != nil && !errors.Is(err, fs.ErrNotExist) {
+		return fmt.Errorf("file store: delete %s: %w", key, err)
+	}
+	return nil
+}
+
+// Check finds the cache directory.
+func (s *FileStore) Check(ctx context.Context) error {
+	fi, err := os.Stat(s.dir)
+	if err == nil && !fi.IsDir() {
+		err = fmt.Errorf("%s is not a directory", s.dir)
+	}
+	if err != nil {
+		return Permanent(&StoreError{Problem: NotWritable, Err: fmt.Errorf("file store: %w", err)})
+	}
+	return nil
+}

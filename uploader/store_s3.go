@@ -22,6 +22,7 @@ import (
 // S3Store is a binary cache in an S3 bucket (AWS, MinIO, R2, Garage, …).
 type S3Store struct {
 	client   *minio.Client
+	probe    *minio.Client // for checks: one retry, so a dead endpoint is told in a second, not ten
 	bucket   string
 	name     string
 	region   string
@@ -88,17 +89,23 @@ func openS3(ctx context.Context, u *url.URL, opts StoreOptions) (*S3Store, error
 	}
 	transport.MaxIdleConnsPerHost = 64
 
-	client, err := minio.New(endpoint, &minio.Options{
+	mopts := minio.Options{
 		Creds:        credentialsFor(q.Get("profile")),
 		Secure:       secure,
 		Region:       region,
 		Transport:    transport,
 		BucketLookup: minio.BucketLookupAuto,
-	})
+	}
+	client, err := minio.New(endpoint, &mopts)
 	if err != nil {
 		return nil, fmt.Errorf("s3 client for %s: %w", endpoint, err)
 	}
-	return &S3Store{client: client, bucket: bucket, region: region, endpoint: endpoint, secure: secure, name: fmt.Sprintf("s3://%s (%s://%s)", bucket, map[bool]string{true: "https", false: "http"}[secure], endpoint)}, nil
+	mopts.MaxRetries = 1
+	probe, err := minio.New(endpoint, &mopts)
+	if err != nil {
+		return nil, fmt.Errorf("s3 client for %s: %w", endpoint, err)
+	}
+	return &S3Store{client: client, probe: probe, bucket: bucket, region: region, endpoint: endpoint, secure: secure, name: fmt.Sprintf("s3://%s (%s://%s)", bucket, map[bool]string{true: "https", false: "http"}[secure], endpoint)}, nil
 }
 
 // credentialsFor reads credentials as the AWS tools do: with a profile named
@@ -281,19 +288,69 @@ func isNotFound(err error) bool {
 	return code == "NoSuchKey" || code == "NotFound"
 }
 
-// wrap classifies an S3 error once, where it is understood: access and
-// bucket errors are permanent, everything else may pass.
+// wrap classifies an S3 error once, where it is understood: credentials,
+// a missing bucket and access denied are the configuration's (permanent,
+// healed by the store check); a connection that fails is transient, a
+// certificate not trusted is configuration; anything else may pass.
 func (s *S3Store) wrap(op, key string, err error) error {
-	resp := minio.ToErrorResponse(err)
-	switch resp.Code {
-	case "AccessDenied", "InvalidAccessKeyId", "SignatureDoesNotMatch", "NoSuchBucket", "AllAccessDisabled":
-		return Permanent(fmt.Errorf("%s %s %s: %s (%s)", s.name, op, key, resp.Message, resp.Code))
-	}
-	if resp.StatusCode == http.StatusForbidden {
-		return Permanent(fmt.Errorf("%s %s %s: access denied: %w", s.name, op, key, err))
-	}
 	if errors.Is(err, context.Canceled) {
 		return err
 	}
-	return fmt.Errorf("%s %s %s: %w", s.name, op, key, err)
+	resp := minio.ToErrorResponse(err)
+	var problem StoreProblem
+	switch resp.Code {
+	case "InvalidAccessKeyId", "SignatureDoesNotMatch", "InvalidToken", "ExpiredToken", "InvalidClientTokenId":
+		problem = Credentials
+	case "NoSuchBucket":
+		problem = NoBucket
+	case "AccessDenied", "AllAccessDisabled":
+		problem = Denied
+	}
+	if problem == unclassified && resp.StatusCode == http.StatusForbidden {
+		problem = Denied
+	}
+	where := strings.TrimSpace(s.name + " " + op + " " + key)
+	if problem != unclassified {
+		return Permanent(&StoreError{Problem: problem, Err: fmt.Errorf("%s: %s (%s)", where, resp.Message, resp.Code)})
+	}
+	switch problem = classifyNet(err); problem {
+	case Certificate:
+		return Permanent(&StoreError{Problem: problem, Err: fmt.Errorf("%s: %w", where, innerURLError(err))})
+	case Unreachable:
+		return &StoreError{Problem: problem, Err: fmt.Errorf("%s: %w", where, innerURLError(err))}
+	}
+	return fmt.Errorf("%s: %w", where, err)
 }
+
+// innerURLError drops net/http's "Get URL:" prefix, which repeats the
+// store's name with a query string, for the error below it.
+func innerURLError(err error) error {
+	var ue *url.Error
+	if errors.As(err, &ue) {
+		return ue.Err
+	}
+	return err
+}
+
+// Check reaches the bucket with one listing of the probe prefix: the
+// endpoint answers, the credentials are accepted, the bucket exists (a
+// listing has an error body, which a HEAD lacks, so AWS tells a bad key
+// from a policy that denies).
+func (s *S3Store) Check(ctx context.Context) error {
+	_, err := minio.Core{Client: s.probe}.ListObjectsV2(s.bucket, probePrefix, "", "", "/", 1)
+	if err != nil {
+		return s.wrap("list", probePrefix, err)
+	}
+	return nil
+}
+
+// Delete removes an object; a missing one is no error.
+func (s *S3Store) Delete(ctx context.Context, key string) error {
+	if err := s.probe.RemoveObject(ctx, s.bucket, key, minio.RemoveObjectOptions{}); err != nil && !isNotFound(err) {
+		return s.wrap("delete", key, err)
+	}
+	return nil
+}
+
+// Bucket is the bucket's name.
+func (s *S3Store) Bucket() string { return s.bucket }

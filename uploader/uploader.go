@@ -614,5 +614,16 @@ func CacheInfo(storeDir string, priority int) string {
 	return fmt.Sprintf("StoreDir: %s\nWantMassQuery: 1\nPriority: %d\n", storeDir, priority)
 }
 
+// ForgetCache drops what the uploader knows the cache holds: after the
+// store failed (a bucket deleted and made anew), it probes again.
+func (u *Uploader) ForgetCache() {
+	u.mu.Lock()
+	clear(u.known)
+	u.mu.Unlock()
+	u.infoMu.Lock()
+	u.infoDone = false
+	u.infoMu.Unlock()
+}
+
 // Store is the store the uploader pushes to.
 func (u *Uploader) Store() Store { return u.cfg.Store }

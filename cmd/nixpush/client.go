@@ -119,7 +119,15 @@ func runStatus(ctx context.Context, args []string, stdout, stderr io.Writer) int
 
 func printStatus(w io.Writer, st hook.Status, now time.Time) {
 	fmt.Fprintln(w, st.Line(now))
-	fmt.Fprintf(w, "store:    %s\n", st.Store)
+	sc := st.StoreCheck
+	switch {
+	case sc.OK:
+		fmt.Fprintf(w, "store:    %s: ok (checked %s ago)\n", st.Store, now.Sub(*sc.CheckedAt).Round(time.Second))
+	case sc.Error != "":
+		fmt.Fprintf(w, "store:    %s: FAILING: %s\n          fix: %s\n", st.Store, sc.Error, sc.Fix)
+	default:
+		fmt.Fprintf(w, "store:    %s: being checked\n", st.Store)
+	}
 	oldest := ""
 	if st.OldestQueued != nil {
 		oldest = fmt.Sprintf(" (oldest %s ago)", now.Sub(*st.OldestQueued).Round(time.Second))
@@ -133,8 +141,9 @@ func printStatus(w io.Writer, st hook.Status, now time.Time) {
 		st.Uploaded.Since.Format(time.DateTime), hook.Bytes(int64(st.Uploaded.NarBytesPerSecond)))
 	fmt.Fprintf(w, "logs:     %d build logs uploaded\n", st.Uploaded.Logs)
 	for _, f := range st.Failures {
-		fmt.Fprintf(w, "FAILED    %s (%d attempts): %s\n", f.Path, f.Attempts, f.Error)
+		fmt.Fprintf(w, "FAILED    %s (%d attempts): %s%s\n", f.Path, f.Attempts, f.Error, healNote(f))
 	}
+	fmt.Fprintf(w, "daemon:   nixpush %s\n", st.Version)
 }
 
 func runRetry(ctx context.Context, args []string, stdout, stderr io.Writer) int {
@@ -210,13 +219,21 @@ func waitDrained(ctx context.Context, c *client.Client, timeout time.Duration, s
 		if st.Failed > 0 {
 			fmt.Fprintf(stderr, "nixpush wait: %d path(s) failed (fix the cause, then: nixpush retry --all):\n", st.Failed)
 			for _, f := range st.Failures {
-				fmt.Fprintf(stderr, "  %s: %s\n", f.Path, f.Error)
+				fmt.Fprintf(stderr, "  %s: %s%s\n", f.Path, f.Error, healNote(f))
 			}
 			return 1
 		}
 		fmt.Fprintf(stdout, "drained: %d done, nothing queued or failed\n", st.Done)
 		return 0
 	}
+}
+
+// healNote says that a failure heals by itself.
+func healNote(f hook.Failure) string {
+	if f.Class == "store" {
+		return " (queued again by itself once the store check passes)"
+	}
+	return ""
 }
 
 // explain adds the usual fix to an unreachable daemon.

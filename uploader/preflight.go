@@ -1,0 +1,159 @@
+package uploader
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"os"
+	"strings"
+)
+
+// probePrefix is where the write check puts and deletes its object, apart
+// from the cache's own objects (the uploader policy may delete here only).
+const probePrefix = "nixpush/preflight/"
+
+// Checker is a store that can tell whether it is reachable and exists
+// with one cheap request (for a bucket: endpoint, credentials, bucket).
+type Checker interface {
+	Check(ctx context.Context) error
+}
+
+// Deleter is a store that can remove an object.
+type Deleter interface {
+	Delete(ctx context.Context, key string) error
+}
+
+// CheckResult is one line of a preflight: what was checked and, when it
+// failed, the classified error (whose Fix says what to do).
+type CheckResult struct {
+	Name string
+	Note string      // a remark on a check that passed
+	Err  *StoreError // nil: passed
+}
+
+// PreflightOptions say what a preflight may do.
+type PreflightOptions struct {
+	StoreDir string // the nix-cache-info StoreDir expected; "" means /nix/store
+	Priority int    // for a nix-cache-info written here; 0 means 40
+	// WriteCacheInfo writes nix-cache-info when the store lacks it, as the
+	// daemon does before any upload; otherwise its absence fails the check
+	// (nixpush check: run nixpush init).
+	WriteCacheInfo bool
+	// Probe names the probe object (default: the host name), so
+	// builders sharing a bucket do not trip over each other.
+	Probe string
+}
+
+// Preflight checks that store can serve as the cache, in order, stopping at
+// the first failure: endpoint reachable, credentials accepted, bucket
+// present, write allowed (a probe object put and deleted under
+// nixpush/preflight/), nix-cache-info present with the right StoreDir.
+func Preflight(ctx context.Context, store Store, opts PreflightOptions) []CheckResult {
+	if opts.StoreDir == "" {
+		opts.StoreDir = "/nix/store"
+	}
+	if opts.Priority == 0 {
+		opts.Priority = 40
+	}
+	if opts.Probe == "" {
+		opts.Probe, _ = os.Hostname()
+		if opts.Probe == "" {
+			opts.Probe = "nixpush"
+		}
+	}
+	var out []CheckResult
+	fail := func(name string, err error, otherwise StoreProblem) []CheckResult {
+		se := AsStoreError(err)
+		if se == nil {
+			se = &StoreError{Problem: otherwise, Err: err}
+		}
+		return append(out, CheckResult{Name: name, Err: se})
+	}
+
+	// Reaching the store: one request tells which of the first three
+	// failed; the ones before it passed.
+	_, isS3 := store.(*S3Store)
+	steps := []struct {
+		name    string
+		problem StoreProblem
+	}{{"endpoint reachable", Certificate}, {"credentials accepted", Credentials}, {"bucket present", NoBucket}}
+	if !isS3 {
+		steps = steps[2:]
+		steps[0].name = "cache directory present"
+	}
+	var err error
+	if c, ok := store.(Checker); ok {
+		err = c.Check(ctx)
+	}
+	se := AsStoreError(err)
+	if err != nil && se == nil {
+		se = &StoreError{Problem: Unreachable, Err: err} // a 5xx, say: the server is not serving
+	}
+	for i, st := range steps {
+		if se == nil {
+			out = append(out, CheckResult{Name: st.name})
+			continue
+		}
+		owns := se.Problem == st.problem || (i == 0 && (se.Problem == Unreachable || se.Problem == NotWritable))
+		if !owns && i < len(steps)-1 {
+			out = append(out, CheckResult{Name: st.name})
+			continue
+		}
+		return append(out, CheckResult{Name: st.name, Err: se})
+	}
+
+	// Writing: put and delete a probe object.
+	key := probePrefix + opts.Probe
+	text := "nixpush preflight write check\n"
+	if err := store.Put(ctx, key, strings.NewReader(text), int64(len(text)), "text/plain"); err != nil {
+		return fail("write allowed", err, NotWritable)
+	}
+	res := CheckResult{Name: "write allowed"}
+	if d, ok := store.(Deleter); ok {
+		if err := d.Delete(ctx, key); err != nil {
+			// Not fatal: the cache works; the probe is overwritten next time.
+			res.Note = "the probe object " + key + " could not be deleted (" + err.Error() + "); allow s3:DeleteObject on " + probePrefix + "* (nixpush init --print-policy)"
+		}
+	}
+	out = append(out, res)
+
+	// nix-cache-info.
+	b, err := store.Get(ctx, "nix-cache-info")
+	switch {
+	case errors.Is(err, ErrNotExist) && opts.WriteCacheInfo:
+		text := CacheInfo(opts.StoreDir, opts.Priority)
+		if err := store.Put(ctx, "nix-cache-info", strings.NewReader(text), int64(len(text)), "text/x-nix-cache-info"); err != nil {
+			return fail("nix-cache-info", err, NotWritable)
+		}
+		return append(out, CheckResult{Name: "nix-cache-info", Note: "written (StoreDir: " + opts.StoreDir + ")"})
+	case errors.Is(err, ErrNotExist):
+		return append(out, CheckResult{Name: "nix-cache-info", Err: &StoreError{Problem: NoCacheInfo,
+			Err: fmt.Errorf("%s has no nix-cache-info; Nix will not use it as a cache", store)}})
+	case err != nil:
+		return fail("nix-cache-info", err, Unreachable)
+	}
+	if dir := cacheInfoStoreDir(string(b)); dir != opts.StoreDir {
+		return append(out, CheckResult{Name: "nix-cache-info", Err: &StoreError{Problem: CacheInfoMismatch,
+			Err: fmt.Errorf("%s: nix-cache-info says StoreDir: %s; this machine's store is %s", store, dir, opts.StoreDir)}})
+	}
+	return append(out, CheckResult{Name: "nix-cache-info", Note: "StoreDir: " + opts.StoreDir})
+}
+
+// PreflightError is the first failure of a preflight, or nil.
+func PreflightError(results []CheckResult) *StoreError {
+	for _, r := range results {
+		if r.Err != nil {
+			return r.Err
+		}
+	}
+	return nil
+}
+
+func cacheInfoStoreDir(text string) string {
+	for _, line := range strings.Split(text, "\n") {
+		if v, ok := strings.CutPrefix(line, "StoreDir:"); ok {
+			return strings.TrimSpace(v)
+		}
+	}
+	return ""
+}
