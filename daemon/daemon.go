@@ -387,7 +387,7 @@ func (d *Daemon) status() hook.Status {
 		Queued: qs.Queued, Active: qs.Active, Failed: qs.Failed, Done: qs.Done,
 		Drained: qs.Queued == 0 && qs.Active == 0,
 		Uploaded: hook.Uploaded{Paths: us.Paths, NarBytes: us.NarBytes, FileBytes: us.FileBytes, Skipped: us.Skipped, Requests: us.Requests,
-			Logs:              us.Logs,
+			Logs: us.Logs, Filtered: us.Filtered,
 			NarBytesPerSecond: d.rates.rate(), Since: d.started},
 		Store:      fmt.Sprint(d.up.Store()),
 		Version:    version.Get(),

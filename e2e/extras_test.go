@@ -157,3 +157,78 @@ func readJSON(t *testing.T, file string) any {
 	}
 	return v
 }
+
+// TestFilters: --exclude and --skip-signed-by leave out a path by name and
+// a path signed by an "upstream" key in the local Nix database; every other
+// path is pushed, the .narinfos that refer to the filtered paths still list
+// them, status counts them, and a consumer with both caches configured (a
+// second file:// cache stands in for the upstream) substitutes the whole
+// closure.
+func TestFilters(t *testing.T) {
+	nx := testenv.Nix(t)
+	sec, pub := keys(t, "nixpush-e2e-filter-1")
+	upSec, upPub := keys(t, "nixpush-e2e-upstream-1")
+	s := seed()
+	expr := fmt.Sprintf(`let s = %q;
+  mk = name: script: derivation { inherit name; system = builtins.currentSystem; builder = "/bin/sh";
+    args = [ "-c" ("PATH=/bin:/usr/bin; " + script) ]; };
+  up = mk "filter-upstream" "echo ${s} up > $out";
+  ex = mk "filter-excluded-doc" "echo ${s} ex > $out";
+  mid = mk "filter-mid" "echo ${s} ${up} ${ex} > $out";
+in mk "filter-top" "echo ${s} ${mid} ${up} > $out"`, s)
+	top := nx.Build(t, expr)[0]
+	closure := closureOf(t, nx, top)
+	byName := map[string]string{}
+	for _, p := range closure {
+		byName[filepath.Base(p)[33:]] = p
+	}
+	up, ex, mid := byName["filter-upstream"], byName["filter-excluded-doc"], byName["filter-mid"]
+	if len(closure) != 4 || up == "" || ex == "" || mid == "" {
+		t.Fatalf("closure of %s: %v", top, closure)
+	}
+	if _, err := nx.Run(t, "nix", "--extra-experimental-features", "nix-command", "store", "sign", "--key-file", upSec, up); err != nil {
+		t.Fatal(err)
+	}
+
+	d := startDaemon(t, nil, "--secret-key-file", sec, "--exclude", "-doc$", "--exclude", "^never-matches$",
+		"--skip-signed-by", "nixpush-e2e-upstream-1")
+	if o, err := d.CLI("push", "--wait", top); err != nil {
+		t.Fatalf("nixpush push --wait: %v\n%s\n%s", err, o, d.Log)
+	}
+	cache := filepath.Join(d.StateDir, "cache")
+	for _, p := range closure {
+		_, err := os.Stat(filepath.Join(cache, filepath.Base(p)[:32]+".narinfo"))
+		if filtered := p == up || p == ex; filtered != os.IsNotExist(err) {
+			t.Errorf("%s: filtered %v, but its .narinfo: %v", p, filtered, err)
+		}
+	}
+	ni, err := os.ReadFile(filepath.Join(cache, filepath.Base(mid)[:32]+".narinfo"))
+	if err != nil || !strings.Contains(string(ni), filepath.Base(up)) || !strings.Contains(string(ni), filepath.Base(ex)) {
+		t.Fatalf("the .narinfo of %s does not list its filtered references: %v\n%s", mid, err, ni)
+	}
+	out, err := d.CLI("status", "--json")
+	var st struct{ Uploaded struct{ Paths, Filtered int } }
+	if err != nil || json.Unmarshal([]byte(out), &st) != nil || st.Uploaded.Filtered != 2 || st.Uploaded.Paths != 2 {
+		t.Fatalf("status: want 2 paths uploaded and 2 filtered: %v\n%s", err, out)
+	}
+
+	upstream := t.TempDir()
+	if _, err := nx.Run(t, "nix", "--extra-experimental-features", "nix-command", "copy",
+		"--to", "file://"+upstream+"?secret-key="+upSec, up, ex); err != nil {
+		t.Fatal(err)
+	}
+	root := t.TempDir()
+	if _, err := nx.Run(t, "nix-store", "--store", "local?root="+root, "--realise", top,
+		"--option", "substituters", "file://"+cache+" file://"+upstream,
+		"--option", "trusted-public-keys", strings.TrimSpace(pub)+" "+strings.TrimSpace(upPub),
+		"--option", "require-sigs", "true", "--option", "narinfo-cache-negative-ttl", "0"); err != nil {
+		t.Fatalf("a consumer of both caches: %v", err)
+	}
+	for _, p := range closure {
+		testenv.TreeEqual(t, p, filepath.Join(root, p))
+	}
+	// Without the upstream, the filtered paths are missing.
+	if _, err := nx.CopyFrom(t, "file://"+cache, pub, top); err == nil {
+		t.Fatal("nix copy from nixpush's cache alone fetched the closure, filtered paths included")
+	}
+}

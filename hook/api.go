@@ -73,6 +73,7 @@ type Uploaded struct {
 	Skipped   int64      `json:"skipped"`
 	Requests  int64      `json:"requests"` // operations on the cache (HEAD, PUT, GET)
 	Logs      int64      `json:"logs"`     // build logs uploaded
+	Filtered  int64      `json:"filtered"` // paths left out by --exclude and --skip-signed-by
 	LastPush  *time.Time `json:"last_push,omitempty"`
 	// NarBytesPerSecond is the upload rate over the last minute or so.
 	NarBytesPerSecond float64   `json:"nar_bytes_per_second"`

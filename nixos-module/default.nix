@@ -42,6 +42,8 @@ let
     "--write-nar-listing=${lib.boolToString cfg.writeNarListing}"
   ] ++ optionals (cfg.caCertificate != null) [ "--ca-certificate" "%d/ca.pem" ]
     ++ optionals (cfg.metricsListen != null) [ "--metrics-listen" cfg.metricsListen ]
+    ++ lib.concatMap (re: [ "--exclude" re ]) cfg.exclude
+    ++ lib.concatMap (k: [ "--skip-signed-by" k ]) cfg.skipSignedBy
     ++ cfg.extraArgs;
 
   pushSystem = "${cfg.package}/bin/nixpush push --socket ${socket} /nix/var/nix/profiles/system";
@@ -143,6 +145,27 @@ in
         Hydra-style indexers and `nix-index`-like tools. Built while the NAR is packed.
       '';
       example = true;
+    };
+
+    exclude = mkOption {
+      type = types.listOf types.str;
+      default = [ ];
+      description = ''
+        Regular expressions (Go syntax) matched against store path names (the part after the
+        hash): matching paths are not uploaded. `.narinfo`s that refer to them still list them,
+        so consumers must get them from another substituter (an upstream cache).
+      '';
+      example = [ "-doc$" "^nixos-system-" ];
+    };
+
+    skipSignedBy = mkOption {
+      type = types.listOf types.str;
+      default = [ ];
+      description = ''
+        Key names: a path the local Nix database holds a signature of by one of them is not
+        uploaded, as it is served by that key's cache (consumers must use that cache too).
+      '';
+      example = [ "cache.nixos.org-1" ];
     };
 
     socketGroup = mkOption {

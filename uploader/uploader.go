@@ -34,6 +34,8 @@ type Config struct {
 	Log         zerolog.Logger
 	// Priority is written to nix-cache-info when the cache lacks one (0 = 40).
 	Priority int
+	// Filter leaves paths out of every push.
+	Filter Filter
 	// WriteNARListing writes <hash>.ls, the NAR's file listing, before
 	// each .narinfo, as Nix does with write-nar-listing=true.
 	WriteNARListing bool
@@ -83,6 +85,7 @@ type Stats struct {
 	Skipped   int64     // paths found already in the cache
 	Requests  int64     // operations on the store (existence checks, uploads, reads)
 	Logs      int64     // build logs uploaded
+	Filtered  int64     // paths left out by the filter
 	LastPush  time.Time // when a path was last uploaded
 }
 
@@ -165,7 +168,8 @@ func (u *Uploader) Push(ctx context.Context, roots []string) []error {
 		}
 		return errs
 	}
-	missing := u.probe(ctx, roots, infos)
+	filtered := u.filtered(infos)
+	missing := u.probe(ctx, roots, infos, filtered)
 	// NARs upload ahead, deps first, on up to Jobs connections, while
 	// ensure writes each .narinfo once its NAR and its references' are in.
 	pctx, stop := context.WithCancel(ctx)
@@ -173,7 +177,7 @@ func (u *Uploader) Push(ctx context.Context, roots []string) []error {
 	defer prefetch.Wait()
 	defer stop() // runs first: uploads nobody waits for any more end
 	prefetch.Go(func() { u.prefetchNARs(pctx, topoOrder(missing, infos), infos, &prefetch) })
-	pl := &plan{infos: infos, missing: missing}
+	pl := &plan{infos: infos, missing: missing, filtered: filtered}
 	var wg sync.WaitGroup
 	for i, r := range roots {
 		if errs[i] != nil {
@@ -192,15 +196,30 @@ func (u *Uploader) Push(ctx context.Context, roots []string) []error {
 // plan is what one push knows: the path infos it needs and which paths
 // the cache was found to lack.
 type plan struct {
-	infos   map[string]nix.PathInfo
-	missing map[string]bool
+	infos    map[string]nix.PathInfo
+	missing  map[string]bool
+	filtered map[string]bool // left out by the filter
+}
+
+// filtered is the set of paths of infos the filter leaves out.
+func (u *Uploader) filtered(infos map[string]nix.PathInfo) map[string]bool {
+	if u.cfg.Filter.Empty() {
+		return nil
+	}
+	out := make(map[string]bool)
+	for p, info := range infos {
+		if skip, _ := u.cfg.Filter.Skips(info); skip {
+			out[p] = true
+		}
+	}
+	return out
 }
 
 // probe finds which paths of the closure the cache lacks: the roots first
 // (a root's .narinfo means its whole closure is there), then every other
 // path not known locally, checked in parallel. Paths whose check failed
 // count as missing here; ensure checks them again.
-func (u *Uploader) probe(ctx context.Context, roots []string, infos map[string]nix.PathInfo) map[string]bool {
+func (u *Uploader) probe(ctx context.Context, roots []string, infos map[string]nix.PathInfo, filtered map[string]bool) map[string]bool {
 	missing := make(map[string]bool)
 	check := func(paths []string) {
 		var mu sync.Mutex
@@ -229,14 +248,20 @@ func (u *Uploader) probe(ctx context.Context, roots []string, infos map[string]n
 		u.mu.Lock()
 		defer u.mu.Unlock()
 		for _, p := range paths {
-			if _, ok := infos[p]; ok && !u.known[p] && u.inflight[p] == nil && !missing[p] {
+			if _, ok := infos[p]; ok && !u.known[p] && u.inflight[p] == nil && !missing[p] && !filtered[p] {
 				out = append(out, p)
 			}
 		}
 		return out
 	}
 	check(unknown(roots))
-	if len(missing) == 0 {
+	filteredRoot := false
+	for _, r := range roots {
+		filteredRoot = filteredRoot || filtered[r]
+	}
+	// A filtered root is never in the cache, so it says nothing of its
+	// references: they are probed as if it were missing.
+	if len(missing) == 0 && !filteredRoot {
 		return missing
 	}
 	rest := make([]string, 0, len(infos))
@@ -478,7 +503,9 @@ func (u *Uploader) ensureOnce(ctx context.Context, p string, pl *plan) error {
 		return fmt.Errorf("%s: no path info (it is in a closure pushed at the same time); will retry", p)
 	}
 	has := false
-	if !pl.missing[p] { // not probed by this push: check now
+	// A filtered path is left out, but not its references, which other
+	// paths may need: they are ensured below all the same.
+	if !pl.missing[p] && !pl.filtered[p] { // not probed by this push: check now
 		var err error
 		if has, err = u.has(ctx, nix.NarInfoKey(p)); err != nil {
 			return err
@@ -507,6 +534,14 @@ func (u *Uploader) ensureOnce(ctx context.Context, p string, pl *plan) error {
 			return err
 		}
 		return &DependencyError{Path: p, Err: err}
+	}
+	if pl.filtered[p] {
+		_, why := u.cfg.Filter.Skips(info)
+		u.mu.Lock()
+		u.stats.Filtered++
+		u.mu.Unlock()
+		u.cfg.Log.Debug().Str("path", p).Str("reason", why).Msg("filtered: not uploaded")
+		return nil
 	}
 	return u.upload(ctx, info)
 }

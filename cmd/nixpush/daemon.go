@@ -10,6 +10,7 @@ import (
 	"path/filepath"
 	"runtime"
 	"runtime/debug"
+	"strings"
 	"time"
 
 	"github.com/coreos/go-systemd/v22/activation"
@@ -43,6 +44,9 @@ func runDaemon(ctx context.Context, args []string, stdout, stderr io.Writer) int
 	storeDir := fs.String("store-dir", envOr("NIX_STORE_DIR", nix.DefaultStoreDir), "the Nix store directory")
 	uploadLogs := fs.Bool("upload-logs", true, "upload the build log of each derivation the hook names to log/<drv name>, after its outputs")
 	writeListing := fs.Bool("write-nar-listing", false, "write <hash>.ls, the JSON listing of each NAR's files, beside its .narinfo (Nix's write-nar-listing=true)")
+	var excludes, skipSignedBy stringsFlag
+	fs.Var(&excludes, "exclude", "leave out store paths whose name (after the hash) matches this regular expression; repeatable")
+	fs.Var(&skipSignedBy, "skip-signed-by", "leave out store paths the local Nix database holds a signature of by this key name (e.g. cache.nixos.org-1); repeatable")
 	metricsListen := fs.String("metrics-listen", "", "serve Prometheus metrics on this TCP address (e.g. 127.0.0.1:9747), at /metrics")
 	logLevel := fs.String("log-level", "info", "log level: debug, info, warn, error")
 	logFormat := fs.String("log-format", "auto", "log format: auto (journald under systemd, console on a terminal, JSON otherwise), journald, console, json")
@@ -68,6 +72,17 @@ func runDaemon(ctx context.Context, args []string, stdout, stderr io.Writer) int
 			log.Info().Str("xz", tool).Msg("xz NARs are compressed by the xz tool")
 		} else {
 			log.Warn().Msg("xz is not on PATH: xz NARs are compressed by a pure-Go encoder at about 1 MB/s; install xz (xz-utils) for liblzma's speed on every core")
+		}
+	}
+	exclude, err := uploader.ParseExclude(excludes)
+	if err != nil {
+		fmt.Fprintf(stderr, "nixpush daemon: %v\n", err)
+		return 2
+	}
+	for _, k := range skipSignedBy {
+		if k == "" || strings.ContainsAny(k, ": ") {
+			fmt.Fprintf(stderr, "nixpush daemon: --skip-signed-by %q: want a key name such as cache.nixos.org-1 (the part before the colon)\n", k)
+			return 2
 		}
 	}
 	if *keyFile == "" {
@@ -105,6 +120,7 @@ func runDaemon(ctx context.Context, args []string, stdout, stderr io.Writer) int
 	up := uploader.New(uploader.Config{
 		Store: store, Nix: pathInfo, Key: key, Compression: comp, Jobs: *jobs,
 		StoreDir: *storeDir, Log: log, WriteNARListing: *writeListing,
+		Filter: uploader.Filter{Exclude: exclude, SkipSignedBy: skipSignedBy},
 	})
 	var ln net.Listener
 	if lns, err := activation.Listeners(); err == nil && len(lns) > 0 && lns[0] != nil {
@@ -131,6 +147,16 @@ func runDaemon(ctx context.Context, args []string, stdout, stderr io.Writer) int
 		return 1
 	}
 	return 0
+}
+
+// stringsFlag is a flag that may be given several times.
+type stringsFlag []string
+
+func (s *stringsFlag) String() string { return strings.Join(*s, ",") }
+
+func (s *stringsFlag) Set(v string) error {
+	*s = append(*s, v)
+	return nil
 }
 
 func newLogger(w io.Writer, level, format string) (zerolog.Logger, error) {
