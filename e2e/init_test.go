@@ -93,6 +93,12 @@ func TestInit(t *testing.T) {
 	if !slices.Equal(got, wantActions) {
 		t.Fatalf("policy actions %v; want %v", got, wantActions)
 	}
+	// Then the gc policy: the only one that may delete.
+	gcPol := first[end:]
+	if !strings.Contains(gcPol, "policy for the account nixpush gc") || !strings.Contains(gcPol, `"s3:DeleteObject"`) ||
+		!strings.Contains(gcPol, `"arn:aws:s3:::fresh-cache/nixpush/*"`) {
+		t.Fatalf("init --print-policy prints no gc policy after the uploader's:\n%s", gcPol)
+	}
 	if res := slices.Sorted(slices.Values(pol.Statement[0].Resource)); !slices.Equal(res, []string{"arn:aws:s3:::fresh-cache", "arn:aws:s3:::fresh-cache/*"}) {
 		t.Fatalf("policy resources %v", res)
 	}

@@ -89,6 +89,19 @@ func UploaderPolicy(bucket string) string {
 	}})
 }
 
+// GCPolicy is the policy for the account nixpush gc (and pin, unpin)
+// runs with: list, read and delete objects, abort multipart uploads, and
+// write only under nixpush/ (its marker, its probe, pins). Builders keep
+// UploaderPolicy: a builder that could delete could wipe the cache.
+func GCPolicy(bucket string) string {
+	arn := "arn:aws:s3:::" + bucket
+	return policyJSON([]statement{
+		{Effect: "Allow", Action: []string{"s3:GetBucketLocation", "s3:ListBucket", "s3:ListBucketMultipartUploads"}, Resource: []string{arn}},
+		{Effect: "Allow", Action: []string{"s3:AbortMultipartUpload", "s3:DeleteObject", "s3:GetObject", "s3:ListMultipartUploadParts"}, Resource: []string{arn + "/*"}},
+		{Effect: "Allow", Action: []string{"s3:PutObject"}, Resource: []string{arn + "/nixpush/*"}},
+	})
+}
+
 type statement struct {
 	Sid       string `json:"Sid,omitempty"`
 	Effect    string `json:"Effect"`

@@ -69,7 +69,7 @@ func (s *FileStore) Put(ctx context.Context, key string, r io.Reader, size int64
 	if err := os.MkdirAll(filepath.Dir(p), 0o755); err != nil {
 		return fmt.Errorf("file store: %w", err)
 	}
-	f, err := os.CreateTemp(filepath.Dir(p), ".tmp-"+filepath.Base(p)+"-*")
+	f, err := os.CreateTemp(filepath.Dir(p), tmpPrefix+filepath.Base(p)+"-*")
 	if err != nil {
 		return fmt.Errorf("file store: %w", err)
 	}

@@ -18,7 +18,7 @@ func runInit(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 	storeURI := fs.String("store-uri", os.Getenv("NIXPUSH_STORE_URI"), "the cache to prepare: s3://BUCKET?endpoint=HOST&... or file:///DIR (env NIXPUSH_STORE_URI)")
 	publicRead := fs.Bool("public-read", false, "allow anonymous download of the bucket's objects, so any Nix can read it over HTTP")
 	expireDays := fs.Int("expire-days", 0, "expire objects after N days (a lifecycle rule); see the warning it prints")
-	printPolicy := fs.Bool("print-policy", false, "print the least-privilege IAM policy for the uploading account")
+	printPolicy := fs.Bool("print-policy", false, "print the least-privilege IAM policies for the uploading account and for gc")
 	keyFile := fs.String("secret-key-file", os.Getenv("NIXPUSH_SECRET_KEY_FILE"), "signing key, to print its public half in the consumer snippet")
 	caCert := fs.String("ca-certificate", "", "PEM file of a private CA that signed the S3 endpoint's certificate")
 	if err := fs.Parse(args); err != nil {
@@ -47,8 +47,9 @@ func runInit(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 		pub = key.ToPublicKey().String()
 	}
 	if *expireDays > 0 {
-		fmt.Fprintf(stderr, "nixpush init: warning: objects older than %d days will be deleted whatever refers to them; "+
-			"a path can then outlive a dependency and fail to substitute until it is pushed again. Prefer a long period.\n", *expireDays)
+		fmt.Fprintf(stderr, "nixpush init: warning: objects older than %d days will be deleted whatever refers to them: "+
+			"expiry breaks closures (a path outlives a dependency and Nix refuses it until it is pushed again). "+
+			"Prefer closure-aware retention: nixpush gc --older-than %dd (see Retention in the README).\n", *expireDays, *expireDays)
 	}
 	changes, err := uploader.Init(ctx, store, uploader.InitOptions{PublicRead: *publicRead, ExpireDays: *expireDays})
 	for _, c := range changes {
@@ -69,6 +70,7 @@ func runInit(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 		}
 		u, _ := url.Parse(*storeURI)
 		fmt.Fprintf(stdout, "\n# least-privilege policy for the uploading account (as the classic nix-cache-write):\n%s\n", uploader.UploaderPolicy(u.Host))
+		fmt.Fprintf(stdout, "\n# policy for the account nixpush gc, pin and unpin run with (list, read, delete, abort uploads; write only under nixpush/):\n%s\n", uploader.GCPolicy(u.Host))
 	}
 	substituter := *storeURI
 	if isS3 && *publicRead {

@@ -32,6 +32,10 @@ commands:
   keygen   make a signing key pair: nixpush keygen --name NAME --out DIR
   init     prepare a cache: nixpush init --store-uri URI [--public-read] [--expire-days N] [--print-policy]
   version  print the version and commit (also: nixpush --version)
+  gc       delete what no pin and no recent root needs, closure-safe: nixpush gc [--older-than 30d] [--grace 24h] [--dry-run] [--json]
+  pin      keep a closure in the cache whatever its age: nixpush pin NAME PATH
+  unpin    remove a pin: nixpush unpin NAME
+  pins     list the pins: nixpush pins [--json]
 
 Run 'nixpush COMMAND -h' for a command's flags.
 `
@@ -53,6 +57,10 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 			fmt.Fprintln(stdout, "nixpush", version.Get())
 			return 0
 		},
+		"gc":    runGC,
+		"pin":   runPin,
+		"unpin": runUnpin,
+		"pins":  runPins,
 	}
 	cmd, ok := cmds[args[0]]
 	if !ok {

@@ -92,3 +92,29 @@ func Awkward(seed string) string {
 in mk "awkward-top" "mkdir $out; echo ${multi} ${multi.dev} ${multi.doc} ${tree} ${single} ${fixed} > $out/all"`,
 		seed, mkDrv, deep, deep, seed, hex.EncodeToString(sum[:]))
 }
+
+// Family is an attribute set of closures, one per name, that share
+// dependencies: each top refers to a leaf of its own and to a chain of
+// three shared paths; the tops named in pair also share a "pair" path
+// (which refers to the chain). Each evaluates to a path named after it.
+func Family(seed string, names []string, pair []string) string {
+	var attrs strings.Builder
+	for _, n := range names {
+		extra := ""
+		for _, p := range pair {
+			if p == n {
+				extra = "${pair}"
+			}
+		}
+		fmt.Fprintf(&attrs, "  %s = top %q %q;\n", n, n, extra)
+	}
+	return fmt.Sprintf(`let s = %q; %s
+  shared1 = mk "shared-1" "echo ${s} 1 > $out";
+  shared2 = mk "shared-2" "echo ${s} 2 ${shared1} > $out";
+  shared3 = mk "shared-3" "echo ${s} 3 ${shared2} > $out";
+  pair = mk "pair" "echo ${s} pair ${shared3} > $out";
+  leaf = n: mk "${n}-leaf" "echo ${s} ${n} > $out";
+  top = n: extra: mk n "echo ${s} ${n} ${leaf n} ${shared3} ${extra} > $out";
+in {
+%s}`, seed, mkDrv, attrs.String())
+}

@@ -1,0 +1,290 @@
+package main
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"os"
+	"regexp"
+	"strconv"
+	"text/tabwriter"
+	"time"
+
+	"github.com/mattn/go-isatty"
+
+	"github.com/nixpush/nixpush/hook"
+	"github.com/nixpush/nixpush/nix"
+	"github.com/nixpush/nixpush/retention"
+	"github.com/nixpush/nixpush/uploader"
+)
+
+// bucketFlags are the flags of the commands that work on the bucket
+// directly (gc, verify, pin, unpin, pins): the daemon's store flags.
+type bucketFlags struct {
+	storeURI, caCert, cacheDir *string
+}
+
+func addBucketFlags(fs *flag.FlagSet) bucketFlags {
+	cacheDir, _ := os.UserCacheDir()
+	if cacheDir != "" {
+		cacheDir += "/nixpush"
+	}
+	return bucketFlags{
+		storeURI: fs.String("store-uri", os.Getenv("NIXPUSH_STORE_URI"), "binary cache: s3://BUCKET?endpoint=HOST&scheme=http|https&region=R&profile=P or file:///DIR (env NIXPUSH_STORE_URI)"),
+		caCert:   fs.String("ca-certificate", "", "PEM file of a private CA that signed the S3 endpoint's certificate"),
+		cacheDir: fs.String("cache-dir", envOr("CACHE_DIRECTORY", cacheDir), "where to remember the .narinfos read, by ETag, so the next walk reads only what changed (env CACHE_DIRECTORY)"),
+	}
+}
+
+func (f bucketFlags) open(ctx context.Context, cmd string) (uploader.Bucket, error) {
+	if *f.storeURI == "" {
+		return nil, fmt.Errorf("--store-uri is required (or NIXPUSH_STORE_URI), e.g. nixpush %s --store-uri 's3://nix-cache?endpoint=minio.lan:9000&scheme=http'", cmd)
+	}
+	s, err := uploader.OpenStore(ctx, *f.storeURI, uploader.StoreOptions{CACertFile: *f.caCert})
+	if err != nil {
+		return nil, err
+	}
+	b, ok := s.(uploader.Bucket)
+	if !ok {
+		return nil, fmt.Errorf("%s cannot be listed", s)
+	}
+	return b, nil
+}
+
+// cache opens the walk cache of b, or runs without one (with a warning).
+func (f bucketFlags) cache(b uploader.Bucket, stderr io.Writer, cmd string) *retention.Cache {
+	if *f.cacheDir == "" {
+		return nil
+	}
+	c, err := retention.OpenCache(retention.CacheFile(*f.cacheDir, b.String()))
+	if err != nil {
+		fmt.Fprintf(stderr, "nixpush %s: warning: %v; reading every .narinfo\n", cmd, err)
+		return nil
+	}
+	return c
+}
+
+// progress prints walk figures on a terminal, on one rewritten line.
+func progress(stderr io.Writer, what string) (func(retention.WalkStats), func()) {
+	f, ok := stderr.(*os.File)
+	if !ok || !isatty.IsTerminal(f.Fd()) {
+		return nil, func() {}
+	}
+	return func(s retention.WalkStats) {
+			fmt.Fprintf(stderr, "\r%s: listed %d objects, %d .narinfos (%d read, %d remembered)\x1b[K", what, s.Objects, s.NarInfos, s.Read, s.CacheHits)
+		}, func() {
+			fmt.Fprint(stderr, "\r\x1b[K")
+		}
+}
+
+var daysRE = regexp.MustCompile(`^(\d+)d(.*)$`)
+
+// parseAge reads a Go duration or a number of days: 30d, 1d12h.
+func parseAge(s string) (time.Duration, error) {
+	var d time.Duration
+	rest := s
+	if m := daysRE.FindStringSubmatch(s); m != nil {
+		n, err := strconv.Atoi(m[1])
+		if err != nil {
+			return 0, fmt.Errorf("duration %q: %v", s, err)
+		}
+		d, rest = time.Duration(n)*24*time.Hour, m[2]
+		if rest == "" {
+			return d, nil
+		}
+	}
+	e, err := time.ParseDuration(rest)
+	if err != nil || e < 0 {
+		return 0, fmt.Errorf("duration %q: want e.g. 30d, 36h or 1d12h", s)
+	}
+	return d + e, nil
+}
+
+type ageFlag struct{ d *time.Duration }
+
+func (a ageFlag) String() string {
+	if a.d == nil {
+		return ""
+	}
+	if *a.d%(24*time.Hour) == 0 && *a.d > 0 {
+		return fmt.Sprintf("%dd", *a.d/(24*time.Hour))
+	}
+	return a.d.String()
+}
+
+func (a ageFlag) Set(s string) error {
+	d, err := parseAge(s)
+	if err == nil {
+		*a.d = d
+	}
+	return err
+}
+
+func hostname() string {
+	h, _ := os.Hostname()
+	return h
+}
+
+func runGC(ctx context.Context, args []string, stdout, stderr io.Writer) int {
+	fs := flag.NewFlagSet("nixpush gc", flag.ContinueOnError)
+	fs.SetOutput(stderr)
+	bf := addBucketFlags(fs)
+	olderThan, grace := 30*24*time.Hour, 24*time.Hour
+	fs.Var(ageFlag{&olderThan}, "older-than", "keep the closures of roots pushed within this long (30d, 36h, ...)")
+	fs.Var(ageFlag{&grace}, "grace", "never delete what was written within this long: pushes in progress")
+	window := fs.Duration("sweep-window", retention.DefaultWindow, "delete only within this long of listing; a longer sweep stops and asks to run gc again")
+	dryRun := fs.Bool("dry-run", false, "print what would be deleted; delete nothing")
+	asJSON := fs.Bool("json", false, "print JSON for machines")
+	if err := fs.Parse(args); err != nil {
+		return 2
+	}
+	if fs.NArg() > 0 {
+		fmt.Fprintf(stderr, "nixpush gc: unexpected argument %q\n", fs.Arg(0))
+		return 2
+	}
+	b, err := bf.open(ctx, "gc")
+	if err != nil {
+		fmt.Fprintf(stderr, "nixpush gc: %v\n", err)
+		return 2
+	}
+	cache := bf.cache(b, stderr, "gc")
+	defer cache.Close()
+	show, clear := progress(stderr, "gc")
+	opts := retention.GCOptions{OlderThan: olderThan, Grace: grace, Window: *window, DryRun: *dryRun, Host: hostname(),
+		Walk: retention.WalkOptions{Cache: cache, Progress: show}}
+	rep, err := retention.GC(ctx, b, opts)
+	clear()
+	if err != nil {
+		fmt.Fprintf(stderr, "nixpush gc: %v\n", err)
+		if errors.Is(err, retention.ErrSweepRunning) {
+			return 3
+		}
+		return 1
+	}
+	if *asJSON {
+		enc := json.NewEncoder(stdout)
+		enc.SetIndent("", "  ")
+		enc.Encode(rep)
+		return 0
+	}
+	verb := "deleted"
+	if rep.DryRun {
+		verb = "would delete"
+	}
+	for _, p := range rep.Deleted.Paths {
+		fmt.Fprintf(stdout, "%s %s\n", verb, p)
+	}
+	fmt.Fprintf(stdout, "kept:     %d paths (closures of %d pins, %d roots pushed within %s, %d .narinfos written within %s), %d NARs, %s\n",
+		rep.Kept.Paths, rep.Kept.Pinned, rep.Kept.Rooted, ageFlag{&olderThan}, rep.Kept.InGrace, ageFlag{&grace}, rep.Kept.NARs, hook.Bytes(rep.Kept.Bytes))
+	fmt.Fprintf(stdout, "%s: %d paths, %d NARs, %s, %d root records, %d pending uploads\n", verb,
+		len(rep.Deleted.Paths), rep.Deleted.NARs, hook.Bytes(rep.Deleted.Bytes), rep.Deleted.RootRecords, rep.Deleted.Uploads)
+	fmt.Fprintf(stdout, "walked:   %d objects, %d .narinfos read, %d remembered; %d requests\n", rep.Walk.Objects, rep.Walk.Read, rep.Walk.CacheHits, rep.Requests)
+	return 0
+}
+
+func runPin(ctx context.Context, args []string, stdout, stderr io.Writer) int {
+	fs := flag.NewFlagSet("nixpush pin", flag.ContinueOnError)
+	fs.SetOutput(stderr)
+	bf := addBucketFlags(fs)
+	storeDir := fs.String("store-dir", envOr("NIX_STORE_DIR", nix.DefaultStoreDir), "the Nix store directory")
+	if err := fs.Parse(args); err != nil {
+		return 2
+	}
+	if fs.NArg() != 2 {
+		fmt.Fprintln(stderr, "nixpush pin: usage: nixpush pin [--store-uri URI] NAME PATH (e.g. nixpush pin release-24.05 ./result)")
+		return 2
+	}
+	name := fs.Arg(0)
+	if err := retention.CheckPinName(name); err != nil {
+		fmt.Fprintf(stderr, "nixpush pin: %v\n", err)
+		return 2
+	}
+	p, err := resolveStorePath(*storeDir, fs.Arg(1))
+	if err != nil {
+		fmt.Fprintf(stderr, "nixpush pin: %v\n", err)
+		return 2
+	}
+	b, err := bf.open(ctx, "pin")
+	if err != nil {
+		fmt.Fprintf(stderr, "nixpush pin: %v\n", err)
+		return 2
+	}
+	if err := retention.AddPin(ctx, b, name, p, time.Now()); err != nil {
+		fmt.Fprintf(stderr, "nixpush pin: %v\n", err)
+		return 1
+	}
+	fmt.Fprintf(stdout, "pinned %s as %s: gc keeps its closure until nixpush unpin %s\n", p, name, name)
+	return 0
+}
+
+func runUnpin(ctx context.Context, args []string, stdout, stderr io.Writer) int {
+	fs := flag.NewFlagSet("nixpush unpin", flag.ContinueOnError)
+	fs.SetOutput(stderr)
+	bf := addBucketFlags(fs)
+	if err := fs.Parse(args); err != nil {
+		return 2
+	}
+	if fs.NArg() != 1 {
+		fmt.Fprintln(stderr, "nixpush unpin: usage: nixpush unpin [--store-uri URI] NAME (nixpush pins lists them)")
+		return 2
+	}
+	b, err := bf.open(ctx, "unpin")
+	if err != nil {
+		fmt.Fprintf(stderr, "nixpush unpin: %v\n", err)
+		return 2
+	}
+	if err := retention.RemovePin(ctx, b, fs.Arg(0)); err != nil {
+		fmt.Fprintf(stderr, "nixpush unpin: %v\n", err)
+		return 1
+	}
+	fmt.Fprintf(stdout, "unpinned %s: gc keeps its closure while a root or another pin needs it\n", fs.Arg(0))
+	return 0
+}
+
+func runPins(ctx context.Context, args []string, stdout, stderr io.Writer) int {
+	fs := flag.NewFlagSet("nixpush pins", flag.ContinueOnError)
+	fs.SetOutput(stderr)
+	bf := addBucketFlags(fs)
+	asJSON := fs.Bool("json", false, "print JSON for machines")
+	if err := fs.Parse(args); err != nil {
+		return 2
+	}
+	if fs.NArg() > 0 {
+		fmt.Fprintf(stderr, "nixpush pins: unexpected argument %q\n", fs.Arg(0))
+		return 2
+	}
+	b, err := bf.open(ctx, "pins")
+	if err != nil {
+		fmt.Fprintf(stderr, "nixpush pins: %v\n", err)
+		return 2
+	}
+	pins, err := retention.Pins(ctx, b)
+	if err != nil {
+		fmt.Fprintf(stderr, "nixpush pins: %v\n", err)
+		return 1
+	}
+	if *asJSON {
+		type pinJSON struct {
+			Name string `json:"name"`
+			retention.Pin
+		}
+		out := make([]pinJSON, 0, len(pins))
+		for _, p := range pins {
+			out = append(out, pinJSON{p.Name, p})
+		}
+		enc := json.NewEncoder(stdout)
+		enc.SetIndent("", "  ")
+		enc.Encode(out)
+		return 0
+	}
+	tw := tabwriter.NewWriter(stdout, 0, 4, 2, ' ', 0)
+	fmt.Fprintln(tw, "NAME\tPATH\tPINNED")
+	for _, p := range pins {
+		fmt.Fprintf(tw, "%s\t%s\t%s\n", p.Name, p.Path, p.PinnedAt.Local().Format(time.DateTime))
+	}
+	tw.Flush()
+	return 0
+}

@@ -1,0 +1,46 @@
+// Package retention walks a binary cache beside the uploader's Store, with
+// no server and no database: the bucket is the truth. It owns the layout
+// nixpush keeps under nixpush/ (roots, pins, gc's marker), the walk (one
+// streamed listing, each .narinfo read once per ETag thanks to a local
+// cache file, a compact graph of hash → references), gc, and verify.
+//
+// Invariant: a cache gc has swept is closed under references, and stays
+// so while daemons push to it: no .narinfo is left whose NAR or whose
+// references' .narinfos are gone.
+//
+// The gc side of the argument (the daemon's side is in the uploader
+// package's doc):
+//
+//  1. gc writes the marker nixpush/gc/sweep {listed_at, deadline} before
+//     it lists, and makes no deletion after the deadline: it stops
+//     issuing deletions a margin before it, and each request carries the
+//     deadline. It removes the marker when done, even on failure. A live
+//     marker of another gc makes gc refuse to start.
+//  2. It keeps the closure of every pin, of every root pushed within
+//     --older-than, and of every .narinfo written within --grace of the
+//     marker's time (the store's clock): such a .narinfo may belong to a
+//     push in progress whose root is not written yet. A .narinfo it cannot
+//     read is kept too, with everything it may refer to unknown.
+//  3. Every other .narinfo is deleted in waves, a path only after every
+//     deleted path referring to it: a gc stopped half-way (crash, deadline)
+//     leaves no surviving .narinfo whose reference is gone. A kept
+//     .narinfo never refers to a deleted one, since the kept set is closed
+//     under references.
+//  4. Then the NARs no kept .narinfo names, if written before the grace
+//     period (a NAR goes up before its .narinfo: a younger one may be a
+//     push in progress), then the root records of deleted roots, then
+//     multipart uploads begun before the grace period.
+//  5. A push that overlaps: a .narinfo written before the marker is
+//     listed (the listing starts after it) and, its push being in progress,
+//     within the grace period, so kept with its closure (2). One written
+//     after the marker may be missed by the listing, and its references
+//     deleted; but the daemon that wrote it reads the marker after writing,
+//     waits for the deadline (after which this gc deletes nothing, 1) and
+//     checks again, uploading again, what it relied on. Either way every
+//     .narinfo ends with its NAR and its references, provided the grace
+//     period exceeds a push's duration from its first NAR to its root's
+//     .narinfo (seconds to minutes; the default is 24 h).
+//  6. Deleting needs s3:DeleteObject, which the builders' policy rightly
+//     lacks: gc writes and deletes a probe object before anything else, so
+//     credentials that cannot delete fail at once, having deleted nothing.
+package retention

@@ -1,0 +1,175 @@
+package retention
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"path"
+	"regexp"
+	"strings"
+	"time"
+
+	"github.com/nixpush/nixpush/uploader"
+)
+
+// The bucket layout nixpush keeps beside the cache, under a prefix Nix
+// never reads. The daemon writes roots; gc, pin and unpin write the rest.
+const (
+	// Prefix holds everything nixpush keeps in the bucket besides the cache.
+	Prefix = "nixpush/"
+	// RootPrefix + <hashpart>: a Root, rewritten at each push of the path.
+	RootPrefix = "nixpush/roots/"
+	// PinPrefix + <name>: a Pin.
+	PinPrefix = "nixpush/pins/"
+	// SweepKey is gc's marker while it may delete: a Sweep.
+	SweepKey = "nixpush/gc/sweep"
+	// probePrefix is where gc tests its delete permission.
+	probePrefix = "nixpush/gc/probe-"
+)
+
+// Root records the last push of a path handed to a daemon.
+type Root struct {
+	Path     string    `json:"path"`
+	PushedAt time.Time `json:"pushed_at"`
+	Host     string    `json:"host,omitempty"`
+}
+
+// Pin keeps a path's closure in the cache whatever its age.
+type Pin struct {
+	Name     string    `json:"-"`
+	Path     string    `json:"path"`
+	PinnedAt time.Time `json:"pinned_at"`
+}
+
+// Sweep is gc's marker: it may delete from ListedAt until Deadline, never
+// after. A daemon that wrote a .narinfo while one is up re-checks the
+// references after the deadline (see the uploader package).
+type Sweep struct {
+	ListedAt time.Time `json:"listed_at"`
+	Deadline time.Time `json:"deadline"`
+	Host     string    `json:"host,omitempty"`
+}
+
+var pinName = regexp.MustCompile(`^[A-Za-z0-9][A-Za-z0-9._+-]{0,127}$`)
+
+// CheckPinName refuses a name that cannot be an object name of its own.
+func CheckPinName(name string) error {
+	if !pinName.MatchString(name) {
+		return fmt.Errorf("pin name %q: use letters, digits and . _ + - (up to 128), starting with a letter or digit", name)
+	}
+	return nil
+}
+
+// hashPart is the 32-character hash of a store path or of its base name.
+func hashPart(p string) string {
+	b := path.Base(p)
+	if len(b) < 33 || b[32] != '-' {
+		return ""
+	}
+	return b[:32]
+}
+
+func putJSON(ctx context.Context, b uploader.Store, key string, v any) error {
+	data, err := json.Marshal(v)
+	if err != nil {
+		return err
+	}
+	data = append(data, '\n')
+	return b.Put(ctx, key, strings.NewReader(string(data)), int64(len(data)), "application/json")
+}
+
+// WriteRoot records a push of p now (the daemon's side of the layout,
+// here for tools and tests).
+func WriteRoot(ctx context.Context, b uploader.Store, r Root) error {
+	h := hashPart(r.Path)
+	if h == "" {
+		return fmt.Errorf("root %q is not a store path", r.Path)
+	}
+	return putJSON(ctx, b, RootPrefix+h, r)
+}
+
+// ErrNotCached reports a path whose .narinfo the cache lacks.
+var ErrNotCached = errors.New("not in the cache")
+
+// AddPin pins p's closure under name, replacing a pin of that name. The
+// path must be in the cache already: a pin of a path not pushed would keep
+// nothing, silently.
+func AddPin(ctx context.Context, b uploader.Store, name, p string, now time.Time) error {
+	if err := CheckPinName(name); err != nil {
+		return err
+	}
+	h := hashPart(p)
+	if h == "" {
+		return fmt.Errorf("%q is not a store path", p)
+	}
+	has, err := b.Has(ctx, h+".narinfo")
+	if err != nil {
+		return err
+	}
+	if !has {
+		return fmt.Errorf("%s: %w (%s has no %s.narinfo); push it first: nixpush push --wait %s", p, ErrNotCached, b, h, p)
+	}
+	return putJSON(ctx, b, PinPrefix+name, Pin{Path: p, PinnedAt: now.UTC()})
+}
+
+// ErrNoPin reports a pin name the bucket does not hold.
+var ErrNoPin = errors.New("no such pin")
+
+// RemovePin deletes the pin name.
+func RemovePin(ctx context.Context, b uploader.Bucket, name string) error {
+	if err := CheckPinName(name); err != nil {
+		return err
+	}
+	if _, err := b.Stat(ctx, PinPrefix+name); err != nil {
+		if errors.Is(err, uploader.ErrNotExist) {
+			return fmt.Errorf("pin %q: %w in %s (nixpush pins lists them)", name, ErrNoPin, b)
+		}
+		return err
+	}
+	return b.Delete(ctx, PinPrefix+name)
+}
+
+// Pins lists the bucket's pins by name.
+func Pins(ctx context.Context, b uploader.Bucket) ([]Pin, error) {
+	var pins []Pin
+	err := b.List(ctx, PinPrefix, func(o uploader.Object) error {
+		data, err := b.Get(ctx, o.Key)
+		if errors.Is(err, uploader.ErrNotExist) {
+			return nil // unpinned meanwhile
+		}
+		if err != nil {
+			return err
+		}
+		p, err := parsePin(strings.TrimPrefix(o.Key, PinPrefix), data, o.LastModified)
+		if err != nil {
+			return err
+		}
+		pins = append(pins, p)
+		return nil
+	})
+	return pins, err
+}
+
+func parsePin(name string, data []byte, mod time.Time) (Pin, error) {
+	var p Pin
+	if err := json.Unmarshal(data, &p); err != nil || hashPart(p.Path) == "" {
+		return Pin{}, fmt.Errorf("pin %s%s is not a pin record (%v); fix it or remove it with nixpush unpin %s", PinPrefix, name, err, name)
+	}
+	p.Name = name
+	if p.PinnedAt.IsZero() {
+		p.PinnedAt = mod
+	}
+	return p, nil
+}
+
+func parseRoot(key string, data []byte, mod time.Time) (Root, bool) {
+	var r Root
+	if err := json.Unmarshal(data, &r); err != nil || hashPart(r.Path) != strings.TrimPrefix(key, RootPrefix) {
+		return Root{}, false
+	}
+	if r.PushedAt.IsZero() {
+		r.PushedAt = mod
+	}
+	return r, true
+}

@@ -1,0 +1,367 @@
+package retention
+
+import (
+	"bufio"
+	"bytes"
+	"context"
+	"errors"
+	"fmt"
+	"path"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/nix-community/go-nix/pkg/narinfo"
+	"github.com/nix-community/go-nix/pkg/narinfo/signature"
+	"golang.org/x/sync/errgroup"
+
+	"github.com/nixpush/nixpush/nix"
+	"github.com/nixpush/nixpush/uploader"
+)
+
+// WalkOptions say how to walk a cache.
+type WalkOptions struct {
+	// Cache remembers what was read, by ETag; nil reads everything.
+	Cache *Cache
+	// Jobs is how many objects are read at once; <1 means 32.
+	Jobs int
+	// Keys, when set, are checked against each .narinfo's signatures.
+	Keys []signature.PublicKey
+	// Progress, when set, is called now and then with the figures so far.
+	Progress func(WalkStats)
+}
+
+// WalkStats are a walk's figures.
+type WalkStats struct {
+	Objects   int64 // listed
+	NarInfos  int64 // .narinfo objects listed
+	Read      int64 // small objects read from the store
+	CacheHits int64 // small objects found in the cache instead
+	Requests  int64 // requests to the store (a listing page counts one)
+}
+
+// Graph is what a walk learnt of a cache, kept compact: per .narinfo its
+// references as small integers, its NAR's key and sizes; per NAR object its
+// size and age; the roots and pins. It grows with the number of paths,
+// not with the bytes of the listing or of the .narinfos.
+type Graph struct {
+	StoreDir  string // of the first .narinfo read; /nix/store when none
+	CacheInfo bool   // nix-cache-info is there
+	Sweep     *Sweep // a gc marker found in the listing
+	Pins      []Pin
+	Stats     WalkStats
+
+	index map[string]int32 // hash part → node
+	nodes []node
+	nars  map[string]*narObject
+	roots map[int32]time.Time // last push of each root
+	// rootRecords are the hash parts of root records, by node.
+	rootRecords map[int32]bool
+	unreadable  []string // .narinfo keys that could not be read
+}
+
+type node struct {
+	hash     string
+	base     string // store path base name; "" when no .narinfo names it as its own
+	present  bool   // the .narinfo is in the cache
+	refs     []int32
+	url      string
+	comp     string
+	narHash  string
+	fileSize uint64
+	narSize  uint64
+	mod      time.Time
+	sigOK    bool   // a given key verifies it (when keys were given)
+	bad      string // why the .narinfo could not be read
+}
+
+type narObject struct {
+	size int64
+	mod  time.Time
+}
+
+// Path is the store path of node i.
+func (g *Graph) path(i int32) string {
+	n := &g.nodes[i]
+	if n.base == "" {
+		return g.StoreDir + "/" + n.hash + "-?"
+	}
+	return g.StoreDir + "/" + n.base
+}
+
+func (g *Graph) intern(hash string) int32 {
+	if i, ok := g.index[hash]; ok {
+		return i
+	}
+	i := int32(len(g.nodes))
+	g.index[hash] = i
+	g.nodes = append(g.nodes, node{hash: hash})
+	return i
+}
+
+// NarInfoCount is the number of .narinfos in the cache.
+func (g *Graph) NarInfoCount() int {
+	n := 0
+	for i := range g.nodes {
+		if g.nodes[i].present {
+			n++
+		}
+	}
+	return n
+}
+
+// isNarInfoKey reports whether key is a top-level <hash>.narinfo.
+func isNarInfoKey(key string) bool {
+	return len(key) == 32+len(".narinfo") && strings.HasSuffix(key, ".narinfo") && !strings.Contains(key, "/")
+}
+
+// Walk lists the whole store once, streaming, and reads each .narinfo,
+// root and pin it has not read at the same ETag before.
+func Walk(ctx context.Context, b uploader.Bucket, opts WalkOptions) (*Graph, error) {
+	if opts.Jobs < 1 {
+		opts.Jobs = 32
+	}
+	g := &Graph{StoreDir: "", index: make(map[string]int32), nars: make(map[string]*narObject),
+		roots: make(map[int32]time.Time), rootRecords: make(map[int32]bool)}
+	var mu sync.Mutex // guards g while reads run
+	var stats struct{ objects, narinfos, read, hits, requests atomic.Int64 }
+	snapshot := func() WalkStats {
+		return WalkStats{Objects: stats.objects.Load(), NarInfos: stats.narinfos.Load(), Read: stats.read.Load(),
+			CacheHits: stats.hits.Load(), Requests: stats.requests.Load() + stats.objects.Load()/1000 + 1}
+	}
+	if opts.Progress != nil {
+		stop := make(chan struct{})
+		done := make(chan struct{})
+		go func() {
+			defer close(done)
+			t := time.NewTicker(200 * time.Millisecond)
+			defer t.Stop()
+			for {
+				select {
+				case <-t.C:
+					opts.Progress(snapshot())
+				case <-stop:
+					return
+				}
+			}
+		}()
+		defer func() { close(stop); <-done }()
+	}
+
+	// read returns a small object's content, from the cache when it holds
+	// the object at this ETag.
+	read := func(ctx context.Context, o uploader.Object) ([]byte, error) {
+		if data, ok := opts.Cache.get(o.Key, o.ETag); ok {
+			stats.hits.Add(1)
+			return data, nil
+		}
+		stats.requests.Add(1)
+		data, err := b.Get(ctx, o.Key)
+		if err != nil {
+			return nil, err
+		}
+		stats.read.Add(1)
+		opts.Cache.put(o.Key, o.ETag, data)
+		return data, nil
+	}
+
+	eg, ectx := errgroup.WithContext(ctx)
+	eg.SetLimit(opts.Jobs + 1)
+	eg.Go(func() error {
+		return b.List(ectx, "", func(o uploader.Object) error {
+			stats.objects.Add(1)
+			switch {
+			case isNarInfoKey(o.Key):
+				stats.narinfos.Add(1)
+				eg.Go(func() error {
+					data, err := read(ectx, o)
+					if errors.Is(err, uploader.ErrNotExist) {
+						return nil // deleted since the listing
+					}
+					if err != nil {
+						return err
+					}
+					mu.Lock()
+					defer mu.Unlock()
+					g.addNarInfo(o, data, opts.Keys)
+					return nil
+				})
+			case strings.HasPrefix(o.Key, "nar/"):
+				mu.Lock()
+				g.nars[o.Key] = &narObject{size: o.Size, mod: o.LastModified}
+				mu.Unlock()
+			case o.Key == "nix-cache-info":
+				g.CacheInfo = true
+			case strings.HasPrefix(o.Key, RootPrefix):
+				eg.Go(func() error {
+					data, err := read(ectx, o)
+					if errors.Is(err, uploader.ErrNotExist) {
+						return nil
+					}
+					if err != nil {
+						return err
+					}
+					h := strings.TrimPrefix(o.Key, RootPrefix)
+					if len(h) != 32 {
+						return nil // not ours
+					}
+					at := o.LastModified
+					if r, ok := parseRoot(o.Key, data, o.LastModified); ok {
+						at = r.PushedAt
+					}
+					mu.Lock()
+					defer mu.Unlock()
+					i := g.intern(h)
+					g.rootRecords[i] = true
+					if at.After(g.roots[i]) {
+						g.roots[i] = at
+					}
+					return nil
+				})
+			case strings.HasPrefix(o.Key, PinPrefix):
+				eg.Go(func() error {
+					data, err := read(ectx, o)
+					if errors.Is(err, uploader.ErrNotExist) {
+						return nil
+					}
+					if err != nil {
+						return err
+					}
+					p, err := parsePin(strings.TrimPrefix(o.Key, PinPrefix), data, o.LastModified)
+					if err != nil {
+						return err
+					}
+					mu.Lock()
+					defer mu.Unlock()
+					g.Pins = append(g.Pins, p)
+					return nil
+				})
+			case o.Key == SweepKey:
+				eg.Go(func() error {
+					stats.requests.Add(1)
+					data, err := b.Get(ectx, o.Key)
+					if err != nil {
+						return nil // gone: the other gc ended
+					}
+					if s, err := parseSweep(data); err == nil {
+						mu.Lock()
+						g.Sweep = &s
+						mu.Unlock()
+					}
+					return nil
+				})
+			}
+			return nil
+		})
+	})
+	if err := eg.Wait(); err != nil {
+		return nil, fmt.Errorf("walk %s: %w", b, err)
+	}
+	if g.StoreDir == "" {
+		g.StoreDir = nix.DefaultStoreDir
+	}
+	g.Stats = snapshot()
+	if opts.Progress != nil {
+		opts.Progress(g.Stats)
+	}
+	if err := opts.Cache.prune(func(key string) bool { return g.listed(key) }); err != nil {
+		return nil, err
+	}
+	return g, nil
+}
+
+// listed reports whether the walk saw a small object under key.
+func (g *Graph) listed(key string) bool {
+	switch {
+	case isNarInfoKey(key):
+		i, ok := g.index[key[:32]]
+		return ok && g.nodes[i].present
+	case strings.HasPrefix(key, RootPrefix):
+		i, ok := g.index[strings.TrimPrefix(key, RootPrefix)]
+		return ok && g.rootRecords[i]
+	case strings.HasPrefix(key, PinPrefix):
+		for _, p := range g.Pins {
+			if PinPrefix+p.Name == key {
+				return true
+			}
+		}
+	}
+	return false
+}
+
+// addNarInfo records a .narinfo; one that cannot be read is recorded as
+// such (verify reports it; gc treats it as a path without references).
+func (g *Graph) addNarInfo(o uploader.Object, data []byte, keys []signature.PublicKey) {
+	i := g.intern(o.Key[:32])
+	n := &g.nodes[i]
+	n.present = true
+	n.mod = o.LastModified
+	ni, err := ParseNarInfo(data)
+	if err == nil && hashPart(ni.StorePath) != n.hash {
+		err = fmt.Errorf("StorePath %s does not match the object name", ni.StorePath)
+	}
+	if err != nil {
+		n.bad = err.Error()
+		g.unreadable = append(g.unreadable, o.Key)
+		return
+	}
+	if g.StoreDir == "" {
+		g.StoreDir = path.Dir(ni.StorePath)
+	}
+	n.base = path.Base(ni.StorePath)
+	n.url = ni.URL
+	n.comp = ni.Compression
+	n.fileSize = ni.FileSize
+	n.narSize = ni.NarSize
+	if ni.NarHash != nil {
+		n.narHash = ni.NarHash.String()
+	}
+	for _, sig := range keys {
+		if nix.VerifyNarInfo(ni, sig) {
+			n.sigOK = true
+			break
+		}
+	}
+	refs := make([]int32, 0, len(ni.References))
+	for _, r := range ni.References {
+		h := hashPart(r)
+		if h == "" || h == n.hash {
+			continue // self-references keep nothing
+		}
+		refs = append(refs, g.intern(h))
+		n = &g.nodes[i] // intern may have grown the slice
+	}
+	n.refs = refs
+}
+
+// narinfoKeys are the lines go-nix's parser knows; a .narinfo written by
+// another tool may carry more, which are left out rather than refused.
+var narinfoKeys = map[string]bool{"StorePath": true, "URL": true, "Compression": true, "FileHash": true,
+	"FileSize": true, "NarHash": true, "NarSize": true, "References": true, "Deriver": true, "System": true,
+	"Sig": true, "CA": true}
+
+// ParseNarInfo parses a .narinfo, leaving out lines it does not know.
+func ParseNarInfo(data []byte) (*narinfo.NarInfo, error) {
+	var kept bytes.Buffer
+	sc := bufio.NewScanner(bytes.NewReader(data))
+	sc.Buffer(make([]byte, 0, 64<<10), 1<<20)
+	for sc.Scan() {
+		line := sc.Text()
+		if k, _, ok := strings.Cut(line, ": "); ok && narinfoKeys[k] {
+			kept.WriteString(line)
+			kept.WriteByte('\n')
+		}
+	}
+	if err := sc.Err(); err != nil {
+		return nil, err
+	}
+	ni, err := narinfo.Parse(&kept)
+	if err != nil {
+		return nil, err
+	}
+	if ni.StorePath == "" || ni.URL == "" || ni.NarHash == nil || ni.NarSize == 0 {
+		return nil, errors.New("lacks StorePath, URL, NarHash or NarSize")
+	}
+	return ni, nil
+}

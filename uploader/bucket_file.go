@@ -1,0 +1,116 @@
+package uploader
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"io/fs"
+	"os"
+	"path/filepath"
+	"strings"
+)
+
+// tmpPrefix starts the name of a Put's temporary file.
+const tmpPrefix = ".tmp-"
+
+// List walks the directory in key order. A file's ETag is its modification
+// time and size: Put replaces a file whole, so either changes with it.
+func (s *FileStore) List(ctx context.Context, prefix string, fn func(Object) error) error {
+	root := s.dir
+	if i := strings.LastIndexByte(prefix, '/'); i >= 0 {
+		root = filepath.Join(s.dir, filepath.FromSlash(prefix[:i]))
+	}
+	err := filepath.WalkDir(root, func(p string, d fs.DirEntry, err error) error {
+		if err != nil {
+			if errors.Is(err, fs.ErrNotExist) {
+				return nil
+			}
+			return err
+		}
+		if err := ctx.Err(); err != nil {
+			return err
+		}
+		if d.IsDir() || !d.Type().IsRegular() || strings.HasPrefix(d.Name(), tmpPrefix) {
+			return nil
+		}
+		rel, err := filepath.Rel(s.dir, p)
+		if err != nil {
+			return err
+		}
+		key := filepath.ToSlash(rel)
+		if !strings.HasPrefix(key, prefix) {
+			return nil
+		}
+		info, err := d.Info()
+		if errors.Is(err, fs.ErrNotExist) {
+			return nil // deleted while walking
+		}
+		if err != nil {
+			return err
+		}
+		return fn(fileObject(key, info))
+	})
+	if err != nil {
+		return fmt.Errorf("file store: list %s: %w", prefix, err)
+	}
+	return nil
+}
+
+func fileObject(key string, info fs.FileInfo) Object {
+	return Object{Key: key, Size: info.Size(), LastModified: info.ModTime(),
+		ETag: fmt.Sprintf("%x-%x", info.ModTime().UnixNano(), info.Size())}
+}
+
+func (s *FileStore) Stat(ctx context.Context, key string) (Object, error) {
+	p, err := s.path(key)
+	if err != nil {
+		return Object{}, err
+	}
+	info, err := os.Stat(p)
+	if errors.Is(err, fs.ErrNotExist) {
+		return Object{}, fmt.Errorf("file store: %s: %w", key, ErrNotExist)
+	}
+	if err != nil {
+		return Object{}, err
+	}
+	return fileObject(key, info), nil
+}
+
+func (s *FileStore) Open(ctx context.Context, key string) (io.ReadCloser, error) {
+	p, err := s.path(key)
+	if err != nil {
+		return nil, err
+	}
+	f, err := os.Open(p)
+	if errors.Is(err, fs.ErrNotExist) {
+		return nil, fmt.Errorf("file store: %s: %w", key, ErrNotExist)
+	}
+	return f, err
+}
+
+// ListUploads lists the temporary files of Puts: a crashed Put leaves one.
+func (s *FileStore) ListUploads(ctx context.Context, fn func(PendingUpload) error) error {
+	return filepath.WalkDir(s.dir, func(p string, d fs.DirEntry, err error) error {
+		if err != nil || d.IsDir() || !strings.HasPrefix(d.Name(), tmpPrefix) {
+			return nil
+		}
+		info, err := d.Info()
+		if err != nil {
+			return nil
+		}
+		rel, _ := filepath.Rel(s.dir, p)
+		return fn(PendingUpload{Key: filepath.ToSlash(rel), ID: filepath.ToSlash(rel), Initiated: info.ModTime()})
+	})
+}
+
+func (s *FileStore) AbortUpload(ctx context.Context, up PendingUpload) error {
+	p := filepath.Join(s.dir, filepath.FromSlash(up.ID))
+	if !strings.HasPrefix(filepath.Base(p), tmpPrefix) {
+		return fmt.Errorf("file store: %s is not an upload", up.ID)
+	}
+	if err := os.Remove(p); err != nil && !errors.Is(err, fs.ErrNotExist) {
+		return err
+	}
+	return nil
+}

@@ -1,0 +1,76 @@
+package uploader
+
+import (
+	"context"
+	"fmt"
+	"io"
+	"strings"
+
+	"github.com/minio/minio-go/v7"
+)
+
+// List lists the bucket under prefix (ListObjectsV2, a thousand keys a
+// request).
+func (s *S3Store) List(ctx context.Context, prefix string, fn func(Object) error) error {
+	ctx, cancel := context.WithCancel(ctx)
+	defer cancel() // stops minio-go's listing goroutine when fn stops early
+	for obj := range s.client.ListObjects(ctx, s.bucket, minio.ListObjectsOptions{Prefix: prefix, Recursive: true}) {
+		if obj.Err != nil {
+			return s.wrap("list", prefix, obj.Err)
+		}
+		if err := fn(Object{Key: obj.Key, Size: obj.Size, LastModified: obj.LastModified, ETag: strings.Trim(obj.ETag, `"`)}); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+func (s *S3Store) Stat(ctx context.Context, key string) (Object, error) {
+	info, err := s.client.StatObject(ctx, s.bucket, key, minio.StatObjectOptions{})
+	if err != nil {
+		if isNotFound(err) {
+			return Object{}, fmt.Errorf("%s: %s: %w", s.name, key, ErrNotExist)
+		}
+		return Object{}, s.wrap("stat", key, err)
+	}
+	return Object{Key: key, Size: info.Size, LastModified: info.LastModified, ETag: strings.Trim(info.ETag, `"`)}, nil
+}
+
+// Open streams an object; a missing one is reported at once (by a Stat
+// of minio-go's lazy GetObject), not at the first Read.
+func (s *S3Store) Open(ctx context.Context, key string) (io.ReadCloser, error) {
+	obj, err := s.client.GetObject(ctx, s.bucket, key, minio.GetObjectOptions{})
+	if err != nil {
+		return nil, s.wrap("get", key, err)
+	}
+	if _, err := obj.Stat(); err != nil {
+		obj.Close()
+		if isNotFound(err) {
+			return nil, fmt.Errorf("%s: %s: %w", s.name, key, ErrNotExist)
+		}
+		return nil, s.wrap("get", key, err)
+	}
+	return obj, nil
+}
+
+func (s *S3Store) ListUploads(ctx context.Context, fn func(PendingUpload) error) error {
+	ctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	for up := range s.client.ListIncompleteUploads(ctx, s.bucket, "", true) {
+		if up.Err != nil {
+			return s.wrap("list uploads", "", up.Err)
+		}
+		if err := fn(PendingUpload{Key: up.Key, ID: up.UploadID, Initiated: up.Initiated}); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+func (s *S3Store) AbortUpload(ctx context.Context, up PendingUpload) error {
+	core := minio.Core{Client: s.client}
+	if err := core.AbortMultipartUpload(ctx, s.bucket, up.Key, up.ID); err != nil && minio.ToErrorResponse(err).Code != "NoSuchUpload" {
+		return s.wrap("abort upload", up.Key, err)
+	}
+	return nil
+}
