@@ -140,6 +140,11 @@ func checkWhole(t *testing.T, c *minio.Client, bucket string) {
 		if strings.HasPrefix(key, "nar/") && !named[key] {
 			t.Errorf("NAR %s is named by no .narinfo", key)
 		}
+		if strings.HasSuffix(key, ".ls") {
+			if _, ok := objs[strings.TrimSuffix(key, ".ls")+".narinfo"]; !ok {
+				t.Errorf("NAR listing %s has no .narinfo", key)
+			}
+		}
 	}
 }
 
@@ -157,7 +162,7 @@ func TestGC(t *testing.T) {
 	env := m.CredentialsEnv()
 	cacheDir := t.TempDir()
 	c := m.Client(t)
-	d := startDaemon(t, env, "--store-uri", uri, "--secret-key-file", sec)
+	d := startDaemon(t, env, "--store-uri", uri, "--secret-key-file", sec, "--write-nar-listing")
 
 	outs := nx.Build(t, testenv.Family(seed(), []string{"pinned", "recent", "old", "unpushed"}, []string{"recent", "old"}))
 	byName := make(map[string]string)
@@ -236,6 +241,12 @@ func TestGC(t *testing.T) {
 		}
 		if _, ok := after[nar]; ok {
 			t.Errorf("%s: NAR %s still there", p, nar)
+		}
+		if _, ok := before[hashOf(p)+".ls"]; !ok {
+			t.Errorf("%s: the daemon wrote no NAR listing", p)
+		}
+		if _, ok := after[hashOf(p)+".ls"]; ok {
+			t.Errorf("%s: NAR listing still there", p)
 		}
 	}
 	for _, key := range []string{orphan, "nixpush/roots/" + hashOf(old), "nixpush/gc/sweep"} {

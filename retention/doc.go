@@ -28,7 +28,8 @@
 //     under references.
 //  4. Then the NARs no kept .narinfo names, if written before the grace
 //     period (a NAR goes up before its .narinfo: a younger one may be a
-//     push in progress), then the root records of deleted roots, then
+//     push in progress), the NAR listings (<hash>.ls) of deleted paths and
+//     orphaned ones as old, then the root records of deleted roots, then
 //     multipart uploads begun before the grace period.
 //  5. A push that overlaps: a .narinfo written before the marker is
 //     listed (the listing starts after it) and, its push being in progress,

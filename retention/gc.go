@@ -66,6 +66,7 @@ type Deleted struct {
 	Paths       []string `json:"paths"` // whose .narinfo goes
 	NARs        int      `json:"nars"`
 	Bytes       int64    `json:"bytes"` // of the deleted NARs
+	Listings    int      `json:"listings"` // <hash>.ls NAR listings
 	RootRecords int      `json:"root_records"`
 	Uploads     int      `json:"uploads"` // pending multipart uploads aborted
 }
@@ -219,6 +220,17 @@ func GC(ctx context.Context, b uploader.Bucket, opts GCOptions) (*GCReport, erro
 	}
 	slices.Sort(nars)
 	rep.Deleted.NARs = len(nars)
+	// NAR listings go with their .narinfo, or alone when theirs is gone
+	// (and older than the grace period: written just before a .narinfo).
+	var listings []string
+	for i, mod := range g.listings {
+		n := &g.nodes[i]
+		if (n.present && !live[i]) || (!n.present && now.Sub(mod) >= opts.Grace) {
+			listings = append(listings, n.hash+".ls")
+		}
+	}
+	slices.Sort(listings)
+	rep.Deleted.Listings = len(listings)
 	var records []string
 	for i := range g.rootRecords {
 		if !live[i] && now.Sub(g.roots[i]) >= opts.OlderThan {
@@ -279,6 +291,9 @@ func GC(ctx context.Context, b uploader.Bucket, opts GCOptions) (*GCReport, erro
 				referrers[r]--
 			}
 		}
+	}
+	if err := del.all(ctx, listings); err != nil {
+		return nil, err
 	}
 	if err := del.all(ctx, nars); err != nil {
 		return nil, err

@@ -56,6 +56,8 @@ type Graph struct {
 	nodes []node
 	nars  map[string]*narObject
 	roots map[int32]time.Time // last push of each root
+	// listings are the <hash>.ls NAR listings, by node: when written.
+	listings map[int32]time.Time
 	// rootRecords are the hash parts of root records, by node.
 	rootRecords map[int32]bool
 	unreadable  []string // .narinfo keys that could not be read
@@ -116,6 +118,11 @@ func isNarInfoKey(key string) bool {
 	return len(key) == 32+len(".narinfo") && strings.HasSuffix(key, ".narinfo") && !strings.Contains(key, "/")
 }
 
+// isListingKey reports whether key is a top-level <hash>.ls NAR listing.
+func isListingKey(key string) bool {
+	return len(key) == 32+len(".ls") && strings.HasSuffix(key, ".ls") && !strings.Contains(key, "/")
+}
+
 // Walk lists the whole store once, streaming, and reads each .narinfo,
 // root and pin it has not read at the same ETag before.
 func Walk(ctx context.Context, b uploader.Bucket, opts WalkOptions) (*Graph, error) {
@@ -123,7 +130,7 @@ func Walk(ctx context.Context, b uploader.Bucket, opts WalkOptions) (*Graph, err
 		opts.Jobs = 32
 	}
 	g := &Graph{StoreDir: "", index: make(map[string]int32), nars: make(map[string]*narObject),
-		roots: make(map[int32]time.Time), rootRecords: make(map[int32]bool)}
+		roots: make(map[int32]time.Time), rootRecords: make(map[int32]bool), listings: make(map[int32]time.Time)}
 	var mu sync.Mutex // guards g while reads run
 	var stats struct{ objects, narinfos, read, hits, requests atomic.Int64 }
 	snapshot := func() WalkStats {
@@ -187,6 +194,10 @@ func Walk(ctx context.Context, b uploader.Bucket, opts WalkOptions) (*Graph, err
 					g.addNarInfo(o, data, opts.Keys)
 					return nil
 				})
+			case isListingKey(o.Key):
+				mu.Lock()
+				g.listings[g.intern(o.Key[:32])] = o.LastModified
+				mu.Unlock()
 			case strings.HasPrefix(o.Key, "nar/"):
 				mu.Lock()
 				g.nars[o.Key] = &narObject{size: o.Size, mod: o.LastModified}
