@@ -65,7 +65,7 @@ type Kept struct {
 type Deleted struct {
 	Paths       []string `json:"paths"` // whose .narinfo goes
 	NARs        int      `json:"nars"`
-	Bytes       int64    `json:"bytes"` // of the deleted NARs
+	Bytes       int64    `json:"bytes"`    // of the deleted NARs
 	Listings    int      `json:"listings"` // <hash>.ls NAR listings
 	RootRecords int      `json:"root_records"`
 	Uploads     int      `json:"uploads"` // pending multipart uploads aborted
