@@ -31,6 +31,7 @@ commands:
   retry    re-queue failed items: nixpush retry [--all | PATH...]
   keygen   make a signing key pair: nixpush keygen --name NAME --out DIR
   init     prepare a cache: nixpush init --store-uri URI [--public-read] [--expire-days N] [--print-policy]
+  check    check the cache, keys, hook and daemon: nixpush check --store-uri URI [--secret-key-file F] [--public-key KEY]
   version  print the version and commit (also: nixpush --version)
   gc       delete what no pin and no recent root needs, closure-safe: nixpush gc [--older-than 30d] [--grace 24h] [--dry-run] [--json]
   pin      keep a closure in the cache whatever its age: nixpush pin NAME PATH
@@ -53,6 +54,7 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 		"retry":  runRetry,
 		"keygen": runKeygen,
 		"init":   runInit,
+		"check":  runCheck,
 		"version": func(_ context.Context, _ []string, stdout, _ io.Writer) int {
 			fmt.Fprintln(stdout, "nixpush", version.Get())
 			return 0
