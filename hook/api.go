@@ -22,6 +22,15 @@ type EnqueueRequest struct {
 }
 
 // EnqueueResponse answers POST /v1/enqueue once the queue has committed.
+//
+// The status code of an answer to /v1/enqueue says who keeps the paths:
+//   - 200: the queue has committed them (fsynced); the daemon keeps them.
+//   - 4xx but 408 and 429: a decision about the request itself (400: a path
+//     is not a store path or not in the store; 403: the caller may not
+//     enqueue; 413: too many paths). Final: sending it again cannot help.
+//   - 5xx (503: the queue cannot write, such as a full state disk), 408, 429
+//     and no answer at all: the daemon could not take the paths now. The
+//     caller keeps them: nixpush-hook spools them, nixpush push reports it.
 type EnqueueResponse struct {
 	Added  int `json:"added"`
 	Merged int `json:"merged"`

@@ -75,19 +75,31 @@ func run(args []string, getenv func(string) string, stderr io.Writer) int {
 	if err == nil {
 		return 0
 	}
-	if hook.IsAPIError(err) {
-		// The daemon looked at the paths and refused them: spooling would
-		// not change its mind, and failing would stop Nix's builds.
+	if hook.IsFinal(err) {
+		// The daemon looked at the paths and refused them (not store paths,
+		// or this caller may not enqueue): spooling would not change its
+		// mind, and failing would stop Nix's builds.
 		io.WriteString(stderr, "nixpush-hook: daemon refused "+describe(req)+": "+err.Error()+"\n")
 		return 0
 	}
+	// Unreachable, no answer in time, or an answer that the daemon could
+	// not take the paths now (5xx: its queue cannot write): the paths are
+	// still ours to keep.
 	file, serr := hook.Spool(spool, req)
 	if serr != nil {
+		// Neither the daemon nor the spool holds the paths. Exit 1: Nix
+		// reports the hook's failure and starts no further builds, so the
+		// operator hears of it now rather than finding a cache with holes
+		// later (see the README, "When the hook cannot hand over").
 		io.WriteString(stderr, "nixpush-hook: could not hand "+describe(req)+" to the daemon ("+err.Error()+
-			") nor spool them ("+serr.Error()+"); start nixpush daemon or make "+spool+" writable\n")
+			") nor spool them ("+serr.Error()+"); free space or make "+spool+" writable, start nixpush daemon, then run: nixpush push "+pushArgs(req)+"\n")
 		return 1
 	}
-	io.WriteString(stderr, "nixpush-hook: daemon unreachable ("+err.Error()+"); spooled "+describe(req)+" to "+file+"\n")
+	why := "daemon unreachable"
+	if hook.IsAPIError(err) {
+		why = "daemon could not queue them"
+	}
+	io.WriteString(stderr, "nixpush-hook: "+why+" ("+err.Error()+"); spooled "+describe(req)+" to "+file+"\n")
 	return 0
 }
 
@@ -96,6 +108,14 @@ func strqq(s string) string { return `"` + s + `"` }
 func describe(req hook.EnqueueRequest) string {
 	if len(req.Paths) == 0 {
 		return "the outputs of " + req.DrvPath
+	}
+	return strings.Join(req.Paths, " ")
+}
+
+// pushArgs is what to give nixpush push to queue req by hand.
+func pushArgs(req hook.EnqueueRequest) string {
+	if len(req.Paths) == 0 {
+		return "$(nix-store -q --outputs " + req.DrvPath + ")"
 	}
 	return strings.Join(req.Paths, " ")
 }
