@@ -77,6 +77,7 @@ type Daemon struct {
 	started  time.Time
 	rates    meter
 	health   *storeHealth
+	qhealth  queueHealth
 }
 
 // Run runs the daemon until ctx is done, then stops taking work, returns
@@ -226,6 +227,9 @@ func listenUnix(path string, gid int) (net.Listener, error) {
 	return ln, nil
 }
 
+// leaseRetry is the pause after a lease that could not commit.
+const leaseRetry = time.Second
+
 // leaseInterval is the shortest time between two leases: the longest a
 // path handed over right after another waits before its push starts.
 const leaseInterval = 200 * time.Millisecond
@@ -263,7 +267,8 @@ func (d *Daemon) work(ctx context.Context) error {
 			return nil
 		}
 		changed := d.queue.Changed()
-		items, err := d.queue.Lease(ctx, d.cfg.Batch)
+		var items []queue.Item
+		err := d.write(func() (err error) { items, err = d.queue.Lease(ctx, d.cfg.Batch); return err })
 		if len(items) > 0 {
 			lastLease = time.Now()
 		}
@@ -272,7 +277,15 @@ func (d *Daemon) work(ctx context.Context) error {
 			if ctx.Err() != nil {
 				return nil
 			}
-			return fmt.Errorf("lease: %w", err)
+			// A lease is a write: a full state disk fails it. Try again
+			// after a while; status says what is wrong meanwhile.
+			d.log.Error().Err(err).Msg("lease queued items: queue cannot write; trying again")
+			select {
+			case <-time.After(leaseRetry):
+			case <-ctx.Done():
+				return nil
+			}
+			continue
 		}
 		if len(items) > 0 {
 			wg.Add(1)
@@ -333,8 +346,8 @@ func (d *Daemon) push(ctx context.Context, items []queue.Item) {
 	}
 	if len(done) > 0 {
 		// One commit for every root pushed, not one each.
-		if err := d.queue.Complete(ctx, done...); err != nil {
-			d.log.Error().Err(err).Int("paths", len(done)).Msg("queue update failed; the paths are pushed again at the next start")
+		if err := d.mustWrite(ctx, "complete", func() error { return d.queue.Complete(ctx, done...) }); err != nil {
+			d.log.Warn().Err(err).Int("paths", len(done)).Msg("stopping before the pushed paths were marked done; they are checked again at the next start")
 		}
 	}
 }
@@ -349,43 +362,55 @@ func (d *Daemon) expand(ctx context.Context, item, drv string) {
 		d.settle(ctx, item, err)
 		return
 	}
-	if err := d.queue.Replace(ctx, item, outs); err != nil && ctx.Err() == nil {
+	if err := d.mustWrite(ctx, "replace", func() error { return d.queue.Replace(ctx, item, outs) }); err != nil && ctx.Err() == nil {
 		d.log.Error().Err(err).Str("path", item).Msg("queue outputs of derivation")
 	}
 }
 
 func (d *Daemon) settle(ctx context.Context, path string, err error) {
 	if ctx.Err() != nil {
-		// Stopping: the item goes back to the queue as it was.
-		if rerr := d.queue.Release(context.Background(), path); rerr != nil {
+		// Stopping: the item goes back to the queue as it was. If even
+		// that cannot commit, it is still leased in the file, and leased
+		// items return to the queue at the next start.
+		if rerr := d.write(func() error { return d.queue.Release(context.Background(), path) }); rerr != nil {
 			d.log.Error().Err(rerr).Str("path", path).Msg("return item to the queue (it returns at the next start)")
 		}
 		return
 	}
 	d.storeTrouble(err)
-	var qerr error
+	var op func() error
 	switch {
 	case err == nil:
-		qerr = d.queue.Complete(ctx, path)
+		op = func() error { return d.queue.Complete(ctx, path) }
 	case uploader.IsPermanent(err):
 		d.log.Error().Err(err).Str("path", path).Msg("push failed")
-		qerr = d.queue.Fail(ctx, path, err)
+		op = func() error { return d.queue.Fail(ctx, path, err) }
 	default:
 		d.log.Warn().Err(err).Str("path", path).Msg("push failed, will retry")
-		qerr = d.queue.Retry(ctx, path, err)
+		op = func() error { return d.queue.Retry(ctx, path, err) }
 	}
-	if qerr != nil {
-		d.log.Error().Err(qerr).Str("path", path).Msg("queue update failed")
+	if qerr := d.mustWrite(ctx, "settle", op); qerr != nil {
+		d.log.Warn().Err(qerr).Str("path", path).Msg("stopping before the item's outcome was committed; it is pushed again at the next start")
 	}
 }
+
+// maxListed bounds the paths listed in a status answer.
+const maxListed = 100
 
 // status is the answer to /v1/status.
 func (d *Daemon) status() hook.Status {
 	qs := d.queue.Stats()
 	us := d.up.Stats()
+	qerr, qsince, _, held := d.qhealth.state()
+	spooled, _ := SpoolFiles(d.cfg.SpoolDir)
 	st := hook.Status{
 		Queued: qs.Queued, Active: qs.Active, Failed: qs.Failed, Done: qs.Done,
-		Drained: qs.Queued == 0 && qs.Active == 0,
+		// Drained only when every path handed over is accounted for: none
+		// queued or in flight, none held in memory for want of a commit,
+		// no spooled request waiting to be imported.
+		Drained: qs.Queued == 0 && qs.Active == 0 && len(held) == 0 && len(spooled) == 0,
+		Held:    len(held),
+		Spooled: len(spooled),
 		Uploaded: hook.Uploaded{Paths: us.Paths, NarBytes: us.NarBytes, FileBytes: us.FileBytes, Skipped: us.Skipped, Requests: us.Requests,
 			Logs: us.Logs, Filtered: us.Filtered,
 			NarBytesPerSecond: d.rates.rate(), Since: d.started},
@@ -393,6 +418,11 @@ func (d *Daemon) status() hook.Status {
 		Version:    version.Get(),
 		StoreCheck: d.health.status(),
 	}
+	if qerr != nil {
+		st.QueueError = "queue cannot write: " + qerr.Error()
+		st.QueueErrorSince = &qsince
+	}
+	st.HeldPaths = held[:min(len(held), maxListed)]
 	if !qs.OldestQueued.IsZero() {
 		t := qs.OldestQueued
 		st.OldestQueued = &t

@@ -31,12 +31,16 @@ var (
 	descRate   = prometheus.NewDesc("nixpush_upload_nar_bytes_per_second", "Upload rate over the last minute or so, in NAR bytes.", nil, nil)
 	descStore  = prometheus.NewDesc("nixpush_store_ok", "1 when the last check of the store passed (reachable, credentials, bucket, write, nix-cache-info), else 0.", nil, nil)
 	descCheck  = prometheus.NewDesc("nixpush_store_check_timestamp_seconds", "When the store was last checked (Unix time); 0 before the first check ends.", nil, nil)
+	descQOK    = prometheus.NewDesc("nixpush_queue_write_ok", "1 when the queue's last commit succeeded, 0 while it cannot write (a full or failing state disk).", nil, nil)
+	descQFail  = prometheus.NewDesc("nixpush_queue_write_failures_total", "Queue commits that failed since the daemon started.", nil, nil)
+	descHeld   = prometheus.NewDesc("nixpush_held_paths", "Paths the queue could not take, held in memory until it can.", nil, nil)
+	descSpool  = prometheus.NewDesc("nixpush_spooled_requests", "Spooled requests not yet imported.", nil, nil)
 )
 
 type statusCollector struct{ d *Daemon }
 
 func (c *statusCollector) Describe(ch chan<- *prometheus.Desc) {
-	for _, d := range []*prometheus.Desc{descItems, descOldest, descPaths, descNAR, descFile, descSkip, descReq, descLast, descRate, descStore, descCheck} {
+	for _, d := range []*prometheus.Desc{descItems, descOldest, descPaths, descNAR, descFile, descSkip, descReq, descLast, descRate, descStore, descCheck, descQOK, descQFail, descHeld, descSpool} {
 		ch <- d
 	}
 }
@@ -72,4 +76,13 @@ func (c *statusCollector) Collect(ch chan<- prometheus.Metric) {
 	}
 	ch <- prometheus.MustNewConstMetric(descStore, prometheus.GaugeValue, ok)
 	ch <- prometheus.MustNewConstMetric(descCheck, prometheus.GaugeValue, checked)
+	qerr, _, failures, _ := c.d.qhealth.state()
+	qok := 1.0
+	if qerr != nil {
+		qok = 0
+	}
+	ch <- prometheus.MustNewConstMetric(descQOK, prometheus.GaugeValue, qok)
+	ch <- prometheus.MustNewConstMetric(descQFail, prometheus.CounterValue, float64(failures))
+	ch <- prometheus.MustNewConstMetric(descHeld, prometheus.GaugeValue, float64(st.Held))
+	ch <- prometheus.MustNewConstMetric(descSpool, prometheus.GaugeValue, float64(st.Spooled))
 }

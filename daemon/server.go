@@ -12,6 +12,7 @@ import (
 
 	"github.com/nixpush/nixpush/hook"
 	"github.com/nixpush/nixpush/nix"
+	"github.com/nixpush/nixpush/queue"
 )
 
 // maxRequestBody bounds an enqueue request: 1 MiB holds about 10,000 paths.
@@ -50,12 +51,18 @@ func (d *Daemon) handleEnqueue(w http.ResponseWriter, r *http.Request) {
 		writeError(w, http.StatusBadRequest, fmt.Errorf("enqueue: %w", err))
 		return
 	}
-	res, err := d.queue.Enqueue(r.Context(), paths)
+	var res queue.EnqueueResult
+	err = d.write(func() (err error) { res, err = d.queue.Enqueue(r.Context(), paths); return err })
 	if err != nil {
-		d.log.Error().Err(err).Msg("enqueue failed")
-		writeError(w, http.StatusInternalServerError, fmt.Errorf("enqueue: %w", err))
+		// Not a decision about the paths: the caller keeps them (the hook
+		// spools), and so does the daemon, in memory, to queue them itself
+		// once a commit succeeds.
+		d.qhealth.hold(paths)
+		d.log.Error().Err(err).Strs("paths", paths).Msg("queue cannot write; paths held in memory until it can")
+		writeError(w, http.StatusServiceUnavailable, fmt.Errorf("enqueue: queue cannot write: %w", err))
 		return
 	}
+	d.qhealth.release(paths)
 	d.log.Debug().Strs("paths", paths).Int("added", res.Added).Msg("enqueued")
 	writeJSON(w, http.StatusOK, hook.EnqueueResponse{Added: res.Added, Merged: res.Merged})
 }
@@ -106,9 +113,10 @@ func (d *Daemon) handleRetry(w http.ResponseWriter, r *http.Request) {
 		writeError(w, http.StatusBadRequest, errors.New("retry: say which: {\"all\": true} or {\"paths\": [...]}"))
 		return
 	}
-	n, err := d.queue.Requeue(r.Context(), req.All, req.Paths...)
+	var n int
+	err := d.write(func() (err error) { n, err = d.queue.Requeue(r.Context(), req.All, req.Paths...); return err })
 	if err != nil {
-		writeError(w, http.StatusInternalServerError, fmt.Errorf("retry: %w", err))
+		writeError(w, http.StatusServiceUnavailable, fmt.Errorf("retry: queue cannot write: %w", err))
 		return
 	}
 	writeJSON(w, http.StatusOK, hook.RetryResponse{Requeued: n})

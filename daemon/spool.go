@@ -7,11 +7,13 @@ import (
 )
 
 // importSpoolLoop imports spooled requests at start and then every
-// SpoolInterval, until ctx is done.
+// SpoolInterval, until ctx is done. Each round first checks whether a queue
+// that could not write can again, and queues the paths held meanwhile.
 func (d *Daemon) importSpoolLoop(ctx context.Context) error {
 	t := time.NewTicker(d.cfg.SpoolInterval)
 	defer t.Stop()
 	for {
+		d.recoverQueue(ctx)
 		d.importSpool(ctx)
 		select {
 		case <-t.C:
@@ -41,10 +43,12 @@ func (d *Daemon) importSpool(ctx context.Context) {
 			os.Rename(f, f+".bad")
 			continue
 		}
-		if _, err := d.queue.Enqueue(ctx, paths); err != nil {
-			d.log.Error().Err(err).Str("file", f).Msg("import spool file")
+		if err := d.write(func() error { _, err := d.queue.Enqueue(ctx, paths); return err }); err != nil {
+			// The file stays; the next scan tries again.
+			d.log.Error().Err(err).Str("file", f).Msg("import spool file: queue cannot write")
 			return
 		}
+		d.qhealth.release(paths)
 		os.Remove(f)
 		d.log.Info().Str("file", f).Int("paths", len(paths)).Msg("imported spooled request")
 	}

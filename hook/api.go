@@ -49,11 +49,13 @@ type Failure struct {
 
 // Status answers GET /v1/status and GET /v1/wait.
 type Status struct {
-	Queued       int        `json:"queued"`
-	Active       int        `json:"active"`
-	Failed       int        `json:"failed"`
-	Done         int        `json:"done"`
-	Drained      bool       `json:"drained"` // nothing queued or active
+	Queued int `json:"queued"`
+	Active int `json:"active"`
+	Failed int `json:"failed"`
+	Done   int `json:"done"`
+	// Drained: every path handed over is accounted for: nothing queued,
+	// active, held or spooled.
+	Drained      bool       `json:"drained"`
 	OldestQueued *time.Time `json:"oldest_queued,omitempty"`
 	Failures     []Failure  `json:"failures,omitempty"`
 	Uploaded     Uploaded   `json:"uploaded"`
@@ -62,6 +64,17 @@ type Status struct {
 	StoreCheck StoreCheck `json:"store_check"`
 	// Version is the daemon's, so a bug report says what ran.
 	Version version.Info `json:"version"`
+	// QueueError is set while the queue cannot commit (a full or failing
+	// state disk): "queue cannot write: ...".
+	QueueError      string     `json:"queue_error,omitempty"`
+	QueueErrorSince *time.Time `json:"queue_error_since,omitempty"`
+	// Held counts paths the daemon could not queue (it answered 503) and
+	// holds in memory to queue once commits succeed; HeldPaths lists the
+	// first 100.
+	Held      int      `json:"held"`
+	HeldPaths []string `json:"held_paths,omitempty"`
+	// Spooled counts spooled requests not yet imported.
+	Spooled int `json:"spooled"`
 }
 
 // StoreCheck is the daemon's last check of its store (endpoint,

@@ -9,16 +9,28 @@ import (
 // STATUS=) and at the top of nixpush status:
 // "3 queued, 1 uploading, 0 failed; 1234 paths, 5.6 GiB pushed; last push 12s ago",
 // after the cause while the store check fails ("store unreachable: …; 3 queued, …").
+// A queue that cannot write leads even so: "queue cannot write: ...; 4 held
+// unqueued, 2 spooled, ...".
 func (st Status) Line(now time.Time) string {
 	last := "never"
 	if st.Uploaded.LastPush != nil {
 		last = now.Sub(*st.Uploaded.LastPush).Round(time.Second).String() + " ago"
 	}
-	prefix := ""
+	line := ""
 	if !st.StoreCheck.OK && st.StoreCheck.Error != "" {
-		prefix = st.StoreCheck.Error + "; "
+		line = st.StoreCheck.Error + "; "
 	}
-	return prefix + strconv.Itoa(st.Queued) + " queued, " + strconv.Itoa(st.Active) + " uploading, " +
+	if st.QueueError != "" {
+		// First, so that a truncated systemctl status still shows it.
+		line = st.QueueError + "; " + line
+	}
+	if st.Held > 0 {
+		line += strconv.Itoa(st.Held) + " held unqueued, "
+	}
+	if st.Spooled > 0 {
+		line += strconv.Itoa(st.Spooled) + " spooled, "
+	}
+	return line + strconv.Itoa(st.Queued) + " queued, " + strconv.Itoa(st.Active) + " uploading, " +
 		strconv.Itoa(st.Failed) + " failed; " + strconv.FormatInt(st.Uploaded.Paths, 10) + " paths, " +
 		Bytes(st.Uploaded.NarBytes) + " pushed; last push " + last
 }

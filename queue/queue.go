@@ -82,6 +82,7 @@ var (
 	bucketOrder = []byte("order") // seq -> path, for queued items
 	bucketDone  = []byte("done")  // path -> unix nanoseconds
 	keySchema   = []byte("schema")
+	keyProbe    = []byte("probe")
 )
 
 // Queue is a durable queue. It is safe for concurrent use by one process;
@@ -631,6 +632,14 @@ func (q *Queue) update(op string, fn func(tx *bbolt.Tx, now time.Time, d *delta)
 	}
 	q.apply(d)
 	return nil
+}
+
+// Probe commits a small write (the time, in the meta bucket): whether the
+// queue can commit now, for a caller that saw commits fail.
+func (q *Queue) Probe(ctx context.Context) error {
+	return q.update("probe", func(tx *bbolt.Tx, now time.Time, d *delta) error {
+		return tx.Bucket(bucketMeta).Put(keyProbe, binary.BigEndian.AppendUint64(nil, uint64(now.UnixNano())))
+	})
 }
 
 // Stats returns the counts, the oldest queued item's age and the failures.

@@ -132,6 +132,15 @@ func printStatus(w io.Writer, st hook.Status, now time.Time) {
 	if st.OldestQueued != nil {
 		oldest = fmt.Sprintf(" (oldest %s ago)", now.Sub(*st.OldestQueued).Round(time.Second))
 	}
+	if st.QueueError != "" {
+		fmt.Fprintf(w, "QUEUE     %s (since %s); free space on the state disk\n", st.QueueError, st.QueueErrorSince.Format(time.DateTime))
+	}
+	if st.Held > 0 {
+		fmt.Fprintf(w, "held:     %d path(s) the queue could not take, held in memory until it can\n", st.Held)
+	}
+	if st.Spooled > 0 {
+		fmt.Fprintf(w, "spooled:  %d request(s) waiting to be imported\n", st.Spooled)
+	}
 	fmt.Fprintf(w, "queued:   %d%s\n", st.Queued, oldest)
 	fmt.Fprintf(w, "active:   %d\n", st.Active)
 	fmt.Fprintf(w, "failed:   %d\n", st.Failed)
@@ -202,7 +211,7 @@ func waitDrained(ctx context.Context, c *client.Client, timeout time.Duration, s
 			if ctx.Err() != nil {
 				st, err = c.Status(context.Background())
 				if err == nil {
-					fmt.Fprintf(stderr, "nixpush wait: timed out after %s: %d queued, %d active, %d failed\n", timeout, st.Queued, st.Active, st.Failed)
+					fmt.Fprintf(stderr, "nixpush wait: timed out after %s: %s\n", timeout, st.Line(time.Now()))
 					return 3
 				}
 			}
@@ -211,7 +220,7 @@ func waitDrained(ctx context.Context, c *client.Client, timeout time.Duration, s
 		}
 		if !st.Drained {
 			if ctx.Err() != nil {
-				fmt.Fprintf(stderr, "nixpush wait: timed out after %s: %d queued, %d active, %d failed\n", timeout, st.Queued, st.Active, st.Failed)
+				fmt.Fprintf(stderr, "nixpush wait: timed out after %s: %s\n", timeout, st.Line(time.Now()))
 				return 3
 			}
 			continue
