@@ -39,8 +39,9 @@ type Upload struct {
 
 // NarInfo builds the .narinfo for a path whose NAR was uploaded as up,
 // keeping the path's deriver, content address and existing signatures, and
-// adding a signature by key (which replaces an older one of the same name).
-func NarInfo(info PathInfo, up Upload, key signature.SecretKey) (*narinfo.NarInfo, error) {
+// adding a signature by each key (which replaces an older one of the same
+// name).
+func NarInfo(info PathInfo, up Upload, keys ...signature.SecretKey) (*narinfo.NarInfo, error) {
 	ni := &narinfo.NarInfo{
 		StorePath:   info.Path,
 		URL:         up.URL,
@@ -57,18 +58,25 @@ func NarInfo(info PathInfo, up Upload, key signature.SecretKey) (*narinfo.NarInf
 	if info.Deriver != "" {
 		ni.Deriver = filepath.Base(info.Deriver)
 	}
-	ours, err := key.Sign(nil, Fingerprint(info))
-	if err != nil {
-		return nil, fmt.Errorf("sign %s: %w", info.Path, err)
+	fp := Fingerprint(info)
+	ours := make([]signature.Signature, 0, len(keys))
+	mine := map[string]bool{}
+	for _, key := range keys {
+		sig, err := key.Sign(nil, fp)
+		if err != nil {
+			return nil, fmt.Errorf("sign %s: %w", info.Path, err)
+		}
+		ours = append(ours, sig)
+		mine[sig.Name] = true
 	}
 	for _, s := range info.Sigs {
 		sig, err := signature.ParseSignature(s)
-		if err != nil || sig.Name == ours.Name {
+		if err != nil || mine[sig.Name] {
 			continue
 		}
 		ni.Signatures = append(ni.Signatures, sig)
 	}
-	ni.Signatures = append(ni.Signatures, ours)
+	ni.Signatures = append(ni.Signatures, ours...)
 	return ni, nil
 }
 

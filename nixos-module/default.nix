@@ -33,7 +33,7 @@ let
     "--state-dir" stateDir
     "--spool-dir" spoolDir
     "--store-uri" storeUri
-    "--secret-key-file" "%d/secret-key"
+  ] ++ lib.concatMap (k: [ "--secret-key-file" "%d/${k.name}" ]) keyCredentials ++ [
     "--compression" cfg.compression
     "--jobs" (toString cfg.jobs)
     "--socket-group" cfg.socketGroup
@@ -45,6 +45,14 @@ let
     ++ lib.concatMap (re: [ "--exclude" re ]) cfg.exclude
     ++ lib.concatMap (k: [ "--skip-signed-by" k ]) cfg.skipSignedBy
     ++ cfg.extraArgs;
+
+  # Signing keys, each passed through LoadCredential: the first as
+  # secret-key (as before there were several), the others as secret-key-N.
+  secretKeyFiles = optional (cfg.secretKeyFile != null) cfg.secretKeyFile ++ cfg.secretKeyFiles;
+  keyCredentials = lib.imap0 (i: f: {
+    name = if i == 0 then "secret-key" else "secret-key-${toString i}";
+    file = f;
+  }) secretKeyFiles;
 
   pushSystem = "${cfg.package}/bin/nixpush push --socket ${socket} /nix/var/nix/profiles/system";
 in
@@ -71,13 +79,26 @@ in
     };
 
     secretKeyFile = mkOption {
-      type = types.str;
+      type = types.nullOr types.str;
+      default = null;
       description = ''
         Path to the Nix signing key (`name:base64`, as made by `nixpush keygen` or
         `nix key generate-secret`). Read by systemd through LoadCredential, so it may stay
-        root-only (mode 0600); it is never copied into the Nix store.
+        root-only (mode 0600); it is never copied into the Nix store. Set this or
+        `secretKeyFiles`, or both (this key then signs first).
       '';
       example = "/var/lib/nixpush-keys/secret.key";
+    };
+
+    secretKeyFiles = mkOption {
+      type = types.listOf types.str;
+      default = [ ];
+      description = ''
+        Signing keys, each `.narinfo` signed by every one: during a key rotation, the old and the
+        new key, so consumers trusting either accept the paths. Key names must differ. Read
+        through LoadCredential like `secretKeyFile`.
+      '';
+      example = [ "/var/lib/nixpush-keys/secret.key" "/var/lib/nixpush-keys/secret-2.key" ];
     };
 
     credentialsFile = mkOption {
@@ -217,6 +238,9 @@ in
       assertions = [{
         assertion = hasPrefix "s3://" cfg.storeUri || hasPrefix "file:///" cfg.storeUri;
         message = "services.nixpush.storeUri must be s3://BUCKET?... or file:///DIR, not ${cfg.storeUri}";
+      } {
+        assertion = secretKeyFiles != [ ];
+        message = "services.nixpush needs a signing key: set secretKeyFile (or secretKeyFiles); make one with nixpush keygen --name NAME --out DIR";
       }];
 
       environment.systemPackages = [ cfg.package ];
@@ -279,7 +303,7 @@ in
           Group = "nixpush";
           StateDirectory = "nixpush";
           StateDirectoryMode = "0750";
-          LoadCredential = [ "secret-key:${cfg.secretKeyFile}" ]
+          LoadCredential = map (k: "${k.name}:${k.file}") keyCredentials
             ++ optional (cfg.credentialsFile != null) "aws-credentials:${cfg.credentialsFile}"
             ++ optional (cfg.caCertificate != null) "ca.pem:${cfg.caCertificate}";
 

@@ -25,9 +25,12 @@ type PathInfoSource interface {
 
 // Config configures an Uploader.
 type Config struct {
-	Store       Store
-	Nix         PathInfoSource
-	Key         signature.SecretKey
+	Store Store
+	Nix   PathInfoSource
+	Key   signature.SecretKey
+	// Keys are further signing keys (during a key rotation): each .narinfo
+	// carries a signature by Key and one by each of Keys.
+	Keys        []signature.SecretKey
 	Compression Compression
 	Jobs        int    // paths packed and uploaded at once; <1 means 4
 	StoreDir    string // "" means nix.DefaultStoreDir
@@ -592,7 +595,7 @@ func (u *Uploader) upload(ctx context.Context, info nix.PathInfo) error {
 	if err != nil {
 		return err
 	}
-	ni, err := nix.NarInfo(info, nix.Upload{URL: narKey(info, c), Compression: string(c), FileHash: p.fileHash, FileSize: p.fileSize}, u.cfg.Key)
+	ni, err := nix.NarInfo(info, nix.Upload{URL: narKey(info, c), Compression: string(c), FileHash: p.fileHash, FileSize: p.fileSize}, append([]signature.SecretKey{u.cfg.Key}, u.cfg.Keys...)...)
 	if err != nil {
 		return err
 	}

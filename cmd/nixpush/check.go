@@ -39,7 +39,7 @@ func runCheck(ctx context.Context, args []string, stdout, stderr io.Writer) int 
 	fs := flag.NewFlagSet("nixpush check", flag.ContinueOnError)
 	fs.SetOutput(stderr)
 	storeURI := fs.String("store-uri", os.Getenv("NIXPUSH_STORE_URI"), "the cache to check: s3://BUCKET?endpoint=HOST&... or file:///DIR (env NIXPUSH_STORE_URI)")
-	var keyFiles multiFlag
+	var keyFiles stringsFlag
 	fs.Var(&keyFiles, "secret-key-file", "signing key to check (repeatable); its public half is printed")
 	publicKey := fs.String("public-key", "", "the public key consumers trust (name:base64): must be the public half of a --secret-key-file")
 	caCert := fs.String("ca-certificate", "", "PEM file of a private CA that signed the S3 endpoint's certificate")
@@ -54,7 +54,7 @@ func runCheck(ctx context.Context, args []string, stdout, stderr io.Writer) int 
 		return 2
 	}
 	if len(keyFiles) == 0 && os.Getenv("NIXPUSH_SECRET_KEY_FILE") != "" {
-		keyFiles = multiFlag{os.Getenv("NIXPUSH_SECRET_KEY_FILE")}
+		keyFiles = stringsFlag{os.Getenv("NIXPUSH_SECRET_KEY_FILE")}
 	}
 	rep := checkReport{Version: version.Get(), OK: true}
 	add := func(c checkLine) {
@@ -219,9 +219,3 @@ func contains(list []string, s string) bool {
 	}
 	return false
 }
-
-// multiFlag is a flag that may be given several times.
-type multiFlag []string
-
-func (m *multiFlag) String() string     { return strings.Join(*m, ",") }
-func (m *multiFlag) Set(v string) error { *m = append(*m, v); return nil }

@@ -17,6 +17,7 @@ import (
 	sddaemon "github.com/coreos/go-systemd/v22/daemon"
 	"github.com/coreos/go-systemd/v22/journal"
 	"github.com/mattn/go-isatty"
+	"github.com/nix-community/go-nix/pkg/narinfo/signature"
 	"github.com/rs/zerolog"
 	"github.com/rs/zerolog/journald"
 
@@ -34,7 +35,8 @@ func runDaemon(ctx context.Context, args []string, stdout, stderr io.Writer) int
 	fs.SetOutput(stderr)
 	stateDir := fs.String("state-dir", envOr("STATE_DIRECTORY", "/var/lib/nixpush"), "queue and default cache directory")
 	storeURI := fs.String("store-uri", os.Getenv("NIXPUSH_STORE_URI"), "binary cache: s3://BUCKET?endpoint=HOST&scheme=http|https&region=R&profile=P or file:///DIR (default file://STATE-DIR/cache) (env NIXPUSH_STORE_URI)")
-	keyFile := fs.String("secret-key-file", os.Getenv("NIXPUSH_SECRET_KEY_FILE"), "Nix signing key (name:base64), mode 0600 (env NIXPUSH_SECRET_KEY_FILE)")
+	var keyFiles stringsFlag
+	fs.Var(&keyFiles, "secret-key-file", "Nix signing key (name:base64), mode 0600; repeatable: each .narinfo is signed by every key, as during a key rotation (env NIXPUSH_SECRET_KEY_FILE)")
 	socket := fs.String("socket", envOr("NIXPUSH_SOCKET", hook.DefaultSocket), "socket to listen on (env NIXPUSH_SOCKET)")
 	spoolDir := fs.String("spool-dir", os.Getenv("NIXPUSH_SPOOL_DIR"), "spool the hook writes to when the daemon is down (default STATE-DIR/spool) (env NIXPUSH_SPOOL_DIR)")
 	compression := fs.String("compression", "zstd", "NAR compression: zstd, xz or none")
@@ -85,14 +87,28 @@ func runDaemon(ctx context.Context, args []string, stdout, stderr io.Writer) int
 			return 2
 		}
 	}
-	if *keyFile == "" {
+	if len(keyFiles) == 0 && os.Getenv("NIXPUSH_SECRET_KEY_FILE") != "" {
+		keyFiles = stringsFlag{os.Getenv("NIXPUSH_SECRET_KEY_FILE")}
+	}
+	if len(keyFiles) == 0 {
 		fmt.Fprintln(stderr, "nixpush daemon: --secret-key-file is required; make one with: nixpush keygen --name NAME --out DIR")
 		return 2
 	}
-	key, err := nix.LoadSecretKeyFile(*keyFile)
-	if err != nil {
-		fmt.Fprintf(stderr, "nixpush daemon: %v\n", err)
-		return 2
+	var keys []signature.SecretKey
+	names := map[string]string{}
+	for _, f := range keyFiles {
+		key, err := nix.LoadSecretKeyFile(f)
+		if err != nil {
+			fmt.Fprintf(stderr, "nixpush daemon: %v\n", err)
+			return 2
+		}
+		if other, dup := names[key.ToPublicKey().Name]; dup {
+			// Nix keeps one signature per key name: the second would replace the first.
+			fmt.Fprintf(stderr, "nixpush daemon: %s and %s are both keys named %q; a rotation needs a new name (e.g. %s-2)\n", other, f, key.ToPublicKey().Name, key.ToPublicKey().Name)
+			return 2
+		}
+		names[key.ToPublicKey().Name] = f
+		keys = append(keys, key)
 	}
 	if *storeURI == "" {
 		abs, err := filepath.Abs(filepath.Join(*stateDir, "cache"))
@@ -118,7 +134,7 @@ func runDaemon(ctx context.Context, args []string, stdout, stderr io.Writer) int
 	pathInfo := nix.NewServe(*nixClient)
 	defer pathInfo.Close()
 	up := uploader.New(uploader.Config{
-		Store: store, Nix: pathInfo, Key: key, Compression: comp, Jobs: *jobs,
+		Store: store, Nix: pathInfo, Key: keys[0], Keys: keys[1:], Compression: comp, Jobs: *jobs,
 		StoreDir: *storeDir, Log: log, WriteNARListing: *writeListing,
 		Filter: uploader.Filter{Exclude: exclude, SkipSignedBy: skipSignedBy},
 	})
