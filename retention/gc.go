@@ -104,31 +104,16 @@ func GC(ctx context.Context, b uploader.Bucket, opts GCOptions) (*GCReport, erro
 	rep := &GCReport{Store: b.String(), DryRun: opts.DryRun}
 
 	now := time.Now()
-	var deadline time.Time
+	var sw *sweep
 	if !opts.DryRun {
 		// 1. No other gc under way; delete permission, before anything
 		// else; then the marker, before the listing.
-		if err := checkNoSweep(ctx, b, now); err != nil {
+		var err error
+		if sw, err = startSweep(ctx, b, opts.Host, opts.Window); err != nil {
 			return nil, err
 		}
-		if err := probeDelete(ctx, b); err != nil {
-			return nil, err
-		}
-		sw := Sweep{ListedAt: now.UTC(), Deadline: now.Add(opts.Window).UTC(), Host: opts.Host}
-		if err := putJSON(ctx, b, SweepKey, sw); err != nil {
-			return nil, fmt.Errorf("write the gc marker %s: %w", SweepKey, err)
-		}
-		deadline = sw.Deadline
-		defer func() {
-			// Not ctx: an interrupted gc still says it stopped deleting.
-			dctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 30*time.Second)
-			defer cancel()
-			b.Delete(dctx, SweepKey)
-		}()
-		// Ages are measured on the store's clock: the marker's time.
-		if o, err := b.Stat(ctx, SweepKey); err == nil && !o.LastModified.IsZero() {
-			now = o.LastModified
-		}
+		defer sw.end(ctx)
+		now = sw.now
 	}
 	rep.Now = now.UTC()
 
@@ -263,34 +248,9 @@ func GC(ctx context.Context, b uploader.Bucket, opts GCOptions) (*GCReport, erro
 
 	// 4. Delete, never after the deadline (less a margin for the request
 	// in flight), referrers first.
-	margin := min(opts.Window/10, 30*time.Second)
-	del := &deleter{b: b, stop: deadline.Add(-margin), deadline: deadline, notify: opts.Deleting}
-	wave := make([]int32, 0)
-	remaining := dead
-	for len(remaining) > 0 {
-		wave = wave[:0]
-		remaining = slices.DeleteFunc(remaining, func(i int32) bool {
-			if referrers[i] == 0 {
-				wave = append(wave, i)
-				return true
-			}
-			return false
-		})
-		if len(wave) == 0 {
-			return nil, fmt.Errorf("gc: reference cycle among %d .narinfos; nothing more deleted", len(remaining))
-		}
-		keys := make([]string, len(wave))
-		for k, i := range wave {
-			keys[k] = g.nodes[i].hash + ".narinfo"
-		}
-		if err := del.all(ctx, keys); err != nil {
-			return nil, err
-		}
-		for _, i := range wave {
-			for _, r := range g.nodes[i].refs {
-				referrers[r]--
-			}
-		}
+	del := sw.deleter(opts.Deleting)
+	if err := del.waves(ctx, g, dead, referrers); err != nil {
+		return nil, err
 	}
 	if err := del.all(ctx, listings); err != nil {
 		return nil, err
@@ -311,6 +271,54 @@ func GC(ctx context.Context, b uploader.Bucket, opts GCOptions) (*GCReport, erro
 	}
 	rep.Requests = cb.n.Load()
 	return rep, nil
+}
+
+// sweep is a run that deletes: gc's, or verify --repair's.
+type sweep struct {
+	b      uploader.Bucket
+	marker Sweep
+	now    time.Time // the store's clock when the marker went up
+	window time.Duration
+}
+
+// startSweep checks that no other sweep is under way and that the
+// credentials may delete, then puts the marker up.
+func startSweep(ctx context.Context, b uploader.Bucket, host string, window time.Duration) (*sweep, error) {
+	if window <= 0 {
+		window = DefaultWindow
+	}
+	now := time.Now()
+	if err := checkNoSweep(ctx, b, now); err != nil {
+		return nil, err
+	}
+	if err := probeDelete(ctx, b); err != nil {
+		return nil, err
+	}
+	sw := &sweep{b: b, window: window, now: now,
+		marker: Sweep{ListedAt: now.UTC(), Deadline: now.Add(window).UTC(), Host: host}}
+	if err := putJSON(ctx, b, SweepKey, sw.marker); err != nil {
+		return nil, fmt.Errorf("write the gc marker %s: %w", SweepKey, err)
+	}
+	// Ages are measured on the store's clock: the marker's time.
+	if o, err := b.Stat(ctx, SweepKey); err == nil && !o.LastModified.IsZero() {
+		sw.now = o.LastModified
+	}
+	return sw, nil
+}
+
+// end takes the marker down: this run deletes nothing more.
+func (sw *sweep) end(ctx context.Context) {
+	// Not ctx: an interrupted run still says it stopped deleting.
+	dctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 30*time.Second)
+	defer cancel()
+	sw.b.Delete(dctx, SweepKey)
+}
+
+// deleter deletes until the marker's deadline, less a margin for the
+// request in flight.
+func (sw *sweep) deleter(notify func(string)) *deleter {
+	margin := min(sw.window/10, 30*time.Second)
+	return &deleter{b: sw.b, stop: sw.marker.Deadline.Add(-margin), deadline: sw.marker.Deadline, notify: notify}
 }
 
 // checkNoSweep refuses to start while another gc's marker is up and its
@@ -373,6 +381,40 @@ func (d *deleter) check() error {
 	if time.Now().After(d.stop) {
 		return fmt.Errorf("%w at %s: stopped before deleting more; run nixpush gc again (the next run lists anew)",
 			ErrWindowPassed, d.deadline.Format(time.RFC3339))
+	}
+	return nil
+}
+
+// waves deletes the .narinfos of dead in waves, each of paths no
+// remaining dead .narinfo refers to; referrers[i] counts the dead
+// .narinfos referring to node i.
+func (d *deleter) waves(ctx context.Context, g *Graph, dead []int32, referrers []int32) error {
+	var wave []int32
+	remaining := slices.Clone(dead)
+	for len(remaining) > 0 {
+		wave = wave[:0]
+		remaining = slices.DeleteFunc(remaining, func(i int32) bool {
+			if referrers[i] == 0 {
+				wave = append(wave, i)
+				return true
+			}
+			return false
+		})
+		if len(wave) == 0 {
+			return fmt.Errorf("reference cycle among %d .narinfos; nothing more deleted", len(remaining))
+		}
+		keys := make([]string, len(wave))
+		for k, i := range wave {
+			keys[k] = g.nodes[i].hash + ".narinfo"
+		}
+		if err := d.all(ctx, keys); err != nil {
+			return err
+		}
+		for _, i := range wave {
+			for _, r := range g.nodes[i].refs {
+				referrers[r]--
+			}
+		}
 	}
 	return nil
 }

@@ -37,6 +37,7 @@ commands:
   pin      keep a closure in the cache whatever its age: nixpush pin NAME PATH
   unpin    remove a pin: nixpush unpin NAME
   pins     list the pins: nixpush pins [--json]
+  verify   check the cache is whole: nixpush verify [--public-key KEY]... [--full] [--repair] [--json]
 
 Run 'nixpush COMMAND -h' for a command's flags.
 `
@@ -59,10 +60,11 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 			fmt.Fprintln(stdout, "nixpush", version.Get())
 			return 0
 		},
-		"gc":    runGC,
-		"pin":   runPin,
-		"unpin": runUnpin,
-		"pins":  runPins,
+		"gc":     runGC,
+		"pin":    runPin,
+		"unpin":  runUnpin,
+		"pins":   runPins,
+		"verify": runVerify,
 	}
 	cmd, ok := cmds[args[0]]
 	if !ok {

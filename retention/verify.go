@@ -1,0 +1,379 @@
+package retention
+
+import (
+	"compress/bzip2"
+	"context"
+	"crypto/sha256"
+	"errors"
+	"fmt"
+	"io"
+	"regexp"
+	"slices"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/klauspost/compress/zstd"
+	"github.com/nix-community/go-nix/pkg/narinfo/signature"
+	"github.com/nix-community/go-nix/pkg/nixhash"
+	"github.com/ulikunitz/xz"
+	"golang.org/x/sync/errgroup"
+
+	"github.com/nixpush/nixpush/uploader"
+)
+
+// VerifyOptions say what verify checks.
+type VerifyOptions struct {
+	// Keys: each .narinfo must carry a signature one of them verifies;
+	// none given, signatures are not checked.
+	Keys []signature.PublicKey
+	// Full downloads every NAR and checks its hash and size.
+	Full bool
+	// Jobs is how many NARs are downloaded at once (Full); <1 means 4.
+	Jobs int
+	// Upstream matches the names (hash-name) of references that may be
+	// missing: paths left out on purpose (daemon --exclude) that consumers
+	// fetch from another cache.
+	Upstream *regexp.Regexp
+	Walk     WalkOptions
+}
+
+// Problem kinds.
+const (
+	Unreadable       = "unreadable"        // the .narinfo cannot be parsed
+	NARMissing       = "nar-missing"       // its NAR object is not there
+	NARSize          = "nar-size"          // its NAR object is not FileSize bytes
+	NARHash          = "nar-hash"          // the NAR's content does not match (Full)
+	ReferenceMissing = "reference-missing" // a reference's .narinfo is not there
+	Signature        = "signature"         // no given key verifies it
+)
+
+// Problem is one thing wrong with a path in the cache.
+type Problem struct {
+	Path   string `json:"path"`
+	Kind   string `json:"kind"`
+	Detail string `json:"detail"`
+}
+
+// VerifyReport is what verify found.
+type VerifyReport struct {
+	Store    string    `json:"store"`
+	Paths    int       `json:"paths"`
+	NARs     int       `json:"nars_checked"`  // downloaded and hashed (Full)
+	Bytes    int64     `json:"bytes_checked"` // their compressed bytes
+	Problems []Problem `json:"problems"`      // by path
+	Broken   int       `json:"broken"`        // paths with a problem
+	Requests int64     `json:"requests"`
+	Walk     WalkStats `json:"walk"`
+	Repair   *Repaired `json:"repair,omitempty"` // when repaired
+
+	g      *Graph
+	walk   WalkOptions
+	broken []int32
+	badNAR []string // NAR objects known bad (wrong size or content)
+}
+
+// Whole reports whether the cache is closed and sound.
+func (r *VerifyReport) Whole() bool { return len(r.Problems) == 0 }
+
+// Verify walks b and reports every .narinfo that cannot be read, whose
+// NAR is missing or not of its size (with Full: not of its hash), whose
+// references' .narinfos are missing, or that no given key signed.
+func Verify(ctx context.Context, b uploader.Bucket, opts VerifyOptions) (*VerifyReport, error) {
+	cb := &counting{Bucket: b}
+	opts.Walk.Keys = opts.Keys
+	g, err := Walk(ctx, cb, opts.Walk)
+	if err != nil {
+		return nil, err
+	}
+	rep := &VerifyReport{Store: b.String(), Walk: g.Stats, g: g, walk: opts.Walk}
+	var mu sync.Mutex
+	problems := make(map[int32][]Problem)
+	add := func(i int32, kind, detail string) {
+		mu.Lock()
+		defer mu.Unlock()
+		problems[i] = append(problems[i], Problem{Path: g.path(i), Kind: kind, Detail: detail})
+	}
+	var full []int32
+	var missingRefs [][2]int32 // referrer, reference
+	for i := range g.nodes {
+		n := &g.nodes[i]
+		if !n.present {
+			continue
+		}
+		rep.Paths++
+		idx := int32(i)
+		if n.bad != "" {
+			add(idx, Unreadable, n.bad)
+			continue
+		}
+		nar := g.nars[n.url]
+		switch {
+		case nar == nil:
+			add(idx, NARMissing, n.url+" is not in the cache")
+		case n.fileSize != 0 && uint64(nar.size) != n.fileSize:
+			add(idx, NARSize, fmt.Sprintf("%s is %d bytes, the .narinfo says %d", n.url, nar.size, n.fileSize))
+			rep.badNAR = append(rep.badNAR, n.url)
+		default:
+			full = append(full, idx)
+		}
+		for _, r := range n.refs {
+			if rn := &g.nodes[r]; !rn.present {
+				missingRefs = append(missingRefs, [2]int32{idx, r})
+			}
+		}
+		if len(opts.Keys) > 0 && !n.sigOK {
+			add(idx, Signature, "no signature by "+keyNames(opts.Keys))
+		}
+	}
+	lastI, lastRefs := int32(-1), []string(nil)
+	for _, m := range missingRefs {
+		if m[0] != lastI { // references come by referrer: one read each
+			lastI, lastRefs = m[0], referenceNames(ctx, cb, g, m[0])
+		}
+		name := g.nodes[m[1]].hash
+		for _, ref := range lastRefs {
+			if strings.HasPrefix(ref, name) {
+				name = ref
+			}
+		}
+		if opts.Upstream != nil && opts.Upstream.MatchString(name) {
+			continue
+		}
+		add(m[0], ReferenceMissing, name+" has no .narinfo in the cache")
+	}
+	if opts.Full {
+		if opts.Jobs < 1 {
+			opts.Jobs = 4
+		}
+		eg, ectx := errgroup.WithContext(ctx)
+		eg.SetLimit(opts.Jobs)
+		for _, i := range full {
+			n := g.nodes[i]
+			eg.Go(func() error {
+				size, err := checkNAR(ectx, cb, n)
+				mu.Lock()
+				rep.NARs++
+				rep.Bytes += size
+				mu.Unlock()
+				var bad *badNARError
+				if errors.As(err, &bad) {
+					add(i, NARHash, bad.Error())
+					mu.Lock()
+					rep.badNAR = append(rep.badNAR, n.url)
+					mu.Unlock()
+					return nil
+				}
+				if errors.Is(err, uploader.ErrNotExist) {
+					add(i, NARMissing, n.url+" is not in the cache")
+					return nil
+				}
+				return err
+			})
+		}
+		if err := eg.Wait(); err != nil {
+			return nil, err
+		}
+	}
+	for i, ps := range problems {
+		rep.broken = append(rep.broken, i)
+		rep.Problems = append(rep.Problems, ps...)
+	}
+	rep.Broken = len(rep.broken)
+	slices.SortFunc(rep.Problems, func(a, b Problem) int {
+		return strings.Compare(a.Path+"\x00"+a.Kind, b.Path+"\x00"+b.Kind)
+	})
+	slices.Sort(rep.badNAR)
+	rep.badNAR = slices.Compact(rep.badNAR)
+	rep.Requests = cb.n.Load()
+	return rep, nil
+}
+
+// referenceNames reads node i's .narinfo again for the base names of its
+// references (the walk keeps references as numbers, and a missing one has
+// no .narinfo of its own to name it). Only broken paths pay the read.
+func referenceNames(ctx context.Context, b uploader.Bucket, g *Graph, i int32) []string {
+	data, err := b.Get(ctx, g.nodes[i].hash+".narinfo")
+	if err != nil {
+		return nil
+	}
+	ni, err := ParseNarInfo(data)
+	if err != nil {
+		return nil
+	}
+	return ni.References
+}
+
+func keyNames(keys []signature.PublicKey) string {
+	var names []string
+	for _, k := range keys {
+		names = append(names, k.Name)
+	}
+	return strings.Join(names, ", ")
+}
+
+type badNARError struct{ msg string }
+
+func (e *badNARError) Error() string { return e.msg }
+
+// checkNAR downloads node n's NAR, decompresses it and compares its hash
+// and size with the .narinfo's; it returns the compressed bytes read.
+func checkNAR(ctx context.Context, b uploader.Bucket, n node) (int64, error) {
+	want, err := nixhash.ParseAny(n.narHash, nil)
+	if err != nil {
+		return 0, &badNARError{fmt.Sprintf("NarHash %q: %v", n.narHash, err)}
+	}
+	rc, err := b.Open(ctx, n.url)
+	if err != nil {
+		return 0, err
+	}
+	defer rc.Close()
+	counted := &countReader{r: rc}
+	var r io.Reader = counted
+	switch n.comp {
+	case "none", "":
+	case "zstd":
+		d, err := zstd.NewReader(r, zstd.WithDecoderConcurrency(1), zstd.WithDecoderMaxWindow(1<<30))
+		if err != nil {
+			return 0, err
+		}
+		defer d.Close()
+		r = d
+	case "xz":
+		x, err := xz.NewReader(r)
+		if err != nil {
+			return counted.n, &badNARError{fmt.Sprintf("%s: not xz: %v", n.url, err)}
+		}
+		r = x
+	case "bzip2":
+		r = bzip2.NewReader(r)
+	default:
+		return 0, &badNARError{fmt.Sprintf("%s: compression %q not known to verify", n.url, n.comp)}
+	}
+	h := sha256.New()
+	size, err := io.Copy(h, r)
+	if err != nil {
+		if ctx.Err() != nil {
+			return counted.n, ctx.Err()
+		}
+		return counted.n, &badNARError{fmt.Sprintf("%s: cannot decompress (%s): %v", n.url, n.comp, err)}
+	}
+	if uint64(size) != n.narSize {
+		return counted.n, &badNARError{fmt.Sprintf("%s: NAR is %d bytes, the .narinfo says %d", n.url, size, n.narSize)}
+	}
+	if string(h.Sum(nil)) != string(want.Digest()) {
+		return counted.n, &badNARError{fmt.Sprintf("%s: NAR hash differs from the .narinfo's %s", n.url, n.narHash)}
+	}
+	return counted.n, nil
+}
+
+type countReader struct {
+	r io.Reader
+	n int64
+}
+
+func (c *countReader) Read(p []byte) (int, error) {
+	n, err := c.r.Read(p)
+	c.n += int64(n)
+	return n, err
+}
+
+// Repaired is what a repair deleted.
+type Repaired struct {
+	// Deleted are the paths whose .narinfo went: the broken ones and every
+	// path referring to one, however indirectly.
+	Deleted []string `json:"deleted"`
+	NARs    int      `json:"nars"` // bad NAR objects deleted
+}
+
+// RepairOptions say how to repair.
+type RepairOptions struct {
+	Host   string
+	Window time.Duration // as gc's; 0 means DefaultWindow
+}
+
+// Repair deletes the .narinfos of the broken paths of rep and of every
+// path referring to them, referrers first (the cache stays closed at
+// each step), their NAR listings, and the NAR objects found bad. It
+// holds gc's marker while it deletes, so pushing daemons check again
+// what they relied on. Pushing the deleted paths again is the caller's.
+func Repair(ctx context.Context, b uploader.Bucket, rep *VerifyReport, opts RepairOptions) (*Repaired, error) {
+	if rep.g == nil {
+		return nil, errors.New("repair: no walk to repair from")
+	}
+	if len(rep.broken) == 0 && len(rep.badNAR) == 0 {
+		return &Repaired{}, nil
+	}
+	sw, err := startSweep(ctx, b, opts.Host, opts.Window)
+	if err != nil {
+		return nil, err
+	}
+	defer sw.end(ctx)
+	// List again under the marker: a .narinfo written since verify's walk
+	// and referring to a broken path goes too (one written after the
+	// marker is its daemon's to check again).
+	walk := rep.walk
+	walk.Progress = nil
+	g, err := Walk(ctx, b, walk)
+	if err != nil {
+		return nil, err
+	}
+	// Referrers of each node, to find everything above the broken paths.
+	above := make(map[int32][]int32)
+	for i := range g.nodes {
+		if g.nodes[i].present {
+			for _, r := range g.nodes[i].refs {
+				above[r] = append(above[r], int32(i))
+			}
+		}
+	}
+	doomed := make([]bool, len(g.nodes))
+	var stack []int32
+	for _, old := range rep.broken {
+		if i, ok := g.index[rep.g.nodes[old].hash]; ok {
+			doomed[i] = true
+			stack = append(stack, i)
+		}
+	}
+	for len(stack) > 0 {
+		i := stack[len(stack)-1]
+		stack = stack[:len(stack)-1]
+		for _, up := range above[i] {
+			if !doomed[up] {
+				doomed[up] = true
+				stack = append(stack, up)
+			}
+		}
+	}
+	var dead []int32
+	referrers := make([]int32, len(g.nodes))
+	out := &Repaired{}
+	for i := range g.nodes {
+		if doomed[i] && g.nodes[i].present {
+			dead = append(dead, int32(i))
+			out.Deleted = append(out.Deleted, g.path(int32(i)))
+			for _, r := range g.nodes[i].refs {
+				referrers[r]++
+			}
+		}
+	}
+	slices.Sort(out.Deleted)
+	del := sw.deleter(nil)
+	if err := del.waves(ctx, g, dead, referrers); err != nil {
+		return out, err
+	}
+	var listings []string
+	for _, i := range dead {
+		if _, ok := g.listings[i]; ok {
+			listings = append(listings, g.nodes[i].hash+".ls")
+		}
+	}
+	if err := del.all(ctx, listings); err != nil {
+		return out, err
+	}
+	if err := del.all(ctx, rep.badNAR); err != nil {
+		return out, err
+	}
+	out.NARs = len(rep.badNAR)
+	return out, nil
+}
