@@ -314,22 +314,27 @@ func (d *Daemon) work(ctx context.Context) error {
 
 // push uploads the closures of leased items and settles each item.
 func (d *Daemon) push(ctx context.Context, items []queue.Item) {
-	var roots, logs []string
+	var roots, drvItems []string
 	for _, it := range items {
 		if drv, ok := strings.CutSuffix(it.Path, allOutputs); ok {
 			d.expand(ctx, it.Path, drv)
 			continue
 		}
-		if strings.HasSuffix(it.Path, logSuffix) {
-			logs = append(logs, it.Path)
+		if strings.HasSuffix(it.Path, logSuffix) || strings.HasSuffix(it.Path, realisationsSuffix) {
+			drvItems = append(drvItems, it.Path)
 			continue
 		}
 		roots = append(roots, it.Path)
 	}
-	// Build logs after the paths: a log never holds up a .narinfo.
+	// Build logs and realisations after the paths: neither ever holds up
+	// a .narinfo.
 	defer func() {
-		for _, item := range logs {
-			d.pushLog(ctx, item, strings.TrimSuffix(item, logSuffix))
+		for _, item := range drvItems {
+			if drv, ok := strings.CutSuffix(item, logSuffix); ok {
+				d.pushLog(ctx, item, drv)
+			} else {
+				d.pushRealisations(ctx, item, strings.TrimSuffix(item, realisationsSuffix))
+			}
 		}
 	}()
 	if len(roots) == 0 {
@@ -412,7 +417,7 @@ func (d *Daemon) status() hook.Status {
 		Held:    len(held),
 		Spooled: len(spooled),
 		Uploaded: hook.Uploaded{Paths: us.Paths, NarBytes: us.NarBytes, FileBytes: us.FileBytes, Skipped: us.Skipped, Requests: us.Requests,
-			Logs: us.Logs, Filtered: us.Filtered,
+			Logs: us.Logs, Filtered: us.Filtered, Realisations: us.Realisations,
 			NarBytesPerSecond: d.rates.rate(), Since: d.started},
 		Store:      fmt.Sprint(d.up.Store()),
 		Version:    version.Get(),

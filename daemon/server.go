@@ -147,7 +147,7 @@ func (d *Daemon) requestPaths(req hook.EnqueueRequest) ([]string, error) {
 		if outs, err := nix.StaticOutputs(drv); err == nil && len(outs) > 0 && d.checkExist(outs) == nil {
 			return append(outs, d.logItem(drv)...), nil
 		}
-		return append([]string{drv + allOutputs}, d.logItem(drv)...), nil
+		return append(append([]string{drv + allOutputs}, d.logItem(drv)...), realisationsItem(drv)...), nil
 	}
 	out := make([]string, 0, len(req.Paths))
 	for _, p := range req.Paths {
@@ -158,7 +158,7 @@ func (d *Daemon) requestPaths(req hook.EnqueueRequest) ([]string, error) {
 		out = append(out, sp)
 	}
 	if drv != "" {
-		out = append(out, d.logItem(drv)...)
+		out = append(append(out, d.logItem(drv)...), realisationsItem(drv)...)
 	}
 	return out, nil
 }

@@ -232,3 +232,63 @@ in mk "filter-top" "echo ${s} ${mid} ${up} > $out"`, s)
 		t.Fatal("nix copy from nixpush's cache alone fetched the closure, filtered paths included")
 	}
 }
+
+// TestCADerivations: content-addressed derivations (ca-derivations) built
+// with the hook (Nix 2.8.0 gives their outputs to the hook only through
+// DRV_PATH, and resolves a derivation with CA inputs into a second one):
+// the daemon pushes their outputs and uploads realisations/<id>.doi, and
+// a fresh store with ca-derivations substitutes the outputs from MinIO
+// through the realisations, building nothing (--max-jobs 0).
+func TestCADerivations(t *testing.T) {
+	m := testenv.MinIO(t)
+	m.MakeBucket(t, "ca-drv", true)
+	nx := testenv.Nix(t)
+	sec, pub := keys(t, "nixpush-e2e-ca-1")
+	d := startDaemon(t, m.CredentialsEnv(), "--store-uri", m.StoreURI("ca-drv"), "--secret-key-file", sec)
+	s := seed()
+	expr := filepath.Join(t.TempDir(), "ca.nix")
+	text := fmt.Sprintf(`let s = %q;
+  mk = name: script: derivation { inherit name; system = builtins.currentSystem; builder = "/bin/sh";
+    args = [ "-c" ("PATH=/bin:/usr/bin; " + script) ];
+    __contentAddressed = true; outputHashMode = "recursive"; outputHashAlgo = "sha256"; };
+  dep = mk "ca-dep" "echo ${s} > $out";
+in mk "ca-top" "mkdir $out; echo ${s} ${dep} > $out/ref"`, s)
+	if err := os.WriteFile(expr, []byte(text), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	ca := []string{"--option", "experimental-features", "nix-command ca-derivations"}
+	out, err := nx.Run(t, "nix-build", append([]string{"--no-out-link", expr, "--option", "post-build-hook", d.Hook}, ca...)...)
+	if err != nil {
+		t.Fatal(err)
+	}
+	top := strings.TrimSpace(out)
+	d.MustWait(2 * time.Minute)
+	if st := status(t, d); st["failed"] != 0 {
+		t.Fatalf("status: %v", st)
+	}
+	drv, err := nx.Run(t, "nix-instantiate", append([]string{expr}, ca...)...)
+	if err != nil {
+		t.Fatal(err)
+	}
+	info, err := nx.Run(t, "nix", append([]string{"realisation", "info", "--json", strings.TrimSpace(drv)}, ca...)...)
+	if err != nil {
+		t.Fatal(err)
+	}
+	rs, err := nix.ParseRealisations([]byte(info), nix.DefaultStoreDir)
+	if err != nil || len(rs) != 1 || rs[0].OutPath != top {
+		t.Fatalf("realisations of %s: %v %v", drv, rs, err)
+	}
+	if _, err := m.Client(t).StatObject(ctxT(t, time.Minute), "ca-drv", "realisations/"+rs[0].ID+".doi", minio.StatObjectOptions{}); err != nil {
+		t.Fatalf("realisations/%s.doi: %v", rs[0].ID, err)
+	}
+
+	root := t.TempDir()
+	if _, err := nx.Run(t, "nix", append([]string{"build", "--store", "local?root=" + root, "--no-link", "--max-jobs", "0",
+		"--option", "substituters", m.HTTPURL("ca-drv"), "--option", "trusted-public-keys", strings.TrimSpace(pub),
+		"--option", "require-sigs", "true", "--option", "narinfo-cache-negative-ttl", "0", "-f", expr}, ca...)...); err != nil {
+		t.Fatalf("a fresh store substituting the CA derivation's output: %v", err)
+	}
+	for _, p := range closureOf(t, nx, top) {
+		testenv.TreeEqual(t, p, filepath.Join(root, p))
+	}
+}

@@ -89,14 +89,16 @@ type StoreCheck struct {
 
 // Uploaded are the daemon's upload figures since it started.
 type Uploaded struct {
-	Paths     int64      `json:"paths"`
-	NarBytes  int64      `json:"nar_bytes"`
-	FileBytes int64      `json:"file_bytes"`
-	Skipped   int64      `json:"skipped"`
-	Requests  int64      `json:"requests"` // operations on the cache (HEAD, PUT, GET)
-	Logs      int64      `json:"logs"`     // build logs uploaded
-	Filtered  int64      `json:"filtered"` // paths left out by --exclude and --skip-signed-by
-	LastPush  *time.Time `json:"last_push,omitempty"`
+	Paths     int64 `json:"paths"`
+	NarBytes  int64 `json:"nar_bytes"`
+	FileBytes int64 `json:"file_bytes"`
+	Skipped   int64 `json:"skipped"`
+	Requests  int64 `json:"requests"` // operations on the cache (HEAD, PUT, GET)
+	Logs      int64 `json:"logs"`     // build logs uploaded
+	Filtered  int64 `json:"filtered"` // paths left out by --exclude and --skip-signed-by
+	// Realisations of content-addressed derivations' outputs uploaded.
+	Realisations int64      `json:"realisations"`
+	LastPush     *time.Time `json:"last_push,omitempty"`
 	// NarBytesPerSecond is the upload rate over the last minute or so.
 	NarBytesPerSecond float64   `json:"nar_bytes_per_second"`
 	Since             time.Time `json:"since"` // when the daemon started

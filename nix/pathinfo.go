@@ -211,6 +211,22 @@ func (c *Client) Outputs(ctx context.Context, drvPath string) ([]string, error) 
 	if len(outs) > 0 {
 		return outs, nil
 	}
+	if ca, err := FloatingCA(drvPath); err == nil && ca {
+		// nix-store --query --outputs refuses these in Nix 2.8 ("Cannot
+		// use output path of floating content-addressed derivation").
+		rs, err := c.Realisations(ctx, drvPath)
+		if err != nil {
+			return nil, err
+		}
+		if len(rs) == 0 {
+			return nil, fmt.Errorf("%w: %s is content-addressed and has no realisations (not built yet?)", ErrInvalidPath, drvPath)
+		}
+		for _, r := range rs {
+			outs = append(outs, r.OutPath)
+		}
+		slices.Sort(outs)
+		return outs, nil
+	}
 	stdout, err := c.run(ctx, "nix-store", "--query", "--outputs", "--", drvPath)
 	if err != nil {
 		return nil, err

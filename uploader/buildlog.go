@@ -7,6 +7,8 @@ import (
 	"io"
 	"path/filepath"
 	"time"
+
+	"github.com/nixpush/nixpush/nix"
 )
 
 // LogKey is where a binary cache holds the build log of the derivation
@@ -47,5 +49,29 @@ func (u *Uploader) PutLog(ctx context.Context, drvPath string, r io.Reader) erro
 	u.mu.Unlock()
 	u.cfg.Log.Info().Str("drv", drvPath).Int64("log_bytes", n).Int64("duration_ms", time.Since(start).Milliseconds()).
 		Msg("uploaded build log")
+	return nil
+}
+
+// RealisationKey is where a binary cache holds a realisation: what Nix 2.8
+// to 2.34 write (`nix copy`) and read when substituting a
+// content-addressed derivation's output.
+func RealisationKey(id string) string { return "realisations/" + id + ".doi" }
+
+// PutRealisation uploads r, with the uploader's signature added, to
+// realisations/<id>.doi. The caller has made sure r's output path is in
+// the cache.
+func (u *Uploader) PutRealisation(ctx context.Context, r nix.Realisation) error {
+	body, err := r.Signed(u.cfg.Key)
+	if err != nil {
+		return err
+	}
+	u.count(1)
+	if err := u.cfg.Store.Put(ctx, RealisationKey(r.ID), bytes.NewReader(body), int64(len(body)), "application/json"); err != nil {
+		return fmt.Errorf("upload realisation %s: %w", r.ID, err)
+	}
+	u.mu.Lock()
+	u.stats.Realisations++
+	u.mu.Unlock()
+	u.cfg.Log.Info().Str("realisation", r.ID).Str("path", r.OutPath).Msg("uploaded realisation")
 	return nil
 }

@@ -82,14 +82,15 @@ type flight struct {
 
 // Stats are cumulative figures since the uploader started.
 type Stats struct {
-	Paths     int64     // paths uploaded
-	NarBytes  int64     // their NAR bytes
-	FileBytes int64     // their compressed bytes
-	Skipped   int64     // paths found already in the cache
-	Requests  int64     // operations on the store (existence checks, uploads, reads)
-	Logs      int64     // build logs uploaded
-	Filtered  int64     // paths left out by the filter
-	LastPush  time.Time // when a path was last uploaded
+	Paths        int64     // paths uploaded
+	NarBytes     int64     // their NAR bytes
+	FileBytes    int64     // their compressed bytes
+	Skipped      int64     // paths found already in the cache
+	Requests     int64     // operations on the store (existence checks, uploads, reads)
+	Logs         int64     // build logs uploaded
+	Filtered     int64     // paths left out by the filter
+	Realisations int64     // realisations of content-addressed derivations uploaded
+	LastPush     time.Time // when a path was last uploaded
 }
 
 // New returns an Uploader.

@@ -148,7 +148,8 @@ func printStatus(w io.Writer, st hook.Status, now time.Time) {
 	fmt.Fprintf(w, "uploaded: %d paths, %s NAR, %s compressed, %d already cached, since %s; now %s/s\n",
 		st.Uploaded.Paths, hook.Bytes(st.Uploaded.NarBytes), hook.Bytes(st.Uploaded.FileBytes), st.Uploaded.Skipped,
 		st.Uploaded.Since.Format(time.DateTime), hook.Bytes(int64(st.Uploaded.NarBytesPerSecond)))
-	fmt.Fprintf(w, "also:     %d build logs uploaded, %d paths filtered (--exclude, --skip-signed-by)\n", st.Uploaded.Logs, st.Uploaded.Filtered)
+	fmt.Fprintf(w, "also:     %d build logs, %d realisations uploaded; %d paths filtered (--exclude, --skip-signed-by)\n",
+		st.Uploaded.Logs, st.Uploaded.Realisations, st.Uploaded.Filtered)
 	for _, f := range st.Failures {
 		fmt.Fprintf(w, "FAILED    %s (%d attempts): %s%s\n", f.Path, f.Attempts, f.Error, healNote(f))
 	}

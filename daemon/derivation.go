@@ -8,6 +8,7 @@ import (
 	"strings"
 
 	"github.com/nixpush/nixpush/nix"
+	"github.com/nixpush/nixpush/uploader"
 )
 
 // logSuffix marks a queued item that is the build log of a derivation
@@ -64,7 +65,54 @@ func (d *Daemon) logItem(drv string) []string {
 
 // itemPath is the store path a queue item is about.
 func itemPath(item string) string {
-	return strings.TrimSuffix(strings.TrimSuffix(item, allOutputs), logSuffix)
+	for _, suffix := range []string{allOutputs, logSuffix, realisationsSuffix} {
+		item = strings.TrimSuffix(item, suffix)
+	}
+	return item
 }
 
 var _ BuildLogs = (*nix.BuildLogs)(nil)
+
+// realisationsSuffix marks the queue item of the realisations of a
+// floating content-addressed derivation's outputs.
+const realisationsSuffix = "#realisations"
+
+// realisationsItem is the queue item of drv's realisations, when drv is a
+// floating content-addressed derivation (reading the .drv file decides).
+func realisationsItem(drv string) []string {
+	if ca, err := nix.FloatingCA(drv); err != nil || !ca {
+		return nil
+	}
+	return []string{drv + realisationsSuffix}
+}
+
+// pushRealisations uploads the realisations of drv's outputs, each after
+// its output's .narinfo: a consumer with ca-derivations then substitutes
+// the outputs of drv by the derivation alone.
+func (d *Daemon) pushRealisations(ctx context.Context, item, drv string) {
+	rs, err := d.cfg.Nix.Realisations(ctx, drv)
+	if err != nil {
+		if nix.IsInvalid(err) {
+			err = uploader.Permanent(err)
+		}
+		d.settle(ctx, item, err)
+		return
+	}
+	outs := make([]string, len(rs))
+	for i, r := range rs {
+		outs[i] = r.OutPath
+	}
+	for i, err := range d.up.Push(ctx, outs) {
+		if err != nil {
+			d.settle(ctx, item, fmt.Errorf("realisation %s waits for output %s: %w", rs[i].ID, outs[i], err))
+			return
+		}
+	}
+	for _, r := range rs {
+		if err := d.up.PutRealisation(ctx, r); err != nil {
+			d.settle(ctx, item, err)
+			return
+		}
+	}
+	d.settle(ctx, item, nil)
+}

@@ -1,0 +1,146 @@
+package nix
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"fmt"
+	"os"
+	"strings"
+
+	"github.com/nix-community/go-nix/pkg/derivation"
+	"github.com/nix-community/go-nix/pkg/narinfo/signature"
+)
+
+// Realisation is what Nix records when it builds an output of a
+// content-addressed derivation (experimental feature ca-derivations): the
+// output's id ("sha256:<derivation hash modulo>!<output name>") and the
+// store path it was built at. A binary cache holds it as
+// realisations/<id>.doi, through which a consumer with ca-derivations
+// substitutes the output of a derivation it has not built.
+type Realisation struct {
+	ID      string
+	OutPath string // full store path
+	// JSON is the object as Nix printed it, the .doi file's contents.
+	JSON json.RawMessage
+}
+
+// Realisations asks Nix for the realisations of the outputs of drvPath
+// (`nix realisation info --json`, Nix 2.4 and later with ca-derivations).
+// An input-addressed derivation has none.
+func (c *Client) Realisations(ctx context.Context, drvPath string) ([]Realisation, error) {
+	drvPath, err := StorePath(c.storeDir(), drvPath)
+	if err != nil {
+		return nil, err
+	}
+	args := []string{"--extra-experimental-features", "nix-command ca-derivations", "realisation", "info", "--json", "--option", "substitute", "false"}
+	// Nix before 2.13 reads a bare .drv path as its outputs; later Nix
+	// spells that drv^* (and reads a bare .drv as the file itself).
+	out, err := c.run(ctx, "nix", append(args, drvPath)...)
+	if t := bytes.TrimSpace(out); err != nil || len(t) == 0 || t[0] != '[' {
+		out2, err2 := c.run(ctx, "nix", append(args, drvPath+"^*")...)
+		if err2 != nil {
+			if err == nil {
+				err = err2
+			}
+			if strings.Contains(err.Error(), "does not exist") || strings.Contains(err.Error(), "is not valid") {
+				return nil, fmt.Errorf("%w: %v", ErrInvalidPath, err)
+			}
+			return nil, err
+		}
+		out = out2
+	}
+	return ParseRealisations(out, c.storeDir())
+}
+
+// ParseRealisations reads the JSON array `nix realisation info --json`
+// prints.
+func ParseRealisations(data []byte, storeDir string) ([]Realisation, error) {
+	var raw []json.RawMessage
+	if err := json.Unmarshal(data, &raw); err != nil {
+		return nil, fmt.Errorf("parse nix realisation info --json: %w (want a JSON array)", err)
+	}
+	var out []Realisation
+	for _, r := range raw {
+		var fields struct {
+			ID      string `json:"id"`
+			OutPath string `json:"outPath"`
+		}
+		if err := json.Unmarshal(r, &fields); err != nil || fields.ID == "" || fields.OutPath == "" {
+			return nil, fmt.Errorf("parse nix realisation info --json: %.200s: want an object with id and outPath", r)
+		}
+		if !strings.Contains(fields.ID, "!") || strings.ContainsAny(fields.ID, "/\x00") {
+			return nil, fmt.Errorf("realisation id %q: want sha256:<hash>!<output>", fields.ID)
+		}
+		p := fields.OutPath
+		if !strings.HasPrefix(p, "/") {
+			p = storeDir + "/" + p
+		}
+		p, err := StorePath(storeDir, p)
+		if err != nil {
+			return nil, fmt.Errorf("realisation %s: %w", fields.ID, err)
+		}
+		out = append(out, Realisation{ID: fields.ID, OutPath: p, JSON: r})
+	}
+	return out, nil
+}
+
+// Signed returns the realisation's JSON with a signature by key added to
+// its signatures, over the fingerprint Nix 2.8 signs and checks (when it
+// copies a realisation into a store that requires signatures): the object
+// without "signatures", keys sorted, no spaces.
+func (r Realisation) Signed(key signature.SecretKey) ([]byte, error) {
+	var obj map[string]json.RawMessage
+	if err := json.Unmarshal(r.JSON, &obj); err != nil {
+		return nil, fmt.Errorf("realisation %s: %w", r.ID, err)
+	}
+	var sigs []string
+	if s, ok := obj["signatures"]; ok {
+		if err := json.Unmarshal(s, &sigs); err != nil {
+			return nil, fmt.Errorf("realisation %s: signatures: %w", r.ID, err)
+		}
+	}
+	delete(obj, "signatures")
+	fp, err := json.Marshal(obj) // map keys sorted, values compacted, as nlohmann's dump()
+	if err != nil {
+		return nil, err
+	}
+	sig, err := key.Sign(nil, string(fp))
+	if err != nil {
+		return nil, err
+	}
+	name := sig.String()[:strings.IndexByte(sig.String(), ':')]
+	kept := sigs[:0]
+	for _, s := range sigs {
+		if !strings.HasPrefix(s, name+":") {
+			kept = append(kept, s)
+		}
+	}
+	b, err := json.Marshal(append(kept, sig.String()))
+	if err != nil {
+		return nil, err
+	}
+	obj["signatures"] = b
+	return json.Marshal(obj)
+}
+
+// FloatingCA reports whether drvPath is a floating content-addressed
+// derivation: one whose output paths the .drv file does not name, known
+// only once built, from their realisations.
+func FloatingCA(drvPath string) (bool, error) {
+	f, err := os.Open(drvPath)
+	if err != nil {
+		return false, fmt.Errorf("%w: %v", ErrInvalidPath, err)
+	}
+	defer f.Close()
+	drv, err := derivation.ReadDerivation(f)
+	if err != nil {
+		return false, fmt.Errorf("read %s: %w", drvPath, err)
+	}
+	for _, o := range drv.Outputs {
+		if o.Path == "" && o.HashAlgorithm != "" {
+			return true, nil
+		}
+	}
+	return false, nil
+}
