@@ -85,11 +85,12 @@ func ParseRealisations(data []byte, storeDir string) ([]Realisation, error) {
 	return out, nil
 }
 
-// Signed returns the realisation's JSON with a signature by key added to
-// its signatures, over the fingerprint Nix 2.8 signs and checks (when it
-// copies a realisation into a store that requires signatures): the object
-// without "signatures", keys sorted, no spaces.
-func (r Realisation) Signed(key signature.SecretKey) ([]byte, error) {
+// Signed returns the realisation's JSON with a signature by each of keys
+// added to its signatures (replacing one by the same key name), over the
+// fingerprint Nix 2.8 signs and checks (when it copies a realisation into
+// a store that requires signatures): the object without "signatures",
+// keys sorted, no spaces.
+func (r Realisation) Signed(keys ...signature.SecretKey) ([]byte, error) {
 	var obj map[string]json.RawMessage
 	if err := json.Unmarshal(r.JSON, &obj); err != nil {
 		return nil, fmt.Errorf("realisation %s: %w", r.ID, err)
@@ -105,18 +106,21 @@ func (r Realisation) Signed(key signature.SecretKey) ([]byte, error) {
 	if err != nil {
 		return nil, err
 	}
-	sig, err := key.Sign(nil, string(fp))
-	if err != nil {
-		return nil, err
-	}
-	name := sig.String()[:strings.IndexByte(sig.String(), ':')]
-	kept := sigs[:0]
-	for _, s := range sigs {
-		if !strings.HasPrefix(s, name+":") {
-			kept = append(kept, s)
+	for _, key := range keys {
+		sig, err := key.Sign(nil, string(fp))
+		if err != nil {
+			return nil, err
 		}
+		name, _, _ := strings.Cut(sig.String(), ":")
+		kept := sigs[:0]
+		for _, s := range sigs {
+			if !strings.HasPrefix(s, name+":") {
+				kept = append(kept, s)
+			}
+		}
+		sigs = append(kept, sig.String())
 	}
-	b, err := json.Marshal(append(kept, sig.String()))
+	b, err := json.Marshal(sigs)
 	if err != nil {
 		return nil, err
 	}

@@ -8,6 +8,8 @@ import (
 	"path/filepath"
 	"time"
 
+	"github.com/nix-community/go-nix/pkg/narinfo/signature"
+
 	"github.com/nixpush/nixpush/nix"
 )
 
@@ -57,11 +59,11 @@ func (u *Uploader) PutLog(ctx context.Context, drvPath string, r io.Reader) erro
 // content-addressed derivation's output.
 func RealisationKey(id string) string { return "realisations/" + id + ".doi" }
 
-// PutRealisation uploads r, with the uploader's signature added, to
+// PutRealisation uploads r, with the uploader's signatures added, to
 // realisations/<id>.doi. The caller has made sure r's output path is in
 // the cache.
 func (u *Uploader) PutRealisation(ctx context.Context, r nix.Realisation) error {
-	body, err := r.Signed(u.cfg.Key)
+	body, err := r.Signed(append([]signature.SecretKey{u.cfg.Key}, u.cfg.Keys...)...)
 	if err != nil {
 		return err
 	}
