@@ -4,6 +4,7 @@ import (
 	"encoding/json"
 	"fmt"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"reflect"
 	"strings"
@@ -210,6 +211,21 @@ in mk "filter-top" "echo ${s} ${mid} ${up} > $out"`, s)
 	var st struct{ Uploaded struct{ Paths, Filtered int } }
 	if err != nil || json.Unmarshal([]byte(out), &st) != nil || st.Uploaded.Filtered != 2 || st.Uploaded.Paths != 2 {
 		t.Fatalf("status: want 2 paths uploaded and 2 filtered: %v\n%s", err, out)
+	}
+
+	// nixpush verify, given the daemon's filters, takes the missing
+	// references as intended; without them, it reports them.
+	verify := func(args ...string) (string, error) {
+		cmd := exec.Command(d.Bin(), append([]string{"verify", "--store-uri", "file://" + cache, "--cache-dir", t.TempDir()}, args...)...)
+		cmd.Env = nx.Env()
+		out, err := cmd.CombinedOutput()
+		return string(out), err
+	}
+	if out, err := verify("--exclude", "-doc$", "--skip-signed-by", "nixpush-e2e-upstream-1", "--public-key", strings.TrimSpace(pub)); err != nil {
+		t.Fatalf("nixpush verify with the daemon's filters: %v\n%s", err, out)
+	}
+	if out, err := verify(); err == nil || !strings.Contains(out, filepath.Base(up)) || !strings.Contains(out, filepath.Base(ex)) {
+		t.Fatalf("nixpush verify without the filters: %v; want both filtered references reported\n%s", err, out)
 	}
 
 	upstream := t.TempDir()

@@ -7,7 +7,6 @@ import (
 	"errors"
 	"fmt"
 	"io"
-	"regexp"
 	"slices"
 	"strings"
 	"sync"
@@ -31,10 +30,10 @@ type VerifyOptions struct {
 	Full bool
 	// Jobs is how many NARs are downloaded at once (Full); <1 means 4.
 	Jobs int
-	// Upstream matches the names (hash-name) of references that may be
-	// missing: paths left out on purpose (daemon --exclude) that consumers
-	// fetch from another cache.
-	Upstream *regexp.Regexp
+	// Filtered says whether a reference (hash-name) that has no .narinfo
+	// was left out on purpose (the daemon's --exclude, --skip-signed-by):
+	// consumers fetch it from another cache. nil: none was.
+	Filtered func(ref string) bool
 	Walk     WalkOptions
 }
 
@@ -137,7 +136,7 @@ func Verify(ctx context.Context, b uploader.Bucket, opts VerifyOptions) (*Verify
 				name = ref
 			}
 		}
-		if opts.Upstream != nil && opts.Upstream.MatchString(name) {
+		if opts.Filtered != nil && opts.Filtered(name) {
 			continue
 		}
 		add(m[0], ReferenceMissing, name+" has no .narinfo in the cache")

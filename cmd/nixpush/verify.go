@@ -8,7 +8,6 @@ import (
 	"io"
 	"os"
 	"os/exec"
-	"regexp"
 	"strings"
 	"time"
 
@@ -46,7 +45,10 @@ func runVerify(ctx context.Context, args []string, stdout, stderr io.Writer) int
 	fs.Var(&keys, "public-key", "a key whose signature each .narinfo must carry: NAME:BASE64 or a file (repeatable; none: signatures are not checked)")
 	full := fs.Bool("full", false, "download every NAR and check its hash and size")
 	repair := fs.Bool("repair", false, "delete the broken .narinfos (and those referring to them) and have the daemon push again what the local Nix store holds")
-	upstream := fs.String("exclude", "", "references whose name (hash-name) matches this regular expression may be missing: the daemon's --exclude")
+	var excludes, skipSignedBy stringsFlag
+	fs.Var(&excludes, "exclude", "references whose name (after the hash) matches this regular expression may be missing: the daemon's --exclude (repeatable)")
+	fs.Var(&skipSignedBy, "skip-signed-by", "references the local Nix database holds a signature of by this key name may be missing: the daemon's --skip-signed-by (repeatable)")
+	storeDir := fs.String("store-dir", envOr("NIX_STORE_DIR", nix.DefaultStoreDir), "the Nix store directory")
 	socket := fs.String("socket", envOr("NIXPUSH_SOCKET", hook.DefaultSocket), "daemon socket, for --repair (env NIXPUSH_SOCKET)")
 	timeout := fs.Duration("timeout", time.Hour, "with --repair, how long to wait for the daemon to push again")
 	asJSON := fs.Bool("json", false, "print JSON for machines")
@@ -66,13 +68,13 @@ func runVerify(ctx context.Context, args []string, stdout, stderr io.Writer) int
 		}
 		opts.Keys = append(opts.Keys, pk)
 	}
-	if *upstream != "" {
-		re, err := regexp.Compile(*upstream)
-		if err != nil {
-			fmt.Fprintf(stderr, "nixpush verify: --exclude: %v\n", err)
-			return 2
-		}
-		opts.Upstream = re
+	exclude, err := uploader.ParseExclude(excludes)
+	if err != nil {
+		fmt.Fprintf(stderr, "nixpush verify: %v\n", err)
+		return 2
+	}
+	if filter := (uploader.Filter{Exclude: exclude, SkipSignedBy: skipSignedBy}); !filter.Empty() {
+		opts.Filtered = filteredRef(ctx, filter, *storeDir)
 	}
 	b, err := bf.open(ctx, "verify")
 	if err != nil {
@@ -179,7 +181,7 @@ func repairCache(ctx context.Context, b uploader.Bucket, rep *retention.VerifyRe
 			}
 		}
 	}
-	after, err := retention.Verify(ctx, b, retention.VerifyOptions{Keys: opts.Keys, Full: opts.Full, Upstream: opts.Upstream,
+	after, err := retention.Verify(ctx, b, retention.VerifyOptions{Keys: opts.Keys, Full: opts.Full, Filtered: opts.Filtered,
 		Walk: retention.WalkOptions{Cache: opts.Walk.Cache}})
 	if err != nil {
 		return invalid, nil, err
@@ -193,6 +195,27 @@ func repairCache(ctx context.Context, b uploader.Bucket, rep *retention.VerifyRe
 
 // localValidity splits paths into those the local Nix store holds and
 // the others.
+// filteredRef says whether a missing reference (hash-name) is one the
+// daemon, given filter, leaves out: by its name, or by the signatures the
+// local Nix database holds of it (a path not in the local store has none).
+func filteredRef(ctx context.Context, filter uploader.Filter, storeDir string) func(string) bool {
+	c := &nix.Client{StoreDir: storeDir}
+	return func(ref string) bool {
+		info := nix.PathInfo{Path: storeDir + "/" + ref}
+		if skip, _ := filter.Skips(info); skip {
+			return true
+		}
+		if len(filter.SkipSignedBy) == 0 {
+			return false
+		}
+		if infos, err := c.Query(ctx, []string{info.Path}); err == nil && len(infos) == 1 {
+			info = infos[0]
+		}
+		skip, _ := filter.Skips(info)
+		return skip
+	}
+}
+
 func localValidity(ctx context.Context, paths []string) (valid, invalid []string, err error) {
 	if len(paths) == 0 {
 		return nil, nil, nil
