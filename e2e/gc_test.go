@@ -215,7 +215,7 @@ func TestGC(t *testing.T) {
 	for _, p := range gone {
 		goneNARs[p] = narinfoURL(t, c, "gc-cache", p)
 	}
-	time.Sleep(1500 * time.Millisecond) // everything is older than the grace period
+	time.Sleep(2 * time.Second) // everything is older than the grace period
 
 	args := []string{"--older-than", "1h", "--grace", "1s", "--sweep-window", "2m"}
 	before := objects(t, c, "gc-cache")

@@ -299,10 +299,15 @@ func startSweep(ctx context.Context, b uploader.Bucket, host string, window time
 	if err := putJSON(ctx, b, SweepKey, sw.marker); err != nil {
 		return nil, fmt.Errorf("write the gc marker %s: %w", SweepKey, err)
 	}
-	// Ages are measured on the store's clock: the marker's time.
-	if o, err := b.Stat(ctx, SweepKey); err == nil && !o.LastModified.IsZero() {
-		sw.now = o.LastModified
-	}
+	// Ages are measured on the store's clock: the marker's time, as a
+	// listing gives it (to the millisecond; a HEAD's Last-Modified is
+	// truncated to the second).
+	b.List(ctx, SweepKey, func(o uploader.Object) error {
+		if o.Key == SweepKey && !o.LastModified.IsZero() {
+			sw.now = o.LastModified
+		}
+		return nil
+	})
 	return sw, nil
 }
 
