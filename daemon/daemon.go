@@ -78,6 +78,7 @@ type Daemon struct {
 	rates    meter
 	health   *storeHealth
 	qhealth  queueHealth
+	session  session
 }
 
 // Run runs the daemon until ctx is done, then stops taking work, returns
@@ -288,11 +289,15 @@ func (d *Daemon) work(ctx context.Context) error {
 			continue
 		}
 		if len(items) > 0 {
+			d.session.open(d.up.Stats())
 			wg.Add(1)
 			go func() {
 				defer wg.Done()
 				defer func() { <-slots }()
 				d.push(ctx, items)
+				if qs := d.queue.Stats(); qs.Queued == 0 && qs.Active == 0 {
+					d.session.close()
+				}
 			}()
 			continue
 		}
@@ -422,6 +427,7 @@ func (d *Daemon) status() hook.Status {
 		Store:      fmt.Sprint(d.up.Store()),
 		Version:    version.Get(),
 		StoreCheck: d.health.status(),
+		Progress:   d.session.progress(us),
 	}
 	if qerr != nil {
 		st.QueueError = "queue cannot write: " + qerr.Error()

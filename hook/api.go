@@ -60,6 +60,8 @@ type Status struct {
 	Failures     []Failure  `json:"failures,omitempty"`
 	Uploaded     Uploaded   `json:"uploaded"`
 	Store        string     `json:"store"`
+	// Progress is the work since the queue was last drained.
+	Progress Progress `json:"progress"`
 	// StoreCheck is the outcome of the daemon's last check of the store.
 	StoreCheck StoreCheck `json:"store_check"`
 	// Version is the daemon's, so a bug report says what ran.
@@ -75,6 +77,17 @@ type Status struct {
 	HeldPaths []string `json:"held_paths,omitempty"`
 	// Spooled counts spooled requests not yet imported.
 	Spooled int `json:"spooled"`
+}
+
+// Progress is what the daemon has done of the closures it is pushing: the
+// figures since the queue was last drained (Since), in paths and NAR bytes.
+type Progress struct {
+	Paths        int64      `json:"paths"`     // found missing from the cache: to upload
+	NarBytes     int64      `json:"nar_bytes"` // their NAR bytes
+	PathsDone    int64      `json:"paths_done"`
+	NarBytesDone int64      `json:"nar_bytes_done"`
+	Cached       int64      `json:"cached"` // found already in the cache
+	Since        *time.Time `json:"since,omitempty"`
 }
 
 // StoreCheck is the daemon's last check of its store (endpoint,

@@ -57,6 +57,7 @@ type Uploader struct {
 
 	mu       sync.Mutex
 	known    map[string]bool // paths whose .narinfo the store holds
+	planned  map[string]bool // paths counted in Stats.Planned and not yet uploaded
 	inflight map[string]*flight
 	nars     map[string]*narFlight // NAR uploads under way or done, until their .narinfo is written
 	stats    Stats
@@ -91,6 +92,11 @@ type Stats struct {
 	Filtered     int64     // paths left out by the filter
 	Realisations int64     // realisations of content-addressed derivations uploaded
 	LastPush     time.Time // when a path was last uploaded
+	// Planned are the paths pushes found missing from the cache, to be
+	// uploaded (each counted once), and PlannedNarBytes their NAR bytes:
+	// with Paths and NarBytes, what a push has done of what it has to do.
+	Planned         int64
+	PlannedNarBytes int64
 }
 
 // New returns an Uploader.
@@ -113,6 +119,7 @@ func New(cfg Config) *Uploader {
 		big:      make(chan struct{}, bigStreams),
 		stat:     make(chan struct{}, 4*cfg.Jobs),
 		known:    make(map[string]bool),
+		planned:  make(map[string]bool),
 		inflight: make(map[string]*flight),
 		nars:     make(map[string]*narFlight),
 	}
@@ -148,6 +155,7 @@ func (u *Uploader) Push(ctx context.Context, roots []string) []error {
 			todo = append(todo, r)
 		}
 	}
+	u.stats.Skipped += int64(len(roots) - len(todo))
 	u.mu.Unlock()
 	if len(todo) == 0 {
 		return errs
@@ -174,6 +182,7 @@ func (u *Uploader) Push(ctx context.Context, roots []string) []error {
 	}
 	filtered := u.filtered(infos)
 	missing := u.probe(ctx, roots, infos, filtered)
+	u.plan(missing, filtered, infos)
 	// NARs upload ahead, deps first, on up to Jobs connections, while
 	// ensure writes each .narinfo once its NAR and its references' are in.
 	pctx, stop := context.WithCancel(ctx)
@@ -195,6 +204,21 @@ func (u *Uploader) Push(ctx context.Context, roots []string) []error {
 	}
 	wg.Wait()
 	return errs
+}
+
+// plan counts the paths a push found missing in Stats.Planned, once each
+// however many pushes want them.
+func (u *Uploader) plan(missing, filtered map[string]bool, infos map[string]nix.PathInfo) {
+	u.mu.Lock()
+	defer u.mu.Unlock()
+	for p := range missing {
+		if filtered[p] || u.planned[p] || u.known[p] {
+			continue
+		}
+		u.planned[p] = true
+		u.stats.Planned++
+		u.stats.PlannedNarBytes += int64(infos[p].NarSize)
+	}
 }
 
 // plan is what one push knows: the path infos it needs and which paths
@@ -615,6 +639,7 @@ func (u *Uploader) upload(ctx context.Context, info nix.PathInfo) error {
 	d := time.Since(start)
 	u.mu.Lock()
 	delete(u.nars, info.Path)
+	delete(u.planned, info.Path)
 	u.known[info.Path] = true // in the same step, so no push starts this NAR again
 	u.stats.Paths++
 	u.stats.NarBytes += int64(p.narSize)

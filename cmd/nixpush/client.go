@@ -13,6 +13,8 @@ import (
 	"strings"
 	"time"
 
+	"github.com/mattn/go-isatty"
+
 	"github.com/nixpush/nixpush/hook"
 	"github.com/nixpush/nixpush/hook/client"
 	"github.com/nixpush/nixpush/nix"
@@ -50,6 +52,7 @@ func runPush(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 		return 2
 	}
 	c := client.New(*socket)
+	start := time.Now() // progress shown is of the work that starts after this
 	res, err := c.Enqueue(ctx, hook.EnqueueRequest{Paths: paths})
 	if err != nil {
 		fmt.Fprintf(stderr, "nixpush push: %v\n", explain(err))
@@ -57,7 +60,7 @@ func runPush(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 	}
 	fmt.Fprintf(stdout, "queued %d path(s) with their closures (%d already queued or pushed)\n", res.Added, res.Merged)
 	if *wait {
-		return waitDrained(ctx, c, 0, stdout, stderr)
+		return waitDrained(ctx, c, 0, start, stdout, stderr)
 	}
 	return 0
 }
@@ -141,6 +144,10 @@ func printStatus(w io.Writer, st hook.Status, now time.Time) {
 	if st.Spooled > 0 {
 		fmt.Fprintf(w, "spooled:  %d request(s) waiting to be imported\n", st.Spooled)
 	}
+	if p := st.Progress; p.Since != nil {
+		fmt.Fprintf(w, "progress: %d/%d paths, %s/%s NAR uploaded, %d already in the cache, since %s\n",
+			p.PathsDone, p.Paths, hook.Bytes(p.NarBytesDone), hook.Bytes(p.NarBytes), p.Cached, p.Since.Format(time.DateTime))
+	}
 	fmt.Fprintf(w, "queued:   %d%s\n", st.Queued, oldest)
 	fmt.Fprintf(w, "active:   %d\n", st.Active)
 	fmt.Fprintf(w, "failed:   %d\n", st.Failed)
@@ -191,16 +198,24 @@ func runWait(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 	if err := fs.Parse(args); err != nil {
 		return 2
 	}
-	return waitDrained(ctx, client.New(*socket), *timeout, stdout, stderr)
+	return waitDrained(ctx, client.New(*socket), *timeout, time.Time{}, stdout, stderr)
 }
 
 // waitDrained waits until nothing is queued or active: 0 when nothing has
-// failed either, 1 listing failures, 3 on timeout.
-func waitDrained(ctx context.Context, c *client.Client, timeout time.Duration, stdout, stderr io.Writer) int {
+// failed either, 1 listing failures, 3 on timeout. On a terminal it shows
+// live progress of the work started after since (any, when zero); it ends
+// with a summary in paths and bytes.
+func waitDrained(ctx context.Context, c *client.Client, timeout time.Duration, since time.Time, stdout, stderr io.Writer) int {
 	if timeout > 0 {
 		var cancel context.CancelFunc
 		ctx, cancel = context.WithTimeout(ctx, timeout)
 		defer cancel()
+	}
+	if f, ok := stdout.(*os.File); ok && isatty.IsTerminal(f.Fd()) {
+		stop := showProgress(ctx, c, since, stdout)
+		defer stop()
+		stdout = &afterProgress{w: stdout, stop: stop}
+		stderr = &afterProgress{w: stderr, stop: stop}
 	}
 	for {
 		step := 5 * time.Minute
@@ -227,13 +242,14 @@ func waitDrained(ctx context.Context, c *client.Client, timeout time.Duration, s
 			continue
 		}
 		if st.Failed > 0 {
+			fmt.Fprintln(stdout, summary(st, since))
 			fmt.Fprintf(stderr, "nixpush wait: %d path(s) failed (fix the cause, then: nixpush retry --all):\n", st.Failed)
 			for _, f := range st.Failures {
 				fmt.Fprintf(stderr, "  %s: %s%s\n", f.Path, f.Error, healNote(f))
 			}
 			return 1
 		}
-		fmt.Fprintf(stdout, "drained: %d done, nothing queued or failed\n", st.Done)
+		fmt.Fprintln(stdout, summary(st, since))
 		return 0
 	}
 }
