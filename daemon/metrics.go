@@ -26,6 +26,9 @@ var (
 	descNAR    = prometheus.NewDesc("nixpush_uploaded_nar_bytes_total", "NAR bytes of the uploaded paths.", nil, nil)
 	descFile   = prometheus.NewDesc("nixpush_uploaded_file_bytes_total", "Compressed bytes uploaded.", nil, nil)
 	descSkip   = prometheus.NewDesc("nixpush_skipped_paths_total", "Paths found already in the cache.", nil, nil)
+	descFilter = prometheus.NewDesc("nixpush_filtered_paths_total", "Paths left out by --exclude and --skip-signed-by.", nil, nil)
+	descLogs   = prometheus.NewDesc("nixpush_uploaded_build_logs_total", "Build logs uploaded to log/<drv>.", nil, nil)
+	descReal   = prometheus.NewDesc("nixpush_uploaded_realisations_total", "Realisations of content-addressed derivations uploaded.", nil, nil)
 	descReq    = prometheus.NewDesc("nixpush_store_requests_total", "Operations on the cache (existence checks, listings, uploads).", nil, nil)
 	descLast   = prometheus.NewDesc("nixpush_last_push_timestamp_seconds", "When a path was last uploaded (Unix time); 0 before the first.", nil, nil)
 	descRate   = prometheus.NewDesc("nixpush_upload_nar_bytes_per_second", "Upload rate over the last minute or so, in NAR bytes.", nil, nil)
@@ -40,7 +43,7 @@ var (
 type statusCollector struct{ d *Daemon }
 
 func (c *statusCollector) Describe(ch chan<- *prometheus.Desc) {
-	for _, d := range []*prometheus.Desc{descItems, descOldest, descPaths, descNAR, descFile, descSkip, descReq, descLast, descRate, descStore, descCheck, descQOK, descQFail, descHeld, descSpool} {
+	for _, d := range []*prometheus.Desc{descItems, descOldest, descPaths, descNAR, descFile, descSkip, descFilter, descLogs, descReal, descReq, descLast, descRate, descStore, descCheck, descQOK, descQFail, descHeld, descSpool} {
 		ch <- d
 	}
 }
@@ -60,6 +63,9 @@ func (c *statusCollector) Collect(ch chan<- prometheus.Metric) {
 	ch <- prometheus.MustNewConstMetric(descNAR, prometheus.CounterValue, float64(u.NarBytes))
 	ch <- prometheus.MustNewConstMetric(descFile, prometheus.CounterValue, float64(u.FileBytes))
 	ch <- prometheus.MustNewConstMetric(descSkip, prometheus.CounterValue, float64(u.Skipped))
+	ch <- prometheus.MustNewConstMetric(descFilter, prometheus.CounterValue, float64(u.Filtered))
+	ch <- prometheus.MustNewConstMetric(descLogs, prometheus.CounterValue, float64(u.Logs))
+	ch <- prometheus.MustNewConstMetric(descReal, prometheus.CounterValue, float64(u.Realisations))
 	ch <- prometheus.MustNewConstMetric(descReq, prometheus.CounterValue, float64(u.Requests))
 	var last float64
 	if u.LastPush != nil {

@@ -176,12 +176,17 @@ func runRetry(ctx context.Context, args []string, stdout, stderr io.Writer) int 
 	}
 	req := hook.RetryRequest{All: *all}
 	for _, a := range fs.Args() {
-		p, err := nix.StorePath(*storeDir, a)
+		// A derivation's items keep their suffix: x.drv#log, x.drv^*.
+		base, suffix := a, ""
+		if i := strings.IndexAny(a, "#^"); i >= 0 {
+			base, suffix = a[:i], a[i:]
+		}
+		p, err := nix.StorePath(*storeDir, base)
 		if err != nil {
 			fmt.Fprintf(stderr, "nixpush retry: %v\n", err)
 			return 2
 		}
-		req.Paths = append(req.Paths, p)
+		req.Paths = append(req.Paths, p+suffix)
 	}
 	res, err := client.New(*socket).Retry(ctx, req)
 	if err != nil {
