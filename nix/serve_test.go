@@ -1,12 +1,16 @@
 package nix
 
 import (
+	"bytes"
 	"context"
+	"fmt"
+	"os"
 	"os/exec"
 	"reflect"
 	"slices"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/nixpush/nixpush/internal/testenv"
 )
@@ -75,17 +79,37 @@ func TestServeInvalidAndRestart(t *testing.T) {
 	}
 	pid := s.cmd.Process.Pid
 	s.cmd.Process.Kill()
+	// Nobody waits for the process until it is replaced, so once dead it
+	// stays a zombie: wait for that, so the next query surely meets a dead
+	// process rather than racing the kill.
+	waitZombie(t, pid)
 	_, err = s.QueryClosure(ctx, []string{top})
 	if err == nil || IsInvalid(err) {
-		// The kill may land before or after the query is written; either
-		// way this query fails and says why.
-		if err == nil {
-			t.Log("query raced the kill and succeeded")
-		}
+		t.Fatalf("query to a killed nix-store --serve: err = %v; want a failure that is not ErrInvalidPath", err)
 	}
+	t.Logf("query to the killed process failed: %v", err)
 	again, err := s.QueryClosure(ctx, []string{top})
 	if err != nil || len(again) != 3 || s.cmd.Process.Pid == pid {
 		t.Fatalf("after kill: %+v, %v (pid %d was %d)", again, err, s.cmd.Process.Pid, pid)
+	}
+}
+
+// waitZombie waits until process pid has exited (and is not yet reaped).
+func waitZombie(t *testing.T, pid int) {
+	t.Helper()
+	deadline := time.Now().Add(30 * time.Second)
+	for {
+		b, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
+		if err != nil {
+			t.Fatalf("process %d: %v", pid, err)
+		}
+		if f := strings.Fields(string(b[bytes.LastIndexByte(b, ')')+1:])); len(f) > 0 && f[0] == "Z" {
+			return
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("process %d still running 30s after SIGKILL", pid)
+		}
+		time.Sleep(5 * time.Millisecond)
 	}
 }
 

@@ -364,6 +364,28 @@ func TestGroupCommit(t *testing.T) {
 	if st := q.Stats(); st.Queued != n {
 		t.Fatalf("%d queued, want %d", st.Queued, n)
 	}
+	// Durable: every acknowledged enqueue is in the file. Reopen it (a
+	// second handle after closing the first) and lease them all back.
+	if err := q.Close(); err != nil {
+		t.Fatal(err)
+	}
+	q = open(t, path, nil)
+	if st := q.Stats(); st.Queued != n {
+		t.Fatalf("after reopening: %d queued, want %d", st.Queued, n)
+	}
+	leased, err := q.Lease(ctx, 2*n)
+	if err != nil || len(leased) != n {
+		t.Fatalf("after reopening: leased %d (%v), want %d", len(leased), err, n)
+	}
+	got := map[string]bool{}
+	for _, it := range leased {
+		got[it.Path] = true
+	}
+	for i := range n {
+		if p := fmt.Sprintf("/nix/store/%032d-p", i); !got[p] {
+			t.Fatalf("after reopening: %s is not in the queue", p)
+		}
+	}
 
 	// A failing update among good ones: only it fails.
 	boom := errors.New("boom")
@@ -381,12 +403,16 @@ func TestGroupCommit(t *testing.T) {
 			})
 		})
 	}
-	for {
+	for deadline := time.Now().Add(30 * time.Second); ; {
 		q.commitMu.Unlock()
 		time.Sleep(time.Millisecond)
 		q.commitMu.Lock()
 		if len(q.waiting) == len(errs) {
 			break
+		}
+		if time.Now().After(deadline) {
+			q.commitMu.Unlock()
+			t.Fatalf("%d of %d calls waiting for the commit after 30s", len(q.waiting), len(errs))
 		}
 	}
 	// Become the leader of the waiting calls, as a caller would.

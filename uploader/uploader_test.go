@@ -536,6 +536,10 @@ func TestConcurrentPushesDoNotDeadlock(t *testing.T) {
 			for _, e := range cs.errs {
 				t.Error(e)
 			}
+			// Every path of every closure reached the store, whole.
+			for _, p := range paths {
+				checkPushed(t, sub, fs.infos[p])
+			}
 		}
 	}
 }
