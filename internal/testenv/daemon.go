@@ -45,6 +45,7 @@ type Daemon struct {
 	SpoolDir string
 	Hook     string // a post-build-hook wrapper that reaches this daemon
 	Cmd      *exec.Cmd
+	exited   chan struct{} // closed when Cmd has exited
 	Log      *SyncBuffer
 	Args     []string
 	Env      []string
@@ -92,6 +93,7 @@ func (d *Daemon) Start() {
 		t.Fatal(err)
 	}
 	exited := make(chan struct{})
+	d.exited = exited
 	go func() { d.Cmd.Wait(); close(exited) }()
 	deadline := time.Now().Add(10 * time.Second)
 	for time.Now().Before(deadline) {
@@ -107,24 +109,24 @@ func (d *Daemon) Start() {
 	t.Fatalf("daemon socket %s not answering after 10s: %s", d.Socket, d.Log)
 }
 
-// Stop stops the daemon with SIGTERM.
+// Stop stops the daemon with SIGTERM. A daemon still running a minute
+// later has hung: it is killed and the test fails.
 func (d *Daemon) Stop() {
-	if d.Cmd == nil || d.Cmd.Process == nil || d.Cmd.ProcessState != nil {
+	if d.Cmd == nil || d.Cmd.Process == nil {
 		return
 	}
-	d.Cmd.Process.Signal(syscall.SIGTERM)
-	done := make(chan struct{})
-	go func() {
-		for d.Cmd.ProcessState == nil {
-			time.Sleep(10 * time.Millisecond)
-		}
-		close(done)
-	}()
 	select {
-	case <-done:
-	case <-time.After(15 * time.Second):
+	case <-d.exited:
+		return
+	default:
+	}
+	d.Cmd.Process.Signal(syscall.SIGTERM)
+	select {
+	case <-d.exited:
+	case <-time.After(time.Minute):
 		d.Cmd.Process.Kill()
-		d.t.Errorf("daemon did not stop within 15s of SIGTERM")
+		<-d.exited
+		d.t.Errorf("daemon did not stop within a minute of SIGTERM")
 	}
 	if d.t.Failed() {
 		d.t.Logf("daemon log:\n%s", d.Log)
@@ -134,10 +136,15 @@ func (d *Daemon) Stop() {
 // Kill sends SIGKILL to the daemon and waits for it to die.
 func (d *Daemon) Kill() {
 	d.Cmd.Process.Signal(syscall.SIGKILL)
-	for d.Cmd.ProcessState == nil {
-		time.Sleep(5 * time.Millisecond)
+	select {
+	case <-d.exited:
+	case <-time.After(time.Minute):
+		d.t.Fatalf("daemon pid %d still running a minute after SIGKILL", d.Cmd.Process.Pid)
 	}
 }
+
+// Exited is closed once the daemon process has exited.
+func (d *Daemon) Exited() <-chan struct{} { return d.exited }
 
 // CLI runs a nixpush client command against the daemon.
 func (d *Daemon) CLI(args ...string) (string, error) {

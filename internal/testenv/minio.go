@@ -130,6 +130,25 @@ func (m *MinIOServer) Stop(t testing.TB) {
 	m.log.Close()
 }
 
+// Kill kills the server with SIGKILL, a crash in the middle of whatever
+// it was doing; its data stays, and Start brings it back.
+func (m *MinIOServer) Kill(t testing.TB) {
+	t.Helper()
+	m.cmd.Process.Signal(syscall.SIGKILL)
+	select {
+	case <-m.exited:
+	case <-time.After(time.Minute):
+		t.Fatalf("minio still running a minute after SIGKILL")
+	}
+	m.log.Close()
+}
+
+// StoreURIVia is the bucket as an s3:// store URI reached through another
+// endpoint, such as a Proxy in front of the server.
+func (m *MinIOServer) StoreURIVia(bucket, endpoint string) string {
+	return "s3://" + bucket + "?endpoint=" + endpoint + "&scheme=http&region=us-east-1"
+}
+
 // CPUTime is the CPU time the server has used so far.
 func (m *MinIOServer) CPUTime() (time.Duration, error) { return ProcessCPUTime(m.cmd.Process.Pid) }
 

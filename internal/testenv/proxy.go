@@ -2,7 +2,6 @@ package testenv
 
 import (
 	"bytes"
-	"io"
 	"net"
 	"sync"
 	"testing"
@@ -23,7 +22,6 @@ type Proxy struct {
 	mu    sync.Mutex
 	rate  int // client-to-server bytes per second; 0: unlimited
 	conns map[*proxyConn]struct{}
-	cuts  int
 }
 
 // proxyConn is one client connection and its upstream.
@@ -78,7 +76,6 @@ func (p *Proxy) Cut() {
 	p.mu.Lock()
 	conns := p.conns
 	p.conns = map[*proxyConn]struct{}{}
-	p.cuts++
 	p.mu.Unlock()
 	for c := range conns {
 		c.client.Close()
@@ -164,9 +161,6 @@ func (p *Proxy) answers(c *proxyConn) {
 			}
 		}
 		if err != nil {
-			if err != io.EOF {
-				return
-			}
 			return
 		}
 	}
