@@ -15,6 +15,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
 	"sort"
 	"strings"
 	"testing"
@@ -386,6 +387,9 @@ func benchPush(b *testing.B, w pushWorkload, compression string) {
 			b.Fatal(err)
 		}
 		peak = max(peak, rss)
+		if rss > maxPeakRSS {
+			b.Errorf("round %d: daemon peak RSS %.1f MiB, over the %d MiB target", i, float64(rss)/mib, maxPeakRSS/mib)
+		}
 		st := status(b, d)
 		if st.Uploaded.Paths != int64(paths) {
 			b.Fatalf("daemon uploaded %d paths; the closure has %d", st.Uploaded.Paths, paths)
@@ -432,6 +436,22 @@ func benchPush(b *testing.B, w pushWorkload, compression string) {
 		restarted.Seconds(), restartedReq, other.Seconds(), otherSt.Uploaded.Requests)
 }
 
+// maxPeakRSS is the daemon's peak RSS target on every workload here;
+// maxRSSGrowth is how much RSS may grow in the second half of a 5 GiB push
+// over the first (one part buffer).
+const (
+	maxPeakRSS   = 48 * mib
+	maxRSSGrowth = 5 * mib
+)
+
+func mibs(samples []int64) []int64 {
+	out := make([]int64, len(samples))
+	for i, v := range samples {
+		out[i] = v / mib
+	}
+	return out
+}
+
 // BenchmarkBigPath pushes one path of 5 GiB (half random) and samples the
 // daemon's RSS every 250 ms: it must stay flat, not grow with the path.
 func BenchmarkBigPath(b *testing.B) {
@@ -468,6 +488,17 @@ func BenchmarkBigPath(b *testing.B) {
 		b.Fatalf("only %d RSS samples", len(samples))
 	}
 	q := func(f float64) float64 { return float64(samples[int(f*float64(len(samples)-1))]) / mib }
+	// Flat: what the second half of the push reaches is what the first
+	// half did, give or take a part buffer; memory that grew with the path
+	// would show here. And under the peak target.
+	firstHalf, secondHalf := slices.Max(samples[:len(samples)/2]), slices.Max(samples[len(samples)/2:])
+	if secondHalf > firstHalf+maxRSSGrowth {
+		b.Fatalf("daemon RSS grew with the path: %.1f MiB at most in the first half of the push, %.1f MiB in the second (samples every 250 ms, MiB: %v)",
+			float64(firstHalf)/mib, float64(secondHalf)/mib, mibs(samples))
+	}
+	if peak > maxPeakRSS {
+		b.Errorf("daemon peak RSS %.1f MiB, over the %d MiB target", float64(peak)/mib, maxPeakRSS/mib)
+	}
 	b.ReportMetric(float64(peak)/mib, "peak-rss-MiB")
 	b.ReportMetric(float64(narBytes)/mib/took.Seconds(), "MiB/s")
 	b.Logf("one path of %.1f GiB: pushed in %.1f s (%.0f MiB/s of NAR); daemon RSS at 10/25/50/75/90 %% of the push: %.1f %.1f %.1f %.1f %.1f MiB, peak %.1f MiB",

@@ -23,9 +23,11 @@ func newPartPool(size, max int) *partPool {
 	return &partPool{size: size, max: max, free: make(chan []byte, max)}
 }
 
-// parts is the pool of the streams bigStreams allows, two buffers each: one
-// being sent while the next fills.
-var parts = newPartPool(partSize, 2*bigStreams)
+// parts is the pool of the streams bigStreams allows: one buffer each, and
+// one more, so that a stream sends a part while the next fills whenever
+// the other stream is not doing the same (on two cores, packing one stream
+// while sending another keeps both busy as well).
+var parts = newPartPool(partSize, bigStreams+1)
 
 func (p *partPool) get(ctx context.Context) ([]byte, error) {
 	select {

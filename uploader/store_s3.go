@@ -31,9 +31,10 @@ type S3Store struct {
 }
 
 // partSize is the multipart part size for NARs of unknown compressed size:
-// each streaming upload holds two parts in memory, one being sent while the
-// next fills, and its objects can be up to 10,000 parts (58 GiB).
-const partSize = 6 << 20
+// S3's smallest, since part buffers are most of the daemon's memory while
+// large NARs stream (see parts). Objects can be up to 10,000 parts (48.8 GiB
+// of compressed NAR).
+const partSize = 5 << 20
 
 var s3Params = map[string]bool{"endpoint": true, "scheme": true, "region": true, "profile": true}
 
