@@ -65,10 +65,26 @@ func TestBuildLogs(t *testing.T) {
 	removeLocalLog(t, deriver(t, nx, lost[0]))
 	d.Start()
 	d.MustWait(2 * time.Minute)
+
+	// A log queued while the cache is down survives the daemon's death.
+	m.Stop(t)
+	line3 := "nixpush-log-across-a-restart-" + s
+	third := nx.Build(t, logDrv("log-restart-"+s, line3), "--option", "post-build-hook", d.Hook)
+	if st := status(t, d); st["queued"]+st["active"] != 2 { // the output and its log
+		t.Fatalf("status with the cache down: %v; want the output and its log queued", st)
+	}
+	d.Kill()
+	m.Start(t)
+	d.Start()
+	d.MustWait(2 * time.Minute)
 	if st := status(t, d); st["failed"] != 0 {
 		t.Fatalf("status: %v", st)
 	}
-	checkFetched(t, nx, m.HTTPURL("logs"), pub, out[0], lost[0])
+	checkFetched(t, nx, m.HTTPURL("logs"), pub, out[0], lost[0], third[0])
+	thirdDrv := deriver(t, nx, third[0])
+	if _, err := m.Client(t).StatObject(ctxT(t, time.Minute), "logs", "log/"+filepath.Base(thirdDrv), minio.StatObjectOptions{}); err != nil {
+		t.Fatalf("the log queued before the daemon was killed: %v", err)
+	}
 
 	drv := deriver(t, nx, out[0])
 	removeLocalLog(t, drv)
