@@ -57,6 +57,9 @@ func runInit(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 	}
 	if err != nil {
 		fmt.Fprintf(stderr, "nixpush init: %v\n", err)
+		if se := uploader.AsStoreError(err); se != nil && se.Problem != uploader.NoBucket {
+			fmt.Fprintf(stderr, "fix: %s\n", se.Fix())
+		}
 		return 1
 	}
 	if len(changes) == 0 {

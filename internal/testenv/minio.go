@@ -3,6 +3,8 @@ package testenv
 import (
 	"context"
 	"crypto/rand"
+	"crypto/tls"
+	"crypto/x509"
 	"encoding/hex"
 	"fmt"
 	"net"
@@ -50,10 +52,20 @@ type MinIOServer struct {
 	cmd       *exec.Cmd
 	exited    chan struct{}
 	log       *os.File
+	// CAFile is the PEM of the private CA that signed the server's
+	// certificate, for a server started by MinIOTLS ("" for plain http).
+	CAFile   string
+	certsDir string
 }
 
 // MinIO starts a MinIO server for the test and stops it at cleanup.
-func MinIO(t testing.TB) *MinIOServer {
+func MinIO(t testing.TB) *MinIOServer { return startMinIO(t, false) }
+
+// MinIOTLS starts a MinIO server that serves https with a certificate for
+// 127.0.0.1 signed by a private CA made for the test (CAFile).
+func MinIOTLS(t testing.TB) *MinIOServer { return startMinIO(t, true) }
+
+func startMinIO(t testing.TB, withTLS bool) *MinIOServer {
 	t.Helper()
 	bin, err := MinIOBinary()
 	if err != nil {
@@ -66,6 +78,13 @@ func MinIO(t testing.TB) *MinIOServer {
 		bin:       bin,
 		dir:       t.TempDir(),
 		console:   FreePort(t),
+	}
+	if withTLS {
+		m.certsDir = filepath.Join(m.dir, "certs")
+		m.CAFile = filepath.Join(m.dir, "ca.pem")
+		if err := WriteCA(m.CAFile, m.certsDir, "127.0.0.1"); err != nil {
+			t.Fatal(err)
+		}
 	}
 	m.Start(t)
 	t.Cleanup(func() { m.Stop(t) })
@@ -81,8 +100,11 @@ func (m *MinIOServer) Start(t testing.TB) {
 		t.Fatal(err)
 	}
 	m.log = log
-	m.cmd = exec.Command(m.bin, "server", "--quiet", "--address", m.Endpoint,
-		"--console-address", "127.0.0.1:"+strconv.Itoa(m.console), filepath.Join(m.dir, "data"))
+	args := []string{"server", "--quiet", "--address", m.Endpoint, "--console-address", "127.0.0.1:" + strconv.Itoa(m.console)}
+	if m.certsDir != "" {
+		args = append(args, "--certs-dir", m.certsDir)
+	}
+	m.cmd = exec.Command(m.bin, append(args, filepath.Join(m.dir, "data"))...)
 	m.cmd.Env = append(os.Environ(), "MINIO_ROOT_USER="+m.AccessKey, "MINIO_ROOT_PASSWORD="+m.SecretKey,
 		"MINIO_BROWSER=off", "MINIO_UPDATE=off", "HOME="+m.dir)
 	m.cmd.Stdout, m.cmd.Stderr = log, log
@@ -93,7 +115,7 @@ func (m *MinIOServer) Start(t testing.TB) {
 	go func() { m.cmd.Wait(); close(m.exited) }()
 	deadline := time.Now().Add(30 * time.Second)
 	for time.Now().Before(deadline) {
-		resp, err := http.Get("http://" + m.Endpoint + "/minio/health/cluster")
+		resp, err := m.httpClient(t).Get(m.scheme() + "://" + m.Endpoint + "/minio/health/cluster")
 		if err == nil {
 			resp.Body.Close()
 			if resp.StatusCode == 200 {
@@ -155,7 +177,8 @@ func (m *MinIOServer) CPUTime() (time.Duration, error) { return ProcessCPUTime(m
 // Client is an admin client of the server.
 func (m *MinIOServer) Client(t testing.TB) *minio.Client {
 	t.Helper()
-	c, err := minio.New(m.Endpoint, &minio.Options{Creds: credentials.NewStaticV4(m.AccessKey, m.SecretKey, ""), Region: "us-east-1"})
+	c, err := minio.New(m.Endpoint, &minio.Options{Creds: credentials.NewStaticV4(m.AccessKey, m.SecretKey, ""), Region: "us-east-1",
+		Secure: m.CAFile != "", Transport: m.httpClient(t).Transport})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -180,11 +203,35 @@ func (m *MinIOServer) MakeBucket(t testing.TB, name string, publicRead bool) {
 }
 
 // HTTPURL is the bucket's plain-HTTP URL, a substituter for any Nix.
-func (m *MinIOServer) HTTPURL(bucket string) string { return "http://" + m.Endpoint + "/" + bucket }
+func (m *MinIOServer) HTTPURL(bucket string) string {
+	return m.scheme() + "://" + m.Endpoint + "/" + bucket
+}
+
+func (m *MinIOServer) scheme() string {
+	if m.CAFile != "" {
+		return "https"
+	}
+	return "http"
+}
+
+// httpClient trusts the server's CA when it has one.
+func (m *MinIOServer) httpClient(t testing.TB) *http.Client {
+	tr := http.DefaultTransport.(*http.Transport).Clone()
+	if m.CAFile != "" {
+		pem, err := os.ReadFile(m.CAFile)
+		if err != nil {
+			t.Fatal(err)
+		}
+		pool := x509.NewCertPool()
+		pool.AppendCertsFromPEM(pem)
+		tr.TLSClientConfig = &tls.Config{RootCAs: pool}
+	}
+	return &http.Client{Transport: tr}
+}
 
 // StoreURI is the bucket as an s3:// store URI for nixpush.
 func (m *MinIOServer) StoreURI(bucket string) string {
-	return "s3://" + bucket + "?endpoint=" + m.Endpoint + "&scheme=http&region=us-east-1"
+	return "s3://" + bucket + "?endpoint=" + m.Endpoint + "&scheme=" + m.scheme() + "&region=us-east-1"
 }
 
 // CredentialsEnv returns the AWS environment variables of the root user.

@@ -32,6 +32,12 @@ func Nix(t testing.TB) *NixEnv {
 		"NIX_CONFIG=substituters =\nconnect-timeout = 2"}}
 }
 
+// WithEnv is the environment with more variables, such as
+// NIX_SSL_CERT_FILE for a cache behind a private CA.
+func (n *NixEnv) WithEnv(kv ...string) *NixEnv {
+	return &NixEnv{env: append(append([]string(nil), n.env...), kv...)}
+}
+
 // Env is the environment Nix commands run with.
 func (n *NixEnv) Env() []string { return append(os.Environ(), n.env...) }
 
