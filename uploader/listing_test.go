@@ -3,11 +3,15 @@ package uploader
 import (
 	"bytes"
 	"encoding/json"
+	"errors"
+	"io"
 	"os"
 	"path/filepath"
 	"testing"
 
 	"github.com/nix-community/go-nix/pkg/nar"
+
+	"github.com/nixpush/nixpush/nix"
 )
 
 // TestListingWalkIsDumpPath: the walk that lists a path writes the same NAR
@@ -85,5 +89,42 @@ func TestListingWalkIsDumpPath(t *testing.T) {
 		if root == dir && checked != len(files) {
 			t.Errorf("checked %d files, want %d: %s", checked, len(files), text)
 		}
+	}
+}
+
+// TestPackListsLikePackSmall: the streaming packer (NARs over 4 MiB) and the
+// in-memory one write the same listing for the same path, and both still
+// check the NAR against the database.
+func TestPackListsLikePackSmall(t *testing.T) {
+	dir := filepath.Join(t.TempDir(), "tree")
+	os.MkdirAll(filepath.Join(dir, "sub"), 0o755)
+	os.WriteFile(filepath.Join(dir, "sub", "big"), bytes.Repeat([]byte("nixpush "), 10000), 0o644)
+	os.WriteFile(filepath.Join(dir, "x"), []byte("x"), 0o755)
+	h := newCounter()
+	if err := nar.DumpPath(h, dir); err != nil {
+		t.Fatal(err)
+	}
+	info := nix.PathInfo{Path: dir, NarHash: h.hash(), NarSize: h.n}
+	for _, c := range []Compression{Zstd, None} {
+		streamed, err := pack(info, c, true, io.Discard)
+		if err != nil {
+			t.Fatal(err)
+		}
+		narBuf, fileBuf := new(bytes.Buffer), new(bytes.Buffer)
+		_, small, err := packSmall(info, c, true, narBuf, fileBuf)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if len(streamed.listing) == 0 || !bytes.Equal(streamed.listing, small.listing) {
+			t.Fatalf("%s: pack lists %s, packSmall %s", c, streamed.listing, small.listing)
+		}
+		if unlisted, err := pack(info, c, false, io.Discard); err != nil || unlisted.listing != nil || !bytes.Equal(unlisted.fileHash.Digest(), streamed.fileHash.Digest()) {
+			t.Fatalf("%s: without a listing: %v, %s", c, err, unlisted.listing)
+		}
+	}
+	bad := info
+	bad.NarSize++
+	if _, err := pack(bad, None, true, io.Discard); !errors.Is(err, ErrHashMismatch) {
+		t.Fatalf("pack with a listing of a path unlike the database: %v; want ErrHashMismatch", err)
 	}
 }
