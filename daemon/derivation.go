@@ -92,7 +92,7 @@ func realisationsItem(drv string) []string {
 func (d *Daemon) pushRealisations(ctx context.Context, item, drv string) {
 	rs, err := d.cfg.Nix.Realisations(ctx, drv)
 	if err != nil {
-		if nix.IsInvalid(err) {
+		if nix.IsInvalid(err) || errors.Is(err, nix.ErrRealisationFormat) {
 			err = uploader.Permanent(err)
 		}
 		d.settle(ctx, item, err)

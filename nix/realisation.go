@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"os"
 	"strings"
@@ -11,6 +12,11 @@ import (
 	"github.com/nix-community/go-nix/pkg/derivation"
 	"github.com/nix-community/go-nix/pkg/narinfo/signature"
 )
+
+// ErrRealisationFormat reports `nix realisation info --json` output in a
+// shape this nixpush does not know (Nix 2.35 replaced realisations by
+// build traces): retrying cannot help.
+var ErrRealisationFormat = errors.New("unknown realisation format")
 
 // Realisation is what Nix records when it builds an output of a
 // content-addressed derivation (experimental feature ca-derivations): the
@@ -58,7 +64,7 @@ func (c *Client) Realisations(ctx context.Context, drvPath string) ([]Realisatio
 func ParseRealisations(data []byte, storeDir string) ([]Realisation, error) {
 	var raw []json.RawMessage
 	if err := json.Unmarshal(data, &raw); err != nil {
-		return nil, fmt.Errorf("parse nix realisation info --json: %w (want a JSON array)", err)
+		return nil, fmt.Errorf("parse nix realisation info --json: %w: %v (want a JSON array)", ErrRealisationFormat, err)
 	}
 	var out []Realisation
 	for _, r := range raw {
@@ -67,10 +73,10 @@ func ParseRealisations(data []byte, storeDir string) ([]Realisation, error) {
 			OutPath string `json:"outPath"`
 		}
 		if err := json.Unmarshal(r, &fields); err != nil || fields.ID == "" || fields.OutPath == "" {
-			return nil, fmt.Errorf("parse nix realisation info --json: %.200s: want an object with id and outPath", r)
+			return nil, fmt.Errorf("parse nix realisation info --json: %w: %.200s: want an object with id and outPath", ErrRealisationFormat, r)
 		}
 		if !strings.Contains(fields.ID, "!") || strings.ContainsAny(fields.ID, "/\x00") {
-			return nil, fmt.Errorf("realisation id %q: want sha256:<hash>!<output>", fields.ID)
+			return nil, fmt.Errorf("%w: realisation id %q: want sha256:<hash>!<output>", ErrRealisationFormat, fields.ID)
 		}
 		p := fields.OutPath
 		if !strings.HasPrefix(p, "/") {

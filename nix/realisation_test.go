@@ -3,6 +3,7 @@ package nix
 import (
 	"context"
 	"encoding/json"
+	"errors"
 	"os"
 	"path/filepath"
 	"slices"
@@ -77,5 +78,25 @@ in mk "ca-top" "echo ${s} ${dep} > $out"`
 	outs, err := c.Outputs(ctx, drv)
 	if err != nil || !slices.Equal(outs, []string{out}) {
 		t.Fatalf("Outputs(%s) = %v, %v; want [%s] (nix-store --query --outputs refuses floating CA derivations)", drv, outs, err, out)
+	}
+}
+
+func TestParseRealisations(t *testing.T) {
+	for _, tc := range []struct {
+		name, json string
+		ok         bool
+	}{
+		{"nix 2.8", `[{"dependentRealisations":{},"id":"sha256:ab!out","outPath":"3r3dhgsk4h4v6srjda3l27n57y3phhpy-ca-dep","signatures":[]}]`, true},
+		{"none", `[]`, true},
+		{"not an array", `{"key":{"drvPath":"x.drv","outputName":"out"}}`, false},
+		{"no id", `[{"outPath":"3r3dhgsk4h4v6srjda3l27n57y3phhpy-ca-dep"}]`, false},
+		{"id with a slash", `[{"id":"../x!out","outPath":"3r3dhgsk4h4v6srjda3l27n57y3phhpy-ca-dep"}]`, false},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			_, err := ParseRealisations([]byte(tc.json), DefaultStoreDir)
+			if (err == nil) != tc.ok || (err != nil && !errors.Is(err, ErrRealisationFormat)) {
+				t.Fatalf("ParseRealisations(%s): %v", tc.json, err)
+			}
+		})
 	}
 }
