@@ -53,6 +53,17 @@ type Serve struct {
 // NewServe returns a Serve running c's nix-store.
 func NewServe(c Client) *Serve { return &Serve{Client: c} }
 
+// Start starts the nix-store process now rather than at the first query,
+// so that the first push does not wait for Nix to start.
+func (s *Serve) Start() error {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.cmd != nil {
+		return nil
+	}
+	return s.start()
+}
+
 // Close stops the nix-store process.
 func (s *Serve) Close() error {
 	s.mu.Lock()

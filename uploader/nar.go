@@ -50,6 +50,7 @@ type packed struct {
 	fileHash nixhash.Hash
 	fileSize uint64
 	listing  []byte // the .ls JSON, when asked for
+	narinfo  string // the signed .narinfo, set by the Uploader once the NAR is in
 }
 
 // pack writes the compressed NAR of info.Path to w in one pass, hashing the

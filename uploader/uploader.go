@@ -142,12 +142,10 @@ func (u *Uploader) count(requests int64) {
 // where the root's whole closure is in the cache).
 func (u *Uploader) Push(ctx context.Context, roots []string) []error {
 	errs := make([]error, len(roots))
-	if err := u.ensureCacheInfo(ctx); err != nil {
-		for i := range errs {
-			errs[i] = err
-		}
-		return errs
-	}
+	// nix-cache-info is checked while Nix is asked about the closure; it
+	// is in before anything else goes up.
+	cacheInfo := make(chan error, 1)
+	go func() { cacheInfo <- u.ensureCacheInfo(ctx) }()
 	var todo []string
 	u.mu.Lock()
 	for _, r := range roots {
@@ -158,6 +156,11 @@ func (u *Uploader) Push(ctx context.Context, roots []string) []error {
 	u.stats.Skipped += int64(len(roots) - len(todo))
 	u.mu.Unlock()
 	if len(todo) == 0 {
+		if err := <-cacheInfo; err != nil {
+			for i := range errs {
+				errs[i] = err
+			}
+		}
 		return errs
 	}
 	infos, err := u.closure(ctx, todo)
@@ -175,6 +178,12 @@ func (u *Uploader) Push(ctx context.Context, roots []string) []error {
 			}
 		}
 	} else if err != nil {
+		for i := range errs {
+			errs[i] = err
+		}
+		return errs
+	}
+	if err := <-cacheInfo; err != nil {
 		for i := range errs {
 			errs[i] = err
 		}
@@ -604,7 +613,23 @@ func (u *Uploader) putNAR(ctx context.Context, info nix.PathInfo) (packed, error
 	if err != nil {
 		return packed{}, fmt.Errorf("upload %s: %w", info.Path, err)
 	}
+	// The .narinfo is signed here, beside the NAR upload, rather than when
+	// its references are in: on a deep closure that is one step less on
+	// the serial path from one .narinfo PUT to the next.
+	if p.narinfo, err = u.narinfo(info, p); err != nil {
+		return packed{}, err
+	}
 	return p, nil
+}
+
+// narinfo is the signed .narinfo text of info, whose NAR went up as p.
+func (u *Uploader) narinfo(info nix.PathInfo, p packed) (string, error) {
+	c := u.cfg.Compression
+	ni, err := nix.NarInfo(info, nix.Upload{URL: narKey(info, c), Compression: string(c), FileHash: p.fileHash, FileSize: p.fileSize}, append([]signature.SecretKey{u.cfg.Key}, u.cfg.Keys...)...)
+	if err != nil {
+		return "", err
+	}
+	return ni.String(), nil
 }
 
 // upload puts the signed .narinfo once the NAR is in (uploading it now if
@@ -612,15 +637,10 @@ func (u *Uploader) putNAR(ctx context.Context, info nix.PathInfo) (packed, error
 // .narinfo is in the store.
 func (u *Uploader) upload(ctx context.Context, info nix.PathInfo) error {
 	start := time.Now()
-	c := u.cfg.Compression
 	p, err := u.nar(ctx, info, false)
 	if errors.Is(err, errCached) {
 		return nil
 	}
-	if err != nil {
-		return err
-	}
-	ni, err := nix.NarInfo(info, nix.Upload{URL: narKey(info, c), Compression: string(c), FileHash: p.fileHash, FileSize: p.fileSize}, append([]signature.SecretKey{u.cfg.Key}, u.cfg.Keys...)...)
 	if err != nil {
 		return err
 	}
@@ -631,7 +651,7 @@ func (u *Uploader) upload(ctx context.Context, info nix.PathInfo) error {
 			return fmt.Errorf("upload listing of %s: %w", info.Path, err)
 		}
 	}
-	text := ni.String()
+	text := p.narinfo
 	u.count(1)
 	if err := u.cfg.Store.Put(ctx, nix.NarInfoKey(info.Path), strings.NewReader(text), int64(len(text)), "text/x-nix-narinfo"); err != nil {
 		return fmt.Errorf("upload %s: %w", info.Path, err)

@@ -141,6 +141,13 @@ func runDaemon(ctx context.Context, args []string, stdout, stderr io.Writer) int
 	// per push: that costs ~50 ms of CPU each, taken from the builds.
 	pathInfo := nix.NewServe(*nixClient)
 	defer pathInfo.Close()
+	go func() {
+		// Nix starts while the daemon does; a failure here is retried
+		// (and reported) by the first query.
+		if err := pathInfo.Start(); err != nil {
+			log.Debug().Err(err).Msg("nix-store --serve did not start; the first query starts it again")
+		}
+	}()
 	up := uploader.New(uploader.Config{
 		Store: store, Nix: pathInfo, Key: keys[0], Keys: keys[1:], Compression: comp, Jobs: *jobs,
 		StoreDir: *storeDir, Log: log, WriteNARListing: *writeListing,
