@@ -331,31 +331,37 @@ func (d *Daemon) push(ctx context.Context, items []queue.Item) {
 		}
 		roots = append(roots, it.Path)
 	}
+	if len(roots) > 0 {
+		errs := d.up.Push(ctx, roots)
+		d.complete(ctx, roots, errs)
+	}
 	// Build logs and realisations after the paths: neither ever holds up
 	// a .narinfo.
-	defer func() {
-		for _, item := range drvItems {
+	if len(drvItems) > 0 {
+		errs := make([]error, len(drvItems))
+		for i, item := range drvItems {
 			if drv, ok := strings.CutSuffix(item, logSuffix); ok {
-				d.pushLog(ctx, item, drv)
+				errs[i] = d.pushLog(ctx, drv)
 			} else {
-				d.pushRealisations(ctx, item, strings.TrimSuffix(item, realisationsSuffix))
+				errs[i] = d.pushRealisations(ctx, strings.TrimSuffix(item, realisationsSuffix))
 			}
 		}
-	}()
-	if len(roots) == 0 {
-		return
+		d.complete(ctx, drvItems, errs)
 	}
-	errs := d.up.Push(ctx, roots)
+}
+
+// complete settles pushed items: the failed one by one, the others in one
+// commit, not one each.
+func (d *Daemon) complete(ctx context.Context, items []string, errs []error) {
 	var done []string
-	for i, root := range roots {
+	for i, item := range items {
 		if errs[i] == nil && ctx.Err() == nil {
-			done = append(done, root)
+			done = append(done, item)
 			continue
 		}
-		d.settle(ctx, root, errs[i])
+		d.settle(ctx, item, errs[i])
 	}
 	if len(done) > 0 {
-		// One commit for every root pushed, not one each.
 		if err := d.mustWrite(ctx, "complete", func() error { return d.queue.Complete(ctx, done...) }); err != nil {
 			d.log.Warn().Err(err).Int("paths", len(done)).Msg("stopping before the pushed paths were marked done; they are checked again at the next start")
 		}

@@ -24,35 +24,33 @@ type BuildLogs interface {
 
 // pushLog uploads the build log of drv once the derivation's outputs are
 // in the cache, so a log never goes ahead of (or holds up) a .narinfo: the
-// outputs' pushes are shared with any under way, and free when done.
-func (d *Daemon) pushLog(ctx context.Context, item, drv string) {
+// outputs' pushes are shared with any under way, and free when done. No
+// log is no error.
+func (d *Daemon) pushLog(ctx context.Context, drv string) error {
 	outs, err := d.cfg.Nix.Outputs(ctx, drv)
 	switch {
 	case err == nil:
 		for i, err := range d.up.Push(ctx, outs) {
 			if err != nil {
-				d.settle(ctx, item, fmt.Errorf("build log waits for output %s: %w", outs[i], err))
-				return
+				return fmt.Errorf("build log waits for output %s: %w", outs[i], err)
 			}
 		}
 	case nix.IsInvalid(err):
 		// The .drv is gone (garbage-collected): no outputs to wait for,
 		// and the log, if Nix kept it, is still worth having.
 	default:
-		d.settle(ctx, item, err)
-		return
+		return err
 	}
 	r, err := d.cfg.BuildLogs.Open(ctx, drv)
 	if errors.Is(err, nix.ErrNoBuildLog) {
 		d.log.Debug().Str("drv", drv).Msg("no build log to upload")
-		d.settle(ctx, item, nil)
-		return
+		return nil
 	}
-	if err == nil {
-		err = d.up.PutLog(ctx, drv, r)
-		r.Close()
+	if err != nil {
+		return err
 	}
-	d.settle(ctx, item, err)
+	defer r.Close()
+	return d.up.PutLog(ctx, drv, r)
 }
 
 // logItem is the queue item of drv's build log, when logs are uploaded.
@@ -89,14 +87,13 @@ func realisationsItem(drv string) []string {
 // pushRealisations uploads the realisations of drv's outputs, each after
 // its output's .narinfo: a consumer with ca-derivations then substitutes
 // the outputs of drv by the derivation alone.
-func (d *Daemon) pushRealisations(ctx context.Context, item, drv string) {
+func (d *Daemon) pushRealisations(ctx context.Context, drv string) error {
 	rs, err := d.cfg.Nix.Realisations(ctx, drv)
 	if err != nil {
 		if nix.IsInvalid(err) || errors.Is(err, nix.ErrRealisationFormat) {
 			err = uploader.Permanent(err)
 		}
-		d.settle(ctx, item, err)
-		return
+		return err
 	}
 	outs := make([]string, len(rs))
 	for i, r := range rs {
@@ -104,15 +101,13 @@ func (d *Daemon) pushRealisations(ctx context.Context, item, drv string) {
 	}
 	for i, err := range d.up.Push(ctx, outs) {
 		if err != nil {
-			d.settle(ctx, item, fmt.Errorf("realisation %s waits for output %s: %w", rs[i].ID, outs[i], err))
-			return
+			return fmt.Errorf("realisation %s waits for output %s: %w", rs[i].ID, outs[i], err)
 		}
 	}
 	for _, r := range rs {
 		if err := d.up.PutRealisation(ctx, r); err != nil {
-			d.settle(ctx, item, err)
-			return
+			return err
 		}
 	}
-	d.settle(ctx, item, nil)
+	return nil
 }
