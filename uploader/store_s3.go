@@ -28,6 +28,8 @@ type S3Store struct {
 	region   string
 	endpoint string
 	secure   bool
+	creds    *credentials.Credentials
+	tr       http.RoundTripper
 }
 
 // partSize is the multipart part size for NARs of unknown compressed size:
@@ -106,7 +108,7 @@ func openS3(ctx context.Context, u *url.URL, opts StoreOptions) (*S3Store, error
 	if err != nil {
 		return nil, fmt.Errorf("s3 client for %s: %w", endpoint, err)
 	}
-	return &S3Store{client: client, probe: probe, bucket: bucket, region: region, endpoint: endpoint, secure: secure, name: fmt.Sprintf("s3://%s (%s://%s)", bucket, map[bool]string{true: "https", false: "http"}[secure], endpoint)}, nil
+	return &S3Store{creds: mopts.Creds, tr: transport, client: client, probe: probe, bucket: bucket, region: region, endpoint: endpoint, secure: secure, name: fmt.Sprintf("s3://%s (%s://%s)", bucket, map[bool]string{true: "https", false: "http"}[secure], endpoint)}, nil
 }
 
 // credentialsFor reads credentials as the AWS tools do: with a profile named

@@ -2,6 +2,7 @@ package main
 
 import (
 	"context"
+	"errors"
 	"flag"
 	"fmt"
 	"io"
@@ -21,7 +22,14 @@ func runInit(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 	printPolicy := fs.Bool("print-policy", false, "print the least-privilege IAM policies for the uploading account and for gc")
 	keyFile := fs.String("secret-key-file", os.Getenv("NIXPUSH_SECRET_KEY_FILE"), "signing key, to print its public half in the consumer snippet")
 	caCert := fs.String("ca-certificate", "", "PEM file of a private CA that signed the S3 endpoint's certificate")
+	createUser := fs.String("create-user", "", "MinIO: make this the uploading account (uploader policy, random secret), through the admin API with the credentials init runs with")
+	credFile := fs.String("credentials-file", defaultCredentialsFile(), "with --create-user: the AWS shared credentials file to write the [NAME] profile to (mode 0600)")
+	rotate := fs.Bool("rotate-secret", false, "with --create-user: give an existing user a new secret")
 	if err := fs.Parse(args); err != nil {
+		return 2
+	}
+	if *rotate && *createUser == "" {
+		fmt.Fprintln(stderr, "nixpush init: --rotate-secret goes with --create-user NAME")
 		return 2
 	}
 	if *storeURI == "" || fs.NArg() > 0 {
@@ -62,10 +70,21 @@ func runInit(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 		}
 		return 1
 	}
+	s3, isS3 := store.(*uploader.S3Store)
+	if *createUser != "" {
+		if !isS3 {
+			fmt.Fprintln(stderr, "nixpush init: --create-user applies to S3 buckets (MinIO) only")
+			return 2
+		}
+		more, code := ensureUser(ctx, s3, *storeURI, *createUser, *credFile, *rotate, stdout, stderr)
+		if code != 0 {
+			return code
+		}
+		changes = append(changes, more...)
+	}
 	if len(changes) == 0 {
 		fmt.Fprintf(stdout, "%s is ready; nothing to change\n", store)
 	}
-	s3, isS3 := store.(*uploader.S3Store)
 	if *printPolicy {
 		if !isS3 {
 			fmt.Fprintln(stderr, "nixpush init: --print-policy applies to S3 buckets only")
@@ -74,6 +93,10 @@ func runInit(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 		u, _ := url.Parse(*storeURI)
 		fmt.Fprintf(stdout, "\n# least-privilege policy for the uploading account (as the classic nix-cache-write):\n%s\n", uploader.UploaderPolicy(u.Host))
 		fmt.Fprintf(stdout, "\n# policy for the account nixpush gc, pin and unpin run with (list, read, delete, abort uploads; write only under nixpush/):\n%s\n", uploader.GCPolicy(u.Host))
+	}
+	if *createUser != "" {
+		fmt.Fprintf(stdout, "\n# the daemon, uploading as %s:\nnixpush daemon --store-uri '%s' (with AWS_SHARED_CREDENTIALS_FILE=%s)\n",
+			*createUser, withProfile(*storeURI, *createUser), *credFile)
 	}
 	substituter := *storeURI
 	if isS3 && *publicRead {
@@ -87,4 +110,58 @@ nix.settings = {
 };
 `, substituter, pub)
 	return 0
+}
+
+// ensureUser makes name the uploading account and writes its profile; it
+// prints what changed and returns it, with an exit code.
+func ensureUser(ctx context.Context, s3 *uploader.S3Store, uri, name, credFile string, rotate bool, stdout, stderr io.Writer) ([]string, int) {
+	changes, secret, err := s3.EnsureUploader(ctx, name, rotate)
+	for _, c := range changes {
+		fmt.Fprintf(stdout, "changed: %s\n", c)
+	}
+	if errors.Is(err, uploader.ErrNoAdminAPI) {
+		fmt.Fprintf(stderr, "nixpush init: %v\n", err)
+		fmt.Fprintf(stderr, "create the uploading account with your provider's tools and attach this policy to it (name it %s):\n%s\n",
+			s3.UploaderPolicyName(), uploader.UploaderPolicy(s3.Bucket()))
+		return changes, 1
+	}
+	if err != nil {
+		fmt.Fprintf(stderr, "nixpush init: %v\n", err)
+		return changes, 1
+	}
+	if secret != "" {
+		if err := writeProfile(credFile, name, name, secret); err != nil {
+			fmt.Fprintf(stderr, "nixpush init: write the [%s] profile: %v (the user's secret is lost; run again with --rotate-secret)\n", name, err)
+			return changes, 1
+		}
+		c := fmt.Sprintf("wrote profile [%s] to %s (mode 0600)", name, credFile)
+		fmt.Fprintf(stdout, "changed: %s\n", c)
+		return append(changes, c), 0
+	}
+	key, sec, err := readProfile(credFile, name)
+	if err != nil {
+		fmt.Fprintf(stderr, "nixpush init: %v\n", err)
+		return changes, 1
+	}
+	if key != name || sec == "" {
+		fmt.Fprintf(stderr, "nixpush init: user %s exists, but %s has no [%s] profile with its key; its secret cannot be read back: run again with --rotate-secret to give it a new one\n", name, credFile, name)
+		return changes, 1
+	}
+	if err := s3.CheckKey(ctx, key, sec); err != nil {
+		fmt.Fprintf(stderr, "nixpush init: the [%s] profile in %s does not work (%v); run again with --rotate-secret\n", name, credFile, err)
+		return changes, 1
+	}
+	return changes, 0
+}
+
+// withProfile adds profile=NAME to an s3:// URI, replacing one it names.
+func withProfile(uri, profile string) string {
+	u, err := url.Parse(uri)
+	if err != nil {
+		return uri
+	}
+	q := u.Query()
+	q.Set("profile", profile)
+	u.RawQuery = q.Encode()
+	return u.String()
 }
