@@ -35,7 +35,9 @@ func (u *Uploader) PutLog(ctx context.Context, drvPath string, r io.Reader) erro
 	// Most logs are small: one PUT of known size. Longer ones stream.
 	n, err := io.Copy(buf, io.LimitReader(r, smallNAR+1))
 	if err != nil {
-		return fmt.Errorf("read build log of %s: %w", drvPath, err)
+		// A local log that cannot be read (a corrupt .bz2) reads no
+		// better on the next attempt.
+		return Permanent(fmt.Errorf("read build log of %s: %w", drvPath, err))
 	}
 	var body io.Reader = bytes.NewReader(buf.Bytes())
 	size := n
