@@ -8,6 +8,8 @@ import (
 // Line is the one-line summary shown by systemctl status (sd_notify
 // STATUS=) and at the top of nixpush status:
 // "3 queued, 1 uploading, 0 failed; 1234 paths, 5.6 GiB pushed; last push 12s ago",
+// with the closures under way in paths and bytes ("1 uploading (12/300 paths,
+// 45.0 MiB/300.0 MiB)"),
 // after the cause while the store check fails ("store unreachable: …; 3 queued, …").
 // A queue that cannot write leads even so: "queue cannot write: ...; 4 held
 // unqueued, 2 spooled, ...".
@@ -30,7 +32,13 @@ func (st Status) Line(now time.Time) string {
 	if st.Spooled > 0 {
 		line += strconv.Itoa(st.Spooled) + " spooled, "
 	}
-	return line + strconv.Itoa(st.Queued) + " queued, " + strconv.Itoa(st.Active) + " uploading, " +
+	uploading := ""
+	if p := st.Progress; !st.Drained && p.Since != nil && p.Paths > 0 {
+		// The closures under way, in paths and bytes: queue items are roots.
+		uploading = " (" + strconv.FormatInt(p.PathsDone, 10) + "/" + strconv.FormatInt(p.Paths, 10) + " paths, " +
+			Bytes(p.NarBytesDone) + "/" + Bytes(p.NarBytes) + ")"
+	}
+	return line + strconv.Itoa(st.Queued) + " queued, " + strconv.Itoa(st.Active) + " uploading" + uploading + ", " +
 		strconv.Itoa(st.Failed) + " failed; " + strconv.FormatInt(st.Uploaded.Paths, 10) + " paths, " +
 		Bytes(st.Uploaded.NarBytes) + " pushed; last push " + last
 }

@@ -13,6 +13,14 @@ func TestStatusLine(t *testing.T) {
 	if got := st.Line(now); got != want {
 		t.Fatalf("got  %q\nwant %q", got, want)
 	}
+	// While closures go up: their progress in paths and bytes; a failing
+	// store check leads.
+	st.Progress = Progress{Paths: 300, NarBytes: 300 << 20, PathsDone: 12, NarBytesDone: 45 << 20, Since: &last}
+	st.StoreCheck = StoreCheck{Error: "store unreachable: dial tcp 127.0.0.1:9000: connect: connection refused"}
+	want = "store unreachable: dial tcp 127.0.0.1:9000: connect: connection refused; 3 queued, 1 uploading (12/300 paths, 45.0 MiB/300.0 MiB), 0 failed; 1234 paths, 5.6 GiB pushed; last push 12s ago"
+	if got := st.Line(now); got != want {
+		t.Fatalf("got  %q\nwant %q", got, want)
+	}
 	if got := (Status{}).Line(now); got != "0 queued, 0 uploading, 0 failed; 0 paths, 0 B pushed; last push never" {
 		t.Fatalf("empty: %q", got)
 	}
