@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"compress/bzip2"
 	"context"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
@@ -78,4 +79,22 @@ func (b *BuildLogs) Open(ctx context.Context, drvPath string) (io.ReadCloser, er
 type readCloser struct {
 	io.Reader
 	io.Closer
+}
+
+// KeepsBuildLogs asks Nix whether it keeps build logs (its keep-build-log
+// setting, true by default). When Nix cannot say, it answers true.
+func (c *Client) KeepsBuildLogs(ctx context.Context) bool {
+	out, err := c.run(ctx, "nix", "--extra-experimental-features", "nix-command", "show-config", "--json")
+	if err != nil {
+		return true
+	}
+	var cfg struct {
+		KeepBuildLog struct {
+			Value *bool `json:"value"`
+		} `json:"keep-build-log"`
+	}
+	if json.Unmarshal(out, &cfg) != nil || cfg.KeepBuildLog.Value == nil {
+		return true
+	}
+	return *cfg.KeepBuildLog.Value
 }

@@ -160,7 +160,11 @@ func runDaemon(ctx context.Context, args []string, stdout, stderr io.Writer) int
 	}
 	var buildLogs daemon.BuildLogs
 	if *uploadLogs {
-		buildLogs = &nix.BuildLogs{Client: *nixClient}
+		if nixClient.KeepsBuildLogs(ctx) {
+			buildLogs = &nix.BuildLogs{Client: *nixClient}
+		} else {
+			log.Warn().Msg("Nix keeps no build logs (keep-build-log = false): none are uploaded; set keep-build-log = true, or pass --upload-logs=false to say so")
+		}
 	}
 	watchdog, _ := sddaemon.SdWatchdogEnabled(false)
 	err = daemon.Run(ctx, daemon.Config{
