@@ -5,4 +5,9 @@
 // Invariant: an enqueue is answered only after the queue has committed it,
 // and a queued path leaves the queue only once its whole closure is in the
 // cache or it has failed for a reason that retrying cannot fix.
+//
+// It checks the store at start and whenever a push meets a store error
+// (storecheck.go): while the check fails nothing is leased, and once it
+// passes the items that failed for the store's configuration are queued
+// again. It never exits for a failing store.
 package daemon

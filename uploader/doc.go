@@ -9,5 +9,8 @@
 // whatever the number of parallel jobs and wherever an upload stops.
 //
 // The Store interface hides whether the cache is an S3 bucket or a file://
-// directory; nothing above it can tell them apart.
+// directory; nothing above it can tell them apart. Store errors are
+// classified once, where they are understood (StoreError: unreachable,
+// certificate, credentials, bucket missing, access denied), and Preflight
+// checks a store the way the daemon and nixpush check do.
 package uploader
