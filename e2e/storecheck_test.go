@@ -3,7 +3,10 @@ package e2e
 import (
 	"context"
 	"encoding/json"
+	"io"
+	"net/http"
 	"os/exec"
+	"strconv"
 	"strings"
 	"testing"
 	"time"
@@ -58,6 +61,21 @@ func storeFails(t *testing.T, d *daemon, ns *notifySocket, cause, fix string) {
 	t.Logf("%s\nfix: %s", line, st.StoreCheck.Fix)
 }
 
+// scrape reads the daemon's Prometheus metrics.
+func scrape(t *testing.T, addr string) string {
+	t.Helper()
+	resp, err := http.Get("http://" + addr + "/metrics")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	b, err := io.ReadAll(resp.Body)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return string(b)
+}
+
 // pushQueued builds a short chain and queues it without waiting.
 func pushQueued(t *testing.T, nx *testenv.NixEnv, d *daemon, n int) []string {
 	t.Helper()
@@ -88,8 +106,13 @@ func TestStoreCheck(t *testing.T) {
 
 	t.Run("missing bucket", func(t *testing.T) {
 		ns := newNotifySocket(t)
-		d := startDaemon(t, append(m.CredentialsEnv(), "NOTIFY_SOCKET="+ns.Path), "--store-uri", m.StoreURI("not-yet"), "--secret-key-file", sec)
+		metrics := "127.0.0.1:" + strconv.Itoa(testenv.FreePort(t))
+		d := startDaemon(t, append(m.CredentialsEnv(), "NOTIFY_SOCKET="+ns.Path), "--store-uri", m.StoreURI("not-yet"),
+			"--secret-key-file", sec, "--metrics-listen", metrics)
 		storeFails(t, d, ns, "store bucket missing: ", "nixpush init")
+		if text := scrape(t, metrics); !strings.Contains(text, "\nnixpush_store_ok 0\n") {
+			t.Errorf("metrics while the bucket is missing lack nixpush_store_ok 0")
+		}
 		out := pushQueued(t, nx, d, 2)
 		if st := fullStatus(t, d); st.Queued != 1 || st.Failed != 0 {
 			t.Fatalf("while the bucket is missing: %+v; want the path queued, not failed", st)
@@ -100,6 +123,9 @@ func TestStoreCheck(t *testing.T) {
 			t.Fatalf("init: %v\n%s", err, o)
 		}
 		drainedClean(t, d, 1)
+		if text := scrape(t, metrics); !strings.Contains(text, "\nnixpush_store_ok 1\n") {
+			t.Errorf("metrics once the bucket is there lack nixpush_store_ok 1")
+		}
 		checkFetched(t, nx, m.HTTPURL("not-yet"), pub, out...)
 	})
 
