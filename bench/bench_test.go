@@ -321,33 +321,36 @@ func BenchmarkHandoff(b *testing.B) {
 }
 
 // pushWorkload is a closure to push: count derivations of sizeKiB each,
-// half random data, in a DAG.
+// half random data, in a DAG where each path refers to the one before (so
+// count deep) and to up to two earlier ones, compressed so by both sides.
 type pushWorkload struct {
-	name    string
-	count   int
-	sizeKiB int
+	name        string
+	count       int
+	sizeKiB     int
+	compression string
 }
 
 var pushWorkloads = []pushWorkload{
-	{"500-paths", 500, 258}, // 126 MiB of NAR in all
-	{"10-paths", 10, 51200}, // 500 MiB of NAR in all
+	{"500-paths", 500, 258, "zstd"},  // 126 MiB of NAR in all, a 500-deep chain
+	{"10-paths", 10, 51200, "zstd"},  // 500 MiB of NAR in all
+	{"100-paths-xz", 100, 258, "xz"}, // 25 MiB of NAR, Nix's default compression
 }
 
 // BenchmarkPush times, on the same closure and the same MinIO, the classic
-// `nix copy --to http://…?compression=zstd` against `nixpush push` until
+// `nix copy --to http://…?compression=zstd` (or xz) against `nixpush push` until
 // `nixpush wait` returns; then pushing the closure again, with the daemon
 // restarted (it has to remember what is in the cache); and the daemon's
 // peak RSS. Real Nix then fetches nixpush's bucket, checking every
 // signature and NAR hash.
 func BenchmarkPush(b *testing.B) {
 	for _, w := range pushWorkloads {
-		b.Run(w.name, func(b *testing.B) { benchPush(b, w, "zstd") })
+		b.Run(w.name, func(b *testing.B) { benchPush(b, w, w.compression) })
 	}
 }
 
 // pushRounds is how many times each side pushes (to fresh buckets, with a
 // fresh daemon); the medians are reported.
-const pushRounds = 5
+const pushRounds = 3
 
 func benchPush(b *testing.B, w pushWorkload, compression string) {
 	r := newRig(b)
@@ -504,4 +507,91 @@ func BenchmarkBigPath(b *testing.B) {
 	b.Logf("one path of %.1f GiB: pushed in %.1f s (%.0f MiB/s of NAR); daemon RSS at 10/25/50/75/90 %% of the push: %.1f %.1f %.1f %.1f %.1f MiB, peak %.1f MiB",
 		float64(narBytes)/(1<<30), took.Seconds(), float64(narBytes)/mib/took.Seconds(),
 		q(0.1), q(0.25), q(0.5), q(0.75), q(0.9), float64(peak)/mib)
+}
+
+// daemonPriorities are the ways to run the daemon beside builds, as
+// systemd's Nice=, CPUSchedulingPolicy= and IOSchedulingClass= would (each
+// command execs the next, so the daemon keeps its process id).
+var daemonPriorities = []struct {
+	name   string
+	prefix []string
+}{
+	{"normal", nil},
+	{"nice10-batch-ioidle", []string{"nice", "-n", "10", "chrt", "--batch", "0", "ionice", "-c", "3"}},
+	{"nice19-idle-ioidle", []string{"nice", "-n", "19", "chrt", "--idle", "0", "ionice", "-c", "3"}},
+}
+
+// BenchmarkBuildBesideUploads builds 100 small derivations with
+// nixpush-hook while the daemon uploads a 2 GiB path, against the same
+// build with /bin/true as the hook and nothing uploading, for each way of
+// running the daemon: how much builds slow down while uploads are under
+// way, and which priority keeps them fastest. Fresh derivations, a fresh
+// daemon and bucket per round; medians of 3 rounds; the two builds take
+// turns going first.
+func BenchmarkBuildBesideUploads(b *testing.B) {
+	const n, rounds = 100, 3
+	r := newRig(b)
+	big := r.nix.Build(b, fmt.Sprintf(`derivation { name = "upload-load"; system = builtins.currentSystem; builder = "/bin/sh";
+  args = [ "-c" "PATH=/bin:/usr/bin; mkdir $out; head -c 1024M /dev/urandom > $out/random; yes 'nixpush %s load' | head -c 1024M > $out/text" ]; }`, seed()))
+	defer exec.Command("nix-store", "--delete", big[0]).Run()
+	build := func(hookBin string, env []string) time.Duration {
+		cmd := exec.Command("nix-build", "--no-out-link", "--option", "post-build-hook", hookBin, "-E", testenv.DAG(seed(), n, 1, false))
+		cmd.Env = append(r.nix.Env(), env...)
+		start := time.Now()
+		out, err := cmd.CombinedOutput()
+		if err != nil {
+			b.Fatalf("nix-build with hook %s: %v\n%s", hookBin, err, out)
+		}
+		return time.Since(start)
+	}
+	type result struct {
+		idle, beside   []time.Duration
+		stillUploading int
+		spooled        int
+	}
+	res := map[string]*result{}
+	for i := range rounds {
+		for _, p := range daemonPriorities {
+			rs := res[p.name]
+			if rs == nil {
+				rs = &result{}
+				res[p.name] = rs
+			}
+			idle := func() { rs.idle = append(rs.idle, build("/bin/true", nil)) }
+			if i%2 == 0 {
+				r.settle()
+				idle()
+			}
+			bucket := fmt.Sprintf("beside-%s-%d", p.name, i)
+			r.minio.MakeBucket(b, bucket, true)
+			d := testenv.StartDaemonUnder(b, binDir, r.minio.CredentialsEnv(), p.prefix,
+				"--store-uri", r.minio.StoreURI(bucket), "--secret-key-file", r.sec, "--log-level", "warn")
+			r.settle()
+			if out, err := d.CLI("push", big[0]); err != nil {
+				b.Fatalf("nixpush push: %v\n%s", err, out)
+			}
+			rs.beside = append(rs.beside, build(d.HookBin(), d.HookEnv()))
+			st := status(b, d)
+			if st.Queued+st.Active > 0 {
+				rs.stillUploading++ // the build ended with the 2 GiB upload under way
+			}
+			if spooled, _ := filepath.Glob(filepath.Join(d.SpoolDir, "*")); len(spooled) > 0 {
+				rs.spooled += len(spooled) // hand-offs that timed out
+			}
+			d.MustWait(10 * time.Minute)
+			d.Stop()
+			if i%2 == 1 {
+				r.settle()
+				idle()
+			}
+		}
+	}
+	b.Logf("nix-build of %d derivations, median of %d rounds: /bin/true with nothing uploading, nixpush-hook while the daemon uploads a 2 GiB path:", n+1, rounds)
+	for _, p := range daemonPriorities {
+		rs := res[p.name]
+		bi, bb := percentile(rs.idle, 0.5), percentile(rs.beside, 0.5)
+		b.ReportMetric(bb.Seconds()/bi.Seconds(), "ratio-"+p.name)
+		b.Logf("  daemon %-20s /bin/true %.2f s %v, nixpush-hook beside uploads %.2f s %v: ratio %.3f (upload still under way at the end of %d of %d builds; %d hand-offs spooled)",
+			p.name, bi.Seconds(), rs.idle, bb.Seconds(), rs.beside, bb.Seconds()/bi.Seconds(), rs.stillUploading, rounds, rs.spooled)
+	}
 }

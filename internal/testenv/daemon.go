@@ -49,16 +49,25 @@ type Daemon struct {
 	Log      *SyncBuffer
 	Args     []string
 	Env      []string
+	Prefix   []string // a command that execs the daemon (nice, chrt, ionice), or none
 }
 
 // StartDaemon starts nixpush daemon (from binDir) with args and waits
 // until it answers on its socket; it stops at cleanup.
 func StartDaemon(t testing.TB, binDir string, env []string, args ...string) *Daemon {
 	t.Helper()
+	return StartDaemonUnder(t, binDir, env, nil, args...)
+}
+
+// StartDaemonUnder is StartDaemon with the daemon run under a command
+// prefix that execs it, such as nice, chrt or ionice (systemd's Nice=,
+// CPUSchedulingPolicy= and IOSchedulingClass=): the process keeps its id.
+func StartDaemonUnder(t testing.TB, binDir string, env, prefix []string, args ...string) *Daemon {
+	t.Helper()
 	dir := t.TempDir()
 	d := &Daemon{
 		t: t, BinDir: binDir, Socket: filepath.Join(dir, "nixpush.sock"), StateDir: filepath.Join(dir, "state"),
-		SpoolDir: filepath.Join(dir, "spool"), Hook: filepath.Join(dir, "hook.sh"), Env: env,
+		SpoolDir: filepath.Join(dir, "spool"), Hook: filepath.Join(dir, "hook.sh"), Env: env, Prefix: prefix,
 	}
 	d.Args = append([]string{"daemon", "--socket", d.Socket, "--state-dir", d.StateDir, "--spool-dir", d.SpoolDir, "--log-format", "json"}, args...)
 	script := fmt.Sprintf("#!/bin/sh\nexec %s --socket %s --spool-dir %s\n", d.HookBin(), d.Socket, d.SpoolDir)
@@ -86,7 +95,11 @@ func (d *Daemon) Start() {
 	t := d.t
 	t.Helper()
 	d.Log = &SyncBuffer{}
-	d.Cmd = exec.Command(d.Bin(), d.Args...)
+	if len(d.Prefix) > 0 {
+		d.Cmd = exec.Command(d.Prefix[0], append(append(d.Prefix[1:len(d.Prefix):len(d.Prefix)], d.Bin()), d.Args...)...)
+	} else {
+		d.Cmd = exec.Command(d.Bin(), d.Args...)
+	}
 	d.Cmd.Env = append(os.Environ(), d.Env...)
 	d.Cmd.Stdout, d.Cmd.Stderr = d.Log, d.Log
 	if err := d.Cmd.Start(); err != nil {
