@@ -522,7 +522,7 @@ var daemonPriorities = []struct {
 }
 
 // BenchmarkBuildBesideUploads builds 100 small derivations with
-// nixpush-hook while the daemon uploads a 2 GiB path, against the same
+// nixpush-hook while the daemon uploads a 1 GiB path, against the same
 // build with /bin/true as the hook and nothing uploading, for each way of
 // running the daemon: how much builds slow down while uploads are under
 // way, and which priority keeps them fastest. Fresh derivations, a fresh
@@ -532,7 +532,7 @@ func BenchmarkBuildBesideUploads(b *testing.B) {
 	const n, rounds = 100, 3
 	r := newRig(b)
 	big := r.nix.Build(b, fmt.Sprintf(`derivation { name = "upload-load"; system = builtins.currentSystem; builder = "/bin/sh";
-  args = [ "-c" "PATH=/bin:/usr/bin; mkdir $out; head -c 1024M /dev/urandom > $out/random; yes 'nixpush %s load' | head -c 1024M > $out/text" ]; }`, seed()))
+  args = [ "-c" "PATH=/bin:/usr/bin; mkdir $out; head -c 512M /dev/urandom > $out/random; yes 'nixpush %s load' | head -c 512M > $out/text" ]; }`, seed()))
 	defer exec.Command("nix-store", "--delete", big[0]).Run()
 	build := func(hookBin string, env []string) time.Duration {
 		cmd := exec.Command("nix-build", "--no-out-link", "--option", "post-build-hook", hookBin, "-E", testenv.DAG(seed(), n, 1, false))
@@ -573,7 +573,7 @@ func BenchmarkBuildBesideUploads(b *testing.B) {
 			rs.beside = append(rs.beside, build(d.HookBin(), d.HookEnv()))
 			st := status(b, d)
 			if st.Queued+st.Active > 0 {
-				rs.stillUploading++ // the build ended with the 2 GiB upload under way
+				rs.stillUploading++ // the build ended with the 1 GiB upload under way
 			}
 			if spooled, _ := filepath.Glob(filepath.Join(d.SpoolDir, "*")); len(spooled) > 0 {
 				rs.spooled += len(spooled) // hand-offs that timed out
@@ -586,7 +586,7 @@ func BenchmarkBuildBesideUploads(b *testing.B) {
 			}
 		}
 	}
-	b.Logf("nix-build of %d derivations, median of %d rounds: /bin/true with nothing uploading, nixpush-hook while the daemon uploads a 2 GiB path:", n+1, rounds)
+	b.Logf("nix-build of %d derivations, median of %d rounds: /bin/true with nothing uploading, nixpush-hook while the daemon uploads a 1 GiB path:", n+1, rounds)
 	for _, p := range daemonPriorities {
 		rs := res[p.name]
 		bi, bb := percentile(rs.idle, 0.5), percentile(rs.beside, 0.5)
