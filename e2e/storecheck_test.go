@@ -179,5 +179,21 @@ func TestStoreCheck(t *testing.T) {
 		m.MakeBucket(t, "heal", true)
 		drainedClean(t, d, 2)
 		checkFetched(t, nx, m.HTTPURL("heal"), pub, out...)
+
+		// Again, but fixed while the daemon is down: the failed item heals
+		// at the next start.
+		if err := m.Client(t).RemoveBucketWithOptions(context.Background(), "heal", minio.RemoveBucketOptions{ForceDelete: true}); err != nil {
+			t.Fatal(err)
+		}
+		out = pushQueued(t, nx, d, 2)
+		st = waitStatus(t, d, "a push failed for the missing bucket", func(st hook.Status) bool {
+			return st.Failed > 0 && st.Failures[0].Class == "store"
+		})
+		t.Logf("before the restart: %s", st.Line(time.Now()))
+		d.Stop()
+		m.MakeBucket(t, "heal", true)
+		d.Start()
+		drainedClean(t, d, 3)
+		checkFetched(t, nx, m.HTTPURL("heal"), pub, out...)
 	})
 }
