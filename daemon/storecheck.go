@@ -25,8 +25,9 @@ type storeHealth struct {
 	ok        bool
 	err       *uploader.StoreError
 	checkedAt time.Time
-	okCh      chan struct{} // closed while ok
-	trouble   chan struct{} // a push met a store error (buffered, 1)
+	okCh      chan struct{}         // closed while ok
+	logged    uploader.StoreProblem // the problem last logged, until the store recovers
+	trouble   chan struct{}         // a push met a store error (buffered, 1)
 }
 
 func newStoreHealth() *storeHealth {
@@ -40,22 +41,30 @@ func (h *storeHealth) ready() <-chan struct{} {
 	return h.okCh
 }
 
-// set records a check's outcome (err nil: passed) and reports whether the
-// store was failing (or not yet checked) before.
-func (h *storeHealth) set(err *uploader.StoreError, at time.Time) (wasOK bool, changed bool) {
+// set records a check's outcome (err nil: passed). It reports whether the
+// store was usable before, and whether err is a problem not yet logged
+// since the store last recovered (so each cause is logged once, not once
+// per failing path).
+func (h *storeHealth) set(err *uploader.StoreError, at time.Time) (wasOK, log bool) {
 	h.mu.Lock()
 	defer h.mu.Unlock()
 	wasOK = h.ok
-	changed = wasOK != (err == nil) || (err != nil && (h.err == nil || h.err.Error() != err.Error()))
 	h.err, h.checkedAt = err, at
-	if err == nil && !h.ok {
-		h.ok = true
-		close(h.okCh)
-	} else if err != nil && h.ok {
+	if err == nil {
+		h.logged = ""
+		if !h.ok {
+			h.ok = true
+			close(h.okCh)
+		}
+		return wasOK, false
+	}
+	if h.ok {
 		h.ok = false
 		h.okCh = make(chan struct{})
 	}
-	return wasOK, changed
+	log = err.Problem != h.logged
+	h.logged = err.Problem
+	return wasOK, log
 }
 
 func (h *storeHealth) status() hook.StoreCheck {
@@ -79,7 +88,7 @@ func (d *Daemon) storeTrouble(err error) {
 	if se == nil {
 		return
 	}
-	if _, changed := d.health.set(se, time.Now()); changed {
+	if _, log := d.health.set(se, time.Now()); log {
 		d.log.Error().Err(se).Str("fix", se.Fix()).Str("store", d.up.Store().String()).
 			Msg("store failing; pushes wait until the store check passes")
 	}
@@ -105,10 +114,10 @@ func (d *Daemon) watchStore(ctx context.Context) error {
 			return nil
 		}
 		se := uploader.PreflightError(results)
-		wasOK, changed := d.health.set(se, time.Now())
+		wasOK, log := d.health.set(se, time.Now())
 		switch {
 		case se != nil:
-			if changed {
+			if log {
 				d.log.Error().Err(se).Str("fix", se.Fix()).Str("store", d.up.Store().String()).
 					Msg("store check failed; pushes wait until it passes (checking again)")
 			}
