@@ -123,6 +123,10 @@ func TestStoreCheck(t *testing.T) {
 			t.Fatalf("init: %v\n%s", err, o)
 		}
 		drainedClean(t, d, 1)
+		// Checked several times while it failed, logged once, with the fix.
+		if n := strings.Count(d.Log.String(), `"fix":"create it: nixpush init`); n != 1 {
+			t.Errorf("the missing bucket was logged %d times with its fix; want once:\n%s", n, d.Log)
+		}
 		if text := scrape(t, metrics); !strings.Contains(text, "\nnixpush_store_ok 1\n") {
 			t.Errorf("metrics once the bucket is there lack nixpush_store_ok 1")
 		}
