@@ -64,6 +64,10 @@ type Config struct {
 	// BuildLogs, when set, is where the build logs of the derivations the
 	// hook names are read from, to upload after their outputs.
 	BuildLogs BuildLogs
+	// TrustCacheFor is how long a pushed path is believed to stay in the
+	// cache (the uploader's setting): a hook enqueueing a path pushed
+	// longer ago has it checked again.
+	TrustCacheFor time.Duration
 }
 
 // Daemon is a running nixpush daemon.
@@ -105,7 +109,12 @@ func Run(ctx context.Context, cfg Config) error {
 	if err := os.MkdirAll(cfg.StateDir, 0o700); err != nil {
 		return fmt.Errorf("state dir: %w", err)
 	}
-	q, err := queue.Open(filepath.Join(cfg.StateDir, "queue.db"), queue.Options{})
+	doneFor := cfg.TrustCacheFor
+	if doneFor <= 0 {
+		doneFor = -1 // trust nothing: a done path enqueued again is queued
+	}
+	// The done set is the cache's history: one per store.
+	q, err := queue.Open(filepath.Join(cfg.StateDir, "queue.db"), queue.Options{History: cfg.Uploader.Store().String(), DoneFor: doneFor})
 	if err != nil {
 		return err
 	}
@@ -319,7 +328,7 @@ func (d *Daemon) work(ctx context.Context) error {
 
 // push uploads the closures of leased items and settles each item.
 func (d *Daemon) push(ctx context.Context, items []queue.Item) {
-	var roots, drvItems []string
+	var roots, recheck, drvItems []string
 	for _, it := range items {
 		if drv, ok := strings.CutSuffix(it.Path, allOutputs); ok {
 			d.expand(ctx, it.Path, drv)
@@ -329,12 +338,20 @@ func (d *Daemon) push(ctx context.Context, items []queue.Item) {
 			drvItems = append(drvItems, it.Path)
 			continue
 		}
-		roots = append(roots, it.Path)
+		if it.Recheck {
+			recheck = append(recheck, it.Path)
+		} else {
+			roots = append(roots, it.Path)
+		}
+	}
+	var wg sync.WaitGroup
+	if len(recheck) > 0 {
+		wg.Go(func() { d.complete(ctx, recheck, d.up.Recheck(ctx, recheck)) })
 	}
 	if len(roots) > 0 {
-		errs := d.up.Push(ctx, roots)
-		d.complete(ctx, roots, errs)
+		d.complete(ctx, roots, d.up.Push(ctx, roots))
 	}
+	wg.Wait()
 	// Build logs and realisations after the paths: neither ever holds up
 	// a .narinfo.
 	if len(drvItems) > 0 {

@@ -51,8 +51,12 @@ func (d *Daemon) handleEnqueue(w http.ResponseWriter, r *http.Request) {
 		writeError(w, http.StatusBadRequest, fmt.Errorf("enqueue: %w", err))
 		return
 	}
+	enqueue := d.queue.Enqueue
+	if req.Recheck {
+		enqueue = d.queue.EnqueueRecheck
+	}
 	var res queue.EnqueueResult
-	err = d.write(func() (err error) { res, err = d.queue.Enqueue(r.Context(), paths); return err })
+	err = d.write(func() (err error) { res, err = enqueue(r.Context(), paths); return err })
 	if err != nil {
 		// Not a decision about the paths: the caller keeps them (the hook
 		// spools), and so does the daemon, in memory, to queue them itself

@@ -19,6 +19,9 @@ const DefaultSpoolDir = "/var/lib/nixpush/spool"
 type EnqueueRequest struct {
 	Paths   []string `json:"paths,omitempty"`
 	DrvPath string   `json:"drv_path,omitempty"`
+	// Recheck (nixpush push) checks the whole closures in the cache again,
+	// whatever the daemon pushed or saw before, and uploads what is missing.
+	Recheck bool `json:"recheck,omitempty"`
 }
 
 // EnqueueResponse answers POST /v1/enqueue once the queue has committed.

@@ -16,6 +16,8 @@ func TestAppendJSONMatchesEncodingJSON(t *testing.T) {
 		{Paths: []string{"/nix/store/00000000000000000000000000000000-a"}},
 		{DrvPath: "/nix/store/00000000000000000000000000000000-a.drv"},
 		{Paths: []string{"a", "b"}, DrvPath: "c"},
+		{Paths: []string{"a"}, Recheck: true},
+		{Recheck: true},
 		{Paths: []string{"quote\" back\\ nl\n tab\t cr\r nul\x00 \x1f <>& \u2028\u2029 é 日本 \xff\xfe bad"}},
 	} {
 		checkJSON(t, req)
@@ -41,7 +43,7 @@ func checkJSON(t *testing.T, req EnqueueRequest) {
 	}
 	got := req.AppendJSON(nil)
 	if string(got) != string(want) {
-		t.Fatalf("AppendJSON(%q)\n got %s\nwant %s", req, got, want)
+		t.Fatalf("AppendJSON(%+v)\n got %s\nwant %s", req, got, want)
 	}
 	var back EnqueueRequest
 	if err := json.Unmarshal(got, &back); err != nil {

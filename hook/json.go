@@ -27,6 +27,12 @@ func (req EnqueueRequest) AppendJSON(b []byte) []byte {
 		b = append(b, `"drv_path":`...)
 		b = appendJSONString(b, req.DrvPath)
 	}
+	if req.Recheck {
+		if len(req.Paths) > 0 || req.DrvPath != "" {
+			b = append(b, ',')
+		}
+		b = append(b, `"recheck":true`...)
+	}
 	return append(b, '}')
 }
 

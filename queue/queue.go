@@ -39,6 +39,13 @@ type Item struct {
 	// named it (the queue does not interpret it; Heal finds it again).
 	Class     string    `json:"class,omitempty"`
 	UpdatedAt time.Time `json:"updated_at"`
+	// Recheck asks the worker to check the whole closure again rather than
+	// trust what it remembers: an explicit push, or an item whose last
+	// push did not complete (it failed, was released, or its worker died).
+	Recheck bool `json:"recheck,omitempty"`
+	// Again: the item was enqueued for a recheck while it was active; it is
+	// queued again once that push completes.
+	Again bool `json:"again,omitempty"`
 }
 
 // Stats are the queue's counts.
@@ -71,16 +78,27 @@ func (b Backoff) Delay(attempts int) time.Duration {
 type Options struct {
 	Now     func() time.Time // nil: time.Now
 	Backoff Backoff          // zero: 1s doubling to 5m
+	// History names whose done set this queue reads and writes (the daemon
+	// passes an opaque ID of the cache it pushes to): what was pushed to
+	// one cache says nothing about another.
+	History string
+	// DoneFor is how long a done record merges a new enqueue of its path:
+	// 0 forever, below 0 never (the path is queued again).
+	DoneFor time.Duration
 }
 
 // SchemaVersion is the layout of the bbolt file this build writes.
-const SchemaVersion = 1
+// Version 1 kept one done set for whatever cache the daemon pushed to;
+// version 2 keeps one per history, and opening a version 1 file drops its
+// done set, which named no cache (its paths are checked again when next
+// enqueued: nothing is lost, a push costs a check).
+const SchemaVersion = 2
 
 var (
 	bucketMeta  = []byte("meta")
 	bucketItems = []byte("items") // path -> Item (queued, active, failed)
 	bucketOrder = []byte("order") // seq -> path, for queued items
-	bucketDone  = []byte("done")  // path -> unix nanoseconds
+	bucketDone  = []byte("done")  // history -> (path -> unix nanoseconds)
 	keySchema   = []byte("schema")
 	keyProbe    = []byte("probe")
 )
@@ -195,6 +213,7 @@ func (q *Queue) init() (err error) {
 		if err != nil {
 			return err
 		}
+		schema := SchemaVersion
 		if v := meta.Get(keySchema); v != nil {
 			n, err := strconv.Atoi(string(v))
 			if err != nil {
@@ -203,7 +222,15 @@ func (q *Queue) init() (err error) {
 			if n > SchemaVersion {
 				return fmt.Errorf("queue: %s: written by a newer nixpush (schema %d, this build knows %d); upgrade nixpush or move the file away", q.path, n, SchemaVersion)
 			}
-		} else if err := meta.Put(keySchema, []byte(strconv.Itoa(SchemaVersion))); err != nil {
+			schema = n
+		}
+		if schema < 2 && tx.Bucket(bucketDone) != nil {
+			// Version 1's done set named no cache: drop it (see SchemaVersion).
+			if err := tx.DeleteBucket(bucketDone); err != nil {
+				return err
+			}
+		}
+		if err := meta.Put(keySchema, []byte(strconv.Itoa(SchemaVersion))); err != nil {
 			return err
 		}
 		items, err := tx.CreateBucketIfNotExists(bucketItems)
@@ -214,7 +241,11 @@ func (q *Queue) init() (err error) {
 		if err != nil {
 			return err
 		}
-		done, err := tx.CreateBucketIfNotExists(bucketDone)
+		histories, err := tx.CreateBucketIfNotExists(bucketDone)
+		if err != nil {
+			return err
+		}
+		done, err := histories.CreateBucketIfNotExists(q.historyKey())
 		if err != nil {
 			return err
 		}
@@ -243,7 +274,7 @@ func (q *Queue) init() (err error) {
 			return err
 		}
 		for _, it := range requeue {
-			it.State = Queued
+			it.State, it.Recheck = Queued, true
 			it.UpdatedAt = q.opts.Now()
 			if err := putItem(items, it); err != nil {
 				return err
@@ -348,10 +379,93 @@ func (q *Queue) Enqueue(ctx context.Context, paths []string) (EnqueueResult, err
 	return res, nil
 }
 
-// enqueueTx queues p unless it is queued, active or done.
+// EnqueueRecheck is Enqueue for paths whose closures are to be checked
+// again whatever was pushed before (an explicit push): a done path is
+// queued again, a queued one is marked to be rechecked, and an active one
+// is queued again once its push completes.
+func (q *Queue) EnqueueRecheck(ctx context.Context, paths []string) (EnqueueResult, error) {
+	var res EnqueueResult
+	var d delta
+	err := q.group(func(tx *bbolt.Tx) error {
+		res, d = EnqueueResult{}, delta{}
+		now := q.opts.Now()
+		for _, p := range paths {
+			added, err := q.recheckTx(tx, p, now, &d)
+			if err != nil {
+				return err
+			}
+			if added {
+				res.Added++
+			} else {
+				res.Merged++
+			}
+		}
+		return nil
+	})
+	if err != nil {
+		return EnqueueResult{}, fmt.Errorf("queue: enqueue: %w", err)
+	}
+	q.apply(d)
+	return res, nil
+}
+
+func (q *Queue) recheckTx(tx *bbolt.Tx, p string, now time.Time, d *delta) (bool, error) {
+	it, ok, err := getItem(tx, p)
+	if err != nil {
+		return false, err
+	}
+	if ok && it.State != Failed {
+		if it.State == Active {
+			it.Again = true
+		} else {
+			it.Recheck = true
+		}
+		return false, putItem(tx.Bucket(bucketItems), it)
+	}
+	done := q.doneBucket(tx)
+	if done.Get([]byte(p)) != nil {
+		if err := done.Delete([]byte(p)); err != nil {
+			return false, err
+		}
+		d.done--
+	}
+	if !ok {
+		it = Item{Path: p, EnqueuedAt: now}
+	} else { // failed
+		d.failed--
+		d.setFailed(p, nil)
+		it.Attempts, it.LastError, it.NotBefore = 0, "", time.Time{}
+	}
+	it.Recheck = true
+	return true, q.queueTx(tx, it, now, d)
+}
+
+// doneBucket is the done set of this queue's history.
+func (q *Queue) doneBucket(tx *bbolt.Tx) *bbolt.Bucket {
+	return tx.Bucket(bucketDone).Bucket(q.historyKey())
+}
+
+// historyKey names this history's bucket (bbolt refuses an empty name).
+func (q *Queue) historyKey() []byte { return []byte("history:" + q.opts.History) }
+
+// isDone reports whether a done record of p still merges enqueues.
+func (q *Queue) isDone(tx *bbolt.Tx, p string, now time.Time) bool {
+	v := q.doneBucket(tx).Get([]byte(p))
+	if v == nil || q.opts.DoneFor < 0 {
+		return false
+	}
+	if q.opts.DoneFor == 0 || len(v) != 8 {
+		return true
+	}
+	at := time.Unix(0, int64(binary.BigEndian.Uint64(v)))
+	return now.Sub(at) < q.opts.DoneFor
+}
+
+// enqueueTx queues p unless it is queued, active or done (recently enough).
 func (q *Queue) enqueueTx(tx *bbolt.Tx, p string, now time.Time, d *delta) (bool, error) {
 	items := tx.Bucket(bucketItems)
-	if tx.Bucket(bucketDone).Get([]byte(p)) != nil {
+	done := q.doneBucket(tx)
+	if q.isDone(tx, p, now) {
 		return false, nil
 	}
 	it := Item{Path: p, EnqueuedAt: now}
@@ -365,6 +479,12 @@ func (q *Queue) enqueueTx(tx *bbolt.Tx, p string, now time.Time, d *delta) (bool
 		d.failed--
 		d.setFailed(p, nil)
 		it.Attempts, it.LastError, it.NotBefore, it.Class = 0, "", time.Time{}, ""
+	}
+	if done.Get([]byte(p)) != nil { // a done record too old to trust
+		if err := done.Delete([]byte(p)); err != nil {
+			return false, err
+		}
+		d.done--
 	}
 	return true, q.queueTx(tx, it, now, d)
 }
@@ -458,12 +578,21 @@ func (q *Queue) completeTx(tx *bbolt.Tx, p string, now time.Time, d *delta) erro
 	if err != nil || !ok {
 		return err
 	}
+	if it.Again {
+		// Enqueued for a recheck while this push ran: its turn comes again.
+		q.leaveState(it, d)
+		it.Again, it.Recheck, it.Attempts, it.LastError, it.NotBefore = false, true, 0, "", time.Time{}
+		return q.queueTx(tx, it, now, d)
+	}
 	if err := tx.Bucket(bucketItems).Delete([]byte(p)); err != nil {
 		return err
 	}
 	q.leaveState(it, d)
-	d.done++
-	return tx.Bucket(bucketDone).Put([]byte(p), binary.BigEndian.AppendUint64(nil, uint64(now.UnixNano())))
+	done := q.doneBucket(tx)
+	if done.Get([]byte(p)) == nil {
+		d.done++
+	}
+	return done.Put([]byte(p), binary.BigEndian.AppendUint64(nil, uint64(now.UnixNano())))
 }
 
 // leaveState counts it out of its current state.
@@ -492,6 +621,7 @@ func (q *Queue) Retry(ctx context.Context, path string, cause error) error {
 		}
 		q.leaveState(it, d)
 		it.Attempts++
+		it.Recheck = true
 		it.LastError = cause.Error()
 		it.NotBefore = now.Add(q.opts.Backoff.Delay(it.Attempts))
 		d.setBackoff(path, it.NotBefore)
@@ -512,7 +642,7 @@ func (q *Queue) Release(ctx context.Context, paths ...string) error {
 				continue
 			}
 			q.leaveState(it, d)
-			it.State, it.UpdatedAt = Queued, now
+			it.State, it.UpdatedAt, it.Recheck = Queued, now, true
 			if err := putItem(tx.Bucket(bucketItems), it); err != nil {
 				return err
 			}
@@ -539,7 +669,7 @@ func (q *Queue) Fail(ctx context.Context, path string, cause error) error {
 			}
 		}
 		it.Attempts++
-		it.State, it.LastError, it.UpdatedAt, it.NotBefore = Failed, cause.Error(), now, time.Time{}
+		it.State, it.LastError, it.UpdatedAt, it.NotBefore, it.Recheck = Failed, cause.Error(), now, time.Time{}, true
 		it.Class = failureClass(cause)
 		d.failed++
 		d.setFailed(path, &it)
@@ -561,8 +691,8 @@ func (q *Queue) Requeue(ctx context.Context, all bool, paths ...string) (int, er
 			q.mu.Unlock()
 		}
 		for _, p := range paths {
-			if tx.Bucket(bucketDone).Get([]byte(p)) != nil {
-				if err := tx.Bucket(bucketDone).Delete([]byte(p)); err != nil {
+			if q.doneBucket(tx).Get([]byte(p)) != nil {
+				if err := q.doneBucket(tx).Delete([]byte(p)); err != nil {
 					return err
 				}
 				d.done--

@@ -13,4 +13,88 @@
 // classified once, where they are understood (StoreError: unreachable,
 // certificate, credentials, bucket missing, access denied), and Preflight
 // checks a store the way the daemon and nixpush check do.
+//
+// # Knowledge with a lifetime
+//
+// What the uploader remembers of the cache (which .narinfos it found there
+// or wrote, and when) is a hint, never the truth: objects vanish behind its
+// back (gc, an expiry rule, a wiped bucket, one restored from a backup). A
+// path seen longer ago than Config.TrustCacheFor is checked again by the
+// next push that needs it (one listing, or existence checks in parallel)
+// and uploaded again when it is gone, however deep in the closure; a
+// .narinfo is written only when the .narinfo of each of its references was
+// written by the same push or seen in the cache within that window.
+// Recheck (an explicit `nixpush push`) trusts nothing: it checks the whole
+// closure and nix-cache-info. Every root a push completes is recorded in
+// nixpush/roots/<hash part> ({"path", "pushed_at", "host"}), rewritten at
+// each push, for gc to keep what builders still push.
+//
+// The trust window must stay below gc's grace period: gc never deletes a
+// .narinfo or NAR younger than its grace, nor the closure of such a
+// .narinfo, so a path this uploader wrote cannot be deleted by gc while
+// it still trusts it. A path it only saw (written long ago) can be; the
+// re-check below is what covers that.
+//
+// # Pushing while gc runs
+//
+// The retention package's gc and any number of daemons may work on one
+// bucket at once. gc keeps its side (argued in its own package doc):
+//
+//	G1. Before it lists the bucket it writes the marker nixpush/gc/sweep
+//	    {"listed_at", "deadline", "host"}; it deletes nothing after the
+//	    deadline (it lists again instead) and removes the marker after its
+//	    last deletion. It does not start while another gc's marker is up.
+//	G2. It deletes only objects its listing showed. It keeps the closure
+//	    (.narinfos and NARs) of every .narinfo younger than the grace
+//	    period, and never deletes a NAR younger than the grace period.
+//
+// The uploader keeps this side:
+//
+//	D1. A NAR is written before its .narinfo, and a .narinfo after those of
+//	    its references (uploaded by the push, or seen in the cache).
+//	D2. After writing a push's .narinfos, it reads the marker; if one is up
+//	    whose deadline (plus 30 s for clocks that disagree) is still ahead,
+//	    it waits until then (at most Config.MaxSweepWait). Then it checks
+//	    that the .narinfo of every reference the written .narinfos rely on
+//	    without having uploaded it, and every NAR it wrote, is there (one
+//	    listing or checks in parallel). What is missing it uploads again,
+//	    with whatever is missing of its closure, dependencies first, as a
+//	    new round that ends with D2 again.
+//	D3. A push succeeds, its roots are recorded and its queue items are
+//	    completed only after D2 found nothing missing. A push that did not
+//	    complete (failed, stopped, killed) is pushed again as a Recheck,
+//	    which first waits out any sweep as in D2, then checks everything.
+//
+// Claim: no .narinfo a completed push wrote is left with a missing NAR or
+// reference by a gc, whatever the number of daemons and gcs overlapping it.
+// Let N be such a .narinfo, written at time W, and X an object it relies on
+// (its NAR, or a reference's .narinfo). Let G be a gc that deletes X; by
+// G2, X was in G's listing, which began at L after G wrote its marker (G1).
+//
+//  1. If L > W, G's listing shows N. G then keeps N (as younger than the
+//     grace period by G2, or as part of a root's or pin's closure) and
+//     with it X, or deletes N too, which leaves no broken N (the order of
+//     gc's own deletions is its package's argument). So L < W.
+//  2. G's marker was up from before L until after its last deletion (G1),
+//     so it was up at W. The daemon reads the marker at M > W (D2). If G's
+//     marker is still up at M, the daemon waits until G's deadline plus
+//     the skew margin, after which G deletes nothing (G1). If it is gone
+//     (or replaced by a later gc's, which by G1 started after G ended), G
+//     made its last deletion before M. Either way G deleted X before the
+//     re-check, which begins after M: the re-check sees X missing.
+//  3. The daemon then writes X again (D1), after its missing dependencies;
+//     N is whole again, and the new .narinfos are covered by the same
+//     argument in the next round. A round that finds nothing missing ends
+//     the push (D3); a push still finding losses after maxRounds fails and
+//     is retried, so nothing is completed with X missing.
+//  4. If the daemon stops between W and the end of D2, the push did not
+//     complete (D3): its Recheck waits out any sweep, so every gc that
+//     listed before W has made its last deletion (step 2), then finds X
+//     missing and writes it again.
+//
+// The same holds for a NAR this push overwrote under a key that G listed
+// and deleted (a path pushed again after its .narinfo was collected): it is
+// one of the NARs D2 checks. And for knowledge older than the trust window
+// (an expiry rule, a hand-deleted object, which keep no protocol), the
+// first paragraph's window bounds how long the daemon can believe in it.
 package uploader

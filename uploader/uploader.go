@@ -5,6 +5,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"os"
 	"slices"
 	"strings"
 	"sync"
@@ -42,6 +43,20 @@ type Config struct {
 	// WriteNARListing writes <hash>.ls, the NAR's file listing, before
 	// each .narinfo, as Nix does with write-nar-listing=true.
 	WriteNARListing bool
+	// TrustCacheFor is how long a path found in the cache (or written to
+	// it) is believed to stay there: within it the path is not checked
+	// again; after it, the next push that needs it checks, and uploads it
+	// again if it is gone. 0 checks every path of every closure pushed.
+	TrustCacheFor time.Duration
+	// Host names this machine in the root records (default: os.Hostname).
+	Host string
+	// MaxSweepWait bounds how long a push waits for a gc sweep to pass its
+	// deadline (0 = 1h); past it the push fails, to be retried.
+	MaxSweepWait time.Duration
+	// Now is the clock (nil: time.Now); tests move it.
+	Now func() time.Time
+
+	sweepSkew time.Duration // 0: sweepSkew; tests shorten it
 }
 
 // Uploader pushes closures to one store. It is safe for concurrent use: a
@@ -53,11 +68,12 @@ type Uploader struct {
 	stat chan struct{} // a token per existence check
 
 	infoMu   sync.Mutex
-	infoDone bool // nix-cache-info is known to be in the store
+	infoSeen time.Time // when nix-cache-info was last found or written
 
 	mu       sync.Mutex
-	known    map[string]bool // paths whose .narinfo the store holds
-	planned  map[string]bool // paths counted in Stats.Planned and not yet uploaded
+	seen     map[string]time.Time // when each path's .narinfo was last found in the store or written (filtered paths: their references ensured)
+	planned  map[string]bool      // paths counted in Stats.Planned and not yet uploaded
+	skipped  map[string]bool      // paths the filter left out (it never changes)
 	inflight map[string]*flight
 	nars     map[string]*narFlight // NAR uploads under way or done, until their .narinfo is written
 	stats    Stats
@@ -113,13 +129,23 @@ func New(cfg Config) *Uploader {
 	if cfg.Priority == 0 {
 		cfg.Priority = 40
 	}
+	if cfg.Now == nil {
+		cfg.Now = time.Now
+	}
+	if cfg.MaxSweepWait <= 0 {
+		cfg.MaxSweepWait = time.Hour
+	}
+	if cfg.Host == "" {
+		cfg.Host, _ = os.Hostname()
+	}
 	return &Uploader{
 		cfg:      cfg,
 		jobs:     make(chan struct{}, cfg.Jobs),
 		big:      make(chan struct{}, bigStreams),
 		stat:     make(chan struct{}, 4*cfg.Jobs),
-		known:    make(map[string]bool),
+		seen:     make(map[string]time.Time),
 		planned:  make(map[string]bool),
+		skipped:  make(map[string]bool),
 		inflight: make(map[string]*flight),
 		nars:     make(map[string]*narFlight),
 	}
@@ -138,37 +164,197 @@ func (u *Uploader) count(requests int64) {
 	u.mu.Unlock()
 }
 
-// Push uploads the closures of roots and returns one error per root (nil
-// where the root's whole closure is in the cache).
+// Push uploads what the cache lacks of the closures of roots and returns
+// one error per root (nil where the root's whole closure is in the cache).
+// Paths seen in the cache within TrustCacheFor are not checked again.
 func (u *Uploader) Push(ctx context.Context, roots []string) []error {
+	return u.push(ctx, roots, false)
+}
+
+// Recheck is Push believing nothing it remembers: every path of the
+// closures is checked in the cache (and nix-cache-info too), and whatever
+// is missing, however deep, is uploaded again. It first waits out a gc
+// sweep under way, so that what it finds present stays present.
+func (u *Uploader) Recheck(ctx context.Context, roots []string) []error {
+	return u.push(ctx, roots, true)
+}
+
+func (u *Uploader) push(ctx context.Context, roots []string, recheck bool) []error {
 	errs := make([]error, len(roots))
+	fail := func(err error) []error {
+		for i := range errs {
+			errs[i] = err
+		}
+		return errs
+	}
+	start := u.cfg.Now()
+	cutoff := start.Add(-u.cfg.TrustCacheFor)
+	if recheck {
+		cutoff = start
+		if err := u.waitForSweep(ctx); err != nil {
+			return fail(err)
+		}
+	}
 	// nix-cache-info is checked while Nix is asked about the closure; it
 	// is in before anything else goes up.
 	cacheInfo := make(chan error, 1)
-	go func() { cacheInfo <- u.ensureCacheInfo(ctx) }()
-	var todo []string
+	go func() { cacheInfo <- u.ensureCacheInfo(ctx, cutoff) }()
+	var todo []int
 	u.mu.Lock()
-	for _, r := range roots {
-		if !u.known[r] {
-			todo = append(todo, r)
+	for i, r := range roots {
+		if !u.fresh(r, cutoff) {
+			todo = append(todo, i)
 		}
 	}
 	u.stats.Skipped += int64(len(roots) - len(todo))
 	u.mu.Unlock()
-	if len(todo) == 0 {
+	if len(todo) > 0 {
+		sub := make([]string, len(todo))
+		for j, i := range todo {
+			sub[j] = roots[i]
+		}
+		for j, err := range u.pushClosures(ctx, sub, cutoff, cacheInfo, nil, 0) {
+			errs[todo[j]] = err
+		}
+	} else if err := <-cacheInfo; err != nil {
+		return fail(err)
+	}
+	u.recordRoots(ctx, roots, errs)
+	return errs
+}
+
+// maxRounds bounds how often a push uploads again what vanished while it
+// wrote (see doc.go); past it the push fails, to be retried.
+const maxRounds = 4
+
+// pushClosures uploads what the cache lacks of the closures of roots (and
+// the paths of force, whatever the cache holds), checking every path not
+// seen since cutoff; then it checks again what the .narinfos it wrote rely
+// on, and uploads again whatever vanished meanwhile.
+func (u *Uploader) pushClosures(ctx context.Context, roots []string, cutoff time.Time, cacheInfo <-chan error, force map[string]bool, round int) []error {
+	infos, errs := u.closureOf(ctx, roots, cutoff)
+	if cacheInfo != nil {
 		if err := <-cacheInfo; err != nil {
 			for i := range errs {
 				errs[i] = err
 			}
+			return errs
 		}
+	}
+	filtered := u.filtered(infos)
+	missing := u.probe(ctx, infos, filtered, cutoff)
+	for p := range force {
+		missing[p] = true
+	}
+	u.plan(missing, filtered, infos)
+	pl := &plan{infos: infos, missing: missing, filtered: filtered, cutoff: cutoff, written: make(map[string]string)}
+	failed := u.uploadMissing(ctx, pl)
+	for i, r := range roots {
+		if errs[i] == nil {
+			errs[i] = closureError(r, infos, failed)
+		}
+	}
+	if len(pl.written) == 0 {
 		return errs
 	}
-	infos, err := u.closure(ctx, todo)
-	if err != nil && len(todo) > 1 && nix.IsInvalid(err) {
-		// One invalid root must not fail the others: ask root by root.
+	again, reforce, err := u.recheckWritten(ctx, pl)
+	if err == nil && len(again) > 0 {
+		u.cfg.Log.Warn().Strs("paths", again).Int("round", round+1).
+			Msg("paths vanished from the cache while .narinfos relying on them were written; uploading them again")
+		if round+1 >= maxRounds {
+			err = fmt.Errorf("%d paths vanished from the cache again after %d rounds of uploading them (a gc under way?); will retry", len(again), maxRounds)
+		} else {
+			for _, e := range u.pushClosures(ctx, again, u.cfg.Now(), nil, reforce, round+1) {
+				if e != nil {
+					err = e
+					break
+				}
+			}
+		}
+	}
+	if err != nil {
+		// Nothing this push wrote or relied on is trusted any more: the
+		// retry checks it all again.
+		u.mu.Lock()
+		for p := range pl.written {
+			delete(u.seen, p)
+			for _, r := range pl.infos[p].References {
+				delete(u.seen, r)
+			}
+		}
+		u.mu.Unlock()
+		for i := range errs {
+			if errs[i] == nil {
+				errs[i] = err
+			}
+		}
+	}
+	return errs
+}
+
+// uploadMissing uploads every missing path of pl (each after its
+// references) and returns the failures by path.
+func (u *Uploader) uploadMissing(ctx context.Context, pl *plan) map[string]error {
+	// NARs upload ahead, deps first, on up to Jobs connections, while
+	// ensure writes each .narinfo once its NAR and its references' are in.
+	pctx, stop := context.WithCancel(ctx)
+	var prefetch sync.WaitGroup
+	defer prefetch.Wait()
+	defer stop() // runs first: uploads nobody waits for any more end
+	prefetch.Go(func() { u.prefetchNARs(pctx, topoOrder(pl.missing, pl.infos), pl, &prefetch) })
+	var mu sync.Mutex
+	failed := make(map[string]error)
+	var wg sync.WaitGroup
+	for p := range pl.missing {
+		wg.Go(func() {
+			if err := u.ensure(ctx, p, pl); err != nil {
+				mu.Lock()
+				failed[p] = err
+				mu.Unlock()
+			}
+		})
+	}
+	wg.Wait()
+	return failed
+}
+
+// closureError is the first failure among the paths of root's closure, or
+// the context's error.
+func closureError(root string, infos map[string]nix.PathInfo, failed map[string]error) error {
+	if len(failed) == 0 {
+		return nil
+	}
+	if err, ok := failed[root]; ok {
+		return err
+	}
+	seen := map[string]bool{root: true}
+	stack := []string{root}
+	for len(stack) > 0 {
+		p := stack[len(stack)-1]
+		stack = stack[:len(stack)-1]
+		for _, r := range infos[p].References {
+			if seen[r] {
+				continue
+			}
+			seen[r] = true
+			if err, ok := failed[r]; ok {
+				return &DependencyError{Path: root, Err: err}
+			}
+			stack = append(stack, r)
+		}
+	}
+	return nil
+}
+
+// closureOf is closure, asking root by root when one invalid root would
+// fail the others.
+func (u *Uploader) closureOf(ctx context.Context, roots []string, cutoff time.Time) (map[string]nix.PathInfo, []error) {
+	errs := make([]error, len(roots))
+	infos, err := u.closure(ctx, roots, cutoff)
+	if err != nil && len(roots) > 1 && nix.IsInvalid(err) {
 		infos = make(map[string]nix.PathInfo)
 		for i, r := range roots {
-			m, err := u.closure(ctx, []string{r})
+			m, err := u.closure(ctx, []string{r}, cutoff)
 			if err != nil {
 				errs[i] = err
 				continue
@@ -181,38 +367,8 @@ func (u *Uploader) Push(ctx context.Context, roots []string) []error {
 		for i := range errs {
 			errs[i] = err
 		}
-		return errs
 	}
-	if err := <-cacheInfo; err != nil {
-		for i := range errs {
-			errs[i] = err
-		}
-		return errs
-	}
-	filtered := u.filtered(infos)
-	missing := u.probe(ctx, roots, infos, filtered)
-	u.plan(missing, filtered, infos)
-	// NARs upload ahead, deps first, on up to Jobs connections, while
-	// ensure writes each .narinfo once its NAR and its references' are in.
-	pctx, stop := context.WithCancel(ctx)
-	var prefetch sync.WaitGroup
-	defer prefetch.Wait()
-	defer stop() // runs first: uploads nobody waits for any more end
-	prefetch.Go(func() { u.prefetchNARs(pctx, topoOrder(missing, infos), infos, &prefetch) })
-	pl := &plan{infos: infos, missing: missing, filtered: filtered}
-	var wg sync.WaitGroup
-	for i, r := range roots {
-		if errs[i] != nil {
-			continue
-		}
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			errs[i] = u.ensure(ctx, r, pl)
-		}()
-	}
-	wg.Wait()
-	return errs
+	return infos, errs
 }
 
 // plan counts the paths a push found missing in Stats.Planned, once each
@@ -221,7 +377,7 @@ func (u *Uploader) plan(missing, filtered map[string]bool, infos map[string]nix.
 	u.mu.Lock()
 	defer u.mu.Unlock()
 	for p := range missing {
-		if filtered[p] || u.planned[p] || u.known[p] {
+		if filtered[p] || u.planned[p] {
 			continue
 		}
 		u.planned[p] = true
@@ -230,15 +386,23 @@ func (u *Uploader) plan(missing, filtered map[string]bool, infos map[string]nix.
 	}
 }
 
-// plan is what one push knows: the path infos it needs and which paths
-// the cache was found to lack.
+// plan is what one push knows: the path infos it needs, which paths the
+// cache was found to lack, since when what was seen is trusted, and the
+// .narinfos it wrote (with the keys of their NARs).
 type plan struct {
 	infos    map[string]nix.PathInfo
 	missing  map[string]bool
 	filtered map[string]bool // left out by the filter
+	cutoff   time.Time
+
+	mu      sync.Mutex
+	written map[string]string
 }
 
-// filtered is the set of paths of infos the filter leaves out.
+// filtered is the set of paths of infos the filter leaves out. They are
+// never in the cache (consumers take them from upstream), so they are
+// never checked there, and no .narinfo relies on them being in the cache;
+// once their references are ensured, they count as seen.
 func (u *Uploader) filtered(infos map[string]nix.PathInfo) map[string]bool {
 	if u.cfg.Filter.Empty() {
 		return nil
@@ -249,77 +413,93 @@ func (u *Uploader) filtered(infos map[string]nix.PathInfo) map[string]bool {
 			out[p] = true
 		}
 	}
+	u.mu.Lock()
+	for p := range out {
+		u.skipped[p] = true
+	}
+	u.mu.Unlock()
 	return out
 }
 
-// probe finds which paths of the closure the cache lacks: the roots first
-// (a root's .narinfo means its whole closure is there), then every other
-// path not known locally, checked in parallel. Paths whose check failed
-// count as missing here; ensure checks them again.
-func (u *Uploader) probe(ctx context.Context, roots []string, infos map[string]nix.PathInfo, filtered map[string]bool) map[string]bool {
+// fresh reports whether p's .narinfo was seen in the store since cutoff.
+// The caller holds u.mu.
+func (u *Uploader) fresh(p string, cutoff time.Time) bool {
+	t, ok := u.seen[p]
+	return ok && !t.Before(cutoff)
+}
+
+// sawAt records that p's .narinfo was in the store at t. The caller holds
+// u.mu.
+func (u *Uploader) sawAt(p string, t time.Time) {
+	if t.After(u.seen[p]) {
+		u.seen[p] = t
+	}
+}
+
+// goneAt records that p's .narinfo was not in the store at t: unless
+// it was seen there (written, say) after t, it is no longer trusted. The
+// caller holds u.mu.
+func (u *Uploader) goneAt(p string, t time.Time) {
+	if u.seen[p].Before(t) {
+		delete(u.seen, p)
+	}
+}
+
+// probe finds which paths of the closure the cache lacks: every path not
+// seen since cutoff, with one listing when that is cheaper, else with
+// existence checks in parallel. Paths whose check failed count as missing.
+func (u *Uploader) probe(ctx context.Context, infos map[string]nix.PathInfo, filtered map[string]bool, cutoff time.Time) map[string]bool {
 	missing := make(map[string]bool)
-	check := func(paths []string) {
-		var mu sync.Mutex
-		g, gctx := errgroup.WithContext(ctx)
-		g.SetLimit(4 * u.cfg.Jobs)
-		for _, p := range paths {
-			g.Go(func() error {
-				has, err := u.has(gctx, nix.NarInfoKey(p))
-				mu.Lock()
-				defer mu.Unlock()
-				if err == nil && has {
-					u.mu.Lock()
-					u.known[p] = true
-					u.stats.Skipped++
-					u.mu.Unlock()
-				} else {
-					missing[p] = true
-				}
-				return nil
-			})
+	var rest []string
+	u.mu.Lock()
+	for p := range infos {
+		if !u.fresh(p, cutoff) && !filtered[p] {
+			rest = append(rest, p)
 		}
-		g.Wait()
 	}
-	unknown := func(paths []string) []string {
-		var out []string
-		u.mu.Lock()
-		defer u.mu.Unlock()
-		for _, p := range paths {
-			if _, ok := infos[p]; ok && !u.known[p] && u.inflight[p] == nil && !missing[p] && !filtered[p] {
-				out = append(out, p)
-			}
-		}
-		return out
-	}
-	check(unknown(roots))
-	filteredRoot := false
-	for _, r := range roots {
-		filteredRoot = filteredRoot || filtered[r]
-	}
-	// A filtered root is never in the cache, so it says nothing of its
-	// references: they are probed as if it were missing.
-	if len(missing) == 0 && !filteredRoot {
+	u.mu.Unlock()
+	if len(rest) == 0 {
 		return missing
 	}
-	rest := make([]string, 0, len(infos))
-	for p := range infos {
-		rest = append(rest, p)
-	}
-	rest = unknown(rest)
+	at := u.cfg.Now()
 	if listed, ok := u.listNarInfos(ctx, len(rest)); ok {
 		u.mu.Lock()
 		for _, p := range rest {
 			if listed[nix.NarInfoKey(p)] {
-				u.known[p] = true
+				u.sawAt(p, at)
 				u.stats.Skipped++
 			} else {
+				u.goneAt(p, at)
 				missing[p] = true
 			}
 		}
 		u.mu.Unlock()
 		return missing
 	}
-	check(rest)
+	var mu sync.Mutex
+	g, gctx := errgroup.WithContext(ctx)
+	g.SetLimit(4 * u.cfg.Jobs)
+	for _, p := range rest {
+		g.Go(func() error {
+			at := u.cfg.Now()
+			has, err := u.has(gctx, nix.NarInfoKey(p))
+			mu.Lock()
+			defer mu.Unlock()
+			u.mu.Lock()
+			defer u.mu.Unlock()
+			if err == nil && has {
+				u.sawAt(p, at)
+				u.stats.Skipped++
+			} else {
+				if err == nil {
+					u.goneAt(p, at)
+				}
+				missing[p] = true
+			}
+			return nil
+		})
+	}
+	g.Wait()
 	return missing
 }
 
@@ -379,14 +559,14 @@ func topoOrder(missing map[string]bool, infos map[string]nix.PathInfo) []string 
 
 // prefetchNARs starts the NAR uploads of order, in that order, as upload
 // slots free up.
-func (u *Uploader) prefetchNARs(ctx context.Context, order []string, infos map[string]nix.PathInfo, wg *sync.WaitGroup) {
+func (u *Uploader) prefetchNARs(ctx context.Context, order []string, pl *plan, wg *sync.WaitGroup) {
 	for _, p := range order {
 		if ctx.Err() != nil {
 			return
 		}
 		u.mu.Lock()
 		_, started := u.nars[p]
-		started = started || u.known[p]
+		started = started || u.fresh(p, pl.cutoff)
 		u.mu.Unlock()
 		if started {
 			continue
@@ -398,7 +578,7 @@ func (u *Uploader) prefetchNARs(ctx context.Context, order []string, infos map[s
 		}
 		wg.Go(func() {
 			defer func() { <-u.jobs }()
-			u.nar(ctx, infos[p], true)
+			u.nar(ctx, pl.infos[p], pl.cutoff, true)
 		})
 	}
 }
@@ -407,11 +587,11 @@ func (u *Uploader) prefetchNARs(ctx context.Context, order []string, infos map[s
 // upload slot, unless the caller holds one) when no push has yet. A caller
 // holding a slot never waits for another's upload: that upload may be
 // waiting for a slot, and with every slot so held nothing would move.
-func (u *Uploader) nar(ctx context.Context, info nix.PathInfo, holdsSlot bool) (packed, error) {
+func (u *Uploader) nar(ctx context.Context, info nix.PathInfo, cutoff time.Time, holdsSlot bool) (packed, error) {
 	var f *narFlight
 	for tries := 0; ; tries++ {
 		u.mu.Lock()
-		if u.known[info.Path] {
+		if u.fresh(info.Path, cutoff) {
 			u.mu.Unlock()
 			return packed{}, errCached
 		}
@@ -464,7 +644,7 @@ func (u *Uploader) nar(ctx context.Context, info nix.PathInfo, holdsSlot bool) (
 // the whole closure of any reference not yet known to be in the cache. A
 // path built on top of pushed ones (the hook's usual case) costs a query of
 // itself alone, not of its whole closure.
-func (u *Uploader) closure(ctx context.Context, roots []string) (map[string]nix.PathInfo, error) {
+func (u *Uploader) closure(ctx context.Context, roots []string, cutoff time.Time) (map[string]nix.PathInfo, error) {
 	list, err := u.cfg.Nix.Query(ctx, roots)
 	if err == nil {
 		var unknown []string
@@ -475,7 +655,7 @@ func (u *Uploader) closure(ctx context.Context, roots []string) (map[string]nix.
 		}
 		for _, info := range list {
 			for _, ref := range info.References {
-				if !seen[ref] && !u.known[ref] {
+				if !seen[ref] && !u.fresh(ref, cutoff) {
 					seen[ref] = true
 					unknown = append(unknown, ref)
 				}
@@ -501,21 +681,29 @@ func (u *Uploader) closure(ctx context.Context, roots []string) (map[string]nix.
 	return m, nil
 }
 
-// ensure makes sure the cache holds p's .narinfo, and so its closure: once
-// per path however many pushes want it at once.
+// ensure makes sure the cache holds p's .narinfo, written after those of
+// its references: once per path however many pushes want it at once.
 func (u *Uploader) ensure(ctx context.Context, p string, pl *plan) error {
-	u.mu.Lock()
-	if u.known[p] {
-		u.mu.Unlock()
-		return nil
-	}
-	if f := u.inflight[p]; f != nil {
+	for tries := 0; ; tries++ {
+		u.mu.Lock()
+		if u.fresh(p, pl.cutoff) {
+			u.mu.Unlock()
+			return nil
+		}
+		f := u.inflight[p]
+		if f == nil {
+			break // still locked
+		}
 		u.mu.Unlock()
 		select {
 		case <-f.done:
-			return f.err
 		case <-ctx.Done():
 			return ctx.Err()
+		}
+		// That push may have trusted an older sighting than this one
+		// does: then this one checks for itself.
+		if f.err != nil || tries == 2 {
+			return f.err
 		}
 	}
 	f := &flight{done: make(chan struct{})}
@@ -526,9 +714,6 @@ func (u *Uploader) ensure(ctx context.Context, p string, pl *plan) error {
 
 	u.mu.Lock()
 	delete(u.inflight, p)
-	if f.err == nil {
-		u.known[p] = true
-	}
 	u.mu.Unlock()
 	close(f.done)
 	return f.err
@@ -539,21 +724,21 @@ func (u *Uploader) ensureOnce(ctx context.Context, p string, pl *plan) error {
 	if !ok {
 		return fmt.Errorf("%s: no path info (it is in a closure pushed at the same time); will retry", p)
 	}
-	has := false
 	// A filtered path is left out, but not its references, which other
 	// paths may need: they are ensured below all the same.
 	if !pl.missing[p] && !pl.filtered[p] { // not probed by this push: check now
-		var err error
-		if has, err = u.has(ctx, nix.NarInfoKey(p)); err != nil {
+		at := u.cfg.Now()
+		has, err := u.has(ctx, nix.NarInfoKey(p))
+		if err != nil {
 			return err
 		}
-	}
-	if has {
-		// A valid cache holds the closure of every .narinfo it holds.
-		u.mu.Lock()
-		u.stats.Skipped++
-		u.mu.Unlock()
-		return nil
+		if has {
+			u.mu.Lock()
+			u.sawAt(p, at)
+			u.stats.Skipped++
+			u.mu.Unlock()
+			return nil
+		}
 	}
 	g, gctx := errgroup.WithContext(ctx)
 	for _, ref := range info.References {
@@ -575,12 +760,13 @@ func (u *Uploader) ensureOnce(ctx context.Context, p string, pl *plan) error {
 	if pl.filtered[p] {
 		_, why := u.cfg.Filter.Skips(info)
 		u.mu.Lock()
+		u.sawAt(p, u.cfg.Now())
 		u.stats.Filtered++
 		u.mu.Unlock()
 		u.cfg.Log.Debug().Str("path", p).Str("reason", why).Msg("filtered: not uploaded")
 		return nil
 	}
-	return u.upload(ctx, info)
+	return u.upload(ctx, info, pl)
 }
 
 func (u *Uploader) has(ctx context.Context, key string) (bool, error) {
@@ -635,9 +821,10 @@ func (u *Uploader) narinfo(info nix.PathInfo, p packed) (string, error) {
 // upload puts the signed .narinfo once the NAR is in (uploading it now if
 // no push has started it); the caller has made sure every reference's
 // .narinfo is in the store.
-func (u *Uploader) upload(ctx context.Context, info nix.PathInfo) error {
+func (u *Uploader) upload(ctx context.Context, info nix.PathInfo, pl *plan) error {
 	start := time.Now()
-	p, err := u.nar(ctx, info, false)
+	c := u.cfg.Compression
+	p, err := u.nar(ctx, info, pl.cutoff, false)
 	if errors.Is(err, errCached) {
 		return nil
 	}
@@ -657,10 +844,13 @@ func (u *Uploader) upload(ctx context.Context, info nix.PathInfo) error {
 		return fmt.Errorf("upload %s: %w", info.Path, err)
 	}
 	d := time.Since(start)
+	pl.mu.Lock()
+	pl.written[info.Path] = narKey(info, c)
+	pl.mu.Unlock()
 	u.mu.Lock()
 	delete(u.nars, info.Path)
 	delete(u.planned, info.Path)
-	u.known[info.Path] = true // in the same step, so no push starts this NAR again
+	u.sawAt(info.Path, u.cfg.Now()) // in the same step, so no push starts this NAR again
 	u.stats.Paths++
 	u.stats.NarBytes += int64(p.narSize)
 	u.stats.FileBytes += int64(p.fileSize)
@@ -672,13 +862,15 @@ func (u *Uploader) upload(ctx context.Context, info nix.PathInfo) error {
 }
 
 // ensureCacheInfo writes nix-cache-info when the cache lacks it, before any
-// other object, since Nix 2.8 clients cache it forever.
-func (u *Uploader) ensureCacheInfo(ctx context.Context) error {
+// other object, since Nix 2.8 clients cache it forever. It checks unless
+// it has seen the file since cutoff.
+func (u *Uploader) ensureCacheInfo(ctx context.Context, cutoff time.Time) error {
 	u.infoMu.Lock()
 	defer u.infoMu.Unlock()
-	if u.infoDone {
+	if !u.infoSeen.IsZero() && !u.infoSeen.Before(cutoff) {
 		return nil
 	}
+	at := u.cfg.Now()
 	u.count(1)
 	has, err := u.cfg.Store.Has(ctx, "nix-cache-info")
 	if err == nil && !has {
@@ -689,7 +881,7 @@ func (u *Uploader) ensureCacheInfo(ctx context.Context) error {
 	if err != nil {
 		return fmt.Errorf("nix-cache-info: %w", err)
 	}
-	u.infoDone = true
+	u.infoSeen = at
 	return nil
 }
 
@@ -702,10 +894,10 @@ func CacheInfo(storeDir string, priority int) string {
 // store failed (a bucket deleted and made anew), it probes again.
 func (u *Uploader) ForgetCache() {
 	u.mu.Lock()
-	clear(u.known)
+	clear(u.seen)
 	u.mu.Unlock()
 	u.infoMu.Lock()
-	u.infoDone = false
+	u.infoSeen = time.Time{}
 	u.infoMu.Unlock()
 }
 

@@ -223,8 +223,19 @@ func TestPushDAGKeepsOrderWithParallelJobs(t *testing.T) {
 			for _, info := range infos {
 				checkPushed(t, sub, info)
 			}
-			if st := u.Stats(); st.Paths != int64(len(cs.puts)-1)/2 {
-				t.Errorf("stats: %d paths uploaded, store got %d objects", st.Paths, len(cs.puts))
+			cacheObjects := 0
+			for key := range cs.puts {
+				if !strings.HasPrefix(key, "nixpush/") {
+					cacheObjects++
+				}
+			}
+			if st := u.Stats(); st.Paths != int64(cacheObjects-1)/2 {
+				t.Errorf("stats: %d paths uploaded, store got %d objects", st.Paths, cacheObjects)
+			}
+			for _, r := range all {
+				if cs.puts[RootKey(r)] != 1 {
+					t.Errorf("root record %s written %d times, want once", RootKey(r), cs.puts[RootKey(r)])
+				}
 			}
 		})
 	}
@@ -398,16 +409,24 @@ func TestPushSkipsWhatTheCacheHas(t *testing.T) {
 	if err := u.Push(context.Background(), []string{top})[0]; err != nil {
 		t.Fatal(err)
 	}
-	// A new uploader (a restarted daemon) asks the cache once for the root.
+	// A new uploader (a restarted daemon) has seen nothing: it checks the
+	// whole closure, uploads nothing and records the root.
 	cs := &countingStore{Store: base}
-	u2 := New(Config{Store: cs, Nix: fs, Key: testKey(t), StoreDir: fs.dir, Log: zerolog.Nop()})
+	u2 := New(Config{Store: cs, Nix: fs, Key: testKey(t), StoreDir: fs.dir, Log: zerolog.Nop(), TrustCacheFor: time.Hour})
 	if err := u2.Push(context.Background(), []string{top})[0]; err != nil {
 		t.Fatal(err)
 	}
-	if cs.puts != 0 || cs.has != 2 { // nix-cache-info and the root's narinfo
-		t.Fatalf("second push: %d puts, %d existence checks; want 0 and 2", cs.puts, cs.has)
+	if cs.puts != 1 || cs.has != 3 { // nix-cache-info, the two .narinfos; the root record
+		t.Fatalf("second push: %d puts, %d existence checks; want 1 and 3", cs.puts, cs.has)
 	}
-	if u2.Stats().Skipped != 1 {
+	// Within the trust window, a push again checks nothing.
+	if err := u2.Push(context.Background(), []string{top})[0]; err != nil {
+		t.Fatal(err)
+	}
+	if cs.puts != 2 || cs.has != 3 {
+		t.Fatalf("third push: %d puts, %d existence checks; want 2 (the root record again) and 3", cs.puts, cs.has)
+	}
+	if u2.Stats().Skipped != 3 { // the closure's two paths, then the root again
 		t.Fatalf("skipped = %d", u2.Stats().Skipped)
 	}
 }
@@ -490,9 +509,11 @@ func TestPushListsInsteadOfChecking(t *testing.T) {
 	if err := u.Push(context.Background(), []string{chain[59]})[0]; err != nil {
 		t.Fatal(err)
 	}
-	// Checks: nix-cache-info and the root; then one listing.
-	if ls.lists != 1 || ls.has != 2 || ls.puts != 2*30 {
-		t.Fatalf("%d listings, %d existence checks, %d puts; want 1, 2 and 60", ls.lists, ls.has, ls.puts)
+	// Checks: nix-cache-info, then one listing of the closure; 30 NARs,
+	// 30 .narinfos and the root record; then the re-check after the
+	// writes: the .narinfo relied on (n29) and the 30 NARs written.
+	if ls.lists != 1 || ls.has != 1+31 || ls.puts != 2*30+1 {
+		t.Fatalf("%d listings, %d existence checks, %d puts; want 1, 32 and 61", ls.lists, ls.has, ls.puts)
 	}
 	if st := u.Stats(); st.Skipped != 30 || st.Paths != 30 {
 		t.Fatalf("stats %+v; want 30 skipped, 30 uploaded", st)

@@ -53,12 +53,14 @@ func runPush(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 	}
 	c := client.New(*socket)
 	start := time.Now() // progress shown is of the work that starts after this
-	res, err := c.Enqueue(ctx, hook.EnqueueRequest{Paths: paths})
+	// An explicit push checks the cache again: it may have lost paths
+	// since the daemon last looked (expiry, a wiped bucket, a new store).
+	res, err := c.Enqueue(ctx, hook.EnqueueRequest{Paths: paths, Recheck: true})
 	if err != nil {
 		fmt.Fprintf(stderr, "nixpush push: %v\n", explain(err))
 		return 1
 	}
-	fmt.Fprintf(stdout, "queued %d path(s) with their closures (%d already queued or pushed)\n", res.Added, res.Merged)
+	fmt.Fprintf(stdout, "queued %d path(s) with their closures to check and push (%d already queued)\n", res.Added, res.Merged)
 	if *wait {
 		return waitDrained(ctx, c, 0, start, stdout, stderr)
 	}

@@ -50,6 +50,8 @@ func runDaemon(ctx context.Context, args []string, stdout, stderr io.Writer) int
 	fs.Var(&excludes, "exclude", "leave out store paths whose name (after the hash) matches this regular expression; repeatable")
 	fs.Var(&skipSignedBy, "skip-signed-by", "leave out store paths the local Nix database holds a signature of by this key name (e.g. cache.nixos.org-1); repeatable")
 	metricsListen := fs.String("metrics-listen", "", "serve Prometheus metrics on this TCP address (e.g. 127.0.0.1:9747), at /metrics")
+	trust := fs.Duration("trust-cache-for", time.Hour, "how long a path seen in the cache (or uploaded) is believed to stay there before a push that needs it checks again; "+
+		"keep it well below gc's --grace (24h by default), which spares young .narinfos and NARs for that long; 0s checks whole closures on every push")
 	logLevel := fs.String("log-level", "info", "log level: debug, info, warn, error")
 	logFormat := fs.String("log-format", "auto", "log format: auto (journald under systemd, console on a terminal, JSON otherwise), journald, console, json")
 	if err := fs.Parse(args); err != nil {
@@ -86,6 +88,10 @@ func runDaemon(ctx context.Context, args []string, stdout, stderr io.Writer) int
 			fmt.Fprintf(stderr, "nixpush daemon: --skip-signed-by %q: want a key name such as cache.nixos.org-1 (the part before the colon)\n", k)
 			return 2
 		}
+	}
+	if *trust < 0 {
+		fmt.Fprintf(stderr, "nixpush daemon: --trust-cache-for %s: want a duration of 0s or more, such as 1h\n", *trust)
+		return 2
 	}
 	if len(keyFiles) == 0 && os.Getenv("NIXPUSH_SECRET_KEY_FILE") != "" {
 		keyFiles = stringsFlag{os.Getenv("NIXPUSH_SECRET_KEY_FILE")}
@@ -151,7 +157,8 @@ func runDaemon(ctx context.Context, args []string, stdout, stderr io.Writer) int
 	up := uploader.New(uploader.Config{
 		Store: store, Nix: pathInfo, Key: keys[0], Keys: keys[1:], Compression: comp, Jobs: *jobs,
 		StoreDir: *storeDir, Log: log, WriteNARListing: *writeListing,
-		Filter: uploader.Filter{Exclude: exclude, SkipSignedBy: skipSignedBy},
+		Filter:        uploader.Filter{Exclude: exclude, SkipSignedBy: skipSignedBy},
+		TrustCacheFor: *trust,
 	})
 	var ln net.Listener
 	if lns, err := activation.Listeners(); err == nil && len(lns) > 0 && lns[0] != nil {
@@ -171,10 +178,11 @@ func runDaemon(ctx context.Context, args []string, stdout, stderr io.Writer) int
 		BuildLogs: buildLogs,
 		Socket:    *socket, StateDir: *stateDir, SpoolDir: *spoolDir, StoreDir: *storeDir,
 		Uploader: up, Nix: nixClient, Log: log, Listener: ln, SocketGroup: *socketGroup, MetricsListen: *metricsListen,
-		Notify:   func(s string) { sddaemon.SdNotify(false, s) },
-		Watchdog: watchdog,
-		Ready:    func() { sddaemon.SdNotify(false, sddaemon.SdNotifyReady) },
-		Stopping: func() { sddaemon.SdNotify(false, sddaemon.SdNotifyStopping) },
+		TrustCacheFor: *trust,
+		Notify:        func(s string) { sddaemon.SdNotify(false, s) },
+		Watchdog:      watchdog,
+		Ready:         func() { sddaemon.SdNotify(false, sddaemon.SdNotifyReady) },
+		Stopping:      func() { sddaemon.SdNotify(false, sddaemon.SdNotifyStopping) },
 	})
 	if err != nil {
 		log.Error().Err(err).Msg("daemon failed")

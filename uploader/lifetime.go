@@ -1,0 +1,207 @@
+package uploader
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"path"
+	"strings"
+	"sync"
+	"time"
+
+	"golang.org/x/sync/errgroup"
+
+	"github.com/nixpush/nixpush/nix"
+)
+
+// The objects nixpush keeps beside the cache, under a prefix Nix never
+// reads (the retention package owns the rest of this layout).
+const (
+	// rootKeyPrefix + <hash part>: a rootRecord, rewritten at every push of
+	// a path handed to the daemon once its .narinfo is in the cache.
+	rootKeyPrefix = "nixpush/roots/"
+	// sweepKey is gc's marker while it may delete: a sweepMarker.
+	sweepKey = "nixpush/gc/sweep"
+	// sweepSkew is added to a sweep's deadline for clocks that disagree.
+	sweepSkew = 30 * time.Second
+)
+
+// rootRecord is the body of a root's object.
+type rootRecord struct {
+	Path     string    `json:"path"`
+	PushedAt time.Time `json:"pushed_at"`
+	Host     string    `json:"host"`
+}
+
+// sweepMarker is the body of gc's marker: it deletes nothing after
+// Deadline.
+type sweepMarker struct {
+	ListedAt time.Time `json:"listed_at"`
+	Deadline time.Time `json:"deadline"`
+	Host     string    `json:"host"`
+}
+
+// RootKey is the object that records pushes of the root p.
+func RootKey(p string) string {
+	return rootKeyPrefix + strings.TrimSuffix(nix.NarInfoKey(p), ".narinfo")
+}
+
+// recordRoots writes the root record of every root pushed without error;
+// a root whose record cannot be written fails, to be pushed again.
+func (u *Uploader) recordRoots(ctx context.Context, roots []string, errs []error) {
+	g, gctx := errgroup.WithContext(ctx)
+	g.SetLimit(4 * u.cfg.Jobs)
+	for i, r := range roots {
+		if errs[i] != nil || len(path.Base(r)) < 33 {
+			continue
+		}
+		g.Go(func() error {
+			body, err := json.Marshal(rootRecord{Path: r, PushedAt: u.cfg.Now().UTC(), Host: u.cfg.Host})
+			if err == nil {
+				body = append(body, '\n')
+				u.count(1)
+				err = u.cfg.Store.Put(gctx, RootKey(r), strings.NewReader(string(body)), int64(len(body)), "application/json")
+			}
+			if err != nil {
+				errs[i] = fmt.Errorf("record root %s in %s: %w", r, RootKey(r), err)
+			}
+			return nil
+		})
+	}
+	g.Wait()
+}
+
+// waitForSweep reads gc's marker and, while a sweep may still delete,
+// waits until its deadline (plus sweepSkew) has passed: after that, that
+// gc deletes nothing more, and whatever it deleted shows.
+func (u *Uploader) waitForSweep(ctx context.Context) error {
+	u.count(1)
+	b, err := u.cfg.Store.Get(ctx, sweepKey)
+	if errors.Is(err, ErrNotExist) {
+		return nil
+	}
+	if err != nil {
+		return fmt.Errorf("read the gc marker %s: %w", sweepKey, err)
+	}
+	var m sweepMarker
+	if err := json.Unmarshal(b, &m); err != nil || m.Deadline.IsZero() {
+		return fmt.Errorf("the gc marker %s is not one (%v); a gc may be deleting: remove the object if none runs", sweepKey, err)
+	}
+	skew := sweepSkew
+	if u.cfg.sweepSkew != 0 {
+		skew = u.cfg.sweepSkew
+	}
+	until := m.Deadline.Add(skew)
+	wait := until.Sub(u.cfg.Now())
+	if wait <= 0 {
+		return nil
+	}
+	if wait > u.cfg.MaxSweepWait {
+		return fmt.Errorf("a gc from %s may delete until %s, more than %s from now; will retry", m.Host, m.Deadline.Format(time.RFC3339), u.cfg.MaxSweepWait)
+	}
+	u.cfg.Log.Info().Str("gc_host", m.Host).Time("deadline", m.Deadline).Dur("wait", wait).
+		Msg("a gc is sweeping the cache: waiting for its deadline before checking what was relied on")
+	t := time.NewTimer(wait)
+	defer t.Stop()
+	select {
+	case <-t.C:
+		return nil
+	case <-ctx.Done():
+		return ctx.Err()
+	}
+}
+
+// recheckWritten checks, after any gc sweep under way has passed its
+// deadline, that what the .narinfos written by pl rely on is still in the
+// cache: the .narinfos of their references not uploaded by this push, and
+// their own NARs. It returns the references to upload again, and the
+// written paths whose NAR is gone (to upload again whatever the cache
+// says of their .narinfo). See the package doc for why this is enough.
+func (u *Uploader) recheckWritten(ctx context.Context, pl *plan) (again []string, force map[string]bool, err error) {
+	if err := u.waitForSweep(ctx); err != nil {
+		return nil, nil, err
+	}
+	pl.mu.Lock()
+	written := make(map[string]string, len(pl.written))
+	for p, k := range pl.written {
+		written[p] = k
+	}
+	pl.mu.Unlock()
+	relied := make(map[string]bool)
+	u.mu.Lock()
+	for p := range written {
+		for _, r := range pl.infos[p].References {
+			// A filtered reference is never in this cache (consumers
+			// take it from upstream): nothing here relies on it.
+			if _, ok := written[r]; !ok && r != p && !u.skipped[r] {
+				relied[r] = true
+			}
+		}
+	}
+	u.mu.Unlock()
+	var narinfos, nars []string
+	for r := range relied {
+		narinfos = append(narinfos, nix.NarInfoKey(r))
+	}
+	for _, k := range written {
+		nars = append(nars, k)
+	}
+	at := u.cfg.Now()
+	gone, err := u.missingKeys(ctx, narinfos, nars)
+	if err != nil {
+		return nil, nil, fmt.Errorf("check what the written .narinfos rely on: %w", err)
+	}
+	force = make(map[string]bool)
+	u.mu.Lock()
+	defer u.mu.Unlock()
+	for r := range relied {
+		if gone[nix.NarInfoKey(r)] {
+			u.goneAt(r, at)
+			again = append(again, r)
+		} else {
+			u.sawAt(r, at)
+		}
+	}
+	for p, k := range written {
+		if gone[k] {
+			delete(u.seen, p)
+			force[p] = true
+			again = append(again, p)
+		}
+	}
+	return again, force, nil
+}
+
+// missingKeys returns which of the given objects the store lacks: the
+// top-level ones (.narinfos) with one listing when that is cheaper, the
+// rest with existence checks in parallel. Any failed check fails it.
+func (u *Uploader) missingKeys(ctx context.Context, top, deep []string) (map[string]bool, error) {
+	gone := make(map[string]bool)
+	if listed, ok := u.listNarInfos(ctx, len(top)); ok {
+		for _, k := range top {
+			if !listed[k] {
+				gone[k] = true
+			}
+		}
+		top = nil
+	}
+	var mu sync.Mutex
+	g, gctx := errgroup.WithContext(ctx)
+	g.SetLimit(4 * u.cfg.Jobs)
+	for _, k := range append(top, deep...) {
+		g.Go(func() error {
+			has, err := u.has(gctx, k)
+			if err != nil {
+				return err
+			}
+			if !has {
+				mu.Lock()
+				gone[k] = true
+				mu.Unlock()
+			}
+			return nil
+		})
+	}
+	return gone, g.Wait()
+}

@@ -1,0 +1,263 @@
+package uploader
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"io"
+	"os"
+	"path/filepath"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/nix-community/go-nix/pkg/narinfo"
+	"github.com/rs/zerolog"
+
+	"github.com/nixpush/nixpush/nix"
+)
+
+type fakeClock struct {
+	mu sync.Mutex
+	t  time.Time
+}
+
+func (c *fakeClock) Now() time.Time { c.mu.Lock(); defer c.mu.Unlock(); return c.t }
+func (c *fakeClock) Add(d time.Duration) {
+	c.mu.Lock()
+	c.t = c.t.Add(d)
+	c.mu.Unlock()
+}
+
+// remove deletes an object of a file store behind the uploader's back.
+func remove(t *testing.T, s *FileStore, key string) {
+	t.Helper()
+	if err := os.Remove(filepath.Join(s.dir, key)); err != nil {
+		t.Fatal(err)
+	}
+}
+
+func narURL(t *testing.T, s Store, p string) string {
+	t.Helper()
+	b, err := s.Get(context.Background(), nix.NarInfoKey(p))
+	if err != nil {
+		t.Fatal(err)
+	}
+	ni, err := narinfo.Parse(bytes.NewReader(b))
+	if err != nil {
+		t.Fatal(err)
+	}
+	return ni.URL
+}
+
+// TestTrustWindow: a path seen in the cache within TrustCacheFor is not
+// checked again, so a deep dependency deleted behind the uploader's back
+// stays missing; once the window has passed, the next push that needs it
+// checks the whole closure and uploads it again.
+func TestTrustWindow(t *testing.T) {
+	fs := newFakeStore(t)
+	a := fs.add(t, "a", []byte("a"))
+	b := fs.add(t, "b", []byte("b"), a)
+	c := fs.add(t, "c", []byte("c"), b)
+	base, _ := NewFileStore(t.TempDir())
+	clk := &fakeClock{t: time.Unix(2e9, 0)}
+	u := New(Config{Store: base, Nix: fs, Key: testKey(t), StoreDir: fs.dir, Log: zerolog.Nop(), TrustCacheFor: time.Hour, Now: clk.Now})
+	push := func(p string) {
+		t.Helper()
+		if err := u.Push(context.Background(), []string{p})[0]; err != nil {
+			t.Fatal(err)
+		}
+	}
+	push(c)
+	aNAR := narURL(t, base, a)
+	remove(t, base, nix.NarInfoKey(a))
+	remove(t, base, aNAR)
+
+	clk.Add(59 * time.Minute)
+	d := fs.add(t, "d", []byte("d"), c)
+	push(d)
+	if has, _ := base.Has(context.Background(), nix.NarInfoKey(a)); has {
+		t.Fatalf("%s was checked again within the trust window", a)
+	}
+
+	// Pushing d re-checked c (what d relies on) but not a or b. An hour
+	// and more later, nothing is trusted any more.
+	clk.Add(61 * time.Minute)
+	e := fs.add(t, "e", []byte("e"), c)
+	push(e)
+	for _, p := range []string{a, b, c, d, e} {
+		checkPushed(t, base, fs.infos[p])
+	}
+}
+
+// TestTrustNothing: with TrustCacheFor 0, every push checks the whole
+// closure and uploads again whatever is gone, however deep.
+func TestTrustNothing(t *testing.T) {
+	fs := newFakeStore(t)
+	var chain []string
+	prev := []string{}
+	for i := range 12 {
+		p := fs.add(t, "n"+string(rune('a'+i)), []byte{byte(i)}, prev...)
+		chain = append(chain, p)
+		prev = []string{p}
+	}
+	base, _ := NewFileStore(t.TempDir())
+	u := New(Config{Store: base, Nix: fs, Key: testKey(t), StoreDir: fs.dir, Log: zerolog.Nop()})
+	if err := u.Push(context.Background(), []string{chain[10]})[0]; err != nil {
+		t.Fatal(err)
+	}
+	for _, p := range chain[2:6] { // deep, not the top
+		url := narURL(t, base, p)
+		remove(t, base, nix.NarInfoKey(p))
+		remove(t, base, url)
+	}
+	if err := u.Push(context.Background(), []string{chain[11]})[0]; err != nil {
+		t.Fatal(err)
+	}
+	for _, p := range chain {
+		checkPushed(t, base, fs.infos[p])
+	}
+}
+
+// TestRecheckRestoresWipedCache: after the cache is wiped, Push of a root
+// seen recently does nothing, Recheck uploads the whole closure again and
+// writes nix-cache-info again.
+func TestRecheckRestoresWipedCache(t *testing.T) {
+	fs := newFakeStore(t)
+	leaf := fs.add(t, "leaf", []byte("leaf"))
+	top := fs.add(t, "top", []byte("top"), leaf)
+	dir := t.TempDir()
+	base, _ := NewFileStore(dir)
+	u := New(Config{Store: base, Nix: fs, Key: testKey(t), StoreDir: fs.dir, Log: zerolog.Nop(), TrustCacheFor: time.Hour})
+	if err := u.Push(context.Background(), []string{top})[0]; err != nil {
+		t.Fatal(err)
+	}
+	os.RemoveAll(dir)
+	base, _ = NewFileStore(dir)
+	if err := u.Recheck(context.Background(), []string{top})[0]; err != nil {
+		t.Fatal(err)
+	}
+	for _, p := range []string{leaf, top} {
+		checkPushed(t, base, fs.infos[p])
+	}
+	if has, _ := base.Has(context.Background(), "nix-cache-info"); !has {
+		t.Fatal("nix-cache-info not written again")
+	}
+}
+
+// TestRootRecords: every push of a root, even one the cache holds, writes
+// its record, with a later pushed_at each time.
+func TestRootRecords(t *testing.T) {
+	fs := newFakeStore(t)
+	top := fs.add(t, "top", []byte("top"))
+	base, _ := NewFileStore(t.TempDir())
+	clk := &fakeClock{t: time.Unix(2e9, 0)}
+	u := New(Config{Store: base, Nix: fs, Key: testKey(t), StoreDir: fs.dir, Log: zerolog.Nop(), TrustCacheFor: time.Hour, Now: clk.Now, Host: "builder-1"})
+	read := func() rootRecord {
+		t.Helper()
+		b, err := base.Get(context.Background(), "nixpush/roots/"+filepath.Base(top)[:32])
+		if err != nil {
+			t.Fatal(err)
+		}
+		var r rootRecord
+		if err := json.Unmarshal(b, &r); err != nil {
+			t.Fatalf("root record %s: %v", b, err)
+		}
+		return r
+	}
+	for i, pushFn := range []func(context.Context, []string) []error{u.Push, u.Push, u.Recheck} {
+		if err := pushFn(context.Background(), []string{top})[0]; err != nil {
+			t.Fatal(err)
+		}
+		r := read()
+		if want := clk.Now().UTC(); r.Path != top || !r.PushedAt.Equal(want) || r.Host != "builder-1" {
+			t.Fatalf("push %d: root record %+v; want path %s, pushed_at %s, host builder-1", i, r, top, want)
+		}
+		clk.Add(time.Minute)
+	}
+}
+
+// gcStore plays a gc that, with its sweep marker up, deletes a .narinfo
+// the uploader relied on (and its NAR) while the uploader writes the
+// .narinfo of trigger: before that write, or just after it, before the
+// sweep's deadline.
+type gcStore struct {
+	*FileStore
+	t        *testing.T
+	trigger  string   // the .narinfo key whose write sets the gc off
+	victims  []string // keys the gc deletes
+	after    bool     // delete after the trigger's write rather than before
+	deadline time.Time
+	wg       sync.WaitGroup
+	once     sync.Once
+}
+
+func (g *gcStore) Put(ctx context.Context, key string, r io.Reader, size int64, ct string) error {
+	if key != g.trigger {
+		return g.FileStore.Put(ctx, key, r, size, ct)
+	}
+	g.once.Do(func() {
+		g.deadline = time.Now().Add(400 * time.Millisecond)
+		m, _ := json.Marshal(sweepMarker{ListedAt: time.Now().Add(-time.Second), Deadline: g.deadline, Host: "gc-host"})
+		if err := g.FileStore.Put(ctx, sweepKey, bytes.NewReader(m), int64(len(m)), "application/json"); err != nil {
+			g.t.Error(err)
+		}
+	})
+	sweep := func() {
+		for _, k := range g.victims {
+			os.Remove(filepath.Join(g.dir, k))
+		}
+	}
+	if !g.after {
+		sweep()
+		return g.FileStore.Put(ctx, key, r, size, ct)
+	}
+	err := g.FileStore.Put(ctx, key, r, size, ct)
+	g.wg.Go(func() {
+		time.Sleep(150 * time.Millisecond) // the uploader reads the marker meanwhile
+		sweep()
+		os.Remove(filepath.Join(g.dir, sweepKey))
+	})
+	return err
+}
+
+// TestPushRacingGC: a gc deletes a reference the uploader relied on
+// without uploading it, between the uploader's check and its write of the
+// .narinfo that names it, or right after that write while the gc's sweep
+// is under way. The uploader's re-check after the sweep's deadline finds
+// it gone and uploads it again: the cache is whole when Push returns.
+// Without that re-check (or without waiting for the deadline), the
+// reference stays missing.
+func TestPushRacingGC(t *testing.T) {
+	for _, after := range []bool{false, true} {
+		name := map[bool]string{false: "deleted before the write", true: "deleted after the write, before the deadline"}[after]
+		t.Run(name, func(t *testing.T) {
+			fs := newFakeStore(t)
+			leaf := fs.add(t, "leaf", []byte("leaf"))
+			mid := fs.add(t, "mid", []byte("mid"), leaf)
+			top := fs.add(t, "top", []byte("top"), mid)
+			base, _ := NewFileStore(t.TempDir())
+			g := &gcStore{FileStore: base, t: t, trigger: nix.NarInfoKey(top), after: after}
+			u := New(Config{Store: g, Nix: fs, Key: testKey(t), StoreDir: fs.dir, Log: zerolog.Nop(), TrustCacheFor: time.Hour})
+			u.cfg.sweepSkew = 50 * time.Millisecond
+			if err := u.Push(context.Background(), []string{mid})[0]; err != nil {
+				t.Fatal(err)
+			}
+			// The gc deletes what only mid's closure held: mid and leaf,
+			// .narinfos and NARs.
+			for _, p := range []string{mid, leaf} {
+				g.victims = append(g.victims, nix.NarInfoKey(p), narURL(t, base, p))
+			}
+			if err := u.Push(context.Background(), []string{top})[0]; err != nil {
+				t.Fatal(err)
+			}
+			if time.Now().Before(g.deadline) {
+				t.Errorf("push returned before the gc's deadline %s", g.deadline)
+			}
+			g.wg.Wait()
+			for _, p := range []string{leaf, mid, top} {
+				checkPushed(t, base, fs.infos[p])
+			}
+		})
+	}
+}
