@@ -16,10 +16,53 @@ let
 
   # An s3:// URI gets profile= when the profile option is set and the URI
   # does not name one itself.
-  storeUri =
-    if cfg.profile != null && hasPrefix "s3://" cfg.storeUri && !(hasInfix "profile=" cfg.storeUri)
-    then cfg.storeUri + (if hasInfix "?" cfg.storeUri then "&" else "?") + "profile=${cfg.profile}"
-    else cfg.storeUri;
+  withProfile = profile: uri:
+    if profile != null && hasPrefix "s3://" uri && !(hasInfix "profile=" uri)
+    then uri + (if hasInfix "?" uri then "&" else "?") + "profile=${profile}"
+    else uri;
+  storeUri = withProfile cfg.profile cfg.storeUri;
+
+  # gc works on the bucket with credentials of its own (it may delete;
+  # builders may not), from a oneshot service its timer starts.
+  gcStoreUri = withProfile cfg.gc.profile cfg.gc.storeUri;
+  gcCacheDir = "nixpush-gc";
+  bucketArgs = [ "--store-uri" gcStoreUri ] ++ optionals (cfg.caCertificate != null) [ "--ca-certificate" "%d/ca.pem" ];
+  pinCommands = lib.mapAttrsToList (name: path:
+    "${cfg.package}/bin/nixpush pin ${escapeShellArgs (bucketArgs ++ [ name (toString path) ])}") cfg.pins;
+  gcArgs = [ "gc" ] ++ bucketArgs ++ [ "--older-than" cfg.gc.olderThan "--grace" cfg.gc.grace ] ++ cfg.gc.extraArgs;
+
+  # The daemon's hardening, shared by the gc service. Both read /nix/store,
+  # talk to S3 and (the daemon) to nix-daemon's socket and their own.
+  hardening = {
+    CapabilityBoundingSet = "";
+    AmbientCapabilities = "";
+    NoNewPrivileges = true;
+    ProtectSystem = "strict";
+    ProtectHome = true;
+    PrivateTmp = true;
+    PrivateDevices = true;
+    DevicePolicy = "closed";
+    ProtectKernelTunables = true;
+    ProtectKernelModules = true;
+    ProtectKernelLogs = true;
+    ProtectControlGroups = true;
+    ProtectClock = true;
+    ProtectHostname = true;
+    ProtectProc = "invisible";
+    ProcSubset = "pid";
+    RestrictAddressFamilies = [ "AF_UNIX" "AF_INET" "AF_INET6" ];
+    RestrictNamespaces = true;
+    RestrictRealtime = true;
+    RestrictSUIDSGID = true;
+    LockPersonality = true;
+    MemoryDenyWriteExecute = true;
+    RemoveIPC = true;
+    KeyringMode = "private";
+    SystemCallArchitectures = "native";
+    SystemCallFilter = [ "@system-service" "~@privileged" "~@resources" ];
+    SystemCallErrorNumber = "EPERM";
+    UMask = "0027";
+  };
 
   # Nix runs the post-build-hook without arguments, as root under nix-daemon,
   # after every build: the binary itself, no shell in front of it. Its
@@ -213,6 +256,80 @@ in
       example = [ "--log-level" "debug" ];
     };
 
+    gc = {
+      enable = mkEnableOption ''
+        closure-aware retention: `nixpush gc` on a timer deletes every path that no pin and no root
+        pushed within `olderThan` needs (see Retention in the README). Runs with credentials of
+        its own, which may delete; the builders' must not. Needs no running daemon'';
+
+      storeUri = mkOption {
+        type = types.str;
+        default = cfg.storeUri;
+        defaultText = literalExpression "config.services.nixpush.storeUri";
+        description = "The cache to collect, in the syntax of `storeUri`.";
+        example = "s3://nix-cache?endpoint=minio.lan:9000&scheme=http&region=us-east-1";
+      };
+
+      olderThan = mkOption {
+        type = types.str;
+        default = "30d";
+        description = "Keep the closures of roots pushed within this long (`30d`, `36h`, `1d12h`).";
+        example = "90d";
+      };
+
+      grace = mkOption {
+        type = types.str;
+        default = "24h";
+        description = ''
+          Never delete what was written within this long, nor what it refers to: pushes in
+          progress. It must exceed the longest push, from its first NAR to its root's `.narinfo`.
+        '';
+        example = "48h";
+      };
+
+      schedule = mkOption {
+        type = types.str;
+        default = "weekly";
+        description = "When to run, as a systemd calendar event (`OnCalendar=`); missed runs happen at boot.";
+        example = "Sun 03:00";
+      };
+
+      credentialsFile = mkOption {
+        type = types.nullOr types.str;
+        default = null;
+        description = ''
+          An AWS shared credentials file for the gc account (the policy `nixpush init --print-policy`
+          prints for gc: list, read, delete, abort multipart uploads), passed through LoadCredential.
+        '';
+        example = "/var/lib/nixpush-keys/gc-credentials";
+      };
+
+      profile = mkOption {
+        type = types.nullOr types.str;
+        default = null;
+        description = "The profile of `gc.credentialsFile` to use; added to an s3:// `gc.storeUri` as `profile=`.";
+        example = "nixgc";
+      };
+
+      extraArgs = mkOption {
+        type = types.listOf types.str;
+        default = [ ];
+        description = "Extra arguments for `nixpush gc`.";
+        example = [ "--sweep-window" "20m" ];
+      };
+    };
+
+    pins = mkOption {
+      type = types.attrsOf (types.either types.path types.str);
+      default = { };
+      description = ''
+        Named closures gc keeps whatever their age (`nixpush pin NAME PATH`), set by the gc service
+        before each run; a path not yet in the cache stops that run, so nothing it needs goes.
+        Removing one here does not unpin it: run `nixpush unpin NAME`.
+      '';
+      example = literalExpression ''{ current-system = config.system.build.toplevel; }'';
+    };
+
     consumer = {
       enable = mkEnableOption "reading a nixpush cache as a substituter (for machines that only consume it)";
       url = mkOption {
@@ -307,38 +424,50 @@ in
             ++ optional (cfg.credentialsFile != null) "aws-credentials:${cfg.credentialsFile}"
             ++ optional (cfg.caCertificate != null) "ca.pem:${cfg.caCertificate}";
 
-          # Hardening. The daemon reads /nix/store, asks nix-daemon (a Unix
-          # socket) about paths, listens on its own socket, and talks to S3.
-          # No PrivateUsers: peer credentials of the root hook would then
-          # read as the overflow uid and be refused.
-          CapabilityBoundingSet = "";
-          AmbientCapabilities = "";
-          NoNewPrivileges = true;
-          ProtectSystem = "strict";
-          ProtectHome = true;
-          PrivateTmp = true;
-          PrivateDevices = true;
-          DevicePolicy = "closed";
-          ProtectKernelTunables = true;
-          ProtectKernelModules = true;
-          ProtectKernelLogs = true;
-          ProtectControlGroups = true;
-          ProtectClock = true;
-          ProtectHostname = true;
-          ProtectProc = "invisible";
-          ProcSubset = "pid";
-          RestrictAddressFamilies = [ "AF_UNIX" "AF_INET" "AF_INET6" ];
-          RestrictNamespaces = true;
-          RestrictRealtime = true;
-          RestrictSUIDSGID = true;
-          LockPersonality = true;
-          MemoryDenyWriteExecute = true;
-          RemoveIPC = true;
-          KeyringMode = "private";
-          SystemCallArchitectures = "native";
-          SystemCallFilter = [ "@system-service" "~@privileged" "~@resources" ];
-          SystemCallErrorNumber = "EPERM";
-          UMask = "0027";
+          # Hardening (see hardening above). No PrivateUsers: peer
+          # credentials of the root hook would then read as the overflow
+          # uid and be refused.
+        } // hardening;
+      };
+    })
+
+    (mkIf cfg.gc.enable {
+      assertions = [{
+        assertion = hasPrefix "s3://" cfg.gc.storeUri || hasPrefix "file:///" cfg.gc.storeUri;
+        message = "services.nixpush.gc.storeUri must be s3://BUCKET?... or file:///DIR, not ${cfg.gc.storeUri}";
+      }];
+
+      environment.systemPackages = [ cfg.package ];
+
+      systemd.services.nixpush-gc = {
+        description = "nixpush gc: delete what no pin and no recent root of the cache needs";
+        documentation = [ "https://github.com/nixpush/nixpush#retention" ];
+        after = [ "network-online.target" ];
+        wants = [ "network-online.target" ];
+        environment = optionalAttrs (cfg.gc.credentialsFile != null) {
+          AWS_SHARED_CREDENTIALS_FILE = "%d/aws-credentials";
+        };
+        serviceConfig = {
+          Type = "oneshot";
+          # Pins first: one that fails stops the run.
+          ExecStartPre = pinCommands;
+          ExecStart = "${cfg.package}/bin/nixpush ${escapeShellArgs gcArgs}";
+          DynamicUser = true;
+          # The .narinfos read, by ETag: the next run reads only what changed.
+          CacheDirectory = gcCacheDir;
+          CacheDirectoryMode = "0700";
+          LoadCredential = optional (cfg.gc.credentialsFile != null) "aws-credentials:${cfg.gc.credentialsFile}"
+            ++ optional (cfg.caCertificate != null) "ca.pem:${cfg.caCertificate}";
+        } // hardening;
+      };
+
+      systemd.timers.nixpush-gc = {
+        description = "Run nixpush gc ${cfg.gc.schedule}";
+        wantedBy = [ "timers.target" ];
+        timerConfig = {
+          OnCalendar = cfg.gc.schedule;
+          Persistent = true;
+          RandomizedDelaySec = "30min";
         };
       };
     })

@@ -12,6 +12,7 @@ let
       systemd.services = lib.mkOption { type = lib.types.attrsOf lib.types.anything; default = { }; };
       systemd.sockets = lib.mkOption { type = lib.types.attrsOf lib.types.anything; default = { }; };
       systemd.paths = lib.mkOption { type = lib.types.attrsOf lib.types.anything; default = { }; };
+      systemd.timers = lib.mkOption { type = lib.types.attrsOf lib.types.anything; default = { }; };
       systemd.tmpfiles.rules = lib.mkOption { type = lib.types.listOf lib.types.str; default = [ ]; };
       users.users = lib.mkOption { type = lib.types.attrsOf lib.types.anything; default = { }; };
       users.groups = lib.mkOption { type = lib.types.attrsOf lib.types.anything; default = { }; };
@@ -38,6 +39,13 @@ let
       caCertificate = "/etc/ssl/minio-ca.pem";
       metricsListen = "127.0.0.1:9747";
       jobs = 8;
+      gc = {
+        enable = true;
+        olderThan = "90d";
+        credentialsFile = "/var/lib/nixpush-keys/gc-credentials";
+        profile = "nixgc";
+      };
+      pins.release = "/nix/store/22222222222222222222222222222222-release";
     };
     services.nixpush.consumer = {
       enable = true;
@@ -62,6 +70,8 @@ assert failed == [ ] || throw (builtins.concatStringsSep "; " (map (a: a.message
   tmpfiles = c.systemd.tmpfiles.rules;
   users = c.users.users;
   activation = c.system.activationScripts.nixpush;
+  gcService = c.systemd.services.nixpush-gc;
+  gcTimer = c.systemd.timers.nixpush-gc;
   # Every option has a type, a description and an example (enable options
   # carry theirs in the description).
   undocumented = lib.filter (o: o.description or null == null || (!(o ? example) && !(lib.hasSuffix "enable" (lib.showOption o.loc))))
