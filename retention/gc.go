@@ -11,7 +11,6 @@ import (
 	"io/fs"
 	"slices"
 	"strings"
-	"sync"
 	"sync/atomic"
 	"time"
 
@@ -424,25 +423,30 @@ func (d *deleter) waves(ctx context.Context, g *Graph, dead []int32, referrers [
 	return nil
 }
 
+// deleteBatch is how many keys one DeleteObjects request carries.
+const deleteBatch = 1000
+
+// all deletes keys, in batches of a thousand, a few batches at once.
 func (d *deleter) all(ctx context.Context, keys []string) error {
 	eg, ectx := errgroup.WithContext(ctx)
-	eg.SetLimit(16)
-	var mu sync.Mutex
-	for _, k := range keys {
+	eg.SetLimit(4)
+	for len(keys) > 0 {
+		batch := keys[:min(deleteBatch, len(keys))]
+		keys = keys[len(batch):]
 		if err := d.check(); err != nil {
 			eg.Wait()
 			return err
 		}
-		eg.Go(func() error {
-			if d.notify != nil {
-				mu.Lock()
+		if d.notify != nil {
+			for _, k := range batch {
 				d.notify(k)
-				mu.Unlock()
 			}
+		}
+		eg.Go(func() error {
 			// The request itself may not outlive the deadline.
 			rctx, cancel := context.WithDeadline(ectx, d.deadline)
 			defer cancel()
-			return d.b.Delete(rctx, k)
+			return d.b.DeleteMany(rctx, batch)
 		})
 	}
 	return eg.Wait()
@@ -493,6 +497,11 @@ func (c *counting) List(ctx context.Context, prefix string, fn func(uploader.Obj
 		}
 		return fn(o)
 	})
+}
+
+func (c *counting) DeleteMany(ctx context.Context, keys []string) error {
+	c.n.Add(int64(len(keys)+deleteBatch-1) / deleteBatch)
+	return c.Bucket.DeleteMany(ctx, keys)
 }
 
 func (c *counting) ListUploads(ctx context.Context, fn func(uploader.PendingUpload) error) error {

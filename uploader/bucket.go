@@ -36,6 +36,10 @@ type Bucket interface {
 	Open(ctx context.Context, key string) (io.ReadCloser, error)
 	// Delete removes an object; removing one that is not there succeeds.
 	Delete(ctx context.Context, key string) error
+	// DeleteMany removes objects, up to a thousand a request (S3's
+	// DeleteObjects); removing one that is not there succeeds. Removal
+	// via Delete (Store) stays the way to test the permission.
+	DeleteMany(ctx context.Context, keys []string) error
 	// ListUploads calls fn with every pending upload.
 	ListUploads(ctx context.Context, fn func(PendingUpload) error) error
 	// AbortUpload discards a pending upload and the parts it holds.

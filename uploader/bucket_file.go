@@ -89,6 +89,19 @@ func (s *FileStore) Open(ctx context.Context, key string) (io.ReadCloser, error)
 	return f, err
 }
 
+// DeleteMany removes the files one by one.
+func (s *FileStore) DeleteMany(ctx context.Context, keys []string) error {
+	for _, k := range keys {
+		if err := ctx.Err(); err != nil {
+			return err
+		}
+		if err := s.Delete(ctx, k); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
 // ListUploads lists the temporary files of Puts: a crashed Put leaves one.
 func (s *FileStore) ListUploads(ctx context.Context, fn func(PendingUpload) error) error {
 	return filepath.WalkDir(s.dir, func(p string, d fs.DirEntry, err error) error {

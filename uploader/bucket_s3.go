@@ -53,6 +53,34 @@ func (s *S3Store) Open(ctx context.Context, key string) (io.ReadCloser, error) {
 	return obj, nil
 }
 
+// DeleteMany removes keys with DeleteObjects requests of a thousand keys.
+func (s *S3Store) DeleteMany(ctx context.Context, keys []string) error {
+	if len(keys) == 0 {
+		return nil
+	}
+	ch := make(chan minio.ObjectInfo)
+	go func() {
+		defer close(ch)
+		for _, k := range keys {
+			select {
+			case ch <- minio.ObjectInfo{Key: k}:
+			case <-ctx.Done():
+				return
+			}
+		}
+	}()
+	var first error
+	for e := range s.client.RemoveObjects(ctx, s.bucket, ch, minio.RemoveObjectsOptions{}) {
+		if e.Err != nil && !isNotFound(e.Err) && first == nil {
+			first = s.wrap("delete", e.ObjectName, e.Err)
+		}
+	}
+	if first == nil && ctx.Err() != nil {
+		first = ctx.Err()
+	}
+	return first
+}
+
 func (s *S3Store) ListUploads(ctx context.Context, fn func(PendingUpload) error) error {
 	ctx, cancel := context.WithCancel(ctx)
 	defer cancel()

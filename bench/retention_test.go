@@ -1,0 +1,246 @@
+package bench
+
+import (
+	"bytes"
+	"context"
+	"crypto/rand"
+	"crypto/sha256"
+	"encoding/json"
+	"fmt"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/minio/minio-go/v7"
+	"github.com/nix-community/go-nix/pkg/nar"
+	"github.com/nix-community/go-nix/pkg/narinfo/signature"
+	"github.com/nix-community/go-nix/pkg/nixbase32"
+	"github.com/nix-community/go-nix/pkg/nixhash"
+	"golang.org/x/sync/errgroup"
+
+	"github.com/nixpush/nixpush/internal/testenv"
+	"github.com/nixpush/nixpush/nix"
+)
+
+// synthCache fills bucket with a valid signed cache of projects×size
+// paths: NARs of one small file each (compression none), .narinfos signed
+// by a fresh key. Project 0 is a base every other project's paths refer
+// to; within a project each path refers to up to three earlier ones. Each
+// project's last path is a root, recorded pushed at rootTime(project).
+// It returns the public key.
+func synthCache(b *testing.B, m *testenv.MinIOServer, bucket string, projects, size int, rootTime func(int) time.Time) string {
+	b.Helper()
+	m.MakeBucket(b, bucket, false)
+	c := m.Client(b)
+	ctx := context.Background()
+	sk, pk, err := signature.GenerateKeypair("nixpush-bench-synth", rand.Reader)
+	if err != nil {
+		b.Fatal(err)
+	}
+	put := func(key string, data []byte) error {
+		_, err := c.PutObject(ctx, bucket, key, bytes.NewReader(data), int64(len(data)), minio.PutObjectOptions{})
+		return err
+	}
+	pathOf := func(p, i int) string {
+		h := sha256.Sum256(fmt.Appendf(nil, "%s %d %d", bucket, p, i))
+		return fmt.Sprintf("/nix/store/%s-synth-%d-%d", nixbase32.EncodeToString(h[:20]), p, i)
+	}
+	if err := put("nix-cache-info", []byte("StoreDir: /nix/store\nWantMassQuery: 1\nPriority: 40\n")); err != nil {
+		b.Fatal(err)
+	}
+	eg, _ := errgroup.WithContext(ctx)
+	eg.SetLimit(48)
+	for p := range projects {
+		for i := range size {
+			eg.Go(func() error {
+				path := pathOf(p, i)
+				var refs []string
+				for _, j := range []int{i - 1, i / 2, i / 3} {
+					if j >= 0 && j < i {
+						refs = append(refs, pathOf(p, j))
+					}
+				}
+				if p > 0 {
+					refs = append(refs, pathOf(0, (p*7+i)%size))
+				}
+				var buf bytes.Buffer
+				nw, err := nar.NewWriter(&buf)
+				if err != nil {
+					return err
+				}
+				content := []byte(path + " " + strings.Join(refs, " ") + "\n")
+				if err := nw.WriteHeader(&nar.Header{Path: "/", Type: nar.TypeRegular, Size: int64(len(content))}); err != nil {
+					return err
+				}
+				nw.Write(content)
+				if err := nw.Close(); err != nil {
+					return err
+				}
+				sum := sha256.Sum256(buf.Bytes())
+				h := nixhash.MustNewHash(nixhash.SHA256, sum[:])
+				url := "nar/" + nixbase32.EncodeToString(sum[:]) + ".nar"
+				ni, err := nix.NarInfo(nix.PathInfo{Path: path, NarHash: *h, NarSize: uint64(buf.Len()), References: dedupe(refs)},
+					nix.Upload{URL: url, Compression: "none", FileHash: *h, FileSize: uint64(buf.Len())}, sk)
+				if err != nil {
+					return err
+				}
+				if err := put(url, buf.Bytes()); err != nil {
+					return err
+				}
+				if err := put(nix.NarInfoKey(path), []byte(ni.String())); err != nil {
+					return err
+				}
+				if i == size-1 {
+					root := fmt.Sprintf(`{"path":%q,"pushed_at":%q,"host":"bench"}`, path, rootTime(p).UTC().Format(time.RFC3339))
+					return put("nixpush/roots/"+nix.HashPart(path), []byte(root))
+				}
+				return nil
+			})
+		}
+	}
+	if err := eg.Wait(); err != nil {
+		b.Fatal(err)
+	}
+	return pk.String()
+}
+
+func dedupe(s []string) []string {
+	seen := make(map[string]bool)
+	var out []string
+	for _, x := range s {
+		if !seen[x] {
+			seen[x] = true
+			out = append(out, x)
+		}
+	}
+	return out
+}
+
+// bucketRun is one run of a nixpush command on the bucket: its JSON, wall
+// time and peak RSS.
+type bucketRun struct {
+	out     map[string]any
+	elapsed time.Duration
+	maxRSS  int64 // bytes
+	exit    int
+}
+
+func runBucketCmd(b *testing.B, m *testenv.MinIOServer, cacheDir string, args ...string) bucketRun {
+	b.Helper()
+	cmd := exec.Command(filepath.Join(binDir, "nixpush"), append(args, "--json")...)
+	cmd.Env = append(append(os.Environ(), m.CredentialsEnv()...), "CACHE_DIRECTORY="+cacheDir)
+	var stderr bytes.Buffer
+	cmd.Stderr = &stderr
+	start := time.Now()
+	out, err := cmd.Output()
+	r := bucketRun{elapsed: time.Since(start)}
+	if ee, ok := err.(*exec.ExitError); ok {
+		r.exit = ee.ExitCode()
+	} else if err != nil {
+		b.Fatal(err)
+	}
+	r.maxRSS = cmd.ProcessState.SysUsage().(*syscall.Rusage).Maxrss << 10
+	if err := json.Unmarshal(out, &r.out); err != nil {
+		b.Fatalf("nixpush %s: %v (exit %d)\n%s%s", strings.Join(args, " "), err, r.exit, out, stderr.String())
+	}
+	return r
+}
+
+func num(m map[string]any, path ...string) float64 {
+	var v any = m
+	for _, k := range path {
+		mm, ok := v.(map[string]any)
+		if !ok {
+			return -1
+		}
+		v = mm[k]
+	}
+	switch x := v.(type) {
+	case float64:
+		return x
+	case []any:
+		return float64(len(x))
+	}
+	return -1
+}
+
+// BenchmarkGC10k: gc of a synthetic 10,000-path cache (100 projects of
+// 100 paths; one pinned, half the others' roots recent, half old) on
+// loopback MinIO: the first run reads every .narinfo and deletes about
+// half the cache; the second finds nothing to delete and reads nothing
+// (the walk cache). Reports time, requests and peak RSS of each.
+func BenchmarkGC10k(b *testing.B) {
+	m := testenv.MinIO(b)
+	for n := range b.N {
+		bucket := fmt.Sprintf("gc10k-%d", n)
+		b.StopTimer()
+		now := time.Now()
+		synthCache(b, m, bucket, 100, 100, func(p int) time.Time {
+			if p%2 == 0 {
+				return now
+			}
+			return now.Add(-48 * time.Hour)
+		})
+		uri := m.StoreURI(bucket)
+		cacheDir := b.TempDir()
+		time.Sleep(1100 * time.Millisecond) // past the grace period
+		b.StartTimer()
+		first := runBucketCmd(b, m, cacheDir, "gc", "--store-uri", uri, "--older-than", "24h", "--grace", "1s")
+		second := runBucketCmd(b, m, cacheDir, "gc", "--store-uri", uri, "--older-than", "24h", "--grace", "1s")
+		b.StopTimer()
+		if first.exit != 0 || second.exit != 0 || num(second.out, "deleted", "paths") != 0 {
+			b.Fatalf("gc: exit %d, %d; second run deleted %v", first.exit, second.exit, second.out["deleted"])
+		}
+		b.ReportMetric(first.elapsed.Seconds(), "s/gc")
+		b.ReportMetric(num(first.out, "requests"), "requests/gc")
+		b.ReportMetric(float64(first.maxRSS)/(1<<20), "MiB-peak-RSS/gc")
+		b.ReportMetric(second.elapsed.Seconds(), "s/gc-again")
+		b.ReportMetric(num(second.out, "requests"), "requests/gc-again")
+		b.ReportMetric(float64(second.maxRSS)/(1<<20), "MiB-peak-RSS/gc-again")
+		b.Logf("gc of 10,000 paths: %.1f s, %v requests, peak RSS %.1f MiB; kept %v paths, deleted %v paths and %v NARs; again: %.1f s, %v requests (%v .narinfos read), peak RSS %.1f MiB",
+			first.elapsed.Seconds(), num(first.out, "requests"), float64(first.maxRSS)/(1<<20), num(first.out, "kept", "paths"),
+			num(first.out, "deleted", "paths"), num(first.out, "deleted", "nars"),
+			second.elapsed.Seconds(), num(second.out, "requests"), num(second.out, "walk", "read"), float64(second.maxRSS)/(1<<20))
+	}
+}
+
+// BenchmarkVerify10k: verify of a synthetic 10,000-path cache on loopback
+// MinIO: cold (every .narinfo read and its signature checked), again
+// (nothing read: the walk cache), and --full (every NAR downloaded and
+// hashed). Reports time, requests and peak RSS of each.
+func BenchmarkVerify10k(b *testing.B) {
+	m := testenv.MinIO(b)
+	for n := range b.N {
+		bucket := fmt.Sprintf("verify10k-%d", n)
+		b.StopTimer()
+		pub := synthCache(b, m, bucket, 100, 100, func(int) time.Time { return time.Now() })
+		uri := m.StoreURI(bucket)
+		cacheDir := b.TempDir()
+		b.StartTimer()
+		runs := map[string]bucketRun{}
+		for _, step := range []struct {
+			name string
+			args []string
+		}{
+			{"verify", nil},
+			{"verify-again", nil},
+			{"verify-full", []string{"--full"}},
+		} {
+			r := runBucketCmd(b, m, cacheDir, append([]string{"verify", "--store-uri", uri, "--public-key", pub}, step.args...)...)
+			if r.exit != 0 || num(r.out, "paths") != 10000 {
+				b.Fatalf("%s: exit %d, %v paths, problems %v", step.name, r.exit, num(r.out, "paths"), r.out["problems"])
+			}
+			runs[step.name] = r
+			b.ReportMetric(r.elapsed.Seconds(), "s/"+step.name)
+			b.ReportMetric(num(r.out, "requests"), "requests/"+step.name)
+			b.ReportMetric(float64(r.maxRSS)/(1<<20), "MiB-peak-RSS/"+step.name)
+			b.Logf("%s of 10,000 paths: %.1f s, %v requests, peak RSS %.1f MiB", step.name, r.elapsed.Seconds(), num(r.out, "requests"), float64(r.maxRSS)/(1<<20))
+		}
+		b.StopTimer()
+	}
+}

@@ -1,0 +1,227 @@
+package retention
+
+import (
+	"bytes"
+	"context"
+	"crypto/rand"
+	"crypto/sha256"
+	"errors"
+	"slices"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/nix-community/go-nix/pkg/nar"
+	"github.com/nix-community/go-nix/pkg/narinfo/signature"
+	"github.com/nix-community/go-nix/pkg/nixbase32"
+	"github.com/nix-community/go-nix/pkg/nixhash"
+
+	"github.com/nixpush/nixpush/nix"
+	"github.com/nixpush/nixpush/uploader"
+)
+
+// fixture is a file:// cache of synthetic signed paths.
+type fixture struct {
+	t     *testing.T
+	b     *uploader.FileStore
+	key   signature.SecretKey
+	paths map[string]string // name → store path
+}
+
+func newFixture(t *testing.T) *fixture {
+	t.Helper()
+	b, err := uploader.NewFileStore(t.TempDir())
+	if err != nil {
+		t.Fatal(err)
+	}
+	sk, _, err := signature.GenerateKeypair("test-1", rand.Reader)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return &fixture{t: t, b: b, key: sk, paths: make(map[string]string)}
+}
+
+// add puts a path named name referring to refs (names added before).
+func (f *fixture) add(name string, refs ...string) string {
+	f.t.Helper()
+	h := sha256.Sum256([]byte(f.t.Name() + name))
+	p := "/nix/store/" + nixbase32.EncodeToString(h[:20]) + "-" + name
+	var refPaths []string
+	for _, r := range refs {
+		refPaths = append(refPaths, f.paths[r])
+	}
+	var buf bytes.Buffer
+	nw, _ := nar.NewWriter(&buf)
+	content := []byte(p + " " + strings.Join(refPaths, " "))
+	nw.WriteHeader(&nar.Header{Path: "/", Type: nar.TypeRegular, Size: int64(len(content))})
+	nw.Write(content)
+	nw.Close()
+	sum := sha256.Sum256(buf.Bytes())
+	hash := nixhash.MustNewHash(nixhash.SHA256, sum[:])
+	url := "nar/" + nixbase32.EncodeToString(sum[:]) + ".nar"
+	ni, err := nix.NarInfo(nix.PathInfo{Path: p, NarHash: *hash, NarSize: uint64(buf.Len()), References: refPaths},
+		nix.Upload{URL: url, Compression: "none", FileHash: *hash, FileSize: uint64(buf.Len())}, f.key)
+	if err != nil {
+		f.t.Fatal(err)
+	}
+	f.put(url, buf.String())
+	f.put(nix.NarInfoKey(p), ni.String()+"Unknown: kept out, not refused\n")
+	f.paths[name] = p
+	return p
+}
+
+func (f *fixture) put(key, data string) {
+	f.t.Helper()
+	if err := f.b.Put(context.Background(), key, strings.NewReader(data), int64(len(data)), "text/plain"); err != nil {
+		f.t.Fatal(err)
+	}
+}
+
+func (f *fixture) root(name string, at time.Time) {
+	f.t.Helper()
+	if err := WriteRoot(context.Background(), f.b, Root{Path: f.paths[name], PushedAt: at}); err != nil {
+		f.t.Fatal(err)
+	}
+}
+
+func (f *fixture) has(name string) bool {
+	ok, err := f.b.Has(context.Background(), nix.NarInfoKey(f.paths[name]))
+	if err != nil {
+		f.t.Fatal(err)
+	}
+	return ok
+}
+
+// TestGCFileStore: closures of a pin and of a recent root stay, an old
+// root's own paths go (referrers first), a second run reads nothing again
+// (the walk cache) and deletes nothing.
+func TestGCFileStore(t *testing.T) {
+	f := newFixture(t)
+	ctx := context.Background()
+	f.add("base")
+	f.add("lib", "base")
+	f.add("app", "lib", "base")
+	f.add("old-dep", "base")
+	f.add("old", "old-dep", "lib")
+	f.add("pinned-dep")
+	f.add("pinned", "pinned-dep")
+	f.root("app", time.Now())
+	f.root("old", time.Now().Add(-48*time.Hour))
+	if err := AddPin(ctx, f.b, "release", f.paths["pinned"], time.Now()); err != nil {
+		t.Fatal(err)
+	}
+	if err := AddPin(ctx, f.b, "nope", "/nix/store/00000000000000000000000000000000-nope", time.Now()); !errors.Is(err, ErrNotCached) ||
+		!strings.Contains(err.Error(), "nixpush push --wait") {
+		t.Fatalf("pin of a path not in the cache: %v", err)
+	}
+	time.Sleep(20 * time.Millisecond)
+
+	cache, err := OpenCache(CacheFile(t.TempDir(), f.b.String()))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer cache.Close()
+	var order []string
+	opts := GCOptions{OlderThan: 24 * time.Hour, Grace: 10 * time.Millisecond, Walk: WalkOptions{Cache: cache},
+		Deleting: func(key string) { order = append(order, key) }}
+	rep, err := GC(ctx, f.b, opts)
+	if err != nil {
+		t.Fatal(err)
+	}
+	want := []string{f.paths["old"], f.paths["old-dep"]}
+	slices.Sort(want)
+	if !slices.Equal(rep.Deleted.Paths, want) || rep.Deleted.NARs != 2 || rep.Deleted.RootRecords != 1 {
+		t.Fatalf("deleted %+v; want paths %v, 2 NARs, 1 root record", rep.Deleted, want)
+	}
+	if i, j := slices.Index(order, nix.NarInfoKey(f.paths["old"])), slices.Index(order, nix.NarInfoKey(f.paths["old-dep"])); i < 0 || j < 0 || i > j {
+		t.Fatalf("deletion order %v: old's .narinfo must go before old-dep's", order)
+	}
+	for _, name := range []string{"base", "lib", "app", "pinned", "pinned-dep"} {
+		if !f.has(name) {
+			t.Errorf("%s was deleted", name)
+		}
+	}
+	for _, name := range []string{"old", "old-dep"} {
+		if f.has(name) {
+			t.Errorf("%s was kept", name)
+		}
+	}
+	if ok, _ := f.b.Has(ctx, SweepKey); ok {
+		t.Error("the marker is still there")
+	}
+	if rep.Kept.Paths != 5 || rep.Kept.Pinned != 1 || rep.Kept.Rooted != 1 {
+		t.Errorf("kept %+v; want 5 paths, 1 pin, 1 root", rep.Kept)
+	}
+
+	again, err := GC(ctx, f.b, opts)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(again.Deleted.Paths) != 0 || again.Deleted.NARs != 0 || again.Walk.Read != 0 || again.Walk.CacheHits != 5+2 {
+		t.Fatalf("second gc: deleted %+v, read %d, remembered %d; want nothing deleted or read, 7 remembered (5 .narinfos, a root, a pin)",
+			again.Deleted, again.Walk.Read, again.Walk.CacheHits)
+	}
+}
+
+// TestGCStopsAtDeadline: a sweep window that has passed before the first
+// deletion deletes nothing and says to run again.
+func TestGCStopsAtDeadline(t *testing.T) {
+	f := newFixture(t)
+	f.add("dead")
+	time.Sleep(5 * time.Millisecond)
+	_, err := GC(context.Background(), f.b, GCOptions{OlderThan: time.Hour, Grace: time.Millisecond, Window: time.Nanosecond})
+	if !errors.Is(err, ErrWindowPassed) || !strings.Contains(err.Error(), "run nixpush gc again") {
+		t.Fatalf("gc past its deadline: %v", err)
+	}
+	if !f.has("dead") {
+		t.Fatal("gc deleted after its deadline")
+	}
+}
+
+// TestGCRefusesWhileAnotherSweeps: a live marker of another gc stops gc
+// before it deletes; a stale one (past its deadline) does not.
+func TestGCRefusesWhileAnotherSweeps(t *testing.T) {
+	f := newFixture(t)
+	f.add("dead")
+	time.Sleep(5 * time.Millisecond)
+	ctx := context.Background()
+	if err := putJSON(ctx, f.b, SweepKey, Sweep{ListedAt: time.Now(), Deadline: time.Now().Add(time.Hour), Host: "other"}); err != nil {
+		t.Fatal(err)
+	}
+	opts := GCOptions{OlderThan: time.Hour, Grace: time.Millisecond}
+	if _, err := GC(ctx, f.b, opts); !errors.Is(err, ErrSweepRunning) || !f.has("dead") {
+		t.Fatalf("gc beside another's live marker: %v", err)
+	}
+	if err := putJSON(ctx, f.b, SweepKey, Sweep{ListedAt: time.Now().Add(-time.Hour), Deadline: time.Now().Add(-time.Minute), Host: "crashed"}); err != nil {
+		t.Fatal(err)
+	}
+	if rep, err := GC(ctx, f.b, opts); err != nil || len(rep.Deleted.Paths) != 1 {
+		t.Fatalf("gc beside a stale marker: %v, %+v", err, rep)
+	}
+}
+
+// TestParseNarInfo reads what nix.NarInfo writes, leaving out a line it
+// does not know.
+func TestParseNarInfo(t *testing.T) {
+	f := newFixture(t)
+	f.add("a")
+	p := f.add("b", "a")
+	data, err := f.b.Get(context.Background(), nix.NarInfoKey(p))
+	if err != nil {
+		t.Fatal(err)
+	}
+	ni, err := ParseNarInfo(data)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if ni.StorePath != p || len(ni.References) != 1 || ni.Compression != "none" || len(ni.Signatures) != 1 ||
+		!nix.VerifyNarInfo(ni, f.key.ToPublicKey()) {
+		t.Fatalf("parsed %+v", ni)
+	}
+	for _, bad := range []string{"", "StorePath: /nix/store/x\n", "StorePath: /nix/store/x\nURL: nar/x\nNarHash: nonsense\nNarSize: 1\n"} {
+		if _, err := ParseNarInfo([]byte(bad)); err == nil {
+			t.Errorf("%q parsed", bad)
+		}
+	}
+
+}
