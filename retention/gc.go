@@ -145,10 +145,10 @@ func GC(ctx context.Context, b uploader.Bucket, opts GCOptions) (*GCReport, erro
 	}
 	for i := range g.nodes {
 		n := &g.nodes[i]
-		if n.present && (now.Sub(n.mod) < opts.Grace || n.bad != "") {
+		if n.present && (now.Sub(time.Unix(0, n.mod)) < opts.Grace || n.unreadable) {
 			// An unreadable .narinfo's references are unknown: keep it
 			// (verify reports it), so nothing it may need goes.
-			if n.bad == "" {
+			if !n.unreadable {
 				rep.Kept.InGrace++
 			}
 			mark(int32(i))
@@ -173,7 +173,7 @@ func GC(ctx context.Context, b uploader.Bucket, opts GCOptions) (*GCReport, erro
 		}
 		if live[i] {
 			rep.Kept.Paths++
-			if o := g.nars[n.url]; o != nil {
+			if o := g.narList[n.nar]; o.listed {
 				rep.Kept.Bytes += o.size
 			}
 			continue
@@ -183,24 +183,23 @@ func GC(ctx context.Context, b uploader.Bucket, opts GCOptions) (*GCReport, erro
 			referrers[r]++
 		}
 	}
-	named := make(map[string]bool)
+	named := make([]bool, len(g.narList))
 	for i := range g.nodes {
-		if g.nodes[i].present && live[i] {
-			named[g.nodes[i].url] = true
+		if n := &g.nodes[i]; n.present && live[i] && !n.unreadable {
+			named[n.nar] = true
 		}
 	}
 	var nars []string
-	for key, o := range g.nars {
-		if named[key] {
+	for i, o := range g.narList {
+		if !o.listed {
+			continue
+		}
+		if named[i] || now.Sub(time.Unix(0, o.mod)) < opts.Grace {
 			rep.Kept.NARs++
 			continue
 		}
-		if now.Sub(o.mod) >= opts.Grace {
-			nars = append(nars, key)
-			rep.Deleted.Bytes += o.size
-		} else {
-			rep.Kept.NARs++
-		}
+		nars = append(nars, o.key)
+		rep.Deleted.Bytes += o.size
 	}
 	slices.Sort(nars)
 	rep.Deleted.NARs = len(nars)

@@ -81,6 +81,7 @@ func (r *VerifyReport) Whole() bool { return len(r.Problems) == 0 }
 func Verify(ctx context.Context, b uploader.Bucket, opts VerifyOptions) (*VerifyReport, error) {
 	cb := &counting{Bucket: b}
 	opts.Walk.Keys = opts.Keys
+	opts.Walk.NarHashes = opts.Full
 	g, err := Walk(ctx, cb, opts.Walk)
 	if err != nil {
 		return nil, err
@@ -102,17 +103,17 @@ func Verify(ctx context.Context, b uploader.Bucket, opts VerifyOptions) (*Verify
 		}
 		rep.Paths++
 		idx := int32(i)
-		if n.bad != "" {
-			add(idx, Unreadable, n.bad)
+		if n.unreadable {
+			add(idx, Unreadable, g.bad[idx])
 			continue
 		}
-		nar := g.nars[n.url]
+		nar := g.narList[n.nar]
 		switch {
-		case nar == nil:
-			add(idx, NARMissing, n.url+" is not in the cache")
+		case !nar.listed:
+			add(idx, NARMissing, nar.key+" is not in the cache")
 		case n.fileSize != 0 && uint64(nar.size) != n.fileSize:
-			add(idx, NARSize, fmt.Sprintf("%s is %d bytes, the .narinfo says %d", n.url, nar.size, n.fileSize))
-			rep.badNAR = append(rep.badNAR, n.url)
+			add(idx, NARSize, fmt.Sprintf("%s is %d bytes, the .narinfo says %d", nar.key, nar.size, n.fileSize))
+			rep.badNAR = append(rep.badNAR, nar.key)
 		default:
 			full = append(full, idx)
 		}
@@ -148,9 +149,9 @@ func Verify(ctx context.Context, b uploader.Bucket, opts VerifyOptions) (*Verify
 		eg, ectx := errgroup.WithContext(ctx)
 		eg.SetLimit(opts.Jobs)
 		for _, i := range full {
-			n := g.nodes[i]
+			url, comp, narHash, narSize := g.url(i), g.compression(i), g.narHash[i], g.nodes[i].narSize
 			eg.Go(func() error {
-				size, err := checkNAR(ectx, cb, n)
+				size, err := checkNAR(ectx, cb, url, comp, narHash, narSize)
 				mu.Lock()
 				rep.NARs++
 				rep.Bytes += size
@@ -159,12 +160,12 @@ func Verify(ctx context.Context, b uploader.Bucket, opts VerifyOptions) (*Verify
 				if errors.As(err, &bad) {
 					add(i, NARHash, bad.Error())
 					mu.Lock()
-					rep.badNAR = append(rep.badNAR, n.url)
+					rep.badNAR = append(rep.badNAR, url)
 					mu.Unlock()
 					return nil
 				}
 				if errors.Is(err, uploader.ErrNotExist) {
-					add(i, NARMissing, n.url+" is not in the cache")
+					add(i, NARMissing, url+" is not in the cache")
 					return nil
 				}
 				return err
@@ -215,21 +216,21 @@ type badNARError struct{ msg string }
 
 func (e *badNARError) Error() string { return e.msg }
 
-// checkNAR downloads node n's NAR, decompresses it and compares its hash
-// and size with the .narinfo's; it returns the compressed bytes read.
-func checkNAR(ctx context.Context, b uploader.Bucket, n node) (int64, error) {
-	want, err := nixhash.ParseAny(n.narHash, nil)
+// checkNAR downloads a NAR, decompresses it and compares its hash and
+// size with the .narinfo's; it returns the compressed bytes read.
+func checkNAR(ctx context.Context, b uploader.Bucket, url, comp, narHash string, narSize uint64) (int64, error) {
+	want, err := nixhash.ParseAny(narHash, nil)
 	if err != nil {
-		return 0, &badNARError{fmt.Sprintf("NarHash %q: %v", n.narHash, err)}
+		return 0, &badNARError{fmt.Sprintf("NarHash %q: %v", narHash, err)}
 	}
-	rc, err := b.Open(ctx, n.url)
+	rc, err := b.Open(ctx, url)
 	if err != nil {
 		return 0, err
 	}
 	defer rc.Close()
 	counted := &countReader{r: rc}
 	var r io.Reader = counted
-	switch n.comp {
+	switch comp {
 	case "none", "":
 	case "zstd":
 		d, err := zstd.NewReader(r, zstd.WithDecoderConcurrency(1), zstd.WithDecoderMaxWindow(1<<30))
@@ -241,13 +242,13 @@ func checkNAR(ctx context.Context, b uploader.Bucket, n node) (int64, error) {
 	case "xz":
 		x, err := xz.NewReader(r)
 		if err != nil {
-			return counted.n, &badNARError{fmt.Sprintf("%s: not xz: %v", n.url, err)}
+			return counted.n, &badNARError{fmt.Sprintf("%s: not xz: %v", url, err)}
 		}
 		r = x
 	case "bzip2":
 		r = bzip2.NewReader(r)
 	default:
-		return 0, &badNARError{fmt.Sprintf("%s: compression %q not known to verify", n.url, n.comp)}
+		return 0, &badNARError{fmt.Sprintf("%s: compression %q not known to verify", url, comp)}
 	}
 	h := sha256.New()
 	size, err := io.Copy(h, r)
@@ -255,13 +256,13 @@ func checkNAR(ctx context.Context, b uploader.Bucket, n node) (int64, error) {
 		if ctx.Err() != nil {
 			return counted.n, ctx.Err()
 		}
-		return counted.n, &badNARError{fmt.Sprintf("%s: cannot decompress (%s): %v", n.url, n.comp, err)}
+		return counted.n, &badNARError{fmt.Sprintf("%s: cannot decompress (%s): %v", url, comp, err)}
 	}
-	if uint64(size) != n.narSize {
-		return counted.n, &badNARError{fmt.Sprintf("%s: NAR is %d bytes, the .narinfo says %d", n.url, size, n.narSize)}
+	if uint64(size) != narSize {
+		return counted.n, &badNARError{fmt.Sprintf("%s: NAR is %d bytes, the .narinfo says %d", url, size, narSize)}
 	}
 	if string(h.Sum(nil)) != string(want.Digest()) {
-		return counted.n, &badNARError{fmt.Sprintf("%s: NAR hash differs from the .narinfo's %s", n.url, n.narHash)}
+		return counted.n, &badNARError{fmt.Sprintf("%s: NAR hash differs from the .narinfo's %s", url, narHash)}
 	}
 	return counted.n, nil
 }

@@ -28,6 +28,8 @@ type WalkOptions struct {
 	Jobs int
 	// Keys, when set, are checked against each .narinfo's signatures.
 	Keys []signature.PublicKey
+	// NarHashes keeps each .narinfo's NarHash, to check NARs against.
+	NarHashes bool
 	// Progress, when set, is called now and then with the figures so far.
 	Progress func(WalkStats)
 }
@@ -52,10 +54,14 @@ type Graph struct {
 	Pins      []Pin
 	Stats     WalkStats
 
-	index map[string]int32 // hash part → node
-	nodes []node
-	nars  map[string]*narObject
-	roots map[int32]time.Time // last push of each root
+	index    map[string]int32 // hash part → node
+	nodes    []node
+	narIndex map[string]int32 // NAR key → narList
+	narList  []narObject
+	comps    []string            // compressions, by node.comp
+	bad      map[int32]string    // why a .narinfo could not be read
+	narHash  map[int32]string    // NarHash of each .narinfo (WalkOptions.NarHashes)
+	roots    map[int32]time.Time // last push of each root
 	// listings are the <hash>.ls NAR listings, by node: when written.
 	listings map[int32]time.Time
 	// rootRecords are the hash parts of root records, by node.
@@ -64,32 +70,52 @@ type Graph struct {
 }
 
 type node struct {
-	hash     string
-	base     string // store path base name; "" when no .narinfo names it as its own
-	present  bool   // the .narinfo is in the cache
-	refs     []int32
-	url      string
-	comp     string
-	narHash  string
-	fileSize uint64
-	narSize  uint64
-	mod      time.Time
-	sigOK    bool   // a given key verifies it (when keys were given)
-	bad      string // why the .narinfo could not be read
+	hash       string
+	name       string // store path name, after "<hash>-"; "" when no .narinfo says
+	refs       []int32
+	fileSize   uint64
+	narSize    uint64
+	mod        int64 // LastModified, Unix nanoseconds
+	nar        int32 // in narList
+	comp       uint8 // in comps
+	present    bool  // the .narinfo is in the cache
+	sigOK      bool  // a given key verifies it (when keys were given)
+	unreadable bool  // the .narinfo could not be read: see Graph.bad
 }
 
+// narObject is a NAR key, named by a .narinfo or listed (or both).
 type narObject struct {
-	size int64
-	mod  time.Time
+	key    string
+	size   int64
+	mod    int64 // LastModified, Unix nanoseconds
+	listed bool  // the object is in the store
 }
+
+// internNAR returns the index of NAR key, adding it when new.
+func (g *Graph) internNAR(key string) int32 {
+	if i, ok := g.narIndex[key]; ok {
+		return i
+	}
+	i := int32(len(g.narList))
+	key = strings.Clone(key)
+	g.narIndex[key] = i
+	g.narList = append(g.narList, narObject{key: key})
+	return i
+}
+
+// url is the key of node i's NAR.
+func (g *Graph) url(i int32) string { return g.narList[g.nodes[i].nar].key }
+
+// compression is node i's Compression.
+func (g *Graph) compression(i int32) string { return g.comps[g.nodes[i].comp] }
 
 // Path is the store path of node i.
 func (g *Graph) path(i int32) string {
 	n := &g.nodes[i]
-	if n.base == "" {
+	if n.name == "" {
 		return g.StoreDir + "/" + n.hash + "-?"
 	}
-	return g.StoreDir + "/" + n.base
+	return g.StoreDir + "/" + n.hash + "-" + n.name
 }
 
 func (g *Graph) intern(hash string) int32 {
@@ -130,7 +156,7 @@ func Walk(ctx context.Context, b uploader.Bucket, opts WalkOptions) (*Graph, err
 	if opts.Jobs < 1 {
 		opts.Jobs = 32
 	}
-	g := &Graph{StoreDir: "", index: make(map[string]int32), nars: make(map[string]*narObject),
+	g := &Graph{StoreDir: "", index: make(map[string]int32), narIndex: make(map[string]int32), bad: make(map[int32]string), narHash: make(map[int32]string),
 		roots: make(map[int32]time.Time), rootRecords: make(map[int32]bool), listings: make(map[int32]time.Time)}
 	var mu sync.Mutex // guards g while reads run
 	var stats struct{ objects, narinfos, read, hits, requests atomic.Int64 }
@@ -202,7 +228,7 @@ func Walk(ctx context.Context, b uploader.Bucket, opts WalkOptions) (*Graph, err
 					}
 					mu.Lock()
 					defer mu.Unlock()
-					g.addNarInfo(o, ni, perr, sigOK)
+					g.addNarInfo(o, ni, perr, sigOK, opts.NarHashes)
 					return nil
 				})
 			case isListingKey(o.Key):
@@ -211,7 +237,8 @@ func Walk(ctx context.Context, b uploader.Bucket, opts WalkOptions) (*Graph, err
 				mu.Unlock()
 			case strings.HasPrefix(o.Key, "nar/"):
 				mu.Lock()
-				g.nars[o.Key] = &narObject{size: o.Size, mod: o.LastModified}
+				i := g.internNAR(o.Key)
+				g.narList[i] = narObject{key: g.narList[i].key, size: o.Size, mod: o.LastModified.UnixNano(), listed: true}
 				mu.Unlock()
 			case o.Key == "nix-cache-info":
 				g.CacheInfo = true
@@ -314,16 +341,17 @@ func (g *Graph) listed(key string) bool {
 
 // addNarInfo records a .narinfo; one that cannot be read is recorded as
 // such (verify reports it; gc keeps it).
-func (g *Graph) addNarInfo(o uploader.Object, ni *narinfo.NarInfo, err error, sigOK bool) {
+func (g *Graph) addNarInfo(o uploader.Object, ni *narinfo.NarInfo, err error, sigOK, narHashes bool) {
 	i := g.intern(o.Key[:32])
 	n := &g.nodes[i]
 	n.present = true
-	n.mod = o.LastModified
+	n.mod = o.LastModified.UnixNano()
 	if err == nil && hashPart(ni.StorePath) != n.hash {
 		err = fmt.Errorf("StorePath %s does not match the object name", ni.StorePath)
 	}
 	if err != nil {
-		n.bad = err.Error()
+		n.unreadable = true
+		g.bad[i] = err.Error()
 		g.unreadable = append(g.unreadable, o.Key)
 		return
 	}
@@ -331,17 +359,16 @@ func (g *Graph) addNarInfo(o uploader.Object, ni *narinfo.NarInfo, err error, si
 		g.StoreDir = path.Dir(ni.StorePath)
 	}
 	// Copies, so no node keeps its .narinfo's text alive.
-	n.base = strings.Clone(path.Base(ni.StorePath))
-	n.url = strings.Clone(ni.URL)
-	n.comp = compressions[ni.Compression]
-	if n.comp == "" {
-		n.comp = strings.Clone(ni.Compression)
-	}
+	n.name = strings.Clone(path.Base(ni.StorePath)[33:])
+	n.comp = g.internComp(ni.Compression)
 	n.fileSize = ni.FileSize
 	n.narSize = ni.NarSize
-	if ni.NarHash != nil {
-		n.narHash = ni.NarHash.String()
+	if ni.NarHash != nil && narHashes {
+		g.narHash[i] = ni.NarHash.String()
 	}
+	nar := g.internNAR(ni.URL)
+	n = &g.nodes[i]
+	n.nar = nar
 	n.sigOK = sigOK
 	refs := make([]int32, 0, len(ni.References))
 	for _, r := range ni.References {
@@ -355,8 +382,19 @@ func (g *Graph) addNarInfo(o uploader.Object, ni *narinfo.NarInfo, err error, si
 	n.refs = refs
 }
 
-// compressions share the usual values of Compression among nodes.
-var compressions = map[string]string{"none": "none", "zstd": "zstd", "xz": "xz", "bzip2": "bzip2", "br": "br"}
+// internComp returns the index of a compression in g.comps.
+func (g *Graph) internComp(c string) uint8 {
+	for i, x := range g.comps {
+		if x == c {
+			return uint8(i)
+		}
+	}
+	if len(g.comps) == 255 {
+		return 0 // a cache of 255 compressions: not worth telling apart
+	}
+	g.comps = append(g.comps, strings.Clone(c))
+	return uint8(len(g.comps) - 1)
+}
 
 // ParseNarInfo parses a .narinfo. It reads the lines nixpush needs and
 // leaves out those it does not know (another tool's), where go-nix's

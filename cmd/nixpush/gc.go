@@ -9,6 +9,7 @@ import (
 	"io"
 	"os"
 	"regexp"
+	"runtime/debug"
 	"strconv"
 	"text/tabwriter"
 	"time"
@@ -40,6 +41,11 @@ func addBucketFlags(fs *flag.FlagSet) bucketFlags {
 }
 
 func (f bucketFlags) open(ctx context.Context, cmd string) (uploader.Bucket, error) {
+	if os.Getenv("GOMEMLIMIT") == "" {
+		// The daemon's soft limit: a walk makes garbage of every
+		// .narinfo it reads, which the collector then frees sooner.
+		debug.SetMemoryLimit(memoryLimit)
+	}
 	if *f.storeURI == "" {
 		return nil, fmt.Errorf("--store-uri is required (or NIXPUSH_STORE_URI), e.g. nixpush %s --store-uri 's3://nix-cache?endpoint=minio.lan:9000&scheme=http'", cmd)
 	}
