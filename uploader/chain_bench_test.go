@@ -21,7 +21,7 @@ import (
 
 // timingStore records how long each .narinfo PUT took and when it ended.
 type timingStore struct {
-	Store
+	Bucket
 	mu       sync.Mutex
 	narinfo  []time.Duration
 	nars     int
@@ -30,7 +30,7 @@ type timingStore struct {
 
 func (s *timingStore) Put(ctx context.Context, key string, r io.Reader, size int64, ct string) error {
 	start := time.Now()
-	err := s.Store.Put(ctx, key, r, size, ct)
+	err := s.Bucket.Put(ctx, key, r, size, ct)
 	s.mu.Lock()
 	s.requests++
 	if strings.HasSuffix(key, ".narinfo") {
@@ -47,14 +47,28 @@ func (s *timingStore) ListTop(ctx context.Context, fn func(string) bool) error {
 	s.mu.Lock()
 	s.requests++
 	s.mu.Unlock()
-	return s.Store.(Lister).ListTop(ctx, fn)
+	return s.Bucket.(Lister).ListTop(ctx, fn)
+}
+
+func (s *timingStore) List(ctx context.Context, prefix string, fn func(Object) error) error {
+	s.mu.Lock()
+	s.requests++
+	s.mu.Unlock()
+	return s.Bucket.List(ctx, prefix, fn)
+}
+
+func (s *timingStore) Get(ctx context.Context, key string) ([]byte, error) {
+	s.mu.Lock()
+	s.requests++
+	s.mu.Unlock()
+	return s.Bucket.Get(ctx, key)
 }
 
 func (s *timingStore) Has(ctx context.Context, key string) (bool, error) {
 	s.mu.Lock()
 	s.requests++
 	s.mu.Unlock()
-	return s.Store.Has(ctx, key)
+	return s.Bucket.Has(ctx, key)
 }
 
 // BenchmarkChainS3 pushes a 500-deep chain (each path referring to the one
@@ -95,7 +109,7 @@ func BenchmarkChainS3(b *testing.B) {
 		if err != nil {
 			b.Fatal(err)
 		}
-		ts := &timingStore{Store: st}
+		ts := &timingStore{Bucket: st.(Bucket)}
 		u := New(Config{Store: ts, Nix: fs, Key: key, Compression: Zstd, Jobs: benchJobs(), StoreDir: fs.dir, Log: zerolog.Nop()})
 		m0, _ := m.CPUTime()
 		c0 := selfCPU()

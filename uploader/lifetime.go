@@ -174,8 +174,9 @@ func (u *Uploader) recheckWritten(ctx context.Context, pl *plan) (again []string
 }
 
 // missingKeys returns which of the given objects the store lacks: the
-// top-level ones (.narinfos) with one listing when that is cheaper, the
-// rest with existence checks in parallel. Any failed check fails it.
+// top-level ones (.narinfos), and the deep ones (NARs) when they share a
+// directory, with one listing each when that is cheaper, the rest with
+// existence checks in parallel. Any failed check fails it.
 func (u *Uploader) missingKeys(ctx context.Context, top, deep []string) (map[string]bool, error) {
 	gone := make(map[string]bool)
 	if listed, ok := u.listNarInfos(ctx, len(top)); ok {
@@ -185,6 +186,14 @@ func (u *Uploader) missingKeys(ctx context.Context, top, deep []string) (map[str
 			}
 		}
 		top = nil
+	}
+	if listed, ok := u.listDir(ctx, deep); ok {
+		for _, k := range deep {
+			if !listed[k] {
+				gone[k] = true
+			}
+		}
+		deep = nil
 	}
 	var mu sync.Mutex
 	g, gctx := errgroup.WithContext(ctx)
@@ -204,4 +213,41 @@ func (u *Uploader) missingKeys(ctx context.Context, top, deep []string) (map[str
 		})
 	}
 	return gone, g.Wait()
+}
+
+// listDir lists the directory that every one of keys is in (nar/, for the
+// NARs a push wrote) when that is cheaper than checking them one by one,
+// on the budget listNarInfos keeps: on a 500-path push, one listing
+// instead of 500 existence checks.
+func (u *Uploader) listDir(ctx context.Context, keys []string) (map[string]bool, bool) {
+	b, ok := u.cfg.Store.(Bucket)
+	if !ok || len(keys) < 32 {
+		return nil, false
+	}
+	i := strings.LastIndexByte(keys[0], '/')
+	if i < 0 {
+		return nil, false
+	}
+	dir := keys[0][:i+1]
+	for _, k := range keys {
+		if !strings.HasPrefix(k, dir) || strings.Contains(k[len(dir):], "/") {
+			return nil, false
+		}
+	}
+	names := make(map[string]bool)
+	budget, seen := len(keys)*listBudget, int64(0)
+	errBudget := errors.New("over budget")
+	err := b.List(ctx, dir, func(o Object) error {
+		seen++
+		names[o.Key] = true
+		if budget--; budget <= 0 {
+			return errBudget
+		}
+		return nil
+	})
+	u.count(seen/1000 + 1) // list requests
+	if err != nil {
+		return nil, false // too large or failing: check key by key
+	}
+	return names, true
 }

@@ -4,9 +4,12 @@ import (
 	"bytes"
 	"context"
 	"encoding/json"
+	"fmt"
 	"io"
+	"maps"
 	"os"
 	"path/filepath"
+	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -257,6 +260,52 @@ func TestPushRacingGC(t *testing.T) {
 			g.wg.Wait()
 			for _, p := range []string{leaf, mid, top} {
 				checkPushed(t, base, fs.infos[p])
+			}
+		})
+	}
+}
+
+// TestMissingKeysListsNARs: the NARs a push wrote are checked with one
+// listing of nar/ when there are many, and a missing one is still found.
+func TestMissingKeysListsNARs(t *testing.T) {
+	ctx := context.Background()
+	s, err := NewFileStore(t.TempDir())
+	if err != nil {
+		t.Fatal(err)
+	}
+	var keys []string
+	for i := range 40 {
+		k := fmt.Sprintf("nar/%052d.nar.zst", i)
+		if err := s.Put(ctx, k, strings.NewReader("nar"), 3, "application/x-nix-nar"); err != nil {
+			t.Fatal(err)
+		}
+		keys = append(keys, k)
+	}
+	remove(t, s, keys[7])
+	remove(t, s, keys[33])
+	for _, tc := range []struct {
+		name     string
+		keys     []string
+		requests int64
+	}{
+		{"many: one listing", keys, 1},
+		{"few: one check each", keys[:10], 10},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			u := New(Config{Store: s, Key: testKey(t), Log: zerolog.Nop()})
+			gone, err := u.missingKeys(ctx, nil, tc.keys)
+			if err != nil {
+				t.Fatal(err)
+			}
+			want := map[string]bool{keys[7]: true}
+			if len(tc.keys) > 33 {
+				want[keys[33]] = true
+			}
+			if !maps.Equal(gone, want) {
+				t.Errorf("missing: %v, want %v", gone, want)
+			}
+			if got := u.Stats().Requests; got != tc.requests {
+				t.Errorf("%d store requests, want %d", got, tc.requests)
 			}
 		})
 	}
