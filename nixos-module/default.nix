@@ -424,6 +424,14 @@ in
             ++ optional (cfg.credentialsFile != null) "aws-credentials:${cfg.credentialsFile}"
             ++ optional (cfg.caCertificate != null) "ca.pem:${cfg.caCertificate}";
 
+          # Builds first: uploads take the CPU and the disk that builds leave
+          # (bench/: BenchmarkBuildBesideUploads). Not SCHED_IDLE: the hook
+          # waits for the daemon's enqueue after every build, and an idle-class
+          # daemon on cores busy with builds answers late.
+          Nice = 10;
+          CPUSchedulingPolicy = "batch";
+          IOSchedulingClass = "idle";
+
           # Hardening (see hardening above). No PrivateUsers: peer
           # credentials of the root hook would then read as the overflow
           # uid and be refused.
