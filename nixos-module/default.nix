@@ -83,6 +83,7 @@ let
     "--log-format" "journald"
     "--upload-logs=${lib.boolToString cfg.uploadLogs}"
     "--write-nar-listing=${lib.boolToString cfg.writeNarListing}"
+    "--trust-cache-for" cfg.trustCacheFor
   ] ++ optionals (cfg.caCertificate != null) [ "--ca-certificate" "%d/ca.pem" ]
     ++ optionals (cfg.metricsListen != null) [ "--metrics-listen" cfg.metricsListen ]
     ++ lib.concatMap (re: [ "--exclude" re ]) cfg.exclude
@@ -209,6 +210,19 @@ in
         Hydra-style indexers and `nix-index`-like tools. Built while the NAR is packed.
       '';
       example = true;
+    };
+
+    trustCacheFor = mkOption {
+      type = types.strMatching "[0-9]+(\\.[0-9]+)?(ns|us|ms|s|m|h)([0-9]+(\\.[0-9]+)?(ns|us|ms|s|m|h))*";
+      default = "1h";
+      description = ''
+        How long a path seen in the cache (or uploaded) is believed to stay there (a Go duration).
+        After it, the next push that needs the path checks the cache again and uploads it again if
+        it is gone (expiry, a wiped or restored bucket). Keep it well below the grace period of
+        `nixpush gc` (24 h by default), which never deletes what was written within it. `"0s"`
+        checks whole closures on every push. `nixpush push` always checks everything again.
+      '';
+      example = "0s";
     };
 
     exclude = mkOption {
