@@ -101,7 +101,8 @@ func narinfoURL(t *testing.T, c *minio.Client, bucket, path string) string {
 
 func hashOf(path string) string { return filepath.Base(path)[:32] }
 
-// putRoot writes a root record as the daemon does (the agreed layout).
+// putRoot rewrites a root record as the daemon writes it, with another
+// time.
 func putRoot(t *testing.T, c *minio.Client, bucket, path string, at time.Time) {
 	t.Helper()
 	data := fmt.Sprintf(`{"path":%q,"pushed_at":%q,"host":"test"}`, path, at.UTC().Format(time.RFC3339))
@@ -199,10 +200,20 @@ func TestGC(t *testing.T) {
 		t.Fatalf("pins does not list the pin:\n%s", out)
 	}
 
-	// The old root was pushed two hours ago; the recent one just now.
+	// The daemon recorded each root it pushed; the old one (and the
+	// pinned one) are made to look pushed two hours ago.
+	for _, p := range []string{pinned, recent, old} {
+		var r struct {
+			Path     string    `json:"path"`
+			PushedAt time.Time `json:"pushed_at"`
+		}
+		rec := readObject(t, c, "gc-cache", "nixpush/roots/"+hashOf(p))
+		if err := json.Unmarshal([]byte(rec), &r); err != nil || r.Path != p || time.Since(r.PushedAt) > time.Minute {
+			t.Fatalf("root record of %s: %s (%v)", p, rec, err)
+		}
+	}
 	putRoot(t, c, "gc-cache", old, time.Now().Add(-2*time.Hour))
 	putRoot(t, c, "gc-cache", pinned, time.Now().Add(-2*time.Hour))
-	putRoot(t, c, "gc-cache", recent, time.Now())
 	// Leftovers of crashed uploads: a NAR no .narinfo names, a multipart
 	// upload never completed.
 	orphan := "nar/0000000000000000000000000000000000000000000000000000.nar.zst"

@@ -8,8 +8,8 @@
 // so while daemons push to it: no .narinfo is left whose NAR or whose
 // references' .narinfos are gone.
 //
-// The gc side of the argument (the daemon's side is in the uploader
-// package's doc):
+// The gc side of the argument (G1, G2 and the daemon's side, D1 to D3,
+// with the claim that joins them, are in the uploader package's doc):
 //
 //  1. gc writes the marker nixpush/gc/sweep {listed_at, deadline} before
 //     it lists, and makes no deletion after the deadline: it stops

@@ -163,7 +163,8 @@ func repairCache(ctx context.Context, b uploader.Bucket, rep *retention.VerifyRe
 	if len(valid) > 0 {
 		say("repair: pushing %d paths again through the daemon (%s)\n", len(valid), socket)
 		c := client.New(socket)
-		if _, err := c.Enqueue(ctx, hook.EnqueueRequest{Paths: valid}); err != nil {
+		// Recheck: the daemon may believe the cache holds them still.
+		if _, err := c.Enqueue(ctx, hook.EnqueueRequest{Paths: valid, Recheck: true}); err != nil {
 			return invalid, nil, explain(err)
 		}
 		if err := waitQuiet(ctx, c, timeout); err != nil {
