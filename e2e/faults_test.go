@@ -161,8 +161,8 @@ func TestSIGKILLNeverBreaksTheCache(t *testing.T) {
 }
 
 // TestMinIOCrashMidUpload kills MinIO (SIGKILL) while NAR uploads are in
-// flight and keeps it down for a while: the daemon retries, nothing fails
-// permanently, the bucket MinIO comes back with holds no broken .narinfo,
+// flight and keeps it down until the daemon's own retries have started:
+// nothing fails permanently, the bucket MinIO comes back with holds no broken .narinfo,
 // and once it is up everything arrives.
 func TestMinIOCrashMidUpload(t *testing.T) {
 	m := testenv.MinIO(t)
@@ -186,7 +186,13 @@ func TestMinIOCrashMidUpload(t *testing.T) {
 	inFlight := p.UploadsInFlight(8 << 10)
 	m.Kill(t)
 	t.Logf("MinIO killed with %d NAR uploads in flight", inFlight)
-	time.Sleep(10 * time.Second) // the outage; retries happen meanwhile
+	// The outage outlasts the S3 client's own retries (about ten, a second
+	// apart at most), so the daemon's retries with backoff are what carry
+	// the paths through it.
+	waitFor(t, 2*time.Minute, "the daemon retrying after a failed push", func() bool {
+		return strings.Contains(d.Log.String(), "push failed, will retry")
+	})
+	time.Sleep(5 * time.Second) // more of the outage, retries and backoff meanwhile
 	if st, err := statusJSON(t, d); err != nil || st.Failed != 0 || st.Drained {
 		t.Fatalf("during the outage: %+v, %v; want nothing failed and not drained", st, err)
 	}
