@@ -196,16 +196,20 @@ type gcStore struct {
 }
 
 func (g *gcStore) Put(ctx context.Context, key string, r io.Reader, size int64, ct string) error {
-	if key != g.trigger {
+	first := false
+	if key == g.trigger {
+		g.once.Do(func() { first = true })
+	}
+	if !first { // the gc sweeps once
 		return g.FileStore.Put(ctx, key, r, size, ct)
 	}
-	g.once.Do(func() {
+	func() {
 		g.deadline = time.Now().Add(400 * time.Millisecond)
 		m, _ := json.Marshal(sweepMarker{ListedAt: time.Now().Add(-time.Second), Deadline: g.deadline, Host: "gc-host"})
 		if err := g.FileStore.Put(ctx, sweepKey, bytes.NewReader(m), int64(len(m)), "application/json"); err != nil {
 			g.t.Error(err)
 		}
-	})
+	}()
 	sweep := func() {
 		for _, k := range g.victims {
 			os.Remove(filepath.Join(g.dir, k))
@@ -232,9 +236,17 @@ func (g *gcStore) Put(ctx context.Context, key string, r io.Reader, size int64, 
 // Without that re-check (or without waiting for the deadline), the
 // reference stays missing.
 func TestPushRacingGC(t *testing.T) {
-	for _, after := range []bool{false, true} {
-		name := map[bool]string{false: "deleted before the write", true: "deleted after the write, before the deadline"}[after]
-		t.Run(name, func(t *testing.T) {
+	for _, tc := range []struct {
+		name   string
+		after  bool
+		ownNAR bool // the gc deletes the NAR the push just wrote (listed before, under the same key)
+	}{
+		{"deleted before the write", false, false},
+		{"deleted after the write, before the deadline", true, false},
+		{"own NAR deleted after the write, before the deadline", true, true},
+	} {
+		after := tc.after
+		t.Run(tc.name, func(t *testing.T) {
 			fs := newFakeStore(t)
 			leaf := fs.add(t, "leaf", []byte("leaf"))
 			mid := fs.add(t, "mid", []byte("mid"), leaf)
@@ -247,9 +259,14 @@ func TestPushRacingGC(t *testing.T) {
 				t.Fatal(err)
 			}
 			// The gc deletes what only mid's closure held: mid and leaf,
-			// .narinfos and NARs.
-			for _, p := range []string{mid, leaf} {
-				g.victims = append(g.victims, nix.NarInfoKey(p), narURL(t, base, p))
+			// .narinfos and NARs; or top's NAR, which it listed (as an
+			// orphan, say) before the push wrote it again.
+			if tc.ownNAR {
+				g.victims = []string{narKey(fs.infos[top], Zstd)}
+			} else {
+				for _, p := range []string{mid, leaf} {
+					g.victims = append(g.victims, nix.NarInfoKey(p), narURL(t, base, p))
+				}
 			}
 			if err := u.Push(context.Background(), []string{top})[0]; err != nil {
 				t.Fatal(err)

@@ -242,12 +242,9 @@ func (u *Uploader) pushClosures(ctx context.Context, roots []string, cutoff time
 		}
 	}
 	filtered := u.filtered(infos)
-	missing := u.probe(ctx, infos, filtered, cutoff)
-	for p := range force {
-		missing[p] = true
-	}
+	missing := u.probe(ctx, infos, filtered, force, cutoff)
 	u.plan(missing, filtered, infos)
-	pl := &plan{infos: infos, missing: missing, filtered: filtered, cutoff: cutoff, written: make(map[string]string)}
+	pl := &plan{infos: infos, missing: missing, filtered: filtered, force: force, cutoff: cutoff, written: make(map[string]string)}
 	failed := u.uploadMissing(ctx, pl)
 	for i, r := range roots {
 		if errs[i] == nil {
@@ -393,10 +390,25 @@ type plan struct {
 	infos    map[string]nix.PathInfo
 	missing  map[string]bool
 	filtered map[string]bool // left out by the filter
+	force    map[string]bool // to upload again whatever the cache says
 	cutoff   time.Time
 
 	mu      sync.Mutex
 	written map[string]string
+}
+
+// since is when p must have been seen in the cache for this push to
+// trust it: never, for a path it is to upload again and has not yet.
+func (pl *plan) since(p string) time.Time {
+	if pl.force[p] {
+		pl.mu.Lock()
+		_, done := pl.written[p]
+		pl.mu.Unlock()
+		if !done {
+			return time.Unix(1<<62, 0)
+		}
+	}
+	return pl.cutoff
 }
 
 // filtered is the set of paths of infos the filter leaves out. They are
@@ -447,13 +459,18 @@ func (u *Uploader) goneAt(p string, t time.Time) {
 
 // probe finds which paths of the closure the cache lacks: every path not
 // seen since cutoff, with one listing when that is cheaper, else with
-// existence checks in parallel. Paths whose check failed count as missing.
-func (u *Uploader) probe(ctx context.Context, infos map[string]nix.PathInfo, filtered map[string]bool, cutoff time.Time) map[string]bool {
+// existence checks in parallel. Paths whose check failed count as missing,
+// and so do those of force, unchecked (their .narinfo may be there, but
+// not their NAR).
+func (u *Uploader) probe(ctx context.Context, infos map[string]nix.PathInfo, filtered, force map[string]bool, cutoff time.Time) map[string]bool {
 	missing := make(map[string]bool)
 	var rest []string
 	u.mu.Lock()
+	for p := range force {
+		missing[p] = true
+	}
 	for p := range infos {
-		if !u.fresh(p, cutoff) && !filtered[p] {
+		if !u.fresh(p, cutoff) && !filtered[p] && !force[p] {
 			rest = append(rest, p)
 		}
 	}
@@ -566,7 +583,7 @@ func (u *Uploader) prefetchNARs(ctx context.Context, order []string, pl *plan, w
 		}
 		u.mu.Lock()
 		_, started := u.nars[p]
-		started = started || u.fresh(p, pl.cutoff)
+		started = started || u.fresh(p, pl.since(p))
 		u.mu.Unlock()
 		if started {
 			continue
@@ -578,7 +595,7 @@ func (u *Uploader) prefetchNARs(ctx context.Context, order []string, pl *plan, w
 		}
 		wg.Go(func() {
 			defer func() { <-u.jobs }()
-			u.nar(ctx, pl.infos[p], pl.cutoff, true)
+			u.nar(ctx, pl.infos[p], pl.since(p), true)
 		})
 	}
 }
@@ -686,7 +703,7 @@ func (u *Uploader) closure(ctx context.Context, roots []string, cutoff time.Time
 func (u *Uploader) ensure(ctx context.Context, p string, pl *plan) error {
 	for tries := 0; ; tries++ {
 		u.mu.Lock()
-		if u.fresh(p, pl.cutoff) {
+		if u.fresh(p, pl.since(p)) {
 			u.mu.Unlock()
 			return nil
 		}
@@ -824,7 +841,7 @@ func (u *Uploader) narinfo(info nix.PathInfo, p packed) (string, error) {
 func (u *Uploader) upload(ctx context.Context, info nix.PathInfo, pl *plan) error {
 	start := time.Now()
 	c := u.cfg.Compression
-	p, err := u.nar(ctx, info, pl.cutoff, false)
+	p, err := u.nar(ctx, info, pl.since(info.Path), false)
 	if errors.Is(err, errCached) {
 		return nil
 	}
