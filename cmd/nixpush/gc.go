@@ -11,6 +11,7 @@ import (
 	"regexp"
 	"runtime/debug"
 	"strconv"
+	"strings"
 	"text/tabwriter"
 	"time"
 
@@ -115,10 +116,17 @@ func (a ageFlag) String() string {
 	if a.d == nil {
 		return ""
 	}
-	if *a.d%(24*time.Hour) == 0 && *a.d > 0 {
+	if *a.d%(24*time.Hour) == 0 && *a.d >= 48*time.Hour {
 		return fmt.Sprintf("%dd", *a.d/(24*time.Hour))
 	}
-	return a.d.String()
+	s := a.d.String()
+	if strings.HasSuffix(s, "m0s") {
+		s = strings.TrimSuffix(s, "0s")
+	}
+	if strings.HasSuffix(s, "h0m") {
+		s = strings.TrimSuffix(s, "0m")
+	}
+	return s
 }
 
 func (a ageFlag) Set(s string) error {
@@ -161,6 +169,15 @@ func runGC(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 	show, clear := progress(stderr, "gc")
 	opts := retention.GCOptions{OlderThan: olderThan, Grace: grace, Window: *window, DryRun: *dryRun, Host: hostname(),
 		Walk: retention.WalkOptions{Cache: cache, Progress: show}}
+	if show != nil {
+		deleting, last := 0, time.Time{}
+		opts.Deleting = func(key string) {
+			if deleting++; time.Since(last) > 200*time.Millisecond {
+				last = time.Now()
+				fmt.Fprintf(stderr, "\rgc: deleting: %d objects so far (%s)\x1b[K", deleting, key)
+			}
+		}
+	}
 	rep, err := retention.GC(ctx, b, opts)
 	clear()
 	if err != nil {
