@@ -170,17 +170,17 @@ func num(m map[string]any, path ...string) float64 {
 }
 
 // BenchmarkGC10k: gc of a synthetic 10,000-path cache (100 projects of
-// 100 paths; one pinned, half the others' roots recent, half old) on
-// loopback MinIO: the first run reads every .narinfo and deletes about
-// half the cache; the second finds nothing to delete and reads nothing
-// (the walk cache). Reports time, requests and peak RSS of each.
+// 100 paths; half the roots recent, half old) on loopback MinIO: the first
+// run reads every .narinfo and deletes half the cache; the second finds
+// nothing to delete and reads nothing (the walk cache). Reports time,
+// requests and peak RSS of each, the walk cache's size, and the same
+// first run on 2,500 paths, to tell what memory grows with.
 func BenchmarkGC10k(b *testing.B) {
 	m := testenv.MinIO(b)
-	for n := range b.N {
-		bucket := fmt.Sprintf("gc10k-%d", n)
+	gc := func(bucket string, projects int) (first, second bucketRun, cacheBytes int64) {
 		b.StopTimer()
 		now := time.Now()
-		synthCache(b, m, bucket, 100, 100, func(p int) time.Time {
+		synthCache(b, m, bucket, projects, 100, func(p int) time.Time {
 			if p%2 == 0 {
 				return now
 			}
@@ -190,22 +190,36 @@ func BenchmarkGC10k(b *testing.B) {
 		cacheDir := b.TempDir()
 		time.Sleep(1100 * time.Millisecond) // past the grace period
 		b.StartTimer()
-		first := runBucketCmd(b, m, cacheDir, "gc", "--store-uri", uri, "--older-than", "24h", "--grace", "1s")
-		second := runBucketCmd(b, m, cacheDir, "gc", "--store-uri", uri, "--older-than", "24h", "--grace", "1s")
+		first = runBucketCmd(b, m, cacheDir, "gc", "--store-uri", uri, "--older-than", "24h", "--grace", "1s")
+		second = runBucketCmd(b, m, cacheDir, "gc", "--store-uri", uri, "--older-than", "24h", "--grace", "1s")
 		b.StopTimer()
 		if first.exit != 0 || second.exit != 0 || num(second.out, "deleted", "paths") != 0 {
 			b.Fatalf("gc: exit %d, %d; second run deleted %v", first.exit, second.exit, second.out["deleted"])
 		}
+		files, _ := filepath.Glob(filepath.Join(cacheDir, "walk-*.db"))
+		for _, f := range files {
+			if fi, err := os.Stat(f); err == nil {
+				cacheBytes += fi.Size()
+			}
+		}
+		return first, second, cacheBytes
+	}
+	for n := range b.N {
+		small, _, _ := gc(fmt.Sprintf("gc2500-%d", n), 25)
+		first, second, cacheBytes := gc(fmt.Sprintf("gc10k-%d", n), 100)
 		b.ReportMetric(first.elapsed.Seconds(), "s/gc")
 		b.ReportMetric(num(first.out, "requests"), "requests/gc")
 		b.ReportMetric(float64(first.maxRSS)/(1<<20), "MiB-peak-RSS/gc")
 		b.ReportMetric(second.elapsed.Seconds(), "s/gc-again")
 		b.ReportMetric(num(second.out, "requests"), "requests/gc-again")
 		b.ReportMetric(float64(second.maxRSS)/(1<<20), "MiB-peak-RSS/gc-again")
-		b.Logf("gc of 10,000 paths: %.1f s, %v requests, peak RSS %.1f MiB; kept %v paths, deleted %v paths and %v NARs; again: %.1f s, %v requests (%v .narinfos read), peak RSS %.1f MiB",
-			first.elapsed.Seconds(), num(first.out, "requests"), float64(first.maxRSS)/(1<<20), num(first.out, "kept", "paths"),
+		b.ReportMetric(float64(small.maxRSS)/(1<<20), "MiB-peak-RSS/gc-2500")
+		b.Logf("gc of 10,000 paths: %.1f s, %v requests, peak RSS %.1f MiB (2,500 paths: %.1f s, %.1f MiB); kept %v paths, deleted %v paths and %v NARs; again: %.1f s, %v requests (%v .narinfos read), peak RSS %.1f MiB; walk cache file %.1f MiB",
+			first.elapsed.Seconds(), num(first.out, "requests"), float64(first.maxRSS)/(1<<20),
+			small.elapsed.Seconds(), float64(small.maxRSS)/(1<<20), num(first.out, "kept", "paths"),
 			num(first.out, "deleted", "paths"), num(first.out, "deleted", "nars"),
-			second.elapsed.Seconds(), num(second.out, "requests"), num(second.out, "walk", "read"), float64(second.maxRSS)/(1<<20))
+			second.elapsed.Seconds(), num(second.out, "requests"), num(second.out, "walk", "read"), float64(second.maxRSS)/(1<<20),
+			float64(cacheBytes)/(1<<20))
 	}
 }
 

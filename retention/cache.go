@@ -5,8 +5,10 @@ import (
 	"crypto/sha256"
 	"encoding/hex"
 	"fmt"
+	"maps"
 	"os"
 	"path/filepath"
+	"slices"
 	"sync"
 	"time"
 
@@ -111,10 +113,12 @@ func (c *Cache) Flush() error {
 	if len(batch) == 0 {
 		return nil
 	}
+	// In key order, as bbolt fills pages best.
+	keys := slices.Sorted(maps.Keys(batch))
 	return c.db.Update(func(tx *bbolt.Tx) error {
 		b := tx.Bucket(cacheBucket)
-		for k, v := range batch {
-			if err := b.Put([]byte(k), v); err != nil {
+		for _, k := range keys {
+			if err := b.Put([]byte(k), batch[k]); err != nil {
 				return err
 			}
 		}

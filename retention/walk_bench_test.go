@@ -4,6 +4,7 @@ import (
 	"context"
 	"crypto/rand"
 	"fmt"
+	"os"
 	"path/filepath"
 	"runtime"
 	"testing"
@@ -36,13 +37,19 @@ func BenchmarkWalkHeap(b *testing.B) {
 		}
 		f.add(fmt.Sprint(i), refs...)
 	}
-	cache, err := OpenCache(filepath.Join(b.TempDir(), "walk.db"))
+	cacheFile := filepath.Join(b.TempDir(), "walk.db")
+	cache, err := OpenCache(cacheFile)
 	if err != nil {
 		b.Fatal(err)
 	}
 	defer cache.Close()
 	ctx := context.Background()
 	if _, err := Walk(ctx, f.b, WalkOptions{Cache: cache}); err != nil { // fills the cache
+		b.Fatal(err)
+	}
+	cache.Flush()
+	fi, err := os.Stat(cacheFile)
+	if err != nil {
 		b.Fatal(err)
 	}
 	b.ResetTimer()
@@ -61,6 +68,7 @@ func BenchmarkWalkHeap(b *testing.B) {
 		}
 		b.ReportMetric(float64(after.HeapAlloc-before.HeapAlloc)/n, "heap-B/path")
 		b.ReportMetric(float64(after.TotalAlloc-before.TotalAlloc)/n, "alloc-B/path")
+		b.ReportMetric(float64(fi.Size())/n, "cache-file-B/path")
 		runtime.KeepAlive(g)
 	}
 }
