@@ -126,7 +126,9 @@ func (d *Daemon) recoverQueue(ctx context.Context) {
 	if len(held) == 0 {
 		return
 	}
-	if d.write(func() error { _, err := d.queue.Enqueue(ctx, held); return err }) == nil {
+	// Whether a held path came from a hook or from nixpush push (which
+	// checks the whole closure again) is not kept: check them all again.
+	if d.write(func() error { _, err := d.queue.EnqueueRecheck(ctx, held); return err }) == nil {
 		d.qhealth.release(held)
 		d.log.Info().Int("paths", len(held)).Msg("queued the paths held while the queue could not write")
 	}
