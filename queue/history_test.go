@@ -147,3 +147,41 @@ func TestMigrateV1DropsDoneSet(t *testing.T) {
 		return nil
 	})
 }
+
+// TestUnfinishedPushesAreRechecked: an item whose push did not complete
+// (its worker died, it was released, it failed and is retried) is checked
+// whole on its next push: that push may have written .narinfos without
+// checking again what they rely on.
+func TestUnfinishedPushesAreRechecked(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "q.db")
+	q := openOpts(t, path, Options{Backoff: Backoff{Base: time.Nanosecond, Max: time.Nanosecond}})
+	q.Enqueue(ctx, paths("died", "released", "retried", "failed", "done"))
+	leasePaths(t, q, 5)
+	q.Release(ctx, "released")
+	q.Retry(ctx, "retried", errors.New("x"))
+	q.Fail(ctx, "failed", errors.New("x"))
+	q.Complete(ctx, "done")
+	q.Close() // "died" stays leased
+	q = openOpts(t, path, Options{})
+	defer q.Close()
+	if _, err := q.Requeue(ctx, true); err != nil {
+		t.Fatal(err)
+	}
+	time.Sleep(time.Millisecond) // the retry's backoff
+	items, err := q.Lease(ctx, 10)
+	if err != nil {
+		t.Fatal(err)
+	}
+	got := map[string]bool{}
+	for _, it := range items {
+		got[it.Path] = it.Recheck
+	}
+	for _, p := range []string{"died", "released", "retried", "failed"} {
+		if recheck, ok := got[p]; !ok || !recheck {
+			t.Errorf("%s: leased %v, recheck %v; want leased to recheck", p, ok, recheck)
+		}
+	}
+	if len(got) != 4 {
+		t.Errorf("leased %v; want the four unfinished items", got)
+	}
+}
