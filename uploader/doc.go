@@ -75,13 +75,14 @@
 //     grace period by G2, or as part of a root's or pin's closure) and
 //     with it X, or deletes N too, which leaves no broken N (the order of
 //     gc's own deletions is its package's argument). So L < W.
-//  2. G's marker was up from before L until after its last deletion (G1),
-//     so it was up at W. The daemon reads the marker at M > W (D2). If G's
-//     marker is still up at M, the daemon waits until G's deadline plus
-//     the skew margin, after which G deletes nothing (G1). If it is gone
-//     (or replaced by a later gc's, which by G1 started after G ended), G
-//     made its last deletion before M. Either way G deleted X before the
-//     re-check, which begins after M: the re-check sees X missing.
+//  2. The daemon reads the marker at M > W (D2; a marker it cannot read
+//     fails the push, see D3). If G made its last deletion before M, the
+//     re-check, which begins after M, sees X missing. Otherwise G's marker,
+//     up from before L until after its last deletion (G1), is up at M (it
+//     is the only one: no other gc runs meanwhile), so the daemon waits
+//     until G's deadline plus the skew margin, after which G deletes
+//     nothing (G1): again the re-check begins after G's last deletion and
+//     sees X missing.
 //  3. The daemon then writes X again (D1), after its missing dependencies;
 //     N is whole again, and the new .narinfos are covered by the same
 //     argument in the next round. A round that finds nothing missing ends
