@@ -117,6 +117,16 @@ func TestVerify(t *testing.T) {
 	res, err = runVerify(t, env, cacheDir, "--store-uri", uri, "--public-key", pubArg, "--full")
 	check(res, err, true)
 
+	// Without a daemon to push them again, repair deletes nothing.
+	before := objects(t, c, "verify")
+	if _, err := runVerify(t, env, cacheDir, "--store-uri", uri, "--repair", "--socket", filepath.Join(t.TempDir(), "none.sock")); err == nil ||
+		!strings.Contains(err.Error(), "nothing deleted") {
+		t.Fatalf("verify --repair without a daemon: %v; want a refusal that deleted nothing", err)
+	}
+	if !mapsEqual(before, objects(t, c, "verify")) {
+		t.Fatal("verify --repair without a daemon changed the bucket")
+	}
+
 	// The daemon that pushed the closure repairs it: the repair asks it to
 	// check the cache again rather than trust what it pushed.
 	res, err = runVerify(t, env, cacheDir, "--store-uri", uri, "--public-key", pubArg, "--full", "--repair", "--socket", d.Socket)

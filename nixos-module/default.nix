@@ -25,6 +25,9 @@ let
   # gc works on the bucket with credentials of its own (it may delete;
   # builders may not), from a oneshot service its timer starts.
   gcStoreUri = withProfile cfg.gc.profile cfg.gc.storeUri;
+  # A file:// cache belongs to the daemon's user: gc runs as it, allowed to
+  # write there; an S3 one needs no local user of its own.
+  gcFileDir = if hasPrefix "file://" cfg.gc.storeUri then lib.removePrefix "file://" cfg.gc.storeUri else null;
   gcCacheDir = "nixpush-gc";
   bucketArgs = [ "--store-uri" gcStoreUri ] ++ optionals (cfg.caCertificate != null) [ "--ca-certificate" "%d/ca.pem" ];
   pinCommands = lib.mapAttrsToList (name: path:
@@ -457,6 +460,9 @@ in
       assertions = [{
         assertion = hasPrefix "s3://" cfg.gc.storeUri || hasPrefix "file:///" cfg.gc.storeUri;
         message = "services.nixpush.gc.storeUri must be s3://BUCKET?... or file:///DIR, not ${cfg.gc.storeUri}";
+      } {
+        assertion = gcFileDir == null || cfg.enable;
+        message = "services.nixpush.gc on a file:// cache runs as the daemon's user: enable services.nixpush too";
       }];
 
       environment.systemPackages = [ cfg.package ];
@@ -474,13 +480,17 @@ in
           # Pins first: one that fails stops the run.
           ExecStartPre = pinCommands;
           ExecStart = "${cfg.package}/bin/nixpush ${escapeShellArgs gcArgs}";
-          DynamicUser = true;
+          DynamicUser = gcFileDir == null;
+          ReadWritePaths = optional (gcFileDir != null) gcFileDir;
           # The .narinfos read, by ETag: the next run reads only what changed.
           CacheDirectory = gcCacheDir;
           CacheDirectoryMode = "0700";
           LoadCredential = optional (cfg.gc.credentialsFile != null) "aws-credentials:${cfg.gc.credentialsFile}"
             ++ optional (cfg.caCertificate != null) "ca.pem:${cfg.caCertificate}";
-        } // hardening;
+        } // hardening // optionalAttrs (gcFileDir != null) {
+          User = "nixpush";
+          Group = "nixpush";
+        };
       };
 
       systemd.timers.nixpush-gc = {

@@ -100,11 +100,11 @@ func runVerify(ctx context.Context, args []string, stdout, stderr io.Writer) int
 	if !*asJSON {
 		printVerify(stdout, rep)
 	}
+	var repairErr error
 	if *repair && !rep.Whole() {
-		res.Unrepairable, res.After, err = repairCache(ctx, b, rep, opts, *socket, *timeout, stdout, *asJSON)
-		if err != nil {
-			fmt.Fprintf(stderr, "nixpush verify: repair: %v\n", err)
-			return 1
+		res.Unrepairable, res.After, repairErr = repairCache(ctx, b, rep, opts, *socket, *timeout, stdout, *asJSON)
+		if repairErr != nil {
+			fmt.Fprintf(stderr, "nixpush verify: repair: %v\n", repairErr)
 		}
 	}
 	if *asJSON {
@@ -116,7 +116,7 @@ func runVerify(ctx context.Context, args []string, stdout, stderr io.Writer) int
 	if res.After != nil {
 		final = res.After
 	}
-	if !final.Whole() || len(res.Unrepairable) > 0 {
+	if !final.Whole() || len(res.Unrepairable) > 0 || repairErr != nil {
 		return 1
 	}
 	return 0
@@ -147,6 +147,12 @@ func repairCache(ctx context.Context, b uploader.Bucket, rep *retention.VerifyRe
 			fmt.Fprintf(stdout, format, a...)
 		}
 	}
+	// The daemon must be there to push again what goes: ask before
+	// deleting anything.
+	c := client.New(socket)
+	if _, err := c.Status(ctx); err != nil {
+		return nil, nil, fmt.Errorf("nothing deleted: the daemon that would push the broken paths again does not answer: %w", explain(err))
+	}
 	repaired, err := retention.Repair(ctx, b, rep, retention.RepairOptions{Host: hostname()})
 	if err != nil {
 		return nil, nil, err
@@ -162,7 +168,6 @@ func repairCache(ctx context.Context, b uploader.Bucket, rep *retention.VerifyRe
 	}
 	if len(valid) > 0 {
 		say("repair: pushing %d paths again through the daemon (%s)\n", len(valid), socket)
-		c := client.New(socket)
 		// Recheck: the daemon may believe the cache holds them still.
 		if _, err := c.Enqueue(ctx, hook.EnqueueRequest{Paths: valid, Recheck: true}); err != nil {
 			return invalid, nil, explain(err)
