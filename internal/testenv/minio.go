@@ -171,6 +171,9 @@ func (m *MinIOServer) StoreURIVia(bucket, endpoint string) string {
 	return "s3://" + bucket + "?endpoint=" + endpoint + "&scheme=http&region=us-east-1"
 }
 
+// Pid is the server's process id.
+func (m *MinIOServer) Pid() int { return m.cmd.Process.Pid }
+
 // CPUTime is the CPU time the server has used so far.
 func (m *MinIOServer) CPUTime() (time.Duration, error) { return ProcessCPUTime(m.cmd.Process.Pid) }
 
