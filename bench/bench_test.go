@@ -287,7 +287,8 @@ func BenchmarkBuild200(b *testing.B) {
 		minioCPU += m1 - m0
 	}
 	d.MustWait(5 * time.Minute)
-	if st := status(b, d); st.Uploaded.Paths < rounds*(n+1) {
+	st := status(b, d)
+	if st.Uploaded.Paths < rounds*(n+1) {
 		b.Fatalf("daemon uploaded %d paths, want %d", st.Uploaded.Paths, rounds*(n+1))
 	}
 	bt, bh := percentile(withTrue, 0.5), percentile(withHook, 0.5)
@@ -296,8 +297,8 @@ func BenchmarkBuild200(b *testing.B) {
 	b.ReportMetric(bh.Seconds()/bt.Seconds(), "ratio")
 	b.Logf("nix-build of %d derivations, median of %d rounds: /bin/true %.2f s %v, nixpush-hook %.2f s %v, ratio %.3f",
 		n+1, rounds, bt.Seconds(), withTrue, bh.Seconds(), withHook, bh.Seconds()/bt.Seconds())
-	b.Logf("CPU used during the hook builds, per round: daemon %.2f s, MinIO %.2f s",
-		daemonCPU.Seconds()/rounds, minioCPU.Seconds()/rounds)
+	b.Logf("CPU used during the hook builds, per round: daemon %.2f s, MinIO %.2f s; store requests per build %.1f",
+		daemonCPU.Seconds()/rounds, minioCPU.Seconds()/rounds, float64(st.Uploaded.Requests)/float64(rounds*(n+1)))
 }
 
 // BenchmarkHandoff is the daemon's side of the hook alone: one durable
