@@ -173,8 +173,8 @@ func GC(ctx context.Context, b uploader.Bucket, opts GCOptions) (*GCReport, erro
 		}
 		if live[i] {
 			rep.Kept.Paths++
-			if o := g.narList[n.nar]; o.listed {
-				rep.Kept.Bytes += o.size
+			if n.nar >= 0 && g.narList[n.nar].listed {
+				rep.Kept.Bytes += g.narList[n.nar].size
 			}
 			continue
 		}
@@ -185,7 +185,7 @@ func GC(ctx context.Context, b uploader.Bucket, opts GCOptions) (*GCReport, erro
 	}
 	named := make([]bool, len(g.narList))
 	for i := range g.nodes {
-		if n := &g.nodes[i]; n.present && live[i] && !n.unreadable {
+		if n := &g.nodes[i]; n.present && live[i] && n.nar >= 0 {
 			named[n.nar] = true
 		}
 	}

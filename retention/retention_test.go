@@ -236,3 +236,33 @@ func TestParseNarInfo(t *testing.T) {
 	}
 
 }
+
+// TestUnreadableNarInfo: a .narinfo gc cannot read is kept with its NAR
+// (its references are unknown), and verify reports it.
+func TestUnreadableNarInfo(t *testing.T) {
+	f := newFixture(t)
+	ctx := context.Background()
+	f.put("nar/bad.nar", "x")
+	f.put("00000000000000000000000000000000.narinfo", "StorePath: /nix/store/00000000000000000000000000000000-bad\nURL: nar/bad.nar\nNarHash: nonsense\nNarSize: 1\n")
+	f.put("nar/orphan.nar", "y")
+	time.Sleep(5 * time.Millisecond)
+	rep, err := GC(ctx, f.b, GCOptions{OlderThan: time.Hour, Grace: time.Millisecond})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(rep.Deleted.Paths) != 0 || rep.Deleted.NARs != 1 {
+		t.Fatalf("gc deleted %+v; want the orphan NAR only", rep.Deleted)
+	}
+	for key, want := range map[string]bool{"nar/bad.nar": true, "nar/orphan.nar": false, "00000000000000000000000000000000.narinfo": true} {
+		if ok, _ := f.b.Has(ctx, key); ok != want {
+			t.Errorf("%s there: %v; want %v", key, ok, want)
+		}
+	}
+	v, err := Verify(ctx, f.b, VerifyOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(v.Problems) != 1 || v.Problems[0].Kind != Unreadable {
+		t.Fatalf("verify: %+v", v.Problems)
+	}
+}

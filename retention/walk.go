@@ -76,7 +76,7 @@ type node struct {
 	fileSize   uint64
 	narSize    uint64
 	mod        int64 // LastModified, Unix nanoseconds
-	nar        int32 // in narList
+	nar        int32 // in narList; -1 when no .narinfo names one
 	comp       uint8 // in comps
 	present    bool  // the .narinfo is in the cache
 	sigOK      bool  // a given key verifies it (when keys were given)
@@ -125,7 +125,7 @@ func (g *Graph) intern(hash string) int32 {
 	i := int32(len(g.nodes))
 	hash = strings.Clone(hash) // not a piece of a whole .narinfo's text
 	g.index[hash] = i
-	g.nodes = append(g.nodes, node{hash: hash})
+	g.nodes = append(g.nodes, node{hash: hash, nar: -1})
 	return i
 }
 
@@ -352,6 +352,11 @@ func (g *Graph) addNarInfo(o uploader.Object, ni *narinfo.NarInfo, err error, si
 	if err != nil {
 		n.unreadable = true
 		g.bad[i] = err.Error()
+		if ni != nil && ni.URL != "" {
+			// Its NAR is not an orphan: gc keeps it with the .narinfo.
+			nar := g.internNAR(ni.URL)
+			g.nodes[i].nar = nar
+		}
 		g.unreadable = append(g.unreadable, o.Key)
 		return
 	}
@@ -396,7 +401,8 @@ func (g *Graph) internComp(c string) uint8 {
 	return uint8(len(g.comps) - 1)
 }
 
-// ParseNarInfo parses a .narinfo. It reads the lines nixpush needs and
+// ParseNarInfo parses a .narinfo; with an error, what it read so far
+// (the URL, say) comes back too. It reads the lines nixpush needs and
 // leaves out those it does not know (another tool's), where go-nix's
 // parser refuses them; and it allocates no line buffer of 1 MiB per
 // .narinfo as go-nix's does, which a walk of ten thousand felt.
@@ -444,14 +450,14 @@ func ParseNarInfo(data []byte) (*narinfo.NarInfo, error) {
 			ni.CA = v
 		}
 		if err != nil {
-			return nil, fmt.Errorf("line %q: %v", line, err)
+			return ni, fmt.Errorf("line %q: %v", line, err)
 		}
 	}
 	if ni.Compression == "" {
 		ni.Compression = "bzip2" // as Nix reads a .narinfo without the line
 	}
 	if ni.StorePath == "" || ni.URL == "" || ni.NarHash == nil || ni.NarSize == 0 {
-		return nil, errors.New("lacks StorePath, URL, NarHash or NarSize")
+		return ni, errors.New("lacks StorePath, URL, NarHash or NarSize")
 	}
 	return ni, nil
 }
