@@ -1,7 +1,6 @@
 package e2e
 
 import (
-	"encoding/json"
 	"errors"
 	"fmt"
 	"os"
@@ -15,19 +14,6 @@ import (
 	"github.com/nixpush/nixpush/hook"
 	"github.com/nixpush/nixpush/internal/testenv"
 )
-
-// statusJSON is nixpush status --json, parsed.
-func statusJSON(t *testing.T, d *daemon) (hook.Status, error) {
-	out, err := d.CLI("status", "--json")
-	if err != nil {
-		return hook.Status{}, fmt.Errorf("status --json: %v: %s", err, out)
-	}
-	var st hook.Status
-	if err := json.Unmarshal([]byte(out), &st); err != nil {
-		return hook.Status{}, fmt.Errorf("status --json: %v: %s", err, out)
-	}
-	return st, nil
-}
 
 // watchStatus polls nixpush status --json until the returned function is
 // called, which returns every answer seen.
@@ -65,11 +51,7 @@ func watchStatus(t *testing.T, d *daemon) func() []hook.Status {
 func mustDrain(t *testing.T, d *daemon) {
 	t.Helper()
 	d.MustWait(3 * time.Minute)
-	st, err := statusJSON(t, d)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if st.Active != 0 || st.Queued != 0 || st.Held != 0 || st.Spooled != 0 || st.Failed != 0 || st.QueueError != "" {
+	if st := fullStatus(t, d); st.Active != 0 || st.Queued != 0 || st.Held != 0 || st.Spooled != 0 || st.Failed != 0 || st.QueueError != "" {
 		t.Fatalf("after the space returned: %+v", st)
 	}
 }

@@ -2,7 +2,6 @@ package e2e
 
 import (
 	"context"
-	"encoding/json"
 	"io"
 	"net/http"
 	"os/exec"
@@ -16,20 +15,6 @@ import (
 	"github.com/nixpush/nixpush/hook"
 	"github.com/nixpush/nixpush/internal/testenv"
 )
-
-// fullStatus is nixpush status --json, decoded.
-func fullStatus(t *testing.T, d *daemon) hook.Status {
-	t.Helper()
-	out, err := d.CLI("status", "--json")
-	if err != nil {
-		t.Fatalf("status: %v\n%s", err, out)
-	}
-	var st hook.Status
-	if err := json.Unmarshal([]byte(out), &st); err != nil {
-		t.Fatalf("status --json: %v\n%s", err, out)
-	}
-	return st
-}
 
 // waitStatus polls status --json until ok holds (deadline 2 minutes).
 func waitStatus(t *testing.T, d *daemon, what string, ok func(hook.Status) bool) hook.Status {
