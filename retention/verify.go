@@ -86,7 +86,7 @@ func Verify(ctx context.Context, b uploader.Bucket, opts VerifyOptions) (*Verify
 	if err != nil {
 		return nil, err
 	}
-	rep := &VerifyReport{Store: b.String(), Walk: g.Stats, g: g, walk: opts.Walk}
+	rep := &VerifyReport{Store: b.String(), Walk: g.Stats, g: g, walk: opts.Walk, Problems: []Problem{}}
 	var mu sync.Mutex
 	problems := make(map[int32][]Problem)
 	add := func(i int32, kind, detail string) {
