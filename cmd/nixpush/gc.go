@@ -179,6 +179,13 @@ func runGC(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 		}
 	}
 	rep, err := retention.GC(ctx, b, opts)
+	// A sweep longer than its window stopped deleting at the deadline;
+	// what it deleted is gone for good, so a new listing has less to do.
+	for tries := 1; errors.Is(err, retention.ErrWindowPassed) && tries < 5; tries++ {
+		clear()
+		fmt.Fprintf(stderr, "nixpush gc: %v; listing again (%d of 5)\n", err, tries+1)
+		rep, err = retention.GC(ctx, b, opts)
+	}
 	clear()
 	if err != nil {
 		fmt.Fprintf(stderr, "nixpush gc: %v\n", err)
