@@ -7,6 +7,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"sync"
 	"syscall"
@@ -104,13 +105,78 @@ func mustBeValid(t *testing.T, m *testenv.MinIOServer, bucket, when string) int 
 	return n
 }
 
-// throttled starts a proxy in front of m that lets requests through at
-// rate bytes a second per connection, so that uploads are in flight for a
-// while however fast this machine is.
-func throttled(t *testing.T, m *testenv.MinIOServer, rate int) *testenv.Proxy {
-	p := testenv.NewProxy(t, m.Endpoint)
-	p.SetRate(rate)
-	return p
+// throttledPush is where every upload fault test starts: a closure of
+// DAG paths being pushed to a fresh bucket through a proxy that lets
+// requests through at 256 KiB/s per connection, so that uploads are in
+// flight for a while however fast this machine is.
+type throttledPush struct {
+	m       *testenv.MinIOServer
+	p       *testenv.Proxy
+	nx      *testenv.NixEnv
+	d       *daemon
+	bucket  string
+	pub     string
+	out     []string
+	closure []string
+}
+
+func startThrottledPush(t *testing.T, bucket string, paths, jobs int) *throttledPush {
+	t.Helper()
+	f := &throttledPush{m: testenv.MinIO(t), nx: testenv.Nix(t), bucket: bucket}
+	f.m.MakeBucket(t, bucket, true)
+	f.p = testenv.NewProxy(t, f.m.Endpoint)
+	f.p.SetRate(256 << 10)
+	var sec string
+	sec, f.pub = keys(t, "nixpush-e2e-"+bucket+"-1")
+	f.out = f.nx.Build(t, testenv.DAG(seed(), paths, 64, true))
+	f.closure = closureOf(t, f.nx, f.out...)
+	f.d = startDaemon(t, f.m.CredentialsEnv(), "--store-uri", f.m.StoreURIVia(bucket, f.p.Addr), "--secret-key-file", sec,
+		"--jobs", strconv.Itoa(jobs))
+	if o, err := f.d.CLI("push", f.out[0]); err != nil {
+		t.Fatalf("push: %v\n%s", err, o)
+	}
+	return f
+}
+
+// uploading waits until a NAR upload is in flight and the daemon has
+// uploaded at least paths paths since it started.
+func (f *throttledPush) uploading(t *testing.T, what string, paths int64) {
+	t.Helper()
+	waitFor(t, 2*time.Minute, what+": a NAR upload in flight", func() bool {
+		if f.p.UploadsInFlight(8<<10) == 0 {
+			return false
+		}
+		st, err := client.New(f.d.Socket).Status(context.Background())
+		return err == nil && st.Uploaded.Paths >= paths
+	})
+}
+
+// midway checks the bucket after a fault: valid, and not yet holding the
+// whole closure (the fault came mid-upload). It returns the .narinfo count.
+func (f *throttledPush) midway(t *testing.T, when string) int {
+	t.Helper()
+	n := mustBeValid(t, f.m, f.bucket, when)
+	if n >= len(f.closure) {
+		t.Fatalf("%s: all %d paths were up already", when, n)
+	}
+	t.Logf("%s: bucket valid with %d of %d .narinfo files", when, n, len(f.closure))
+	return n
+}
+
+// finish lifts the throttle, waits for the queue to drain with nothing
+// failed, and checks the bucket: valid, the whole closure, and real Nix
+// fetches it.
+func (f *throttledPush) finish(t *testing.T) {
+	t.Helper()
+	f.p.SetRate(0)
+	f.d.MustWait(5 * time.Minute)
+	if st := fullStatus(t, f.d); st.Failed != 0 {
+		t.Fatalf("status: %+v", st)
+	}
+	if n := mustBeValid(t, f.m, f.bucket, "at the end"); n != len(f.closure) {
+		t.Fatalf("final bucket: %d .narinfo, want %d", n, len(f.closure))
+	}
+	checkFetched(t, f.nx, f.m.HTTPURL(f.bucket), f.pub, f.out...)
 }
 
 // TestSIGKILLNeverBreaksTheCache kills the daemon (SIGKILL) again and again
@@ -120,44 +186,15 @@ func throttled(t *testing.T, m *testenv.MinIOServer, rate int) *testenv.Proxy {
 // .narinfo without its NAR or references. After the last restart the queue
 // drains and Nix fetches the whole closure.
 func TestSIGKILLNeverBreaksTheCache(t *testing.T) {
-	m := testenv.MinIO(t)
-	m.MakeBucket(t, "killed", true)
-	p := throttled(t, m, 256<<10)
-	nx := testenv.Nix(t)
-	sec, pub := keys(t, "nixpush-e2e-kill-1")
-	out := nx.Build(t, testenv.DAG(seed(), 120, 64, true))
-	closure := closureOf(t, nx, out...)
-	if len(closure) < 100 {
-		t.Fatalf("closure has %d paths; want 100+", len(closure))
+	f := startThrottledPush(t, "killed", 120, 4)
+	for kill := 1; kill <= 5; kill++ {
+		f.uploading(t, fmt.Sprintf("kill %d, the daemon having uploaded a path", kill), 1)
+		f.d.Kill()
+		f.midway(t, fmt.Sprintf("after kill %d", kill))
+		f.p.Cut() // connections of the dead daemon
+		f.d.Start()
 	}
-	d := startDaemon(t, m.CredentialsEnv(), "--store-uri", m.StoreURIVia("killed", p.Addr), "--secret-key-file", sec, "--jobs", "4")
-	if o, err := d.CLI("push", out[0]); err != nil {
-		t.Fatalf("push: %v\n%s", err, o)
-	}
-	const kills = 5
-	for kill := 1; kill <= kills; kill++ {
-		waitFor(t, 2*time.Minute, fmt.Sprintf("kill %d: a NAR upload in flight after the daemon uploaded a path", kill), func() bool {
-			if p.UploadsInFlight(8<<10) == 0 {
-				return false
-			}
-			st, err := client.New(d.Socket).Status(context.Background())
-			return err == nil && st.Uploaded.Paths > 0
-		})
-		d.Kill()
-		n := mustBeValid(t, m, "killed", fmt.Sprintf("after kill %d", kill))
-		if n >= len(closure) {
-			t.Fatalf("kill %d came after the whole closure was up (%d .narinfo)", kill, n)
-		}
-		t.Logf("kill %d mid-upload: bucket valid with %d of %d .narinfo files", kill, n, len(closure))
-		p.Cut() // connections of the dead daemon
-		d.Start()
-	}
-	p.SetRate(0)
-	d.MustWait(5 * time.Minute)
-	if n := mustBeValid(t, m, "killed", "at the end"); n != len(closure) {
-		t.Fatalf("final bucket: %d .narinfo, want %d", n, len(closure))
-	}
-	checkFetched(t, nx, m.HTTPURL("killed"), pub, out...)
+	f.finish(t)
 }
 
 // TestMinIOCrashMidUpload kills MinIO (SIGKILL) while NAR uploads are in
@@ -165,51 +202,24 @@ func TestSIGKILLNeverBreaksTheCache(t *testing.T) {
 // nothing fails permanently, the bucket MinIO comes back with holds no broken .narinfo,
 // and once it is up everything arrives.
 func TestMinIOCrashMidUpload(t *testing.T) {
-	m := testenv.MinIO(t)
-	m.MakeBucket(t, "crash", true)
-	p := throttled(t, m, 256<<10)
-	nx := testenv.Nix(t)
-	sec, pub := keys(t, "nixpush-e2e-crash-1")
-	out := nx.Build(t, testenv.DAG(seed(), 60, 64, true))
-	closure := closureOf(t, nx, out...)
-	d := startDaemon(t, m.CredentialsEnv(), "--store-uri", m.StoreURIVia("crash", p.Addr), "--secret-key-file", sec, "--jobs", "2")
-	if o, err := d.CLI("push", out[0]); err != nil {
-		t.Fatalf("push: %v\n%s", err, o)
-	}
-	waitFor(t, 2*time.Minute, "a NAR upload in flight after 3 paths are up", func() bool {
-		if p.UploadsInFlight(8<<10) == 0 {
-			return false
-		}
-		st, err := client.New(d.Socket).Status(context.Background())
-		return err == nil && st.Uploaded.Paths >= 3
-	})
-	inFlight := p.UploadsInFlight(8 << 10)
-	m.Kill(t)
+	f := startThrottledPush(t, "crash", 60, 2)
+	f.uploading(t, "before the crash, 3 paths up", 3)
+	inFlight := f.p.UploadsInFlight(8 << 10)
+	f.m.Kill(t)
 	t.Logf("MinIO killed with %d NAR uploads in flight", inFlight)
 	// The outage outlasts the S3 client's own retries (about ten, a second
 	// apart at most), so the daemon's retries with backoff are what carry
 	// the paths through it.
 	waitFor(t, 2*time.Minute, "the daemon retrying after a failed push", func() bool {
-		return strings.Contains(d.Log.String(), "push failed, will retry")
+		return strings.Contains(f.d.Log.String(), "push failed, will retry")
 	})
 	time.Sleep(5 * time.Second) // more of the outage, retries and backoff meanwhile
-	if st, err := statusJSON(t, d); err != nil || st.Failed != 0 || st.Drained {
+	if st, err := statusJSON(t, f.d); err != nil || st.Failed != 0 || st.Drained {
 		t.Fatalf("during the outage: %+v, %v; want nothing failed and not drained", st, err)
 	}
-	m.Start(t)
-	n := mustBeValid(t, m, "crash", "as MinIO came back")
-	if n >= len(closure) {
-		t.Fatalf("all %d paths were up before the crash", n)
-	}
-	p.SetRate(0)
-	d.MustWait(5 * time.Minute)
-	if st, err := statusJSON(t, d); err != nil || st.Failed != 0 {
-		t.Fatalf("status: %+v, %v", st, err)
-	}
-	if n := mustBeValid(t, m, "crash", "at the end"); n != len(closure) {
-		t.Fatalf("final bucket: %d .narinfo, want %d", n, len(closure))
-	}
-	checkFetched(t, nx, m.HTTPURL("crash"), pub, out...)
+	f.m.Start(t)
+	f.midway(t, "as MinIO came back")
+	f.finish(t)
 }
 
 // TestConnectionsCutMidUpload drops every connection between the daemon
@@ -217,41 +227,18 @@ func TestMinIOCrashMidUpload(t *testing.T) {
 // itself stays up): the bucket is valid after every cut, nothing fails
 // permanently, and everything arrives.
 func TestConnectionsCutMidUpload(t *testing.T) {
-	m := testenv.MinIO(t)
-	m.MakeBucket(t, "cut", true)
-	p := throttled(t, m, 256<<10)
-	nx := testenv.Nix(t)
-	sec, pub := keys(t, "nixpush-e2e-cut-1")
-	out := nx.Build(t, testenv.DAG(seed(), 60, 64, true))
-	closure := closureOf(t, nx, out...)
-	d := startDaemon(t, m.CredentialsEnv(), "--store-uri", m.StoreURIVia("cut", p.Addr), "--secret-key-file", sec, "--jobs", "2")
-	if o, err := d.CLI("push", out[0]); err != nil {
-		t.Fatalf("push: %v\n%s", err, o)
-	}
+	f := startThrottledPush(t, "cut", 60, 2)
 	// Each cut after the first waits for another .narinfo, so the cuts
 	// fall at different stages of the push.
 	last := -1
 	for cut := 1; cut <= 5; cut++ {
 		waitFor(t, 2*time.Minute, fmt.Sprintf("cut %d: a NAR upload in flight after progress", cut), func() bool {
-			return p.UploadsInFlight(8<<10) > 0 && countNarinfos(t, m, "cut") > last
+			return f.p.UploadsInFlight(8<<10) > 0 && countNarinfos(t, f.m, f.bucket) > last
 		})
-		p.Cut()
-		n := mustBeValid(t, m, "cut", fmt.Sprintf("after cut %d", cut))
-		if n >= len(closure) {
-			t.Fatalf("cut %d came after the whole closure was up", cut)
-		}
-		t.Logf("cut %d mid-upload: bucket valid with %d of %d .narinfo files", cut, n, len(closure))
-		last = n
+		f.p.Cut()
+		last = f.midway(t, fmt.Sprintf("after cut %d", cut))
 	}
-	p.SetRate(0)
-	d.MustWait(5 * time.Minute)
-	if st, err := statusJSON(t, d); err != nil || st.Failed != 0 {
-		t.Fatalf("status: %+v, %v", st, err)
-	}
-	if n := mustBeValid(t, m, "cut", "at the end"); n != len(closure) {
-		t.Fatalf("final bucket: %d .narinfo, want %d", n, len(closure))
-	}
-	checkFetched(t, nx, m.HTTPURL("cut"), pub, out...)
+	f.finish(t)
 }
 
 // TestDaemonDownDuringBuilds builds 20 derivations with the hook while the
@@ -330,41 +317,18 @@ func TestSixteenHooksAtOnce(t *testing.T) {
 // loses nothing: the bucket is valid, and after a restart the queue drains
 // and Nix fetches the whole closure.
 func TestSIGTERMMidUpload(t *testing.T) {
-	m := testenv.MinIO(t)
-	m.MakeBucket(t, "termed", true)
-	p := throttled(t, m, 256<<10)
-	nx := testenv.Nix(t)
-	sec, pub := keys(t, "nixpush-e2e-term-1")
-	out := nx.Build(t, testenv.DAG(seed(), 40, 64, true))
-	closure := closureOf(t, nx, out...)
-	d := startDaemon(t, m.CredentialsEnv(), "--store-uri", m.StoreURIVia("termed", p.Addr), "--secret-key-file", sec, "--jobs", "2")
-	if o, err := d.CLI("push", out[0]); err != nil {
-		t.Fatalf("push: %v\n%s", err, o)
-	}
-	waitFor(t, 2*time.Minute, "a NAR upload in flight after 2 paths are up", func() bool {
-		if p.UploadsInFlight(8<<10) == 0 {
-			return false
-		}
-		st, err := client.New(d.Socket).Status(context.Background())
-		return err == nil && st.Uploaded.Paths >= 2
-	})
-	d.Stop() // fails the test if the daemon is still running a minute later
-	if _, err := os.Stat(d.Socket); !os.IsNotExist(err) {
+	f := startThrottledPush(t, "termed", 40, 2)
+	f.uploading(t, "before SIGTERM, 2 paths up", 2)
+	f.d.Stop() // fails the test if the daemon is still running a minute later
+	if _, err := os.Stat(f.d.Socket); !os.IsNotExist(err) {
 		t.Fatalf("socket left behind after SIGTERM: %v", err)
 	}
-	if !strings.Contains(d.Log.String(), "daemon stopped") {
-		t.Fatalf("no clean stop in the log:\n%s", d.Log)
+	if !strings.Contains(f.d.Log.String(), "daemon stopped") {
+		t.Fatalf("no clean stop in the log:\n%s", f.d.Log)
 	}
-	if n := mustBeValid(t, m, "termed", "after SIGTERM"); n >= len(closure) {
-		t.Fatalf("all %d paths were up before SIGTERM", n)
-	}
-	p.SetRate(0)
-	d.Start()
-	d.MustWait(3 * time.Minute)
-	checkFetched(t, nx, m.HTTPURL("termed"), pub, out...)
-	if n := mustBeValid(t, m, "termed", "at the end"); n != len(closure) {
-		t.Fatalf("final bucket: %d .narinfo, want %d", n, len(closure))
-	}
+	f.midway(t, "after SIGTERM")
+	f.d.Start()
+	f.finish(t)
 }
 
 // TestSocketActivation: with the socket held by systemd
