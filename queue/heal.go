@@ -47,9 +47,7 @@ func (q *Queue) Heal(ctx context.Context, class string) (int, error) {
 			if !ok || it.State != Failed || it.Class != class {
 				continue
 			}
-			q.leaveState(it, d)
-			it.Attempts, it.LastError, it.NotBefore, it.Class = 0, "", time.Time{}, ""
-			if err := q.queueTx(tx, it, now, d); err != nil {
+			if err := q.requeueFailedTx(tx, it, now, d); err != nil {
 				return err
 			}
 			moved++

@@ -354,29 +354,7 @@ type EnqueueResult struct {
 // Enqueue durably records paths and returns after the commit. Concurrent
 // callers share commits (see group), so a burst of hooks costs few fsyncs.
 func (q *Queue) Enqueue(ctx context.Context, paths []string) (EnqueueResult, error) {
-	var res EnqueueResult
-	var d delta
-	err := q.group(func(tx *bbolt.Tx) error {
-		res, d = EnqueueResult{}, delta{} // group may run this more than once
-		now := q.opts.Now()
-		for _, p := range paths {
-			added, err := q.enqueueTx(tx, p, now, &d)
-			if err != nil {
-				return err
-			}
-			if added {
-				res.Added++
-			} else {
-				res.Merged++
-			}
-		}
-		return nil
-	})
-	if err != nil {
-		return EnqueueResult{}, fmt.Errorf("queue: enqueue: %w", err)
-	}
-	q.apply(d)
-	return res, nil
+	return q.enqueue(paths, q.enqueueTx)
 }
 
 // EnqueueRecheck is Enqueue for paths whose closures are to be checked
@@ -384,13 +362,19 @@ func (q *Queue) Enqueue(ctx context.Context, paths []string) (EnqueueResult, err
 // queued again, a queued one is marked to be rechecked, and an active one
 // is queued again once its push completes.
 func (q *Queue) EnqueueRecheck(ctx context.Context, paths []string) (EnqueueResult, error) {
+	return q.enqueue(paths, q.recheckTx)
+}
+
+// enqueue runs one tx per path in a group commit, counting what each
+// added or merged.
+func (q *Queue) enqueue(paths []string, tx1 func(tx *bbolt.Tx, p string, now time.Time, d *delta) (bool, error)) (EnqueueResult, error) {
 	var res EnqueueResult
 	var d delta
 	err := q.group(func(tx *bbolt.Tx) error {
-		res, d = EnqueueResult{}, delta{}
+		res, d = EnqueueResult{}, delta{} // group may run this more than once
 		now := q.opts.Now()
 		for _, p := range paths {
-			added, err := q.recheckTx(tx, p, now, &d)
+			added, err := tx1(tx, p, now, &d)
 			if err != nil {
 				return err
 			}
@@ -709,9 +693,7 @@ func (q *Queue) Requeue(ctx context.Context, all bool, paths ...string) (int, er
 			if !ok || it.State != Failed {
 				continue
 			}
-			q.leaveState(it, d)
-			it.Attempts, it.LastError, it.NotBefore, it.Class = 0, "", time.Time{}, ""
-			if err := q.queueTx(tx, it, now, d); err != nil {
+			if err := q.requeueFailedTx(tx, it, now, d); err != nil {
 				return err
 			}
 			moved++
@@ -719,6 +701,13 @@ func (q *Queue) Requeue(ctx context.Context, all bool, paths ...string) (int, er
 		return nil
 	})
 	return moved, err
+}
+
+// requeueFailedTx queues a failed item again with a fresh attempt count.
+func (q *Queue) requeueFailedTx(tx *bbolt.Tx, it Item, now time.Time, d *delta) error {
+	q.leaveState(it, d)
+	it.Attempts, it.LastError, it.NotBefore, it.Class = 0, "", time.Time{}, ""
+	return q.queueTx(tx, it, now, d)
 }
 
 // Replace removes from and enqueues to in one transaction: a derivation item
