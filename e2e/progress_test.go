@@ -24,7 +24,13 @@ var (
 func TestPushProgress(t *testing.T) {
 	nx := testenv.Nix(t)
 	sec, _ := keys(t, "nixpush-e2e-progress-1")
-	d := startDaemon(t, nil, "--secret-key-file", sec, "--jobs", "2")
+	// MinIO behind a throttling proxy, so that the push lasts long enough
+	// for progress lines mid-way on any machine.
+	m := testenv.MinIO(t)
+	m.MakeBucket(t, "progress", false)
+	p := testenv.NewProxy(t, m.Endpoint)
+	p.SetRate(256 << 10)
+	d := startDaemon(t, m.CredentialsEnv(), "--store-uri", m.StoreURIVia("progress", p.Addr), "--secret-key-file", sec, "--jobs", "2")
 
 	out := nx.Build(t, testenv.DAG(seed(), 12, 512, true))
 	closure := closureOf(t, nx, out[0])
@@ -57,6 +63,15 @@ func TestPushProgress(t *testing.T) {
 	if last[1] != last[2] || last[2] != strconv.Itoa(len(closure)) {
 		t.Errorf("last progress line %q; want %d/%d paths", last[0], len(closure), len(closure))
 	}
+	var midway []string
+	for _, l := range lines {
+		if done, _ := strconv.Atoi(l[1]); done > 0 && done < len(closure) && l[2] == strconv.Itoa(len(closure)) {
+			midway = append(midway, l[0])
+		}
+	}
+	if len(midway) == 0 {
+		t.Errorf("no live progress line mid-way through the %d paths: %q", len(closure), text)
+	}
 	sum := summaryRE.FindStringSubmatch(text)
 	if sum == nil || sum[1] != strconv.Itoa(len(closure)) {
 		t.Fatalf("no summary counting the closure's %d paths: %q", len(closure), text)
@@ -66,6 +81,7 @@ func TestPushProgress(t *testing.T) {
 	}
 
 	// Off a terminal: the summary alone after the queued line.
+	p.SetRate(0)
 	out2 := nx.Build(t, testenv.DAG(seed(), 6, 64, true))
 	o, err := d.CLI("push", "--wait", out2[0])
 	if err != nil {
