@@ -19,9 +19,14 @@
 //  2. It keeps the closure of every pin, of every root pushed within
 //     --older-than, and of every .narinfo written within --grace of the
 //     marker's time (the store's clock): such a .narinfo may belong to a
-//     push in progress whose root is not written yet. A .narinfo it cannot
-//     read is kept too, with everything it may refer to unknown.
-//  3. Every other .narinfo is deleted in waves, a path only after every
+//     push in progress whose root is not written yet; so is the output of
+//     a realisation written within --grace. A .narinfo it cannot read is
+//     kept too, with everything it may refer to unknown.
+//  3. First the realisations (realisations/*.doi) older than --grace whose
+//     outPath is not kept are deleted, so none is ever left pointing at a
+//     deleted .narinfo. (One written after the listing follows its
+//     output's push, which recorded the output as a recent root: kept.)
+//     Every other .narinfo is then deleted in waves, a path only after every
 //     deleted path referring to it: a gc stopped half-way (crash, deadline)
 //     leaves no surviving .narinfo whose reference is gone. A kept
 //     .narinfo never refers to a deleted one, since the kept set is closed
@@ -29,7 +34,9 @@
 //  4. Then the NARs no kept .narinfo names, if written before the grace
 //     period (a NAR goes up before its .narinfo: a younger one may be a
 //     push in progress), the NAR listings (<hash>.ls) of deleted paths and
-//     orphaned ones as old, then the root records of deleted roots, then
+//     orphaned ones as old, the build logs (log/<drv>) as old of
+//     derivations no kept .narinfo names as Deriver (a log goes up after
+//     its outputs), then the root records of deleted roots, then
 //     multipart uploads begun before the grace period.
 //  5. A push that overlaps: a .narinfo written before the marker is
 //     listed (the listing starts after it) and, its push being in progress,

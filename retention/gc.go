@@ -68,6 +68,11 @@ type Deleted struct {
 	Listings    int      `json:"listings"` // <hash>.ls NAR listings
 	RootRecords int      `json:"root_records"`
 	Uploads     int      `json:"uploads"` // pending multipart uploads aborted
+	// Logs are build logs (log/<drv>) of derivations no kept .narinfo
+	// names as its Deriver.
+	Logs int `json:"logs"`
+	// Realisations (realisations/<id>.doi) whose outPath is not kept.
+	Realisations int `json:"realisations"`
 }
 
 // ErrNoDeletePermission reports credentials that cannot delete.
@@ -90,9 +95,10 @@ func parseSweep(data []byte) (Sweep, error) {
 
 // GC deletes from b every .narinfo outside the closure of the pins, of
 // the roots pushed within OlderThan and of the .narinfos written within
-// Grace, referrers before their references, then every NAR no kept
-// .narinfo names (and older than Grace), the root records of what it
-// deleted, and pending uploads older than Grace. See the package doc for
+// Grace, referrers before their references (and the realisations of
+// deleted outputs before them), then the build logs of derivations no
+// kept .narinfo names, every NAR no kept .narinfo names, the root records
+// of what it deleted, and pending uploads, all older than Grace. See the package doc for
 // why a push overlapping it stays whole.
 func GC(ctx context.Context, b uploader.Bucket, opts GCOptions) (*GCReport, error) {
 	if opts.Window <= 0 {
@@ -152,6 +158,13 @@ func GC(ctx context.Context, b uploader.Bucket, opts GCOptions) (*GCReport, erro
 				rep.Kept.InGrace++
 			}
 			mark(int32(i))
+		}
+	}
+	// A realisation written within --grace may be a push in progress too
+	// (it goes up after its output's push): its output stays.
+	for _, r := range g.realisations {
+		if r.out >= 0 && g.nodes[r.out].present && now.Sub(time.Unix(0, r.mod)) < opts.Grace {
+			mark(r.out)
 		}
 	}
 	for len(stack) > 0 {
@@ -222,6 +235,30 @@ func GC(ctx context.Context, b uploader.Bucket, opts GCOptions) (*GCReport, erro
 	}
 	slices.Sort(records)
 	rep.Deleted.RootRecords = len(records)
+	// Realisations of outputs that go, and logs of derivations no kept
+	// path names, if older than the grace period.
+	var realisations []string
+	for key, r := range g.realisations {
+		if r.out >= 0 && !(g.nodes[r.out].present && live[r.out]) && now.Sub(time.Unix(0, r.mod)) >= opts.Grace {
+			realisations = append(realisations, key)
+		}
+	}
+	slices.Sort(realisations)
+	rep.Deleted.Realisations = len(realisations)
+	derivers := make(map[string]bool)
+	for i := range g.nodes {
+		if n := &g.nodes[i]; n.present && live[i] && n.deriver != "" {
+			derivers[n.deriver] = true
+		}
+	}
+	var logs []string
+	for _, l := range g.logs {
+		if !derivers[l.drv()] && now.Sub(time.Unix(0, l.mod)) >= opts.Grace {
+			logs = append(logs, l.key)
+		}
+	}
+	slices.Sort(logs)
+	rep.Deleted.Logs = len(logs)
 	rep.Deleted.Paths = make([]string, 0, len(dead))
 	for _, i := range dead {
 		rep.Deleted.Paths = append(rep.Deleted.Paths, g.path(i))
@@ -247,6 +284,11 @@ func GC(ctx context.Context, b uploader.Bucket, opts GCOptions) (*GCReport, erro
 	// 4. Delete, never after the deadline (less a margin for the request
 	// in flight), referrers first.
 	del := sw.deleter(opts.Deleting)
+	// Realisations before the .narinfos they point at: none is left
+	// pointing at a deleted path, however gc stops.
+	if err := del.all(ctx, realisations); err != nil {
+		return nil, err
+	}
 	if err := del.waves(ctx, g, dead, referrers); err != nil {
 		return nil, err
 	}
@@ -254,6 +296,9 @@ func GC(ctx context.Context, b uploader.Bucket, opts GCOptions) (*GCReport, erro
 		return nil, err
 	}
 	if err := del.all(ctx, nars); err != nil {
+		return nil, err
+	}
+	if err := del.all(ctx, logs); err != nil {
 		return nil, err
 	}
 	if err := del.all(ctx, records); err != nil {

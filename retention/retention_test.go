@@ -5,6 +5,7 @@ import (
 	"context"
 	"crypto/rand"
 	"crypto/sha256"
+	"encoding/hex"
 	"errors"
 	"os"
 	"path/filepath"
@@ -29,11 +30,13 @@ type fixture struct {
 	key   signature.SecretKey
 	paths map[string]string // name → store path
 	dir   string            // when set, files are written there directly
+	base  string            // the file:// store's directory
 }
 
 func newFixture(t *testing.T) *fixture {
 	t.Helper()
-	b, err := uploader.NewFileStore(t.TempDir())
+	base := t.TempDir()
+	b, err := uploader.NewFileStore(base)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -41,7 +44,7 @@ func newFixture(t *testing.T) *fixture {
 	if err != nil {
 		t.Fatal(err)
 	}
-	return &fixture{t: t, b: b, key: sk, paths: make(map[string]string)}
+	return &fixture{t: t, b: b, key: sk, paths: make(map[string]string), base: base}
 }
 
 // add puts a path named name referring to refs (names added before).
@@ -62,7 +65,7 @@ func (f *fixture) add(name string, refs ...string) string {
 	sum := sha256.Sum256(buf.Bytes())
 	hash := nixhash.MustNewHash(nixhash.SHA256, sum[:])
 	url := "nar/" + nixbase32.EncodeToString(sum[:]) + ".nar"
-	ni, err := nix.NarInfo(nix.PathInfo{Path: p, NarHash: *hash, NarSize: uint64(buf.Len()), References: refPaths},
+	ni, err := nix.NarInfo(nix.PathInfo{Path: p, NarHash: *hash, NarSize: uint64(buf.Len()), References: refPaths, Deriver: f.drv(name)},
 		nix.Upload{URL: url, Compression: "none", FileHash: *hash, FileSize: uint64(buf.Len())}, f.key)
 	if err != nil {
 		f.t.Fatal(err)
@@ -71,6 +74,60 @@ func (f *fixture) add(name string, refs ...string) string {
 	f.put(nix.NarInfoKey(p), ni.String()+"Unknown: kept out, not refused\n")
 	f.paths[name] = p
 	return p
+}
+
+// drv is the derivation path named as the Deriver of the path name.
+func (f *fixture) drv(name string) string {
+	h := sha256.Sum256([]byte(f.b.String() + name + ".drv"))
+	return "/nix/store/" + nixbase32.EncodeToString(h[:20]) + "-" + name + ".drv"
+}
+
+// log puts the build log of name's derivation; it returns its key.
+func (f *fixture) log(name string) string {
+	f.t.Helper()
+	key := uploader.LogKey(f.drv(name))
+	f.put(key, "building "+name+"\n")
+	return key
+}
+
+// realisation puts a realisation whose outPath is name's path (as Nix
+// writes it: the base name); it returns its key.
+func (f *fixture) realisation(name string) string {
+	f.t.Helper()
+	p, ok := f.paths[name]
+	if !ok { // a path the cache never held
+		h := sha256.Sum256([]byte(name))
+		p = "/nix/store/" + nixbase32.EncodeToString(h[:20]) + "-" + name
+	}
+	h := sha256.Sum256([]byte(f.drv(name)))
+	id := "sha256:" + hex.EncodeToString(h[:]) + "!out"
+	key := uploader.RealisationKey(id)
+	f.put(key, `{"dependentRealisations":{},"id":"`+id+`","outPath":"`+filepath.Base(p)+`","signatures":[]}`)
+	return key
+}
+
+// age sets the modification time of every object in the store to at.
+func (f *fixture) age(at time.Time) {
+	f.t.Helper()
+	err := filepath.WalkDir(f.base, func(p string, d os.DirEntry, err error) error {
+		if err != nil || d.IsDir() {
+			return err
+		}
+		return os.Chtimes(p, at, at)
+	})
+	if err != nil {
+		f.t.Fatal(err)
+	}
+}
+
+// exists reports whether key is in the store.
+func (f *fixture) exists(key string) bool {
+	f.t.Helper()
+	ok, err := f.b.Has(context.Background(), key)
+	if err != nil {
+		f.t.Fatal(err)
+	}
+	return ok
 }
 
 func (f *fixture) put(key, data string) {
@@ -264,5 +321,119 @@ func TestUnreadableNarInfo(t *testing.T) {
 	}
 	if len(v.Problems) != 1 || v.Problems[0].Kind != Unreadable {
 		t.Fatalf("verify: %+v", v.Problems)
+	}
+}
+
+// TestGCLogsAndRealisations: the build logs and realisations of deleted
+// paths go (a realisation before its output's .narinfo), those of kept
+// paths stay, as does the output of a realisation within the grace
+// period; a dry run deletes nothing and a second run nothing more.
+func TestGCLogsAndRealisations(t *testing.T) {
+	f := newFixture(t)
+	ctx := context.Background()
+	f.add("base")
+	f.add("app", "base")
+	f.add("old-dep", "base")
+	f.add("old", "old-dep")
+	f.add("ca-out") // no root: kept by its young realisation alone
+	f.root("app", time.Now())
+	f.root("old", time.Now().Add(-48*time.Hour))
+	keep := []string{f.log("base"), f.log("app"), f.realisation("app"), f.realisation("base")}
+	real := map[string]string{"old": f.realisation("old"), "old-dep": f.realisation("old-dep")}
+	gone := []string{f.log("old"), f.log("old-dep"), f.log("never-pushed"),
+		real["old"], real["old-dep"], f.realisation("never-pushed")}
+	f.age(time.Now().Add(-2 * time.Hour))
+	young := []string{f.realisation("ca-out"), f.log("young-orphan")}
+	keep = append(keep, young...)
+
+	cache, err := OpenCache(CacheFile(t.TempDir(), f.b.String()))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer cache.Close()
+	var order []string
+	opts := GCOptions{OlderThan: 24 * time.Hour, Grace: time.Hour, Walk: WalkOptions{Cache: cache},
+		Deleting: func(key string) { order = append(order, key) }}
+
+	dryOpts := opts
+	dryOpts.DryRun = true
+	dry, err := GC(ctx, f.b, dryOpts)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if dry.Deleted.Logs != 3 || dry.Deleted.Realisations != 3 || len(dry.Deleted.Paths) != 2 || len(order) != 0 {
+		t.Fatalf("dry run would delete %+v (deleting %v); want 2 paths, 3 logs, 3 realisations, none deleted", dry.Deleted, order)
+	}
+	for _, key := range append(slices.Clone(keep), gone...) {
+		if !f.exists(key) {
+			t.Fatalf("the dry run deleted %s", key)
+		}
+	}
+
+	rep, err := GC(ctx, f.b, opts)
+	if err != nil {
+		t.Fatal(err)
+	}
+	want := []string{f.paths["old"], f.paths["old-dep"]}
+	slices.Sort(want)
+	if !slices.Equal(rep.Deleted.Paths, want) || rep.Deleted.Logs != 3 || rep.Deleted.Realisations != 3 {
+		t.Fatalf("deleted %+v; want paths %v, 3 logs, 3 realisations", rep.Deleted, want)
+	}
+	for _, key := range keep {
+		if !f.exists(key) {
+			t.Errorf("%s was deleted", key)
+		}
+	}
+	for _, key := range gone {
+		if f.exists(key) {
+			t.Errorf("%s was kept", key)
+		}
+	}
+	if !f.has("ca-out") {
+		t.Error("the output of a realisation within the grace period was deleted")
+	}
+	for _, name := range []string{"old", "old-dep"} {
+		r, ni := slices.Index(order, real[name]), slices.Index(order, nix.NarInfoKey(f.paths[name]))
+		if r < 0 || ni < 0 || r > ni {
+			t.Errorf("deletion order %v: the realisation of %s must go before its .narinfo", order, name)
+		}
+	}
+
+	again, err := GC(ctx, f.b, opts)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(again.Deleted.Paths) != 0 || again.Deleted.Logs != 0 || again.Deleted.Realisations != 0 || again.Walk.Read != 0 {
+		t.Fatalf("second gc: deleted %+v, read %d; want nothing deleted or read (realisations remembered)", again.Deleted, again.Walk.Read)
+	}
+}
+
+// TestVerifyDanglingRealisation: verify reports a realisation whose
+// outPath has no .narinfo, and repair deletes it (and only it).
+func TestVerifyDanglingRealisation(t *testing.T) {
+	f := newFixture(t)
+	ctx := context.Background()
+	f.add("kept")
+	ok := f.realisation("kept")
+	bad := f.realisation("gone")
+	rep, err := Verify(ctx, f.b, VerifyOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if rep.Whole() || rep.Dangling != 1 || rep.Broken != 0 || len(rep.Problems) != 1 ||
+		rep.Problems[0].Kind != RealisationDangling || !strings.HasSuffix(rep.Problems[0].Path, "-gone") ||
+		!strings.Contains(rep.Problems[0].Detail, bad) {
+		t.Fatalf("verify: %+v", rep)
+	}
+	repaired, err := Repair(ctx, f.b, rep, RepairOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if repaired.Realisations != 1 || len(repaired.Deleted) != 0 || f.exists(bad) || !f.exists(ok) || !f.has("kept") {
+		t.Fatalf("repair: %+v; %s there: %v, %s there: %v", repaired, bad, f.exists(bad), ok, f.exists(ok))
+	}
+	after, err := Verify(ctx, f.b, VerifyOptions{})
+	if err != nil || !after.Whole() {
+		t.Fatalf("verify after repair: %v, %+v", err, after)
 	}
 }

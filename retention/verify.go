@@ -45,6 +45,10 @@ const (
 	NARHash          = "nar-hash"          // the NAR's content does not match (Full)
 	ReferenceMissing = "reference-missing" // a reference's .narinfo is not there
 	Signature        = "signature"         // no given key verifies it
+	// RealisationDangling: a realisation's outPath has no .narinfo (the
+	// Problem's Path is the outPath): a consumer with ca-derivations
+	// follows it to a missing path and builds instead.
+	RealisationDangling = "realisation-dangling"
 )
 
 // Problem is one thing wrong with a path in the cache.
@@ -62,6 +66,8 @@ type VerifyReport struct {
 	Bytes    int64     `json:"bytes_checked"` // their compressed bytes
 	Problems []Problem `json:"problems"`      // by path
 	Broken   int       `json:"broken"`        // paths with a problem
+	// Dangling counts the realisations whose outPath has no .narinfo.
+	Dangling int       `json:"dangling_realisations"`
 	Requests int64     `json:"requests"`
 	Walk     WalkStats `json:"walk"`
 	Repair   *Repaired `json:"repair,omitempty"` // when repaired
@@ -72,12 +78,26 @@ type VerifyReport struct {
 	badNAR []string // NAR objects known bad (wrong size or content)
 }
 
+// dangling are the keys of the realisations of g whose outPath has no
+// .narinfo, or is one of doomed (when given).
+func dangling(g *Graph, doomed []bool) []string {
+	var keys []string
+	for key, r := range g.realisations {
+		if r.out >= 0 && (!g.nodes[r.out].present || (doomed != nil && doomed[r.out])) {
+			keys = append(keys, key)
+		}
+	}
+	slices.Sort(keys)
+	return keys
+}
+
 // Whole reports whether the cache is closed and sound.
 func (r *VerifyReport) Whole() bool { return len(r.Problems) == 0 }
 
 // Verify walks b and reports every .narinfo that cannot be read, whose
 // NAR is missing or not of its size (with Full: not of its hash), whose
-// references' .narinfos are missing, or that no given key signed.
+// references' .narinfos are missing, or that no given key signed; and
+// every realisation whose outPath has no .narinfo.
 func Verify(ctx context.Context, b uploader.Bucket, opts VerifyOptions) (*VerifyReport, error) {
 	cb := &counting{Bucket: b}
 	opts.Walk.Keys = opts.Keys
@@ -141,6 +161,12 @@ func Verify(ctx context.Context, b uploader.Bucket, opts VerifyOptions) (*Verify
 			continue
 		}
 		add(m[0], ReferenceMissing, name+" has no .narinfo in the cache")
+	}
+	for _, key := range dangling(g, nil) {
+		rep.Dangling++
+		i := g.realisations[key].out
+		rep.Problems = append(rep.Problems, Problem{Path: g.path(i), Kind: RealisationDangling,
+			Detail: key + " points at it, which has no .narinfo in the cache"})
 	}
 	if opts.Full {
 		if opts.Jobs < 1 {
@@ -284,6 +310,10 @@ type Repaired struct {
 	// path referring to one, however indirectly.
 	Deleted []string `json:"deleted"`
 	NARs    int      `json:"nars"` // bad NAR objects deleted
+	// Realisations deleted: those pointing at a missing path or at one
+	// deleted here (first). The daemon pushes a realisation with its
+	// derivation (nixpush push DRV), which a repair does not know.
+	Realisations int `json:"realisations"`
 }
 
 // RepairOptions say how to repair.
@@ -294,14 +324,15 @@ type RepairOptions struct {
 
 // Repair deletes the .narinfos of the broken paths of rep and of every
 // path referring to them, referrers first (the cache stays closed at
-// each step), their NAR listings, and the NAR objects found bad. It
+// each step), their NAR listings, and the NAR objects found bad; before
+// them, the realisations pointing at a path missing or deleted here. It
 // holds gc's marker while it deletes, so pushing daemons check again
 // what they relied on. Pushing the deleted paths again is the caller's.
 func Repair(ctx context.Context, b uploader.Bucket, rep *VerifyReport, opts RepairOptions) (*Repaired, error) {
 	if rep.g == nil {
 		return nil, errors.New("repair: no walk to repair from")
 	}
-	if len(rep.broken) == 0 && len(rep.badNAR) == 0 {
+	if len(rep.broken) == 0 && len(rep.badNAR) == 0 && rep.Dangling == 0 {
 		return &Repaired{}, nil
 	}
 	sw, err := startSweep(ctx, b, opts.Host, opts.Window)
@@ -359,6 +390,12 @@ func Repair(ctx context.Context, b uploader.Bucket, rep *VerifyReport, opts Repa
 	}
 	slices.Sort(out.Deleted)
 	del := sw.deleter(nil)
+	// Realisations first: none points at a deleted path at any step.
+	real := dangling(g, doomed)
+	if err := del.all(ctx, real); err != nil {
+		return out, err
+	}
+	out.Realisations = len(real)
 	if err := del.waves(ctx, g, dead, referrers); err != nil {
 		return out, err
 	}

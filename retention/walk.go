@@ -2,6 +2,7 @@ package retention
 
 import (
 	"context"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"path"
@@ -67,11 +68,57 @@ type Graph struct {
 	// rootRecords are the hash parts of root records, by node.
 	rootRecords map[int32]bool
 	unreadable  []string // .narinfo keys that could not be read
+	// logs are the build logs (log/<drv>), realisations the
+	// realisations/<id>.doi, by key.
+	logs         []logObject
+	realisations map[string]realisation
+}
+
+// logObject is a build log, log/<derivation file name>.
+type logObject struct {
+	key string
+	mod int64 // LastModified, Unix nanoseconds
+}
+
+// drv is the file name of the derivation the log is of.
+func (l logObject) drv() string { return strings.TrimPrefix(l.key, LogPrefix) }
+
+// realisation is a realisations/<id>.doi object.
+type realisation struct {
+	mod int64 // LastModified, Unix nanoseconds
+	out int32 // node of its outPath; -1 when it cannot be read
+}
+
+// Where Nix keeps build logs and realisations in a binary cache.
+const (
+	LogPrefix         = "log/"
+	RealisationPrefix = "realisations/"
+)
+
+// isRealisationKey reports whether key is a realisations/<id>.doi.
+func isRealisationKey(key string) bool {
+	return strings.HasPrefix(key, RealisationPrefix) && strings.HasSuffix(key, ".doi")
+}
+
+// realisationOut is the outPath of a .doi: a store path or its base name
+// (as Nix writes it).
+func realisationOut(data []byte) (string, error) {
+	var r struct {
+		OutPath string `json:"outPath"`
+	}
+	if err := json.Unmarshal(data, &r); err != nil {
+		return "", err
+	}
+	if hashPart(r.OutPath) == "" {
+		return "", fmt.Errorf("outPath %q is not a store path", r.OutPath)
+	}
+	return r.OutPath, nil
 }
 
 type node struct {
 	hash       string
 	name       string // store path name, after "<hash>-"; "" when no .narinfo says
+	deriver    string // the Deriver's file name (x.drv); "" when none
 	refs       []int32
 	fileSize   uint64
 	narSize    uint64
@@ -157,7 +204,8 @@ func Walk(ctx context.Context, b uploader.Bucket, opts WalkOptions) (*Graph, err
 		opts.Jobs = 32
 	}
 	g := &Graph{StoreDir: "", index: make(map[string]int32), narIndex: make(map[string]int32), bad: make(map[int32]string), narHash: make(map[int32]string),
-		roots: make(map[int32]time.Time), rootRecords: make(map[int32]bool), listings: make(map[int32]time.Time)}
+		roots: make(map[int32]time.Time), rootRecords: make(map[int32]bool), listings: make(map[int32]time.Time),
+		realisations: make(map[string]realisation)}
 	var mu sync.Mutex // guards g while reads run
 	var stats struct{ objects, narinfos, read, hits, requests atomic.Int64 }
 	snapshot := func() WalkStats {
@@ -268,6 +316,32 @@ func Walk(ctx context.Context, b uploader.Bucket, opts WalkOptions) (*Graph, err
 					}
 					return nil
 				})
+			case strings.HasPrefix(o.Key, LogPrefix) && strings.HasSuffix(o.Key, ".drv"):
+				mu.Lock()
+				g.logs = append(g.logs, logObject{key: o.Key, mod: o.LastModified.UnixNano()})
+				mu.Unlock()
+			case isRealisationKey(o.Key):
+				eg.Go(func() error {
+					data, err := read(ectx, o)
+					if errors.Is(err, uploader.ErrNotExist) {
+						return nil
+					}
+					if err != nil {
+						return err
+					}
+					out, perr := realisationOut(data)
+					mu.Lock()
+					defer mu.Unlock()
+					r := realisation{mod: o.LastModified.UnixNano(), out: -1}
+					if perr == nil { // one gc cannot read, it keeps
+						r.out = g.intern(hashPart(out))
+						if n := &g.nodes[r.out]; n.name == "" && !n.present {
+							n.name = strings.Clone(path.Base(out)[33:])
+						}
+					}
+					g.realisations[o.Key] = r
+					return nil
+				})
 			case strings.HasPrefix(o.Key, PinPrefix):
 				eg.Go(func() error {
 					data, err := read(ectx, o)
@@ -329,6 +403,9 @@ func (g *Graph) listed(key string) bool {
 	case strings.HasPrefix(key, RootPrefix):
 		i, ok := g.index[strings.TrimPrefix(key, RootPrefix)]
 		return ok && g.rootRecords[i]
+	case isRealisationKey(key):
+		_, ok := g.realisations[key]
+		return ok
 	case strings.HasPrefix(key, PinPrefix):
 		for _, p := range g.Pins {
 			if PinPrefix+p.Name == key {
@@ -357,6 +434,9 @@ func (g *Graph) addNarInfo(o uploader.Object, ni *narinfo.NarInfo, err error, si
 			nar := g.internNAR(ni.URL)
 			g.nodes[i].nar = nar
 		}
+		if ni != nil && ni.Deriver != "" {
+			g.nodes[i].deriver = strings.Clone(path.Base(ni.Deriver))
+		}
 		g.unreadable = append(g.unreadable, o.Key)
 		return
 	}
@@ -365,6 +445,9 @@ func (g *Graph) addNarInfo(o uploader.Object, ni *narinfo.NarInfo, err error, si
 	}
 	// Copies, so no node keeps its .narinfo's text alive.
 	n.name = strings.Clone(path.Base(ni.StorePath)[33:])
+	if ni.Deriver != "" {
+		n.deriver = strings.Clone(path.Base(ni.Deriver))
+	}
 	n.comp = g.internComp(ni.Compression)
 	n.fileSize = ni.FileSize
 	n.narSize = ni.NarSize

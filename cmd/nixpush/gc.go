@@ -209,8 +209,9 @@ func runGC(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 	}
 	fmt.Fprintf(stdout, "kept:     %d paths (closures of %d pins, %d roots pushed within %s, %d .narinfos written within %s), %d NARs, %s\n",
 		rep.Kept.Paths, rep.Kept.Pinned, rep.Kept.Rooted, ageFlag{&olderThan}, rep.Kept.InGrace, ageFlag{&grace}, rep.Kept.NARs, hook.Bytes(rep.Kept.Bytes))
-	fmt.Fprintf(stdout, "%s: %d paths, %d NARs, %s, %d NAR listings, %d root records, %d pending uploads\n", verb,
-		len(rep.Deleted.Paths), rep.Deleted.NARs, hook.Bytes(rep.Deleted.Bytes), rep.Deleted.Listings, rep.Deleted.RootRecords, rep.Deleted.Uploads)
+	fmt.Fprintf(stdout, "%s: %d paths, %d NARs, %s, %d NAR listings, %d build logs, %d realisations, %d root records, %d pending uploads\n", verb,
+		len(rep.Deleted.Paths), rep.Deleted.NARs, hook.Bytes(rep.Deleted.Bytes), rep.Deleted.Listings, rep.Deleted.Logs, rep.Deleted.Realisations,
+		rep.Deleted.RootRecords, rep.Deleted.Uploads)
 	fmt.Fprintf(stdout, "walked:   %d objects, %d .narinfos read, %d remembered; %d requests\n", rep.Walk.Objects, rep.Walk.Read, rep.Walk.CacheHits, rep.Requests)
 	return 0
 }

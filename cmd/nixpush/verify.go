@@ -134,7 +134,11 @@ func printVerify(w io.Writer, rep *retention.VerifyReport) {
 		fmt.Fprintf(w, "%s is whole: %d paths%s\n", rep.Store, rep.Paths, checked)
 		return
 	}
-	fmt.Fprintf(w, "%s: %d of %d paths broken%s; nixpush verify --repair deletes them and has the daemon push them again\n", rep.Store, rep.Broken, rep.Paths, checked)
+	dangling := ""
+	if rep.Dangling > 0 {
+		dangling = fmt.Sprintf("; %d realisations point at missing paths", rep.Dangling)
+	}
+	fmt.Fprintf(w, "%s: %d of %d paths broken%s%s; nixpush verify --repair deletes them and has the daemon push them again\n", rep.Store, rep.Broken, rep.Paths, dangling, checked)
 }
 
 // repairCache deletes the broken .narinfos (and their referrers), has the
@@ -150,7 +154,7 @@ func repairCache(ctx context.Context, b uploader.Bucket, rep *retention.VerifyRe
 	// The daemon must be there to push again what goes: ask before
 	// deleting anything.
 	c := client.New(socket)
-	if _, err := c.Status(ctx); err != nil {
+	if _, err := c.Status(ctx); err != nil && rep.Broken > 0 {
 		return nil, nil, fmt.Errorf("nothing deleted: the daemon that would push the broken paths again does not answer: %w", explain(err))
 	}
 	repaired, err := retention.Repair(ctx, b, rep, retention.RepairOptions{Host: hostname()})
@@ -159,6 +163,9 @@ func repairCache(ctx context.Context, b uploader.Bucket, rep *retention.VerifyRe
 	}
 	rep.Repair = repaired
 	say("repair: deleted %d .narinfos (the broken paths and those referring to them) and %d bad NARs\n", len(repaired.Deleted), repaired.NARs)
+	if repaired.Realisations > 0 {
+		say("repair: deleted %d realisations pointing at missing paths; not pushed again: nixpush push DRV pushes a content-addressed derivation's realisations with its outputs\n", repaired.Realisations)
+	}
 	valid, invalid, err := localValidity(ctx, repaired.Deleted)
 	if err != nil {
 		return nil, nil, err
