@@ -311,8 +311,8 @@ type Repaired struct {
 	Deleted []string `json:"deleted"`
 	NARs    int      `json:"nars"` // bad NAR objects deleted
 	// Realisations deleted: those pointing at a missing path or at one
-	// deleted here (first). The daemon pushes a realisation with its
-	// derivation (nixpush push DRV), which a repair does not know.
+	// deleted here (first). They are not pushed again: the daemon pushes
+	// a realisation only when the hook hands it the derivation.
 	Realisations int `json:"realisations"`
 }
 

@@ -164,7 +164,7 @@ func repairCache(ctx context.Context, b uploader.Bucket, rep *retention.VerifyRe
 	rep.Repair = repaired
 	say("repair: deleted %d .narinfos (the broken paths and those referring to them) and %d bad NARs\n", len(repaired.Deleted), repaired.NARs)
 	if repaired.Realisations > 0 {
-		say("repair: deleted %d realisations pointing at missing paths; not pushed again: nixpush push DRV pushes a content-addressed derivation's realisations with its outputs\n", repaired.Realisations)
+		say("repair: deleted %d realisations pointing at missing paths; not pushed again (the daemon uploads a realisation only when the post-build hook hands it the derivation, after a build)\n", repaired.Realisations)
 	}
 	valid, invalid, err := localValidity(ctx, repaired.Deleted)
 	if err != nil {
