@@ -68,11 +68,8 @@ func (s *FileStore) Stat(ctx context.Context, key string) (Object, error) {
 		return Object{}, err
 	}
 	info, err := os.Stat(p)
-	if errors.Is(err, fs.ErrNotExist) {
-		return Object{}, fmt.Errorf("file store: %s: %w", key, ErrNotExist)
-	}
 	if err != nil {
-		return Object{}, err
+		return Object{}, missing(key, err)
 	}
 	return fileObject(key, info), nil
 }
@@ -83,10 +80,10 @@ func (s *FileStore) Open(ctx context.Context, key string) (io.ReadCloser, error)
 		return nil, err
 	}
 	f, err := os.Open(p)
-	if errors.Is(err, fs.ErrNotExist) {
-		return nil, fmt.Errorf("file store: %s: %w", key, ErrNotExist)
+	if err != nil {
+		return nil, missing(key, err)
 	}
-	return f, err
+	return f, nil
 }
 
 // DeleteMany removes the files one by one.

@@ -102,10 +102,19 @@ func (s *FileStore) Get(ctx context.Context, key string) ([]byte, error) {
 		return nil, err
 	}
 	b, err := os.ReadFile(p)
-	if errors.Is(err, fs.ErrNotExist) {
-		return nil, fmt.Errorf("file store: %s: %w", key, ErrNotExist)
+	if err != nil {
+		return nil, missing(key, err)
 	}
-	return b, err
+	return b, nil
+}
+
+// missing turns a file's absence into the Store's ErrNotExist, naming
+// the key; other errors pass as they are.
+func missing(key string, err error) error {
+	if errors.Is(err, fs.ErrNotExist) {
+		return fmt.Errorf("file store: %s: %w", key, ErrNotExist)
+	}
+	return err
 }
 
 // contextReader stops a copy once ctx is done.
