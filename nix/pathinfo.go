@@ -238,12 +238,10 @@ func (c *Client) Outputs(ctx context.Context, drvPath string) ([]string, error) 
 // running Nix. It returns none for a floating content-addressed derivation,
 // whose outputs only Nix knows, and ErrInvalidPath when the file is missing.
 func StaticOutputs(drvPath string) ([]string, error) {
-	f, err := os.Open(drvPath)
-	if err != nil {
-		return nil, fmt.Errorf("%w: %v", ErrInvalidPath, err)
+	drv, err := readDerivation(drvPath)
+	if errors.Is(err, ErrInvalidPath) {
+		return nil, err
 	}
-	defer f.Close()
-	drv, err := derivation.ReadDerivation(f)
 	if err != nil {
 		return nil, nil // let Nix read what go-nix cannot
 	}
@@ -256,6 +254,21 @@ func StaticOutputs(drvPath string) ([]string, error) {
 	}
 	slices.Sort(outs)
 	return outs, nil
+}
+
+// readDerivation reads a .drv file with go-nix; a missing file is
+// ErrInvalidPath.
+func readDerivation(drvPath string) (*derivation.Derivation, error) {
+	f, err := os.Open(drvPath)
+	if err != nil {
+		return nil, fmt.Errorf("%w: %v", ErrInvalidPath, err)
+	}
+	defer f.Close()
+	drv, err := derivation.ReadDerivation(f)
+	if err != nil {
+		return nil, fmt.Errorf("read %s: %w", drvPath, err)
+	}
+	return drv, nil
 }
 
 func (c *Client) run(ctx context.Context, name string, args ...string) ([]byte, error) {

@@ -6,10 +6,8 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
-	"os"
 	"strings"
 
-	"github.com/nix-community/go-nix/pkg/derivation"
 	"github.com/nix-community/go-nix/pkg/narinfo/signature"
 )
 
@@ -138,14 +136,9 @@ func (r Realisation) Signed(keys ...signature.SecretKey) ([]byte, error) {
 // derivation: one whose output paths the .drv file does not name, known
 // only once built, from their realisations.
 func FloatingCA(drvPath string) (bool, error) {
-	f, err := os.Open(drvPath)
+	drv, err := readDerivation(drvPath)
 	if err != nil {
-		return false, fmt.Errorf("%w: %v", ErrInvalidPath, err)
-	}
-	defer f.Close()
-	drv, err := derivation.ReadDerivation(f)
-	if err != nil {
-		return false, fmt.Errorf("read %s: %w", drvPath, err)
+		return false, err
 	}
 	for _, o := range drv.Outputs {
 		if o.Path == "" && o.HashAlgorithm != "" {
