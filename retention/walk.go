@@ -188,13 +188,14 @@ func (g *Graph) NarInfoCount() int {
 }
 
 // isNarInfoKey reports whether key is a top-level <hash>.narinfo.
-func isNarInfoKey(key string) bool {
-	return len(key) == 32+len(".narinfo") && strings.HasSuffix(key, ".narinfo") && !strings.Contains(key, "/")
-}
+func isNarInfoKey(key string) bool { return isHashKey(key, ".narinfo") }
 
 // isListingKey reports whether key is a top-level <hash>.ls NAR listing.
-func isListingKey(key string) bool {
-	return len(key) == 32+len(".ls") && strings.HasSuffix(key, ".ls") && !strings.Contains(key, "/")
+func isListingKey(key string) bool { return isHashKey(key, ".ls") }
+
+// isHashKey reports whether key is a top-level <hash><ext>.
+func isHashKey(key, ext string) bool {
+	return len(key) == 32+len(ext) && strings.HasSuffix(key, ext) && !strings.Contains(key, "/")
 }
 
 // Walk lists the whole store once, streaming, and reads each .narinfo,
@@ -250,20 +251,27 @@ func Walk(ctx context.Context, b uploader.Bucket, opts WalkOptions) (*Graph, err
 
 	eg, ectx := errgroup.WithContext(ctx)
 	eg.SetLimit(opts.Jobs + 1)
+	// readThen reads o in the group and hands its content to use; an
+	// object deleted since the listing is passed over.
+	readThen := func(o uploader.Object, use func(data []byte) error) {
+		eg.Go(func() error {
+			data, err := read(ectx, o)
+			if errors.Is(err, uploader.ErrNotExist) {
+				return nil // deleted since the listing
+			}
+			if err != nil {
+				return err
+			}
+			return use(data)
+		})
+	}
 	eg.Go(func() error {
 		return b.List(ectx, "", func(o uploader.Object) error {
 			stats.objects.Add(1)
 			switch {
 			case isNarInfoKey(o.Key):
 				stats.narinfos.Add(1)
-				eg.Go(func() error {
-					data, err := read(ectx, o)
-					if errors.Is(err, uploader.ErrNotExist) {
-						return nil // deleted since the listing
-					}
-					if err != nil {
-						return err
-					}
+				readThen(o, func(data []byte) error {
 					ni, perr := ParseNarInfo(data)
 					sigOK := false
 					if perr == nil {
@@ -291,14 +299,7 @@ func Walk(ctx context.Context, b uploader.Bucket, opts WalkOptions) (*Graph, err
 			case o.Key == "nix-cache-info":
 				g.CacheInfo = true
 			case strings.HasPrefix(o.Key, RootPrefix):
-				eg.Go(func() error {
-					data, err := read(ectx, o)
-					if errors.Is(err, uploader.ErrNotExist) {
-						return nil
-					}
-					if err != nil {
-						return err
-					}
+				readThen(o, func(data []byte) error {
 					h := strings.TrimPrefix(o.Key, RootPrefix)
 					if len(h) != 32 {
 						return nil // not ours
@@ -343,14 +344,7 @@ func Walk(ctx context.Context, b uploader.Bucket, opts WalkOptions) (*Graph, err
 					return nil
 				})
 			case strings.HasPrefix(o.Key, PinPrefix):
-				eg.Go(func() error {
-					data, err := read(ectx, o)
-					if errors.Is(err, uploader.ErrNotExist) {
-						return nil
-					}
-					if err != nil {
-						return err
-					}
+				readThen(o, func(data []byte) error {
 					p, err := parsePin(strings.TrimPrefix(o.Key, PinPrefix), data, o.LastModified)
 					if err != nil {
 						return err
