@@ -22,32 +22,6 @@ func onTop(expr, name string) string {
   builder = "/bin/sh"; args = [ "-c" "echo ${t} > $out" ]; }`, expr, name)
 }
 
-// narURLOf reads the URL line of p's .narinfo in the bucket.
-func narURLOf(t *testing.T, c *minio.Client, bucket, p string) string {
-	t.Helper()
-	obj, err := c.GetObject(context.Background(), bucket, filepath.Base(p)[:32]+".narinfo", minio.GetObjectOptions{})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer obj.Close()
-	var b strings.Builder
-	buf := make([]byte, 4096)
-	for {
-		n, err := obj.Read(buf)
-		b.Write(buf[:n])
-		if err != nil {
-			break
-		}
-	}
-	for _, line := range strings.Split(b.String(), "\n") {
-		if u, ok := strings.CutPrefix(line, "URL: "); ok {
-			return u
-		}
-	}
-	t.Fatalf("%s.narinfo has no URL line: %q", filepath.Base(p)[:32], b.String())
-	return ""
-}
-
 func removeObjects(t *testing.T, c *minio.Client, bucket string, keys ...string) {
 	t.Helper()
 	for _, k := range keys {
@@ -60,7 +34,7 @@ func removeObjects(t *testing.T, c *minio.Client, bucket string, keys ...string)
 // rootPushedAt reads the root record of p in the bucket.
 func rootPushedAt(t *testing.T, c *minio.Client, bucket, p string) time.Time {
 	t.Helper()
-	obj, err := c.GetObject(context.Background(), bucket, "nixpush/roots/"+filepath.Base(p)[:32], minio.GetObjectOptions{})
+	obj, err := c.GetObject(context.Background(), bucket, "nixpush/roots/"+hashOf(p), minio.GetObjectOptions{})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -107,7 +81,7 @@ func TestStaleKnowledge(t *testing.T) {
 	for _, p := range closure {
 		var i int
 		if _, err := fmt.Sscanf(filepath.Base(p)[33:], "chain-%d", &i); err == nil && i >= 2 && i <= 9 {
-			removeObjects(t, c, "stale", narURLOf(t, c, "stale", p), filepath.Base(p)[:32]+".narinfo")
+			removeObjects(t, c, "stale", narinfoURL(t, c, "stale", p), hashOf(p)+".narinfo")
 			deleted = append(deleted, p)
 		}
 	}
