@@ -46,15 +46,25 @@ func bucketCLI(t *testing.T, env []string, cacheDir string, args ...string) (str
 	return string(out), nil
 }
 
+// gcOnce runs nixpush gc --json with args and reads its report.
+func gcOnce(t *testing.T, env []string, cacheDir string, args ...string) (gcReport, error) {
+	t.Helper()
+	var rep gcReport
+	out, err := bucketCLI(t, env, cacheDir, append([]string{"gc", "--json"}, args...)...)
+	if err != nil {
+		return rep, err
+	}
+	if err := json.Unmarshal([]byte(out), &rep); err != nil {
+		return rep, fmt.Errorf("gc --json: %v\n%s", err, out)
+	}
+	return rep, nil
+}
+
 func runGC(t *testing.T, env []string, cacheDir, uri string, args ...string) gcReport {
 	t.Helper()
-	out, err := bucketCLI(t, env, cacheDir, append([]string{"gc", "--store-uri", uri, "--json"}, args...)...)
+	rep, err := gcOnce(t, env, cacheDir, append([]string{"--store-uri", uri}, args...)...)
 	if err != nil {
 		t.Fatal(err)
-	}
-	var rep gcReport
-	if err := json.Unmarshal([]byte(out), &rep); err != nil {
-		t.Fatalf("gc --json: %v\n%s", err, out)
 	}
 	return rep
 }
