@@ -38,11 +38,20 @@ func checkFetched(t *testing.T, nx *testenv.NixEnv, from, pub string, paths ...s
 	if err != nil {
 		t.Fatalf("nix copy --from %s: %v", from, err)
 	}
+	n := checkTrees(t, nx, root, paths...)
+	t.Logf("nix copy --from %s fetched all %d paths of the closure", from, n)
+}
+
+// checkTrees asserts that every path of the closure of paths is under the
+// store root as in the machine's store, byte for byte; it returns how many
+// paths the closure has.
+func checkTrees(t *testing.T, nx *testenv.NixEnv, root string, paths ...string) int {
+	t.Helper()
 	closure := closureOf(t, nx, paths...)
 	for _, p := range closure {
 		testenv.TreeEqual(t, p, filepath.Join(root, p))
 	}
-	t.Logf("nix copy --from %s fetched all %d paths of the closure", from, len(closure))
+	return len(closure)
 }
 
 // checkRefused asserts that Nix refuses the cache's paths when it trusts

@@ -54,6 +54,11 @@ func TestBuildLogs(t *testing.T) {
 	nx := testenv.Nix(t)
 	sec, pub := keys(t, "nixpush-e2e-logs-1")
 	d := startDaemon(t, m.CredentialsEnv(), "--store-uri", m.StoreURI("logs"), "--secret-key-file", sec)
+	// logObject stats the build log of the derivation of out in the bucket.
+	logObject := func(out string) (minio.ObjectInfo, error) {
+		t.Helper()
+		return m.Client(t).StatObject(ctxT(t, time.Minute), "logs", "log/"+filepath.Base(deriver(t, nx, out)), minio.StatObjectOptions{})
+	}
 	s := seed()
 	line := "nixpush-known-log-line-" + s
 	out := nx.Build(t, logDrv("logged-"+s, line), "--option", "post-build-hook", d.Hook)
@@ -81,8 +86,7 @@ func TestBuildLogs(t *testing.T) {
 		t.Fatalf("status: %v", st)
 	}
 	checkFetched(t, nx, m.HTTPURL("logs"), pub, out[0], lost[0], third[0])
-	thirdDrv := deriver(t, nx, third[0])
-	if _, err := m.Client(t).StatObject(ctxT(t, time.Minute), "logs", "log/"+filepath.Base(thirdDrv), minio.StatObjectOptions{}); err != nil {
+	if _, err := logObject(third[0]); err != nil {
 		t.Fatalf("the log queued before the daemon was killed: %v", err)
 	}
 
@@ -100,13 +104,12 @@ func TestBuildLogs(t *testing.T) {
 		t.Fatalf("nix log through the cache printed %q; want the line %q", got, line)
 	}
 	// The object is the plain text `nix store copy-log` writes.
-	obj, err := m.Client(t).StatObject(ctxT(t, time.Minute), "logs", "log/"+filepath.Base(drv), minio.StatObjectOptions{})
+	obj, err := logObject(out[0])
 	if err != nil || !strings.HasPrefix(obj.ContentType, "text/plain") {
 		t.Fatalf("log/%s: %v, content type %q", filepath.Base(drv), err, obj.ContentType)
 	}
-	lostDrv := deriver(t, nx, lost[0])
-	if _, err := m.Client(t).StatObject(ctxT(t, time.Minute), "logs", "log/"+filepath.Base(lostDrv), minio.StatObjectOptions{}); err == nil {
-		t.Fatalf("log/%s is in the bucket, but its log was deleted before the daemon could read it", filepath.Base(lostDrv))
+	if _, err := logObject(lost[0]); err == nil {
+		t.Fatalf("log/%s is in the bucket, but its log was deleted before the daemon could read it", filepath.Base(deriver(t, nx, lost[0])))
 	}
 	t.Logf("nix log read %q back from the cache; the build whose log was lost was pushed without it", line)
 }
@@ -256,9 +259,7 @@ in mk "filter-top" "echo ${s} ${mid} ${up} > $out"`, s)
 		"--option", "require-sigs", "true", "--option", "narinfo-cache-negative-ttl", "0"); err != nil {
 		t.Fatalf("a consumer of both caches: %v", err)
 	}
-	for _, p := range closure {
-		testenv.TreeEqual(t, p, filepath.Join(root, p))
-	}
+	checkTrees(t, nx, root, top)
 	// Without the upstream, the filtered paths are missing.
 	if _, err := nx.CopyFrom(t, "file://"+cache, pub, top); err == nil {
 		t.Fatal("nix copy from nixpush's cache alone fetched the closure, filtered paths included")
@@ -320,7 +321,5 @@ in mk "ca-top" "mkdir $out; echo ${s} ${dep} > $out/ref"`, s)
 		"--option", "require-sigs", "true", "--option", "narinfo-cache-negative-ttl", "0", "-f", expr}, ca...)...); err != nil {
 		t.Fatalf("a fresh store substituting the CA derivation's output: %v", err)
 	}
-	for _, p := range closureOf(t, nx, top) {
-		testenv.TreeEqual(t, p, filepath.Join(root, p))
-	}
+	checkTrees(t, nx, root, top)
 }
