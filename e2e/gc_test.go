@@ -28,6 +28,7 @@ type gcReport struct {
 		NARs        int      `json:"nars"`
 		RootRecords int      `json:"root_records"`
 		Uploads     int      `json:"uploads"`
+		Logs        int      `json:"logs"`
 	} `json:"deleted"`
 }
 
@@ -173,8 +174,9 @@ func checkClosed(t *testing.T, c *minio.Client, bucket string, orphans bool) {
 // TestGC pushes three closures that share dependencies, pins one, makes
 // one's root old, and runs gc: the pinned and the recent closures stay
 // whole for real Nix, every path only the old one used goes (its .narinfo
-// and its NAR), as do an orphaned NAR and a stale multipart upload; a dry
-// run changes nothing; a second run deletes nothing.
+// and its NAR, and its build log), as do an orphaned NAR and a stale
+// multipart upload; a dry run changes nothing; a second run deletes
+// nothing.
 func TestGC(t *testing.T) {
 	m := testenv.MinIO(t)
 	m.MakeBucket(t, "gc-cache", true)
@@ -247,6 +249,27 @@ func TestGC(t *testing.T) {
 	for _, p := range gone {
 		goneNARs[p] = narinfoURL(t, c, "gc-cache", p)
 	}
+	// Build logs as `nix store copy-log` writes them, named by the real
+	// derivations the .narinfos name as Deriver: those of the old
+	// closure's own paths go with them.
+	logOf := func(p string) string {
+		drv := deriver(t, nx, p)
+		if !strings.HasSuffix(drv, ".drv") {
+			t.Fatalf("%s has no deriver (%q)", p, drv)
+		}
+		key := "log/" + filepath.Base(drv)
+		if _, err := c.PutObject(context.Background(), "gc-cache", key, strings.NewReader("log of "+p), int64(len("log of "+p)), minio.PutObjectOptions{}); err != nil {
+			t.Fatal(err)
+		}
+		return key
+	}
+	var goneLogs, keptLogs []string
+	for _, p := range gone {
+		goneLogs = append(goneLogs, logOf(p))
+	}
+	for _, p := range keep {
+		keptLogs = append(keptLogs, logOf(p))
+	}
 	time.Sleep(2 * time.Second) // everything is older than the grace period
 
 	args := []string{"--older-than", "1h", "--grace", "1s", "--sweep-window", "2m"}
@@ -263,8 +286,9 @@ func TestGC(t *testing.T) {
 	if !slices.Equal(rep.Deleted.Paths, gone) {
 		t.Fatalf("gc deleted %v; want %v", rep.Deleted.Paths, gone)
 	}
-	if rep.Deleted.NARs != len(gone)+1 || rep.Deleted.Uploads != 1 || rep.Deleted.RootRecords != 1 {
-		t.Fatalf("gc deleted %d NARs, %d uploads, %d root records; want %d, 1, 1", rep.Deleted.NARs, rep.Deleted.Uploads, rep.Deleted.RootRecords, len(gone)+1)
+	if rep.Deleted.NARs != len(gone)+1 || rep.Deleted.Uploads != 1 || rep.Deleted.RootRecords != 1 || rep.Deleted.Logs != len(goneLogs) {
+		t.Fatalf("gc deleted %d NARs, %d uploads, %d root records, %d build logs; want %d, 1, 1, %d",
+			rep.Deleted.NARs, rep.Deleted.Uploads, rep.Deleted.RootRecords, rep.Deleted.Logs, len(gone)+1, len(goneLogs))
 	}
 	after := objects(t, c, "gc-cache")
 	for p, nar := range goneNARs {
@@ -281,12 +305,12 @@ func TestGC(t *testing.T) {
 			t.Errorf("%s: NAR listing still there", p)
 		}
 	}
-	for _, key := range []string{orphan, "nixpush/roots/" + hashOf(old), "nixpush/gc/sweep"} {
+	for _, key := range append([]string{orphan, "nixpush/roots/" + hashOf(old), "nixpush/gc/sweep"}, goneLogs...) {
 		if _, ok := after[key]; ok {
 			t.Errorf("%s still there", key)
 		}
 	}
-	for _, key := range []string{"nix-cache-info", "nixpush/pins/release", "nixpush/roots/" + hashOf(recent), "nixpush/roots/" + hashOf(pinned)} {
+	for _, key := range append([]string{"nix-cache-info", "nixpush/pins/release", "nixpush/roots/" + hashOf(recent), "nixpush/roots/" + hashOf(pinned)}, keptLogs...) {
 		if _, ok := after[key]; !ok {
 			t.Errorf("%s was deleted", key)
 		}
@@ -298,7 +322,7 @@ func TestGC(t *testing.T) {
 	checkFetched(t, nx, m.HTTPURL("gc-cache"), pub, pinned, recent)
 
 	again := runGC(t, env, cacheDir, uri, args...)
-	if len(again.Deleted.Paths) != 0 || again.Deleted.NARs != 0 || again.Deleted.RootRecords != 0 || again.Deleted.Uploads != 0 {
+	if len(again.Deleted.Paths) != 0 || again.Deleted.NARs != 0 || again.Deleted.RootRecords != 0 || again.Deleted.Uploads != 0 || again.Deleted.Logs != 0 {
 		t.Fatalf("second gc deleted %+v", again.Deleted)
 	}
 
