@@ -46,11 +46,7 @@ func runCheck(ctx context.Context, args []string, stdout, stderr io.Writer) int 
 	socket := fs.String("socket", envOr("NIXPUSH_SOCKET", hook.DefaultSocket), "daemon socket (env NIXPUSH_SOCKET)")
 	storeDir := fs.String("store-dir", envOr("NIX_STORE_DIR", nix.DefaultStoreDir), "the Nix store directory")
 	asJSON := fs.Bool("json", false, "print JSON for machines")
-	if err := fs.Parse(args); err != nil {
-		return 2
-	}
-	if fs.NArg() > 0 {
-		fmt.Fprintf(stderr, "nixpush check: unexpected argument %q\n", fs.Arg(0))
+	if !parseNoArgs(fs, args) {
 		return 2
 	}
 	if len(keyFiles) == 0 && os.Getenv("NIXPUSH_SECRET_KEY_FILE") != "" {

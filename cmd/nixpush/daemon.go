@@ -54,11 +54,7 @@ func runDaemon(ctx context.Context, args []string, stdout, stderr io.Writer) int
 		"keep it well below gc's --grace (24h by default), which spares young .narinfos and NARs for that long; 0s checks whole closures on every push")
 	logLevel := fs.String("log-level", "info", "log level: debug, info, warn, error")
 	logFormat := fs.String("log-format", "auto", "log format: auto (journald under systemd, console on a terminal, JSON otherwise), journald, console, json")
-	if err := fs.Parse(args); err != nil {
-		return 2
-	}
-	if fs.NArg() > 0 {
-		fmt.Fprintf(stderr, "nixpush daemon: unexpected argument %q\n", fs.Arg(0))
+	if !parseNoArgs(fs, args) {
 		return 2
 	}
 	log, err := newLogger(stderr, *logLevel, *logFormat)

@@ -152,11 +152,7 @@ func runGC(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 	window := fs.Duration("sweep-window", retention.DefaultWindow, "delete only within this long of listing; a longer sweep stops and asks to run gc again")
 	dryRun := fs.Bool("dry-run", false, "print what would be deleted; delete nothing")
 	asJSON := fs.Bool("json", false, "print JSON for machines")
-	if err := fs.Parse(args); err != nil {
-		return 2
-	}
-	if fs.NArg() > 0 {
-		fmt.Fprintf(stderr, "nixpush gc: unexpected argument %q\n", fs.Arg(0))
+	if !parseNoArgs(fs, args) {
 		return 2
 	}
 	b, err := bf.open(ctx, "gc")
@@ -280,11 +276,7 @@ func runPins(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 	fs.SetOutput(stderr)
 	bf := addBucketFlags(fs)
 	asJSON := fs.Bool("json", false, "print JSON for machines")
-	if err := fs.Parse(args); err != nil {
-		return 2
-	}
-	if fs.NArg() > 0 {
-		fmt.Fprintf(stderr, "nixpush pins: unexpected argument %q\n", fs.Arg(0))
+	if !parseNoArgs(fs, args) {
 		return 2
 	}
 	b, err := bf.open(ctx, "pins")

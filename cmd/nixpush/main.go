@@ -5,6 +5,7 @@ package main
 
 import (
 	"context"
+	"flag"
 	"fmt"
 	"io"
 	"os"
@@ -86,4 +87,18 @@ func envOr(key, def string) string {
 		return v
 	}
 	return def
+}
+
+// parseNoArgs parses the flags of a command that takes no arguments; on
+// bad flags or a stray argument it has told the user (on the flag set's
+// output) and returns false: the command exits 2.
+func parseNoArgs(fs *flag.FlagSet, args []string) bool {
+	if err := fs.Parse(args); err != nil {
+		return false
+	}
+	if fs.NArg() > 0 {
+		fmt.Fprintf(fs.Output(), "%s: unexpected argument %q\n", fs.Name(), fs.Arg(0))
+		return false
+	}
+	return true
 }

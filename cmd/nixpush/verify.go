@@ -52,11 +52,7 @@ func runVerify(ctx context.Context, args []string, stdout, stderr io.Writer) int
 	socket := fs.String("socket", envOr("NIXPUSH_SOCKET", hook.DefaultSocket), "daemon socket, for --repair (env NIXPUSH_SOCKET)")
 	timeout := fs.Duration("timeout", time.Hour, "with --repair, how long to wait for the daemon to push again")
 	asJSON := fs.Bool("json", false, "print JSON for machines")
-	if err := fs.Parse(args); err != nil {
-		return 2
-	}
-	if fs.NArg() > 0 {
-		fmt.Fprintf(stderr, "nixpush verify: unexpected argument %q\n", fs.Arg(0))
+	if !parseNoArgs(fs, args) {
 		return 2
 	}
 	opts := retention.VerifyOptions{Full: *full}
