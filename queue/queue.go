@@ -354,7 +354,39 @@ type EnqueueResult struct {
 // Enqueue durably records paths and returns after the commit. Concurrent
 // callers share commits (see group), so a burst of hooks costs few fsyncs.
 func (q *Queue) Enqueue(ctx context.Context, paths []string) (EnqueueResult, error) {
+	if q.allMerge(paths) {
+		return EnqueueResult{Merged: len(paths)}, nil
+	}
 	return q.enqueue(paths, q.enqueueTx)
+}
+
+// allMerge reports whether every path is already queued, active or done
+// (recently enough) in the committed queue, where a hook's hand-off of it
+// would change nothing: the hand-off is then as durable as it gets without
+// a commit, which spares a built path handed over again (a rebuild, a
+// second output reported twice) two fsyncs.
+func (q *Queue) allMerge(paths []string) bool {
+	merge := true
+	q.db.View(func(tx *bbolt.Tx) error {
+		now := q.opts.Now()
+		for _, p := range paths {
+			if !q.merges(tx, p, now) {
+				merge = false
+				return nil
+			}
+		}
+		return nil
+	})
+	return merge
+}
+
+// merges reports whether enqueueTx would merge p rather than queue it.
+func (q *Queue) merges(tx *bbolt.Tx, p string, now time.Time) bool {
+	if q.isDone(tx, p, now) {
+		return true
+	}
+	it, ok, err := getItem(tx, p)
+	return err == nil && ok && it.State != Failed
 }
 
 // EnqueueRecheck is Enqueue for paths whose closures are to be checked
@@ -488,6 +520,9 @@ func (q *Queue) queueTx(tx *bbolt.Tx, it Item, now time.Time, d *delta) error {
 	return order.Put(seqKey(seq), []byte(it.Path))
 }
 
+// errNothing rolls back a transaction that found nothing to change.
+var errNothing = errors.New("nothing to change")
+
 // Lease marks up to n eligible queued items active and returns them, oldest
 // first.
 func (q *Queue) Lease(ctx context.Context, n int) ([]Item, error) {
@@ -532,10 +567,16 @@ func (q *Queue) Lease(ctx context.Context, n int) ([]Item, error) {
 				return err
 			}
 		}
+		if len(out) == 0 && len(leasedKeys) == 0 {
+			return errNothing // roll back: an empty commit would cost two fsyncs
+		}
 		d.queued -= len(out)
 		d.active += len(out)
 		return nil
 	})
+	if errors.Is(err, errNothing) {
+		return nil, nil
+	}
 	if err != nil {
 		return nil, fmt.Errorf("queue: lease: %w", err)
 	}

@@ -436,3 +436,59 @@ func TestGroupCommit(t *testing.T) {
 		return nil
 	})
 }
+
+// TestNoCommitForNothing: handing over paths the queue already holds
+// (queued, active or done) and leasing from a queue with nothing eligible
+// commit nothing (each commit is two fsyncs the hook or the worker waits
+// for), and still answer as before; a path among them that is new, or
+// failed, is committed.
+func TestNoCommitForNothing(t *testing.T) {
+	q := open(t, filepath.Join(t.TempDir(), "q.db"), nil)
+	txid := func() int {
+		var id int
+		q.db.View(func(tx *bbolt.Tx) error { id = tx.ID(); return nil })
+		return id
+	}
+	if _, err := q.Enqueue(ctx, paths("/nix/store/a", "/nix/store/b", "/nix/store/c")); err != nil {
+		t.Fatal(err)
+	}
+	leasePaths(t, q, 10) // a, b, c active
+	if err := q.Complete(ctx, "/nix/store/a"); err != nil {
+		t.Fatal(err)
+	}
+	if err := q.Fail(ctx, "/nix/store/b", errors.New("for the test")); err != nil {
+		t.Fatal(err)
+	}
+	before := txid()
+	if items := leasePaths(t, q, 10); len(items) != 0 {
+		t.Fatalf("leased %v with nothing queued", items)
+	}
+	if got := txid(); got != before {
+		t.Errorf("a lease of nothing: %d commits, want none", got-before)
+	}
+	if _, err := q.Enqueue(ctx, paths("/nix/store/q")); err != nil {
+		t.Fatal(err)
+	}
+	before = txid()
+	res, err := q.Enqueue(ctx, paths("/nix/store/a", "/nix/store/c", "/nix/store/q"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if res.Merged != 3 || res.Added != 0 {
+		t.Errorf("done, active and queued: %+v, want 3 merged", res)
+	}
+	if got := txid(); got != before {
+		t.Errorf("done, active and queued: %d commits, want none", got-before)
+	}
+	// A failed path or a new one among them: one commit, queued.
+	res, err = q.Enqueue(ctx, paths("/nix/store/a", "/nix/store/b", "/nix/store/new"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if res.Added != 2 || res.Merged != 1 || txid() != before+1 {
+		t.Errorf("done + failed + new: %+v after %d commits; want 2 added, 1 merged, 1 commit", res, txid()-before)
+	}
+	if got := leasePaths(t, q, 10); strings.Join(got, " ") != "/nix/store/q /nix/store/b /nix/store/new" {
+		t.Errorf("leased %v, want the queued, the failed and the new path", got)
+	}
+}
