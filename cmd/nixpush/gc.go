@@ -149,7 +149,7 @@ func runGC(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 	olderThan, grace := 30*24*time.Hour, 24*time.Hour
 	fs.Var(ageFlag{&olderThan}, "older-than", "keep the closures of roots pushed within this long (30d, 36h, ...)")
 	fs.Var(ageFlag{&grace}, "grace", "never delete what was written within this long: pushes in progress")
-	window := fs.Duration("sweep-window", retention.DefaultWindow, "delete only within this long of listing; a longer sweep stops and asks to run gc again")
+	window := fs.Duration("sweep-window", retention.DefaultWindow, "delete only within this long of listing; a longer sweep lists again (five listings in all), then stops and asks to run gc again")
 	dryRun := fs.Bool("dry-run", false, "print what would be deleted; delete nothing")
 	asJSON := fs.Bool("json", false, "print JSON for machines")
 	if !parseNoArgs(fs, args) {
