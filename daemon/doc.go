@@ -1,6 +1,9 @@
 // Package daemon wires the queue to the uploader behind the local API: it
-// serves /v1/enqueue, /v1/status and /v1/wait on a Unix socket, imports the
-// hook's spool, and runs the workers that lease queued paths and push them.
+// serves /v1/enqueue, /v1/status, /v1/wait and /v1/retry on a Unix socket
+// (who may enqueue is decided by the peer's credentials), imports the hook's spool,
+// and runs the workers that lease queued items and push them: store paths,
+// and a derivation's build log and realisations as items of their own
+// ("…drv#log", "…drv#realisations"), pushed after its outputs.
 //
 // Invariant: an enqueue is answered only after the queue has committed it,
 // and a queued path leaves the queue only once its whole closure is in the
@@ -9,5 +12,10 @@
 // It checks the store at start and whenever a push meets a store error
 // (storecheck.go): while the check fails nothing is leased, and once it
 // passes the items that failed for the store's configuration are queued
-// again. It never exits for a failing store.
+// again. It never exits for a failing store. Nor for a queue that cannot
+// commit (a full state disk, health.go): it answers the hook with an error
+// so that the hook spools, holds in memory what it turned away, queues it
+// itself once a commit succeeds, and keeps settling leased items until
+// their outcome is committed. Both conditions show in status, on the
+// systemd STATUS= line (notify.go) and in the metrics (metrics.go).
 package daemon

@@ -1,6 +1,11 @@
 // Package queue is nixpush's durable work queue, kept in a bbolt file. It
 // knows nothing of S3, NARs or sockets: an item is a string (a store path,
-// or a derivation whose outputs are wanted).
+// or a derivation whose outputs are wanted). It owns the items' states
+// (queued, active, failed, done), leases, the retry backoff schedule, the
+// failed set with each failure's reason and class (Heal queues a class
+// again once its cause is gone), what was done when, per cache history
+// (the daemon trusts it for Options.DoneFor), and the stats; enqueues that
+// arrive together share one commit (group commit).
 //
 // Invariants: an enqueue returns only after its transaction has committed,
 // so an acknowledged item survives any crash; an item leased by a worker

@@ -6,13 +6,25 @@
 //
 // Invariant: a .narinfo is written only after its NAR and after the .narinfo
 // of every reference, so the cache is valid for every Nix at every moment,
-// whatever the number of parallel jobs and wherever an upload stops.
+// whatever the number of parallel jobs and wherever an upload stops. The
+// one exception is deliberate: a reference a Filter leaves out (by name,
+// or as signed by an upstream cache) is listed but not uploaded; the
+// consumer gets it from that upstream.
+//
+// Beside the paths it uploads what goes with them: a path's NAR listing
+// (<hash>.ls), built in the same walk that packs the NAR, before the
+// path's .narinfo; and, once a derivation's outputs are in the cache, its
+// build log (log/<drv>) and, for a content-addressed derivation, its signed
+// realisations (realisations/<id>.doi).
 //
 // The Store interface hides whether the cache is an S3 bucket or a file://
-// directory; nothing above it can tell them apart. Store errors are
+// directory; nothing above it can tell them apart. Bucket adds listing,
+// reading and deleting, for the retention package. Store errors are
 // classified once, where they are understood (StoreError: unreachable,
 // certificate, credentials, bucket missing, access denied), and Preflight
-// checks a store the way the daemon and nixpush check do.
+// checks a store the way the daemon and nixpush check do; init.go and
+// admin.go prepare a bucket (nix-cache-info, anonymous read, policies, a
+// MinIO user) for nixpush init.
 //
 // # Knowledge with a lifetime
 //

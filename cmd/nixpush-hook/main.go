@@ -1,9 +1,3 @@
-// Command nixpush-hook is Nix's post-build-hook for nixpush: it hands the
-// paths Nix just built to the nixpush daemon and returns at once. It never
-// fails a build: when the daemon cannot take the paths within a bounded
-// time it writes them to the spool, which the daemon imports later.
-//
-//	nix.settings.post-build-hook = "/path/to/nixpush-hook";
 package main
 
 import (

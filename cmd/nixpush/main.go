@@ -1,6 +1,3 @@
-// Command nixpush pushes what Nix builds to a signed binary cache in S3 or a
-// directory: `nixpush daemon` runs the uploader, the other commands talk to
-// it over its Unix socket.
 package main
 
 import (

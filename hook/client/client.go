@@ -1,5 +1,3 @@
-// Package client is the full client of the nixpush daemon's API, for the
-// nixpush command and tests. nixpush-hook uses hook.Handoff instead.
 package client
 
 import (
