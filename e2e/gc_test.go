@@ -215,13 +215,8 @@ func TestGC(t *testing.T) {
 	// The daemon recorded each root it pushed; the old one (and the
 	// pinned one) are made to look pushed two hours ago.
 	for _, p := range []string{pinned, recent, old} {
-		var r struct {
-			Path     string    `json:"path"`
-			PushedAt time.Time `json:"pushed_at"`
-		}
-		rec := readObject(t, c, "gc-cache", "nixpush/roots/"+hashOf(p))
-		if err := json.Unmarshal([]byte(rec), &r); err != nil || r.Path != p || time.Since(r.PushedAt) > time.Minute {
-			t.Fatalf("root record of %s: %s (%v)", p, rec, err)
+		if at := rootPushedAt(t, c, "gc-cache", p); time.Since(at) > time.Minute {
+			t.Fatalf("root record of %s: pushed at %s, more than a minute ago", p, at)
 		}
 	}
 	putRoot(t, c, "gc-cache", old, time.Now().Add(-2*time.Hour))
