@@ -32,6 +32,17 @@ var binDir string
 
 func TestMain(m *testing.M) { os.Exit(testenv.WithNixpush(m, "..", &binDir)) }
 
+// closureSeed is the seed of a workload that is only read (pushed, handed
+// over), not timed while built: NIXPUSH_BENCH_SEED, when set, makes it the
+// same from run to run, so that runs compared side by side (two commits,
+// alternating) build it once.
+func closureSeed(name string) string {
+	if s := os.Getenv("NIXPUSH_BENCH_SEED"); s != "" {
+		return s + "-" + name
+	}
+	return seed()
+}
+
 func seed() string {
 	var b [6]byte
 	rand.Read(b[:])
@@ -215,7 +226,7 @@ func BenchmarkHookLatency(b *testing.B) {
 	const n = 1000
 	r := newRig(b)
 	d := r.daemon("hook-latency")
-	paths := r.nix.Build(b, manyOutputs(seed(), n))
+	paths := r.nix.Build(b, manyOutputs(closureSeed("hook-latency"), n))
 	if len(paths) != n {
 		b.Fatalf("built %d paths, want %d", len(paths), n)
 	}
@@ -359,7 +370,7 @@ const pushRounds = 3
 
 func benchPush(b *testing.B, w pushWorkload, compression string) {
 	r := newRig(b)
-	top := r.nix.Build(b, testenv.DAG(seed(), w.count, w.sizeKiB, true))
+	top := r.nix.Build(b, testenv.DAG(closureSeed(w.name), w.count, w.sizeKiB, true))
 	paths, narBytes := closureSize(b, r.nix, top...)
 	extra := strings.Fields(os.Getenv("NIXPUSH_BENCH_ARGS"))
 
