@@ -47,6 +47,19 @@ func XZTool() string { return xzTool() }
 // xzPreset is the xz preset, Nix's own (lzma_easy_encoder level 6).
 const xzPreset = "-6"
 
+// xzPresetDict is preset 6's dictionary size.
+const xzPresetDict = 8 << 20
+
+// xzDictFor is the dictionary for a NAR of narSize bytes: the smallest
+// power of two that holds it (at least 64 KiB), at most the preset's.
+func xzDictFor(narSize uint64) uint64 {
+	d := uint64(64 << 10)
+	for d < narSize && d < xzPresetDict {
+		d <<= 1
+	}
+	return d
+}
+
 // xzThreadMin is the NAR size from which one NAR is compressed on several
 // threads, in blocks of narSize/cores, at least xzBlockMin each.
 const (
@@ -60,6 +73,13 @@ func newXZWriter(w io.Writer, narSize uint64) (io.WriteCloser, error) {
 		return xz.NewWriter(w)
 	}
 	args := []string{"--compress", "--stdout", "--format=xz", "--check=crc64", xzPreset}
+	if dict := xzDictFor(narSize); dict < xzPresetDict {
+		// The preset's 8 MiB dictionary is no use on a smaller NAR, and its
+		// match finder's tables cost a small NAR most of its time (a
+		// 258 KiB NAR: 54 ms and 9,087 page faults, against 19 ms and
+		// 1,407 with a 512 KiB dictionary; the same output).
+		args = append(args, "--lzma2=preset=6,dict="+strconv.FormatUint(dict, 10))
+	}
 	if cores := runtime.GOMAXPROCS(0); narSize >= xzThreadMin && cores > 1 {
 		block := max(uint64(xzBlockMin), narSize/uint64(cores)+1)
 		args = append(args, "--threads="+strconv.Itoa(cores), "--block-size="+strconv.FormatUint(block, 10))
