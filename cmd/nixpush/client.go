@@ -104,7 +104,7 @@ func checkValid(ctx context.Context, paths []string) error {
 func runStatus(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 	fs, socket := clientFlags("status", stderr)
 	asJSON := fs.Bool("json", false, "print JSON for machines")
-	if err := fs.Parse(args); err != nil {
+	if !parseNoArgs(fs, args) {
 		return 2
 	}
 	st, err := client.New(*socket).Status(ctx)
@@ -202,7 +202,7 @@ func runRetry(ctx context.Context, args []string, stdout, stderr io.Writer) int 
 func runWait(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 	fs, socket := clientFlags("wait", stderr)
 	timeout := fs.Duration("timeout", 0, "give up after this long (0: no limit)")
-	if err := fs.Parse(args); err != nil {
+	if !parseNoArgs(fs, args) {
 		return 2
 	}
 	return waitDrained(ctx, client.New(*socket), *timeout, time.Time{}, stdout, stderr)

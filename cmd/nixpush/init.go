@@ -25,7 +25,7 @@ func runInit(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 	createUser := fs.String("create-user", "", "MinIO: make this the uploading account (uploader policy, random secret), through the admin API with the credentials init runs with")
 	credFile := fs.String("credentials-file", defaultCredentialsFile(), "with --create-user: the AWS shared credentials file to write the [NAME] profile to (mode 0600)")
 	rotate := fs.Bool("rotate-secret", false, "with --create-user: give an existing user a new secret")
-	if err := fs.Parse(args); err != nil {
+	if !parseNoArgs(fs, args) {
 		return 2
 	}
 	if *rotate && *createUser == "" {

@@ -17,7 +17,7 @@ func runKeygen(ctx context.Context, args []string, stdout, stderr io.Writer) int
 	fs.SetOutput(stderr)
 	name := fs.String("name", "", "key name, by custom the cache's host name and a number: cache.example.org-1")
 	out := fs.String("out", "", "directory to write secret.key (mode 0600) and public.key into")
-	if err := fs.Parse(args); err != nil {
+	if !parseNoArgs(fs, args) {
 		return 2
 	}
 	if *name == "" || *out == "" {

@@ -9,7 +9,7 @@ import (
 // TestStrayArgument: a command that takes no arguments refuses one before
 // it does anything, exits 2 and names the command and the argument.
 func TestStrayArgument(t *testing.T) {
-	for _, cmd := range []string{"daemon", "check", "gc", "pins", "verify"} {
+	for _, cmd := range []string{"daemon", "check", "gc", "pins", "verify", "status", "wait", "init", "keygen"} {
 		t.Run(cmd, func(t *testing.T) {
 			var stdout, stderr strings.Builder
 			code := run(context.Background(), []string{cmd, "stray"}, &stdout, &stderr)
