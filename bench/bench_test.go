@@ -221,7 +221,8 @@ func manyOutputs(s string, n int) string {
 // BenchmarkHookLatency runs nixpush-hook as Nix does, once per store path,
 // against a daemon that uploads to MinIO meanwhile, and times each run
 // from process start to exit (the daemon has committed the path to its
-// queue with fsync by then). /bin/true, run the same way, is the floor.
+// queue with fsync by then). /bin/true, run the same way, is the floor,
+// and an empty Go program the floor of a hook written in Go.
 func BenchmarkHookLatency(b *testing.B) {
 	const n = 1000
 	r := newRig(b)
@@ -241,9 +242,13 @@ func BenchmarkHookLatency(b *testing.B) {
 		}
 		return took
 	}
-	var hookT, trueT []time.Duration
+	// The floor of a hook written in Go: an empty Go program, run the same
+	// way (the Go runtime starts threads and maps its heap before main).
+	empty := emptyGoProgram(b)
+	var hookT, trueT, emptyT []time.Duration
 	for _, p := range paths {
 		trueT = append(trueT, run("/bin/true", p))
+		emptyT = append(emptyT, run(empty, p))
 		hookT = append(hookT, run(d.HookBin(), p))
 	}
 	if spooled, _ := filepath.Glob(filepath.Join(d.SpoolDir, "*")); len(spooled) > 0 {
@@ -257,11 +262,33 @@ func BenchmarkHookLatency(b *testing.B) {
 	b.ReportMetric(ms(percentile(hookT, 0.5)), "hook-p50-ms")
 	b.ReportMetric(ms(percentile(hookT, 0.99)), "hook-p99-ms")
 	b.ReportMetric(ms(percentile(trueT, 0.5)), "true-p50-ms")
+	b.ReportMetric(ms(percentile(emptyT, 0.5)), "empty-go-p50-ms")
 	b.Logf("hook latency over %d runs (process start to exit, durable enqueue):", n)
 	b.Logf("  %-16s p50 %6.2f ms  p90 %6.2f ms  p99 %6.2f ms  max %6.2f ms", "nixpush-hook",
 		ms(percentile(hookT, 0.5)), ms(percentile(hookT, 0.9)), ms(percentile(hookT, 0.99)), ms(percentile(hookT, 1)))
+	b.Logf("  %-16s p50 %6.2f ms  p90 %6.2f ms  p99 %6.2f ms  max %6.2f ms", "empty Go program",
+		ms(percentile(emptyT, 0.5)), ms(percentile(emptyT, 0.9)), ms(percentile(emptyT, 0.99)), ms(percentile(emptyT, 1)))
 	b.Logf("  %-16s p50 %6.2f ms  p90 %6.2f ms  p99 %6.2f ms  max %6.2f ms", "/bin/true",
 		ms(percentile(trueT, 0.5)), ms(percentile(trueT, 0.9)), ms(percentile(trueT, 0.99)), ms(percentile(trueT, 1)))
+}
+
+// emptyGoProgram builds `func main() {}` with the toolchain the bench runs
+// under and returns its path.
+func emptyGoProgram(b *testing.B) string {
+	b.Helper()
+	dir := b.TempDir()
+	if err := os.WriteFile(filepath.Join(dir, "go.mod"), []byte("module empty\n"), 0o644); err != nil {
+		b.Fatal(err)
+	}
+	if err := os.WriteFile(filepath.Join(dir, "main.go"), []byte("package main\n\nfunc main() {}\n"), 0o644); err != nil {
+		b.Fatal(err)
+	}
+	cmd := exec.Command("go", "build", "-o", "empty", ".")
+	cmd.Dir = dir
+	if out, err := cmd.CombinedOutput(); err != nil {
+		b.Fatalf("build an empty Go program: %v\n%s", err, out)
+	}
+	return filepath.Join(dir, "empty")
 }
 
 // BenchmarkBuild200 builds 200 small derivations with /bin/true as Nix's
