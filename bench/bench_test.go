@@ -493,10 +493,13 @@ func benchPush(b *testing.B, w pushWorkload, compression string) {
 
 // maxPeakRSS is the daemon's peak RSS target on every workload here;
 // maxRSSGrowth is how much RSS may grow in the second half of a 5 GiB push
-// over the first (one part buffer).
+// over the first: one 5 MiB part buffer (the pool maps its last one the
+// first time a part's send lags the packing of the next, which can come
+// late) and 1 MiB of heap jitter. Memory that grew with the bytes pushed
+// would pass it.
 const (
 	maxPeakRSS   = 48 * mib
-	maxRSSGrowth = 5 * mib
+	maxRSSGrowth = 6 * mib
 )
 
 func mibs(samples []int64) []int64 {
