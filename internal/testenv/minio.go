@@ -76,7 +76,7 @@ func startMinIO(t testing.TB, withTLS bool) *MinIOServer {
 		AccessKey: "nixpush-" + randHex(4),
 		SecretKey: randHex(16),
 		bin:       bin,
-		dir:       t.TempDir(),
+		dir:       minioDir(t),
 		console:   FreePort(t),
 	}
 	if withTLS {
@@ -89,6 +89,17 @@ func startMinIO(t testing.TB, withTLS bool) *MinIOServer {
 	m.Start(t)
 	t.Cleanup(func() { m.Stop(t) })
 	return m
+}
+
+// minioDir is where a MinIO keeps its data: a tmpfs of the size
+// NIXPUSH_MINIO_TMPFS says (benchmarks: MinIO then costs no disk writes
+// that builds and the queue's fsyncs would share, as a remote S3 would not,
+// and its speed no longer depends on the state of the disk), else a temp dir.
+func minioDir(t testing.TB) string {
+	if size := os.Getenv("NIXPUSH_MINIO_TMPFS"); size != "" {
+		return Tmpfs(t, size)
+	}
+	return t.TempDir()
 }
 
 // Start starts (or restarts, on the same port and data) the server and
