@@ -113,7 +113,7 @@ func (d *Daemon) mustWrite(ctx context.Context, what string, fn func() error) er
 	}
 }
 
-// recover runs while commits fail, every interval: it tries a small write
+// recoverQueue runs every spool interval: while commits fail it tries a small write
 // so that recovery is seen even when nothing else writes, then queues the
 // paths held in memory.
 func (d *Daemon) recoverQueue(ctx context.Context) {
