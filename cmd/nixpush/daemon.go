@@ -10,6 +10,7 @@ import (
 	"path/filepath"
 	"runtime"
 	"runtime/debug"
+	"runtime/pprof"
 	"strings"
 	"time"
 
@@ -170,6 +171,18 @@ func runDaemon(ctx context.Context, args []string, stdout, stderr io.Writer) int
 		} else {
 			log.Warn().Msg("Nix keeps no build logs (keep-build-log = false): none are uploaded; set keep-build-log = true, or pass --upload-logs=false to say so")
 		}
+	}
+	if f := os.Getenv("NIXPUSH_CPUPROFILE"); f != "" {
+		// For finding where the daemon's CPU goes (go tool pprof FILE).
+		out, err := os.Create(f)
+		if err == nil {
+			err = pprof.StartCPUProfile(out)
+		}
+		if err != nil {
+			fmt.Fprintf(stderr, "nixpush daemon: NIXPUSH_CPUPROFILE: %v\n", err)
+			return 2
+		}
+		defer func() { pprof.StopCPUProfile(); out.Close() }()
 	}
 	watchdog, _ := sddaemon.SdWatchdogEnabled(false)
 	err = daemon.Run(ctx, daemon.Config{
