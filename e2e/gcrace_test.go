@@ -2,6 +2,9 @@ package e2e
 
 import (
 	"fmt"
+	"os"
+	"os/exec"
+	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -47,11 +50,25 @@ func TestGCRacingPushes(t *testing.T) {
 	base := seed()
 	gcArgs := []string{"--store-uri", uri, "--older-than", "2s", "--grace", "1s", "--sweep-window", "3s"}
 
-	push := func(d *daemon, round int) string {
+	// Paths are handed over as the post-build hook does (a push that
+	// trusts what it saw within --trust-cache-for), or with nixpush push
+	// (which checks everything), and waited for.
+	push := func(d *daemon, round int, hooked bool) string {
 		t.Helper()
 		out := nx.Build(t, onShared(base, fmt.Sprintf("%s-%d-%p", base, round, d)))
-		if o, err := d.CLI("push", "--wait", out[0]); err != nil {
-			t.Errorf("push: %v\n%s", err, o)
+		if !hooked {
+			if o, err := d.CLI("push", "--wait", out[0]); err != nil {
+				t.Errorf("push: %v\n%s", err, o)
+			}
+			return out[0]
+		}
+		h := exec.Command(d.HookBin())
+		h.Env = append(os.Environ(), append(d.HookEnv(), "OUT_PATHS="+out[0], "DRV_PATH=")...)
+		if o, err := h.CombinedOutput(); err != nil {
+			t.Errorf("nixpush-hook: %v\n%s", err, o)
+		}
+		if o, err := d.CLI("wait", "--timeout", "2m"); err != nil {
+			t.Errorf("wait: %v\n%s", err, o)
 		}
 		return out[0]
 	}
@@ -81,7 +98,7 @@ func TestGCRacingPushes(t *testing.T) {
 	for round := 0; round < 4 && time.Now().Before(deadline); round++ {
 		var pw sync.WaitGroup
 		for _, d := range daemons {
-			pw.Go(func() { push(d, round) })
+			pw.Go(func() { push(d, round, true) })
 		}
 		pw.Wait()
 		// Every other round, wait until the shared chain's last root is
@@ -103,8 +120,68 @@ func TestGCRacingPushes(t *testing.T) {
 	// The last gc is over: closures pushed now are whole for Nix.
 	var last []string
 	for i, d := range daemons {
-		last = append(last, push(d, 100+i))
+		last = append(last, push(d, 100+i, false))
 	}
 	checkClosed(t, c, "race", false)
 	checkFetched(t, nx, m.HTTPURL("race"), pub, last...)
+}
+
+// TestGCBetweenHookedPushes: two daemons push closures handed over by the
+// hook, on a shared chain; gc then deletes all of it (the roots are out of
+// the window) and leaves its marker finished; the daemons, which still
+// trust their sightings of the shared chain, push new closures on it. Each
+// writes a .narinfo naming a reference gc deleted after the daemon saw it,
+// reads the marker, sees the sweep finished after that sighting, checks,
+// and uploads the chain again: the bucket is whole, for real Nix too.
+func TestGCBetweenHookedPushes(t *testing.T) {
+	m := testenv.MinIO(t)
+	m.MakeBucket(t, "between", true)
+	nx := testenv.Nix(t)
+	sec, pub := keys(t, "nixpush-e2e-between-1")
+	uri := m.StoreURI("between")
+	env := m.CredentialsEnv()
+	daemons := []*daemon{
+		startDaemon(t, env, "--store-uri", uri, "--secret-key-file", sec),
+		startDaemon(t, env, "--store-uri", uri, "--secret-key-file", sec),
+	}
+	base := seed()
+	hooked := func(round int) []string {
+		var tops []string
+		for i, d := range daemons {
+			out := nx.Build(t, onShared(base, fmt.Sprintf("%s-%d-%d", base, round, i)))
+			h := exec.Command(d.HookBin())
+			h.Env = append(os.Environ(), append(d.HookEnv(), "OUT_PATHS="+out[0], "DRV_PATH=")...)
+			if o, err := h.CombinedOutput(); err != nil {
+				t.Fatalf("nixpush-hook: %v\n%s", err, o)
+			}
+			tops = append(tops, out[0])
+		}
+		for _, d := range daemons {
+			d.MustWait(2 * time.Minute)
+		}
+		return tops
+	}
+	first := hooked(0)
+	time.Sleep(2500 * time.Millisecond) // out of the window and the grace period
+	rep, err := gcOnce(t, env, t.TempDir(), "--store-uri", uri, "--older-than", "1s", "--grace", "1s")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(rep.Deleted.Paths) != 7 { // two tops, two leaves, the chain of three
+		t.Fatalf("gc deleted %v; want the 7 paths of both closures", rep.Deleted.Paths)
+	}
+	c := m.Client(t)
+	for k := range objects(t, c, "between") {
+		if strings.HasSuffix(k, ".narinfo") {
+			t.Fatalf("%s left after gc; want no .narinfo", k)
+		}
+	}
+	second := hooked(1)
+	checkClosed(t, c, "between", false)
+	checkFetched(t, nx, m.HTTPURL("between"), pub, second...)
+	for _, p := range first {
+		if _, ok := objects(t, c, "between")[hashOf(p)+".narinfo"]; ok {
+			t.Errorf("%s is back, though nothing pushed it again", p)
+		}
+	}
 }

@@ -14,8 +14,10 @@
 //  1. gc writes the marker nixpush/gc/sweep {listed_at, deadline} before
 //     it lists, and makes no deletion after the deadline: it stops
 //     issuing deletions a margin before it, and each request carries the
-//     deadline. It removes the marker when done, even on failure. A live
-//     marker of another gc makes gc refuse to start.
+//     deadline. When done, even on failure, it rewrites the marker with
+//     finished_at and leaves it up (daemons read a bucket without a marker
+//     as never swept). A live, unfinished marker of another gc makes gc
+//     refuse to start.
 //  2. It keeps the closure of every pin, of every root pushed within
 //     --older-than, and of every .narinfo written within --grace of the
 //     marker's time (the store's clock): such a .narinfo may belong to a
@@ -43,8 +45,9 @@
 //     within the grace period, so kept with its closure (2). One written
 //     after the marker may be missed by the listing, and its references
 //     deleted; but the daemon that wrote it reads the marker after writing,
-//     waits for the deadline (after which this gc deletes nothing, 1) and
-//     checks again, uploading again, what it relied on. Either way every
+//     finds it unfinished or finished after the daemon's sightings, waits
+//     for the deadline (after which this gc deletes nothing, 1) and checks
+//     again, uploading again, what it relied on. Either way every
 //     .narinfo ends with its NAR and its references, provided the grace
 //     period exceeds a push's duration from its first NAR to its root's
 //     .narinfo (seconds to minutes; the default is 24 h).

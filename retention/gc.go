@@ -354,12 +354,17 @@ func startSweep(ctx context.Context, b uploader.Bucket, host string, window time
 	return sw, nil
 }
 
-// end takes the marker down: this run deletes nothing more.
+// end says in the marker that this run deletes nothing more. It leaves
+// the marker up: daemons read "no marker" as "no gc has ever swept", and
+// "finished at" as "nothing seen since then was deleted". If the write
+// fails, the marker stays as it was, and daemons wait for its deadline.
 func (sw *sweep) end(ctx context.Context) {
 	// Not ctx: an interrupted run still says it stopped deleting.
 	dctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 30*time.Second)
 	defer cancel()
-	sw.b.Delete(dctx, SweepKey)
+	m := sw.marker
+	m.FinishedAt = time.Now().UTC()
+	putJSON(dctx, sw.b, SweepKey, m)
 }
 
 // deleter deletes until the marker's deadline, less a margin for the
@@ -380,11 +385,13 @@ func checkNoSweep(ctx context.Context, b uploader.Bucket, now time.Time) error {
 		return err
 	}
 	s, err := parseSweep(data)
-	if err != nil || !now.Before(s.Deadline) {
-		return nil // unreadable or stale: a crashed gc's, past its deadline
+	if err != nil || !s.FinishedAt.IsZero() || !now.Before(s.Deadline) {
+		return nil // unreadable, finished, or stale: a crashed gc's, past its deadline
 	}
-	return fmt.Errorf("%w (host %q, listed at %s): run gc again after %s, or remove %s if that gc is gone and you cannot wait",
-		ErrSweepRunning, s.Host, s.ListedAt.Format(time.RFC3339), s.Deadline.Format(time.RFC3339), SweepKey)
+	// Not "remove the marker": daemons would read its absence as "no gc
+	// ever swept" and not check what that gc may have deleted.
+	return fmt.Errorf("%w (host %q, listed at %s): run gc again after %s (a gc that crashed deletes nothing after it either)",
+		ErrSweepRunning, s.Host, s.ListedAt.Format(time.RFC3339), s.Deadline.Format(time.RFC3339))
 }
 
 // probeDelete writes and deletes an object of its own, so credentials

@@ -22,7 +22,8 @@ const (
 	RootPrefix = "nixpush/roots/"
 	// PinPrefix + <name>: a Pin.
 	PinPrefix = "nixpush/pins/"
-	// SweepKey is gc's marker while it may delete: a Sweep.
+	// SweepKey is gc's marker: a Sweep, up from before its listing, and
+	// left up, finished, after its last deletion.
 	SweepKey = "nixpush/gc/sweep"
 	// probePrefix is where gc tests its delete permission.
 	probePrefix = "nixpush/gc/probe-"
@@ -43,12 +44,16 @@ type Pin struct {
 }
 
 // Sweep is gc's marker: it may delete from ListedAt until Deadline, never
-// after. A daemon that wrote a .narinfo while one is up re-checks the
-// references after the deadline (see the uploader package).
+// after. When it has made its last deletion it sets FinishedAt and leaves
+// the marker up: a daemon that wrote a .narinfo relying on what it saw
+// before FinishedAt (or while the sweep runs, after the deadline)
+// re-checks the references; one that finds no marker, or a sweep that
+// finished before its sightings, need not (see the uploader package).
 type Sweep struct {
-	ListedAt time.Time `json:"listed_at"`
-	Deadline time.Time `json:"deadline"`
-	Host     string    `json:"host,omitempty"`
+	ListedAt   time.Time `json:"listed_at"`
+	Deadline   time.Time `json:"deadline"`
+	Host       string    `json:"host,omitempty"`
+	FinishedAt time.Time `json:"finished_at,omitzero"`
 }
 
 var pinName = regexp.MustCompile(`^[A-Za-z0-9][A-Za-z0-9._+-]{0,127}$`)

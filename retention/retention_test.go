@@ -214,8 +214,12 @@ func TestGCFileStore(t *testing.T) {
 			t.Errorf("%s was kept", name)
 		}
 	}
-	if ok, _ := f.b.Has(ctx, SweepKey); ok {
-		t.Error("the marker is still there")
+	// The marker stays up, saying the sweep is over: daemons read its
+	// absence as "no gc has ever swept".
+	if data, err := f.b.Get(ctx, SweepKey); err != nil {
+		t.Errorf("the marker is gone: %v", err)
+	} else if m, err := parseSweep(data); err != nil || m.FinishedAt.IsZero() || m.FinishedAt.Before(m.ListedAt) {
+		t.Errorf("the marker after gc: %s (%v); want it finished", data, err)
 	}
 	if rep.Kept.Paths != 5 || rep.Kept.Pinned != 1 || rep.Kept.Rooted != 1 {
 		t.Errorf("kept %+v; want 5 paths, 1 pin, 1 root", rep.Kept)
@@ -247,7 +251,8 @@ func TestGCStopsAtDeadline(t *testing.T) {
 }
 
 // TestGCRefusesWhileAnotherSweeps: a live marker of another gc stops gc
-// before it deletes; a stale one (past its deadline) does not.
+// before it deletes; a stale one (past its deadline) or a finished one
+// does not.
 func TestGCRefusesWhileAnotherSweeps(t *testing.T) {
 	f := newFixture(t)
 	f.add("dead")
@@ -265,6 +270,12 @@ func TestGCRefusesWhileAnotherSweeps(t *testing.T) {
 	}
 	if rep, err := GC(ctx, f.b, opts); err != nil || len(rep.Deleted.Paths) != 1 {
 		t.Fatalf("gc beside a stale marker: %v, %+v", err, rep)
+	}
+	// The marker that gc left up, finished, stops no gc.
+	f.add("dead-too")
+	time.Sleep(5 * time.Millisecond)
+	if rep, err := GC(ctx, f.b, opts); err != nil || len(rep.Deleted.Paths) != 1 {
+		t.Fatalf("gc after a finished one: %v, %+v", err, rep)
 	}
 }
 

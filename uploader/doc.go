@@ -54,8 +54,10 @@
 //
 //	G1. Before it lists the bucket it writes the marker nixpush/gc/sweep
 //	    {"listed_at", "deadline", "host"}; it deletes nothing after the
-//	    deadline (it lists again instead) and removes the marker after its
-//	    last deletion. It does not start while another gc's marker is up.
+//	    deadline (it lists again instead), and after its last deletion it
+//	    rewrites the marker with "finished_at" and leaves it up: the marker
+//	    is never removed, so a bucket without one has never been swept. It
+//	    does not start while another gc's unfinished marker is up.
 //	G2. It deletes only objects its listing showed. It keeps the closure
 //	    (.narinfos and NARs) of every .narinfo younger than the grace
 //	    period, and never deletes a NAR younger than the grace period.
@@ -64,14 +66,17 @@
 //
 //	D1. A NAR is written before its .narinfo, and a .narinfo after those of
 //	    its references (uploaded by the push, or seen in the cache).
-//	D2. After writing a push's .narinfos, it reads the marker; if one is up
-//	    whose deadline (plus 30 s for clocks that disagree) is still ahead,
-//	    it waits until then (at most Config.MaxSweepWait). Then it checks
-//	    that the .narinfo of every reference the written .narinfos rely on
-//	    without having uploaded it, and every NAR it wrote, is there (one
-//	    listing or checks in parallel). What is missing it uploads again,
-//	    with whatever is missing of its closure, dependencies first, as a
-//	    new round that ends with D2 again.
+//	D2. After writing a push's .narinfos, it reads the marker. If there is
+//	    none, or it says the sweep finished (plus 30 s for clocks that
+//	    disagree) before S, the oldest sighting the push relies on (of each
+//	    reference the written .narinfos name without the push having
+//	    uploaded it, and the start of each NAR upload), the push is done.
+//	    Otherwise, if the sweep is unfinished and its deadline (plus 30 s)
+//	    still ahead, it waits until then (at most Config.MaxSweepWait);
+//	    then it checks that the .narinfo of every such reference, and every
+//	    NAR it wrote, is there (one listing or checks in parallel). What is
+//	    missing it uploads again, with whatever is missing of its closure,
+//	    dependencies first, as a new round that ends with D2 again.
 //	D3. A push succeeds, its roots are recorded and its queue items are
 //	    completed only after D2 found nothing missing. A push that did not
 //	    complete (failed, stopped, killed) is pushed again as a Recheck,
@@ -88,7 +93,13 @@
 //     with it X, or deletes N too, which leaves no broken N (the order of
 //     gc's own deletions is its package's argument). So L < W.
 //  2. The daemon reads the marker at M > W (D2; a marker it cannot read
-//     fails the push, see D3). If G made its last deletion before M, the
+//     fails the push, see D3). G's marker went up before L < W < M and is
+//     never removed, so the marker read is G's or a later gc's (gcs do not
+//     overlap, G1). If it is finished before S, so is G, which therefore
+//     deleted X before the push saw X present at S (or its NAR upload
+//     began): X was written again since, and no gc deletes anything
+//     between S and M; a gc listing after M shows N (step 1). Otherwise
+//     the daemon re-checks. If G made its last deletion before M, the
 //     re-check, which begins after M, sees X missing. Otherwise G's marker,
 //     up from before L until after its last deletion (G1), is up at M (it
 //     is the only one: no other gc runs meanwhile), so the daemon waits

@@ -35,11 +35,13 @@ type rootRecord struct {
 }
 
 // sweepMarker is the body of gc's marker: it deletes nothing after
-// Deadline.
+// Deadline, and once it has made its last deletion it says so in
+// FinishedAt and leaves the marker up.
 type sweepMarker struct {
-	ListedAt time.Time `json:"listed_at"`
-	Deadline time.Time `json:"deadline"`
-	Host     string    `json:"host"`
+	ListedAt   time.Time `json:"listed_at"`
+	Deadline   time.Time `json:"deadline"`
+	Host       string    `json:"host"`
+	FinishedAt time.Time `json:"finished_at,omitzero"`
 }
 
 // RootKey is the object that records pushes of the root p.
@@ -73,32 +75,33 @@ func (u *Uploader) recordRoots(ctx context.Context, roots []string, errs []error
 }
 
 // waitForSweep reads gc's marker and, while a sweep may still delete,
-// waits until its deadline (plus sweepSkew) has passed: after that, that
-// gc deletes nothing more, and whatever it deleted shows.
-func (u *Uploader) waitForSweep(ctx context.Context) error {
+// waits until its deadline (plus the skew margin) has passed: after that,
+// that gc deletes nothing more, and whatever it deleted shows. It returns
+// the marker read, or nil when the store has none (no gc has ever begun a
+// sweep of it: gc leaves its marker up).
+func (u *Uploader) waitForSweep(ctx context.Context) (*sweepMarker, error) {
 	u.count(1)
 	b, err := u.cfg.Store.Get(ctx, sweepKey)
 	if errors.Is(err, ErrNotExist) {
-		return nil
+		return nil, nil
 	}
 	if err != nil {
-		return fmt.Errorf("read the gc marker %s: %w", sweepKey, err)
+		return nil, fmt.Errorf("read the gc marker %s: %w", sweepKey, err)
 	}
 	var m sweepMarker
 	if err := json.Unmarshal(b, &m); err != nil || m.Deadline.IsZero() {
-		return fmt.Errorf("the gc marker %s is not one (%v); a gc may be deleting: remove the object if none runs", sweepKey, err)
+		return nil, fmt.Errorf("the gc marker %s is not one (%v); a gc may be deleting: if none is, run nixpush gc, which replaces it", sweepKey, err)
 	}
-	skew := sweepSkew
-	if u.cfg.sweepSkew != 0 {
-		skew = u.cfg.sweepSkew
+	if !m.FinishedAt.IsZero() {
+		return &m, nil
 	}
-	until := m.Deadline.Add(skew)
+	until := m.Deadline.Add(u.skew())
 	wait := until.Sub(u.cfg.Now())
 	if wait <= 0 {
-		return nil
+		return &m, nil
 	}
 	if wait > u.cfg.MaxSweepWait {
-		return fmt.Errorf("a gc from %s may delete until %s, more than %s from now; will retry", m.Host, m.Deadline.Format(time.RFC3339), u.cfg.MaxSweepWait)
+		return nil, fmt.Errorf("a gc from %s may delete until %s, more than %s from now; will retry", m.Host, m.Deadline.Format(time.RFC3339), u.cfg.MaxSweepWait)
 	}
 	u.cfg.Log.Info().Str("gc_host", m.Host).Time("deadline", m.Deadline).Dur("wait", wait).
 		Msg("a gc is sweeping the cache: waiting for its deadline before checking what was relied on")
@@ -106,10 +109,27 @@ func (u *Uploader) waitForSweep(ctx context.Context) error {
 	defer t.Stop()
 	select {
 	case <-t.C:
-		return nil
+		return &m, nil
 	case <-ctx.Done():
-		return ctx.Err()
+		return nil, ctx.Err()
 	}
+}
+
+func (u *Uploader) skew() time.Duration {
+	if u.cfg.sweepSkew != 0 {
+		return u.cfg.sweepSkew
+	}
+	return sweepSkew
+}
+
+// sweptSince reports whether a gc may have deleted anything since t, by
+// the marker m read after that: unless no gc has ever swept (m is nil) or
+// the last one finished (plus the skew margin) before t, it may have.
+func (u *Uploader) sweptSince(m *sweepMarker, t time.Time) bool {
+	if m == nil {
+		return false
+	}
+	return m.FinishedAt.IsZero() || !m.FinishedAt.Add(u.skew()).Before(t)
 }
 
 // recheckWritten checks, after any gc sweep under way has passed its
@@ -119,33 +139,48 @@ func (u *Uploader) waitForSweep(ctx context.Context) error {
 // written paths whose NAR is gone (to upload again whatever the cache
 // says of their .narinfo). See the package doc for why this is enough.
 func (u *Uploader) recheckWritten(ctx context.Context, pl *plan) (again []string, force map[string]bool, err error) {
-	if err := u.waitForSweep(ctx); err != nil {
+	m, err := u.waitForSweep(ctx)
+	if err != nil {
 		return nil, nil, err
 	}
 	pl.mu.Lock()
-	written := make(map[string]string, len(pl.written))
-	for p, k := range pl.written {
-		written[p] = k
+	written := make(map[string]writtenNAR, len(pl.written))
+	for p, w := range pl.written {
+		written[p] = w
 	}
 	pl.mu.Unlock()
+	// since is the oldest sighting this push relies on: of the
+	// references it did not upload, and of its NARs (when their upload
+	// began). Nothing a gc finished deleting before it can be missing.
 	relied := make(map[string]bool)
+	var since time.Time
+	older := func(t time.Time) {
+		if since.IsZero() || t.Before(since) {
+			since = t
+		}
+	}
 	u.mu.Lock()
-	for p := range written {
+	for p, w := range written {
+		older(w.at)
 		for _, r := range pl.infos[p].References {
 			// A filtered reference is never in this cache (consumers
 			// take it from upstream): nothing here relies on it.
 			if _, ok := written[r]; !ok && r != p && !u.skipped[r] {
 				relied[r] = true
+				older(u.seen[r]) // zero, if another push found it gone since
 			}
 		}
 	}
 	u.mu.Unlock()
+	if !u.sweptSince(m, since) {
+		return nil, nil, nil
+	}
 	var narinfos, nars []string
 	for r := range relied {
 		narinfos = append(narinfos, nix.NarInfoKey(r))
 	}
-	for _, k := range written {
-		nars = append(nars, k)
+	for _, w := range written {
+		nars = append(nars, w.key)
 	}
 	at := u.cfg.Now()
 	gone, err := u.missingKeys(ctx, narinfos, nars)
@@ -163,8 +198,8 @@ func (u *Uploader) recheckWritten(ctx context.Context, pl *plan) (again []string
 			u.sawAt(r, at)
 		}
 	}
-	for p, k := range written {
-		if gone[k] {
+	for p, w := range written {
+		if gone[w.key] {
 			delete(u.seen, p)
 			force[p] = true
 			again = append(again, p)

@@ -9,6 +9,7 @@ import (
 	"maps"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"sync"
 	"testing"
@@ -223,7 +224,7 @@ func (g *gcStore) Put(ctx context.Context, key string, r io.Reader, size int64, 
 	g.wg.Go(func() {
 		time.Sleep(150 * time.Millisecond) // the uploader reads the marker meanwhile
 		sweep()
-		os.Remove(filepath.Join(g.dir, sweepKey))
+		finishSweep(g.t, g.FileStore, g.deadline)
 	})
 	return err
 }
@@ -325,5 +326,132 @@ func TestMissingKeysListsNARs(t *testing.T) {
 				t.Errorf("%d store requests, want %d", got, tc.requests)
 			}
 		})
+	}
+}
+
+// finishSweep leaves a gc's marker up as gc does after its last deletion.
+func finishSweep(t *testing.T, s *FileStore, deadline time.Time) {
+	m, _ := json.Marshal(sweepMarker{ListedAt: time.Now().Add(-time.Second), Deadline: deadline, Host: "gc-host", FinishedAt: time.Now()})
+	if err := s.Put(context.Background(), sweepKey, bytes.NewReader(m), int64(len(m)), "application/json"); err != nil {
+		t.Error(err)
+	}
+}
+
+// checksStore records the existence checks made of it.
+type checksStore struct {
+	*FileStore
+	mu     sync.Mutex
+	checks []string
+}
+
+func (c *checksStore) Has(ctx context.Context, key string) (bool, error) {
+	c.mu.Lock()
+	c.checks = append(c.checks, key)
+	c.mu.Unlock()
+	return c.FileStore.Has(ctx, key)
+}
+
+func (c *checksStore) take() []string {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	out := c.checks
+	c.checks = nil
+	return out
+}
+
+// TestRecheckAfterWritesFollowsTheMarker: after writing a .narinfo that
+// relies on a reference seen earlier, the uploader reads gc's marker.
+// With no marker (no gc ever swept), or one that finished before the
+// reference was seen, nothing can have been deleted since: it checks
+// nothing more (one marker read instead of a check per reference and NAR).
+// With a sweep that finished after the sighting and deleted the reference
+// (and its dependency) meanwhile, it checks, finds them gone, and uploads
+// them again: the cache is whole when Push returns.
+func TestRecheckAfterWritesFollowsTheMarker(t *testing.T) {
+	for _, tc := range []struct {
+		name    string
+		marker  string // "none", "finished before", "finished after"
+		recheck bool
+	}{
+		{"no marker", "none", false},
+		{"a sweep finished before the sighting", "finished before", false},
+		{"a sweep finished after the sighting, deleting what was seen", "finished after", true},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			ctx := context.Background()
+			fs := newFakeStore(t)
+			leaf := fs.add(t, "leaf", []byte("leaf"))
+			mid := fs.add(t, "mid", []byte("mid"), leaf)
+			top := fs.add(t, "top", []byte("top"), mid)
+			base, _ := NewFileStore(t.TempDir())
+			cs := &checksStore{FileStore: base}
+			u := New(Config{Store: cs, Nix: fs, Key: testKey(t), StoreDir: fs.dir, Log: zerolog.Nop(), TrustCacheFor: time.Hour})
+			u.cfg.sweepSkew = 20 * time.Millisecond
+			if tc.marker == "finished before" {
+				finishSweep(t, base, time.Now())
+				time.Sleep(50 * time.Millisecond) // past the skew margin
+			}
+			if err := u.Push(ctx, []string{mid})[0]; err != nil {
+				t.Fatal(err)
+			}
+			if tc.marker == "finished after" {
+				time.Sleep(50 * time.Millisecond)
+				for _, p := range []string{mid, leaf} {
+					nar := narURL(t, base, p)
+					remove(t, base, nix.NarInfoKey(p))
+					remove(t, base, nar)
+				}
+				finishSweep(t, base, time.Now())
+			}
+			cs.take()
+			if err := u.Push(ctx, []string{top})[0]; err != nil {
+				t.Fatal(err)
+			}
+			checks := cs.take()
+			if want := []string{nix.NarInfoKey(top)}; !tc.recheck && !slices.Equal(checks, want) {
+				t.Errorf("existence checks %v; want only the probe %v", checks, want)
+			}
+			if tc.recheck && !slices.Contains(checks, nix.NarInfoKey(mid)) {
+				t.Errorf("existence checks %v; want %s checked after the write", checks, nix.NarInfoKey(mid))
+			}
+			if tc.marker != "finished after" {
+				return
+			}
+			for _, p := range []string{leaf, mid, top} {
+				checkPushed(t, base, fs.infos[p])
+			}
+		})
+	}
+}
+
+// TestRecheckCoversOldNARs: a .narinfo written now for a NAR uploaded
+// before a sweep finished (by a push that failed before its .narinfo) is
+// checked after the write, and the NAR, deleted by that sweep as an
+// orphan, is to be uploaded again.
+func TestRecheckCoversOldNARs(t *testing.T) {
+	ctx := context.Background()
+	fs := newFakeStore(t)
+	dep := fs.add(t, "dep", []byte("dep"))
+	top := fs.add(t, "top", []byte("top"), dep)
+	base, _ := NewFileStore(t.TempDir())
+	u := New(Config{Store: base, Nix: fs, Key: testKey(t), StoreDir: fs.dir, Log: zerolog.Nop(), TrustCacheFor: time.Hour})
+	u.cfg.sweepSkew = 20 * time.Millisecond
+	if err := u.Push(ctx, []string{dep})[0]; err != nil {
+		t.Fatal(err)
+	}
+	key := narKey(fs.infos[top], Zstd)
+	pl := &plan{infos: fs.infos, written: map[string]writtenNAR{top: {key: key, at: time.Now()}}}
+	time.Sleep(50 * time.Millisecond)
+	finishSweep(t, base, time.Now()) // it deleted the NAR, never written here
+	time.Sleep(50 * time.Millisecond)
+	u.mu.Lock()
+	u.sawAt(dep, time.Now()) // the reference, seen after the sweep
+	u.mu.Unlock()
+	again, force, err := u.recheckWritten(ctx, pl)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !slices.Equal(again, []string{top}) || !force[top] {
+		t.Fatalf("again %v, force %v; want %s uploaded again", again, force, top)
 	}
 }

@@ -9,6 +9,7 @@ import (
 	"hash"
 	"io"
 	"sync"
+	"time"
 
 	"github.com/nix-community/go-nix/pkg/nixbase32"
 	"github.com/nix-community/go-nix/pkg/nixhash"
@@ -49,8 +50,9 @@ type packed struct {
 	narSize  uint64
 	fileHash nixhash.Hash
 	fileSize uint64
-	listing  []byte // the .ls JSON, when asked for
-	narinfo  string // the signed .narinfo, set by the Uploader once the NAR is in
+	listing  []byte    // the .ls JSON, when asked for
+	narinfo  string    // the signed .narinfo, set by the Uploader once the NAR is in
+	at       time.Time // when the Uploader began the upload
 }
 
 // pack writes the compressed NAR of info.Path to w in one pass, hashing the

@@ -191,7 +191,7 @@ func (u *Uploader) push(ctx context.Context, roots []string, recheck bool) []err
 	cutoff := start.Add(-u.cfg.TrustCacheFor)
 	if recheck {
 		cutoff = start
-		if err := u.waitForSweep(ctx); err != nil {
+		if _, err := u.waitForSweep(ctx); err != nil {
 			return fail(err)
 		}
 	}
@@ -244,7 +244,7 @@ func (u *Uploader) pushClosures(ctx context.Context, roots []string, cutoff time
 	filtered := u.filtered(infos)
 	missing := u.probe(ctx, infos, filtered, force, cutoff)
 	u.plan(missing, filtered, infos)
-	pl := &plan{infos: infos, missing: missing, filtered: filtered, force: force, cutoff: cutoff, written: make(map[string]string)}
+	pl := &plan{infos: infos, missing: missing, filtered: filtered, force: force, cutoff: cutoff, written: make(map[string]writtenNAR)}
 	failed := u.uploadMissing(ctx, pl)
 	for i, r := range roots {
 		if errs[i] == nil {
@@ -394,7 +394,14 @@ type plan struct {
 	cutoff   time.Time
 
 	mu      sync.Mutex
-	written map[string]string
+	written map[string]writtenNAR
+}
+
+// writtenNAR is the NAR of a .narinfo a push wrote: its key, and when its
+// upload began.
+type writtenNAR struct {
+	key string
+	at  time.Time
 }
 
 // since is when p must have been seen in the cache for this push to
@@ -812,10 +819,12 @@ func (u *Uploader) putNAR(ctx context.Context, info nix.PathInfo) (packed, error
 		}
 	}
 	u.count(1)
+	at := u.cfg.Now()
 	p, err := putNAR(ctx, u.cfg.Store, info, u.cfg.Compression, u.cfg.WriteNARListing, narKey(info, u.cfg.Compression))
 	if err != nil {
 		return packed{}, fmt.Errorf("upload %s: %w", info.Path, err)
 	}
+	p.at = at
 	// The .narinfo is signed here, beside the NAR upload, rather than when
 	// its references are in: on a deep closure that is one step less on
 	// the serial path from one .narinfo PUT to the next.
@@ -862,7 +871,7 @@ func (u *Uploader) upload(ctx context.Context, info nix.PathInfo, pl *plan) erro
 	}
 	d := time.Since(start)
 	pl.mu.Lock()
-	pl.written[info.Path] = narKey(info, c)
+	pl.written[info.Path] = writtenNAR{narKey(info, c), p.at}
 	pl.mu.Unlock()
 	u.mu.Lock()
 	delete(u.nars, info.Path)
