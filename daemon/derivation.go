@@ -30,7 +30,7 @@ func (d *Daemon) pushLog(ctx context.Context, drv string) error {
 	outs, err := d.cfg.Nix.Outputs(ctx, drv)
 	switch {
 	case err == nil:
-		for i, err := range d.up.Push(ctx, outs) {
+		for i, err := range d.up.Ensure(ctx, outs) {
 			if err != nil {
 				return fmt.Errorf("build log waits for output %s: %w", outs[i], err)
 			}
@@ -99,7 +99,7 @@ func (d *Daemon) pushRealisations(ctx context.Context, drv string) error {
 	for i, r := range rs {
 		outs[i] = r.OutPath
 	}
-	for i, err := range d.up.Push(ctx, outs) {
+	for i, err := range d.up.Ensure(ctx, outs) {
 		if err != nil {
 			return fmt.Errorf("realisation %s waits for output %s: %w", rs[i].ID, outs[i], err)
 		}

@@ -455,3 +455,20 @@ func TestRecheckCoversOldNARs(t *testing.T) {
 		t.Fatalf("again %v, force %v; want %s uploaded again", again, force, top)
 	}
 }
+
+// TestEnsureRecordsNoRoot: Ensure uploads a closure like Push but writes no
+// root record (the daemon pushes the outputs a build log waits for as
+// roots of their own; a second record per build was a wasted request).
+func TestEnsureRecordsNoRoot(t *testing.T) {
+	fs := newFakeStore(t)
+	top := fs.add(t, "top", []byte("top"))
+	base, _ := NewFileStore(t.TempDir())
+	u := New(Config{Store: base, Nix: fs, Key: testKey(t), StoreDir: fs.dir, Log: zerolog.Nop()})
+	if err := u.Ensure(context.Background(), []string{top})[0]; err != nil {
+		t.Fatal(err)
+	}
+	checkPushed(t, base, fs.infos[top])
+	if has, err := base.Has(context.Background(), RootKey(top)); err != nil || has {
+		t.Fatalf("root record after Ensure: %v, %v; want none", has, err)
+	}
+}

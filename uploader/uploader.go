@@ -168,7 +168,14 @@ func (u *Uploader) count(requests int64) {
 // one error per root (nil where the root's whole closure is in the cache).
 // Paths seen in the cache within TrustCacheFor are not checked again.
 func (u *Uploader) Push(ctx context.Context, roots []string) []error {
-	return u.push(ctx, roots, false)
+	return u.push(ctx, roots, false, true)
+}
+
+// Ensure is Push for paths that are not roots of their own but go with
+// ones pushed as roots (a build log waits for the outputs, which the
+// daemon pushes as roots): it records no root.
+func (u *Uploader) Ensure(ctx context.Context, paths []string) []error {
+	return u.push(ctx, paths, false, false)
 }
 
 // Recheck is Push believing nothing it remembers: every path of the
@@ -176,10 +183,10 @@ func (u *Uploader) Push(ctx context.Context, roots []string) []error {
 // is missing, however deep, is uploaded again. It first waits out a gc
 // sweep under way, so that what it finds present stays present.
 func (u *Uploader) Recheck(ctx context.Context, roots []string) []error {
-	return u.push(ctx, roots, true)
+	return u.push(ctx, roots, true, true)
 }
 
-func (u *Uploader) push(ctx context.Context, roots []string, recheck bool) []error {
+func (u *Uploader) push(ctx context.Context, roots []string, recheck, record bool) []error {
 	errs := make([]error, len(roots))
 	fail := func(err error) []error {
 		for i := range errs {
@@ -219,7 +226,9 @@ func (u *Uploader) push(ctx context.Context, roots []string, recheck bool) []err
 	} else if err := <-cacheInfo; err != nil {
 		return fail(err)
 	}
-	u.recordRoots(ctx, roots, errs)
+	if record {
+		u.recordRoots(ctx, roots, errs)
+	}
 	return errs
 }
 
