@@ -293,11 +293,12 @@ func emptyGoProgram(b *testing.B) string {
 
 // BenchmarkBuild200 builds 200 small derivations (a chain: one at a time)
 // with /bin/true as Nix's post-build-hook, with an empty Go program (the
-// floor of any hook written in Go), and with nixpush-hook handing over to
-// a daemon run as the NixOS module runs it (Nice=10, IOSchedulingClass=
+// floor of any hook written in Go), with nixpush-hook handing over to a
+// daemon that uploads nothing (the floor of a durable hand-off), and with
+// nixpush-hook handing over to a daemon run as the NixOS module runs it (Nice=10, IOSchedulingClass=
 // idle, with MinIO, which stands in for a remote S3, at the same priority
 // while the build runs) or at normal priority, uploading to MinIO
-// meanwhile. Each round builds fresh derivations four times, in an order
+// meanwhile. Each round builds fresh derivations five times, in an order
 // that rotates from round to round; before each build the daemons have
 // drained and MinIO is idle. Medians of 5 rounds.
 func BenchmarkBuild200(b *testing.B) {
@@ -330,10 +331,20 @@ func BenchmarkBuild200(b *testing.B) {
 			d: testenv.StartDaemonUnder(b, binDir, r.minio.CredentialsEnv(), p.prefix,
 				"--store-uri", r.minio.StoreURI(bucket), "--secret-key-file", r.sec, "--log-level", "warn")})
 	}
-	var withTrue, withEmpty []time.Duration
+	// The floor of the hand-off itself: a daemon that takes the paths
+	// (a durable commit each) and uploads nothing, its store check failing
+	// on a read-only directory.
+	ro := b.TempDir()
+	if out, err := exec.Command("mount", "-t", "tmpfs", "-o", "ro,size=1m", "tmpfs", ro).CombinedOutput(); err != nil {
+		b.Fatalf("mount a read-only tmpfs on %s (the bench runs as root): %v\n%s", ro, err, out)
+	}
+	b.Cleanup(func() { exec.Command("umount", ro).Run() })
+	idle := testenv.StartDaemon(b, binDir, nil, "--store-uri", "file://"+ro, "--secret-key-file", r.sec, "--log-level", "error")
+	var withTrue, withEmpty, withIdle []time.Duration
 	runs := []func(){
 		func() { withTrue = append(withTrue, build("/bin/true", nil)) },
 		func() { withEmpty = append(withEmpty, build(empty, nil)) },
+		func() { withIdle = append(withIdle, build(idle.HookBin(), idle.HookEnv())) },
 	}
 	for _, h := range daemons {
 		runs = append(runs, func() {
@@ -366,6 +377,12 @@ func BenchmarkBuild200(b *testing.B) {
 	b.Logf("  %-40s %.2f s %v", "/bin/true as the hook", bt.Seconds(), roundTo(withTrue))
 	b.Logf("  %-40s %.2f s %v: ratio %.3f (the floor of a hook in Go)", "empty Go program as the hook", be.Seconds(), roundTo(withEmpty), be.Seconds()/bt.Seconds())
 	b.ReportMetric(be.Seconds()/bt.Seconds(), "ratio-empty-go")
+	bi := percentile(withIdle, 0.5)
+	b.Logf("  %-40s %.2f s %v: ratio %.3f (the floor of a durable hand-off)", "nixpush-hook, daemon not uploading", bi.Seconds(), roundTo(withIdle), bi.Seconds()/bt.Seconds())
+	b.ReportMetric(bi.Seconds()/bt.Seconds(), "ratio-handoff-only")
+	if st := status(b, idle); st.Queued < rounds*(n+1) {
+		b.Fatalf("the daemon not uploading holds %d paths; want %d handed over", st.Queued, rounds*(n+1))
+	}
 	for _, h := range daemons {
 		h.d.MustWait(5 * time.Minute)
 		st := status(b, h.d)
