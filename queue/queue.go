@@ -182,7 +182,10 @@ func Open(path string, opts Options) (*Queue, error) {
 	if opts.Backoff.Max <= 0 {
 		opts.Backoff.Max = 5 * time.Minute
 	}
-	db, err := bbolt.Open(path, 0o600, &bbolt.Options{Timeout: time.Second})
+	// The freelist is rebuilt at open (a scan of a small file) rather than
+	// written at every commit: a hand-off's commit writes its own pages and
+	// the meta page only, however large the done set has grown.
+	db, err := bbolt.Open(path, 0o600, &bbolt.Options{Timeout: time.Second, NoFreelistSync: true, FreelistType: bbolt.FreelistMapType})
 	if err != nil {
 		switch {
 		case errors.Is(err, bolterrors.ErrTimeout):
