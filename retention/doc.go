@@ -38,7 +38,8 @@
 //     push in progress), the NAR listings (<hash>.ls) of deleted paths and
 //     orphaned ones as old, the build logs (log/<drv>) as old of
 //     derivations no kept .narinfo names as Deriver (a log goes up after
-//     its outputs), then the root records of deleted roots, then
+//     its outputs), then the root records of deleted roots and the batch
+//     root records older than --older-than (which keep nothing), then
 //     multipart uploads begun before the grace period.
 //  5. A push that overlaps: a .narinfo written before the marker is
 //     listed (the listing starts after it) and, its push being in progress,

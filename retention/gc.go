@@ -233,6 +233,12 @@ func GC(ctx context.Context, b uploader.Bucket, opts GCOptions) (*GCReport, erro
 			records = append(records, RootPrefix+g.nodes[i].hash)
 		}
 	}
+	// A batch record keeps nothing once it has expired.
+	for key, at := range g.rootBatches {
+		if now.Sub(at) >= opts.OlderThan {
+			records = append(records, key)
+		}
+	}
 	slices.Sort(records)
 	rep.Deleted.RootRecords = len(records)
 	// Realisations of outputs that go, and logs of derivations no kept

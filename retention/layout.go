@@ -20,6 +20,9 @@ const (
 	Prefix = "nixpush/"
 	// RootPrefix + <hashpart>: a Root, rewritten at each push of the path.
 	RootPrefix = "nixpush/roots/"
+	// RootBatchPrefix + <time>-<random>: a RootBatch, the roots a daemon
+	// pushed together (never rewritten; gc deletes it once it has expired).
+	RootBatchPrefix = RootPrefix + "batch-"
 	// PinPrefix + <name>: a Pin.
 	PinPrefix = "nixpush/pins/"
 	// SweepKey is gc's marker: a Sweep, up from before its listing, and
@@ -32,6 +35,13 @@ const (
 // Root records the last push of a path handed to a daemon.
 type Root struct {
 	Path     string    `json:"path"`
+	PushedAt time.Time `json:"pushed_at"`
+	Host     string    `json:"host,omitempty"`
+}
+
+// RootBatch records a push of several roots at once.
+type RootBatch struct {
+	Paths    []string  `json:"paths"`
 	PushedAt time.Time `json:"pushed_at"`
 	Host     string    `json:"host,omitempty"`
 }
@@ -172,6 +182,17 @@ func parseRoot(key string, data []byte, mod time.Time) (Root, bool) {
 	var r Root
 	if err := json.Unmarshal(data, &r); err != nil || hashPart(r.Path) != strings.TrimPrefix(key, RootPrefix) {
 		return Root{}, false
+	}
+	if r.PushedAt.IsZero() {
+		r.PushedAt = mod
+	}
+	return r, true
+}
+
+func parseRootBatch(data []byte, mod time.Time) (RootBatch, bool) {
+	var r RootBatch
+	if err := json.Unmarshal(data, &r); err != nil {
+		return RootBatch{}, false
 	}
 	if r.PushedAt.IsZero() {
 		r.PushedAt = mod

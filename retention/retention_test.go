@@ -6,6 +6,7 @@ import (
 	"crypto/rand"
 	"crypto/sha256"
 	"encoding/hex"
+	"encoding/json"
 	"errors"
 	"os"
 	"path/filepath"
@@ -446,5 +447,62 @@ func TestVerifyDanglingRealisation(t *testing.T) {
 	after, err := Verify(ctx, f.b, VerifyOptions{})
 	if err != nil || !after.Whole() {
 		t.Fatalf("verify after repair: %v, %+v", err, after)
+	}
+}
+
+// TestGCBatchRootRecords: a batch record (the roots a daemon pushed
+// together) keeps the closure of each root it names while it is within
+// --older-than; an expired one keeps nothing and is deleted, and a second
+// gc run reads it from the walk cache.
+func TestGCBatchRootRecords(t *testing.T) {
+	f := newFixture(t)
+	ctx := context.Background()
+	f.add("base")
+	f.add("a", "base")
+	f.add("b", "base")
+	f.add("old-a")
+	f.add("old-b", "old-a")
+	batch := func(key string, at time.Time, names ...string) {
+		var paths []string
+		for _, n := range names {
+			paths = append(paths, f.paths[n])
+		}
+		data, _ := json.Marshal(RootBatch{Paths: paths, PushedAt: at, Host: "builder"})
+		f.put(key, string(data))
+	}
+	batch(RootBatchPrefix+"20261125T120000.000000000Z-aaaaaaaaaaaa", time.Now(), "a", "b")
+	old := RootBatchPrefix + "20261120T120000.000000000Z-bbbbbbbbbbbb"
+	batch(old, time.Now().Add(-48*time.Hour), "old-a", "old-b")
+	time.Sleep(20 * time.Millisecond)
+	cache, err := OpenCache(CacheFile(t.TempDir(), f.b.String()))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer cache.Close()
+	opts := GCOptions{OlderThan: 24 * time.Hour, Grace: 10 * time.Millisecond, Walk: WalkOptions{Cache: cache}}
+	rep, err := GC(ctx, f.b, opts)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, n := range []string{"base", "a", "b"} {
+		if !f.has(n) {
+			t.Errorf("%s, in the closure of a recent batch record, was deleted", n)
+		}
+	}
+	for _, n := range []string{"old-a", "old-b"} {
+		if f.has(n) {
+			t.Errorf("%s, named only by an expired batch record, was kept", n)
+		}
+	}
+	if f.exists(old) || rep.Deleted.RootRecords != 1 || rep.Kept.Rooted != 2 {
+		t.Errorf("expired batch record still there: %v; deleted %d root records, kept %d rooted; want it gone, 1, 2",
+			f.exists(old), rep.Deleted.RootRecords, rep.Kept.Rooted)
+	}
+	again, err := GC(ctx, f.b, opts)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(again.Deleted.Paths) != 0 || again.Walk.Read != 0 {
+		t.Errorf("second gc deleted %v and read %d objects; want nothing deleted, everything from the cache", again.Deleted.Paths, again.Walk.Read)
 	}
 }

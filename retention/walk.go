@@ -67,6 +67,8 @@ type Graph struct {
 	listings map[int32]time.Time
 	// rootRecords are the hash parts of root records, by node.
 	rootRecords map[int32]bool
+	// rootBatches are the batch root records, by key: when pushed.
+	rootBatches map[string]time.Time
 	unreadable  []string // .narinfo keys that could not be read
 	// logs are the build logs (log/<drv>), realisations the
 	// realisations/<id>.doi, by key.
@@ -205,7 +207,7 @@ func Walk(ctx context.Context, b uploader.Bucket, opts WalkOptions) (*Graph, err
 		opts.Jobs = 32
 	}
 	g := &Graph{StoreDir: "", index: make(map[string]int32), narIndex: make(map[string]int32), bad: make(map[int32]string), narHash: make(map[int32]string),
-		roots: make(map[int32]time.Time), rootRecords: make(map[int32]bool), listings: make(map[int32]time.Time),
+		roots: make(map[int32]time.Time), rootRecords: make(map[int32]bool), rootBatches: make(map[string]time.Time), listings: make(map[int32]time.Time),
 		realisations: make(map[string]realisation)}
 	var mu sync.Mutex // guards g while reads run
 	var stats struct{ objects, narinfos, read, hits, requests atomic.Int64 }
@@ -298,6 +300,27 @@ func Walk(ctx context.Context, b uploader.Bucket, opts WalkOptions) (*Graph, err
 				mu.Unlock()
 			case o.Key == "nix-cache-info":
 				g.CacheInfo = true
+			case strings.HasPrefix(o.Key, RootBatchPrefix):
+				readThen(o, func(data []byte) error {
+					r, ok := parseRootBatch(data, o.LastModified)
+					if !ok {
+						r.PushedAt = o.LastModified // unreadable: it keeps nothing, and goes when old
+					}
+					mu.Lock()
+					defer mu.Unlock()
+					g.rootBatches[o.Key] = r.PushedAt
+					for _, p := range r.Paths {
+						h := hashPart(p)
+						if h == "" {
+							continue
+						}
+						i := g.intern(h)
+						if r.PushedAt.After(g.roots[i]) {
+							g.roots[i] = r.PushedAt
+						}
+					}
+					return nil
+				})
 			case strings.HasPrefix(o.Key, RootPrefix):
 				readThen(o, func(data []byte) error {
 					h := strings.TrimPrefix(o.Key, RootPrefix)
@@ -394,6 +417,9 @@ func (g *Graph) listed(key string) bool {
 	case isNarInfoKey(key):
 		i, ok := g.index[key[:32]]
 		return ok && g.nodes[i].present
+	case strings.HasPrefix(key, RootBatchPrefix):
+		_, ok := g.rootBatches[key]
+		return ok
 	case strings.HasPrefix(key, RootPrefix):
 		i, ok := g.index[strings.TrimPrefix(key, RootPrefix)]
 		return ok && g.rootRecords[i]

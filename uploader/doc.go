@@ -37,9 +37,12 @@
 // .narinfo is written only when the .narinfo of each of its references was
 // written by the same push or seen in the cache within that window.
 // Recheck (an explicit `nixpush push`) trusts nothing: it checks the whole
-// closure and nix-cache-info. Every root a push completes is recorded in
-// nixpush/roots/<hash part> ({"path", "pushed_at", "host"}), rewritten at
-// each push, for gc to keep what builders still push.
+// closure and nix-cache-info. Every root a push completes is recorded, for
+// gc to keep what builders still push: a lone root in nixpush/roots/<hash
+// part> ({"path", "pushed_at", "host"}), rewritten at each push; the roots
+// of a push of several (a daemon's push cycle gathers the builds of a
+// moment) in one nixpush/roots/batch-<time>-<random> ({"paths",
+// "pushed_at", "host"}), written once.
 //
 // The trust window must stay below gc's grace period: gc never deletes a
 // .narinfo or NAR younger than its grace, nor the closure of such a

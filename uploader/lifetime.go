@@ -1,7 +1,10 @@
 package uploader
 
 import (
+	"bytes"
 	"context"
+	"crypto/rand"
+	"encoding/hex"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -19,8 +22,11 @@ import (
 // reads (the retention package owns the rest of this layout).
 const (
 	// rootKeyPrefix + <hash part>: a rootRecord, rewritten at every push of
-	// a path handed to the daemon once its .narinfo is in the cache.
-	rootKeyPrefix = "nixpush/roots/"
+	// a path handed to the daemon once its .narinfo is in the cache; or,
+	// for a push of several roots, rootBatchPrefix + <time>-<random>: one
+	// rootBatch naming them all.
+	rootKeyPrefix   = "nixpush/roots/"
+	rootBatchPrefix = rootKeyPrefix + "batch-"
 	// sweepKey is gc's marker while it may delete: a sweepMarker.
 	sweepKey = "nixpush/gc/sweep"
 	// sweepSkew is added to a sweep's deadline for clocks that disagree.
@@ -30,6 +36,13 @@ const (
 // rootRecord is the body of a root's object.
 type rootRecord struct {
 	Path     string    `json:"path"`
+	PushedAt time.Time `json:"pushed_at"`
+	Host     string    `json:"host"`
+}
+
+// rootBatch is the body of a record of several roots pushed together.
+type rootBatch struct {
+	Paths    []string  `json:"paths"`
 	PushedAt time.Time `json:"pushed_at"`
 	Host     string    `json:"host"`
 }
@@ -49,29 +62,45 @@ func RootKey(p string) string {
 	return rootKeyPrefix + strings.TrimSuffix(nix.NarInfoKey(p), ".narinfo")
 }
 
-// recordRoots writes the root record of every root pushed without error;
-// a root whose record cannot be written fails, to be pushed again.
+// recordRoots records the roots pushed without error: one record of its
+// own for a lone root, one batch record for several (a push cycle of the
+// daemon gathers the builds of a moment: one request, not one per build).
+// A root whose record cannot be written fails, to be pushed again.
 func (u *Uploader) recordRoots(ctx context.Context, roots []string, errs []error) {
-	g, gctx := errgroup.WithContext(ctx)
-	g.SetLimit(4 * u.cfg.Jobs)
+	var idx []int
 	for i, r := range roots {
-		if errs[i] != nil || len(path.Base(r)) < 33 {
-			continue
+		if errs[i] == nil && len(path.Base(r)) >= 33 {
+			idx = append(idx, i)
 		}
-		g.Go(func() error {
-			body, err := json.Marshal(rootRecord{Path: r, PushedAt: u.cfg.Now().UTC(), Host: u.cfg.Host})
-			if err == nil {
-				body = append(body, '\n')
-				u.count(1)
-				err = u.cfg.Store.Put(gctx, RootKey(r), strings.NewReader(string(body)), int64(len(body)), "application/json")
-			}
-			if err != nil {
-				errs[i] = fmt.Errorf("record root %s in %s: %w", r, RootKey(r), err)
-			}
-			return nil
-		})
 	}
-	g.Wait()
+	if len(idx) == 0 {
+		return
+	}
+	now := u.cfg.Now().UTC()
+	var key string
+	var rec any
+	if len(idx) == 1 {
+		key, rec = RootKey(roots[idx[0]]), rootRecord{Path: roots[idx[0]], PushedAt: now, Host: u.cfg.Host}
+	} else {
+		b := rootBatch{PushedAt: now, Host: u.cfg.Host}
+		for _, i := range idx {
+			b.Paths = append(b.Paths, roots[i])
+		}
+		var r [6]byte
+		rand.Read(r[:])
+		key, rec = fmt.Sprintf("%s%s-%s", rootBatchPrefix, now.Format("20060102T150405.000000000Z"), hex.EncodeToString(r[:])), b
+	}
+	body, err := json.Marshal(rec)
+	if err == nil {
+		body = append(body, '\n')
+		u.count(1)
+		err = u.cfg.Store.Put(ctx, key, bytes.NewReader(body), int64(len(body)), "application/json")
+	}
+	if err != nil {
+		for _, i := range idx {
+			errs[i] = fmt.Errorf("record root %s in %s: %w", roots[i], key, err)
+		}
+	}
 }
 
 // waitForSweep reads gc's marker and, while a sweep may still delete,

@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"crypto/sha256"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
@@ -232,9 +233,32 @@ func TestPushDAGKeepsOrderWithParallelJobs(t *testing.T) {
 			if st := u.Stats(); st.Paths != int64(cacheObjects-1)/2 {
 				t.Errorf("stats: %d paths uploaded, store got %d objects", st.Paths, cacheObjects)
 			}
+			// Each push of two roots wrote one batch record naming both.
+			recorded := map[string]int{}
+			batches := 0
+			for key := range cs.puts {
+				if !strings.HasPrefix(key, rootBatchPrefix) {
+					continue
+				}
+				batches++
+				data, err := sub.Get(context.Background(), key)
+				if err != nil {
+					t.Fatal(err)
+				}
+				var b rootBatch
+				if err := json.Unmarshal(data, &b); err != nil || len(b.Paths) != 2 || b.PushedAt.IsZero() {
+					t.Errorf("batch record %s: %s (%v); want two paths and a time", key, data, err)
+				}
+				for _, p := range b.Paths {
+					recorded[p]++
+				}
+			}
+			if batches != 4 {
+				t.Errorf("%d batch root records for 4 pushes of 2 roots; want 4", batches)
+			}
 			for _, r := range all {
-				if cs.puts[RootKey(r)] != 1 {
-					t.Errorf("root record %s written %d times, want once", RootKey(r), cs.puts[RootKey(r)])
+				if recorded[r] != 1 || cs.puts[RootKey(r)] != 0 {
+					t.Errorf("root %s: in %d batch records and %d records of its own; want one batch", r, recorded[r], cs.puts[RootKey(r)])
 				}
 			}
 		})
