@@ -28,6 +28,30 @@ func onShared(base, seed string) string {
 in mk "top" "echo ${s} ${leaf} ${shared3} > $out"`, base, seed)
 }
 
+// twoDaemons starts MinIO with a bucket anyone may read and two daemons
+// pushing to it, signing with a new key (whose public half it returns).
+func twoDaemons(t *testing.T, bucket string) (*testenv.MinIOServer, *testenv.NixEnv, string, []*daemon) {
+	t.Helper()
+	m := testenv.MinIO(t)
+	m.MakeBucket(t, bucket, true)
+	sec, pub := keys(t, "nixpush-e2e-"+bucket+"-1")
+	var daemons []*daemon
+	for range 2 {
+		daemons = append(daemons, startDaemon(t, m.CredentialsEnv(), "--store-uri", m.StoreURI(bucket), "--secret-key-file", sec))
+	}
+	return m, testenv.Nix(t), pub, daemons
+}
+
+// handOver runs nixpush-hook as Nix runs it after building out.
+func handOver(d *daemon, out string) error {
+	h := exec.Command(d.HookBin())
+	h.Env = append(os.Environ(), append(d.HookEnv(), "OUT_PATHS="+out, "DRV_PATH=")...)
+	if o, err := h.CombinedOutput(); err != nil {
+		return fmt.Errorf("nixpush-hook: %v\n%s", err, o)
+	}
+	return nil
+}
+
 // TestGCRacingPushes runs gc round after round (a root counts for 2 s,
 // the grace period is 1 s, the sweep window 3 s) while two daemons push
 // new closures built on shared dependencies, which gc finds unreferenced
@@ -35,18 +59,10 @@ in mk "top" "echo ${s} ${leaf} ${shared3} > $out"`, base, seed)
 // its NAR and its references, and every closure pushed after the last gc
 // is whole for real Nix.
 func TestGCRacingPushes(t *testing.T) {
-	m := testenv.MinIO(t)
-	m.MakeBucket(t, "race", true)
-	nx := testenv.Nix(t)
-	sec, pub := keys(t, "nixpush-e2e-race-1")
-	uri := m.StoreURI("race")
-	env := m.CredentialsEnv()
+	m, nx, pub, daemons := twoDaemons(t, "race")
+	uri, env := m.StoreURI("race"), m.CredentialsEnv()
 	cacheDir := t.TempDir()
 	c := m.Client(t)
-	daemons := []*daemon{
-		startDaemon(t, env, "--store-uri", uri, "--secret-key-file", sec),
-		startDaemon(t, env, "--store-uri", uri, "--secret-key-file", sec),
-	}
 	base := seed()
 	gcArgs := []string{"--store-uri", uri, "--older-than", "2s", "--grace", "1s", "--sweep-window", "3s"}
 
@@ -62,10 +78,8 @@ func TestGCRacingPushes(t *testing.T) {
 			}
 			return out[0]
 		}
-		h := exec.Command(d.HookBin())
-		h.Env = append(os.Environ(), append(d.HookEnv(), "OUT_PATHS="+out[0], "DRV_PATH=")...)
-		if o, err := h.CombinedOutput(); err != nil {
-			t.Errorf("nixpush-hook: %v\n%s", err, o)
+		if err := handOver(d, out[0]); err != nil {
+			t.Error(err)
 		}
 		if o, err := d.CLI("wait", "--timeout", "2m"); err != nil {
 			t.Errorf("wait: %v\n%s", err, o)
@@ -134,25 +148,15 @@ func TestGCRacingPushes(t *testing.T) {
 // reads the marker, sees the sweep finished after that sighting, checks,
 // and uploads the chain again: the bucket is whole, for real Nix too.
 func TestGCBetweenHookedPushes(t *testing.T) {
-	m := testenv.MinIO(t)
-	m.MakeBucket(t, "between", true)
-	nx := testenv.Nix(t)
-	sec, pub := keys(t, "nixpush-e2e-between-1")
-	uri := m.StoreURI("between")
-	env := m.CredentialsEnv()
-	daemons := []*daemon{
-		startDaemon(t, env, "--store-uri", uri, "--secret-key-file", sec),
-		startDaemon(t, env, "--store-uri", uri, "--secret-key-file", sec),
-	}
+	m, nx, pub, daemons := twoDaemons(t, "between")
+	uri, env := m.StoreURI("between"), m.CredentialsEnv()
 	base := seed()
 	hooked := func(round int) []string {
 		var tops []string
 		for i, d := range daemons {
 			out := nx.Build(t, onShared(base, fmt.Sprintf("%s-%d-%d", base, round, i)))
-			h := exec.Command(d.HookBin())
-			h.Env = append(os.Environ(), append(d.HookEnv(), "OUT_PATHS="+out[0], "DRV_PATH=")...)
-			if o, err := h.CombinedOutput(); err != nil {
-				t.Fatalf("nixpush-hook: %v\n%s", err, o)
+			if err := handOver(d, out[0]); err != nil {
+				t.Fatal(err)
 			}
 			tops = append(tops, out[0])
 		}

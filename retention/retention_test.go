@@ -153,6 +153,17 @@ func (f *fixture) root(name string, at time.Time) {
 	}
 }
 
+// cache opens a walk cache for the fixture's store, closed at the end.
+func (f *fixture) cache() *Cache {
+	f.t.Helper()
+	c, err := OpenCache(CacheFile(f.t.TempDir(), f.b.String()))
+	if err != nil {
+		f.t.Fatal(err)
+	}
+	f.t.Cleanup(func() { c.Close() })
+	return c
+}
+
 func (f *fixture) has(name string) bool {
 	ok, err := f.b.Has(context.Background(), nix.NarInfoKey(f.paths[name]))
 	if err != nil {
@@ -185,11 +196,7 @@ func TestGCFileStore(t *testing.T) {
 	}
 	time.Sleep(20 * time.Millisecond)
 
-	cache, err := OpenCache(CacheFile(t.TempDir(), f.b.String()))
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer cache.Close()
+	cache := f.cache()
 	var order []string
 	opts := GCOptions{OlderThan: 24 * time.Hour, Grace: 10 * time.Millisecond, Walk: WalkOptions{Cache: cache},
 		Deleting: func(key string) { order = append(order, key) }}
@@ -358,11 +365,7 @@ func TestGCLogsAndRealisations(t *testing.T) {
 	young := []string{f.realisation("ca-out"), f.log("young-orphan")}
 	keep = append(keep, young...)
 
-	cache, err := OpenCache(CacheFile(t.TempDir(), f.b.String()))
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer cache.Close()
+	cache := f.cache()
 	var order []string
 	opts := GCOptions{OlderThan: 24 * time.Hour, Grace: time.Hour, Walk: WalkOptions{Cache: cache},
 		Deleting: func(key string) { order = append(order, key) }}
@@ -474,11 +477,7 @@ func TestGCBatchRootRecords(t *testing.T) {
 	old := RootBatchPrefix + "20261120T120000.000000000Z-bbbbbbbbbbbb"
 	batch(old, time.Now().Add(-48*time.Hour), "old-a", "old-b")
 	time.Sleep(20 * time.Millisecond)
-	cache, err := OpenCache(CacheFile(t.TempDir(), f.b.String()))
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer cache.Close()
+	cache := f.cache()
 	opts := GCOptions{OlderThan: 24 * time.Hour, Grace: 10 * time.Millisecond, Walk: WalkOptions{Cache: cache}}
 	rep, err := GC(ctx, f.b, opts)
 	if err != nil {
