@@ -74,6 +74,8 @@
 //	    disagree) before S, the oldest sighting the push relies on (of each
 //	    reference the written .narinfos name without the push having
 //	    uploaded it, and the start of each NAR upload), the push is done.
+//	    (A marker gone after the daemon read one, removed by an older gc or
+//	    by hand, counts as a sweep whose deadline has passed.)
 //	    Otherwise, if the sweep is unfinished and its deadline (plus 30 s)
 //	    still ahead, it waits until then (at most Config.MaxSweepWait);
 //	    then it checks that the .narinfo of every such reference, and every

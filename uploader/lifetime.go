@@ -107,16 +107,27 @@ func (u *Uploader) recordRoots(ctx context.Context, roots []string, errs []error
 // waits until its deadline (plus the skew margin) has passed: after that,
 // that gc deletes nothing more, and whatever it deleted shows. It returns
 // the marker read, or nil when the store has none (no gc has ever begun a
-// sweep of it: gc leaves its marker up).
+// sweep of it: gc leaves its marker up). A marker gone after this
+// uploader saw one (removed by an older gc, or by hand) is returned as an
+// unfinished sweep whose deadline has passed: a re-check, then.
 func (u *Uploader) waitForSweep(ctx context.Context) (*sweepMarker, error) {
 	u.count(1)
 	b, err := u.cfg.Store.Get(ctx, sweepKey)
 	if errors.Is(err, ErrNotExist) {
+		if u.markerSeen.Load() {
+			if !u.markerGone.Swap(true) {
+				u.cfg.Log.Warn().Str("marker", sweepKey).
+					Msg("gc's marker is gone (a gc older than this daemon removes it, or it was deleted by hand): checking what each push relied on until one is up again")
+			}
+			return &sweepMarker{Deadline: time.Unix(1, 0)}, nil
+		}
 		return nil, nil
 	}
 	if err != nil {
 		return nil, fmt.Errorf("read the gc marker %s: %w", sweepKey, err)
 	}
+	u.markerSeen.Store(true)
+	u.markerGone.Store(false)
 	var m sweepMarker
 	if err := json.Unmarshal(b, &m); err != nil || m.Deadline.IsZero() {
 		return nil, fmt.Errorf("the gc marker %s is not one (%v); a gc may be deleting: if none is, run nixpush gc, which replaces it", sweepKey, err)

@@ -376,6 +376,7 @@ func TestRecheckAfterWritesFollowsTheMarker(t *testing.T) {
 		{"no marker", "none", false},
 		{"a sweep finished before the sighting", "finished before", false},
 		{"a sweep finished after the sighting, deleting what was seen", "finished after", true},
+		{"the marker seen before, removed since (an older gc), with what was seen", "removed", true},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			ctx := context.Background()
@@ -387,21 +388,25 @@ func TestRecheckAfterWritesFollowsTheMarker(t *testing.T) {
 			cs := &checksStore{FileStore: base}
 			u := New(Config{Store: cs, Nix: fs, Key: testKey(t), StoreDir: fs.dir, Log: zerolog.Nop(), TrustCacheFor: time.Hour})
 			u.cfg.sweepSkew = 20 * time.Millisecond
-			if tc.marker == "finished before" {
+			if tc.marker == "finished before" || tc.marker == "removed" {
 				finishSweep(t, base, time.Now())
 				time.Sleep(50 * time.Millisecond) // past the skew margin
 			}
 			if err := u.Push(ctx, []string{mid})[0]; err != nil {
 				t.Fatal(err)
 			}
-			if tc.marker == "finished after" {
+			if tc.marker == "finished after" || tc.marker == "removed" {
 				time.Sleep(50 * time.Millisecond)
 				for _, p := range []string{mid, leaf} {
 					nar := narURL(t, base, p)
 					remove(t, base, nix.NarInfoKey(p))
 					remove(t, base, nar)
 				}
-				finishSweep(t, base, time.Now())
+				if tc.marker == "removed" {
+					remove(t, base, sweepKey)
+				} else {
+					finishSweep(t, base, time.Now())
+				}
 			}
 			cs.take()
 			if err := u.Push(ctx, []string{top})[0]; err != nil {
@@ -414,7 +419,7 @@ func TestRecheckAfterWritesFollowsTheMarker(t *testing.T) {
 			if tc.recheck && !slices.Contains(checks, nix.NarInfoKey(mid)) {
 				t.Errorf("existence checks %v; want %s checked after the write", checks, nix.NarInfoKey(mid))
 			}
-			if tc.marker != "finished after" {
+			if !tc.recheck {
 				return
 			}
 			for _, p := range []string{leaf, mid, top} {

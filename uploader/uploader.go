@@ -9,6 +9,7 @@ import (
 	"slices"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/nix-community/go-nix/pkg/narinfo/signature"
@@ -69,6 +70,12 @@ type Uploader struct {
 
 	infoMu   sync.Mutex
 	infoSeen time.Time // when nix-cache-info was last found or written
+
+	// markerSeen: gc's marker was there at some read. gc never removes it
+	// (an older gc did, and so may a hand), so after that its absence says
+	// nothing about sweeps.
+	markerSeen atomic.Bool
+	markerGone atomic.Bool // said so in the log
 
 	mu       sync.Mutex
 	seen     map[string]time.Time // when each path's .narinfo was last found in the store or written (filtered paths: their references ensured)
