@@ -8,7 +8,7 @@ buildGoModule rec {
   src = lib.cleanSource ./.;
   # After changing go.mod/go.sum run ./scripts/vendor-hash.sh --write;
   # ./scripts/test.sh fails while it is stale.
-  vendorHash = "sha256-Wh0TjvKHB7iuycMSWh9mNal8FSSCvt3XwjfqkkkGXV0=";
+  vendorHash = "sha256-tDqSwR7+jtThYLoImBGAtfXXtIVqQNRfOXpQcJbbMJs=";
   subPackages = [ "cmd/nixpush" "cmd/nixpush-hook" ];
   env.CGO_ENABLED = 0;
   ldflags = [ "-s" "-w" "-X github.com/nixpush/nixpush/internal/version.version=${version}" ]
