@@ -223,8 +223,8 @@ func (u *Uploader) recheckWritten(ctx context.Context, pl *plan) (again []string
 		nars = append(nars, w.key)
 	}
 	at := u.cfg.Now()
-	gone, err := u.missingKeys(ctx, narinfos, nars)
-	if err != nil {
+	gone, failed := u.absent(ctx, narinfos, nars)
+	for _, err := range failed {
 		return nil, nil, fmt.Errorf("check what the written .narinfos rely on: %w", err)
 	}
 	force = make(map[string]bool)
@@ -248,12 +248,13 @@ func (u *Uploader) recheckWritten(ctx context.Context, pl *plan) (again []string
 	return again, force, nil
 }
 
-// missingKeys returns which of the given objects the store lacks: the
+// absent returns which of the given objects the store lacks (gone): the
 // top-level ones (.narinfos), and the deep ones (NARs) when they share a
 // directory, with one listing each when that is cheaper, the rest with
-// existence checks in parallel. Any failed check fails it.
-func (u *Uploader) missingKeys(ctx context.Context, top, deep []string) (map[string]bool, error) {
-	gone := make(map[string]bool)
+// existence checks in parallel; and the objects whose check failed, with
+// its error (neither gone nor known to be there).
+func (u *Uploader) absent(ctx context.Context, top, deep []string) (gone map[string]bool, failed map[string]error) {
+	gone, failed = make(map[string]bool), make(map[string]error)
 	if listed, ok := u.listNarInfos(ctx, len(top)); ok {
 		for _, k := range top {
 			if !listed[k] {
@@ -271,23 +272,23 @@ func (u *Uploader) missingKeys(ctx context.Context, top, deep []string) (map[str
 		deep = nil
 	}
 	var mu sync.Mutex
-	g, gctx := errgroup.WithContext(ctx)
+	var g errgroup.Group
 	g.SetLimit(4 * u.cfg.Jobs)
 	for _, k := range append(top, deep...) {
 		g.Go(func() error {
-			has, err := u.has(gctx, k)
+			has, err := u.has(ctx, k)
+			mu.Lock()
+			defer mu.Unlock()
 			if err != nil {
-				return err
-			}
-			if !has {
-				mu.Lock()
+				failed[k] = err
+			} else if !has {
 				gone[k] = true
-				mu.Unlock()
 			}
 			return nil
 		})
 	}
-	return gone, g.Wait()
+	g.Wait()
+	return gone, failed
 }
 
 // listDir lists the directory that every one of keys is in (nar/, for the

@@ -283,9 +283,9 @@ func TestPushRacingGC(t *testing.T) {
 	}
 }
 
-// TestMissingKeysListsNARs: the NARs a push wrote are checked with one
+// TestAbsentListsNARs: the NARs a push wrote are checked with one
 // listing of nar/ when there are many, and a missing one is still found.
-func TestMissingKeysListsNARs(t *testing.T) {
+func TestAbsentListsNARs(t *testing.T) {
 	ctx := context.Background()
 	s, err := NewFileStore(t.TempDir())
 	if err != nil {
@@ -311,9 +311,9 @@ func TestMissingKeysListsNARs(t *testing.T) {
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			u := New(Config{Store: s, Key: testKey(t), Log: zerolog.Nop()})
-			gone, err := u.missingKeys(ctx, nil, tc.keys)
-			if err != nil {
-				t.Fatal(err)
+			gone, failed := u.absent(ctx, nil, tc.keys)
+			if len(failed) > 0 {
+				t.Fatal(failed)
 			}
 			want := map[string]bool{keys[7]: true}
 			if len(tc.keys) > 33 {
@@ -475,5 +475,63 @@ func TestEnsureRecordsNoRoot(t *testing.T) {
 	checkPushed(t, base, fs.infos[top])
 	if has, err := base.Has(context.Background(), RootKey(top)); err != nil || has {
 		t.Fatalf("root record after Ensure: %v, %v; want none", has, err)
+	}
+}
+
+// failingHasStore fails the existence check of one key.
+type failingHasStore struct {
+	*FileStore
+	key string
+}
+
+func (f *failingHasStore) Has(ctx context.Context, key string) (bool, error) {
+	if key == f.key {
+		return false, fmt.Errorf("check of %s failed", key)
+	}
+	return f.FileStore.Has(ctx, key)
+}
+
+// TestAbsentReportsFailedChecks: a check that fails is neither gone nor
+// present; probe counts its path as missing (to upload) without
+// forgetting an earlier sighting, and the re-check after writes fails on
+// it rather than trusting it.
+func TestAbsentReportsFailedChecks(t *testing.T) {
+	ctx := context.Background()
+	fs := newFakeStore(t)
+	present := fs.add(t, "present", []byte("present"))
+	flaky := fs.add(t, "flaky", []byte("flaky"))
+	gone := fs.add(t, "gone", []byte("gone"))
+	top := fs.add(t, "top", []byte("top"), flaky)
+	base, _ := NewFileStore(t.TempDir())
+	if err := New(Config{Store: base, Nix: fs, Key: testKey(t), StoreDir: fs.dir, Log: zerolog.Nop()}).Push(ctx, []string{present, flaky})[0]; err != nil {
+		t.Fatal(err)
+	}
+	s := &failingHasStore{FileStore: base, key: nix.NarInfoKey(flaky)}
+	u := New(Config{Store: s, Nix: fs, Key: testKey(t), StoreDir: fs.dir, Log: zerolog.Nop()})
+	keys := []string{nix.NarInfoKey(present), nix.NarInfoKey(flaky), nix.NarInfoKey(gone)}
+	g, failed := u.absent(ctx, keys, nil)
+	if !maps.Equal(g, map[string]bool{keys[2]: true}) || len(failed) != 1 || failed[keys[1]] == nil {
+		t.Fatalf("gone %v, failed %v; want %s gone and %s failed", g, failed, keys[2], keys[1])
+	}
+	u.mu.Lock()
+	u.sawAt(flaky, time.Now().Add(-time.Hour))
+	u.mu.Unlock()
+	infos := map[string]nix.PathInfo{present: fs.infos[present], flaky: fs.infos[flaky], gone: fs.infos[gone]}
+	missing := u.probe(ctx, infos, nil, nil, time.Now())
+	if !maps.Equal(missing, map[string]bool{flaky: true, gone: true}) {
+		t.Fatalf("probe: missing %v; want %s and %s", missing, flaky, gone)
+	}
+	u.mu.Lock()
+	_, kept := u.seen[flaky]
+	u.mu.Unlock()
+	if !kept {
+		t.Error("a failed check forgot the earlier sighting")
+	}
+	// top written, relying on flaky, whose check fails: the re-check
+	// (forced: a marker seen, now gone) fails too.
+	u.markerSeen.Store(true)
+	pl := &plan{infos: fs.infos, written: map[string]writtenNAR{top: {key: narKey(fs.infos[top], Zstd), at: time.Now()}}}
+	if _, _, err := u.recheckWritten(ctx, pl); err == nil || !strings.Contains(err.Error(), "check of "+keys[1]+" failed") {
+		t.Fatalf("re-check relying on a failed check: %v; want that failure", err)
 	}
 }

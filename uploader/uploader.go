@@ -502,44 +502,25 @@ func (u *Uploader) probe(ctx context.Context, infos map[string]nix.PathInfo, fil
 		return missing
 	}
 	at := u.cfg.Now()
-	if listed, ok := u.listNarInfos(ctx, len(rest)); ok {
-		u.mu.Lock()
-		for _, p := range rest {
-			if listed[nix.NarInfoKey(p)] {
-				u.sawAt(p, at)
-				u.stats.Skipped++
-			} else {
-				u.goneAt(p, at)
-				missing[p] = true
-			}
+	keys := make([]string, len(rest))
+	for i, p := range rest {
+		keys[i] = nix.NarInfoKey(p)
+	}
+	gone, failed := u.absent(ctx, keys, nil)
+	u.mu.Lock()
+	defer u.mu.Unlock()
+	for i, p := range rest {
+		switch {
+		case failed[keys[i]] != nil:
+			missing[p] = true
+		case gone[keys[i]]:
+			u.goneAt(p, at)
+			missing[p] = true
+		default:
+			u.sawAt(p, at)
+			u.stats.Skipped++
 		}
-		u.mu.Unlock()
-		return missing
 	}
-	var mu sync.Mutex
-	g, gctx := errgroup.WithContext(ctx)
-	g.SetLimit(4 * u.cfg.Jobs)
-	for _, p := range rest {
-		g.Go(func() error {
-			at := u.cfg.Now()
-			has, err := u.has(gctx, nix.NarInfoKey(p))
-			mu.Lock()
-			defer mu.Unlock()
-			u.mu.Lock()
-			defer u.mu.Unlock()
-			if err == nil && has {
-				u.sawAt(p, at)
-				u.stats.Skipped++
-			} else {
-				if err == nil {
-					u.goneAt(p, at)
-				}
-				missing[p] = true
-			}
-			return nil
-		})
-	}
-	g.Wait()
 	return missing
 }
 
