@@ -127,6 +127,20 @@ func (r *rig) settle() {
 	}
 }
 
+// buildChain times nix-build of n+1 fresh small derivations, a chain
+// built one at a time, with hookBin as Nix's post-build-hook and env added.
+func (r *rig) buildChain(n int, hookBin string, env []string) time.Duration {
+	r.b.Helper()
+	cmd := exec.Command("nix-build", "--no-out-link", "--option", "post-build-hook", hookBin, "-E", testenv.DAG(seed(), n, 1, false))
+	cmd.Env = append(r.nix.Env(), env...)
+	start := time.Now()
+	out, err := cmd.CombinedOutput()
+	if err != nil {
+		r.b.Fatalf("nix-build with hook %s: %v\n%s", hookBin, err, out)
+	}
+	return time.Since(start)
+}
+
 // nixCopy is the classic method: nix copy to the bucket's HTTP endpoint.
 func (r *rig) nixCopy(url, compression string, paths ...string) time.Duration {
 	r.b.Helper()
@@ -304,16 +318,7 @@ func emptyGoProgram(b *testing.B) string {
 func BenchmarkBuild200(b *testing.B) {
 	const n, rounds = 200, 5
 	r := newRig(b)
-	build := func(hookBin string, env []string) time.Duration {
-		cmd := exec.Command("nix-build", "--no-out-link", "--option", "post-build-hook", hookBin, "-E", testenv.DAG(seed(), n, 1, false))
-		cmd.Env = append(r.nix.Env(), env...)
-		start := time.Now()
-		out, err := cmd.CombinedOutput()
-		if err != nil {
-			b.Fatalf("nix-build with hook %s: %v\n%s", hookBin, err, out)
-		}
-		return time.Since(start)
-	}
+	build := func(hookBin string, env []string) time.Duration { return r.buildChain(n, hookBin, env) }
 	empty := emptyGoProgram(b)
 	type hooked struct {
 		name     string
@@ -680,16 +685,7 @@ func BenchmarkBuildBesideUploads(b *testing.B) {
 	big := r.nix.Build(b, fmt.Sprintf(`derivation { name = "upload-load"; system = builtins.currentSystem; builder = "/bin/sh";
   args = [ "-c" "PATH=/bin:/usr/bin; mkdir $out; head -c 512M /dev/urandom > $out/random; yes 'nixpush %s load' | head -c 512M > $out/text" ]; }`, seed()))
 	defer exec.Command("nix-store", "--delete", big[0]).Run()
-	build := func(hookBin string, env []string) time.Duration {
-		cmd := exec.Command("nix-build", "--no-out-link", "--option", "post-build-hook", hookBin, "-E", testenv.DAG(seed(), n, 1, false))
-		cmd.Env = append(r.nix.Env(), env...)
-		start := time.Now()
-		out, err := cmd.CombinedOutput()
-		if err != nil {
-			b.Fatalf("nix-build with hook %s: %v\n%s", hookBin, err, out)
-		}
-		return time.Since(start)
-	}
+	build := func(hookBin string, env []string) time.Duration { return r.buildChain(n, hookBin, env) }
 	type result struct {
 		idle, beside   []time.Duration
 		stillUploading int
