@@ -18,33 +18,23 @@ import (
 const (
 	// Prefix holds everything nixpush keeps in the bucket besides the cache.
 	Prefix = "nixpush/"
-	// RootPrefix + <hashpart>: a Root, rewritten at each push of the path.
-	RootPrefix = "nixpush/roots/"
-	// RootBatchPrefix + <time>-<random>: a RootBatch, the roots a daemon
-	// pushed together (never rewritten; gc deletes it once it has expired).
-	RootBatchPrefix = RootPrefix + "batch-"
+	// RootPrefix + <hashpart>: a Root; RootBatchPrefix + <time>-<random>:
+	// a RootBatch (the daemon writes both: see the uploader package).
+	RootPrefix      = uploader.RootPrefix
+	RootBatchPrefix = uploader.RootBatchPrefix
 	// PinPrefix + <name>: a Pin.
 	PinPrefix = "nixpush/pins/"
-	// SweepKey is gc's marker: a Sweep, up from before its listing, and
-	// left up, finished, after its last deletion.
-	SweepKey = "nixpush/gc/sweep"
+	// SweepKey is gc's marker: a Sweep.
+	SweepKey = uploader.SweepKey
 	// probePrefix is where gc tests its delete permission.
 	probePrefix = "nixpush/gc/probe-"
 )
 
 // Root records the last push of a path handed to a daemon.
-type Root struct {
-	Path     string    `json:"path"`
-	PushedAt time.Time `json:"pushed_at"`
-	Host     string    `json:"host,omitempty"`
-}
+type Root = uploader.RootRecord
 
 // RootBatch records a push of several roots at once.
-type RootBatch struct {
-	Paths    []string  `json:"paths"`
-	PushedAt time.Time `json:"pushed_at"`
-	Host     string    `json:"host,omitempty"`
-}
+type RootBatch = uploader.RootBatch
 
 // Pin keeps a path's closure in the cache whatever its age.
 type Pin struct {
@@ -53,18 +43,8 @@ type Pin struct {
 	PinnedAt time.Time `json:"pinned_at"`
 }
 
-// Sweep is gc's marker: it may delete from ListedAt until Deadline, never
-// after. When it has made its last deletion it sets FinishedAt and leaves
-// the marker up: a daemon that wrote a .narinfo relying on what it saw
-// before FinishedAt (or while the sweep runs, after the deadline)
-// re-checks the references; one that finds no marker, or a sweep that
-// finished before its sightings, need not (see the uploader package).
-type Sweep struct {
-	ListedAt   time.Time `json:"listed_at"`
-	Deadline   time.Time `json:"deadline"`
-	Host       string    `json:"host,omitempty"`
-	FinishedAt time.Time `json:"finished_at,omitzero"`
-}
+// Sweep is gc's marker; how daemons read it is the uploader package's.
+type Sweep = uploader.SweepMarker
 
 var pinName = regexp.MustCompile(`^[A-Za-z0-9][A-Za-z0-9._+-]{0,127}$`)
 

@@ -19,47 +19,55 @@ import (
 )
 
 // The objects nixpush keeps beside the cache, under a prefix Nix never
-// reads (the retention package owns the rest of this layout).
+// reads: the daemon's side of the layout, which the retention package
+// reads and extends (pins, gc's probes).
 const (
-	// rootKeyPrefix + <hash part>: a rootRecord, rewritten at every push of
+	// RootPrefix + <hash part>: a RootRecord, rewritten at every push of
 	// a path handed to the daemon once its .narinfo is in the cache; or,
-	// for a push of several roots, rootBatchPrefix + <time>-<random>: one
-	// rootBatch naming them all.
-	rootKeyPrefix   = "nixpush/roots/"
-	rootBatchPrefix = rootKeyPrefix + "batch-"
-	// sweepKey is gc's marker while it may delete: a sweepMarker.
-	sweepKey = "nixpush/gc/sweep"
+	// for a push of several roots, RootBatchPrefix + <time>-<random>: one
+	// RootBatch naming them all (never rewritten; gc deletes it once it
+	// has expired).
+	RootPrefix      = "nixpush/roots/"
+	RootBatchPrefix = RootPrefix + "batch-"
+	// SweepKey is gc's marker: a SweepMarker, up from before its listing,
+	// and left up, finished, after its last deletion.
+	SweepKey = "nixpush/gc/sweep"
 	// sweepSkew is added to a sweep's deadline for clocks that disagree.
 	sweepSkew = 30 * time.Second
 )
 
-// rootRecord is the body of a root's object.
-type rootRecord struct {
+// RootRecord is the body of a root's object: the last push of a path
+// handed to a daemon.
+type RootRecord struct {
 	Path     string    `json:"path"`
 	PushedAt time.Time `json:"pushed_at"`
-	Host     string    `json:"host"`
+	Host     string    `json:"host,omitempty"`
 }
 
-// rootBatch is the body of a record of several roots pushed together.
-type rootBatch struct {
+// RootBatch is the body of a record of several roots pushed together.
+type RootBatch struct {
 	Paths    []string  `json:"paths"`
 	PushedAt time.Time `json:"pushed_at"`
-	Host     string    `json:"host"`
+	Host     string    `json:"host,omitempty"`
 }
 
-// sweepMarker is the body of gc's marker: it deletes nothing after
-// Deadline, and once it has made its last deletion it says so in
-// FinishedAt and leaves the marker up.
-type sweepMarker struct {
+// SweepMarker is the body of gc's marker: it may delete from ListedAt
+// until Deadline, never after; once it has made its last deletion it says
+// so in FinishedAt and leaves the marker up. A daemon that wrote a
+// .narinfo relying on what it saw before FinishedAt (or while the sweep
+// runs, after the deadline) re-checks the references; one that finds no
+// marker, or a sweep that finished before its sightings, need not (see
+// the package doc).
+type SweepMarker struct {
 	ListedAt   time.Time `json:"listed_at"`
 	Deadline   time.Time `json:"deadline"`
-	Host       string    `json:"host"`
+	Host       string    `json:"host,omitempty"`
 	FinishedAt time.Time `json:"finished_at,omitzero"`
 }
 
 // RootKey is the object that records pushes of the root p.
 func RootKey(p string) string {
-	return rootKeyPrefix + strings.TrimSuffix(nix.NarInfoKey(p), ".narinfo")
+	return RootPrefix + strings.TrimSuffix(nix.NarInfoKey(p), ".narinfo")
 }
 
 // recordRoots records the roots pushed without error: one record of its
@@ -80,15 +88,15 @@ func (u *Uploader) recordRoots(ctx context.Context, roots []string, errs []error
 	var key string
 	var rec any
 	if len(idx) == 1 {
-		key, rec = RootKey(roots[idx[0]]), rootRecord{Path: roots[idx[0]], PushedAt: now, Host: u.cfg.Host}
+		key, rec = RootKey(roots[idx[0]]), RootRecord{Path: roots[idx[0]], PushedAt: now, Host: u.cfg.Host}
 	} else {
-		b := rootBatch{PushedAt: now, Host: u.cfg.Host}
+		b := RootBatch{PushedAt: now, Host: u.cfg.Host}
 		for _, i := range idx {
 			b.Paths = append(b.Paths, roots[i])
 		}
 		var r [6]byte
 		rand.Read(r[:])
-		key, rec = fmt.Sprintf("%s%s-%s", rootBatchPrefix, now.Format("20060102T150405.000000000Z"), hex.EncodeToString(r[:])), b
+		key, rec = fmt.Sprintf("%s%s-%s", RootBatchPrefix, now.Format("20060102T150405.000000000Z"), hex.EncodeToString(r[:])), b
 	}
 	body, err := json.Marshal(rec)
 	if err == nil {
@@ -110,27 +118,27 @@ func (u *Uploader) recordRoots(ctx context.Context, roots []string, errs []error
 // sweep of it: gc leaves its marker up). A marker gone after this
 // uploader saw one (removed by an older gc, or by hand) is returned as an
 // unfinished sweep whose deadline has passed: a re-check, then.
-func (u *Uploader) waitForSweep(ctx context.Context) (*sweepMarker, error) {
+func (u *Uploader) waitForSweep(ctx context.Context) (*SweepMarker, error) {
 	u.count(1)
-	b, err := u.cfg.Store.Get(ctx, sweepKey)
+	b, err := u.cfg.Store.Get(ctx, SweepKey)
 	if errors.Is(err, ErrNotExist) {
 		if u.markerSeen.Load() {
 			if !u.markerGone.Swap(true) {
-				u.cfg.Log.Warn().Str("marker", sweepKey).
+				u.cfg.Log.Warn().Str("marker", SweepKey).
 					Msg("gc's marker is gone (a gc older than this daemon removes it, or it was deleted by hand): checking what each push relied on until one is up again")
 			}
-			return &sweepMarker{Deadline: time.Unix(1, 0)}, nil
+			return &SweepMarker{Deadline: time.Unix(1, 0)}, nil
 		}
 		return nil, nil
 	}
 	if err != nil {
-		return nil, fmt.Errorf("read the gc marker %s: %w", sweepKey, err)
+		return nil, fmt.Errorf("read the gc marker %s: %w", SweepKey, err)
 	}
 	u.markerSeen.Store(true)
 	u.markerGone.Store(false)
-	var m sweepMarker
+	var m SweepMarker
 	if err := json.Unmarshal(b, &m); err != nil || m.Deadline.IsZero() {
-		return nil, fmt.Errorf("the gc marker %s is not one (%v); a gc may be deleting: if none is, run nixpush gc, which replaces it", sweepKey, err)
+		return nil, fmt.Errorf("the gc marker %s is not one (%v); a gc may be deleting: if none is, run nixpush gc, which replaces it", SweepKey, err)
 	}
 	if !m.FinishedAt.IsZero() {
 		return &m, nil
@@ -165,7 +173,7 @@ func (u *Uploader) skew() time.Duration {
 // sweptSince reports whether a gc may have deleted anything since t, by
 // the marker m read after that: unless no gc has ever swept (m is nil) or
 // the last one finished (plus the skew margin) before t, it may have.
-func (u *Uploader) sweptSince(m *sweepMarker, t time.Time) bool {
+func (u *Uploader) sweptSince(m *SweepMarker, t time.Time) bool {
 	if m == nil {
 		return false
 	}

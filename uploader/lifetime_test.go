@@ -157,13 +157,13 @@ func TestRootRecords(t *testing.T) {
 	base, _ := NewFileStore(t.TempDir())
 	clk := &fakeClock{t: time.Unix(2e9, 0)}
 	u := New(Config{Store: base, Nix: fs, Key: testKey(t), StoreDir: fs.dir, Log: zerolog.Nop(), TrustCacheFor: time.Hour, Now: clk.Now, Host: "builder-1"})
-	read := func() rootRecord {
+	read := func() RootRecord {
 		t.Helper()
 		b, err := base.Get(context.Background(), "nixpush/roots/"+filepath.Base(top)[:32])
 		if err != nil {
 			t.Fatal(err)
 		}
-		var r rootRecord
+		var r RootRecord
 		if err := json.Unmarshal(b, &r); err != nil {
 			t.Fatalf("root record %s: %v", b, err)
 		}
@@ -206,8 +206,8 @@ func (g *gcStore) Put(ctx context.Context, key string, r io.Reader, size int64, 
 	}
 	func() {
 		g.deadline = time.Now().Add(400 * time.Millisecond)
-		m, _ := json.Marshal(sweepMarker{ListedAt: time.Now().Add(-time.Second), Deadline: g.deadline, Host: "gc-host"})
-		if err := g.FileStore.Put(ctx, sweepKey, bytes.NewReader(m), int64(len(m)), "application/json"); err != nil {
+		m, _ := json.Marshal(SweepMarker{ListedAt: time.Now().Add(-time.Second), Deadline: g.deadline, Host: "gc-host"})
+		if err := g.FileStore.Put(ctx, SweepKey, bytes.NewReader(m), int64(len(m)), "application/json"); err != nil {
 			g.t.Error(err)
 		}
 	}()
@@ -331,8 +331,8 @@ func TestAbsentListsNARs(t *testing.T) {
 
 // finishSweep leaves a gc's marker up as gc does after its last deletion.
 func finishSweep(t *testing.T, s *FileStore, deadline time.Time) {
-	m, _ := json.Marshal(sweepMarker{ListedAt: time.Now().Add(-time.Second), Deadline: deadline, Host: "gc-host", FinishedAt: time.Now()})
-	if err := s.Put(context.Background(), sweepKey, bytes.NewReader(m), int64(len(m)), "application/json"); err != nil {
+	m, _ := json.Marshal(SweepMarker{ListedAt: time.Now().Add(-time.Second), Deadline: deadline, Host: "gc-host", FinishedAt: time.Now()})
+	if err := s.Put(context.Background(), SweepKey, bytes.NewReader(m), int64(len(m)), "application/json"); err != nil {
 		t.Error(err)
 	}
 }
@@ -403,7 +403,7 @@ func TestRecheckAfterWritesFollowsTheMarker(t *testing.T) {
 					remove(t, base, nar)
 				}
 				if tc.marker == "removed" {
-					remove(t, base, sweepKey)
+					remove(t, base, SweepKey)
 				} else {
 					finishSweep(t, base, time.Now())
 				}

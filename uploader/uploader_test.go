@@ -237,7 +237,7 @@ func TestPushDAGKeepsOrderWithParallelJobs(t *testing.T) {
 			recorded := map[string]int{}
 			batches := 0
 			for key := range cs.puts {
-				if !strings.HasPrefix(key, rootBatchPrefix) {
+				if !strings.HasPrefix(key, RootBatchPrefix) {
 					continue
 				}
 				batches++
@@ -245,7 +245,7 @@ func TestPushDAGKeepsOrderWithParallelJobs(t *testing.T) {
 				if err != nil {
 					t.Fatal(err)
 				}
-				var b rootBatch
+				var b RootBatch
 				if err := json.Unmarshal(data, &b); err != nil || len(b.Paths) != 2 || b.PushedAt.IsZero() {
 					t.Errorf("batch record %s: %s (%v); want two paths and a time", key, data, err)
 				}
