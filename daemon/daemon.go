@@ -304,7 +304,7 @@ func (d *Daemon) work(ctx context.Context) error {
 				defer wg.Done()
 				defer func() { <-slots }()
 				d.push(ctx, items)
-				if qs := d.queue.Stats(); qs.Queued == 0 && qs.Active == 0 {
+				if d.queue.Pending() == 0 {
 					d.session.close()
 				}
 			}()

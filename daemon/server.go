@@ -185,10 +185,14 @@ func (d *Daemon) handleWait(w http.ResponseWriter, r *http.Request) {
 	defer cancel()
 	for {
 		changed := d.queue.Changed()
-		st := d.status()
-		if st.Drained {
-			writeJSON(w, http.StatusOK, st)
-			return
+		// During a push almost every change leaves items queued or
+		// leased: that is seen without building the whole status (a
+		// spool listing, the failures, a read of the oldest item).
+		if d.queue.Pending() == 0 {
+			if st := d.status(); st.Drained {
+				writeJSON(w, http.StatusOK, st)
+				return
+			}
 		}
 		select {
 		case <-changed:

@@ -805,6 +805,14 @@ func (q *Queue) Probe(ctx context.Context) error {
 	})
 }
 
+// Pending is how many items are queued or leased: Stats' two counts,
+// without the rest of Stats (a read of the oldest item, the failures).
+func (q *Queue) Pending() int {
+	q.mu.Lock()
+	defer q.mu.Unlock()
+	return q.stats.Queued + q.stats.Active
+}
+
 // Stats returns the counts, the oldest queued item's age and the failures.
 func (q *Queue) Stats() Stats {
 	q.mu.Lock()

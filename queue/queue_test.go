@@ -492,3 +492,30 @@ func TestNoCommitForNothing(t *testing.T) {
 		t.Errorf("leased %v, want the queued, the failed and the new path", got)
 	}
 }
+
+// TestPending counts queued and leased items, as Stats does.
+func TestPending(t *testing.T) {
+	q := open(t, filepath.Join(t.TempDir(), "q.db"), nil)
+	check := func(want int) {
+		t.Helper()
+		st := q.Stats()
+		if got := q.Pending(); got != want || got != st.Queued+st.Active {
+			t.Fatalf("Pending %d; want %d (Stats: %d queued, %d active)", got, want, st.Queued, st.Active)
+		}
+	}
+	check(0)
+	if _, err := q.Enqueue(ctx, paths("a", "b", "c")); err != nil {
+		t.Fatal(err)
+	}
+	check(3)
+	leased := leasePaths(t, q, 2)
+	check(3)
+	if err := q.Complete(ctx, leased[0]); err != nil {
+		t.Fatal(err)
+	}
+	check(2)
+	if err := q.Fail(ctx, leased[1], errors.New("bad")); err != nil {
+		t.Fatal(err)
+	}
+	check(1)
+}
