@@ -2,6 +2,7 @@ package uploader
 
 import (
 	"context"
+	"errors"
 	"io"
 	"time"
 )
@@ -44,7 +45,21 @@ type Bucket interface {
 	ListUploads(ctx context.Context, fn func(PendingUpload) error) error
 	// AbortUpload discards a pending upload and the parts it holds.
 	AbortUpload(ctx context.Context, up PendingUpload) error
+	// GetTagged returns a small object whole with its ETag, or an error
+	// wrapping ErrNotExist.
+	GetTagged(ctx context.Context, key string) (data []byte, etag string, err error)
+	// PutIf stores data under key only if the object's ETag is still
+	// etag or, when etag is "", only if there is no object (S3's If-Match
+	// and If-None-Match: *); otherwise it returns an error wrapping
+	// ErrConditionFailed and changes nothing. It returns the ETag of the
+	// object it wrote. A store that ignores the condition is found by
+	// ProbeConditional, not here.
+	PutIf(ctx context.Context, key string, data []byte, contentType, etag string) (newETag string, err error)
 }
+
+// ErrConditionFailed reports a conditional write whose condition did not
+// hold: another writer got there first.
+var ErrConditionFailed = errors.New("the object changed since it was read (precondition failed)")
 
 var (
 	_ Bucket = (*S3Store)(nil)

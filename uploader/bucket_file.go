@@ -1,7 +1,10 @@
 package uploader
 
 import (
+	"bytes"
 	"context"
+	"crypto/sha256"
+	"encoding/hex"
 	"errors"
 	"fmt"
 	"io"
@@ -9,6 +12,7 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
+	"syscall"
 )
 
 // tmpPrefix starts the name of a Put's temporary file.
@@ -123,4 +127,49 @@ func (s *FileStore) AbortUpload(ctx context.Context, up PendingUpload) error {
 		return err
 	}
 	return nil
+}
+
+// GetTagged reads a small object with a tag of its content (a SHA-256):
+// a file's modification time, the ETag of List, may not change between
+// two writes within a clock tick, its content does.
+func (s *FileStore) GetTagged(ctx context.Context, key string) ([]byte, string, error) {
+	b, err := s.Get(ctx, key)
+	if err != nil {
+		return nil, "", err
+	}
+	return b, contentTag(b), nil
+}
+
+func contentTag(b []byte) string {
+	sum := sha256.Sum256(b)
+	return hex.EncodeToString(sum[:])
+}
+
+// PutIf compares and writes under an exclusive lock on the store's lock
+// file, which every PutIf of every process on this file system takes.
+func (s *FileStore) PutIf(ctx context.Context, key string, data []byte, contentType, etag string) (string, error) {
+	lock, err := os.OpenFile(filepath.Join(s.dir, ".nixpush-lock"), os.O_CREATE|os.O_RDWR, 0o644)
+	if err != nil {
+		return "", fmt.Errorf("file store: lock for %s: %w", key, err)
+	}
+	defer lock.Close()
+	if err := syscall.Flock(int(lock.Fd()), syscall.LOCK_EX); err != nil {
+		return "", fmt.Errorf("file store: lock for %s: %w", key, err)
+	}
+	defer syscall.Flock(int(lock.Fd()), syscall.LOCK_UN)
+	cur, err := s.Get(ctx, key)
+	switch {
+	case errors.Is(err, ErrNotExist):
+		if etag != "" {
+			return "", fmt.Errorf("file store: %s is gone: %w", key, ErrConditionFailed)
+		}
+	case err != nil:
+		return "", err
+	case etag == "" || contentTag(cur) != etag:
+		return "", fmt.Errorf("file store: %s: %w", key, ErrConditionFailed)
+	}
+	if err := s.Put(ctx, key, bytes.NewReader(data), int64(len(data)), contentType); err != nil {
+		return "", err
+	}
+	return contentTag(data), nil
 }

@@ -1,9 +1,11 @@
 package uploader
 
 import (
+	"bytes"
 	"context"
 	"fmt"
 	"io"
+	"net/http"
 	"strings"
 
 	"github.com/minio/minio-go/v7"
@@ -101,4 +103,48 @@ func (s *S3Store) AbortUpload(ctx context.Context, up PendingUpload) error {
 		return s.wrap("abort upload", up.Key, err)
 	}
 	return nil
+}
+
+// GetTagged reads a small object and its ETag in one request.
+func (s *S3Store) GetTagged(ctx context.Context, key string) ([]byte, string, error) {
+	obj, err := s.client.GetObject(ctx, s.bucket, key, minio.GetObjectOptions{})
+	if err != nil {
+		return nil, "", s.wrap("get", key, err)
+	}
+	defer obj.Close()
+	info, err := obj.Stat()
+	if err == nil {
+		var b []byte
+		if b, err = io.ReadAll(obj); err == nil {
+			return b, info.ETag, nil
+		}
+	}
+	if isNotFound(err) {
+		return nil, "", fmt.Errorf("%s: %s: %w", s.name, key, ErrNotExist)
+	}
+	return nil, "", s.wrap("get", key, err)
+}
+
+// PutIf writes with If-Match: etag, or If-None-Match: * when etag is "";
+// S3 answers 412 Precondition Failed when the condition does not hold
+// (and 409 ConditionalRequestConflict when another conditional write of
+// the key is under way).
+func (s *S3Store) PutIf(ctx context.Context, key string, data []byte, contentType, etag string) (string, error) {
+	opts := minio.PutObjectOptions{ContentType: contentType}
+	if etag == "" {
+		opts.SetMatchETagExcept("*")
+	} else {
+		opts.SetMatchETag(etag)
+	}
+	info, err := s.client.PutObject(ctx, s.bucket, key, bytes.NewReader(data), int64(len(data)), opts)
+	if err != nil {
+		resp := minio.ToErrorResponse(err)
+		if resp.StatusCode == http.StatusPreconditionFailed || resp.StatusCode == http.StatusConflict ||
+			resp.Code == "PreconditionFailed" || resp.Code == "ConditionalRequestConflict" ||
+			(etag != "" && isNotFound(err)) {
+			return "", fmt.Errorf("%s: put %s: %w", s.name, key, ErrConditionFailed)
+		}
+		return "", s.wrap("put", key, err)
+	}
+	return info.ETag, nil
 }

@@ -63,6 +63,15 @@ type SweepMarker struct {
 	Deadline   time.Time `json:"deadline"`
 	Host       string    `json:"host,omitempty"`
 	FinishedAt time.Time `json:"finished_at,omitzero"`
+	// Kind is "gc" or "repair" (verify --repair): what swept.
+	Kind string `json:"kind,omitempty"`
+	// The sweep's settings, for daemons to check theirs against (see
+	// SweepSettings): gc's --grace, --older-than and --sweep-window, in
+	// seconds; 0 when the writer did not say (an older gc, or repair,
+	// which keeps no grace).
+	GraceSeconds     int64 `json:"grace_s,omitempty"`
+	OlderThanSeconds int64 `json:"older_than_s,omitempty"`
+	WindowSeconds    int64 `json:"window_s,omitempty"`
 }
 
 // RootKey is the object that records pushes of the root p.
