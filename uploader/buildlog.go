@@ -45,8 +45,17 @@ func (u *Uploader) PutLog(ctx context.Context, drvPath string, r io.Reader) erro
 		body, size = io.MultiReader(body, r), -1
 	}
 	u.count(1)
+	at := u.cfg.Now()
 	if err := u.cfg.Store.Put(ctx, LogKey(drvPath), body, size, "text/plain; charset=utf-8"); err != nil {
 		return fmt.Errorf("upload build log of %s: %w", drvPath, err)
+	}
+	// A sweep may have listed an older log under this key, to delete it.
+	lg := newLedger()
+	lg.wroteKey(LogKey(drvPath), at)
+	if err := u.settle(ctx, lg, func([]string, map[string]bool, []string) error {
+		return fmt.Errorf("the build log of %s vanished while a gc swept; will retry", drvPath)
+	}); err != nil {
+		return err
 	}
 	u.mu.Lock()
 	u.stats.Logs++
@@ -69,9 +78,28 @@ func (u *Uploader) PutRealisation(ctx context.Context, r nix.Realisation) error 
 	if err != nil {
 		return err
 	}
-	u.count(1)
-	if err := u.cfg.Store.Put(ctx, RealisationKey(r.ID), bytes.NewReader(body), int64(len(body)), "application/json"); err != nil {
-		return fmt.Errorf("upload realisation %s: %w", r.ID, err)
+	put := func() error {
+		u.count(1)
+		if err := u.cfg.Store.Put(ctx, RealisationKey(r.ID), bytes.NewReader(body), int64(len(body)), "application/json"); err != nil {
+			return fmt.Errorf("upload realisation %s: %w", r.ID, err)
+		}
+		return nil
+	}
+	lg := newLedger()
+	lg.rely(r.OutPath)
+	lg.wroteKey(RealisationKey(r.ID), u.cfg.Now())
+	if err := put(); err != nil {
+		return err
+	}
+	// A realisation relies on its output's .narinfo, and a sweep may have
+	// listed an older one under its key.
+	if err := u.settle(ctx, lg, func(again []string, _ map[string]bool, keys []string) error {
+		if len(again) > 0 {
+			return fmt.Errorf("the output %s of realisation %s vanished while a gc swept; will retry", r.OutPath, r.ID)
+		}
+		return put()
+	}); err != nil {
+		return err
 	}
 	u.mu.Lock()
 	u.stats.Realisations++

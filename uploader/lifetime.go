@@ -32,8 +32,9 @@ const (
 	// SweepKey is gc's marker: a SweepMarker, up from before its listing,
 	// and left up, finished, after its last deletion.
 	SweepKey = "nixpush/gc/sweep"
-	// sweepSkew is added to a sweep's deadline for clocks that disagree.
-	sweepSkew = 30 * time.Second
+	// DefaultClockSkew is added to a sweep's deadline and finish for
+	// clocks that disagree (Config.ClockSkew).
+	DefaultClockSkew = 30 * time.Second
 )
 
 // RootRecord is the body of a root's object: the last push of a path
@@ -83,7 +84,7 @@ func RootKey(p string) string {
 // own for a lone root, one batch record for several (a push cycle of the
 // daemon gathers the builds of a moment: one request, not one per build).
 // A root whose record cannot be written fails, to be pushed again.
-func (u *Uploader) recordRoots(ctx context.Context, roots []string, errs []error) {
+func (u *Uploader) recordRoots(ctx context.Context, roots []string, errs []error, lg *ledger) {
 	var idx []int
 	for i, r := range roots {
 		if errs[i] == nil && len(path.Base(r)) >= 33 {
@@ -113,156 +114,15 @@ func (u *Uploader) recordRoots(ctx context.Context, roots []string, errs []error
 		u.count(1)
 		err = u.cfg.Store.Put(ctx, key, bytes.NewReader(body), int64(len(body)), "application/json")
 	}
+	if err == nil && len(idx) == 1 {
+		// Rewritten in place: a sweep may have listed the record before.
+		lg.wroteKey(key, now)
+	}
 	if err != nil {
 		for _, i := range idx {
 			errs[i] = fmt.Errorf("record root %s in %s: %w", roots[i], key, err)
 		}
 	}
-}
-
-// waitForSweep reads gc's marker and, while a sweep may still delete,
-// waits until its deadline (plus the skew margin) has passed: after that,
-// that gc deletes nothing more, and whatever it deleted shows. It returns
-// the marker read, or nil when the store has none (no gc has ever begun a
-// sweep of it: gc leaves its marker up). A marker gone after this
-// uploader saw one (removed by an older gc, or by hand) is returned as an
-// unfinished sweep whose deadline has passed: a re-check, then.
-func (u *Uploader) waitForSweep(ctx context.Context) (*SweepMarker, error) {
-	u.count(1)
-	b, err := u.cfg.Store.Get(ctx, SweepKey)
-	if errors.Is(err, ErrNotExist) {
-		if u.markerSeen.Load() {
-			if !u.markerGone.Swap(true) {
-				u.cfg.Log.Warn().Str("marker", SweepKey).
-					Msg("gc's marker is gone (a gc older than this daemon removes it, or it was deleted by hand): checking what each push relied on until one is up again")
-			}
-			return &SweepMarker{Deadline: time.Unix(1, 0)}, nil
-		}
-		return nil, nil
-	}
-	if err != nil {
-		return nil, fmt.Errorf("read the gc marker %s: %w", SweepKey, err)
-	}
-	u.markerSeen.Store(true)
-	u.markerGone.Store(false)
-	var m SweepMarker
-	if err := json.Unmarshal(b, &m); err != nil || m.Deadline.IsZero() {
-		return nil, fmt.Errorf("the gc marker %s is not one (%v); a gc may be deleting: if none is, run nixpush gc, which replaces it", SweepKey, err)
-	}
-	if !m.FinishedAt.IsZero() {
-		return &m, nil
-	}
-	until := m.Deadline.Add(u.skew())
-	wait := until.Sub(u.cfg.Now())
-	if wait <= 0 {
-		return &m, nil
-	}
-	if wait > u.cfg.MaxSweepWait {
-		return nil, fmt.Errorf("a gc from %s may delete until %s, more than %s from now; will retry", m.Host, m.Deadline.Format(time.RFC3339), u.cfg.MaxSweepWait)
-	}
-	u.cfg.Log.Info().Str("gc_host", m.Host).Time("deadline", m.Deadline).Dur("wait", wait).
-		Msg("a gc is sweeping the cache: waiting for its deadline before checking what was relied on")
-	t := time.NewTimer(wait)
-	defer t.Stop()
-	select {
-	case <-t.C:
-		return &m, nil
-	case <-ctx.Done():
-		return nil, ctx.Err()
-	}
-}
-
-func (u *Uploader) skew() time.Duration {
-	if u.cfg.sweepSkew != 0 {
-		return u.cfg.sweepSkew
-	}
-	return sweepSkew
-}
-
-// sweptSince reports whether a gc may have deleted anything since t, by
-// the marker m read after that: unless no gc has ever swept (m is nil) or
-// the last one finished (plus the skew margin) before t, it may have.
-func (u *Uploader) sweptSince(m *SweepMarker, t time.Time) bool {
-	if m == nil {
-		return false
-	}
-	return m.FinishedAt.IsZero() || !m.FinishedAt.Add(u.skew()).Before(t)
-}
-
-// recheckWritten checks, after any gc sweep under way has passed its
-// deadline, that what the .narinfos written by pl rely on is still in the
-// cache: the .narinfos of their references not uploaded by this push, and
-// their own NARs. It returns the references to upload again, and the
-// written paths whose NAR is gone (to upload again whatever the cache
-// says of their .narinfo). See the package doc for why this is enough.
-func (u *Uploader) recheckWritten(ctx context.Context, pl *plan) (again []string, force map[string]bool, err error) {
-	m, err := u.waitForSweep(ctx)
-	if err != nil {
-		return nil, nil, err
-	}
-	pl.mu.Lock()
-	written := make(map[string]writtenNAR, len(pl.written))
-	for p, w := range pl.written {
-		written[p] = w
-	}
-	pl.mu.Unlock()
-	// since is the oldest sighting this push relies on: of the
-	// references it did not upload, and of its NARs (when their upload
-	// began). Nothing a gc finished deleting before it can be missing.
-	relied := make(map[string]bool)
-	var since time.Time
-	older := func(t time.Time) {
-		if since.IsZero() || t.Before(since) {
-			since = t
-		}
-	}
-	u.mu.Lock()
-	for p, w := range written {
-		older(w.at)
-		for _, r := range pl.infos[p].References {
-			// A filtered reference is never in this cache (consumers
-			// take it from upstream): nothing here relies on it.
-			if _, ok := written[r]; !ok && r != p && !u.skipped[r] {
-				relied[r] = true
-				older(u.seen[r]) // zero, if another push found it gone since
-			}
-		}
-	}
-	u.mu.Unlock()
-	if !u.sweptSince(m, since) {
-		return nil, nil, nil
-	}
-	var narinfos, nars []string
-	for r := range relied {
-		narinfos = append(narinfos, nix.NarInfoKey(r))
-	}
-	for _, w := range written {
-		nars = append(nars, w.key)
-	}
-	at := u.cfg.Now()
-	gone, failed := u.absent(ctx, narinfos, nars)
-	for _, err := range failed {
-		return nil, nil, fmt.Errorf("check what the written .narinfos rely on: %w", err)
-	}
-	force = make(map[string]bool)
-	u.mu.Lock()
-	defer u.mu.Unlock()
-	for r := range relied {
-		if gone[nix.NarInfoKey(r)] {
-			u.goneAt(r, at)
-			again = append(again, r)
-		} else {
-			u.sawAt(r, at)
-		}
-	}
-	for p, w := range written {
-		if gone[w.key] {
-			delete(u.seen, p)
-			force[p] = true
-			again = append(again, p)
-		}
-	}
-	return again, force, nil
 }
 
 // absent returns which of the given objects the store lacks (gone): the

@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"io"
 	"maps"
@@ -255,7 +256,7 @@ func TestPushRacingGC(t *testing.T) {
 			base, _ := NewFileStore(t.TempDir())
 			g := &gcStore{FileStore: base, t: t, trigger: nix.NarInfoKey(top), after: after}
 			u := New(Config{Store: g, Nix: fs, Key: testKey(t), StoreDir: fs.dir, Log: zerolog.Nop(), TrustCacheFor: time.Hour})
-			u.cfg.sweepSkew = 50 * time.Millisecond
+			u.cfg.ClockSkew = 50 * time.Millisecond
 			if err := u.Push(context.Background(), []string{mid})[0]; err != nil {
 				t.Fatal(err)
 			}
@@ -387,7 +388,7 @@ func TestRecheckAfterWritesFollowsTheMarker(t *testing.T) {
 			base, _ := NewFileStore(t.TempDir())
 			cs := &checksStore{FileStore: base}
 			u := New(Config{Store: cs, Nix: fs, Key: testKey(t), StoreDir: fs.dir, Log: zerolog.Nop(), TrustCacheFor: time.Hour})
-			u.cfg.sweepSkew = 20 * time.Millisecond
+			u.cfg.ClockSkew = 20 * time.Millisecond
 			if tc.marker == "finished before" || tc.marker == "removed" {
 				finishSweep(t, base, time.Now())
 				time.Sleep(50 * time.Millisecond) // past the skew margin
@@ -440,19 +441,20 @@ func TestRecheckCoversOldNARs(t *testing.T) {
 	top := fs.add(t, "top", []byte("top"), dep)
 	base, _ := NewFileStore(t.TempDir())
 	u := New(Config{Store: base, Nix: fs, Key: testKey(t), StoreDir: fs.dir, Log: zerolog.Nop(), TrustCacheFor: time.Hour})
-	u.cfg.sweepSkew = 20 * time.Millisecond
+	u.cfg.ClockSkew = 20 * time.Millisecond
 	if err := u.Push(ctx, []string{dep})[0]; err != nil {
 		t.Fatal(err)
 	}
 	key := narKey(fs.infos[top], Zstd)
-	pl := &plan{infos: fs.infos, written: map[string]writtenNAR{top: {key: key, at: time.Now()}}}
+	lg := newLedger()
+	lg.wrote(fs.infos[top], writtenNAR{key: key, at: time.Now()})
 	time.Sleep(50 * time.Millisecond)
 	finishSweep(t, base, time.Now()) // it deleted the NAR, never written here
 	time.Sleep(50 * time.Millisecond)
 	u.mu.Lock()
 	u.sawAt(dep, time.Now()) // the reference, seen after the sweep
 	u.mu.Unlock()
-	again, force, err := u.recheckWritten(ctx, pl)
+	again, force, err := redone(ctx, u, lg)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -517,7 +519,7 @@ func TestAbsentReportsFailedChecks(t *testing.T) {
 	u.sawAt(flaky, time.Now().Add(-time.Hour))
 	u.mu.Unlock()
 	infos := map[string]nix.PathInfo{present: fs.infos[present], flaky: fs.infos[flaky], gone: fs.infos[gone]}
-	missing := u.probe(ctx, infos, nil, nil, time.Now())
+	missing := u.probe(ctx, infos, nil, nil, time.Now(), false)
 	if !maps.Equal(missing, map[string]bool{flaky: true, gone: true}) {
 		t.Fatalf("probe: missing %v; want %s and %s", missing, flaky, gone)
 	}
@@ -530,8 +532,26 @@ func TestAbsentReportsFailedChecks(t *testing.T) {
 	// top written, relying on flaky, whose check fails: the re-check
 	// (forced: a marker seen, now gone) fails too.
 	u.markerSeen.Store(true)
-	pl := &plan{infos: fs.infos, written: map[string]writtenNAR{top: {key: narKey(fs.infos[top], Zstd), at: time.Now()}}}
-	if _, _, err := u.recheckWritten(ctx, pl); err == nil || !strings.Contains(err.Error(), "check of "+keys[1]+" failed") {
+	lg := newLedger()
+	lg.wrote(fs.infos[top], writtenNAR{key: narKey(fs.infos[top], Zstd), at: time.Now()})
+	if _, _, err := redone(ctx, u, lg); err == nil || !strings.Contains(err.Error(), "check of "+keys[1]+" failed") {
 		t.Fatalf("re-check relying on a failed check: %v; want that failure", err)
 	}
+}
+
+// errRedone stops settle after its first redo, for tests that look at
+// what it would upload again.
+var errRedone = errors.New("redone")
+
+// redone runs the check after writes of lg and returns what its first
+// round would upload again (nothing, when it finds nothing missing).
+func redone(ctx context.Context, u *Uploader, lg *ledger) (again []string, force map[string]bool, err error) {
+	err = u.settle(ctx, lg, func(a []string, f map[string]bool, _ []string) error {
+		again, force = a, f
+		return errRedone
+	})
+	if errors.Is(err, errRedone) {
+		err = nil
+	}
+	return again, force, err
 }

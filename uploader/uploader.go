@@ -51,13 +51,19 @@ type Config struct {
 	TrustCacheFor time.Duration
 	// Host names this machine in the root records (default: os.Hostname).
 	Host string
-	// MaxSweepWait bounds how long a push waits for a gc sweep to pass its
-	// deadline (0 = 1h); past it the push fails, to be retried.
+	// MaxSweepWait bounds how long a push waits for a gc sweep to finish
+	// (0 = 1h); past it the push fails, to be retried (as a full re-check).
 	MaxSweepWait time.Duration
+	// PollSweep is how often a push waiting for a sweep reads gc's marker
+	// again (0 = 2s).
+	PollSweep time.Duration
+	// ClockSkew is how far the clocks of gc, the store and this machine
+	// may disagree (0 = DefaultClockSkew).
+	ClockSkew time.Duration
 	// Now is the clock (nil: time.Now); tests move it.
 	Now func() time.Time
-
-	sweepSkew time.Duration // 0: sweepSkew; tests shorten it
+	// Sleep waits d or until ctx is done (nil: a timer); tests replace it.
+	Sleep func(ctx context.Context, d time.Duration) error
 }
 
 // Uploader pushes closures to one store. It is safe for concurrent use: a
@@ -76,6 +82,9 @@ type Uploader struct {
 	// nothing about sweeps.
 	markerSeen atomic.Bool
 	markerGone atomic.Bool // said so in the log
+	// problem is how the settings do not fit the last sweep's ("": they
+	// do); nil until a sweep said its settings.
+	problem atomic.Pointer[string]
 
 	mu       sync.Mutex
 	seen     map[string]time.Time // when each path's .narinfo was last found in the store or written (filtered paths: their references ensured)
@@ -142,6 +151,15 @@ func New(cfg Config) *Uploader {
 	if cfg.MaxSweepWait <= 0 {
 		cfg.MaxSweepWait = time.Hour
 	}
+	if cfg.PollSweep <= 0 {
+		cfg.PollSweep = 2 * time.Second
+	}
+	if cfg.ClockSkew <= 0 {
+		cfg.ClockSkew = DefaultClockSkew
+	}
+	if cfg.Sleep == nil {
+		cfg.Sleep = sleep
+	}
 	if cfg.Host == "" {
 		cfg.Host, _ = os.Hostname()
 	}
@@ -203,9 +221,17 @@ func (u *Uploader) push(ctx context.Context, roots []string, recheck, record boo
 	}
 	start := u.cfg.Now()
 	cutoff := start.Add(-u.cfg.TrustCacheFor)
-	if recheck {
+	if recheck || u.SettingsProblem() != "" {
+		// A recheck, or settings that do not fit gc's: trust nothing.
 		cutoff = start
-		if _, err := u.waitForSweep(ctx); err != nil {
+	}
+	if recheck {
+		// Whatever a sweep under way deletes shows before the checks.
+		m, err := u.readMarker(ctx)
+		if err == nil {
+			err = u.awaitSweep(ctx, m)
+		}
+		if err != nil {
 			return fail(err)
 		}
 	}
@@ -213,6 +239,7 @@ func (u *Uploader) push(ctx context.Context, roots []string, recheck, record boo
 	// is in before anything else goes up.
 	cacheInfo := make(chan error, 1)
 	go func() { cacheInfo <- u.ensureCacheInfo(ctx, cutoff) }()
+	lg := newLedger()
 	var todo []int
 	u.mu.Lock()
 	for i, r := range roots {
@@ -227,14 +254,71 @@ func (u *Uploader) push(ctx context.Context, roots []string, recheck, record boo
 		for j, i := range todo {
 			sub[j] = roots[i]
 		}
-		for j, err := range u.pushClosures(ctx, sub, cutoff, cacheInfo, nil, 0) {
+		for j, err := range u.pushClosures(ctx, sub, cutoff, cacheInfo, nil, recheck, lg) {
 			errs[todo[j]] = err
 		}
 	} else if err := <-cacheInfo; err != nil {
 		return fail(err)
 	}
+	// The roots this push did not write, it relies on (found in the
+	// cache, or trusted from a sighting).
+	lg.mu.Lock()
+	for i, r := range roots {
+		if _, ok := lg.written[r]; !ok && errs[i] == nil {
+			lg.relied[r] = true
+		}
+	}
+	lg.mu.Unlock()
 	if record {
-		u.recordRoots(ctx, roots, errs)
+		u.recordRoots(ctx, roots, errs, lg)
+	}
+	var ok []string
+	for i, r := range roots {
+		if errs[i] == nil {
+			ok = append(ok, r)
+		}
+	}
+	if len(ok) == 0 {
+		return errs
+	}
+	err := u.settle(ctx, lg, func(again []string, force map[string]bool, keys []string) error {
+		for _, e := range u.pushClosures(ctx, again, u.cfg.Now(), nil, force, false, lg) {
+			if e != nil {
+				return e
+			}
+		}
+		// Root records gone: written again (a batch record has a key of
+		// its own, never listed by a sweep that began before it).
+		var lost []string
+		for _, r := range ok {
+			if slices.Contains(keys, RootKey(r)) {
+				lost = append(lost, r)
+			}
+		}
+		if len(lost) > 0 {
+			rerrs := make([]error, len(lost))
+			u.recordRoots(ctx, lost, rerrs, lg)
+			return errors.Join(rerrs...)
+		}
+		return nil
+	})
+	if err != nil {
+		// Nothing this push wrote or relied on is trusted any more: the
+		// retry (a Recheck) checks it all again, NARs included.
+		s := u.snapshot(lg)
+		u.mu.Lock()
+		for p := range s.written {
+			delete(u.seen, p)
+		}
+		for p := range s.relied {
+			delete(u.seen, p)
+		}
+		u.mu.Unlock()
+		for i := range errs {
+			if errs[i] == nil {
+				errs[i] = err
+			}
+		}
 	}
 	return errs
 }
@@ -245,9 +329,9 @@ const maxRounds = 4
 
 // pushClosures uploads what the cache lacks of the closures of roots (and
 // the paths of force, whatever the cache holds), checking every path not
-// seen since cutoff; then it checks again what the .narinfos it wrote rely
-// on, and uploads again whatever vanished meanwhile.
-func (u *Uploader) pushClosures(ctx context.Context, roots []string, cutoff time.Time, cacheInfo <-chan error, force map[string]bool, round int) []error {
+// seen since cutoff (deep: their NARs too), and records in lg what it
+// wrote.
+func (u *Uploader) pushClosures(ctx context.Context, roots []string, cutoff time.Time, cacheInfo <-chan error, force map[string]bool, deep bool, lg *ledger) []error {
 	infos, errs := u.closureOf(ctx, roots, cutoff)
 	if cacheInfo != nil {
 		if err := <-cacheInfo; err != nil {
@@ -257,49 +341,17 @@ func (u *Uploader) pushClosures(ctx context.Context, roots []string, cutoff time
 			return errs
 		}
 	}
+	if force == nil {
+		force = make(map[string]bool)
+	}
 	filtered := u.filtered(infos)
-	missing := u.probe(ctx, infos, filtered, force, cutoff)
+	missing := u.probe(ctx, infos, filtered, force, cutoff, deep)
 	u.plan(missing, filtered, infos)
-	pl := &plan{infos: infos, missing: missing, filtered: filtered, force: force, cutoff: cutoff, written: make(map[string]writtenNAR)}
+	pl := &plan{infos: infos, missing: missing, filtered: filtered, force: force, cutoff: cutoff, written: make(map[string]writtenNAR), lg: lg}
 	failed := u.uploadMissing(ctx, pl)
 	for i, r := range roots {
 		if errs[i] == nil {
 			errs[i] = closureError(r, infos, failed)
-		}
-	}
-	if len(pl.written) == 0 {
-		return errs
-	}
-	again, reforce, err := u.recheckWritten(ctx, pl)
-	if err == nil && len(again) > 0 {
-		u.cfg.Log.Warn().Strs("paths", again).Int("round", round+1).
-			Msg("paths vanished from the cache while .narinfos relying on them were written; uploading them again")
-		if round+1 >= maxRounds {
-			err = fmt.Errorf("%d paths vanished from the cache again after %d rounds of uploading them (a gc under way?); will retry", len(again), maxRounds)
-		} else {
-			for _, e := range u.pushClosures(ctx, again, u.cfg.Now(), nil, reforce, round+1) {
-				if e != nil {
-					err = e
-					break
-				}
-			}
-		}
-	}
-	if err != nil {
-		// Nothing this push wrote or relied on is trusted any more: the
-		// retry checks it all again.
-		u.mu.Lock()
-		for p := range pl.written {
-			delete(u.seen, p)
-			for _, r := range pl.infos[p].References {
-				delete(u.seen, r)
-			}
-		}
-		u.mu.Unlock()
-		for i := range errs {
-			if errs[i] == nil {
-				errs[i] = err
-			}
 		}
 	}
 	return errs
@@ -408,16 +460,10 @@ type plan struct {
 	filtered map[string]bool // left out by the filter
 	force    map[string]bool // to upload again whatever the cache says
 	cutoff   time.Time
+	lg       *ledger // what the push relies on and wrote, over its rounds
 
 	mu      sync.Mutex
 	written map[string]writtenNAR
-}
-
-// writtenNAR is the NAR of a .narinfo a push wrote: its key, and when its
-// upload began.
-type writtenNAR struct {
-	key string
-	at  time.Time
 }
 
 // since is when p must have been seen in the cache for this push to
@@ -484,8 +530,9 @@ func (u *Uploader) goneAt(p string, t time.Time) {
 // seen since cutoff, with one listing when that is cheaper, else with
 // existence checks in parallel. Paths whose check failed count as missing,
 // and so do those of force, unchecked (their .narinfo may be there, but
-// not their NAR).
-func (u *Uploader) probe(ctx context.Context, infos map[string]nix.PathInfo, filtered, force map[string]bool, cutoff time.Time) map[string]bool {
+// not their NAR). Deep, it also checks the NAR of every .narinfo found,
+// and adds the paths whose NAR is gone to force.
+func (u *Uploader) probe(ctx context.Context, infos map[string]nix.PathInfo, filtered, force map[string]bool, cutoff time.Time, deep bool) map[string]bool {
 	missing := make(map[string]bool)
 	var rest []string
 	u.mu.Lock()
@@ -507,6 +554,16 @@ func (u *Uploader) probe(ctx context.Context, infos map[string]nix.PathInfo, fil
 		keys[i] = nix.NarInfoKey(p)
 	}
 	gone, failed := u.absent(ctx, keys, nil)
+	var present []string
+	for i, p := range rest {
+		if failed[keys[i]] == nil && !gone[keys[i]] {
+			present = append(present, p)
+		}
+	}
+	var noNAR map[string]bool
+	if deep {
+		noNAR = u.narsGone(ctx, present, infos)
+	}
 	u.mu.Lock()
 	defer u.mu.Unlock()
 	for i, p := range rest {
@@ -516,12 +573,66 @@ func (u *Uploader) probe(ctx context.Context, infos map[string]nix.PathInfo, fil
 		case gone[keys[i]]:
 			u.goneAt(p, at)
 			missing[p] = true
+		case noNAR[p]:
+			// A .narinfo whose NAR is gone (a push that wrote it was cut
+			// off before its check after writes found a sweep had deleted
+			// the NAR): uploaded again, NAR first.
+			delete(u.seen, p)
+			missing[p], force[p] = true, true
 		default:
 			u.sawAt(p, at)
 			u.stats.Skipped++
 		}
 	}
 	return missing
+}
+
+// narsGone returns which of paths (whose .narinfos are in the store) lack
+// their NAR: the key this uploader would write is checked first (one
+// listing, or checks in parallel); for a path whose NAR is not there, its
+// .narinfo is read, since another uploader (another compression) may have
+// written it, and the NAR it names checked. A check that fails counts as
+// gone: uploading again is safe, trusting is not.
+func (u *Uploader) narsGone(ctx context.Context, paths []string, infos map[string]nix.PathInfo) map[string]bool {
+	out := make(map[string]bool)
+	if len(paths) == 0 {
+		return out
+	}
+	keys := make([]string, len(paths))
+	for i, p := range paths {
+		keys[i] = narKey(infos[p], u.cfg.Compression)
+	}
+	gone, failed := u.absent(ctx, nil, keys)
+	for i, p := range paths {
+		if !gone[keys[i]] && failed[keys[i]] == nil {
+			continue
+		}
+		u.count(1)
+		text, err := u.cfg.Store.Get(ctx, nix.NarInfoKey(p))
+		if err != nil {
+			out[p] = true
+			continue
+		}
+		url := narInfoURL(text)
+		if url == "" || url == keys[i] {
+			out[p] = true
+			continue
+		}
+		if has, err := u.has(ctx, url); err != nil || !has {
+			out[p] = true
+		}
+	}
+	return out
+}
+
+// narInfoURL is the URL line of a .narinfo's text ("" when none).
+func narInfoURL(text []byte) string {
+	for line := range strings.Lines(string(text)) {
+		if v, ok := strings.CutPrefix(line, "URL: "); ok {
+			return strings.TrimSpace(v)
+		}
+	}
+	return ""
 }
 
 // listBudget is how many names a listing may read per path it would spare
@@ -867,9 +978,11 @@ func (u *Uploader) upload(ctx context.Context, info nix.PathInfo, pl *plan) erro
 		return fmt.Errorf("upload %s: %w", info.Path, err)
 	}
 	d := time.Since(start)
+	w := writtenNAR{key: narKey(info, c), at: p.at, listing: p.listing != nil}
 	pl.mu.Lock()
-	pl.written[info.Path] = writtenNAR{narKey(info, c), p.at}
+	pl.written[info.Path] = w
 	pl.mu.Unlock()
+	pl.lg.wrote(info, w)
 	u.mu.Lock()
 	delete(u.nars, info.Path)
 	delete(u.planned, info.Path)

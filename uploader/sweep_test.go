@@ -1,0 +1,233 @@
+package uploader
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"io"
+	"os"
+	"path/filepath"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/rs/zerolog"
+
+	"github.com/nixpush/nixpush/nix"
+)
+
+// The tests of this file play, step by step, the interleavings of issue
+// 18 in which a push met a gc (or repair) sweep and, before this code,
+// left a .narinfo whose NAR or reference was gone, or acknowledged a root
+// a sweep then deleted. Each names the step of the package doc's
+// argument it covers.
+
+// hookStore is a file store that runs before (or after) the Put of one
+// key, once: a sweep that acts at that moment.
+type hookStore struct {
+	*FileStore
+	key          string
+	before       func()
+	after        func()
+	once         sync.Once
+	wg           sync.WaitGroup
+	afterInAGoer bool // run after in a goroutine: the push goes on meanwhile
+}
+
+func (h *hookStore) Put(ctx context.Context, key string, r io.Reader, size int64, ct string) error {
+	first := false
+	if key == h.key {
+		h.once.Do(func() { first = true })
+	}
+	if first && h.before != nil {
+		h.before()
+	}
+	err := h.FileStore.Put(ctx, key, r, size, ct)
+	if first && h.after != nil {
+		if h.afterInAGoer {
+			h.wg.Go(h.after)
+		} else {
+			h.after()
+		}
+	}
+	return err
+}
+
+// putMarker puts a sweep marker up, unfinished (finished zero) or not.
+func putMarker(t *testing.T, s *FileStore, deadline, finished time.Time) {
+	t.Helper()
+	m, _ := json.Marshal(SweepMarker{ListedAt: time.Now().Add(-time.Second), Deadline: deadline, Host: "gc-host", FinishedAt: finished})
+	if err := s.Put(context.Background(), SweepKey, bytes.NewReader(m), int64(len(m)), "application/json"); err != nil {
+		t.Error(err)
+	}
+}
+
+func removeAll(t *testing.T, s *FileStore, keys ...string) {
+	t.Helper()
+	for _, k := range keys {
+		if err := os.Remove(filepath.Join(s.dir, k)); err != nil {
+			t.Error(err)
+		}
+	}
+}
+
+func newSweepUploader(t *testing.T, s Store, fs *fakeStore) *Uploader {
+	return New(Config{Store: s, Nix: fs, Key: testKey(t), StoreDir: fs.dir, Log: zerolog.Nop(), TrustCacheFor: time.Hour,
+		ClockSkew: 20 * time.Millisecond, PollSweep: 10 * time.Millisecond, MaxSweepWait: time.Minute})
+}
+
+// TestRetryAfterInterruptedCheckFindsNARGone (hole 1; step 4): gc lists
+// an old path r and its NAR K and deletes r's .narinfo; a push writes r
+// again (K, then r.narinfo) and, meeting the sweep, is cut off before its
+// check after writes (a restart, a failed request, a wait past its
+// limit); gc then deletes K, which it listed. The retry is a Recheck by a
+// fresh uploader: it must find K gone although r.narinfo is there, and
+// upload r again.
+func TestRetryAfterInterruptedCheckFindsNARGone(t *testing.T) {
+	ctx := context.Background()
+	fs := newFakeStore(t)
+	r := fs.add(t, "r", []byte("r content"))
+	base, _ := NewFileStore(t.TempDir())
+	if err := newSweepUploader(t, base, fs).Push(ctx, []string{r})[0]; err != nil {
+		t.Fatal(err)
+	}
+	k := narKey(fs.infos[r], Zstd)
+	// The sweep: listed r and K as dead, deletes r's .narinfo now.
+	putMarker(t, base, time.Now().Add(time.Hour), time.Time{})
+	removeAll(t, base, nix.NarInfoKey(r))
+	// The push of r again, cut off while it waits for the sweep.
+	u := New(Config{Store: base, Nix: fs, Key: testKey(t), StoreDir: fs.dir, Log: zerolog.Nop(), TrustCacheFor: time.Hour,
+		ClockSkew: 20 * time.Millisecond, MaxSweepWait: time.Millisecond})
+	if err := u.Push(ctx, []string{r})[0]; err == nil {
+		t.Fatal("push returned nil while a sweep it may not wait for is under way")
+	}
+	// The sweep deletes K, listed before the push wrote it, and finishes.
+	removeAll(t, base, k)
+	putMarker(t, base, time.Now().Add(time.Hour), time.Now())
+	time.Sleep(50 * time.Millisecond)
+	// The retry, after a restart.
+	if err := newSweepUploader(t, base, fs).Recheck(ctx, []string{r})[0]; err != nil {
+		t.Fatal(err)
+	}
+	checkPushed(t, base, fs.infos[r])
+}
+
+// TestRootPushedAgainDuringSweep (hole 2; the roots a push relies on): a
+// root already in the cache is handed over again while a sweep that
+// listed it as dead (an expired root record) is under way: the push
+// writes nothing but the root record. The sweep then deletes the root's
+// .narinfo, NAR and the record it listed under the same key. The push
+// must not return before it has checked, after the sweep, that the root
+// and its record are there, and written them again.
+func TestRootPushedAgainDuringSweep(t *testing.T) {
+	ctx := context.Background()
+	fs := newFakeStore(t)
+	dep := fs.add(t, "dep", []byte("dep"))
+	root := fs.add(t, "root", []byte("root"), dep)
+	base, _ := NewFileStore(t.TempDir())
+	h := &hookStore{FileStore: base, afterInAGoer: true}
+	u := newSweepUploader(t, h, fs)
+	if err := u.Push(ctx, []string{root})[0]; err != nil {
+		t.Fatal(err)
+	}
+	h.key = RootKey(root) // the sweep acts at the next write of the record
+	deadline := time.Now().Add(10 * time.Second)
+	putMarker(t, base, deadline, time.Time{})
+	h.after = func() {
+		time.Sleep(100 * time.Millisecond) // the push reads the marker meanwhile
+		removeAll(t, base, nix.NarInfoKey(root), narKey(fs.infos[root], Zstd), nix.NarInfoKey(dep), narKey(fs.infos[dep], Zstd), RootKey(root))
+		putMarker(t, base, deadline, time.Now())
+	}
+	if err := u.Push(ctx, []string{root})[0]; err != nil {
+		t.Fatal(err)
+	}
+	if time.Now().After(deadline) {
+		t.Fatal("the push waited for the sweep's deadline, not for its end")
+	}
+	h.wg.Wait()
+	for _, p := range []string{dep, root} {
+		checkPushed(t, base, fs.infos[p])
+	}
+	if has, _ := base.Has(ctx, RootKey(root)); !has {
+		t.Errorf("the root record %s, rewritten by an acknowledged push, is gone", RootKey(root))
+	}
+}
+
+// TestRepairDuringPush (hole 3; the .narinfos a push wrote are checked
+// too): a push writes mid, relying on leaf; a gc deletes leaf, verify
+// finds mid broken and repair deletes it; the same push then writes top,
+// which refers to mid. The check after writes must find mid's .narinfo
+// gone (not only leaf) and write it again.
+func TestRepairDuringPush(t *testing.T) {
+	ctx := context.Background()
+	fs := newFakeStore(t)
+	leaf := fs.add(t, "leaf", []byte("leaf"))
+	mid := fs.add(t, "mid", []byte("mid"), leaf)
+	top := fs.add(t, "top", []byte("top"), mid)
+	base, _ := NewFileStore(t.TempDir())
+	h := &hookStore{FileStore: base, key: nix.NarInfoKey(top), afterInAGoer: true}
+	u := newSweepUploader(t, h, fs)
+	if err := u.Push(ctx, []string{leaf})[0]; err != nil {
+		t.Fatal(err)
+	}
+	deadline := time.Now().Add(10 * time.Second)
+	h.before = func() {
+		putMarker(t, base, deadline, time.Time{})
+		removeAll(t, base, nix.NarInfoKey(leaf), narKey(fs.infos[leaf], Zstd), nix.NarInfoKey(mid))
+	}
+	h.after = func() {
+		time.Sleep(50 * time.Millisecond)
+		putMarker(t, base, deadline, time.Now())
+	}
+	if err := u.Push(ctx, []string{top})[0]; err != nil {
+		t.Fatal(err)
+	}
+	h.wg.Wait()
+	for _, p := range []string{leaf, mid, top} {
+		checkPushed(t, base, fs.infos[p])
+	}
+}
+
+// TestForgottenSightingForcesCheck (hole 4): top relies on r and s; r's
+// sighting is dropped after the probe (another push found r gone), and a
+// sweep that deleted r finished before s was seen again. A dropped
+// sighting is "never seen": it forces the check whatever the order of
+// top's references, so r is uploaded again.
+func TestForgottenSightingForcesCheck(t *testing.T) {
+	for _, order := range []string{"r first", "s first"} {
+		t.Run(order, func(t *testing.T) {
+			ctx := context.Background()
+			fs := newFakeStore(t)
+			r := fs.add(t, "r", []byte("r"))
+			s := fs.add(t, "s", []byte("s"))
+			refs := []string{r, s}
+			if order == "s first" {
+				refs = []string{s, r}
+			}
+			top := fs.add(t, "top", []byte("top"), refs...)
+			base, _ := NewFileStore(t.TempDir())
+			h := &hookStore{FileStore: base, key: nix.NarInfoKey(top)}
+			u := newSweepUploader(t, h, fs)
+			if err := u.Push(ctx, []string{r, s}); err[0] != nil || err[1] != nil {
+				t.Fatal(err)
+			}
+			h.before = func() {
+				// The sweep deleted r and finished; another push found r
+				// gone (its sighting dropped); s was seen since.
+				removeAll(t, base, nix.NarInfoKey(r), narKey(fs.infos[r], Zstd))
+				putMarker(t, base, time.Now(), time.Now())
+				time.Sleep(50 * time.Millisecond)
+				u.mu.Lock()
+				delete(u.seen, r)
+				u.sawAt(s, time.Now())
+				u.mu.Unlock()
+			}
+			if err := u.Push(ctx, []string{top})[0]; err != nil {
+				t.Fatal(err)
+			}
+			for _, p := range []string{r, s, top} {
+				checkPushed(t, base, fs.infos[p])
+			}
+		})
+	}
+}
