@@ -302,8 +302,11 @@ func (d *Daemon) work(ctx context.Context) error {
 			wg.Add(1)
 			go func() {
 				defer wg.Done()
-				defer func() { <-slots }()
-				d.push(ctx, items)
+				// A push waiting for a gc sweep to finish frees its slot:
+				// the paths that come meanwhile go on uploading.
+				free := sync.OnceFunc(func() { <-slots })
+				defer free()
+				d.push(uploader.OnSweepWait(ctx, free), items)
 				if d.queue.Pending() == 0 {
 					d.session.close()
 				}
@@ -452,6 +455,7 @@ func (d *Daemon) status() hook.Status {
 		StoreCheck: d.health.status(),
 		Progress:   d.session.progress(us),
 	}
+	st.GCSettings = d.up.SettingsProblem()
 	if qerr != nil {
 		st.QueueError = "queue cannot write: " + qerr.Error()
 		st.QueueErrorSince = &qsince

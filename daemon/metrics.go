@@ -38,12 +38,13 @@ var (
 	descQFail  = prometheus.NewDesc("nixpush_queue_write_failures_total", "Queue commits that failed since the daemon started.", nil, nil)
 	descHeld   = prometheus.NewDesc("nixpush_held_paths", "Paths the queue could not take, held in memory until it can.", nil, nil)
 	descSpool  = prometheus.NewDesc("nixpush_spooled_requests", "Spooled requests not yet imported.", nil, nil)
+	descGCFit  = prometheus.NewDesc("nixpush_gc_settings_ok", "0 while the daemon's --trust-cache-for or --max-sweep-wait does not fit the grace, --older-than or sweep window gc wrote in its marker (every push then checks every path), else 1.", nil, nil)
 )
 
 type statusCollector struct{ d *Daemon }
 
 func (c *statusCollector) Describe(ch chan<- *prometheus.Desc) {
-	for _, d := range []*prometheus.Desc{descItems, descOldest, descPaths, descNAR, descFile, descSkip, descFilter, descLogs, descReal, descReq, descLast, descRate, descStore, descCheck, descQOK, descQFail, descHeld, descSpool} {
+	for _, d := range []*prometheus.Desc{descItems, descOldest, descPaths, descNAR, descFile, descSkip, descFilter, descLogs, descReal, descReq, descLast, descRate, descStore, descCheck, descQOK, descQFail, descHeld, descSpool, descGCFit} {
 		ch <- d
 	}
 }
@@ -91,4 +92,9 @@ func (c *statusCollector) Collect(ch chan<- prometheus.Metric) {
 	ch <- prometheus.MustNewConstMetric(descQFail, prometheus.CounterValue, float64(failures))
 	ch <- prometheus.MustNewConstMetric(descHeld, prometheus.GaugeValue, float64(st.Held))
 	ch <- prometheus.MustNewConstMetric(descSpool, prometheus.GaugeValue, float64(st.Spooled))
+	fit := 1.0
+	if st.GCSettings != "" {
+		fit = 0
+	}
+	ch <- prometheus.MustNewConstMetric(descGCFit, prometheus.GaugeValue, fit)
 }

@@ -80,6 +80,10 @@ type Status struct {
 	HeldPaths []string `json:"held_paths,omitempty"`
 	// Spooled counts spooled requests not yet imported.
 	Spooled int `json:"spooled"`
+	// GCSettings says how the daemon's settings do not fit those gc wrote
+	// in its marker (its grace, --older-than, sweep window): until they
+	// do, every push checks every path of its closures.
+	GCSettings string `json:"gc_settings_problem,omitempty"`
 }
 
 // Progress is what the daemon has done of the closures it is pushing: the

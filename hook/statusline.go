@@ -26,6 +26,9 @@ func (st Status) Line(now time.Time) string {
 		// First, so that a truncated systemctl status still shows it.
 		line = st.QueueError + "; " + line
 	}
+	if st.GCSettings != "" {
+		line += "settings do not fit gc's: " + st.GCSettings + "; "
+	}
 	if st.Held > 0 {
 		line += strconv.Itoa(st.Held) + " held unqueued, "
 	}

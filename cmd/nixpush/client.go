@@ -140,6 +140,9 @@ func printStatus(w io.Writer, st hook.Status, now time.Time) {
 	if st.QueueError != "" {
 		fmt.Fprintf(w, "QUEUE     %s (since %s); free space on the state disk\n", st.QueueError, st.QueueErrorSince.Format(time.DateTime))
 	}
+	if st.GCSettings != "" {
+		fmt.Fprintf(w, "GC        settings do not fit gc's: %s; every push checks every path until they do\n", st.GCSettings)
+	}
 	if st.Held > 0 {
 		fmt.Fprintf(w, "held:     %d path(s) the queue could not take, held in memory until it can\n", st.Held)
 	}

@@ -53,6 +53,7 @@ func runDaemon(ctx context.Context, args []string, stdout, stderr io.Writer) int
 	metricsListen := fs.String("metrics-listen", "", "serve Prometheus metrics on this TCP address (e.g. 127.0.0.1:9747), at /metrics")
 	trust := fs.Duration("trust-cache-for", time.Hour, "how long a path seen in the cache (or uploaded) is believed to stay there before a push that needs it checks again; "+
 		"keep it well below gc's --grace (24h by default), which spares young .narinfos and NARs for that long; 0s checks whole closures on every push")
+	maxSweepWait := fs.Duration("max-sweep-wait", time.Hour, "how long a push that meets a gc sweep waits for it to finish (reading gc's marker every few seconds) before it fails, to be retried; keep it above gc's --sweep-window")
 	logLevel := fs.String("log-level", "info", "log level: debug, info, warn, error")
 	logFormat := fs.String("log-format", "auto", "log format: auto (journald under systemd, console on a terminal, JSON otherwise), journald, console, json")
 	if !parseNoArgs(fs, args) {
@@ -88,6 +89,10 @@ func runDaemon(ctx context.Context, args []string, stdout, stderr io.Writer) int
 	}
 	if *trust < 0 {
 		fmt.Fprintf(stderr, "nixpush daemon: --trust-cache-for %s: want a duration of 0s or more, such as 1h\n", *trust)
+		return 2
+	}
+	if *maxSweepWait <= 0 {
+		fmt.Fprintf(stderr, "nixpush daemon: --max-sweep-wait %s: want a duration above 0, such as 1h (above gc's --sweep-window)\n", *maxSweepWait)
 		return 2
 	}
 	if len(keyFiles) == 0 && os.Getenv("NIXPUSH_SECRET_KEY_FILE") != "" {
@@ -157,7 +162,7 @@ func runDaemon(ctx context.Context, args []string, stdout, stderr io.Writer) int
 		Store: store, Nix: pathInfo, Key: keys[0], Keys: keys[1:], Compression: comp, Jobs: *jobs,
 		StoreDir: *storeDir, Log: log, WriteNARListing: *writeListing,
 		Filter:        uploader.Filter{Exclude: exclude, SkipSignedBy: skipSignedBy},
-		TrustCacheFor: *trust,
+		TrustCacheFor: *trust, MaxSweepWait: *maxSweepWait,
 	})
 	var ln net.Listener
 	if lns, err := activation.Listeners(); err == nil && len(lns) > 0 && lns[0] != nil {
