@@ -504,13 +504,18 @@ func (g *Graph) internComp(c string) uint8 {
 	return uint8(len(g.comps) - 1)
 }
 
-// ParseNarInfo parses a .narinfo; with an error, what it read so far
-// (the URL, say) comes back too. It reads the lines nixpush needs and
-// leaves out those it does not know (another tool's), where go-nix's
-// parser refuses them; and it allocates no line buffer of 1 MiB per
-// .narinfo as go-nix's does, which a walk of ten thousand felt.
+// ParseNarInfo parses a .narinfo as leniently as Nix does. It reads the
+// lines nixpush needs and leaves out those it does not know (another
+// tool's), where go-nix's parser refuses them; a Sig line it cannot parse
+// (another tool's scheme, any string) is left out too, as Nix ignores a
+// signature it cannot check. A field that does not parse (NarHash, say)
+// is an error, but the lines after it are read all the same: with an
+// error, what it read (the URL, the References) comes back too. It
+// allocates no line buffer of 1 MiB per .narinfo as go-nix's does, which
+// a walk of ten thousand felt.
 func ParseNarInfo(data []byte) (*narinfo.NarInfo, error) {
 	ni := &narinfo.NarInfo{}
+	var first error // the first field that does not parse
 	text := string(data)
 	for len(text) > 0 {
 		var line string
@@ -545,19 +550,21 @@ func ParseNarInfo(data []byte) (*narinfo.NarInfo, error) {
 		case "System":
 			ni.System = v
 		case "Sig":
-			var sig signature.Signature
-			if sig, err = signature.ParseSignature(v); err == nil {
+			if sig, serr := signature.ParseSignature(v); serr == nil {
 				ni.Signatures = append(ni.Signatures, sig)
 			}
 		case "CA":
 			ni.CA = v
 		}
-		if err != nil {
-			return ni, fmt.Errorf("line %q: %v", line, err)
+		if err != nil && first == nil {
+			first = fmt.Errorf("line %q: %v", line, err)
 		}
 	}
 	if ni.Compression == "" {
 		ni.Compression = "bzip2" // as Nix reads a .narinfo without the line
+	}
+	if first != nil {
+		return ni, first
 	}
 	if ni.StorePath == "" || ni.URL == "" || ni.NarHash == nil || ni.NarSize == 0 {
 		return ni, errors.New("lacks StorePath, URL, NarHash or NarSize")
