@@ -436,8 +436,10 @@ func (g *Graph) listed(key string) bool {
 	return false
 }
 
-// addNarInfo records a .narinfo; one that cannot be read is recorded as
-// such (verify reports it; gc keeps it).
+// addNarInfo records a .narinfo. One that cannot be read is recorded as
+// such (verify reports it; gc keeps it) with what it could read: its NAR,
+// Deriver and References, so gc keeps what it refers to as for any other
+// (a .narinfo without a References line refers to nothing, as for Nix).
 func (g *Graph) addNarInfo(o uploader.Object, ni *narinfo.NarInfo, err error, sigOK, narHashes bool) {
 	i := g.intern(o.Key[:32])
 	n := &g.nodes[i]
@@ -446,48 +448,50 @@ func (g *Graph) addNarInfo(o uploader.Object, ni *narinfo.NarInfo, err error, si
 	if err == nil && hashPart(ni.StorePath) != n.hash {
 		err = fmt.Errorf("StorePath %s does not match the object name", ni.StorePath)
 	}
+	if ni == nil {
+		ni = &narinfo.NarInfo{}
+	}
 	if err != nil {
 		n.unreadable = true
 		g.bad[i] = err.Error()
-		if ni != nil && ni.URL != "" {
+		g.unreadable = append(g.unreadable, o.Key)
+		if hashPart(ni.StorePath) == n.hash {
+			n.name = strings.Clone(path.Base(ni.StorePath)[33:])
+		}
+		if ni.URL != "" {
 			// Its NAR is not an orphan: gc keeps it with the .narinfo.
 			nar := g.internNAR(ni.URL)
 			g.nodes[i].nar = nar
 		}
-		if ni != nil && ni.Deriver != "" {
-			g.nodes[i].deriver = strings.Clone(path.Base(ni.Deriver))
+	} else {
+		if g.StoreDir == "" {
+			g.StoreDir = path.Dir(ni.StorePath)
 		}
-		g.unreadable = append(g.unreadable, o.Key)
-		return
+		// Copies, so no node keeps its .narinfo's text alive.
+		n.name = strings.Clone(path.Base(ni.StorePath)[33:])
+		n.comp = g.internComp(ni.Compression)
+		n.fileSize = ni.FileSize
+		n.narSize = ni.NarSize
+		if ni.NarHash != nil && narHashes {
+			g.narHash[i] = ni.NarHash.String()
+		}
+		nar := g.internNAR(ni.URL)
+		n = &g.nodes[i]
+		n.nar = nar
+		n.sigOK = sigOK
 	}
-	if g.StoreDir == "" {
-		g.StoreDir = path.Dir(ni.StorePath)
-	}
-	// Copies, so no node keeps its .narinfo's text alive.
-	n.name = strings.Clone(path.Base(ni.StorePath)[33:])
 	if ni.Deriver != "" {
-		n.deriver = strings.Clone(path.Base(ni.Deriver))
+		g.nodes[i].deriver = strings.Clone(path.Base(ni.Deriver))
 	}
-	n.comp = g.internComp(ni.Compression)
-	n.fileSize = ni.FileSize
-	n.narSize = ni.NarSize
-	if ni.NarHash != nil && narHashes {
-		g.narHash[i] = ni.NarHash.String()
-	}
-	nar := g.internNAR(ni.URL)
-	n = &g.nodes[i]
-	n.nar = nar
-	n.sigOK = sigOK
 	refs := make([]int32, 0, len(ni.References))
 	for _, r := range ni.References {
 		h := hashPart(r)
-		if h == "" || h == n.hash {
+		if h == "" || h == g.nodes[i].hash {
 			continue // self-references keep nothing
 		}
-		refs = append(refs, g.intern(h))
-		n = &g.nodes[i] // intern may have grown the slice
+		refs = append(refs, g.intern(h)) // intern may grow g.nodes
 	}
-	n.refs = refs
+	g.nodes[i].refs = refs
 }
 
 // internComp returns the index of a compression in g.comps.
