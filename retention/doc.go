@@ -22,8 +22,13 @@
 //     --older-than, and of every .narinfo written within --grace of the
 //     marker's time (the store's clock): such a .narinfo may belong to a
 //     push in progress whose root is not written yet; so is the output of
-//     a realisation written within --grace. A .narinfo it cannot read is
-//     kept too, with everything it may refer to unknown.
+//     a realisation written within --grace. A .narinfo it cannot read (a
+//     field such as NarHash that does not parse; a Sig line of another
+//     tool is no such field: it is left out, as Nix ignores a signature
+//     it cannot check) is kept too, with the closure of the References it
+//     names, read past the bad line; one without a References line refers
+//     to nothing, as for Nix. No kept .narinfo, readable or not, loses a
+//     reference.
 //  3. First the realisations (realisations/*.doi) older than --grace whose
 //     outPath is not kept are deleted, so none is ever left pointing at a
 //     deleted .narinfo. (One written after the listing follows its

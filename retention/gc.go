@@ -152,8 +152,9 @@ func GC(ctx context.Context, b uploader.Bucket, opts GCOptions) (*GCReport, erro
 	for i := range g.nodes {
 		n := &g.nodes[i]
 		if n.present && (now.Sub(time.Unix(0, n.mod)) < opts.Grace || n.unreadable) {
-			// An unreadable .narinfo's references are unknown: keep it
-			// (verify reports it), so nothing it may need goes.
+			// An unreadable .narinfo is kept (verify reports it), and
+			// with it the references it names, read past the line that
+			// would not parse: a kept path's references never go.
 			if !n.unreadable {
 				rep.Kept.InGrace++
 			}

@@ -123,6 +123,13 @@ func Verify(ctx context.Context, b uploader.Bucket, opts VerifyOptions) (*Verify
 		}
 		rep.Paths++
 		idx := int32(i)
+		// The references of an unreadable .narinfo are checked too: gc
+		// keeps them, and one gone is a hole of its own.
+		for _, r := range n.refs {
+			if rn := &g.nodes[r]; !rn.present {
+				missingRefs = append(missingRefs, [2]int32{idx, r})
+			}
+		}
 		if n.unreadable {
 			add(idx, Unreadable, g.bad[idx])
 			continue
@@ -136,11 +143,6 @@ func Verify(ctx context.Context, b uploader.Bucket, opts VerifyOptions) (*Verify
 			rep.badNAR = append(rep.badNAR, nar.key)
 		default:
 			full = append(full, idx)
-		}
-		for _, r := range n.refs {
-			if rn := &g.nodes[r]; !rn.present {
-				missingRefs = append(missingRefs, [2]int32{idx, r})
-			}
 		}
 		if len(opts.Keys) > 0 && !n.sigOK {
 			add(idx, Signature, "no signature by "+keyNames(opts.Keys))
@@ -223,10 +225,7 @@ func referenceNames(ctx context.Context, b uploader.Bucket, g *Graph, i int32) [
 	if err != nil {
 		return nil
 	}
-	ni, err := ParseNarInfo(data)
-	if err != nil {
-		return nil
-	}
+	ni, _ := ParseNarInfo(data) // an unreadable one's References are read too
 	return ni.References
 }
 

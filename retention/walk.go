@@ -436,8 +436,10 @@ func (g *Graph) listed(key string) bool {
 	return false
 }
 
-// addNarInfo records a .narinfo; one that cannot be read is recorded as
-// such (verify reports it; gc keeps it).
+// addNarInfo records a .narinfo. One that cannot be read is recorded as
+// such (verify reports it; gc keeps it) with what it could read: its NAR,
+// Deriver and References, so gc keeps what it refers to as for any other
+// (a .narinfo without a References line refers to nothing, as for Nix).
 func (g *Graph) addNarInfo(o uploader.Object, ni *narinfo.NarInfo, err error, sigOK, narHashes bool) {
 	i := g.intern(o.Key[:32])
 	n := &g.nodes[i]
@@ -446,48 +448,50 @@ func (g *Graph) addNarInfo(o uploader.Object, ni *narinfo.NarInfo, err error, si
 	if err == nil && hashPart(ni.StorePath) != n.hash {
 		err = fmt.Errorf("StorePath %s does not match the object name", ni.StorePath)
 	}
+	if ni == nil {
+		ni = &narinfo.NarInfo{}
+	}
 	if err != nil {
 		n.unreadable = true
 		g.bad[i] = err.Error()
-		if ni != nil && ni.URL != "" {
+		g.unreadable = append(g.unreadable, o.Key)
+		if hashPart(ni.StorePath) == n.hash {
+			n.name = strings.Clone(path.Base(ni.StorePath)[33:])
+		}
+		if ni.URL != "" {
 			// Its NAR is not an orphan: gc keeps it with the .narinfo.
 			nar := g.internNAR(ni.URL)
 			g.nodes[i].nar = nar
 		}
-		if ni != nil && ni.Deriver != "" {
-			g.nodes[i].deriver = strings.Clone(path.Base(ni.Deriver))
+	} else {
+		if g.StoreDir == "" {
+			g.StoreDir = path.Dir(ni.StorePath)
 		}
-		g.unreadable = append(g.unreadable, o.Key)
-		return
+		// Copies, so no node keeps its .narinfo's text alive.
+		n.name = strings.Clone(path.Base(ni.StorePath)[33:])
+		n.comp = g.internComp(ni.Compression)
+		n.fileSize = ni.FileSize
+		n.narSize = ni.NarSize
+		if ni.NarHash != nil && narHashes {
+			g.narHash[i] = ni.NarHash.String()
+		}
+		nar := g.internNAR(ni.URL)
+		n = &g.nodes[i]
+		n.nar = nar
+		n.sigOK = sigOK
 	}
-	if g.StoreDir == "" {
-		g.StoreDir = path.Dir(ni.StorePath)
-	}
-	// Copies, so no node keeps its .narinfo's text alive.
-	n.name = strings.Clone(path.Base(ni.StorePath)[33:])
 	if ni.Deriver != "" {
-		n.deriver = strings.Clone(path.Base(ni.Deriver))
+		g.nodes[i].deriver = strings.Clone(path.Base(ni.Deriver))
 	}
-	n.comp = g.internComp(ni.Compression)
-	n.fileSize = ni.FileSize
-	n.narSize = ni.NarSize
-	if ni.NarHash != nil && narHashes {
-		g.narHash[i] = ni.NarHash.String()
-	}
-	nar := g.internNAR(ni.URL)
-	n = &g.nodes[i]
-	n.nar = nar
-	n.sigOK = sigOK
 	refs := make([]int32, 0, len(ni.References))
 	for _, r := range ni.References {
 		h := hashPart(r)
-		if h == "" || h == n.hash {
+		if h == "" || h == g.nodes[i].hash {
 			continue // self-references keep nothing
 		}
-		refs = append(refs, g.intern(h))
-		n = &g.nodes[i] // intern may have grown the slice
+		refs = append(refs, g.intern(h)) // intern may grow g.nodes
 	}
-	n.refs = refs
+	g.nodes[i].refs = refs
 }
 
 // internComp returns the index of a compression in g.comps.
@@ -504,13 +508,18 @@ func (g *Graph) internComp(c string) uint8 {
 	return uint8(len(g.comps) - 1)
 }
 
-// ParseNarInfo parses a .narinfo; with an error, what it read so far
-// (the URL, say) comes back too. It reads the lines nixpush needs and
-// leaves out those it does not know (another tool's), where go-nix's
-// parser refuses them; and it allocates no line buffer of 1 MiB per
-// .narinfo as go-nix's does, which a walk of ten thousand felt.
+// ParseNarInfo parses a .narinfo as leniently as Nix does. It reads the
+// lines nixpush needs and leaves out those it does not know (another
+// tool's), where go-nix's parser refuses them; a Sig line it cannot parse
+// (another tool's scheme, any string) is left out too, as Nix ignores a
+// signature it cannot check. A field that does not parse (NarHash, say)
+// is an error, but the lines after it are read all the same: with an
+// error, what it read (the URL, the References) comes back too. It
+// allocates no line buffer of 1 MiB per .narinfo as go-nix's does, which
+// a walk of ten thousand felt.
 func ParseNarInfo(data []byte) (*narinfo.NarInfo, error) {
 	ni := &narinfo.NarInfo{}
+	var first error // the first field that does not parse
 	text := string(data)
 	for len(text) > 0 {
 		var line string
@@ -545,19 +554,21 @@ func ParseNarInfo(data []byte) (*narinfo.NarInfo, error) {
 		case "System":
 			ni.System = v
 		case "Sig":
-			var sig signature.Signature
-			if sig, err = signature.ParseSignature(v); err == nil {
+			if sig, serr := signature.ParseSignature(v); serr == nil {
 				ni.Signatures = append(ni.Signatures, sig)
 			}
 		case "CA":
 			ni.CA = v
 		}
-		if err != nil {
-			return ni, fmt.Errorf("line %q: %v", line, err)
+		if err != nil && first == nil {
+			first = fmt.Errorf("line %q: %v", line, err)
 		}
 	}
 	if ni.Compression == "" {
 		ni.Compression = "bzip2" // as Nix reads a .narinfo without the line
+	}
+	if first != nil {
+		return ni, first
 	}
 	if ni.StorePath == "" || ni.URL == "" || ni.NarHash == nil || ni.NarSize == 0 {
 		return ni, errors.New("lacks StorePath, URL, NarHash or NarSize")
