@@ -25,6 +25,7 @@ import json, sys
 d = json.load(open(sys.argv[2]))
 if d["undocumented"]:
     sys.exit("options without a description or example: %s" % d["undocumented"])
+print("assertion cases: %d, each failing as expected" % d["assertionCases"])
 print("nix.settings:", json.dumps(d["nixSettings"], indent=2))
 print("socket:", json.dumps(d["socket"], indent=2))
 s = d["service"]
