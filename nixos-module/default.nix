@@ -32,7 +32,30 @@ let
   bucketArgs = [ "--store-uri" gcStoreUri ] ++ optionals (cfg.caCertificate != null) [ "--ca-certificate" "%d/ca.pem" ];
   pinCommands = lib.mapAttrsToList (name: path:
     "${cfg.package}/bin/nixpush pin ${escapeShellArgs (bucketArgs ++ [ name (toString path) ])}") cfg.pins;
-  gcArgs = [ "gc" ] ++ bucketArgs ++ [ "--older-than" cfg.gc.olderThan "--grace" cfg.gc.grace ] ++ cfg.gc.extraArgs;
+  gcArgs = [ "gc" ] ++ bucketArgs ++ [ "--older-than" cfg.gc.olderThan "--grace" cfg.gc.grace "--sweep-window" cfg.gc.sweepWindow ]
+    ++ cfg.gc.extraArgs;
+
+  # The duration options as nixpush reads them, in nanoseconds (null for
+  # a string it refuses), for the assertions that keep the daemon's and
+  # gc's settings in step (docs/gc-protocol.md).
+  durations = import ./durations.nix;
+  trust = durations.go cfg.trustCacheFor;
+  maxSweepWait = durations.go cfg.maxSweepWait;
+  olderThan = durations.age cfg.gc.olderThan;
+  grace = durations.age cfg.gc.grace;
+  sweepWindow = durations.go cfg.gc.sweepWindow;
+  goWant = "a Go duration of 0s or more, such as 1h, 90m or 10s (hours, not days: 48h)";
+  ageWant = "whole days and/or a Go duration, 0s or more, such as 30d, 36h or 1d12h";
+  readable = option: value: parsed: want: {
+    assertion = parsed != null;
+    message = "services.nixpush.${option} = ${builtins.toJSON value} is not a duration nixpush reads: want ${want}";
+  };
+  # A flag in extraArgs that an option sets would override the option,
+  # unchecked by the assertions: one assertion per such flag.
+  notInExtraArgs = option: extra: flags: lib.mapAttrsToList (flag: setting: {
+    assertion = !(lib.any (a: builtins.match "--?${flag}(=.*)?" a != null) extra);
+    message = "services.nixpush.${option} passes --${flag}: set services.nixpush.${setting} instead";
+  }) flags;
 
   # The daemon's hardening, shared by the gc service. Both read /nix/store,
   # talk to S3 and (the daemon) to nix-daemon's socket and their own.
@@ -87,6 +110,7 @@ let
     "--upload-logs=${lib.boolToString cfg.uploadLogs}"
     "--write-nar-listing=${lib.boolToString cfg.writeNarListing}"
     "--trust-cache-for" cfg.trustCacheFor
+    "--max-sweep-wait" cfg.maxSweepWait
   ] ++ optionals (cfg.caCertificate != null) [ "--ca-certificate" "%d/ca.pem" ]
     ++ optionals (cfg.metricsListen != null) [ "--metrics-listen" cfg.metricsListen ]
     ++ lib.concatMap (re: [ "--exclude" re ]) cfg.exclude
@@ -216,16 +240,28 @@ in
     };
 
     trustCacheFor = mkOption {
-      type = types.strMatching "[0-9]+(\\.[0-9]+)?(ns|us|ms|s|m|h)([0-9]+(\\.[0-9]+)?(ns|us|ms|s|m|h))*";
+      type = types.str;
       default = "1h";
       description = ''
         How long a path seen in the cache (or uploaded) is believed to stay there (a Go duration).
         After it, the next push that needs the path checks the cache again and uploads it again if
         it is gone (expiry, a wiped or restored bucket). Keep it well below the grace period of
-        `nixpush gc` (24 h by default), which never deletes what was written within it. `"0s"`
+        `nixpush gc` (24 h by default), which never deletes what was written within it: with
+        `gc.enable` here, it must be below `gc.grace` and at most `gc.olderThan`. `"0s"`
         checks whole closures on every push. `nixpush push` always checks everything again.
       '';
       example = "0s";
+    };
+
+    maxSweepWait = mkOption {
+      type = types.str;
+      default = "1h";
+      description = ''
+        How long a push that meets a gc sweep of the cache waits for the sweep to finish (a Go
+        duration); a push that would wait longer fails, and is retried. Keep it at or above the
+        `gc.sweepWindow` of every gc of this cache (with `gc.enable` here, it must be).
+      '';
+      example = "2h";
     };
 
     exclude = mkOption {
@@ -299,9 +335,21 @@ in
         default = "24h";
         description = ''
           Never delete what was written within this long, nor what it refers to: pushes in
-          progress. It must exceed the longest push, from its first NAR to its root's `.narinfo`.
+          progress. It must exceed the longest push, from its first NAR to its root's `.narinfo`,
+          and the daemons' `trustCacheFor`.
         '';
         example = "48h";
+      };
+
+      sweepWindow = mkOption {
+        type = types.str;
+        default = "10m";
+        description = ''
+          How long after listing the bucket gc may delete (a Go duration); a longer sweep lists
+          again, five listings in all. Pushes that meet a sweep wait for it to finish: keep it at
+          or below the daemons' `maxSweepWait`.
+        '';
+        example = "20m";
       };
 
       schedule = mkOption {
@@ -332,7 +380,7 @@ in
         type = types.listOf types.str;
         default = [ ];
         description = "Extra arguments for `nixpush gc`.";
-        example = [ "--sweep-window" "20m" ];
+        example = [ "--json" ];
       };
     };
 
@@ -375,7 +423,13 @@ in
       } {
         assertion = secretKeyFiles != [ ];
         message = "services.nixpush needs a signing key: set secretKeyFile (or secretKeyFiles); make one with nixpush keygen --name NAME --out DIR";
-      }];
+      }
+        (readable "trustCacheFor" cfg.trustCacheFor trust goWant)
+        (readable "maxSweepWait" cfg.maxSweepWait maxSweepWait goWant)
+      ] ++ notInExtraArgs "extraArgs" cfg.extraArgs {
+        trust-cache-for = "trustCacheFor";
+        max-sweep-wait = "maxSweepWait";
+      };
 
       environment.systemPackages = [ cfg.package ];
       environment.variables.NIXPUSH_SOCKET = socket;
@@ -466,7 +520,18 @@ in
       } {
         assertion = gcFileDir == null || cfg.enable;
         message = "services.nixpush.gc on a file:// cache runs as the daemon's user: enable services.nixpush too";
-      }];
+      }
+        (readable "gc.olderThan" cfg.gc.olderThan olderThan ageWant)
+        (readable "gc.grace" cfg.gc.grace grace ageWant)
+        (readable "gc.sweepWindow" cfg.gc.sweepWindow sweepWindow goWant)
+      {
+        assertion = grace == null || grace > 0;
+        message = "services.nixpush.gc.grace must be above 0s: gc spares what was written within it, which is how a push in progress survives a sweep. Set it above the longest push, e.g. the default 24h";
+      }] ++ notInExtraArgs "gc.extraArgs" cfg.gc.extraArgs {
+        older-than = "gc.olderThan";
+        grace = "gc.grace";
+        sweep-window = "gc.sweepWindow";
+      };
 
       environment.systemPackages = [ cfg.package ];
 
@@ -505,6 +570,22 @@ in
           RandomizedDelaySec = "30min";
         };
       };
+    })
+
+    # The daemon and gc on one machine: the settings nixpush itself refuses
+    # to combine (the daemon checks them in gc's marker; docs/gc-protocol.md).
+    # A duration that cannot be read fails its own assertion above.
+    (mkIf (cfg.enable && cfg.gc.enable) {
+      assertions = [{
+        assertion = trust == null || grace == null || grace == 0 || trust < grace;
+        message = "services.nixpush.trustCacheFor (${cfg.trustCacheFor}) must be below services.nixpush.gc.grace (${cfg.gc.grace}): gc spares only what was written within its grace, and the daemon believes what it saw for trustCacheFor. Otherwise the daemon, which reads gc's settings from its marker, trusts nothing and checks every path on every push. Lower trustCacheFor or raise gc.grace";
+      } {
+        assertion = trust == null || olderThan == null || trust <= olderThan;
+        message = "services.nixpush.trustCacheFor (${cfg.trustCacheFor}) must not exceed services.nixpush.gc.olderThan (${cfg.gc.olderThan}): the daemon would believe in paths for longer than gc keeps the roots that need them. Otherwise the daemon, which reads gc's settings from its marker, trusts nothing and checks every path on every push. Lower trustCacheFor or raise gc.olderThan";
+      } {
+        assertion = sweepWindow == null || maxSweepWait == null || sweepWindow <= maxSweepWait;
+        message = "services.nixpush.gc.sweepWindow (${cfg.gc.sweepWindow}) must not exceed services.nixpush.maxSweepWait (${cfg.maxSweepWait}): a push that meets a sweep waits at most maxSweepWait for it, so pushes meeting a longer one fail and are retried. Raise maxSweepWait or lower gc.sweepWindow";
+      }];
     })
 
     (mkIf (cfg.enable && cfg.pushSystemOnActivation) {

@@ -1,6 +1,8 @@
 #!/usr/bin/env bash
 # Checks the NixOS module.
-#  - always: every .nix file parses (nix-instantiate --parse), as CI does;
+#  - always: every .nix file parses (nix-instantiate --parse), as CI does,
+#    and the module's duration parser reads nixos-module/test/durations.nix's
+#    cases as nixpush does;
 #  - with NIXPKGS_LIB=/path/to/nixpkgs.lib/lib: evaluates the module with
 #    lib.evalModules (nixos-module/test/eval.nix), prints the generated units
 #    and nix.settings, and renders nixos-module/test/nixpush.service;
@@ -12,6 +14,7 @@ cd "$(dirname "$0")/.."
 nixfiles=$(find . -name '*.nix' -not -path './.git/*' | sort)
 for f in $nixfiles; do nix-instantiate --parse "$f" >/dev/null; done
 echo "parsed:" $nixfiles
+nix-instantiate --eval --strict nixos-module/test/durations.nix
 
 unit=nixos-module/test/nixpush.service
 if [ -n "${NIXPKGS_LIB:-}" ]; then
@@ -22,6 +25,7 @@ import json, sys
 d = json.load(open(sys.argv[2]))
 if d["undocumented"]:
     sys.exit("options without a description or example: %s" % d["undocumented"])
+print("assertion cases: %d, each failing as expected" % d["assertionCases"])
 print("nix.settings:", json.dumps(d["nixSettings"], indent=2))
 print("socket:", json.dumps(d["socket"], indent=2))
 s = d["service"]

@@ -59,8 +59,78 @@ let
   };
   c = eval.config;
   failed = builtins.filter (a: !a.assertion) c.assertions;
+
+  # The duration assertions, on top of the example: each case's settings
+  # and the start of every message that must fail ([ ]: all hold).
+  # example sets enable, gc.enable and gc.olderThan; cases override them
+  # with mkForce.
+  force = lib.mkForce;
+  assertionCases = {
+    defaults = { settings = { }; fail = [ ]; };
+    fitting = {
+      settings.services.nixpush = { trustCacheFor = "36h"; maxSweepWait = "20m"; gc = { grace = "2d"; olderThan = force "1d12h"; sweepWindow = "20m"; }; };
+      fail = [ ];
+    };
+    justBelowGrace = { settings.services.nixpush.trustCacheFor = "23h59m59.999999999s"; fail = [ ]; };
+    trustAtGrace = {
+      settings.services.nixpush.trustCacheFor = "24h";
+      fail = [ "services.nixpush.trustCacheFor (24h) must be below services.nixpush.gc.grace (24h)" ];
+    };
+    trustAboveOlderThan = {
+      settings.services.nixpush = { trustCacheFor = "37h"; gc = { grace = "2d"; olderThan = force "36h"; }; };
+      fail = [ "services.nixpush.trustCacheFor (37h) must not exceed services.nixpush.gc.olderThan (36h)" ];
+    };
+    windowAboveWait = {
+      settings.services.nixpush = { maxSweepWait = "9m59s"; };
+      fail = [ "services.nixpush.gc.sweepWindow (10m) must not exceed services.nixpush.maxSweepWait (9m59s)" ];
+    };
+    graceZero = {
+      settings.services.nixpush = { trustCacheFor = "0s"; gc.grace = "0s"; };
+      fail = [ "services.nixpush.gc.grace must be above 0s" ];
+    };
+    unreadable = {
+      settings.services.nixpush = { trustCacheFor = "1d"; maxSweepWait = "1 hour"; gc = { olderThan = force "thirty days"; grace = "-1h"; sweepWindow = "1d"; }; };
+      fail = [
+        "services.nixpush.trustCacheFor = \"1d\" is not a duration nixpush reads"
+        "services.nixpush.maxSweepWait = \"1 hour\" is not a duration nixpush reads"
+        "services.nixpush.gc.olderThan = \"thirty days\" is not a duration nixpush reads"
+        "services.nixpush.gc.grace = \"-1h\" is not a duration nixpush reads"
+        "services.nixpush.gc.sweepWindow = \"1d\" is not a duration nixpush reads"
+      ];
+    };
+    flagsInExtraArgs = {
+      settings.services.nixpush = { extraArgs = [ "--trust-cache-for=2h" ]; gc.extraArgs = [ "--sweep-window" "20m" ]; };
+      fail = [
+        "services.nixpush.extraArgs passes --trust-cache-for"
+        "services.nixpush.gc.extraArgs passes --sweep-window"
+      ];
+    };
+    # gc without the daemon here: the daemon's settings are another
+    # machine's, so only gc's own assertions apply.
+    gcAlone = {
+      settings.services.nixpush = { enable = force false; trustCacheFor = "99h"; maxSweepWait = "1s"; gc.grace = "0s"; };
+      fail = [ "services.nixpush.gc.grace must be above 0s" ];
+    };
+    daemonAlone = {
+      settings.services.nixpush = { trustCacheFor = "99h"; maxSweepWait = "1s"; gc.enable = force false; };
+      fail = [ ];
+    };
+  };
+  assertionProblems = lib.concatLists (lib.mapAttrsToList (name: case:
+    let
+      e = lib.evalModules {
+        modules = [ stubs ../default.nix example case.settings ];
+        specialArgs = { inherit pkgs; };
+      };
+      got = map (a: a.message) (builtins.filter (a: !a.assertion) e.config.assertions);
+      unexpected = builtins.filter (m: !(lib.any (f: lib.hasPrefix f m) case.fail)) got;
+      missing = builtins.filter (f: !(lib.any (m: lib.hasPrefix f m) got)) case.fail;
+    in
+    map (m: "${name}: unexpected: ${m}") unexpected ++ map (f: "${name}: did not fail: ${f}") missing)
+    assertionCases);
 in
 assert failed == [ ] || throw (builtins.concatStringsSep "; " (map (a: a.message) failed));
+assert assertionProblems == [ ] || throw (builtins.concatStringsSep "; " assertionProblems);
 {
   nixSettings = c.nix.settings;
   service = c.systemd.services.nixpush;
@@ -72,6 +142,7 @@ assert failed == [ ] || throw (builtins.concatStringsSep "; " (map (a: a.message
   activation = c.system.activationScripts.nixpush;
   gcService = c.systemd.services.nixpush-gc;
   gcTimer = c.systemd.timers.nixpush-gc;
+  assertionCases = builtins.length (builtins.attrNames assertionCases);
   # Every option has a type, a description and an example (enable options
   # carry theirs in the description).
   undocumented = lib.filter (o: o.description or null == null || (!(o ? example) && !(lib.hasSuffix "enable" (lib.showOption o.loc))))
