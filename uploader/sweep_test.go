@@ -7,7 +7,10 @@ import (
 	"io"
 	"os"
 	"path/filepath"
+	"slices"
+	"strings"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -138,8 +141,12 @@ func TestRootPushedAgainDuringSweep(t *testing.T) {
 		removeAll(t, base, nix.NarInfoKey(root), narKey(fs.infos[root], Zstd), nix.NarInfoKey(dep), narKey(fs.infos[dep], Zstd), RootKey(root))
 		putMarker(t, base, deadline, time.Now())
 	}
-	if err := u.Push(ctx, []string{root})[0]; err != nil {
+	var waited atomic.Bool
+	if err := u.Push(OnSweepWait(ctx, func() { waited.Store(true) }), []string{root})[0]; err != nil {
 		t.Fatal(err)
+	}
+	if !waited.Load() {
+		t.Error("the push waited without calling the context's OnSweepWait (the daemon frees a push slot there)")
 	}
 	if time.Now().After(deadline) {
 		t.Fatal("the push waited for the sweep's deadline, not for its end")
@@ -227,6 +234,58 @@ func TestForgottenSightingForcesCheck(t *testing.T) {
 			}
 			for _, p := range []string{r, s, top} {
 				checkPushed(t, base, fs.infos[p])
+			}
+		})
+	}
+}
+
+// TestSettingsThatDoNotFitGC: gc writes its grace, --older-than and
+// window into its marker; an uploader whose trust window is not below the
+// grace (or above --older-than), or whose wait limit is below the window,
+// says so, and meanwhile trusts nothing it remembers: a path it pushed a
+// moment ago is checked again. Once a sweep's settings fit, it trusts
+// again.
+func TestSettingsThatDoNotFitGC(t *testing.T) {
+	ctx := context.Background()
+	fs := newFakeStore(t)
+	p := fs.add(t, "p", []byte("p"))
+	base, _ := NewFileStore(t.TempDir())
+	cs := &checksStore{FileStore: base}
+	u := newSweepUploader(t, cs, fs) // trusts for 1h, waits at most 1 min
+	marker := func(grace, olderThan, window time.Duration) {
+		m, _ := json.Marshal(SweepMarker{ListedAt: time.Now().Add(-time.Hour), Deadline: time.Now().Add(-time.Minute), FinishedAt: time.Now().Add(-time.Minute),
+			Kind: "gc", GraceSeconds: int64(grace / time.Second), OlderThanSeconds: int64(olderThan / time.Second), WindowSeconds: int64(window / time.Second)})
+		if err := base.Put(ctx, SweepKey, bytes.NewReader(m), int64(len(m)), "application/json"); err != nil {
+			t.Fatal(err)
+		}
+	}
+	for _, tc := range []struct {
+		name                     string
+		grace, olderThan, window time.Duration
+		problem                  string // in SettingsProblem; "" for none
+	}{
+		{"fits", 24 * time.Hour, 30 * 24 * time.Hour, 10 * time.Second, ""},
+		{"grace at the trust window", time.Hour, 30 * 24 * time.Hour, 10 * time.Second, "is not below gc's --grace"},
+		{"older-than below the trust window", 24 * time.Hour, 30 * time.Minute, 10 * time.Second, "above gc's --older-than"},
+		{"window above the wait limit", 24 * time.Hour, 30 * 24 * time.Hour, 10 * time.Minute, "above --max-sweep-wait"},
+		{"fits again", 24 * time.Hour, 30 * 24 * time.Hour, 10 * time.Second, ""},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			marker(tc.grace, tc.olderThan, tc.window)
+			if err := u.Push(ctx, []string{p})[0]; err != nil { // writes the root record: reads the marker
+				t.Fatal(err)
+			}
+			got := u.SettingsProblem()
+			if (tc.problem == "") != (got == "") || !strings.Contains(got, tc.problem) {
+				t.Fatalf("SettingsProblem %q; want %q", got, tc.problem)
+			}
+			cs.take()
+			if err := u.Push(ctx, []string{p})[0]; err != nil {
+				t.Fatal(err)
+			}
+			checked := slices.Contains(cs.take(), nix.NarInfoKey(p))
+			if checked != (tc.problem != "") {
+				t.Errorf("%s checked again: %v; want %v (trust nothing while the settings do not fit)", p, checked, tc.problem != "")
 			}
 		})
 	}
