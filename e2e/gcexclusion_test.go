@@ -177,6 +177,10 @@ func TestPinDuringSweepSurvives(t *testing.T) {
 	if len(rep.Deleted.Paths) != 0 {
 		t.Fatalf("gc deleted %v, though pinned during the sweep", rep.Deleted.Paths)
 	}
+	// The marker was marked finished with If-Match on its own ETag.
+	if m := readObject(t, c, "pinsweep", "nixpush/gc/sweep"); len(rep.Warnings) > 0 || !strings.Contains(m, `"finished_at"`) || !strings.Contains(m, `"kind":"gc"`) {
+		t.Fatalf("marker after gc: %s (warnings %v); want it finished, kind gc", m, rep.Warnings)
+	}
 	select {
 	case <-pinDone:
 	case <-time.After(2 * time.Minute):
