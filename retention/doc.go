@@ -11,13 +11,23 @@
 // The gc side of the argument (G1, G2 and the daemon's side, D1 to D3,
 // with the claim that joins them, are in the uploader package's doc):
 //
-//  1. gc writes the marker nixpush/gc/sweep {listed_at, deadline} before
-//     it lists, and makes no deletion after the deadline: it stops
-//     issuing deletions a margin before it, and each request carries the
-//     deadline. When done, even on failure, it rewrites the marker with
-//     finished_at and leaves it up (daemons read a bucket without a marker
-//     as never swept). A live, unfinished marker of another gc makes gc
-//     refuse to start.
+//  1. gc writes the marker nixpush/gc/sweep {listed_at, deadline, kind,
+//     its grace, --older-than and window} before it lists, and makes no
+//     deletion after the deadline: it stops issuing deletions a margin
+//     before it, and each request carries the deadline. Only one sweep
+//     (gc, or verify --repair, kind "repair") runs at a time, and taking
+//     the marker is one atomic step: gc reads it with its ETag; a live
+//     one (unfinished, before its deadline) makes it refuse; otherwise it
+//     writes its own on the condition that the marker is still what it
+//     read (If-None-Match: * when there was none, If-Match its ETag when
+//     finished or stale). Of two runs that read the same marker, the
+//     store lets one write; the other's condition fails and it refuses
+//     (ErrSweepRunning), as if it had read the winner's marker. When done,
+//     even on failure, gc rewrites the marker with finished_at, If-Match
+//     the ETag of its own write, and leaves it up (daemons read a bucket
+//     without a marker as never swept). That condition fails only if
+//     another run replaced the marker after this one's deadline, after
+//     which this one deleted nothing: that marker stays, and gc warns.
 //  2. It keeps the closure of every pin, of every root pushed within
 //     --older-than, and of every .narinfo written within --grace of the
 //     marker's time (the store's clock): such a .narinfo may belong to a
@@ -28,7 +38,22 @@
 //     it cannot check) is kept too, with the closure of the References it
 //     names, read past the bad line; one without a References line refers
 //     to nothing, as for Nix. No kept .narinfo, readable or not, loses a
-//     reference.
+//     reference. Pins and root records written after the walk listed them are found just before
+//     the first deletion: gc lists nixpush/pins/ and nixpush/roots/ again,
+//     reads each whose ETag the walk did not list (a new pin, a batch
+//     record, a root record rewritten in place by a push of a path already
+//     cached), adds the paths they name to the live set whatever their
+//     pushed_at says (written during the sweep, they were pushed now),
+//     marks the closure again, and only then computes what goes; such a
+//     root record is not deleted. A pin written after that second listing
+//     is the pin command's to check (AddPin): after writing it, it reads
+//     the marker; unless the sweep finished (plus 30 s for clocks) before
+//     it found the path, it polls the marker until the sweep finished or
+//     its deadline plus 30 s passed, then checks the path's .narinfo, and
+//     says if it is gone (the pin stays; push the path again). The
+//     deletions of one sweep keep referrers before references, so the
+//     .narinfo alone tells whether the pinned closure survived. verify
+//     reports a pin whose path has no .narinfo (pin-missing).
 //  3. First the realisations (realisations/*.doi) older than --grace whose
 //     outPath is not kept are deleted, so none is ever left pointing at a
 //     deleted .narinfo. (One written after the listing follows its
@@ -60,4 +85,15 @@
 //  6. Deleting needs s3:DeleteObject, which the builders' policy rightly
 //     lacks: gc writes and deletes a probe object before anything else, so
 //     credentials that cannot delete fail at once, having deleted nothing.
+//     It writes the probe twice with If-None-Match: *: the second write
+//     must fail, or the store ignores conditional writes and the
+//     exclusion of step 1 does not hold; gc and repair then refuse, naming
+//     the store, unless told that only one of them ever runs on it
+//     (--single-gc, which reads and writes the marker plainly).
+//  7. Settings that break the argument are refused where they are set:
+//     a grace period of zero (nothing would protect a push in progress),
+//     an --older-than below the grace period (a root pushed again would
+//     keep its closure for less time than a daemon trusts it; daemons
+//     trust the cache for less than the grace, read from the marker), a
+//     sweep window of zero.
 package retention

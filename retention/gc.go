@@ -1,6 +1,7 @@
 package retention
 
 import (
+	"bytes"
 	"context"
 	"crypto/rand"
 	"encoding/hex"
@@ -11,6 +12,7 @@ import (
 	"io/fs"
 	"slices"
 	"strings"
+	"sync"
 	"sync/atomic"
 	"time"
 
@@ -34,7 +36,32 @@ type GCOptions struct {
 	Walk   WalkOptions
 	// Deleting, when set, is called before each deletion with the key.
 	Deleting func(key string)
+	// SingleGC says only one gc or repair ever runs on this store: the
+	// check that it honours conditional writes is skipped, and the marker
+	// is read and written plainly.
+	SingleGC bool
 }
+
+// check refuses settings under which gc could delete what a push in
+// progress needs, or what a daemon still trusts.
+func (o GCOptions) check() error {
+	if o.Grace <= 0 {
+		return fmt.Errorf("grace %s: %w", o.Grace, ErrNoGrace)
+	}
+	if o.OlderThan < o.Grace {
+		return fmt.Errorf("older-than %s below grace %s: %w", o.OlderThan, o.Grace, ErrOlderThanGrace)
+	}
+	return nil
+}
+
+// ErrNoGrace reports a gc without a grace period: it could delete the
+// objects of a push in progress, before its .narinfo or root is written.
+var ErrNoGrace = errors.New("the grace period must be above zero (a push in progress is protected by it alone)")
+
+// ErrOlderThanGrace reports an --older-than below --grace: a root pushed
+// again keeps its closure for less time than a daemon may trust it
+// (daemons trust the cache for less than the grace period).
+var ErrOlderThanGrace = errors.New("older-than must be at least the grace period (a root pushed again must keep its closure as long as daemons trust it)")
 
 // DefaultWindow is the sweep window when none is given.
 const DefaultWindow = 10 * time.Minute
@@ -48,16 +75,22 @@ type GCReport struct {
 	Deleted  Deleted   `json:"deleted"`
 	Requests int64     `json:"requests"`
 	Walk     WalkStats `json:"walk"`
+	// Warnings: what went wrong without undoing the sweep (its marker
+	// could not be marked finished).
+	Warnings []string `json:"warnings,omitempty"`
 }
 
 // Kept counts what gc keeps.
 type Kept struct {
-	Paths   int   `json:"paths"`
-	Pinned  int   `json:"pinned"`   // pins
-	Rooted  int   `json:"rooted"`   // roots pushed within --older-than
-	InGrace int   `json:"in_grace"` // .narinfos written within --grace
-	NARs    int   `json:"nars"`
-	Bytes   int64 `json:"bytes"` // of the kept NARs
+	Paths   int `json:"paths"`
+	Pinned  int `json:"pinned"`   // pins
+	Rooted  int `json:"rooted"`   // roots pushed within --older-than
+	InGrace int `json:"in_grace"` // .narinfos written within --grace
+	// Late: pins and root records written (or rewritten) after the walk
+	// listed them, found by the listing again before the first deletion.
+	Late  int   `json:"late"`
+	NARs  int   `json:"nars"`
+	Bytes int64 `json:"bytes"` // of the kept NARs
 }
 
 // Deleted lists what gc deletes (or would, with DryRun).
@@ -81,8 +114,12 @@ var ErrNoDeletePermission = errors.New("no permission to delete (s3:DeleteObject
 // ErrWindowPassed reports a gc stopped at its deadline.
 var ErrWindowPassed = errors.New("sweep window passed")
 
-// ErrSweepRunning reports another gc sweeping the same store.
+// ErrSweepRunning reports another gc (or repair) sweeping the same store.
 var ErrSweepRunning = errors.New("another gc is sweeping this cache")
+
+// ErrNoConditionalWrites reports a store that ignores If-None-Match: gc
+// cannot make sure that it sweeps alone.
+var ErrNoConditionalWrites = errors.New("the store ignores conditional writes (a second If-None-Match: * write of gc's probe succeeded)")
 
 func parseSweep(data []byte) (Sweep, error) {
 	var s Sweep
@@ -104,6 +141,9 @@ func GC(ctx context.Context, b uploader.Bucket, opts GCOptions) (*GCReport, erro
 	if opts.Window <= 0 {
 		opts.Window = DefaultWindow
 	}
+	if err := opts.check(); err != nil {
+		return nil, err
+	}
 	cb := &counting{Bucket: b}
 	b = cb
 	rep := &GCReport{Store: b.String(), DryRun: opts.DryRun}
@@ -111,18 +151,28 @@ func GC(ctx context.Context, b uploader.Bucket, opts GCOptions) (*GCReport, erro
 	now := time.Now()
 	var sw *sweep
 	if !opts.DryRun {
-		// 1. No other gc under way; delete permission, before anything
-		// else; then the marker, before the listing.
+		// 1. No other sweep under way, and none can start beside this one
+		// (a conditional write of the marker); delete permission, before
+		// anything else; then the marker, before the listing.
 		var err error
-		if sw, err = startSweep(ctx, b, opts.Host, opts.Window); err != nil {
+		m := Sweep{Host: opts.Host, Kind: "gc", GraceSeconds: seconds(opts.Grace),
+			OlderThanSeconds: seconds(opts.OlderThan), WindowSeconds: seconds(opts.Window)}
+		if sw, err = startSweep(ctx, b, m, opts.Window, opts.SingleGC); err != nil {
 			return nil, err
 		}
-		defer sw.end(ctx)
+		defer func() {
+			if err := sw.end(ctx); err != nil {
+				rep.Warnings = append(rep.Warnings, err.Error())
+			}
+		}()
 		now = sw.now
 	}
 	rep.Now = now.UTC()
 
-	g, err := Walk(ctx, b, opts.Walk)
+	// The walk's listing, with the ETag of each pin and root record it
+	// saw: those written or rewritten later are found by listing again.
+	rec := &recording{Bucket: b, seen: make(map[string]string)}
+	g, err := Walk(ctx, rec, opts.Walk)
 	if err != nil {
 		return nil, err
 	}
@@ -168,12 +218,50 @@ func GC(ctx context.Context, b uploader.Bucket, opts GCOptions) (*GCReport, erro
 			mark(r.out)
 		}
 	}
-	for len(stack) > 0 {
-		i := stack[len(stack)-1]
-		stack = stack[:len(stack)-1]
-		for _, r := range g.nodes[i].refs {
-			mark(r)
+	closure := func() {
+		for len(stack) > 0 {
+			i := stack[len(stack)-1]
+			stack = stack[:len(stack)-1]
+			for _, r := range g.nodes[i].refs {
+				mark(r)
+			}
 		}
+	}
+	closure()
+
+	var uploads []uploader.PendingUpload
+	if err := b.ListUploads(ctx, func(u uploader.PendingUpload) error {
+		if now.Sub(u.Initiated) >= opts.Grace {
+			uploads = append(uploads, u)
+		}
+		return nil
+	}); err != nil {
+		return nil, err
+	}
+	rep.Deleted.Uploads = len(uploads)
+
+	// Pins and root records written since the walk listed them (a pin
+	// taken, a path already cached pushed again) keep their closures
+	// too: list them again now, just before the first deletion, and read
+	// those that are new or changed.
+	lateRecords := make(map[string]bool)
+	if !opts.DryRun {
+		late, err := listLate(ctx, b, rec.seen)
+		if err != nil {
+			return nil, err
+		}
+		for _, l := range late {
+			rep.Kept.Late++
+			if l.record {
+				lateRecords[l.key] = true
+			}
+			for _, h := range l.hashes {
+				if i, ok := g.index[h]; ok && g.nodes[i].present {
+					mark(i)
+				}
+			}
+		}
+		closure()
 	}
 
 	// 3. What goes: dead .narinfos, in waves, each of paths no remaining
@@ -230,13 +318,14 @@ func GC(ctx context.Context, b uploader.Bucket, opts GCOptions) (*GCReport, erro
 	rep.Deleted.Listings = len(listings)
 	var records []string
 	for i := range g.rootRecords {
-		if !live[i] && now.Sub(g.roots[i]) >= opts.OlderThan {
-			records = append(records, RootPrefix+g.nodes[i].hash)
+		key := RootPrefix + g.nodes[i].hash
+		if !live[i] && now.Sub(g.roots[i]) >= opts.OlderThan && !lateRecords[key] {
+			records = append(records, key)
 		}
 	}
 	// A batch record keeps nothing once it has expired.
 	for key, at := range g.rootBatches {
-		if now.Sub(at) >= opts.OlderThan {
+		if now.Sub(at) >= opts.OlderThan && !lateRecords[key] {
 			records = append(records, key)
 		}
 	}
@@ -271,17 +360,6 @@ func GC(ctx context.Context, b uploader.Bucket, opts GCOptions) (*GCReport, erro
 		rep.Deleted.Paths = append(rep.Deleted.Paths, g.path(i))
 	}
 	slices.Sort(rep.Deleted.Paths)
-
-	var uploads []uploader.PendingUpload
-	if err := b.ListUploads(ctx, func(u uploader.PendingUpload) error {
-		if now.Sub(u.Initiated) >= opts.Grace {
-			uploads = append(uploads, u)
-		}
-		return nil
-	}); err != nil {
-		return nil, err
-	}
-	rep.Deleted.Uploads = len(uploads)
 
 	if opts.DryRun {
 		rep.Requests = cb.n.Load()
@@ -327,26 +405,71 @@ func GC(ctx context.Context, b uploader.Bucket, opts GCOptions) (*GCReport, erro
 type sweep struct {
 	b      uploader.Bucket
 	marker Sweep
+	etag   string    // of the marker this run wrote
 	now    time.Time // the store's clock when the marker went up
 	window time.Duration
+	single bool // SingleGC: plain reads and writes of the marker
 }
 
-// startSweep checks that no other sweep is under way and that the
-// credentials may delete, then puts the marker up.
-func startSweep(ctx context.Context, b uploader.Bucket, host string, window time.Duration) (*sweep, error) {
+// seconds is d in whole seconds, at least 1 for a positive d.
+func seconds(d time.Duration) int64 {
+	if d > 0 && d < time.Second {
+		return 1
+	}
+	return int64(d / time.Second)
+}
+
+// startSweep puts the marker m up, with its listing time and deadline, as
+// one atomic step: it reads the marker with its ETag, refuses while it is
+// live (unfinished and before its deadline), and writes its own on the
+// condition that the marker is still the one it read (or still absent).
+// A write whose condition fails lost the race to another sweep: it
+// refuses too. Before writing, it checks that the credentials may delete
+// and that the store honours the condition (unless single).
+func startSweep(ctx context.Context, b uploader.Bucket, m Sweep, window time.Duration, single bool) (*sweep, error) {
 	if window <= 0 {
 		window = DefaultWindow
 	}
 	now := time.Now()
-	if err := checkNoSweep(ctx, b, now); err != nil {
+	data, etag, err := b.GetTagged(ctx, SweepKey)
+	switch {
+	case errors.Is(err, uploader.ErrNotExist):
+		etag = "" // never swept: create it only if it is still absent
+	case err != nil:
+		return nil, fmt.Errorf("read the gc marker %s: %w", SweepKey, err)
+	default:
+		// Unreadable, finished, or stale (a crashed run's, past its
+		// deadline): replaced below, if still the same.
+		if s, err := parseSweep(data); err == nil && s.FinishedAt.IsZero() && now.Before(s.Deadline) {
+			return nil, sweepRunning(s)
+		}
+	}
+	if err := probeDelete(ctx, b, single); err != nil {
 		return nil, err
 	}
-	if err := probeDelete(ctx, b); err != nil {
+	m.ListedAt, m.Deadline, m.FinishedAt = now.UTC(), now.Add(window).UTC(), time.Time{}
+	sw := &sweep{b: b, window: window, now: now, marker: m, single: single}
+	body, err := json.Marshal(m)
+	if err != nil {
 		return nil, err
 	}
-	sw := &sweep{b: b, window: window, now: now,
-		marker: Sweep{ListedAt: now.UTC(), Deadline: now.Add(window).UTC(), Host: host}}
-	if err := putJSON(ctx, b, SweepKey, sw.marker); err != nil {
+	body = append(body, '\n')
+	if single {
+		err = b.Put(ctx, SweepKey, bytes.NewReader(body), int64(len(body)), "application/json")
+	} else {
+		sw.etag, err = b.PutIf(ctx, SweepKey, body, "application/json", etag)
+	}
+	if errors.Is(err, uploader.ErrConditionFailed) {
+		// Another sweep wrote its marker between this one's read and
+		// write: it runs, this one does not.
+		if data, _, err := b.GetTagged(ctx, SweepKey); err == nil {
+			if s, err := parseSweep(data); err == nil {
+				return nil, sweepRunning(s)
+			}
+		}
+		return nil, fmt.Errorf("%w: its marker %s went up between this run's read and write of it", ErrSweepRunning, SweepKey)
+	}
+	if err != nil {
 		return nil, fmt.Errorf("write the gc marker %s: %w", SweepKey, err)
 	}
 	// Ages are measured on the store's clock: the marker's time, as a
@@ -361,17 +484,49 @@ func startSweep(ctx context.Context, b uploader.Bucket, host string, window time
 	return sw, nil
 }
 
+// sweepRunning is the refusal to sweep beside s.
+func sweepRunning(s Sweep) error {
+	kind := s.Kind
+	if kind == "" {
+		kind = "gc"
+	}
+	// Not "remove the marker": daemons would read its absence as "no gc
+	// ever swept" and not check what that gc may have deleted.
+	return fmt.Errorf("%w (%s on host %q, listed at %s): run gc again after %s (a run that crashed deletes nothing after it either)",
+		ErrSweepRunning, kind, s.Host, s.ListedAt.Format(time.RFC3339), s.Deadline.Format(time.RFC3339))
+}
+
 // end says in the marker that this run deletes nothing more. It leaves
 // the marker up: daemons read "no marker" as "no gc has ever swept", and
-// "finished at" as "nothing seen since then was deleted". If the write
-// fails, the marker stays as it was, and daemons wait for its deadline.
-func (sw *sweep) end(ctx context.Context) {
+// "finished at" as "nothing seen since then was deleted". It writes only
+// over its own marker (If-Match its ETag): another run replaces a marker
+// only once its deadline has passed, after which this one deleted
+// nothing, and that run's marker must stay. If the write fails, the
+// marker stays as it was, and daemons wait for its deadline.
+func (sw *sweep) end(ctx context.Context) error {
 	// Not ctx: an interrupted run still says it stopped deleting.
 	dctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 30*time.Second)
 	defer cancel()
 	m := sw.marker
 	m.FinishedAt = time.Now().UTC()
-	putJSON(dctx, sw.b, SweepKey, m)
+	body, err := json.Marshal(m)
+	if err != nil {
+		return err
+	}
+	body = append(body, '\n')
+	if sw.single {
+		err = sw.b.Put(dctx, SweepKey, bytes.NewReader(body), int64(len(body)), "application/json")
+	} else {
+		_, err = sw.b.PutIf(dctx, SweepKey, body, "application/json", sw.etag)
+	}
+	if errors.Is(err, uploader.ErrConditionFailed) {
+		return fmt.Errorf("the marker %s was replaced by another run after this one's deadline %s; left as it is (this run deleted nothing after its deadline)",
+			SweepKey, sw.marker.Deadline.Format(time.RFC3339))
+	}
+	if err != nil {
+		return fmt.Errorf("could not mark %s finished (daemons wait for its deadline %s instead): %v", SweepKey, sw.marker.Deadline.Format(time.RFC3339), err)
+	}
+	return nil
 }
 
 // deleter deletes until the marker's deadline, less a margin for the
@@ -381,46 +536,130 @@ func (sw *sweep) deleter(notify func(string)) *deleter {
 	return &deleter{b: sw.b, stop: sw.marker.Deadline.Add(-margin), deadline: sw.marker.Deadline, notify: notify}
 }
 
-// checkNoSweep refuses to start while another gc's marker is up and its
-// deadline not yet passed.
-func checkNoSweep(ctx context.Context, b uploader.Bucket, now time.Time) error {
-	data, err := b.Get(ctx, SweepKey)
-	if errors.Is(err, uploader.ErrNotExist) {
-		return nil
-	}
-	if err != nil {
-		return err
-	}
-	s, err := parseSweep(data)
-	if err != nil || !s.FinishedAt.IsZero() || !now.Before(s.Deadline) {
-		return nil // unreadable, finished, or stale: a crashed gc's, past its deadline
-	}
-	// Not "remove the marker": daemons would read its absence as "no gc
-	// ever swept" and not check what that gc may have deleted.
-	return fmt.Errorf("%w (host %q, listed at %s): run gc again after %s (a gc that crashed deletes nothing after it either)",
-		ErrSweepRunning, s.Host, s.ListedAt.Format(time.RFC3339), s.Deadline.Format(time.RFC3339))
-}
-
-// probeDelete writes and deletes an object of its own, so credentials
-// that cannot delete fail gc before it deletes anything.
-func probeDelete(ctx context.Context, b uploader.Bucket) error {
+// probeDelete writes an object of its own and deletes it, so credentials
+// that cannot delete fail before anything is deleted. Unless single, it
+// writes it with If-None-Match: * twice: the second write must fail, or
+// the store ignores the condition the marker's exclusion rests on.
+func probeDelete(ctx context.Context, b uploader.Bucket, single bool) error {
 	var r [8]byte
 	rand.Read(r[:])
 	key := probePrefix + hex.EncodeToString(r[:])
-	if err := b.Put(ctx, key, strings.NewReader("probe\n"), 6, "text/plain"); err != nil {
+	body := []byte("probe\n")
+	var err error
+	if single {
+		err = b.Put(ctx, key, bytes.NewReader(body), int64(len(body)), "text/plain")
+	} else {
+		_, err = b.PutIf(ctx, key, body, "text/plain", "")
+	}
+	if err != nil {
 		if denied(err) {
 			return fmt.Errorf("gc needs s3:PutObject on %s* for its marker: %w", Prefix, err)
 		}
+		if !single {
+			return fmt.Errorf("%s: a conditional write (If-None-Match: *) of %s failed: %w; if the store cannot do conditional writes and only one gc or repair ever runs on it, pass --single-gc", b, key, err)
+		}
 		return err
 	}
+	var ignored error
+	if !single {
+		_, err := b.PutIf(ctx, key, body, "text/plain", "")
+		switch {
+		case err == nil:
+			ignored = fmt.Errorf("%s: %w: two gcs, or a gc and verify --repair, could sweep at once; use a store that honours If-None-Match and If-Match (MinIO, AWS S3), or pass --single-gc if only one gc or repair ever runs on this store",
+				b, ErrNoConditionalWrites)
+		case !errors.Is(err, uploader.ErrConditionFailed):
+			return fmt.Errorf("%s: a second conditional write of %s: %w", b, key, err)
+		}
+	}
 	if err := b.Delete(ctx, key); err != nil {
+		if ignored != nil {
+			return ignored
+		}
 		if denied(err) {
 			return fmt.Errorf("%s: %w; give gc its own account with the gc policy (nixpush init --print-policy prints it); %s is left behind: %v",
 				b, ErrNoDeletePermission, key, err)
 		}
 		return err
 	}
-	return nil
+	return ignored
+}
+
+// late is a pin or root record written or rewritten after the walk
+// listed the bucket: the hash parts of the paths it keeps.
+type late struct {
+	key    string
+	record bool // a root record (a pin is never deleted)
+	hashes []string
+}
+
+// listLate lists the pins and root records again and reads those whose
+// ETag the walk did not list (seen: key → ETag).
+func listLate(ctx context.Context, b uploader.Bucket, seen map[string]string) ([]late, error) {
+	var keys []string
+	for _, prefix := range []string{PinPrefix, RootPrefix} {
+		if err := b.List(ctx, prefix, func(o uploader.Object) error {
+			if etag, ok := seen[o.Key]; !ok || etag != o.ETag {
+				keys = append(keys, o.Key)
+			}
+			return nil
+		}); err != nil {
+			return nil, fmt.Errorf("list %s again before deleting: %w", prefix, err)
+		}
+	}
+	var out []late
+	for _, key := range keys {
+		data, _, err := b.GetTagged(ctx, key)
+		if errors.Is(err, uploader.ErrNotExist) {
+			continue // removed again
+		}
+		if err != nil {
+			return nil, fmt.Errorf("read %s, written since the walk: %w", key, err)
+		}
+		l := late{key: key, record: strings.HasPrefix(key, RootPrefix)}
+		switch {
+		case strings.HasPrefix(key, PinPrefix):
+			p, err := parsePin(strings.TrimPrefix(key, PinPrefix), data, time.Time{})
+			if err != nil {
+				return nil, err
+			}
+			l.hashes = []string{hashPart(p.Path)}
+		case strings.HasPrefix(key, RootBatchPrefix):
+			r, _ := parseRootBatch(data, time.Time{})
+			for _, p := range r.Paths {
+				if h := hashPart(p); h != "" {
+					l.hashes = append(l.hashes, h)
+				}
+			}
+		default:
+			// Written during this sweep, the path was pushed now, whatever
+			// the record's pushed_at says; one unreadable keeps its key's
+			// path all the same.
+			if h := strings.TrimPrefix(key, RootPrefix); len(h) == 32 {
+				l.hashes = []string{h}
+			}
+		}
+		out = append(out, l)
+	}
+	return out, nil
+}
+
+// recording is a Bucket whose listings remember the ETag of each pin and
+// root record listed.
+type recording struct {
+	uploader.Bucket
+	mu   sync.Mutex
+	seen map[string]string
+}
+
+func (r *recording) List(ctx context.Context, prefix string, fn func(uploader.Object) error) error {
+	return r.Bucket.List(ctx, prefix, func(o uploader.Object) error {
+		if strings.HasPrefix(o.Key, PinPrefix) || strings.HasPrefix(o.Key, RootPrefix) {
+			r.mu.Lock()
+			r.seen[o.Key] = o.ETag
+			r.mu.Unlock()
+		}
+		return fn(o)
+	})
 }
 
 // denied reports an error of credentials that may not do what was asked.
@@ -560,6 +799,16 @@ func (c *counting) List(ctx context.Context, prefix string, fn func(uploader.Obj
 func (c *counting) DeleteMany(ctx context.Context, keys []string) error {
 	c.n.Add(int64(len(keys)+deleteBatch-1) / deleteBatch)
 	return c.Bucket.DeleteMany(ctx, keys)
+}
+
+func (c *counting) GetTagged(ctx context.Context, key string) ([]byte, string, error) {
+	c.n.Add(1)
+	return c.Bucket.GetTagged(ctx, key)
+}
+
+func (c *counting) PutIf(ctx context.Context, key string, data []byte, ct, etag string) (string, error) {
+	c.n.Add(1)
+	return c.Bucket.PutIf(ctx, key, data, ct, etag)
 }
 
 func (c *counting) ListUploads(ctx context.Context, fn func(uploader.PendingUpload) error) error {

@@ -87,10 +87,40 @@ func WriteRoot(ctx context.Context, b uploader.Store, r Root) error {
 // ErrNotCached reports a path whose .narinfo the cache lacks.
 var ErrNotCached = errors.New("not in the cache")
 
+// ErrPinOverlapped reports a pin written while a gc swept, which deleted
+// the pinned path before it could see the pin.
+var ErrPinOverlapped = errors.New("was deleted by a gc that overlapped this pin")
+
+// pinPoll is how often AddPin reads the marker of a sweep it waits for.
+const pinPoll = 2 * time.Second
+
+// sweepSkew is the margin for clocks that disagree (the daemon's too).
+const sweepSkew = 30 * time.Second
+
 // AddPin pins p's closure under name, replacing a pin of that name. The
 // path must be in the cache already: a pin of a path not pushed would keep
-// nothing, silently.
-func AddPin(ctx context.Context, b uploader.Store, name, p string, now time.Time) error {
+// nothing, silently. A sweep that listed the pins before this one went up
+// may still delete p: when gc's marker says one may have run since p was
+// found, AddPin waits for it to finish (polling the marker, at most until
+// its deadline plus the skew margin) and checks p again; if it is gone,
+// the pin is kept and the error says to push p again.
+func AddPin(ctx context.Context, b uploader.Bucket, name, p string, now time.Time) error {
+	return addPin(ctx, b, name, p, now, time.Now, sleep)
+}
+
+func sleep(ctx context.Context, d time.Duration) error {
+	t := time.NewTimer(d)
+	defer t.Stop()
+	select {
+	case <-t.C:
+		return nil
+	case <-ctx.Done():
+		return ctx.Err()
+	}
+}
+
+func addPin(ctx context.Context, b uploader.Bucket, name, p string, now time.Time,
+	clock func() time.Time, sleep func(context.Context, time.Duration) error) error {
 	if err := CheckPinName(name); err != nil {
 		return err
 	}
@@ -98,6 +128,7 @@ func AddPin(ctx context.Context, b uploader.Store, name, p string, now time.Time
 	if h == "" {
 		return fmt.Errorf("%q is not a store path", p)
 	}
+	checked := clock()
 	has, err := b.Has(ctx, h+".narinfo")
 	if err != nil {
 		return err
@@ -105,7 +136,52 @@ func AddPin(ctx context.Context, b uploader.Store, name, p string, now time.Time
 	if !has {
 		return fmt.Errorf("%s: %w (%s has no %s.narinfo); push it first: nixpush push --wait %s", p, ErrNotCached, b, h, p)
 	}
-	return putJSON(ctx, b, PinPrefix+name, Pin{Path: p, PinnedAt: now.UTC()})
+	if err := putJSON(ctx, b, PinPrefix+name, Pin{Path: p, PinnedAt: now.UTC()}); err != nil {
+		return err
+	}
+	// A sweep whose marker went up after the pin did lists it, and keeps
+	// p. One that may have listed before, and deleted after the check
+	// above, is waited for; then p is checked again.
+	var first *Sweep
+	for {
+		data, err := b.Get(ctx, SweepKey)
+		if errors.Is(err, uploader.ErrNotExist) {
+			if first == nil {
+				return nil // never swept
+			}
+			break // removed by hand or an old gc: the sweep is over
+		}
+		if err != nil {
+			return fmt.Errorf("pinned %s as %s, but cannot read gc's marker %s to see whether a gc overlapped the pin: %w", p, name, SweepKey, err)
+		}
+		s, err := parseSweep(data)
+		if err != nil {
+			break // unreadable: check p now
+		}
+		if first == nil {
+			if !s.FinishedAt.IsZero() && s.FinishedAt.Add(sweepSkew).Before(checked) {
+				return nil // finished before p was found
+			}
+			first = &s
+		} else if !s.ListedAt.Equal(first.ListedAt) || s.Host != first.Host {
+			break // a later sweep, which listed after the pin: that one is over
+		}
+		t := clock()
+		if !s.FinishedAt.IsZero() || !t.Before(s.Deadline.Add(sweepSkew)) {
+			break // it deletes nothing more
+		}
+		if err := sleep(ctx, min(pinPoll, s.Deadline.Add(sweepSkew).Sub(t))); err != nil {
+			return fmt.Errorf("pinned %s as %s, but stopped waiting for the gc that overlaps the pin (%s); check it with nixpush verify: %w", p, name, first.Host, err)
+		}
+	}
+	has, err = b.Has(ctx, h+".narinfo")
+	if err != nil {
+		return fmt.Errorf("pinned %s as %s, but cannot check it is still there after a gc that overlapped the pin: %w", p, name, err)
+	}
+	if !has {
+		return fmt.Errorf("%s %w; the pin is kept: push it again with nixpush push --wait %s", p, ErrPinOverlapped, p)
+	}
+	return nil
 }
 
 // ErrNoPin reports a pin name the bucket does not hold.

@@ -49,6 +49,9 @@ const (
 	// Problem's Path is the outPath): a consumer with ca-derivations
 	// follows it to a missing path and builds instead.
 	RealisationDangling = "realisation-dangling"
+	// PinMissing: a pin's path has no .narinfo (deleted by a gc that
+	// overlapped the pin, or by hand): the pin keeps nothing.
+	PinMissing = "pin-missing"
 )
 
 // Problem is one thing wrong with a path in the cache.
@@ -169,6 +172,12 @@ func Verify(ctx context.Context, b uploader.Bucket, opts VerifyOptions) (*Verify
 		i := g.realisations[key].out
 		rep.Problems = append(rep.Problems, Problem{Path: g.path(i), Kind: RealisationDangling,
 			Detail: key + " points at it, which has no .narinfo in the cache"})
+	}
+	for _, p := range g.Pins {
+		if i, ok := g.index[hashPart(p.Path)]; !ok || !g.nodes[i].present {
+			rep.Problems = append(rep.Problems, Problem{Path: p.Path, Kind: PinMissing,
+				Detail: fmt.Sprintf("pin %s keeps nothing: the path has no .narinfo in the cache; push it again: nixpush push --wait %s", p.Name, p.Path)})
+		}
 	}
 	if opts.Full {
 		if opts.Jobs < 1 {
@@ -313,12 +322,17 @@ type Repaired struct {
 	// deleted here (first). They are not pushed again: the daemon pushes
 	// a realisation only when the hook hands it the derivation.
 	Realisations int `json:"realisations"`
+	// Warnings: what went wrong without undoing the repair (its marker
+	// could not be marked finished).
+	Warnings []string `json:"warnings,omitempty"`
 }
 
 // RepairOptions say how to repair.
 type RepairOptions struct {
 	Host   string
 	Window time.Duration // as gc's; 0 means DefaultWindow
+	// SingleGC: only one gc or repair ever runs on this store (as gc's).
+	SingleGC bool
 }
 
 // Repair deletes the .narinfos of the broken paths of rep and of every
@@ -334,11 +348,21 @@ func Repair(ctx context.Context, b uploader.Bucket, rep *VerifyReport, opts Repa
 	if len(rep.broken) == 0 && len(rep.badNAR) == 0 && rep.Dangling == 0 {
 		return &Repaired{}, nil
 	}
-	sw, err := startSweep(ctx, b, opts.Host, opts.Window)
+	// The same exclusion as gc's: no gc or other repair sweeps beside it.
+	window := opts.Window
+	if window <= 0 {
+		window = DefaultWindow
+	}
+	sw, err := startSweep(ctx, b, Sweep{Host: opts.Host, Kind: "repair", WindowSeconds: seconds(window)}, window, opts.SingleGC)
 	if err != nil {
 		return nil, err
 	}
-	defer sw.end(ctx)
+	out := &Repaired{}
+	defer func() {
+		if err := sw.end(ctx); err != nil {
+			out.Warnings = append(out.Warnings, err.Error())
+		}
+	}()
 	// List again under the marker: a .narinfo written since verify's walk
 	// and referring to a broken path goes too (one written after the
 	// marker is its daemon's to check again).
@@ -377,7 +401,6 @@ func Repair(ctx context.Context, b uploader.Bucket, rep *VerifyReport, opts Repa
 	}
 	var dead []int32
 	referrers := make([]int32, len(g.nodes))
-	out := &Repaired{}
 	for i := range g.nodes {
 		if doomed[i] && g.nodes[i].present {
 			dead = append(dead, int32(i))

@@ -152,7 +152,12 @@ func runGC(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 	window := fs.Duration("sweep-window", retention.DefaultWindow, "delete only within this long of listing; a longer sweep lists again (five listings in all), then stops and asks to run gc again")
 	dryRun := fs.Bool("dry-run", false, "print what would be deleted; delete nothing")
 	asJSON := fs.Bool("json", false, "print JSON for machines")
+	singleGC := fs.Bool("single-gc", false, singleGCHelp)
 	if !parseNoArgs(fs, args) {
+		return 2
+	}
+	if err := checkGCSettings(olderThan, grace, *window); err != nil {
+		fmt.Fprintf(stderr, "nixpush gc: %v\n", err)
 		return 2
 	}
 	b, err := bf.open(ctx, "gc")
@@ -163,7 +168,7 @@ func runGC(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 	cache := bf.cache(b, stderr, "gc")
 	defer cache.Close()
 	show, clear := progress(stderr, "gc")
-	opts := retention.GCOptions{OlderThan: olderThan, Grace: grace, Window: *window, DryRun: *dryRun, Host: hostname(),
+	opts := retention.GCOptions{OlderThan: olderThan, Grace: grace, Window: *window, DryRun: *dryRun, Host: hostname(), SingleGC: *singleGC,
 		Walk: retention.WalkOptions{Cache: cache, Progress: show}}
 	if show != nil {
 		deleting, last := 0, time.Time{}
@@ -190,6 +195,9 @@ func runGC(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 		}
 		return 1
 	}
+	for _, w := range rep.Warnings {
+		fmt.Fprintf(stderr, "nixpush gc: warning: %s\n", w)
+	}
 	if *asJSON {
 		enc := json.NewEncoder(stdout)
 		enc.SetIndent("", "  ")
@@ -210,6 +218,22 @@ func runGC(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 		rep.Deleted.RootRecords, rep.Deleted.Uploads)
 	fmt.Fprintf(stdout, "walked:   %d objects, %d .narinfos read, %d remembered; %d requests\n", rep.Walk.Objects, rep.Walk.Read, rep.Walk.CacheHits, rep.Requests)
 	return 0
+}
+
+const singleGCHelp = "only one gc or repair ever runs on this store: skip the conditional-write check"
+
+// checkGCSettings refuses gc settings under which it could delete what a
+// push in progress needs, or a root pushed again while daemons trust it.
+func checkGCSettings(olderThan, grace, window time.Duration) error {
+	switch {
+	case grace <= 0:
+		return fmt.Errorf("--grace %s: must be above zero: it alone keeps a push in progress (its NARs and .narinfos before its root is written); use the default 24h, or at least a push's longest duration", ageFlag{&grace})
+	case olderThan < grace:
+		return fmt.Errorf("--older-than %s is below --grace %s: a root pushed again would keep its closure for less time than daemons may trust it; set --older-than to at least %s", ageFlag{&olderThan}, ageFlag{&grace}, ageFlag{&grace})
+	case window <= 0:
+		return fmt.Errorf("--sweep-window %s: must be above zero: gc deletes only within it after listing; use the default %s", window, retention.DefaultWindow)
+	}
+	return nil
 }
 
 func runPin(ctx context.Context, args []string, stdout, stderr io.Writer) int {

@@ -52,6 +52,7 @@ func runVerify(ctx context.Context, args []string, stdout, stderr io.Writer) int
 	socket := fs.String("socket", envOr("NIXPUSH_SOCKET", hook.DefaultSocket), "daemon socket, for --repair (env NIXPUSH_SOCKET)")
 	timeout := fs.Duration("timeout", time.Hour, "with --repair, how long to wait for the daemon to push again")
 	asJSON := fs.Bool("json", false, "print JSON for machines")
+	singleGC := fs.Bool("single-gc", false, singleGCHelp+" (with --repair)")
 	if !parseNoArgs(fs, args) {
 		return 2
 	}
@@ -98,7 +99,7 @@ func runVerify(ctx context.Context, args []string, stdout, stderr io.Writer) int
 	}
 	var repairErr error
 	if *repair && !rep.Whole() {
-		res.Unrepairable, res.After, repairErr = repairCache(ctx, b, rep, opts, *socket, *timeout, stdout, *asJSON)
+		res.Unrepairable, res.After, repairErr = repairCache(ctx, b, rep, opts, *socket, *timeout, *singleGC, stdout, stderr, *asJSON)
 		if repairErr != nil {
 			fmt.Fprintf(stderr, "nixpush verify: repair: %v\n", repairErr)
 		}
@@ -134,6 +135,15 @@ func printVerify(w io.Writer, rep *retention.VerifyReport) {
 	if rep.Dangling > 0 {
 		dangling = fmt.Sprintf("; %d realisations point at missing paths", rep.Dangling)
 	}
+	pins := 0
+	for _, p := range rep.Problems {
+		if p.Kind == retention.PinMissing {
+			pins++
+		}
+	}
+	if pins > 0 {
+		dangling += fmt.Sprintf("; %d pins keep nothing (push their paths again)", pins)
+	}
 	fmt.Fprintf(w, "%s: %d of %d paths broken%s%s; nixpush verify --repair deletes them and has the daemon push them again\n", rep.Store, rep.Broken, rep.Paths, dangling, checked)
 }
 
@@ -141,7 +151,7 @@ func printVerify(w io.Writer, rep *retention.VerifyReport) {
 // daemon push again those the local Nix store holds, waits, and verifies
 // again. It returns the paths it could not push again.
 func repairCache(ctx context.Context, b uploader.Bucket, rep *retention.VerifyReport, opts retention.VerifyOptions,
-	socket string, timeout time.Duration, stdout io.Writer, quiet bool) ([]string, *retention.VerifyReport, error) {
+	socket string, timeout time.Duration, singleGC bool, stdout, stderr io.Writer, quiet bool) ([]string, *retention.VerifyReport, error) {
 	say := func(format string, a ...any) {
 		if !quiet {
 			fmt.Fprintf(stdout, format, a...)
@@ -153,9 +163,12 @@ func repairCache(ctx context.Context, b uploader.Bucket, rep *retention.VerifyRe
 	if _, err := c.Status(ctx); err != nil && rep.Broken > 0 {
 		return nil, nil, fmt.Errorf("nothing deleted: the daemon that would push the broken paths again does not answer: %w", explain(err))
 	}
-	repaired, err := retention.Repair(ctx, b, rep, retention.RepairOptions{Host: hostname()})
+	repaired, err := retention.Repair(ctx, b, rep, retention.RepairOptions{Host: hostname(), SingleGC: singleGC})
 	if err != nil {
 		return nil, nil, err
+	}
+	for _, w := range repaired.Warnings {
+		fmt.Fprintf(stderr, "nixpush verify: repair: warning: %s\n", w)
 	}
 	rep.Repair = repaired
 	say("repair: deleted %d .narinfos (the broken paths and those referring to them) and %d bad NARs\n", len(repaired.Deleted), repaired.NARs)
