@@ -261,10 +261,12 @@ func (u *Uploader) push(ctx context.Context, roots []string, recheck, record boo
 		return fail(err)
 	}
 	// The roots this push did not write, it relies on (found in the
-	// cache, or trusted from a sighting).
+	// cache, or trusted from a sighting) when it acknowledges them as
+	// roots; Ensure only orders a log or realisation after them (a
+	// realisation relies on its output in its own check).
 	lg.mu.Lock()
 	for i, r := range roots {
-		if _, ok := lg.written[r]; !ok && errs[i] == nil {
+		if _, ok := lg.written[r]; !ok && errs[i] == nil && record {
 			lg.relied[r] = true
 		}
 	}
