@@ -38,20 +38,70 @@ const (
 // root on a single-user store and as any user behind nix-daemon.
 //
 // The process starts on first use and again after it fails; Serve is safe
-// for concurrent use (queries take turns on the pipe).
+// for concurrent use (queries take turns on the pipe). It stops after Idle
+// without a query: nix-store holds Nix's big lock (db/big-lock) shared for
+// as long as it runs, and what needs it exclusively (Nix 2.8 to 2.25's
+// first use of ca-derivations, a database schema upgrade after Nix is
+// upgraded) would wait for it.
 type Serve struct {
 	Client // which nix-store, store directory and environment
+	// Idle is how long the process stays without a query (0: ServeIdle).
+	Idle time.Duration
 
-	mu     sync.Mutex
-	cmd    *exec.Cmd
-	in     *bufio.Writer
-	inPipe io.WriteCloser
-	out    *bufio.Reader
-	stderr *tail
+	mu      sync.Mutex
+	lastUse time.Time
+	idle    *time.Timer
+	cmd     *exec.Cmd
+	in      *bufio.Writer
+	inPipe  io.WriteCloser
+	out     *bufio.Reader
+	stderr  *tail
 }
+
+// ServeIdle is how long a Serve keeps nix-store without a query: long
+// enough for the hand-offs of a run of builds to share one process, short
+// enough that a Nix command that needs the store alone waits seconds.
+const ServeIdle = 2 * time.Second
 
 // NewServe returns a Serve running c's nix-store.
 func NewServe(c Client) *Serve { return &Serve{Client: c} }
+
+// used notes a query (or a start) and arms the idle stop. The caller
+// holds s.mu.
+func (s *Serve) used() {
+	s.lastUse = time.Now()
+	d := s.idleFor()
+	if s.idle == nil {
+		s.idle = time.AfterFunc(d, s.idleStop)
+	} else {
+		s.idle.Reset(d)
+	}
+}
+
+func (s *Serve) idleFor() time.Duration {
+	if s.Idle > 0 {
+		return s.Idle
+	}
+	return ServeIdle
+}
+
+// idleStop stops nix-store unless a query came since the timer was set.
+func (s *Serve) idleStop() {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if left := s.idleFor() - time.Since(s.lastUse); left > 0 {
+		s.idle.Reset(left)
+		return
+	}
+	s.stop()
+}
+
+// Running reports whether the nix-store process is up.
+func (s *Serve) Running() bool {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.cmd != nil
+}
 
 // Start starts the nix-store process now rather than at the first query,
 // so that the first push does not wait for Nix to start.
@@ -61,6 +111,7 @@ func (s *Serve) Start() error {
 	if s.cmd != nil {
 		return nil
 	}
+	s.used()
 	return s.start()
 }
 
@@ -147,6 +198,7 @@ func (s *Serve) roundTrips(ctx context.Context, fn func() error) error {
 	}()
 	err := fn()
 	close(done)
+	s.used()
 	if err != nil && !errors.Is(err, ErrInvalidPath) {
 		msg := s.stderr.String()
 		s.stop()

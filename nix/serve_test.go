@@ -143,3 +143,46 @@ func must(b *testing.B, name string, args ...string) []byte {
 	}
 	return out
 }
+
+// TestServeLetsGoOfTheStoreWhenIdle: while nix-store --serve runs it holds
+// Nix's big lock shared, so a Nix command that needs it exclusively (the
+// first use of ca-derivations on Nix 2.8 to 2.25, a schema upgrade)
+// waits. After Idle without a query the process is gone and an exclusive
+// lock is taken at once; the next query starts it again.
+func TestServeLetsGoOfTheStoreWhenIdle(t *testing.T) {
+	needNix(t)
+	out := strings.Fields(nixCmd(t, "nix-build", "--no-out-link", "-E", testenv.Awkward(seed(t))))
+	lock := "/nix/var/nix/db/big-lock"
+	if d := os.Getenv("NIX_STATE_DIR"); d != "" {
+		lock = d + "/db/big-lock"
+	}
+	exclusive := func() bool { // flock -x -n: taken at once, or not
+		return exec.Command("flock", "-x", "-n", lock, "true").Run() == nil
+	}
+	ctx := context.Background()
+	s := NewServe(Client{})
+	s.Idle = 300 * time.Millisecond
+	defer s.Close()
+	if _, err := s.Query(ctx, out[:1]); err != nil {
+		t.Fatal(err)
+	}
+	if !s.Running() {
+		t.Fatal("nix-store --serve is not running right after a query")
+	}
+	if exclusive() {
+		t.Fatalf("an exclusive lock on %s was taken while nix-store --serve ran: the test cannot tell anything", lock)
+	}
+	deadline := time.Now().Add(10 * time.Second)
+	for s.Running() {
+		if time.Now().After(deadline) {
+			t.Fatal("nix-store --serve still running 10 s after its last query (idle 300 ms)")
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+	if !exclusive() {
+		t.Fatalf("no exclusive lock on %s with nix-store --serve stopped", lock)
+	}
+	if _, err := s.Query(ctx, out[:1]); err != nil || !s.Running() {
+		t.Fatalf("query after the idle stop: %v (running %v)", err, s.Running())
+	}
+}
