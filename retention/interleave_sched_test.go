@@ -50,6 +50,7 @@ type scheduler struct {
 	paused    map[string]int // actor → step until which it waits
 	eps       float64
 	pauseP    float64
+	pauseMax  int // steps
 	faultP    float64
 	sleepGap  int // a backoff step is granted after this many other steps
 	unsettled int // settles that timed out
@@ -64,7 +65,7 @@ type scheduler struct {
 }
 
 func newScheduler(rng *rand.Rand) *scheduler {
-	s := &scheduler{rng: rng, prio: map[string]int{}, changes: map[int]bool{}, paused: map[string]int{}, sleepGap: 8,
+	s := &scheduler{rng: rng, prio: map[string]int{}, changes: map[int]bool{}, paused: map[string]int{}, sleepGap: 8, pauseMax: 40,
 		samples: []metrics.Sample{
 			{Name: "/sched/goroutines/running:goroutines"},
 			{Name: "/sched/goroutines/runnable:goroutines"},
@@ -122,21 +123,27 @@ func (s *scheduler) settle() {
 	s.mu.Lock()
 	last := s.activity
 	s.mu.Unlock()
-	stable := 0
-	for stable < 3 {
-		for range 4 {
+	stable := 0.0
+	for stable < 4 {
+		// Yield for a while rather than sleep: a timer's sleep is a
+		// millisecond here, and a run has hundreds of steps.
+		for t0 := time.Now(); time.Since(t0) < 50*time.Microsecond; {
 			runtime.Gosched()
 		}
-		time.Sleep(40 * time.Microsecond)
 		metrics.Read(s.samples)
-		busy := s.samples[0].Value.Uint64() > 1 || s.samples[1].Value.Uint64() > 0 || s.samples[2].Value.Uint64() > 0
+		running, runnable, out := s.samples[0].Value.Uint64(), s.samples[1].Value.Uint64(), s.samples[2].Value.Uint64()
 		s.mu.Lock()
 		a := s.activity
 		s.mu.Unlock()
-		if a == last && !busy {
-			stable++
-		} else {
+		switch {
+		case a != last || runnable > 0 || out > 0 || running > 2:
 			stable, last = 0, a
+		case running == 2:
+			// Another goroutine running: the runtime's (a GC worker)
+			// or ours; settled only if that lasts with nothing new.
+			stable += 0.05
+		default:
+			stable++
 		}
 		if time.Now().After(deadline) {
 			s.unsettled++
@@ -192,7 +199,7 @@ func (s *scheduler) choose() *op {
 		s.prio[pick.actor] = low - 1
 	}
 	if s.rng.Float64() < s.pauseP {
-		s.paused[pick.actor] = s.step + 1 + s.rng.IntN(40)
+		s.paused[pick.actor] = s.step + 1 + s.rng.IntN(s.pauseMax)
 	}
 	s.pending = slices.DeleteFunc(s.pending, func(x *op) bool { return x == pick })
 	pick.taken = true

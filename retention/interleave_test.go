@@ -209,6 +209,7 @@ type harness struct {
 	restartP float64
 	trace    []string
 	first    *violation
+	notes    []string
 	nars     map[string]string // NAR key → name (short)
 }
 
@@ -235,13 +236,33 @@ func newHarness(t testing.TB, fam string, seed uint64) *harness {
 	return h
 }
 
+// log adds a step's line to the trace.
 func (h *harness) log(line string) {
 	h.s.mu.Lock()
 	step := h.s.step
 	h.s.mu.Unlock()
 	h.mu.Lock()
 	defer h.mu.Unlock()
+	h.flushNotes()
 	h.trace = append(h.trace, fmt.Sprintf("%4d %s", step, line))
+}
+
+// note adds a line of an actor's between steps (a call returned): those
+// of one pause go in the trace sorted, whichever goroutine ran first.
+func (h *harness) note(line string) {
+	h.s.mu.Lock()
+	step := h.s.step
+	h.s.mu.Unlock()
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	h.notes = append(h.notes, fmt.Sprintf("%4d %s", step, line))
+}
+
+// flushNotes moves the notes into the trace (the caller holds h.mu).
+func (h *harness) flushNotes() {
+	slices.Sort(h.notes)
+	h.trace = append(h.trace, h.notes...)
+	h.notes = h.notes[:0]
 }
 
 func (h *harness) event(name string) chan struct{} {
@@ -592,7 +613,7 @@ func (d *daemon) do(j job) {
 			}
 		}
 		h.mu.Unlock()
-		h.log(fmt.Sprintf("%-5s %-8s %s returned: %s", d.name, j.id, kind, strings.Join(res, " ")))
+		h.note(fmt.Sprintf("%-5s %-8s %s returned: %s", d.name, j.id, kind, strings.Join(res, " ")))
 		if len(failed) == 0 || h.ctx.Err() != nil {
 			return
 		}
@@ -621,10 +642,10 @@ func (h *harness) gc(name string, after ...string) {
 			h.sweeping[name] = false
 			h.mu.Unlock()
 			if err == nil {
-				h.log(fmt.Sprintf("%-5s gc returned: deleted %d paths, %d NARs", name, len(rep.Deleted.Paths), rep.Deleted.NARs))
+				h.note(fmt.Sprintf("%-5s gc returned: deleted %d paths, %d NARs", name, len(rep.Deleted.Paths), rep.Deleted.NARs))
 				break
 			}
-			h.log(fmt.Sprintf("%-5s gc returned: %s", name, result(err)))
+			h.note(fmt.Sprintf("%-5s gc returned: %s", name, result(err)))
 			if !errors.Is(err, retention.ErrSweepRunning) {
 				break
 			}
@@ -647,14 +668,14 @@ func (h *harness) repair(name string, rounds int, after ...string) {
 			}
 			rep, err := retention.Verify(h.ctx, b, retention.VerifyOptions{Jobs: 2})
 			if err != nil {
-				h.log(fmt.Sprintf("%-5s verify returned: %s", name, result(err)))
+				h.note(fmt.Sprintf("%-5s verify returned: %s", name, result(err)))
 				continue
 			}
 			var kinds []string
 			for _, p := range rep.Problems {
 				kinds = append(kinds, h.u.name(p.Path)+":"+p.Kind)
 			}
-			h.log(fmt.Sprintf("%-5s verify returned: %v", name, kinds))
+			h.note(fmt.Sprintf("%-5s verify returned: %v", name, kinds))
 			if rep.Whole() {
 				continue
 			}
@@ -663,14 +684,14 @@ func (h *harness) repair(name string, rounds int, after ...string) {
 			h.sweeping[name] = false
 			h.mu.Unlock()
 			if err != nil {
-				h.log(fmt.Sprintf("%-5s repair returned: %s", name, result(err)))
+				h.note(fmt.Sprintf("%-5s repair returned: %s", name, result(err)))
 				continue
 			}
 			var del []string
 			for _, p := range out.Deleted {
 				del = append(del, h.u.name(p))
 			}
-			h.log(fmt.Sprintf("%-5s repair returned: deleted %v", name, del))
+			h.note(fmt.Sprintf("%-5s repair returned: deleted %v", name, del))
 		}
 	})
 }
@@ -683,7 +704,7 @@ func (h *harness) pin(name, p string, waits int) {
 		}
 		b := &gated{m: h.m, s: h.s, actor: "pin"}
 		err := retention.AddPin(h.ctx, b, name, p, h.clk.Now())
-		h.log(fmt.Sprintf("pin   %s %s returned: %s", name, h.u.name(p), result(err)))
+		h.note(fmt.Sprintf("pin   %s %s returned: %s", name, h.u.name(p), result(err)))
 		if err == nil {
 			h.mu.Lock()
 			h.ackPins[p] = name
@@ -877,10 +898,13 @@ func buildH3(h *harness) error {
 	mid, _ := h.u.add("mid", []byte("mid"), leaf)
 	top, _ := h.u.add("top", []byte("top"), mid)
 	h.strategy(0, 0)
+	// Long pauses: a push held between two .narinfo writes while gc
+	// ends and verify and repair run whole (some fifty steps).
+	h.s.pauseP, h.s.pauseMax = []float64{0.02, 0.05, 0.1}[h.rng.IntN(3)], 150
 	d := h.newDaemon("d1", trust(h.rng))
 	d.run(job{id: "top", kind: "push", roots: []string{top}})
 	h.gc("gc1")
-	h.repair("rep", 3)
+	h.repair("rep", 5)
 	return nil
 }
 
@@ -913,7 +937,7 @@ func buildH4(h *harness) error {
 	h.actor(func() {
 		h.await([]string{"gc1-done"})
 		h.clk.Advance(2 * time.Minute)
-		h.log("clock: +2m")
+		h.note("clock: +2m")
 		h.fire("later")
 	})
 	return nil
@@ -1011,8 +1035,9 @@ func buildMixed(h *harness) error {
 
 // outcome is one run's result.
 type outcome struct {
-	v     *violation
-	steps int
+	v         *violation
+	steps     int
+	unsettled int
 	hash  string
 	trace []string
 }
@@ -1023,8 +1048,14 @@ func runOne(t testing.TB, fam string, build func(*harness) error, seed uint64) o
 		t.Fatalf("%s:%d: setup: %v", fam, seed, err)
 	}
 	v := h.run()
+	h.mu.Lock()
+	h.flushNotes()
+	h.mu.Unlock()
 	sum := sha256.Sum256([]byte(strings.Join(h.trace, "\n")))
-	return outcome{v: v, steps: h.s.step, hash: hex.EncodeToString(sum[:8]), trace: h.trace}
+	if dir := os.Getenv("NIXPUSH_INTERLEAVE_DUMP"); dir != "" {
+		os.WriteFile(filepath.Join(dir, fmt.Sprintf("%s-%d-%x.trace", fam, seed, sum[:4])), []byte(strings.Join(h.trace, "\n")+"\n"), 0o644)
+	}
+	return outcome{v: v, steps: h.s.step, unsettled: h.s.unsettled, hash: hex.EncodeToString(sum[:8]), trace: h.trace}
 }
 
 func envInt(name string, def int) int {
@@ -1068,11 +1099,29 @@ func TestInterleavings(t *testing.T) {
 				}
 			}
 			start := time.Now()
-			steps, runs := 0, 0
+			steps, runs, unsettled := 0, 0, 0
 			var failing []string
+			if n := envInt("NIXPUSH_INTERLEAVE_REPEAT", 0); n > 0 {
+				// Reproducibility: the same seed n times, traces compared.
+				for _, seed := range list {
+					hashes, verdicts := map[string]int{}, map[string]int{}
+					for range n {
+						o := runOne(t, f.name, f.build, seed)
+						hashes[o.hash]++
+						v := "pass"
+						if o.v != nil {
+							v = o.v.msg
+						}
+						verdicts[v]++
+					}
+					t.Logf("%s:%d run %d times: %d distinct traces %v; verdicts: %v", f.name, seed, n, len(hashes), hashes, verdicts)
+				}
+				return
+			}
 			for _, seed := range list {
 				o := runOne(t, f.name, f.build, seed)
 				steps += o.steps
+				unsettled += o.unsettled
 				runs++
 				if len(replay) > 0 {
 					t.Logf("%s:%d: %d steps, trace %s:\n%s", f.name, seed, o.steps, o.hash, strings.Join(o.trace, "\n"))
@@ -1089,8 +1138,8 @@ func TestInterleavings(t *testing.T) {
 				}
 			}
 			d := time.Since(start)
-			t.Logf("%s: %d seeds, %d steps (%.0f a run), %.1f seeds/s; failing seeds: %v", f.name, runs, steps,
-				float64(steps)/float64(max(runs, 1)), float64(runs)/d.Seconds(), failing)
+			t.Logf("%s: %d seeds, %d steps (%.0f a run), %.1f seeds/s, %d settles timed out; failing seeds: %v", f.name, runs, steps,
+				float64(steps)/float64(max(runs, 1)), float64(runs)/d.Seconds(), unsettled, failing)
 		})
 	}
 }
