@@ -1038,8 +1038,8 @@ type outcome struct {
 	v         *violation
 	steps     int
 	unsettled int
-	hash  string
-	trace []string
+	hash      string
+	trace     []string
 }
 
 func runOne(t testing.TB, fam string, build func(*harness) error, seed uint64) outcome {
@@ -1066,7 +1066,7 @@ func envInt(name string, def int) int {
 }
 
 func TestInterleavings(t *testing.T) {
-	seeds := envInt("NIXPUSH_INTERLEAVE_SEEDS", 60)
+	seeds := envInt("NIXPUSH_INTERLEAVE_SEEDS", 100)
 	keepGoing := os.Getenv("NIXPUSH_INTERLEAVE_KEEPGOING") != ""
 	want := map[string]bool{}
 	for _, f := range strings.Split(os.Getenv("NIXPUSH_INTERLEAVE_FAMILIES"), ",") {
