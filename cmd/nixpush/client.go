@@ -230,7 +230,10 @@ func waitDrained(ctx context.Context, c *client.Client, timeout time.Duration, s
 	for {
 		step := 5 * time.Minute
 		if dl, ok := ctx.Deadline(); ok {
-			step = min(step, time.Until(dl))
+			// Not below 0: the deadline may pass between the last answer
+			// and here (a busy machine), and the daemon refuses a
+			// negative timeout; 0 answers at once, then ctx says so.
+			step = max(0, min(step, time.Until(dl)))
 		}
 		st, err := c.Wait(ctx, step)
 		if err != nil {
