@@ -538,7 +538,16 @@ const maxAttempts = 60
 func (h *harness) newDaemon(name string, trust time.Duration) *daemon {
 	d := &daemon{h: h, name: name}
 	d.cfg = uploader.Config{Store: &gated{m: h.m, s: h.s, actor: name}, Nix: h.u, Key: h.key, Compression: h.comp, Jobs: 2,
-		StoreDir: h.u.dir, Log: zerolog.Nop(), TrustCacheFor: trust, Host: name, MaxSweepWait: time.Millisecond, Now: h.clk.Now}
+		StoreDir: h.u.dir, Log: zerolog.Nop(), TrustCacheFor: trust, Host: name, MaxSweepWait: time.Millisecond, Now: h.clk.Now,
+		ClockSkew: 20 * time.Millisecond, PollSweep: time.Millisecond,
+		// A wait for a sweep is a backoff step of the scheduler's.
+		Sleep: func(ctx context.Context, _ time.Duration) error { h.s.sleep(name, ""); return ctx.Err() }}
+	if h.rng.IntN(2) == 0 {
+		// Half the daemons wait for a sweep to finish (polling the
+		// marker), half give up at once and retry as a Recheck (a
+		// restart, a wait limit shorter than the sweep).
+		d.cfg.MaxSweepWait = time.Hour
+	}
 	d.up = uploader.New(d.cfg)
 	d.ctx, d.cancel = context.WithCancel(h.ctx)
 	h.daemons = append(h.daemons, d)
@@ -703,7 +712,8 @@ func (h *harness) pin(name, p string, waits int) {
 			h.s.sleep("pin", "")
 		}
 		b := &gated{m: h.m, s: h.s, actor: "pin"}
-		err := retention.AddPin(h.ctx, b, name, p, h.clk.Now())
+		err := retention.AddPinWith(h.ctx, b, name, p, h.clk.Now(), h.clk.Now,
+			func(ctx context.Context, _ time.Duration) error { h.s.sleep("pin", ""); return ctx.Err() })
 		h.note(fmt.Sprintf("pin   %s %s returned: %s", name, h.u.name(p), result(err)))
 		if err == nil {
 			h.mu.Lock()

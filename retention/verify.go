@@ -381,10 +381,21 @@ func Repair(ctx context.Context, b uploader.Bucket, rep *VerifyReport, opts Repa
 			}
 		}
 	}
+	// Only what is still broken under the marker goes: since verify's
+	// walk a push may have uploaded again what a broken .narinfo lacked
+	// (its check after writes does exactly that), and deleting it then
+	// would break what that push acknowledged.
+	unseen := make(map[string]bool) // paths with a problem a listing cannot show
+	for _, p := range rep.Problems {
+		if p.Kind == Unreadable || p.Kind == Signature || p.Kind == NARHash {
+			unseen[p.Path] = true
+		}
+	}
 	doomed := make([]bool, len(g.nodes))
 	var stack []int32
 	for _, old := range rep.broken {
-		if i, ok := g.index[rep.g.nodes[old].hash]; ok {
+		i, ok := g.index[rep.g.nodes[old].hash]
+		if ok && stillBroken(rep.g, old, g, i, unseen[rep.g.path(old)]) {
 			doomed[i] = true
 			stack = append(stack, i)
 		}
@@ -430,9 +441,59 @@ func Repair(ctx context.Context, b uploader.Bucket, rep *VerifyReport, opts Repa
 	if err := del.all(ctx, listings); err != nil {
 		return out, err
 	}
-	if err := del.all(ctx, rep.badNAR); err != nil {
+	if err := del.all(ctx, unchangedNARs(rep.g, g, rep.badNAR)); err != nil {
 		return out, err
 	}
 	out.NARs = len(rep.badNAR)
 	return out, nil
+}
+
+// stillBroken reports whether node i of g, the walk under repair's marker,
+// is still broken, node old of was having been found broken by verify:
+// its .narinfo is there and lacks its NAR (or the NAR is not of its size)
+// or a reference's .narinfo; or verify found what a listing cannot show
+// (unseen: unreadable, unsigned, a NAR of the wrong hash) and it is the
+// very .narinfo verify read (the same modification time), with the very
+// NAR.
+func stillBroken(was *Graph, old int32, g *Graph, i int32, unseen bool) bool {
+	n := &g.nodes[i]
+	if !n.present {
+		return false
+	}
+	for _, r := range n.refs {
+		if !g.nodes[r].present {
+			return true
+		}
+	}
+	if !n.unreadable && n.nar >= 0 {
+		nar := g.narList[n.nar]
+		if !nar.listed || (n.fileSize != 0 && uint64(nar.size) != n.fileSize) {
+			return true
+		}
+	}
+	o := &was.nodes[old]
+	if !unseen || o.mod != n.mod {
+		return false // healed, or written again since verify read it
+	}
+	if n.unreadable || n.nar < 0 || o.nar < 0 {
+		return true
+	}
+	// Unsigned, or a NAR of the wrong hash: still so if the NAR is the
+	// object verify read.
+	a, b := was.narList[o.nar], g.narList[n.nar]
+	return a.key == b.key && a.mod == b.mod && a.size == b.size
+}
+
+// unchangedNARs is the NARs of keys (found bad by verify's walk, was)
+// that are the same objects in g: one written again since is left alone.
+func unchangedNARs(was, g *Graph, keys []string) []string {
+	var out []string
+	for _, k := range keys {
+		i, ok1 := was.narIndex[k]
+		j, ok2 := g.narIndex[k]
+		if ok1 && ok2 && g.narList[j].listed && was.narList[i].mod == g.narList[j].mod && was.narList[i].size == g.narList[j].size {
+			out = append(out, k)
+		}
+	}
+	return out
 }
