@@ -867,6 +867,10 @@ func buildH1(h *harness) error {
 	roots := pick(h.rng, over, 1+h.rng.IntN(3))
 	h.strategy(0.05, 0.03)
 	d := h.newDaemon("d1", trust(h.rng))
+	// A wait limit shorter than any sweep: the check after writes never
+	// finishes, and the retry (a Recheck) must do it.
+	d.cfg.MaxSweepWait = time.Millisecond
+	d.up = uploader.New(d.cfg)
 	d.restarts = 1
 	var jobs []job
 	for i, r := range roots {
