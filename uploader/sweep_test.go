@@ -195,11 +195,15 @@ func TestRepairDuringPush(t *testing.T) {
 	}
 }
 
-// TestForgottenSightingForcesCheck (hole 4): top relies on r and s; r's
-// sighting is dropped after the probe (another push found r gone), and a
-// sweep that deleted r finished before s was seen again. A dropped
-// sighting is "never seen": it forces the check whatever the order of
-// top's references, so r is uploaded again.
+// TestForgottenSightingForcesCheck (hole 4): top relies on r and s,
+// both trusted from earlier sightings. A sweep deletes r and finishes; the
+// push then uploads top's NAR (after the sweep: that start time alone
+// would not force a check); before it writes top's .narinfo, r's
+// sighting is dropped (another push found r gone, and failed to upload it
+// again) and s is seen again. A dropped sighting is "never seen": it
+// forces the check whatever the order of top's references (before, a zero
+// lost to the next reference's time when r came first), and r is
+// uploaded again.
 func TestForgottenSightingForcesCheck(t *testing.T) {
 	for _, order := range []string{"r first", "s first"} {
 		t.Run(order, func(t *testing.T) {
@@ -218,14 +222,13 @@ func TestForgottenSightingForcesCheck(t *testing.T) {
 			if err := u.Push(ctx, []string{r, s}); err[0] != nil || err[1] != nil {
 				t.Fatal(err)
 			}
+			// The sweep deletes r and finishes, well before the push.
+			removeAll(t, base, nix.NarInfoKey(r), narKey(fs.infos[r], Zstd))
+			putMarker(t, base, time.Now(), time.Now())
+			time.Sleep(50 * time.Millisecond) // past the skew margin
 			h.before = func() {
-				// The sweep deleted r and finished; another push found r
-				// gone (its sighting dropped); s was seen since.
-				removeAll(t, base, nix.NarInfoKey(r), narKey(fs.infos[r], Zstd))
-				putMarker(t, base, time.Now(), time.Now())
-				time.Sleep(50 * time.Millisecond)
 				u.mu.Lock()
-				delete(u.seen, r)
+				delete(u.seen, r) // another push found r gone
 				u.sawAt(s, time.Now())
 				u.mu.Unlock()
 			}
