@@ -13,6 +13,7 @@ import (
 
 	"github.com/nix-community/go-nix/pkg/narinfo"
 	"github.com/nix-community/go-nix/pkg/nixbase32"
+	"github.com/nixpush/nixpush/internal/testenv"
 )
 
 // These tests hold nixpush's narinfo text, fingerprints and signatures
@@ -25,6 +26,7 @@ func needNix(t *testing.T) {
 			t.Fatalf("%s not found: install Nix (run ./scripts/test.sh, which installs it)", b)
 		}
 	}
+	t.Logf("against %s", testenv.NixVersion())
 	t.Setenv("XDG_CACHE_HOME", t.TempDir())
 }
 

@@ -166,7 +166,12 @@ func (e jsonPathInfo) toPathInfo(storeDir string) (PathInfo, error) {
 	if err != nil {
 		return PathInfo{}, fmt.Errorf("path info of %s: narHash %q: %w", path, e.NarHash, err)
 	}
-	info := PathInfo{Path: path, NarHash: h.Hash, NarSize: e.NarSize, Sigs: e.Signatures}
+	info := PathInfo{Path: path, NarHash: h.Hash, NarSize: e.NarSize}
+	if len(e.Signatures) > 0 {
+		// Nix 2.34 prints "signatures": [] where 2.8 prints none: no
+		// signatures are nil either way, as the serve protocol gives them.
+		info.Sigs = e.Signatures
+	}
 	for _, r := range e.References {
 		if !strings.HasPrefix(r, "/") {
 			r = storeDir + "/" + r

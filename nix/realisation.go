@@ -1,7 +1,6 @@
 package nix
 
 import (
-	"bytes"
 	"context"
 	"encoding/json"
 	"errors"
@@ -31,34 +30,36 @@ type Realisation struct {
 
 // Realisations asks Nix for the realisations of the outputs of drvPath
 // (`nix realisation info --json`, Nix 2.4 and later with ca-derivations).
-// An input-addressed derivation has none.
+// An input-addressed derivation has none before Nix 2.34 (which records
+// one for each output built with ca-derivations enabled).
+//
+// Nix 2.13 and later name a derivation's outputs drv^* and read a bare .drv
+// as the file itself: Nix 2.34 answers [{"opaquePath": drv}] for it, even
+// for a .drv that does not exist. Nix before 2.13 reads a bare .drv as its
+// outputs and refuses drv^* ("is not a valid URL"). So drv^* is asked
+// first, and the bare .drv only when Nix does not understand that.
 func (c *Client) Realisations(ctx context.Context, drvPath string) ([]Realisation, error) {
 	drvPath, err := StorePath(c.storeDir(), drvPath)
 	if err != nil {
 		return nil, err
 	}
 	args := []string{"--extra-experimental-features", "nix-command ca-derivations", "realisation", "info", "--json", "--option", "substitute", "false"}
-	// Nix before 2.13 reads a bare .drv path as its outputs; later Nix
-	// spells that drv^* (and reads a bare .drv as the file itself).
-	out, err := c.run(ctx, "nix", append(args, drvPath)...)
-	if t := bytes.TrimSpace(out); err != nil || len(t) == 0 || t[0] != '[' {
-		out2, err2 := c.run(ctx, "nix", append(args, drvPath+"^*")...)
-		if err2 != nil {
-			if err == nil {
-				err = err2
-			}
-			if strings.Contains(err.Error(), "does not exist") || strings.Contains(err.Error(), "is not valid") {
-				return nil, fmt.Errorf("%w: %v", ErrInvalidPath, err)
-			}
-			return nil, err
+	out, err := c.run(ctx, "nix", append(args, drvPath+"^*")...)
+	if err != nil && strings.Contains(err.Error(), "is not a valid URL") {
+		out, err = c.run(ctx, "nix", append(args, drvPath)...)
+	}
+	if err != nil {
+		if strings.Contains(err.Error(), "does not exist") || strings.Contains(err.Error(), "is not valid") {
+			return nil, fmt.Errorf("%w: %v", ErrInvalidPath, err)
 		}
-		out = out2
+		return nil, err
 	}
 	return ParseRealisations(out, c.storeDir())
 }
 
 // ParseRealisations reads the JSON array `nix realisation info --json`
-// prints.
+// prints (Nix 2.8 to 2.34: objects with id, outPath as a base name or a
+// full path, signatures, dependentRealisations).
 func ParseRealisations(data []byte, storeDir string) ([]Realisation, error) {
 	var raw []json.RawMessage
 	if err := json.Unmarshal(data, &raw); err != nil {
@@ -67,8 +68,14 @@ func ParseRealisations(data []byte, storeDir string) ([]Realisation, error) {
 	var out []Realisation
 	for _, r := range raw {
 		var fields struct {
-			ID      string `json:"id"`
-			OutPath string `json:"outPath"`
+			ID         string `json:"id"`
+			OutPath    string `json:"outPath"`
+			OpaquePath string `json:"opaquePath"`
+		}
+		if err := json.Unmarshal(r, &fields); err == nil && fields.OpaquePath != "" {
+			// What Nix 2.13 and later print for a bare .drv: the file, not
+			// its outputs.
+			return nil, fmt.Errorf("parse nix realisation info --json: %w: %.200s: a path, not a realisation (a bare .drv asked of Nix 2.13 or later?)", ErrRealisationFormat, r)
 		}
 		if err := json.Unmarshal(r, &fields); err != nil || fields.ID == "" || fields.OutPath == "" {
 			return nil, fmt.Errorf("parse nix realisation info --json: %w: %.200s: want an object with id and outPath", ErrRealisationFormat, r)

@@ -87,7 +87,10 @@ func TestParseRealisations(t *testing.T) {
 		ok         bool
 	}{
 		{"nix 2.8", `[{"dependentRealisations":{},"id":"sha256:ab!out","outPath":"3r3dhgsk4h4v6srjda3l27n57y3phhpy-ca-dep","signatures":[]}]`, true},
+		{"nix 2.34", `[{"dependentRealisations":{},"id":"sha256:701332fac3f1b3ce6a418a8e05e9bcf255fd69057191fafcd93b0cb7f7cabbc7!out","outPath":"d5rjplwkvrqppc6nsqkbsm7gmfmfd1by-ca-top","signatures":[]}]`, true},
+		{"full outPath", `[{"id":"sha256:ab!out","outPath":"/nix/store/3r3dhgsk4h4v6srjda3l27n57y3phhpy-ca-dep","signatures":[]}]`, true},
 		{"none", `[]`, true},
+		{"a bare drv asked of nix 2.13+", `[{"opaquePath":"/nix/store/iwbc9znpmcycbzwn67bnvq6id3p3fg0m-ca-top.drv"}]`, false},
 		{"not an array", `{"key":{"drvPath":"x.drv","outputName":"out"}}`, false},
 		{"no id", `[{"outPath":"3r3dhgsk4h4v6srjda3l27n57y3phhpy-ca-dep"}]`, false},
 		{"id with a slash", `[{"id":"../x!out","outPath":"3r3dhgsk4h4v6srjda3l27n57y3phhpy-ca-dep"}]`, false},

@@ -179,8 +179,11 @@ func TestServeLetsGoOfTheStoreWhenIdle(t *testing.T) {
 		}
 		time.Sleep(50 * time.Millisecond)
 	}
-	if !exclusive() {
-		t.Fatalf("no exclusive lock on %s with nix-store --serve stopped", lock)
+	// Other packages' tests run Nix at the same time under go test ./...
+	// (the daemons of e2e hold the lock shared while they push), so the
+	// lock may be busy for a moment; the serve process is not among them.
+	if exec.Command("flock", "-x", "-w", "20", lock, "true").Run() != nil {
+		t.Fatalf("no exclusive lock on %s within 20 s with nix-store --serve stopped (%s)", lock, testenv.NixVersion())
 	}
 	if _, err := s.Query(ctx, out[:1]); err != nil || !s.Running() {
 		t.Fatalf("query after the idle stop: %v (running %v)", err, s.Running())

@@ -1,10 +1,24 @@
 #!/usr/bin/env bash
-# All of nixpush's tests, against real Nix and a real MinIO. Installs Nix
-# (Debian nix-bin) and MinIO (a pinned go install, cached) when missing.
+# All of nixpush's tests, against real Nix and a real MinIO, on three Nix
+# versions. Installs Nix (Debian nix-bin) and MinIO (a pinned go install,
+# cached) when missing.
 #
 #   ./scripts/test.sh [go test flags...]
+#
+# 1. vet, vendorHash, the NixOS module, bounded fuzzing and the whole suite
+#    against the machine's Nix (Debian bookworm: 2.8);
+# 2. the whole suite against Nix 2.34, in a Debian sid root;
+# 3. the backbone and CA end-to-end tests and the nix package against
+#    Nix 2.26, in a Debian trixie root.
+# The roots are made once by scripts/nix-root.sh (mmdebstrap, from the
+# Debian archive) and cached; scripts/in-nix-root.sh runs go test in them.
+# NIXPUSH_MATRIX=0 runs part 1 alone. go test flags go to parts 1 and 2.
+# Each part runs even if one before it failed; the script fails if any did.
+# A go test run that hangs fails at its -timeout (30 min, 30 min, 15 min:
+# the suite takes minutes) so that the whole stays within CI's 90 minutes.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+start=$SECONDS
 
 minio_version=v0.0.0-20260212201848-7aac2a2c5b7c
 cache=${XDG_CACHE_HOME:-$HOME/.cache}/nixpush/bin
@@ -60,5 +74,52 @@ go test -run '^$' -fuzz '^FuzzStorePath$' -fuzztime 20s ./nix/
 go test -run '^$' -fuzz '^FuzzEnqueueRequest$' -fuzztime 20s ./daemon/
 go test -run '^$' -fuzz '^FuzzAppendJSON$' -fuzztime 15s ./hook/
 
-echo "== go test"
-go test -count=1 -timeout 80m "$@" ./...
+declare -a times=() failed=()
+# record NAME T0 [STATUS]: notes the time since T0 (seconds) of a part.
+record() {
+	times+=("$(printf '%-50s %3dm%02ds' "$1" $(((SECONDS - $2) / 60)) $(((SECONDS - $2) % 60)))${3:+  $3}")
+}
+record "setup, vet, vendorHash, module, fuzz" "$start"
+
+# part NAME COMMAND...: runs a part, records its time and whether it failed.
+part() {
+	local name=$1 t0=$SECONDS rc=0
+	shift
+	echo "== $name"
+	"$@" || rc=$?
+	if [ $rc = 0 ]; then
+		record "$name" "$t0"
+	else
+		record "$name" "$t0" "FAILED (exit $rc)"
+		failed+=("$name")
+	fi
+}
+
+part "go test: Nix $(nix --version | awk '{print $NF}') (this machine), all" \
+	go test -count=1 -timeout 30m "$@" ./...
+
+if [ "${NIXPUSH_MATRIX:-1}" != 0 ]; then
+	echo "== Nix roots (Debian sid, trixie)"
+	t0=$SECONDS
+	sid=$(./scripts/nix-root.sh sid)
+	trixie=$(./scripts/nix-root.sh trixie)
+	record "Nix roots (made once, then reused)" "$t0"
+
+	v=$(./scripts/in-nix-root.sh "$sid" nix --version | awk '{print $NF}')
+	part "go test: Nix $v (Debian sid root), all" \
+		./scripts/in-nix-root.sh "$sid" go test -count=1 -timeout 30m "$@" ./...
+
+	v=$(./scripts/in-nix-root.sh "$trixie" nix --version | awk '{print $NF}')
+	part "go test: Nix $v (Debian trixie root), subset" \
+		./scripts/in-nix-root.sh "$trixie" go test -count=1 -timeout 15m \
+		-run '^(TestHookToMinIO|TestHookToFileCache|TestCADerivations|TestRealisationsMatchNix|TestServe.*|TestNarInfoMatchesNix|TestSignatureMatchesNixStoreSign|TestQueryInvalidPath|TestKeepsBuildLogs|TestBuildLogsReadsNixLogs|TestNixBuildsTheExpressions)$' \
+		./nix/ ./e2e/ ./internal/testenv/
+fi
+
+record total "$start"
+echo "== times"
+printf '%s\n' "${times[@]}"
+if [ ${#failed[@]} -gt 0 ]; then
+	printf 'FAILED: %s\n' "${failed[@]}"
+	exit 1
+fi

@@ -16,8 +16,9 @@ import (
 
 // WithNixpush is a TestMain body for packages that run the binaries: it
 // builds nixpush and nixpush-hook (from the module whose root is
-// moduleRoot) into a temp dir, sets *binDir to it, runs the tests, removes
-// the dir and returns m.Run's exit code.
+// moduleRoot) into a temp dir, sets *binDir to it, prints the Nix the
+// tests run against, runs the tests, removes the dir and returns m.Run's
+// exit code.
 func WithNixpush(m *testing.M, moduleRoot string, binDir *string) int {
 	dir, err := os.MkdirTemp("", "nixpush-bin-")
 	if err != nil {
@@ -33,6 +34,8 @@ func WithNixpush(m *testing.M, moduleRoot string, binDir *string) int {
 		return 1
 	}
 	*binDir = dir
+	// go test shows a package's output when it fails: say which Nix.
+	fmt.Println("testing against", NixVersion())
 	return m.Run()
 }
 

@@ -7,8 +7,26 @@ import (
 	"os/exec"
 	"path/filepath"
 	"strings"
+	"sync"
 	"testing"
 )
+
+var nixVersion = sync.OnceValue(func() string {
+	p, err := exec.LookPath("nix")
+	if err != nil {
+		return "no nix on $PATH"
+	}
+	out, err := exec.Command(p, "--version").Output()
+	if err != nil {
+		return fmt.Sprintf("%s --version: %v", p, err)
+	}
+	return strings.TrimSpace(string(out)) + " (" + p + ")"
+})
+
+// NixVersion names the Nix on $PATH that the tests run against, as
+// `nix --version` prints it, and where it is: the test matrix runs the
+// suite against several, and a failure must say which.
+func NixVersion() string { return nixVersion() }
 
 // NixEnv runs the machine's Nix with a client cache of the test's own:
 // Nix remembers narinfo lookups (negative ones too) in
@@ -25,6 +43,7 @@ func Nix(t testing.TB) *NixEnv {
 			t.Fatalf("%s not found: install Nix (./scripts/test.sh installs Debian's nix-bin)", b)
 		}
 	}
+	t.Logf("against %s", NixVersion())
 	home := t.TempDir()
 	// No default substituters: this machine has no network, and Nix would
 	// spend seconds retrying cache.nixos.org on every build.

@@ -1,0 +1,65 @@
+#!/usr/bin/env bash
+# Runs a command inside a root made by nix-root.sh, with the root's Nix on
+# PATH and this worktree, the Go toolchain, its module and build caches and
+# MinIO's binary mounted at the paths they have on the host:
+#
+#   ./scripts/in-nix-root.sh ROOT COMMAND [ARGS...]
+#
+# e.g. ./scripts/in-nix-root.sh "$(./scripts/nix-root.sh sid)" go test ./nix/
+#
+# The command runs in this worktree, as root, in a mount namespace of its
+# own (the bind mounts, /proc, /dev, /sys and a fresh /tmp vanish with it),
+# in the host's network namespace, so a MinIO a test starts on 127.0.0.1 is
+# reachable as on the host. Go builds with CGO_ENABLED=0 (the root has no C
+# compiler), offline (GOPROXY=off). The root's own Nix store is used:
+# nothing of the host's /nix is visible.
+set -euo pipefail
+
+root=${1:?usage: in-nix-root.sh ROOT COMMAND [ARGS...]}
+shift
+[ $# -gt 0 ] || { echo "usage: in-nix-root.sh ROOT COMMAND [ARGS...]" >&2; exit 2; }
+[ -f "$root/.nixpush-root" ] || { echo "$root is not a root made by nix-root.sh" >&2; exit 1; }
+root=$(cd "$root" && pwd -P)
+here=$(cd "$(dirname "$0")/.." && pwd -P)
+
+goroot=$(go env GOROOT)
+gomodcache=$(go env GOMODCACHE)
+gocache=$(go env GOCACHE)
+minio=${NIXPUSH_MINIO:-}
+binds=("$here" "$goroot" "$gomodcache" "$gocache")
+[ -z "$minio" ] || binds+=("$(dirname "$(readlink -f "$minio")")")
+
+# The mounts are made inside `unshare -m`, by this same script re-run with
+# NIXPUSH_IN_ROOT_NS set, so they never show on the host.
+if [ -z "${NIXPUSH_IN_ROOT_NS:-}" ]; then
+	export NIXPUSH_IN_ROOT_NS=1
+	exec unshare -m --propagation private "$0" "$root" "$@"
+fi
+
+mount -t proc proc "$root/proc"
+mount --rbind /dev "$root/dev"
+mount --rbind /sys "$root/sys"
+# A fresh /tmp on disk (a tmpfs would hold MinIO's data and the tests'
+# stores in memory).
+tmp=$(mktemp -d /var/tmp/nixpush-root-tmp.XXXXXX)
+trap 'rm -rf "$tmp"' EXIT
+chmod 1777 "$tmp"
+mount --bind "$tmp" "$root/tmp"
+for d in "${binds[@]}"; do
+	mkdir -p "$root$d"
+	mount --bind "$d" "$root$d"
+done
+
+env_vars=(
+	PATH="$goroot/bin:/usr/local/bin:/usr/bin:/bin:/usr/local/sbin:/usr/sbin:/sbin"
+	HOME=/root TMPDIR=/tmp LANG=C.UTF-8
+	GOROOT="$goroot" GOMODCACHE="$gomodcache" GOCACHE="$gocache"
+	GOFLAGS="$(go env GOFLAGS)" GOPROXY=off GOTOOLCHAIN=local CGO_ENABLED=0
+)
+[ -z "$minio" ] || env_vars+=(NIXPUSH_MINIO="$(readlink -f "$minio")")
+for v in NIXPUSH_MINIO_TMPFS; do
+	[ -z "${!v:-}" ] || env_vars+=("$v=${!v}")
+done
+
+# A child of this script, not exec: the trap removes the temp dir after.
+chroot "$root" /usr/bin/env -i "${env_vars[@]}" /bin/sh -c 'cd "$1" && shift && exec "$@"' sh "$here" "$@"
