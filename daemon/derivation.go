@@ -85,8 +85,11 @@ func realisationsItem(drv string) []string {
 }
 
 // pushRealisations uploads the realisations of drv's outputs, each after
-// its output's .narinfo: a consumer with ca-derivations then substitutes
-// the outputs of drv by the derivation alone.
+// its output's .narinfo, in both layouts (realisations/ and Nix 2.35's
+// build-trace-v2/, keyed by drv: Nix 2.34 and later name the resolved
+// derivation in DRV_PATH, which is the key a Nix 2.35 consumer looks up): a
+// consumer with ca-derivations then substitutes the outputs of drv by the
+// derivation alone.
 func (d *Daemon) pushRealisations(ctx context.Context, drv string) error {
 	rs, err := d.cfg.Nix.Realisations(ctx, drv)
 	if err != nil {
@@ -101,7 +104,7 @@ func (d *Daemon) pushRealisations(ctx context.Context, drv string) error {
 	}
 	for i, err := range d.up.Ensure(ctx, outs) {
 		if err != nil {
-			return fmt.Errorf("realisation %s waits for output %s: %w", rs[i].ID, outs[i], err)
+			return fmt.Errorf("realisation of %s waits for output %s: %w", drv, outs[i], err)
 		}
 	}
 	for _, r := range rs {

@@ -1,6 +1,8 @@
 package e2e
 
 import (
+	"bytes"
+	"encoding/base64"
 	"encoding/json"
 	"fmt"
 	"os"
@@ -12,6 +14,8 @@ import (
 	"time"
 
 	"github.com/minio/minio-go/v7"
+	"github.com/nix-community/go-nix/pkg/derivation"
+	"github.com/nix-community/go-nix/pkg/narinfo/signature"
 
 	"github.com/nixpush/nixpush/internal/testenv"
 	"github.com/nixpush/nixpush/nix"
@@ -269,9 +273,11 @@ in mk "filter-top" "echo ${s} ${mid} ${up} > $out"`, s)
 // TestCADerivations: content-addressed derivations (ca-derivations) built
 // with the hook (Nix 2.8.0 gives their outputs to the hook only through
 // DRV_PATH, and resolves a derivation with CA inputs into a second one):
-// the daemon pushes their outputs and uploads realisations/<id>.doi, and
-// a fresh store with ca-derivations substitutes the outputs from MinIO
-// through the realisations, building nothing (--max-jobs 0).
+// the daemon pushes their outputs and uploads realisations/<id>.doi and
+// Nix 2.35's build-trace-v2/<drv>/<output>.doi (each signed over its
+// string: checked with go-nix against the public key), and a fresh store
+// with ca-derivations substitutes the outputs from MinIO through the
+// realisations, building nothing (--max-jobs 0).
 func TestCADerivations(t *testing.T) {
 	m := testenv.MinIO(t)
 	m.MakeBucket(t, "ca-drv", true)
@@ -314,6 +320,27 @@ in mk "ca-top" "mkdir $out; echo ${s} ${dep} > $out/ref"`, s)
 	if _, err := m.Client(t).StatObject(ctxT(t, time.Minute), "ca-drv", "realisations/"+rs[0].ID+".doi", minio.StatObjectOptions{}); err != nil {
 		t.Fatalf("realisations/%s.doi: %v", rs[0].ID, err)
 	}
+	// Nix 2.35 looks a CA derivation with CA inputs up by its resolved
+	// .drv (no input derivations): Nix 2.8 runs the hook for both forms,
+	// 2.34 for the resolved one.
+	resolved := false
+	for d, out := range checkBuildTraces(t, m.Client(t), "ca-drv", pub) {
+		f, err := os.Open(d)
+		if err != nil {
+			t.Fatal(err)
+		}
+		parsed, err := derivation.ReadDerivation(f)
+		f.Close()
+		if err != nil {
+			t.Fatalf("%s: %v", d, err)
+		}
+		if strings.HasSuffix(d, "-ca-top.drv") && len(parsed.InputDerivations) == 0 && out == top {
+			resolved = true
+		}
+	}
+	if !resolved {
+		t.Errorf("no build-trace-v2 entry for the resolved ca-top.drv naming %s", top)
+	}
 
 	root := t.TempDir()
 	if _, err := nx.Run(t, "nix", append([]string{"build", "--store", "local?root=" + root, "--no-link", "--max-jobs", "0",
@@ -322,4 +349,76 @@ in mk "ca-top" "mkdir $out; echo ${s} ${dep} > $out/ref"`, s)
 		t.Fatalf("a fresh store substituting the CA derivation's output: %v", err)
 	}
 	checkTrees(t, nx, root, top)
+}
+
+// checkBuildTraces reads every build-trace-v2/<drv>/<output>.doi in
+// bucket: each is compact JSON naming a store path that has a .narinfo,
+// with a signature by pub over Nix 2.35's string for it. It returns the
+// outPath of output "out" of each derivation.
+func checkBuildTraces(t *testing.T, c *minio.Client, bucket, pub string) map[string]string {
+	t.Helper()
+	ctx := ctxT(t, time.Minute)
+	pk, err := signature.ParsePublicKey(strings.TrimSpace(pub))
+	if err != nil {
+		t.Fatal(err)
+	}
+	found := make(map[string]string)
+	for o := range c.ListObjects(ctx, bucket, minio.ListObjectsOptions{Prefix: "build-trace-v2/", Recursive: true}) {
+		if o.Err != nil {
+			t.Fatal(o.Err)
+		}
+		drvBase, output, ok := strings.Cut(strings.TrimSuffix(strings.TrimPrefix(o.Key, "build-trace-v2/"), ".doi"), "/")
+		if !ok || !strings.HasSuffix(o.Key, ".doi") {
+			t.Fatalf("%s: not build-trace-v2/<drv>/<output>.doi", o.Key)
+		}
+		obj, err := c.GetObject(ctx, bucket, o.Key, minio.GetObjectOptions{})
+		if err != nil {
+			t.Fatal(err)
+		}
+		var body bytes.Buffer
+		if _, err := body.ReadFrom(obj); err != nil {
+			t.Fatalf("%s: %v", o.Key, err)
+		}
+		var v struct {
+			OutPath    string `json:"outPath"`
+			Signatures []struct {
+				KeyName string `json:"keyName"`
+				Sig     string `json:"sig"`
+			} `json:"signatures"`
+		}
+		if err := json.Unmarshal(body.Bytes(), &v); err != nil || strings.Contains(v.OutPath, "/") {
+			t.Fatalf("%s: %s (%v); want {\"outPath\":<base name>,\"signatures\":[…]}", o.Key, body.Bytes(), err)
+		}
+		var compact bytes.Buffer
+		json.Compact(&compact, body.Bytes())
+		if compact.String() != body.String() {
+			t.Errorf("%s is not compact JSON: %q", o.Key, body.Bytes())
+		}
+		r := nix.Realisation{DrvPath: nix.DefaultStoreDir + "/" + drvBase, Output: output, OutPath: nix.DefaultStoreDir + "/" + v.OutPath}
+		fp, err := r.TraceFingerprint()
+		if err != nil {
+			t.Fatalf("%s: %v", o.Key, err)
+		}
+		verified := false
+		for _, s := range v.Signatures {
+			data, err := base64.StdEncoding.DecodeString(s.Sig)
+			if err == nil && s.KeyName == pk.Name && pk.Verify(fp, signature.Signature{Name: s.KeyName, Data: data}) {
+				verified = true
+			}
+		}
+		if !verified {
+			t.Errorf("%s: %s has no signature by %s over %s", o.Key, body.Bytes(), pk.Name, fp)
+		}
+		if _, err := c.StatObject(ctx, bucket, nix.NarInfoKey(r.OutPath), minio.StatObjectOptions{}); err != nil {
+			t.Errorf("%s: the .narinfo of its outPath %s: %v", o.Key, r.OutPath, err)
+		}
+		if output == "out" {
+			found[r.DrvPath] = r.OutPath
+		}
+		t.Logf("%s: %s", o.Key, body.Bytes())
+	}
+	if len(found) == 0 {
+		t.Error("no build-trace-v2/<drv>/out.doi in the cache")
+	}
+	return found
 }

@@ -26,6 +26,12 @@ type Realisation struct {
 	OutPath string // full store path
 	// JSON is the object as Nix printed it, the .doi file's contents.
 	JSON json.RawMessage
+	// DrvPath (full store path) and Output key the output's build trace
+	// entry (Nix 2.35; buildtrace.go), and TraceSigs are that entry's
+	// signatures. ID is empty for an entry read from Nix 2.35.
+	DrvPath   string
+	Output    string
+	TraceSigs []TraceSignature
 }
 
 // Realisations asks Nix for the realisations of the outputs of drvPath
@@ -54,7 +60,7 @@ func (c *Client) Realisations(ctx context.Context, drvPath string) ([]Realisatio
 		}
 		return nil, err
 	}
-	return ParseRealisations(out, c.storeDir())
+	return ParseRealisationInfo(out, c.storeDir(), drvPath)
 }
 
 // ParseRealisations reads the JSON array `nix realisation info --json`

@@ -54,7 +54,8 @@
 //     deletions of one sweep keep referrers before references, so the
 //     .narinfo alone tells whether the pinned closure survived. verify
 //     reports a pin whose path has no .narinfo (pin-missing).
-//  3. First the realisations (realisations/*.doi) older than --grace whose
+//  3. First the realisations (realisations/*.doi, and Nix 2.35's
+//     build-trace-v2/<drv>/<output>.doi alike) older than --grace whose
 //     outPath is not kept are deleted, so none is ever left pointing at a
 //     deleted .narinfo. (One written after the listing follows its
 //     output's push, which recorded the output as a recent root: kept.)

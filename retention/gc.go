@@ -104,7 +104,8 @@ type Deleted struct {
 	// Logs are build logs (log/<drv>) of derivations no kept .narinfo
 	// names as its Deriver.
 	Logs int `json:"logs"`
-	// Realisations (realisations/<id>.doi) whose outPath is not kept.
+	// Realisations (realisations/<id>.doi and build-trace-v2/<drv>/<output>.doi)
+	// whose outPath is not kept.
 	Realisations int `json:"realisations"`
 }
 

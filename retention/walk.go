@@ -85,21 +85,25 @@ type logObject struct {
 // drv is the file name of the derivation the log is of.
 func (l logObject) drv() string { return strings.TrimPrefix(l.key, LogPrefix) }
 
-// realisation is a realisations/<id>.doi object.
+// realisation is a realisations/<id>.doi or build-trace-v2/<drv>/<output>.doi object.
 type realisation struct {
 	mod int64 // LastModified, Unix nanoseconds
 	out int32 // node of its outPath; -1 when it cannot be read
 }
 
-// Where Nix keeps build logs and realisations in a binary cache.
+// Where Nix keeps build logs and realisations in a binary cache: Nix 2.8
+// to 2.34 realisations/<id>.doi, Nix 2.35 build-trace-v2/<drv>/<output>.doi.
 const (
 	LogPrefix         = "log/"
 	RealisationPrefix = "realisations/"
+	BuildTracePrefix  = "build-trace-v2/"
 )
 
-// isRealisationKey reports whether key is a realisations/<id>.doi.
+// isRealisationKey reports whether key is a realisation in either layout:
+// both bodies name the output as "outPath", and both are kept, deleted and
+// verified alike.
 func isRealisationKey(key string) bool {
-	return strings.HasPrefix(key, RealisationPrefix) && strings.HasSuffix(key, ".doi")
+	return (strings.HasPrefix(key, RealisationPrefix) || strings.HasPrefix(key, BuildTracePrefix)) && strings.HasSuffix(key, ".doi")
 }
 
 // realisationOut is the outPath of a .doi: a store path or its base name

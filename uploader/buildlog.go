@@ -70,40 +70,90 @@ func (u *Uploader) PutLog(ctx context.Context, drvPath string, r io.Reader) erro
 // content-addressed derivation's output.
 func RealisationKey(id string) string { return "realisations/" + id + ".doi" }
 
+// BuildTraceKey is where a binary cache holds the build trace entry of
+// output of the derivation drvPath: what Nix 2.35 and later write and
+// read instead of realisations/.
+func BuildTraceKey(drvPath, output string) string {
+	return "build-trace-v2/" + filepath.Base(drvPath) + "/" + output + ".doi"
+}
+
 // PutRealisation uploads r, with the uploader's signatures added, to
-// realisations/<id>.doi. The caller has made sure r's output path is in
-// the cache.
+// realisations/<id>.doi (Nix 2.8 to 2.34) and to
+// build-trace-v2/<drv>/<output>.doi (Nix 2.35 and later), each as far as
+// r says enough for it: one read from Nix 2.35 has no id, one from older
+// Nix names its derivation only when the caller said which it asked. The
+// caller has made sure r's output path is in the cache.
 func (u *Uploader) PutRealisation(ctx context.Context, r nix.Realisation) error {
-	body, err := r.Signed(append([]signature.SecretKey{u.cfg.Key}, u.cfg.Keys...)...)
-	if err != nil {
-		return err
+	keys := append([]signature.SecretKey{u.cfg.Key}, u.cfg.Keys...)
+	type object struct {
+		key, what string
+		body      []byte
 	}
-	put := func() error {
-		u.count(1)
-		if err := u.cfg.Store.Put(ctx, RealisationKey(r.ID), bytes.NewReader(body), int64(len(body)), "application/json"); err != nil {
-			return fmt.Errorf("upload realisation %s: %w", r.ID, err)
+	var objs []object
+	if r.ID != "" {
+		body, err := r.Signed(keys...)
+		if err != nil {
+			return err
+		}
+		objs = append(objs, object{RealisationKey(r.ID), "realisation " + r.ID, body})
+	}
+	if r.HasTrace() {
+		body, err := r.TraceSigned(keys...)
+		if err != nil {
+			return Permanent(err)
+		}
+		objs = append(objs, object{BuildTraceKey(r.DrvPath, r.Output), "build trace " + r.TraceKey(), body})
+	}
+	if len(objs) == 0 {
+		return Permanent(fmt.Errorf("realisation of %s: %w: neither an id nor a derivation and output to key it by", r.OutPath, nix.ErrRealisationFormat))
+	}
+	put := func(only map[string]bool) error {
+		for _, o := range objs {
+			if only != nil && !only[o.key] {
+				continue
+			}
+			u.count(1)
+			if err := u.cfg.Store.Put(ctx, o.key, bytes.NewReader(o.body), int64(len(o.body)), "application/json"); err != nil {
+				return fmt.Errorf("upload %s: %w", o.what, err)
+			}
 		}
 		return nil
 	}
 	lg := newLedger()
 	lg.rely(r.OutPath)
-	lg.wroteKey(RealisationKey(r.ID), u.cfg.Now())
-	if err := put(); err != nil {
+	at := u.cfg.Now()
+	for _, o := range objs {
+		lg.wroteKey(o.key, at)
+	}
+	if err := put(nil); err != nil {
 		return err
 	}
-	// A realisation relies on its output's .narinfo, and a sweep may have
+	// Each object relies on its output's .narinfo, and a sweep may have
 	// listed an older one under its key.
-	if err := u.settle(ctx, lg, func(again []string, _ map[string]bool, keys []string) error {
+	if err := u.settle(ctx, lg, func(again []string, _ map[string]bool, vanished []string) error {
 		if len(again) > 0 {
-			return fmt.Errorf("the output %s of realisation %s vanished while a gc swept; will retry", r.OutPath, r.ID)
+			return fmt.Errorf("the output %s of %s vanished while a gc swept; will retry", r.OutPath, objs[0].what)
 		}
-		return put()
+		only := make(map[string]bool, len(vanished))
+		at := u.cfg.Now()
+		for _, k := range vanished {
+			only[k] = true
+			lg.wroteKey(k, at)
+		}
+		return put(only)
 	}); err != nil {
 		return err
 	}
 	u.mu.Lock()
 	u.stats.Realisations++
 	u.mu.Unlock()
-	u.cfg.Log.Info().Str("realisation", r.ID).Str("path", r.OutPath).Msg("uploaded realisation")
+	ev := u.cfg.Log.Info().Str("path", r.OutPath)
+	if r.ID != "" {
+		ev = ev.Str("realisation", r.ID)
+	}
+	if r.HasTrace() {
+		ev = ev.Str("build_trace", r.TraceKey())
+	}
+	ev.Msg("uploaded realisation")
 	return nil
 }

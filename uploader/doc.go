@@ -15,7 +15,8 @@
 // (<hash>.ls), built in the same walk that packs the NAR, before the
 // path's .narinfo; and, once a derivation's outputs are in the cache, its
 // build log (log/<drv>) and, for a content-addressed derivation, its signed
-// realisations (realisations/<id>.doi).
+// realisations (realisations/<id>.doi for Nix 2.8 to 2.34, and
+// build-trace-v2/<drv>/<output>.doi for Nix 2.35 and later).
 //
 // The Store interface hides whether the cache is an S3 bucket or a file://
 // directory; nothing above it can tell them apart. Bucket adds listing,
