@@ -1041,3 +1041,14 @@ func (u *Uploader) ForgetCache() {
 
 // Store is the store the uploader pushes to.
 func (u *Uploader) Store() Store { return u.cfg.Store }
+
+// Traffic is what the requests to the store look like now (throttling,
+// concurrency, upload rate and cap); false for a store that does not say
+// (file://).
+func (u *Uploader) Traffic() (Traffic, bool) {
+	s, ok := u.cfg.Store.(interface{ Traffic() Traffic })
+	if !ok {
+		return Traffic{}, false
+	}
+	return s.Traffic(), true
+}
