@@ -77,6 +77,7 @@ type gate struct {
 	backoff   time.Duration // the next wait without Retry-After
 	backoff0  time.Duration // the first and the longest (tests shorten them)
 	backoffN  time.Duration
+	cutGap    time.Duration // cutEvery (tests shorten it)
 	lastCut   time.Time
 	lastThrot time.Time
 	throttled int64
@@ -86,7 +87,7 @@ func newGate(max int, now func() time.Time) *gate {
 	if now == nil {
 		now = time.Now
 	}
-	return &gate{now: now, limit: float64(max), max: float64(max), wake: make(chan struct{}), backoff: throttleBackoff, backoff0: throttleBackoff, backoffN: throttleBackoffMax}
+	return &gate{now: now, limit: float64(max), max: float64(max), wake: make(chan struct{}), backoff: throttleBackoff, backoff0: throttleBackoff, backoffN: throttleBackoffMax, cutGap: cutEvery}
 }
 
 // acquire waits for a slot: the pause a throttling answer set is over and
@@ -148,7 +149,7 @@ func (g *gate) release(o outcome, retryAfter time.Duration) {
 	case throttled:
 		g.throttled++
 		g.lastThrot = now
-		if now.Sub(g.lastCut) >= cutEvery {
+		if now.Sub(g.lastCut) >= g.cutGap {
 			g.limit = max(1, min(g.limit, float64(inFlight))/2)
 			g.lastCut = now
 		}

@@ -185,6 +185,7 @@ func fakeS3Store(t *testing.T, f *fakeS3) *S3Store {
 	t.Cleanup(func() { minio.DefaultRetryUnit, minio.DefaultRetryCap = unit, cap })
 	g := newGate(maxInFlight, nil)
 	g.backoff, g.backoff0, g.backoffN = time.Millisecond, time.Millisecond, 10*time.Millisecond
+	g.cutGap = 5 * time.Millisecond // the fake answers in milliseconds what S3 does in a second
 	f.gate, f.objects = g, map[string][]byte{}
 	tr := &storeTransport{next: f, gate: g, bw: newBandwidth(nil, nil, nil)}
 	client, err := minio.New("s3.test:9000", &minio.Options{Creds: credentials.NewStaticV4("k", "secret-key", ""),
