@@ -456,6 +456,15 @@ func (d *Daemon) status() hook.Status {
 		Progress:   d.session.progress(us),
 	}
 	st.GCSettings = d.up.SettingsProblem()
+	if t, ok := d.up.Traffic(); ok {
+		st.Traffic = &hook.Traffic{Throttling: t.Throttling, Throttled: t.Throttled,
+			Concurrency: t.Concurrency, MaxConcurrency: t.MaxConcurrency, InFlight: t.InFlight,
+			UploadRate: t.Rate, UploadRateCap: t.RateCap, Sent: t.Sent}
+		if !t.LastThrottled.IsZero() {
+			last := t.LastThrottled
+			st.Traffic.LastThrottled = &last
+		}
+	}
 	if qerr != nil {
 		st.QueueError = "queue cannot write: " + qerr.Error()
 		st.QueueErrorSince = &qsince

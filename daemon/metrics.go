@@ -38,13 +38,19 @@ var (
 	descQFail  = prometheus.NewDesc("nixpush_queue_write_failures_total", "Queue commits that failed since the daemon started.", nil, nil)
 	descHeld   = prometheus.NewDesc("nixpush_held_paths", "Paths the queue could not take, held in memory until it can.", nil, nil)
 	descSpool  = prometheus.NewDesc("nixpush_spooled_requests", "Spooled requests not yet imported.", nil, nil)
+	descThrot  = prometheus.NewDesc("nixpush_store_throttling", "1 while the store throttles (a 503 SlowDown or 429 within the last minute), else 0.", nil, nil)
+	descThrots = prometheus.NewDesc("nixpush_store_throttled_total", "Throttling answers (503 SlowDown, 429) from the store; each is retried after a backoff, none fails a path.", nil, nil)
+	descConc   = prometheus.NewDesc("nixpush_store_concurrency_limit", "Requests the daemon lets be in flight to the store now: halved on throttling, climbing back as requests succeed.", nil, nil)
+	descInFl   = prometheus.NewDesc("nixpush_store_requests_in_flight", "Requests to the store in flight now.", nil, nil)
+	descSent   = prometheus.NewDesc("nixpush_store_sent_bytes_total", "Request body bytes sent to the store.", nil, nil)
+	descCap    = prometheus.NewDesc("nixpush_upload_rate_cap_bytes_per_second", "The upload bandwidth cap in force now (--max-upload-rate); 0 when none.", nil, nil)
 	descGCFit  = prometheus.NewDesc("nixpush_gc_settings_ok", "0 while the daemon's --trust-cache-for or --max-sweep-wait does not fit the grace, --older-than or sweep window gc wrote in its marker (every push then checks every path), else 1.", nil, nil)
 )
 
 type statusCollector struct{ d *Daemon }
 
 func (c *statusCollector) Describe(ch chan<- *prometheus.Desc) {
-	for _, d := range []*prometheus.Desc{descItems, descOldest, descPaths, descNAR, descFile, descSkip, descFilter, descLogs, descReal, descReq, descLast, descRate, descStore, descCheck, descQOK, descQFail, descHeld, descSpool, descGCFit} {
+	for _, d := range []*prometheus.Desc{descItems, descOldest, descPaths, descNAR, descFile, descSkip, descFilter, descLogs, descReal, descReq, descLast, descRate, descStore, descCheck, descQOK, descQFail, descHeld, descSpool, descGCFit, descThrot, descThrots, descConc, descInFl, descSent, descCap} {
 		ch <- d
 	}
 }
@@ -97,4 +103,16 @@ func (c *statusCollector) Collect(ch chan<- prometheus.Metric) {
 		fit = 0
 	}
 	ch <- prometheus.MustNewConstMetric(descGCFit, prometheus.GaugeValue, fit)
+	if t := st.Traffic; t != nil {
+		throttling := 0.0
+		if t.Throttling {
+			throttling = 1
+		}
+		ch <- prometheus.MustNewConstMetric(descThrot, prometheus.GaugeValue, throttling)
+		ch <- prometheus.MustNewConstMetric(descThrots, prometheus.CounterValue, float64(t.Throttled))
+		ch <- prometheus.MustNewConstMetric(descConc, prometheus.GaugeValue, float64(t.Concurrency))
+		ch <- prometheus.MustNewConstMetric(descInFl, prometheus.GaugeValue, float64(t.InFlight))
+		ch <- prometheus.MustNewConstMetric(descSent, prometheus.CounterValue, float64(t.Sent))
+		ch <- prometheus.MustNewConstMetric(descCap, prometheus.GaugeValue, float64(t.UploadRateCap))
+	}
 }

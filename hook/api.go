@@ -84,6 +84,29 @@ type Status struct {
 	// in its marker (its grace, --older-than, sweep window): until they
 	// do, every push checks every path of its closures.
 	GCSettings string `json:"gc_settings_problem,omitempty"`
+	// Traffic is how requests to an S3 store go now (absent for file://).
+	Traffic *Traffic `json:"store_traffic,omitempty"`
+}
+
+// Traffic is the state of the daemon's requests to its store: whether the
+// store is throttling (answering 503 SlowDown or 429), at what concurrency
+// the daemon runs because of it, and the upload rate against its cap.
+type Traffic struct {
+	// Throttling: a throttling answer came within the last minute.
+	Throttling    bool       `json:"throttling"`
+	Throttled     int64      `json:"throttled_total"` // throttling answers since start
+	LastThrottled *time.Time `json:"last_throttled,omitempty"`
+	// Concurrency is the limit on requests in flight now (it falls on
+	// throttling and climbs back, up to MaxConcurrency); InFlight, those
+	// in flight.
+	Concurrency    int `json:"concurrency"`
+	MaxConcurrency int `json:"max_concurrency"`
+	InFlight       int `json:"in_flight"`
+	// UploadRate is the bytes a second sent over the last seconds;
+	// UploadRateCap the cap in force now (0: none).
+	UploadRate    float64 `json:"upload_bytes_per_second"`
+	UploadRateCap int64   `json:"upload_rate_cap"`
+	Sent          int64   `json:"sent_bytes"` // request body bytes since start
 }
 
 // Progress is what the daemon has done of the closures it is pushing: the

@@ -29,6 +29,9 @@ func (st Status) Line(now time.Time) string {
 	if st.GCSettings != "" {
 		line += "settings do not fit gc's: " + st.GCSettings + "; "
 	}
+	if t := st.Traffic; t != nil && t.Throttling {
+		line += "store throttling: " + strconv.Itoa(t.Concurrency) + "/" + strconv.Itoa(t.MaxConcurrency) + " requests at once; "
+	}
 	if st.Held > 0 {
 		line += strconv.Itoa(st.Held) + " held unqueued, "
 	}

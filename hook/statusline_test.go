@@ -1,6 +1,7 @@
 package hook
 
 import (
+	"strings"
 	"testing"
 	"time"
 )
@@ -20,6 +21,17 @@ func TestStatusLine(t *testing.T) {
 	want = "store unreachable: dial tcp 127.0.0.1:9000: connect: connection refused; 3 queued, 1 uploading (12/300 paths, 45.0 MiB/300.0 MiB), 0 failed; 1234 paths, 5.6 GiB pushed; last push 12s ago"
 	if got := st.Line(now); got != want {
 		t.Fatalf("got  %q\nwant %q", got, want)
+	}
+	// A throttling store says so, with the concurrency it left.
+	st.StoreCheck = StoreCheck{OK: true}
+	st.Traffic = &Traffic{Throttling: true, Throttled: 40, Concurrency: 3, MaxConcurrency: 64}
+	want = "store throttling: 3/64 requests at once; 3 queued, 1 uploading (12/300 paths, 45.0 MiB/300.0 MiB), 0 failed; 1234 paths, 5.6 GiB pushed; last push 12s ago"
+	if got := st.Line(now); got != want {
+		t.Fatalf("got  %q\nwant %q", got, want)
+	}
+	st.Traffic.Throttling = false
+	if got := st.Line(now); strings.Contains(got, "throttling") {
+		t.Fatalf("throttling over, still said: %q", got)
 	}
 	if got := (Status{}).Line(now); got != "0 queued, 0 uploading, 0 failed; 0 paths, 0 B pushed; last push never" {
 		t.Fatalf("empty: %q", got)

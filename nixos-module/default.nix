@@ -111,6 +111,7 @@ let
     "--write-nar-listing=${lib.boolToString cfg.writeNarListing}"
     "--trust-cache-for" cfg.trustCacheFor
     "--max-sweep-wait" cfg.maxSweepWait
+    "--max-upload-rate" (toString cfg.maxUploadRate)
   ] ++ optionals (cfg.caCertificate != null) [ "--ca-certificate" "%d/ca.pem" ]
     ++ optionals (cfg.metricsListen != null) [ "--metrics-listen" cfg.metricsListen ]
     ++ lib.concatMap (re: [ "--exclude" re ]) cfg.exclude
@@ -201,6 +202,18 @@ in
       default = 4;
       description = "How many store paths are packed and uploaded at once.";
       example = 8;
+    };
+
+    maxUploadRate = mkOption {
+      type = types.either types.ints.unsigned types.str;
+      default = 0;
+      description = ''
+        Cap on the bytes a second sent to an S3 store, across all uploads: a number of
+        bytes or a size such as "20MiB", "2.5MB" (0: no cap). Uploads take as long as the
+        cap makes them; after an idle moment up to 1 MiB goes out at once above it.
+        Throttling answers of the store (503 SlowDown, 429) are handled whatever the cap.
+      '';
+      example = "20MiB";
     };
 
     caCertificate = mkOption {

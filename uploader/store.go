@@ -7,6 +7,7 @@ import (
 	"io"
 	"net/url"
 	"strings"
+	"time"
 )
 
 // ErrNotExist reports an object the store does not hold.
@@ -40,7 +41,13 @@ type StoreOptions struct {
 	// CACertFile is a PEM bundle trusted for an https S3 endpoint, for a
 	// private CA such as a self-signed MinIO.
 	CACertFile string
+	// MaxUploadRate caps the bytes a second sent to an S3 store, across
+	// all requests (0: no cap).
+	MaxUploadRate int64
 }
+
+// uploadRate is the cap in force at t.
+func (o StoreOptions) uploadRate(t time.Time) int64 { return o.MaxUploadRate }
 
 // OpenStore opens a store from a URI in the syntax of `nix copy --to`:
 //

@@ -30,6 +30,8 @@ type S3Store struct {
 	secure   bool
 	creds    *credentials.Credentials
 	tr       http.RoundTripper
+	gate     *gate
+	bw       *bandwidth
 }
 
 // partSize is the multipart part size for NARs of unknown compressed size:
@@ -90,13 +92,18 @@ func openS3(ctx context.Context, u *url.URL, opts StoreOptions) (*S3Store, error
 		}
 		transport.TLSClientConfig = &tls.Config{RootCAs: pool, MinVersion: tls.VersionTLS12}
 	}
-	transport.MaxIdleConnsPerHost = 64
+	transport.MaxIdleConnsPerHost = maxInFlight
+	// Every request, the probe's too, passes one gate: throttling seen by
+	// one slows all, and the cap counts every byte.
+	gate := newGate(maxInFlight, nil)
+	bw := newBandwidth(opts.uploadRate, nil, nil)
+	tr := &storeTransport{next: transport, gate: gate, bw: bw}
 
 	mopts := minio.Options{
 		Creds:        credentialsFor(q.Get("profile")),
 		Secure:       secure,
 		Region:       region,
-		Transport:    transport,
+		Transport:    tr,
 		BucketLookup: minio.BucketLookupAuto,
 	}
 	client, err := minio.New(endpoint, &mopts)
@@ -108,7 +115,7 @@ func openS3(ctx context.Context, u *url.URL, opts StoreOptions) (*S3Store, error
 	if err != nil {
 		return nil, fmt.Errorf("s3 client for %s: %w", endpoint, err)
 	}
-	return &S3Store{creds: mopts.Creds, tr: transport, client: client, probe: probe, bucket: bucket, region: region, endpoint: endpoint, secure: secure, name: fmt.Sprintf("s3://%s (%s://%s)", bucket, map[bool]string{true: "https", false: "http"}[secure], endpoint)}, nil
+	return &S3Store{creds: mopts.Creds, tr: tr, gate: gate, bw: bw, client: client, probe: probe, bucket: bucket, region: region, endpoint: endpoint, secure: secure, name: fmt.Sprintf("s3://%s (%s://%s)", bucket, map[bool]string{true: "https", false: "http"}[secure], endpoint)}, nil
 }
 
 // credentialsFor reads credentials as the AWS tools do: with a profile named
@@ -130,8 +137,20 @@ func credentialsFor(profile string) *credentials.Credentials {
 
 func (s *S3Store) String() string { return s.name }
 
+// Traffic is what the requests to the store look like now: throttling,
+// the limit on requests in flight, the upload rate and its cap.
+func (s *S3Store) Traffic() Traffic {
+	var t Traffic
+	s.gate.traffic(&t)
+	s.bw.traffic(&t)
+	return t
+}
+
 func (s *S3Store) Has(ctx context.Context, key string) (bool, error) {
-	_, err := s.client.StatObject(ctx, s.bucket, key, minio.StatObjectOptions{})
+	err := persist(ctx, nil, func() error {
+		_, err := s.client.StatObject(ctx, s.bucket, key, minio.StatObjectOptions{})
+		return err
+	})
 	if err == nil {
 		return true, nil
 	}
@@ -154,7 +173,10 @@ func (s *S3Store) Put(ctx context.Context, key string, r io.Reader, size int64, 
 	if size < 0 {
 		return s.putStream(ctx, key, r, opts)
 	}
-	if _, err := s.client.PutObject(ctx, s.bucket, key, r, size, opts); err != nil {
+	if err := persist(ctx, r, func() error {
+		_, err := s.client.PutObject(ctx, s.bucket, key, r, size, opts)
+		return err
+	}); err != nil {
 		return s.wrap("put", key, err)
 	}
 	return nil
@@ -185,7 +207,11 @@ func (s *S3Store) putStream(ctx context.Context, key string, r io.Reader, opts m
 	}
 
 	core := minio.Core{Client: s.client}
-	id, err := core.NewMultipartUpload(ctx, s.bucket, key, opts)
+	var id string
+	err = persist(ctx, nil, func() (err error) {
+		id, err = core.NewMultipartUpload(ctx, s.bucket, key, opts)
+		return err
+	})
 	if err != nil {
 		parts.put(buf)
 		return s.wrap("put", key, err)
@@ -207,8 +233,12 @@ func (s *S3Store) putStream(ctx context.Context, key string, r io.Reader, opts m
 		ch := make(chan sent, 1)
 		go func() {
 			defer parts.put(buf)
-			p, err := core.PutObjectPart(ctx, s.bucket, key, id, num, bytes.NewReader(buf[:n]), int64(n),
-				minio.PutObjectPartOptions{DisableContentSha256: true})
+			var p minio.ObjectPart
+			err := persist(ctx, nil, func() (err error) {
+				p, err = core.PutObjectPart(ctx, s.bucket, key, id, num, bytes.NewReader(buf[:n]), int64(n),
+					minio.PutObjectPartOptions{DisableContentSha256: true})
+				return err
+			})
 			ch <- sent{p, err}
 		}()
 		return ch
@@ -248,7 +278,10 @@ func (s *S3Store) putStream(ctx context.Context, key string, r io.Reader, opts m
 			return rerr
 		}
 	}
-	if _, err := core.CompleteMultipartUpload(ctx, s.bucket, key, id, done, opts); err != nil {
+	if err := persist(ctx, nil, func() error {
+		_, err := core.CompleteMultipartUpload(ctx, s.bucket, key, id, done, opts)
+		return err
+	}); err != nil {
 		return s.wrap("put", key, err)
 	}
 	return nil
@@ -271,12 +304,16 @@ func (s *S3Store) ListTop(ctx context.Context, fn func(name string) bool) error 
 }
 
 func (s *S3Store) Get(ctx context.Context, key string) ([]byte, error) {
-	obj, err := s.client.GetObject(ctx, s.bucket, key, minio.GetObjectOptions{})
-	if err != nil {
-		return nil, s.wrap("get", key, err)
-	}
-	defer obj.Close()
-	b, err := io.ReadAll(obj)
+	var b []byte
+	err := persist(ctx, nil, func() error {
+		obj, err := s.client.GetObject(ctx, s.bucket, key, minio.GetObjectOptions{})
+		if err != nil {
+			return err
+		}
+		defer obj.Close()
+		b, err = io.ReadAll(obj)
+		return err
+	})
 	if err != nil {
 		if isNotFound(err) {
 			return nil, fmt.Errorf("%s: %s: %w", s.name, key, ErrNotExist)
@@ -316,6 +353,9 @@ func (s *S3Store) wrap(op, key string, err error) error {
 	if problem != unclassified {
 		return Permanent(&StoreError{Problem: problem, Err: fmt.Errorf("%s: %s (%s)", where, resp.Message, resp.Code)})
 	}
+	if throttlingError(err) {
+		return fmt.Errorf("%s: store throttling: %s (%d %s)", where, resp.Message, resp.StatusCode, resp.Code)
+	}
 	switch problem = classifyNet(err); problem {
 	case Certificate:
 		return Permanent(&StoreError{Problem: problem, Err: fmt.Errorf("%s: %w", where, innerURLError(err))})
@@ -340,7 +380,10 @@ func innerURLError(err error) error {
 // listing has an error body, which a HEAD lacks, so AWS tells a bad key
 // from a policy that denies).
 func (s *S3Store) Check(ctx context.Context) error {
-	_, err := minio.Core{Client: s.probe}.ListObjectsV2(s.bucket, probePrefix, "", "", "/", 1)
+	err := persist(ctx, nil, func() error {
+		_, err := minio.Core{Client: s.probe}.ListObjectsV2(s.bucket, probePrefix, "", "", "/", 1)
+		return err
+	})
 	if err != nil {
 		return s.wrap("list", probePrefix, err)
 	}
@@ -349,7 +392,9 @@ func (s *S3Store) Check(ctx context.Context) error {
 
 // Delete removes an object; a missing one is no error.
 func (s *S3Store) Delete(ctx context.Context, key string) error {
-	if err := s.probe.RemoveObject(ctx, s.bucket, key, minio.RemoveObjectOptions{}); err != nil && !isNotFound(err) {
+	if err := persist(ctx, nil, func() error {
+		return s.probe.RemoveObject(ctx, s.bucket, key, minio.RemoveObjectOptions{})
+	}); err != nil && !isNotFound(err) {
 		return s.wrap("delete", key, err)
 	}
 	return nil

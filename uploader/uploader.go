@@ -2,6 +2,7 @@ package uploader
 
 import (
 	"bytes"
+	"cmp"
 	"context"
 	"errors"
 	"fmt"
@@ -368,7 +369,7 @@ func (u *Uploader) uploadMissing(ctx context.Context, pl *plan) map[string]error
 	var prefetch sync.WaitGroup
 	defer prefetch.Wait()
 	defer stop() // runs first: uploads nobody waits for any more end
-	prefetch.Go(func() { u.prefetchNARs(pctx, topoOrder(pl.missing, pl.infos), pl, &prefetch) })
+	prefetch.Go(func() { u.prefetchNARs(pctx, prefetchOrder(pl.missing, pl.infos), pl, &prefetch) })
 	var mu sync.Mutex
 	failed := make(map[string]error)
 	var wg sync.WaitGroup
@@ -689,6 +690,28 @@ func topoOrder(missing map[string]bool, infos map[string]nix.PathInfo) []string 
 		visit(p)
 	}
 	return out
+}
+
+// prefetchOrder is the order NAR uploads start in: the large NARs
+// (multipart streams) first, largest first, then the rest deps first. A
+// NAR never waits for its references (only its .narinfo does), so the
+// closure rule leaves the NARs' order free; started last, the largest NAR
+// alone would set the drain time (issue 24: a 256 MiB NAR started after 299
+// of 300 others). The small ones keep dependency order, in which their
+// .narinfos can follow them at once: for them a request's latency, not
+// their size, is the cost.
+func prefetchOrder(missing map[string]bool, infos map[string]nix.PathInfo) []string {
+	order := topoOrder(missing, infos)
+	var large, rest []string
+	for _, p := range order {
+		if infos[p].NarSize > smallNAR {
+			large = append(large, p)
+		} else {
+			rest = append(rest, p)
+		}
+	}
+	slices.SortStableFunc(large, func(a, b string) int { return cmp.Compare(infos[b].NarSize, infos[a].NarSize) })
+	return append(large, rest...)
 }
 
 // prefetchNARs starts the NAR uploads of order, in that order, as upload
@@ -1041,3 +1064,14 @@ func (u *Uploader) ForgetCache() {
 
 // Store is the store the uploader pushes to.
 func (u *Uploader) Store() Store { return u.cfg.Store }
+
+// Traffic is what the requests to the store look like now (throttling,
+// concurrency, upload rate and cap); false for a store that does not say
+// (file://).
+func (u *Uploader) Traffic() (Traffic, bool) {
+	s, ok := u.cfg.Store.(interface{ Traffic() Traffic })
+	if !ok {
+		return Traffic{}, false
+	}
+	return s.Traffic(), true
+}

@@ -133,6 +133,9 @@ func printStatus(w io.Writer, st hook.Status, now time.Time) {
 	default:
 		fmt.Fprintf(w, "store:    %s: being checked\n", st.Store)
 	}
+	if t := st.Traffic; t != nil {
+		fmt.Fprintf(w, "traffic:  %s\n", trafficLine(t, now))
+	}
 	oldest := ""
 	if st.OldestQueued != nil {
 		oldest = fmt.Sprintf(" (oldest %s ago)", now.Sub(*st.OldestQueued).Round(time.Second))
@@ -284,4 +287,24 @@ func explain(err error) error {
 		return fmt.Errorf("%w; is nixpush daemon running? (systemctl status nixpush, or pass --socket)", err)
 	}
 	return err
+}
+
+// trafficLine says how requests to the store go: throttling and the
+// concurrency it left, the upload rate and its cap.
+func trafficLine(t *hook.Traffic, now time.Time) string {
+	rate := hook.Bytes(int64(t.UploadRate)) + "/s"
+	if t.UploadRateCap > 0 {
+		rate += " (cap " + hook.Bytes(t.UploadRateCap) + "/s)"
+	} else {
+		rate += " (no cap)"
+	}
+	conc := fmt.Sprintf("%d/%d requests at once, %d in flight", t.Concurrency, t.MaxConcurrency, t.InFlight)
+	switch {
+	case t.Throttling:
+		return fmt.Sprintf("STORE THROTTLING (503 SlowDown/429: %d answers, last %s ago); %s; upload %s",
+			t.Throttled, now.Sub(*t.LastThrottled).Round(time.Second), conc, rate)
+	case t.Throttled > 0:
+		return fmt.Sprintf("%s; upload %s; %d throttling answers, last at %s", conc, rate, t.Throttled, t.LastThrottled.Format(time.DateTime))
+	}
+	return fmt.Sprintf("%s; upload %s", conc, rate)
 }

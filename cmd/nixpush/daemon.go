@@ -50,6 +50,9 @@ func runDaemon(ctx context.Context, args []string, stdout, stderr io.Writer) int
 	var excludes, skipSignedBy stringsFlag
 	fs.Var(&excludes, "exclude", "leave out store paths whose name (after the hash) matches this regular expression; repeatable")
 	fs.Var(&skipSignedBy, "skip-signed-by", "leave out store paths the local Nix database holds a signature of by this key name (e.g. cache.nixos.org-1); repeatable")
+	var maxRate byteRate
+	fs.Var(&maxRate, "max-upload-rate", "cap the bytes a second sent to an S3 store, across all uploads (e.g. 20MiB, 2.5MB, 800KiB; 0: none); "+
+		"costs up to 1 MiB of burst above the cap after an idle moment, and uploads take as long as the cap makes them")
 	metricsListen := fs.String("metrics-listen", "", "serve Prometheus metrics on this TCP address (e.g. 127.0.0.1:9747), at /metrics")
 	trust := fs.Duration("trust-cache-for", time.Hour, "how long a path seen in the cache (or uploaded) is believed to stay there before a push that needs it checks again; "+
 		"keep it well below gc's --grace (24h by default), which spares young .narinfos and NARs for that long; 0s checks whole closures on every push")
@@ -126,7 +129,7 @@ func runDaemon(ctx context.Context, args []string, stdout, stderr io.Writer) int
 		}
 		*storeURI = "file://" + abs
 	}
-	store, err := uploader.OpenStore(ctx, *storeURI, uploader.StoreOptions{CACertFile: *caCert})
+	store, err := uploader.OpenStore(ctx, *storeURI, uploader.StoreOptions{CACertFile: *caCert, MaxUploadRate: int64(maxRate)})
 	if err != nil {
 		fmt.Fprintf(stderr, "nixpush daemon: %v\n", err)
 		return 2

@@ -1,0 +1,220 @@
+package e2e
+
+import (
+	"context"
+	"fmt"
+	"io"
+	"net/http"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/nixpush/nixpush/hook"
+	"github.com/nixpush/nixpush/hook/client"
+	"github.com/nixpush/nixpush/internal/testenv"
+)
+
+// trafficLog polls the daemon's status until stopped, keeping each
+// store_traffic answer.
+type trafficLog struct {
+	mu      sync.Mutex
+	samples []hook.Traffic
+	stop    chan struct{}
+	done    chan struct{}
+}
+
+func watchTraffic(d *daemon, every time.Duration) *trafficLog {
+	l := &trafficLog{stop: make(chan struct{}), done: make(chan struct{})}
+	go func() {
+		defer close(l.done)
+		c := client.New(d.Socket)
+		for {
+			select {
+			case <-l.stop:
+				return
+			case <-time.After(every):
+			}
+			if st, err := c.Status(context.Background()); err == nil && st.Traffic != nil {
+				l.mu.Lock()
+				l.samples = append(l.samples, *st.Traffic)
+				l.mu.Unlock()
+			}
+		}
+	}()
+	return l
+}
+
+func (l *trafficLog) end() []hook.Traffic {
+	close(l.stop)
+	<-l.done
+	return l.samples
+}
+
+// TestStoreSlowDown pushes a 300-path closure to MinIO through a proxy
+// that answers 30% of the requests 503 SlowDown for the first seconds of
+// the push: no path fails, the status says the store throttles, the
+// concurrency drops and climbs back, the queue drains, and the cache is
+// whole for Nix.
+func TestStoreSlowDown(t *testing.T) {
+	nx := testenv.Nix(t)
+	m := testenv.MinIO(t)
+	const bucket = "slowdown"
+	m.MakeBucket(t, bucket, true)
+	p := testenv.NewProxy(t, m.Endpoint)
+	sec, pub := keys(t, "nixpush-e2e-slowdown-1")
+	out := nx.Build(t, testenv.DAG(seed(), 300, 4, true))
+	closure := closureOf(t, nx, out...)
+	metrics := fmt.Sprintf("127.0.0.1:%d", testenv.FreePort(t))
+	d := startDaemon(t, m.CredentialsEnv(), "--store-uri", m.StoreURIVia(bucket, p.Addr), "--secret-key-file", sec,
+		"--metrics-listen", metrics)
+
+	p.SetSlowDown(0.3)
+	watch := watchTraffic(d, 100*time.Millisecond)
+	start := time.Now()
+	if o, err := d.CLI("push", out[0]); err != nil {
+		t.Fatalf("push: %v\n%s", err, o)
+	}
+	// Throttling for a while: until a third of the closure is up, at most 20 s.
+	waitFor(t, 3*time.Minute, "a third of the closure up under SlowDown", func() bool {
+		return countNarinfos(t, m, bucket) >= len(closure)/3 || time.Since(start) > 20*time.Second
+	})
+	p.SetSlowDown(0)
+	lifted := time.Now()
+	midStatus := fullStatus(t, d)
+	d.MustWait(5 * time.Minute)
+	drained := time.Now()
+	samples := watch.end()
+	st := fullStatus(t, d)
+	if st.Failed != 0 || len(st.Failures) != 0 {
+		t.Fatalf("paths failed under throttling: %+v", st.Failures)
+	}
+	if midStatus.Traffic == nil || !midStatus.Traffic.Throttling {
+		t.Errorf("status while the store throttled: %+v; want throttling", midStatus.Traffic)
+	} else if !strings.Contains(midStatus.Line(time.Now()), "store throttling") {
+		t.Errorf("status line while the store throttled: %q", midStatus.Line(time.Now()))
+	}
+	lo, hi := 1<<30, 0
+	for _, s := range samples {
+		lo = min(lo, s.Concurrency)
+	}
+	final := st.Traffic.Concurrency
+	for _, s := range samples {
+		hi = max(hi, s.Concurrency)
+	}
+	t.Logf("slowed down %d of %d requests at the proxy; daemon saw %d throttling answers; concurrency: max %d, low %d, at the end %d (of %d); "+
+		"SlowDown for %s, drained %s after it lifted; %d status samples",
+		p.SlowedDown(), p.SlowedDown()+p.Requests(), st.Traffic.Throttled, hi, lo, final, st.Traffic.MaxConcurrency,
+		lifted.Sub(start).Round(time.Millisecond), drained.Sub(lifted).Round(time.Millisecond), len(samples))
+	if st.Traffic.Throttled == 0 || st.Traffic.Throttled < p.SlowedDown()/2 {
+		t.Errorf("the daemon counted %d throttling answers; the proxy sent %d", st.Traffic.Throttled, p.SlowedDown())
+	}
+	if lo >= st.Traffic.MaxConcurrency/4 {
+		t.Errorf("concurrency never fell below %d of %d under 30%% SlowDown", lo, st.Traffic.MaxConcurrency)
+	}
+	if final <= lo {
+		t.Errorf("concurrency %d at the end did not climb back from %d", final, lo)
+	}
+	// The metrics say the same.
+	resp, err := http.Get("http://" + metrics + "/metrics")
+	if err != nil {
+		t.Fatal(err)
+	}
+	body, _ := io.ReadAll(resp.Body)
+	resp.Body.Close()
+	for _, want := range []string{"nixpush_store_throttled_total", "nixpush_store_concurrency_limit", "nixpush_store_throttling"} {
+		if !strings.Contains(string(body), want) {
+			t.Errorf("metrics lack %s", want)
+		}
+	}
+	if n := mustBeValid(t, m, bucket, "at the end"); n != len(closure) {
+		t.Fatalf("final bucket: %d .narinfo, want %d", n, len(closure))
+	}
+	checkFetched(t, nx, m.HTTPURL(bucket), pub, out...)
+}
+
+// TestUploadRateCap pushes one path of 96 MiB of random data with
+// --max-upload-rate 20MiB through the proxy, which measures the rate: it
+// holds within 5% of the cap, and status shows the cap and the rate.
+func TestUploadRateCap(t *testing.T) {
+	nx := testenv.Nix(t)
+	m := testenv.MinIO(t)
+	const bucket = "ratecap"
+	m.MakeBucket(t, bucket, true)
+	p := testenv.NewProxy(t, m.Endpoint)
+	sec, pub := keys(t, "nixpush-e2e-ratecap-1")
+	const size = 96 << 20
+	expr := fmt.Sprintf(`derivation { name = "big"; system = builtins.currentSystem; builder = "/bin/sh";
+  args = [ "-c" "PATH=/bin:/usr/bin; set -e; echo %s >/dev/null; head -c %d /dev/urandom > $out" ]; }`, seed(), size)
+	out := nx.Build(t, expr)
+	const capRate = 20 << 20
+	d := startDaemon(t, m.CredentialsEnv(), "--store-uri", m.StoreURIVia(bucket, p.Addr), "--secret-key-file", sec,
+		"--max-upload-rate", "20MiB")
+
+	type sample struct {
+		at   time.Time
+		sent int64
+	}
+	var samples []sample
+	stop := make(chan struct{})
+	sampled := make(chan struct{})
+	var mid *hook.Status
+	base := p.Sent()
+	go func() {
+		defer close(sampled)
+		for i := 0; ; i++ {
+			samples = append(samples, sample{time.Now(), p.Sent()})
+			if mid == nil && p.Sent()-base > 80<<20 { // 4 s into the upload
+				if st, err := statusJSON(t, d); err == nil {
+					mid = &st
+				}
+			}
+			select {
+			case <-stop:
+				return
+			case <-time.After(250 * time.Millisecond):
+			}
+		}
+	}()
+	if o, err := d.CLI("push", out[0]); err != nil {
+		t.Fatalf("push: %v\n%s", err, o)
+	}
+	d.MustWait(3 * time.Minute)
+	close(stop)
+	<-sampled
+	total := p.Sent() - base
+	// The steady part: from 4 MiB sent to 4 MiB before the end (the
+	// bucket's first burst and the last requests left out).
+	var first, last *sample
+	for i := range samples {
+		s := &samples[i]
+		if first == nil && s.sent-base >= 4<<20 {
+			first = s
+		}
+		if s.sent-base <= total-4<<20 {
+			last = s
+		}
+	}
+	if first == nil || last == nil || !last.at.After(first.at) {
+		t.Fatalf("too few samples: %d over %d bytes", len(samples), total)
+	}
+	rate := float64(last.sent-first.sent) / last.at.Sub(first.at).Seconds()
+	var perSec []string
+	for i := 4; i < len(samples); i += 4 {
+		perSec = append(perSec, fmt.Sprintf("%.1f", float64(samples[i].sent-samples[i-4].sent)/samples[i].at.Sub(samples[i-4].at).Seconds()/(1<<20)))
+	}
+	t.Logf("sent %.1f MiB through the proxy; steady rate %.2f MiB/s over %s (cap 20 MiB/s, %.2f%%); per second: %s",
+		float64(total)/(1<<20), rate/(1<<20), last.at.Sub(first.at).Round(time.Millisecond), 100*(rate/capRate-1), strings.Join(perSec, " "))
+	if rate < 0.95*capRate || rate > 1.05*capRate {
+		t.Errorf("rate %.2f MiB/s at the proxy; want 20 MiB/s within 5%%", rate/(1<<20))
+	}
+	if mid == nil || mid.Traffic == nil || mid.Traffic.UploadRateCap != capRate || mid.Traffic.UploadRate < 0.8*capRate {
+		t.Errorf("status 4 s into the upload: %+v; want the cap 20 MiB/s and a rate near it", mid)
+		if mid != nil {
+			t.Logf("traffic: %+v", mid.Traffic)
+		}
+	} else {
+		t.Logf("status 4 s into the upload: upload %.2f MiB/s, cap %d", mid.Traffic.UploadRate/(1<<20), mid.Traffic.UploadRateCap)
+	}
+	checkFetched(t, nx, m.HTTPURL(bucket), pub, out...)
+}

@@ -1,0 +1,111 @@
+package uploader
+
+import (
+	"bytes"
+	"context"
+	"io"
+	"math"
+	"testing"
+	"time"
+)
+
+// sleepClock is a clock that moves only when a sleeper sleeps.
+type sleepClock struct{ t time.Time }
+
+func (c *sleepClock) now() time.Time { return c.t }
+func (c *sleepClock) sleep(_ context.Context, d time.Duration) error {
+	c.t = c.t.Add(d)
+	return nil
+}
+
+// TestBandwidthCap reads bodies through the cap on a fake clock: each
+// second after the first burst carries the cap's bytes, the measured rate
+// says so, and with no cap nothing waits.
+func TestBandwidthCap(t *testing.T) {
+	const rate = 20 << 20
+	for _, tc := range []struct {
+		name  string
+		read  int   // bytes per Read
+		total int64 // bytes sent
+		cap   int64
+	}{
+		{name: "32 KiB reads", read: 32 << 10, total: 160 << 20, cap: rate},
+		{name: "reads larger than the burst", read: 4 << 20, total: 160 << 20, cap: rate},
+		{name: "no cap", read: 32 << 10, total: 64 << 20},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			clk := &sleepClock{t: time.Unix(1_000_000, 0)}
+			b := newBandwidth(func(time.Time) int64 { return tc.cap }, clk.now, clk.sleep)
+			start := clk.t
+			body := b.body(context.Background(), io.NopCloser(io.LimitReader(zeros{}, tc.total)))
+			buf := make([]byte, tc.read)
+			var perSec []int64 // bytes read in each whole second
+			for {
+				n, err := body.Read(buf)
+				sec := int(clk.t.Sub(start) / time.Second)
+				for len(perSec) <= sec {
+					perSec = append(perSec, 0)
+				}
+				perSec[sec] += int64(n)
+				if err == io.EOF {
+					break
+				}
+				if err != nil {
+					t.Fatal(err)
+				}
+			}
+			elapsed := clk.t.Sub(start)
+			if tc.cap == 0 {
+				if elapsed != 0 {
+					t.Fatalf("no cap, yet %v waited", elapsed)
+				}
+				return
+			}
+			// The bucket starts full: 1 MiB goes at once, the rest at the cap.
+			want := time.Duration(float64(tc.total-capBurst) / rate * float64(time.Second))
+			if math.Abs(float64(elapsed-want)) > float64(50*time.Millisecond) {
+				t.Errorf("%d bytes took %v; want %v", tc.total, elapsed, want)
+			}
+			for i, n := range perSec[1 : len(perSec)-1] {
+				if math.Abs(float64(n)/rate-1) > 0.01 {
+					t.Errorf("second %d carried %d bytes; want %d within 1%%", i+1, n, rate)
+				}
+			}
+			var tr Traffic
+			b.traffic(&tr)
+			if tr.RateCap != rate || math.Abs(tr.Rate/rate-1) > 0.02 || tr.Sent != tc.total {
+				t.Errorf("traffic %+v; want cap %d, rate about it, %d sent", tr, rate, tc.total)
+			}
+		})
+	}
+}
+
+// TestBandwidthShared: two bodies read in turn share one cap.
+func TestBandwidthShared(t *testing.T) {
+	const rate = 10 << 20
+	clk := &sleepClock{t: time.Unix(1_000_000, 0)}
+	b := newBandwidth(func(time.Time) int64 { return rate }, clk.now, clk.sleep)
+	start := clk.t
+	x := b.body(context.Background(), io.NopCloser(bytes.NewReader(make([]byte, 20<<20))))
+	y := b.body(context.Background(), io.NopCloser(bytes.NewReader(make([]byte, 20<<20))))
+	buf := make([]byte, 64<<10)
+	for done := 0; done < 2; {
+		done = 0
+		for _, r := range []io.Reader{x, y} {
+			if _, err := r.Read(buf); err == io.EOF {
+				done++
+			}
+		}
+	}
+	want := time.Duration(float64(40<<20-capBurst) / rate * float64(time.Second))
+	if d := clk.t.Sub(start); math.Abs(float64(d-want)) > float64(50*time.Millisecond) {
+		t.Errorf("two 20 MiB bodies under a 10 MiB/s cap took %v; want %v", d, want)
+	}
+}
+
+type zeros struct{}
+
+func (zeros) Read(p []byte) (int, error) {
+	clear(p)
+	return len(p), nil
+}
