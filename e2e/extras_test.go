@@ -309,7 +309,12 @@ in mk "ca-top" "mkdir $out; echo ${s} ${dep} > $out/ref"`, s)
 	if err != nil {
 		t.Fatal(err)
 	}
-	info, err := nx.Run(t, "nix", append([]string{"realisation", "info", "--json", strings.TrimSpace(drv)}, ca...)...)
+	// drv^* (Nix 2.13 and later read a bare .drv as the file itself);
+	// the bare .drv where Nix refuses ^ (2.8).
+	info, err := nx.Run(t, "nix", append([]string{"realisation", "info", "--json", strings.TrimSpace(drv) + "^*"}, ca...)...)
+	if err != nil && strings.Contains(info+err.Error(), "is not a valid URL") {
+		info, err = nx.Run(t, "nix", append([]string{"realisation", "info", "--json", strings.TrimSpace(drv)}, ca...)...)
+	}
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -317,8 +322,19 @@ in mk "ca-top" "mkdir $out; echo ${s} ${dep} > $out/ref"`, s)
 	if err != nil || len(rs) != 1 || rs[0].OutPath != top {
 		t.Fatalf("realisations of %s: %v %v", drv, rs, err)
 	}
+	// The realisation of the .drv as built (Nix 2.8 runs the hook for it
+	// and for its resolved form), or, where Nix hands the hook the
+	// resolved .drv alone (2.26, 2.34), one naming the same output.
 	if _, err := m.Client(t).StatObject(ctxT(t, time.Minute), "ca-drv", "realisations/"+rs[0].ID+".doi", minio.StatObjectOptions{}); err != nil {
-		t.Fatalf("realisations/%s.doi: %v", rs[0].ID, err)
+		named := false
+		for k := range objects(t, m.Client(t), "ca-drv") {
+			if strings.HasPrefix(k, "realisations/") && strings.Contains(readObject(t, m.Client(t), "ca-drv", k), `"outPath":"`+filepath.Base(top)+`"`) {
+				named = true
+			}
+		}
+		if !named {
+			t.Fatalf("realisations/%s.doi: %v; and no realisation names %s", rs[0].ID, err, top)
+		}
 	}
 	// Nix 2.35 looks a CA derivation with CA inputs up by its resolved
 	// .drv (no input derivations): Nix 2.8 runs the hook for both forms,
