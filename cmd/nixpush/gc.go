@@ -42,11 +42,7 @@ func addBucketFlags(fs *flag.FlagSet) bucketFlags {
 }
 
 func (f bucketFlags) open(ctx context.Context, cmd string) (uploader.Bucket, error) {
-	if os.Getenv("GOMEMLIMIT") == "" {
-		// The daemon's soft limit: a walk makes garbage of every
-		// .narinfo it reads, which the collector then frees sooner.
-		debug.SetMemoryLimit(memoryLimit)
-	}
+	walkMemoryPolicy()
 	if *f.storeURI == "" {
 		return nil, fmt.Errorf("--store-uri is required (or NIXPUSH_STORE_URI), e.g. nixpush %s --store-uri 's3://nix-cache?endpoint=minio.lan:9000&scheme=http'", cmd)
 	}
@@ -59,6 +55,24 @@ func (f bucketFlags) open(ctx context.Context, cmd string) (uploader.Bucket, err
 		return nil, fmt.Errorf("%s cannot be listed", s)
 	}
 	return b, nil
+}
+
+// walkGCPercent is the collector's target for the commands that walk the
+// bucket: the heap may grow to 1.5x what is live, not 2x.
+const walkGCPercent = 50
+
+// walkMemoryPolicy sets the collector for a walk of the whole bucket.
+// Not the daemon's 40 MiB soft limit: a walk's live heap is its graph,
+// which grows with the cache (some 100 MiB at 100,000 paths), and under
+// a limit below it the collector runs without pause (a 100,000-path dry
+// run: 98 s and 447 cycles under it, 16 s and 28 cycles without). No
+// limit then, and GOGC 50 instead of 100: the same time (19.5 s against
+// 20.2 s from the walk cache) and a peak RSS 9% lower. GOMEMLIMIT and
+// GOGC override either.
+func walkMemoryPolicy() {
+	if os.Getenv("GOGC") == "" {
+		debug.SetGCPercent(walkGCPercent)
+	}
 }
 
 // cache opens the walk cache of b, or runs without one (with a warning).
