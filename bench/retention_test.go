@@ -196,7 +196,7 @@ func BenchmarkGC10k(b *testing.B) {
 		if first.exit != 0 || second.exit != 0 || num(second.out, "deleted", "paths") != 0 {
 			b.Fatalf("gc: exit %d, %d; second run deleted %v", first.exit, second.exit, second.out["deleted"])
 		}
-		files, _ := filepath.Glob(filepath.Join(cacheDir, "walk-*.db"))
+		files, _ := filepath.Glob(filepath.Join(cacheDir, "walk-*.cache"))
 		for _, f := range files {
 			if fi, err := os.Stat(f); err == nil {
 				cacheBytes += fi.Size()

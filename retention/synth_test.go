@@ -54,7 +54,7 @@ func TestGCSameSets(t *testing.T) {
 		t.Fatal(err)
 	}
 	before := listKeys(t, b)
-	cache, err := OpenCache(filepath.Join(t.TempDir(), "walk.db"))
+	cache, err := OpenCache(filepath.Join(t.TempDir(), "walk.cache"))
 	if err != nil {
 		t.Fatal(err)
 	}

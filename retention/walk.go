@@ -247,10 +247,15 @@ func Walk(ctx context.Context, b uploader.Bucket, opts WalkOptions) (*Graph, err
 			return nil, err
 		}
 		stats.read.Add(1)
-		opts.Cache.put(o.Key, o.ETag, data)
+		if isNarInfoKey(o.Key) {
+			opts.Cache.put(o.Key, o.ETag, compactNarInfo(data))
+		} else {
+			opts.Cache.put(o.Key, o.ETag, data)
+		}
 		return data, nil
 	}
 
+	opts.Cache.begin()
 	eg, ectx := errgroup.WithContext(ctx)
 	eg.SetLimit(opts.Jobs + 1)
 	// readThen reads o in the group and hands its content to use; an
@@ -405,35 +410,10 @@ func Walk(ctx context.Context, b uploader.Bucket, opts WalkOptions) (*Graph, err
 	if opts.Progress != nil {
 		opts.Progress(g.Stats)
 	}
-	if err := opts.Cache.prune(func(key string) bool { return g.listed(key) }); err != nil {
+	if err := opts.Cache.commit(); err != nil {
 		return nil, err
 	}
 	return g, nil
-}
-
-// listed reports whether the walk saw a small object under key.
-func (g *Graph) listed(key string) bool {
-	switch {
-	case isNarInfoKey(key):
-		i, ok := g.index[key[:32]]
-		return ok && g.nodes[i].present
-	case strings.HasPrefix(key, RootBatchPrefix):
-		_, ok := g.rootBatches[key]
-		return ok
-	case strings.HasPrefix(key, RootPrefix):
-		i, ok := g.index[strings.TrimPrefix(key, RootPrefix)]
-		return ok && g.rootRecords[i]
-	case isRealisationKey(key):
-		_, ok := g.realisations[key]
-		return ok
-	case strings.HasPrefix(key, PinPrefix):
-		for _, p := range g.Pins {
-			if PinPrefix+p.Name == key {
-				return true
-			}
-		}
-	}
-	return false
 }
 
 // addNarInfo records a .narinfo. One that cannot be read is recorded as
