@@ -188,7 +188,7 @@ func GC(ctx context.Context, b uploader.Bucket, opts GCOptions) (*GCReport, erro
 		}
 	}
 	for _, p := range g.Pins {
-		if i, ok := g.index[hashPart(p.Path)]; ok {
+		if i, ok := g.lookup(hashPart(p.Path)); ok {
 			rep.Kept.Pinned++
 			mark(i)
 		}
@@ -222,7 +222,7 @@ func GC(ctx context.Context, b uploader.Bucket, opts GCOptions) (*GCReport, erro
 		for len(stack) > 0 {
 			i := stack[len(stack)-1]
 			stack = stack[:len(stack)-1]
-			for _, r := range g.nodes[i].refs {
+			for _, r := range g.refsOf(i) {
 				mark(r)
 			}
 		}
@@ -256,7 +256,7 @@ func GC(ctx context.Context, b uploader.Bucket, opts GCOptions) (*GCReport, erro
 				lateRecords[l.key] = true
 			}
 			for _, h := range l.hashes {
-				if i, ok := g.index[h]; ok && g.nodes[i].present {
+				if i, ok := g.lookup(h); ok && g.nodes[i].present {
 					mark(i)
 				}
 			}
@@ -281,7 +281,7 @@ func GC(ctx context.Context, b uploader.Bucket, opts GCOptions) (*GCReport, erro
 			continue
 		}
 		dead = append(dead, int32(i))
-		for _, r := range n.refs {
+		for _, r := range g.refsOf(int32(i)) {
 			referrers[r]++
 		}
 	}
@@ -300,7 +300,7 @@ func GC(ctx context.Context, b uploader.Bucket, opts GCOptions) (*GCReport, erro
 			rep.Kept.NARs++
 			continue
 		}
-		nars = append(nars, o.key)
+		nars = append(nars, g.str(o.key))
 		rep.Deleted.Bytes += o.size
 	}
 	slices.Sort(nars)
@@ -311,14 +311,14 @@ func GC(ctx context.Context, b uploader.Bucket, opts GCOptions) (*GCReport, erro
 	for i, mod := range g.listings {
 		n := &g.nodes[i]
 		if (n.present && !live[i]) || (!n.present && now.Sub(mod) >= opts.Grace) {
-			listings = append(listings, n.hash+".ls")
+			listings = append(listings, g.hashOf(i)+".ls")
 		}
 	}
 	slices.Sort(listings)
 	rep.Deleted.Listings = len(listings)
 	var records []string
 	for i := range g.rootRecords {
-		key := RootPrefix + g.nodes[i].hash
+		key := RootPrefix + g.hashOf(i)
 		if !live[i] && now.Sub(g.roots[i]) >= opts.OlderThan && !lateRecords[key] {
 			records = append(records, key)
 		}
@@ -341,15 +341,22 @@ func GC(ctx context.Context, b uploader.Bucket, opts GCOptions) (*GCReport, erro
 	}
 	slices.Sort(realisations)
 	rep.Deleted.Realisations = len(realisations)
-	derivers := make(map[string]bool)
+	// By the logs' derivations, not by the derivers of a million paths.
+	logNamed := make([]bool, len(g.logs)) // a kept .narinfo names the log's derivation
+	logOf := make(map[string]int, len(g.logs))
+	for k, l := range g.logs {
+		logOf[l.drv()] = k
+	}
 	for i := range g.nodes {
-		if n := &g.nodes[i]; n.present && live[i] && n.deriver != "" {
-			derivers[n.deriver] = true
+		if n := &g.nodes[i]; n.present && live[i] && n.deriver.n != 0 {
+			if k, ok := logOf[string(g.bytesOf(n.deriver))]; ok {
+				logNamed[k] = true
+			}
 		}
 	}
 	var logs []string
-	for _, l := range g.logs {
-		if !derivers[l.drv()] && now.Sub(time.Unix(0, l.mod)) >= opts.Grace {
+	for k, l := range g.logs {
+		if !logNamed[k] && now.Sub(time.Unix(0, l.mod)) >= opts.Grace {
 			logs = append(logs, l.key)
 		}
 	}
@@ -706,13 +713,13 @@ func (d *deleter) waves(ctx context.Context, g *Graph, dead []int32, referrers [
 		}
 		keys := make([]string, len(wave))
 		for k, i := range wave {
-			keys[k] = g.nodes[i].hash + ".narinfo"
+			keys[k] = g.hashOf(i) + ".narinfo"
 		}
 		if err := d.all(ctx, keys); err != nil {
 			return err
 		}
 		for _, i := range wave {
-			for _, r := range g.nodes[i].refs {
+			for _, r := range g.refsOf(i) {
 				referrers[r]--
 			}
 		}
