@@ -36,6 +36,10 @@ type GCOptions struct {
 	Walk   WalkOptions
 	// Deleting, when set, is called before each deletion with the key.
 	Deleting func(key string)
+	// Marked, when set, is called once what goes is known: the paths
+	// kept and the objects to delete (.narinfos, NARs, listings, logs,
+	// realisations, root records).
+	Marked func(kept, toDelete int)
 	// SingleGC says only one gc or repair ever runs on this store: the
 	// check that it honours conditional writes is skipped, and the marker
 	// is read and written plainly.
@@ -368,6 +372,9 @@ func GC(ctx context.Context, b uploader.Bucket, opts GCOptions) (*GCReport, erro
 	}
 	slices.Sort(rep.Deleted.Paths)
 
+	if opts.Marked != nil {
+		opts.Marked(rep.Kept.Paths, len(dead)+len(nars)+len(listings)+len(logs)+len(realisations)+len(records))
+	}
 	if opts.DryRun {
 		rep.Requests = cb.n.Load()
 		return rep, nil

@@ -35,6 +35,9 @@ type VerifyOptions struct {
 	// consumers fetch it from another cache. nil: none was.
 	Filtered func(ref string) bool
 	Walk     WalkOptions
+	// Checked, when set, is called after each NAR downloaded (Full) with
+	// the NARs checked so far, their number in all, and the bytes read.
+	Checked func(done, total int, bytes int64)
 }
 
 // Problem kinds.
@@ -192,6 +195,9 @@ func Verify(ctx context.Context, b uploader.Bucket, opts VerifyOptions) (*Verify
 				mu.Lock()
 				rep.NARs++
 				rep.Bytes += size
+				if opts.Checked != nil {
+					opts.Checked(rep.NARs, len(full), rep.Bytes)
+				}
 				mu.Unlock()
 				var bad *badNARError
 				if errors.As(err, &bad) {

@@ -95,7 +95,7 @@ func progress(stderr io.Writer, what string) (func(retention.WalkStats), func())
 		return nil, func() {}
 	}
 	return func(s retention.WalkStats) {
-			fmt.Fprintf(stderr, "\r%s: listed %d objects, %d .narinfos (%d read, %d remembered)\x1b[K", what, s.Objects, s.NarInfos, s.Read, s.CacheHits)
+			fmt.Fprintf(stderr, "\r%s: listed %d objects, %d .narinfos (%d read, %d remembered), %d requests\x1b[K", what, s.Objects, s.NarInfos, s.Read, s.CacheHits, s.Requests)
 		}, func() {
 			fmt.Fprint(stderr, "\r\x1b[K")
 		}
@@ -181,15 +181,20 @@ func runGC(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 	}
 	cache := bf.cache(b, stderr, "gc")
 	defer cache.Close()
+	start := time.Now()
 	show, clear := progress(stderr, "gc")
 	opts := retention.GCOptions{OlderThan: olderThan, Grace: grace, Window: *window, DryRun: *dryRun, Host: hostname(), SingleGC: *singleGC,
 		Walk: retention.WalkOptions{Cache: cache, Progress: show}}
 	if show != nil {
-		deleting, last := 0, time.Time{}
+		kept, toDelete, deleting, last := 0, 0, 0, time.Time{}
+		opts.Marked = func(k, d int) {
+			kept, toDelete = k, d
+			fmt.Fprintf(stderr, "\rgc: marked %d paths kept, %d objects to delete\x1b[K", kept, toDelete)
+		}
 		opts.Deleting = func(key string) {
-			if deleting++; time.Since(last) > 200*time.Millisecond {
+			if deleting++; time.Since(last) > 200*time.Millisecond || deleting == toDelete {
 				last = time.Now()
-				fmt.Fprintf(stderr, "\rgc: deleting: %d objects so far (%s)\x1b[K", deleting, key)
+				fmt.Fprintf(stderr, "\rgc: %d paths kept; deleted %d of %d objects (%s)\x1b[K", kept, deleting, toDelete, key)
 			}
 		}
 	}
@@ -230,7 +235,8 @@ func runGC(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 	fmt.Fprintf(stdout, "%s: %d paths, %d NARs, %s, %d NAR listings, %d build logs, %d realisations, %d root records, %d pending uploads\n", verb,
 		len(rep.Deleted.Paths), rep.Deleted.NARs, hook.Bytes(rep.Deleted.Bytes), rep.Deleted.Listings, rep.Deleted.Logs, rep.Deleted.Realisations,
 		rep.Deleted.RootRecords, rep.Deleted.Uploads)
-	fmt.Fprintf(stdout, "walked:   %d objects, %d .narinfos read, %d remembered; %d requests\n", rep.Walk.Objects, rep.Walk.Read, rep.Walk.CacheHits, rep.Requests)
+	fmt.Fprintf(stdout, "walked:   %d objects, %d .narinfos read, %d remembered; %d requests; %s\n", rep.Walk.Objects, rep.Walk.Read, rep.Walk.CacheHits, rep.Requests,
+		time.Since(start).Round(100*time.Millisecond))
 	return 0
 }
 
