@@ -121,10 +121,11 @@ func (c *Cache) dropNext() {
 }
 
 // begin starts a walk: it indexes the last walk's file and opens the new
-// one. A cache that cannot do either is empty for this walk.
-func (c *Cache) begin() {
+// one; it returns the number of records of the last walk. A cache that
+// cannot do either is empty for this walk.
+func (c *Cache) begin() int {
 	if c == nil {
-		return
+		return 0
 	}
 	c.mu.Lock()
 	defer c.mu.Unlock()
@@ -144,10 +145,11 @@ func (c *Cache) begin() {
 	f, err := os.CreateTemp(filepath.Dir(c.file), filepath.Base(c.file)+".new-*")
 	if err != nil {
 		c.err = err
-		return
+		return len(c.index)
 	}
 	c.next, c.w = f, bufio.NewWriterSize(f, 1<<20)
 	_, c.err = c.w.WriteString(cacheMagic)
+	return len(c.index)
 }
 
 // indexCache reads f through once and indexes its records by key hash.

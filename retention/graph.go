@@ -139,6 +139,19 @@ func (g *Graph) intern(h string) int32 {
 	return i
 }
 
+// presize makes room for n nodes and NARs, so that a walk of a cache of
+// known size does not copy its nodes as they grow.
+func (g *Graph) presize(n int) {
+	g.nodes = make([]node, 0, n)
+	g.narList = make([]narObject, 0, n)
+	size := 1024
+	for size < 2*n {
+		size *= 2
+	}
+	g.slots = make([]int32, size)
+	g.narSlots = make([]int32, size)
+}
+
 func (g *Graph) newNode(n node) int32 {
 	i := int32(len(g.nodes))
 	g.nodes = append(g.nodes, n)

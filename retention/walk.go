@@ -240,7 +240,9 @@ func Walk(ctx context.Context, b uploader.Bucket, opts WalkOptions) (*Graph, err
 		return data, nil
 	}
 
-	opts.Cache.begin()
+	if n := opts.Cache.begin(); n > 0 {
+		g.presize(n) // about as many nodes as the last walk read objects
+	}
 	eg, ectx := errgroup.WithContext(ctx)
 	eg.SetLimit(opts.Jobs + 1)
 	// readThen reads o in the group and hands its content to use; an
