@@ -10,6 +10,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"strconv"
 	"strings"
 
 	"syscall"
@@ -23,6 +24,7 @@ import (
 	"github.com/nix-community/go-nix/pkg/nixhash"
 	"golang.org/x/sync/errgroup"
 
+	"github.com/nixpush/nixpush/internal/synthcache"
 	"github.com/nixpush/nixpush/internal/testenv"
 	"github.com/nixpush/nixpush/nix"
 )
@@ -196,7 +198,7 @@ func BenchmarkGC10k(b *testing.B) {
 		if first.exit != 0 || second.exit != 0 || num(second.out, "deleted", "paths") != 0 {
 			b.Fatalf("gc: exit %d, %d; second run deleted %v", first.exit, second.exit, second.out["deleted"])
 		}
-		files, _ := filepath.Glob(filepath.Join(cacheDir, "walk-*.db"))
+		files, _ := filepath.Glob(filepath.Join(cacheDir, "walk-*.cache"))
 		for _, f := range files {
 			if fi, err := os.Stat(f); err == nil {
 				cacheBytes += fi.Size()
@@ -257,4 +259,124 @@ func BenchmarkVerify10k(b *testing.B) {
 		}
 		b.StopTimer()
 	}
+}
+
+// BenchmarkGCScale: gc and verify of synthetic caches (internal/synthcache:
+// closures on a shared base, 40% of the projects dead, pins, logs,
+// listings, realisations) of NIXPUSH_BENCH_GC_PATHS paths (comma-separated;
+// default 100000) in a file:// store, and of NIXPUSH_BENCH_GC_MINIO paths
+// (default 100000; 0: none) in loopback MinIO: the first gc (every
+// .narinfo read), the second with nothing changed (none read: the walk
+// cache), then verify; each with wall time, requests, peak RSS and peak
+// RSS per path. A million paths:
+//
+//	NIXPUSH_BENCH_GC_PATHS=100000,1000000 ./scripts/bench.sh GCScale
+func BenchmarkGCScale(b *testing.B) {
+	sizes := []int{100000}
+	if s := os.Getenv("NIXPUSH_BENCH_GC_PATHS"); s != "" {
+		sizes = nil
+		for _, f := range strings.Split(s, ",") {
+			n, err := strconv.Atoi(f)
+			if err != nil {
+				b.Fatalf("NIXPUSH_BENCH_GC_PATHS: %v", err)
+			}
+			sizes = append(sizes, n)
+		}
+	}
+	minioPaths := 100000
+	if s := os.Getenv("NIXPUSH_BENCH_GC_MINIO"); s != "" {
+		var err error
+		if minioPaths, err = strconv.Atoi(s); err != nil {
+			b.Fatalf("NIXPUSH_BENCH_GC_MINIO: %v", err)
+		}
+	}
+	ctx := context.Background()
+	steps := func(label string, n int, uri, pub string, env []string, gcArgs ...string) {
+		cacheDir := b.TempDir()
+		for _, step := range []struct {
+			name string
+			args []string
+		}{
+			{"gc", append([]string{"gc", "--store-uri", uri}, gcArgs...)},
+			{"gc-again", append([]string{"gc", "--store-uri", uri}, gcArgs...)},
+			{"verify", []string{"verify", "--store-uri", uri, "--public-key", pub}},
+		} {
+			r := runEnvCmd(b, env, cacheDir, step.args...)
+			if r.exit != 0 {
+				b.Fatalf("%s %s: exit %d: %v", label, step.name, r.exit, r.out)
+			}
+			read := num(r.out, "walk", "read")
+			b.ReportMetric(r.elapsed.Seconds(), "s/"+label+"-"+step.name)
+			b.ReportMetric(float64(r.maxRSS)/(1<<20), "MiB-peak-RSS/"+label+"-"+step.name)
+			b.Logf("%s %s of %d paths: %.1f s, %v requests (%v objects read), peak RSS %.1f MiB (%.0f B/path); kept %v paths, deleted %v",
+				label, step.name, n, r.elapsed.Seconds(), num(r.out, "requests"), read, float64(r.maxRSS)/(1<<20), float64(r.maxRSS)/float64(n),
+				num(r.out, "kept", "paths"), num(r.out, "deleted", "paths"))
+			if step.name == "gc-again" && read != 0 {
+				b.Errorf("%s: the second gc read %v objects", label, read)
+			}
+		}
+		files, _ := filepath.Glob(filepath.Join(cacheDir, "walk-*.cache"))
+		for _, f := range files {
+			if fi, err := os.Stat(f); err == nil {
+				b.Logf("%s: walk cache file %.1f MiB (%.0f B/path)", label, float64(fi.Size())/(1<<20), float64(fi.Size())/float64(n))
+			}
+		}
+	}
+	for range b.N {
+		for _, n := range sizes {
+			b.StopTimer()
+			dir := b.TempDir()
+			start := time.Now()
+			c, err := synthcache.WriteDir(ctx, dir, synthcache.Defaults(n, 1))
+			if err != nil {
+				b.Fatal(err)
+			}
+			b.Logf("file:// cache of %d paths (%d objects) written in %.0f s", n, c.Objects, time.Since(start).Seconds())
+			b.StartTimer()
+			steps(fmt.Sprintf("file-%d", n), n, "file://"+dir, c.PublicKey, nil)
+			b.StopTimer()
+			os.RemoveAll(dir)
+		}
+		if minioPaths > 0 {
+			m := testenv.MinIO(b)
+			bucket := fmt.Sprintf("gcscale-%d", minioPaths)
+			m.MakeBucket(b, bucket, false)
+			mc := m.Client(b)
+			start := time.Now()
+			c, err := synthcache.Generate(ctx, synthcache.Defaults(minioPaths, 1), func(o synthcache.Object) error {
+				_, err := mc.PutObject(ctx, bucket, o.Key, bytes.NewReader(o.Data), int64(len(o.Data)), minio.PutObjectOptions{})
+				return err
+			})
+			if err != nil {
+				b.Fatal(err)
+			}
+			b.Logf("MinIO cache of %d paths (%d objects) written in %.0f s", minioPaths, c.Objects, time.Since(start).Seconds())
+			time.Sleep(2 * time.Second) // past the grace period
+			b.StartTimer()
+			steps(fmt.Sprintf("minio-%d", minioPaths), minioPaths, m.StoreURI(bucket), c.PublicKey, m.CredentialsEnv(), "--grace", "1s", "--older-than", "30d")
+			b.StopTimer()
+		}
+	}
+}
+
+// runEnvCmd is runBucketCmd with env (the store's credentials) added.
+func runEnvCmd(b *testing.B, env []string, cacheDir string, args ...string) bucketRun {
+	b.Helper()
+	cmd := exec.Command(filepath.Join(binDir, "nixpush"), append(args, "--json")...)
+	cmd.Env = append(append(os.Environ(), env...), "CACHE_DIRECTORY="+cacheDir)
+	var stderr bytes.Buffer
+	cmd.Stderr = &stderr
+	start := time.Now()
+	out, err := cmd.Output()
+	r := bucketRun{elapsed: time.Since(start)}
+	if ee, ok := err.(*exec.ExitError); ok {
+		r.exit = ee.ExitCode()
+	} else if err != nil {
+		b.Fatal(err)
+	}
+	r.maxRSS = cmd.ProcessState.SysUsage().(*syscall.Rusage).Maxrss << 10
+	if err := json.Unmarshal(out, &r.out); err != nil {
+		b.Fatalf("nixpush %s: %v (exit %d)\n%.2000s%s", strings.Join(args, " "), err, r.exit, out, stderr.String())
+	}
+	return r
 }

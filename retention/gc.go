@@ -36,6 +36,10 @@ type GCOptions struct {
 	Walk   WalkOptions
 	// Deleting, when set, is called before each deletion with the key.
 	Deleting func(key string)
+	// Marked, when set, is called once what goes is known: the paths
+	// kept and the objects to delete (.narinfos, NARs, listings, logs,
+	// realisations, root records).
+	Marked func(kept, toDelete int)
 	// SingleGC says only one gc or repair ever runs on this store: the
 	// check that it honours conditional writes is skipped, and the marker
 	// is read and written plainly.
@@ -189,7 +193,7 @@ func GC(ctx context.Context, b uploader.Bucket, opts GCOptions) (*GCReport, erro
 		}
 	}
 	for _, p := range g.Pins {
-		if i, ok := g.index[hashPart(p.Path)]; ok {
+		if i, ok := g.lookup(hashPart(p.Path)); ok {
 			rep.Kept.Pinned++
 			mark(i)
 		}
@@ -223,7 +227,7 @@ func GC(ctx context.Context, b uploader.Bucket, opts GCOptions) (*GCReport, erro
 		for len(stack) > 0 {
 			i := stack[len(stack)-1]
 			stack = stack[:len(stack)-1]
-			for _, r := range g.nodes[i].refs {
+			for _, r := range g.refsOf(i) {
 				mark(r)
 			}
 		}
@@ -257,7 +261,7 @@ func GC(ctx context.Context, b uploader.Bucket, opts GCOptions) (*GCReport, erro
 				lateRecords[l.key] = true
 			}
 			for _, h := range l.hashes {
-				if i, ok := g.index[h]; ok && g.nodes[i].present {
+				if i, ok := g.lookup(h); ok && g.nodes[i].present {
 					mark(i)
 				}
 			}
@@ -282,7 +286,7 @@ func GC(ctx context.Context, b uploader.Bucket, opts GCOptions) (*GCReport, erro
 			continue
 		}
 		dead = append(dead, int32(i))
-		for _, r := range n.refs {
+		for _, r := range g.refsOf(int32(i)) {
 			referrers[r]++
 		}
 	}
@@ -301,7 +305,7 @@ func GC(ctx context.Context, b uploader.Bucket, opts GCOptions) (*GCReport, erro
 			rep.Kept.NARs++
 			continue
 		}
-		nars = append(nars, o.key)
+		nars = append(nars, g.str(o.key))
 		rep.Deleted.Bytes += o.size
 	}
 	slices.Sort(nars)
@@ -312,14 +316,14 @@ func GC(ctx context.Context, b uploader.Bucket, opts GCOptions) (*GCReport, erro
 	for i, mod := range g.listings {
 		n := &g.nodes[i]
 		if (n.present && !live[i]) || (!n.present && now.Sub(mod) >= opts.Grace) {
-			listings = append(listings, n.hash+".ls")
+			listings = append(listings, g.hashOf(i)+".ls")
 		}
 	}
 	slices.Sort(listings)
 	rep.Deleted.Listings = len(listings)
 	var records []string
 	for i := range g.rootRecords {
-		key := RootPrefix + g.nodes[i].hash
+		key := RootPrefix + g.hashOf(i)
 		if !live[i] && now.Sub(g.roots[i]) >= opts.OlderThan && !lateRecords[key] {
 			records = append(records, key)
 		}
@@ -342,15 +346,22 @@ func GC(ctx context.Context, b uploader.Bucket, opts GCOptions) (*GCReport, erro
 	}
 	slices.Sort(realisations)
 	rep.Deleted.Realisations = len(realisations)
-	derivers := make(map[string]bool)
+	// By the logs' derivations, not by the derivers of a million paths.
+	logNamed := make([]bool, len(g.logs)) // a kept .narinfo names the log's derivation
+	logOf := make(map[string]int, len(g.logs))
+	for k, l := range g.logs {
+		logOf[l.drv()] = k
+	}
 	for i := range g.nodes {
-		if n := &g.nodes[i]; n.present && live[i] && n.deriver != "" {
-			derivers[n.deriver] = true
+		if n := &g.nodes[i]; n.present && live[i] && n.deriver.n != 0 {
+			if k, ok := logOf[string(g.bytesOf(n.deriver))]; ok {
+				logNamed[k] = true
+			}
 		}
 	}
 	var logs []string
-	for _, l := range g.logs {
-		if !derivers[l.drv()] && now.Sub(time.Unix(0, l.mod)) >= opts.Grace {
+	for k, l := range g.logs {
+		if !logNamed[k] && now.Sub(time.Unix(0, l.mod)) >= opts.Grace {
 			logs = append(logs, l.key)
 		}
 	}
@@ -362,6 +373,9 @@ func GC(ctx context.Context, b uploader.Bucket, opts GCOptions) (*GCReport, erro
 	}
 	slices.Sort(rep.Deleted.Paths)
 
+	if opts.Marked != nil {
+		opts.Marked(rep.Kept.Paths, len(dead)+len(nars)+len(listings)+len(logs)+len(realisations)+len(records))
+	}
 	if opts.DryRun {
 		rep.Requests = cb.n.Load()
 		return rep, nil
@@ -707,13 +721,13 @@ func (d *deleter) waves(ctx context.Context, g *Graph, dead []int32, referrers [
 		}
 		keys := make([]string, len(wave))
 		for k, i := range wave {
-			keys[k] = g.nodes[i].hash + ".narinfo"
+			keys[k] = g.hashOf(i) + ".narinfo"
 		}
 		if err := d.all(ctx, keys); err != nil {
 			return err
 		}
 		for _, i := range wave {
-			for _, r := range g.nodes[i].refs {
+			for _, r := range g.refsOf(i) {
 				referrers[r]--
 			}
 		}

@@ -35,6 +35,9 @@ type VerifyOptions struct {
 	// consumers fetch it from another cache. nil: none was.
 	Filtered func(ref string) bool
 	Walk     WalkOptions
+	// Checked, when set, is called after each NAR downloaded (Full) with
+	// the NARs checked so far, their number in all, and the bytes read.
+	Checked func(done, total int, bytes int64)
 }
 
 // Problem kinds.
@@ -128,7 +131,7 @@ func Verify(ctx context.Context, b uploader.Bucket, opts VerifyOptions) (*Verify
 		idx := int32(i)
 		// The references of an unreadable .narinfo are checked too: gc
 		// keeps them, and one gone is a hole of its own.
-		for _, r := range n.refs {
+		for _, r := range g.refsOf(idx) {
 			if rn := &g.nodes[r]; !rn.present {
 				missingRefs = append(missingRefs, [2]int32{idx, r})
 			}
@@ -137,13 +140,13 @@ func Verify(ctx context.Context, b uploader.Bucket, opts VerifyOptions) (*Verify
 			add(idx, Unreadable, g.bad[idx])
 			continue
 		}
-		nar := g.narList[n.nar]
+		nar, narKey := g.narList[n.nar], g.narKey(n.nar)
 		switch {
 		case !nar.listed:
-			add(idx, NARMissing, nar.key+" is not in the cache")
+			add(idx, NARMissing, narKey+" is not in the cache")
 		case n.fileSize != 0 && uint64(nar.size) != n.fileSize:
-			add(idx, NARSize, fmt.Sprintf("%s is %d bytes, the .narinfo says %d", nar.key, nar.size, n.fileSize))
-			rep.badNAR = append(rep.badNAR, nar.key)
+			add(idx, NARSize, fmt.Sprintf("%s is %d bytes, the .narinfo says %d", narKey, nar.size, n.fileSize))
+			rep.badNAR = append(rep.badNAR, narKey)
 		default:
 			full = append(full, idx)
 		}
@@ -156,7 +159,7 @@ func Verify(ctx context.Context, b uploader.Bucket, opts VerifyOptions) (*Verify
 		if m[0] != lastI { // references come by referrer: one read each
 			lastI, lastRefs = m[0], referenceNames(ctx, cb, g, m[0])
 		}
-		name := g.nodes[m[1]].hash
+		name := g.hashOf(m[1])
 		for _, ref := range lastRefs {
 			if strings.HasPrefix(ref, name) {
 				name = ref
@@ -174,7 +177,7 @@ func Verify(ctx context.Context, b uploader.Bucket, opts VerifyOptions) (*Verify
 			Detail: key + " points at it, which has no .narinfo in the cache"})
 	}
 	for _, p := range g.Pins {
-		if i, ok := g.index[hashPart(p.Path)]; !ok || !g.nodes[i].present {
+		if i, ok := g.lookup(hashPart(p.Path)); !ok || !g.nodes[i].present {
 			rep.Problems = append(rep.Problems, Problem{Path: p.Path, Kind: PinMissing,
 				Detail: fmt.Sprintf("pin %s keeps nothing: the path has no .narinfo in the cache; push it again: nixpush push --wait %s", p.Name, p.Path)})
 		}
@@ -192,6 +195,9 @@ func Verify(ctx context.Context, b uploader.Bucket, opts VerifyOptions) (*Verify
 				mu.Lock()
 				rep.NARs++
 				rep.Bytes += size
+				if opts.Checked != nil {
+					opts.Checked(rep.NARs, len(full), rep.Bytes)
+				}
 				mu.Unlock()
 				var bad *badNARError
 				if errors.As(err, &bad) {
@@ -230,7 +236,7 @@ func Verify(ctx context.Context, b uploader.Bucket, opts VerifyOptions) (*Verify
 // references (the walk keeps references as numbers, and a missing one has
 // no .narinfo of its own to name it). Only broken paths pay the read.
 func referenceNames(ctx context.Context, b uploader.Bucket, g *Graph, i int32) []string {
-	data, err := b.Get(ctx, g.nodes[i].hash+".narinfo")
+	data, err := b.Get(ctx, g.hashOf(i)+".narinfo")
 	if err != nil {
 		return nil
 	}
@@ -376,7 +382,7 @@ func Repair(ctx context.Context, b uploader.Bucket, rep *VerifyReport, opts Repa
 	above := make(map[int32][]int32)
 	for i := range g.nodes {
 		if g.nodes[i].present {
-			for _, r := range g.nodes[i].refs {
+			for _, r := range g.refsOf(int32(i)) {
 				above[r] = append(above[r], int32(i))
 			}
 		}
@@ -394,7 +400,7 @@ func Repair(ctx context.Context, b uploader.Bucket, rep *VerifyReport, opts Repa
 	doomed := make([]bool, len(g.nodes))
 	var stack []int32
 	for _, old := range rep.broken {
-		i, ok := g.index[rep.g.nodes[old].hash]
+		i, ok := g.lookup(rep.g.hashOf(old))
 		if ok && stillBroken(rep.g, old, g, i, unseen[rep.g.path(old)]) {
 			doomed[i] = true
 			stack = append(stack, i)
@@ -416,7 +422,7 @@ func Repair(ctx context.Context, b uploader.Bucket, rep *VerifyReport, opts Repa
 		if doomed[i] && g.nodes[i].present {
 			dead = append(dead, int32(i))
 			out.Deleted = append(out.Deleted, g.path(int32(i)))
-			for _, r := range g.nodes[i].refs {
+			for _, r := range g.refsOf(int32(i)) {
 				referrers[r]++
 			}
 		}
@@ -435,7 +441,7 @@ func Repair(ctx context.Context, b uploader.Bucket, rep *VerifyReport, opts Repa
 	var listings []string
 	for _, i := range dead {
 		if _, ok := g.listings[i]; ok {
-			listings = append(listings, g.nodes[i].hash+".ls")
+			listings = append(listings, g.hashOf(i)+".ls")
 		}
 	}
 	if err := del.all(ctx, listings); err != nil {
@@ -460,7 +466,7 @@ func stillBroken(was *Graph, old int32, g *Graph, i int32, unseen bool) bool {
 	if !n.present {
 		return false
 	}
-	for _, r := range n.refs {
+	for _, r := range g.refsOf(i) {
 		if !g.nodes[r].present {
 			return true
 		}
@@ -481,7 +487,7 @@ func stillBroken(was *Graph, old int32, g *Graph, i int32, unseen bool) bool {
 	// Unsigned, or a NAR of the wrong hash: still so if the NAR is the
 	// object verify read.
 	a, b := was.narList[o.nar], g.narList[n.nar]
-	return a.key == b.key && a.mod == b.mod && a.size == b.size
+	return was.narKey(o.nar) == g.narKey(n.nar) && a.mod == b.mod && a.size == b.size
 }
 
 // unchangedNARs is the NARs of keys (found bad by verify's walk, was)
@@ -489,8 +495,8 @@ func stillBroken(was *Graph, old int32, g *Graph, i int32, unseen bool) bool {
 func unchangedNARs(was, g *Graph, keys []string) []string {
 	var out []string
 	for _, k := range keys {
-		i, ok1 := was.narIndex[k]
-		j, ok2 := g.narIndex[k]
+		i, ok1 := was.narLookup(k)
+		j, ok2 := g.narLookup(k)
 		if ok1 && ok2 && g.narList[j].listed && was.narList[i].mod == g.narList[j].mod && was.narList[i].size == g.narList[j].size {
 			out = append(out, k)
 		}

@@ -55,10 +55,17 @@ type Graph struct {
 	Pins      []Pin
 	Stats     WalkStats
 
-	index    map[string]int32 // hash part → node
+	// The compact storage of graph.go: nodes by hash part (slots), their
+	// names and NAR keys in arena, their references in refArena.
 	nodes    []node
-	narIndex map[string]int32 // NAR key → narList
+	slots    []int32 // open addressing: node+1, 0 when free
+	inSlots  int
+	oddIndex map[string]int32 // hash parts that are not nixbase32
+	oddHash  map[int32]string
+	arena    [][]byte
+	refArena []int32
 	narList  []narObject
+	narSlots []int32 // open addressing: NAR+1, 0 when free
 	comps    []string            // compressions, by node.comp
 	bad      map[int32]string    // why a .narinfo could not be read
 	narHash  map[int32]string    // NarHash of each .narinfo (WalkOptions.NarHashes)
@@ -122,10 +129,10 @@ func realisationOut(data []byte) (string, error) {
 }
 
 type node struct {
-	hash       string
-	name       string // store path name, after "<hash>-"; "" when no .narinfo says
-	deriver    string // the Deriver's file name (x.drv); "" when none
-	refs       []int32
+	hash       [20]byte // the hash part, nixbase32-decoded (unless odd)
+	name       str      // store path name, after "<hash>-"; empty when no .narinfo says
+	deriver    str      // the Deriver's file name (x.drv); empty when none
+	refs       span
 	fileSize   uint64
 	narSize    uint64
 	mod        int64 // LastModified, Unix nanoseconds
@@ -134,30 +141,19 @@ type node struct {
 	present    bool  // the .narinfo is in the cache
 	sigOK      bool  // a given key verifies it (when keys were given)
 	unreadable bool  // the .narinfo could not be read: see Graph.bad
+	odd        bool  // the hash part is not nixbase32: see Graph.oddHash
 }
 
 // narObject is a NAR key, named by a .narinfo or listed (or both).
 type narObject struct {
-	key    string
+	key    str
 	size   int64
 	mod    int64 // LastModified, Unix nanoseconds
 	listed bool  // the object is in the store
 }
 
-// internNAR returns the index of NAR key, adding it when new.
-func (g *Graph) internNAR(key string) int32 {
-	if i, ok := g.narIndex[key]; ok {
-		return i
-	}
-	i := int32(len(g.narList))
-	key = strings.Clone(key)
-	g.narIndex[key] = i
-	g.narList = append(g.narList, narObject{key: key})
-	return i
-}
-
 // url is the key of node i's NAR.
-func (g *Graph) url(i int32) string { return g.narList[g.nodes[i].nar].key }
+func (g *Graph) url(i int32) string { return g.narKey(g.nodes[i].nar) }
 
 // compression is node i's Compression.
 func (g *Graph) compression(i int32) string { return g.comps[g.nodes[i].comp] }
@@ -165,21 +161,10 @@ func (g *Graph) compression(i int32) string { return g.comps[g.nodes[i].comp] }
 // Path is the store path of node i.
 func (g *Graph) path(i int32) string {
 	n := &g.nodes[i]
-	if n.name == "" {
-		return g.StoreDir + "/" + n.hash + "-?"
+	if n.name.n == 0 {
+		return g.StoreDir + "/" + g.hashOf(i) + "-?"
 	}
-	return g.StoreDir + "/" + n.hash + "-" + n.name
-}
-
-func (g *Graph) intern(hash string) int32 {
-	if i, ok := g.index[hash]; ok {
-		return i
-	}
-	i := int32(len(g.nodes))
-	hash = strings.Clone(hash) // not a piece of a whole .narinfo's text
-	g.index[hash] = i
-	g.nodes = append(g.nodes, node{hash: hash, nar: -1})
-	return i
+	return g.StoreDir + "/" + g.hashOf(i) + "-" + g.str(n.name)
 }
 
 // NarInfoCount is the number of .narinfos in the cache.
@@ -210,7 +195,7 @@ func Walk(ctx context.Context, b uploader.Bucket, opts WalkOptions) (*Graph, err
 	if opts.Jobs < 1 {
 		opts.Jobs = 32
 	}
-	g := &Graph{StoreDir: "", index: make(map[string]int32), narIndex: make(map[string]int32), bad: make(map[int32]string), narHash: make(map[int32]string),
+	g := &Graph{StoreDir: "", oddIndex: make(map[string]int32), oddHash: make(map[int32]string), bad: make(map[int32]string), narHash: make(map[int32]string),
 		roots: make(map[int32]time.Time), rootRecords: make(map[int32]bool), rootBatches: make(map[string]time.Time), listings: make(map[int32]time.Time),
 		realisations: make(map[string]realisation)}
 	var mu sync.Mutex // guards g while reads run
@@ -251,10 +236,17 @@ func Walk(ctx context.Context, b uploader.Bucket, opts WalkOptions) (*Graph, err
 			return nil, err
 		}
 		stats.read.Add(1)
-		opts.Cache.put(o.Key, o.ETag, data)
+		if isNarInfoKey(o.Key) {
+			opts.Cache.put(o.Key, o.ETag, compactNarInfo(data))
+		} else {
+			opts.Cache.put(o.Key, o.ETag, data)
+		}
 		return data, nil
 	}
 
+	if n := opts.Cache.begin(); n > 0 {
+		g.presize(n) // about as many nodes as the last walk read objects
+	}
 	eg, ectx := errgroup.WithContext(ctx)
 	eg.SetLimit(opts.Jobs + 1)
 	// readThen reads o in the group and hands its content to use; an
@@ -363,8 +355,8 @@ func Walk(ctx context.Context, b uploader.Bucket, opts WalkOptions) (*Graph, err
 					r := realisation{mod: o.LastModified.UnixNano(), out: -1}
 					if perr == nil { // one gc cannot read, it keeps
 						r.out = g.intern(hashPart(out))
-						if n := &g.nodes[r.out]; n.name == "" && !n.present {
-							n.name = strings.Clone(path.Base(out)[33:])
+						if n := &g.nodes[r.out]; n.name.n == 0 && !n.present {
+							n.name = g.addStr(path.Base(out)[33:])
 						}
 					}
 					g.realisations[o.Key] = r
@@ -409,35 +401,10 @@ func Walk(ctx context.Context, b uploader.Bucket, opts WalkOptions) (*Graph, err
 	if opts.Progress != nil {
 		opts.Progress(g.Stats)
 	}
-	if err := opts.Cache.prune(func(key string) bool { return g.listed(key) }); err != nil {
+	if err := opts.Cache.commit(); err != nil {
 		return nil, err
 	}
 	return g, nil
-}
-
-// listed reports whether the walk saw a small object under key.
-func (g *Graph) listed(key string) bool {
-	switch {
-	case isNarInfoKey(key):
-		i, ok := g.index[key[:32]]
-		return ok && g.nodes[i].present
-	case strings.HasPrefix(key, RootBatchPrefix):
-		_, ok := g.rootBatches[key]
-		return ok
-	case strings.HasPrefix(key, RootPrefix):
-		i, ok := g.index[strings.TrimPrefix(key, RootPrefix)]
-		return ok && g.rootRecords[i]
-	case isRealisationKey(key):
-		_, ok := g.realisations[key]
-		return ok
-	case strings.HasPrefix(key, PinPrefix):
-		for _, p := range g.Pins {
-			if PinPrefix+p.Name == key {
-				return true
-			}
-		}
-	}
-	return false
 }
 
 // addNarInfo records a .narinfo. One that cannot be read is recorded as
@@ -449,7 +416,7 @@ func (g *Graph) addNarInfo(o uploader.Object, ni *narinfo.NarInfo, err error, si
 	n := &g.nodes[i]
 	n.present = true
 	n.mod = o.LastModified.UnixNano()
-	if err == nil && hashPart(ni.StorePath) != n.hash {
+	if err == nil && hashPart(ni.StorePath) != o.Key[:32] {
 		err = fmt.Errorf("StorePath %s does not match the object name", ni.StorePath)
 	}
 	if ni == nil {
@@ -459,8 +426,8 @@ func (g *Graph) addNarInfo(o uploader.Object, ni *narinfo.NarInfo, err error, si
 		n.unreadable = true
 		g.bad[i] = err.Error()
 		g.unreadable = append(g.unreadable, o.Key)
-		if hashPart(ni.StorePath) == n.hash {
-			n.name = strings.Clone(path.Base(ni.StorePath)[33:])
+		if hashPart(ni.StorePath) == o.Key[:32] {
+			n.name = g.addStr(path.Base(ni.StorePath)[33:])
 		}
 		if ni.URL != "" {
 			// Its NAR is not an orphan: gc keeps it with the .narinfo.
@@ -472,7 +439,7 @@ func (g *Graph) addNarInfo(o uploader.Object, ni *narinfo.NarInfo, err error, si
 			g.StoreDir = path.Dir(ni.StorePath)
 		}
 		// Copies, so no node keeps its .narinfo's text alive.
-		n.name = strings.Clone(path.Base(ni.StorePath)[33:])
+		n.name = g.addStr(path.Base(ni.StorePath)[33:])
 		n.comp = g.internComp(ni.Compression)
 		n.fileSize = ni.FileSize
 		n.narSize = ni.NarSize
@@ -485,17 +452,18 @@ func (g *Graph) addNarInfo(o uploader.Object, ni *narinfo.NarInfo, err error, si
 		n.sigOK = sigOK
 	}
 	if ni.Deriver != "" {
-		g.nodes[i].deriver = strings.Clone(path.Base(ni.Deriver))
+		g.nodes[i].deriver = g.addStr(path.Base(ni.Deriver))
 	}
-	refs := make([]int32, 0, len(ni.References))
+	off := len(g.refArena)
 	for _, r := range ni.References {
 		h := hashPart(r)
-		if h == "" || h == g.nodes[i].hash {
+		if h == "" || h == o.Key[:32] {
 			continue // self-references keep nothing
 		}
-		refs = append(refs, g.intern(h)) // intern may grow g.nodes
+		j := g.intern(h) // intern may grow g.nodes
+		g.refArena = append(g.refArena, j)
 	}
-	g.nodes[i].refs = refs
+	g.nodes[i].refs = span{off: uint32(off), n: uint32(len(g.refArena) - off)}
 }
 
 // internComp returns the index of a compression in g.comps.

@@ -37,7 +37,7 @@ func BenchmarkWalkHeap(b *testing.B) {
 		}
 		f.add(fmt.Sprint(i), refs...)
 	}
-	cacheFile := filepath.Join(b.TempDir(), "walk.db")
+	cacheFile := filepath.Join(b.TempDir(), "walk.cache")
 	cache, err := OpenCache(cacheFile)
 	if err != nil {
 		b.Fatal(err)

@@ -7,6 +7,8 @@
 #   ./scripts/bench.sh 'Push|Hook'     # a subset, by benchmark name
 #   NIXPUSH_BENCH_SEED=x ./scripts/bench.sh Push   # the same pushed closures run after run
 #                                      # (to compare two commits side by side, alternating)
+#   NIXPUSH_BENCH_GC_PATHS=100000,1000000 ./scripts/bench.sh GCScale   # gc and verify of synthetic
+#                                      # caches: file:// at each size, 100,000 paths in MinIO
 set -euo pipefail
 cd "$(dirname "$0")/.."
 NIXPUSH_SETUP_ONLY=1 ./scripts/test.sh

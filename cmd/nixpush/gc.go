@@ -42,11 +42,7 @@ func addBucketFlags(fs *flag.FlagSet) bucketFlags {
 }
 
 func (f bucketFlags) open(ctx context.Context, cmd string) (uploader.Bucket, error) {
-	if os.Getenv("GOMEMLIMIT") == "" {
-		// The daemon's soft limit: a walk makes garbage of every
-		// .narinfo it reads, which the collector then frees sooner.
-		debug.SetMemoryLimit(memoryLimit)
-	}
+	walkMemoryPolicy()
 	if *f.storeURI == "" {
 		return nil, fmt.Errorf("--store-uri is required (or NIXPUSH_STORE_URI), e.g. nixpush %s --store-uri 's3://nix-cache?endpoint=minio.lan:9000&scheme=http'", cmd)
 	}
@@ -59,6 +55,24 @@ func (f bucketFlags) open(ctx context.Context, cmd string) (uploader.Bucket, err
 		return nil, fmt.Errorf("%s cannot be listed", s)
 	}
 	return b, nil
+}
+
+// walkGCPercent is the collector's target for the commands that walk the
+// bucket: the heap may grow to 1.5x what is live, not 2x.
+const walkGCPercent = 50
+
+// walkMemoryPolicy sets the collector for a walk of the whole bucket.
+// Not the daemon's 40 MiB soft limit: a walk's live heap is its graph,
+// which grows with the cache (some 100 MiB at 100,000 paths), and under
+// a limit below it the collector runs without pause (a 100,000-path dry
+// run: 98 s and 447 cycles under it, 16 s and 28 cycles without). No
+// limit then, and GOGC 50 instead of 100: the same time (19.5 s against
+// 20.2 s from the walk cache) and a peak RSS 9% lower. GOMEMLIMIT and
+// GOGC override either.
+func walkMemoryPolicy() {
+	if os.Getenv("GOGC") == "" {
+		debug.SetGCPercent(walkGCPercent)
+	}
 }
 
 // cache opens the walk cache of b, or runs without one (with a warning).
@@ -81,7 +95,7 @@ func progress(stderr io.Writer, what string) (func(retention.WalkStats), func())
 		return nil, func() {}
 	}
 	return func(s retention.WalkStats) {
-			fmt.Fprintf(stderr, "\r%s: listed %d objects, %d .narinfos (%d read, %d remembered)\x1b[K", what, s.Objects, s.NarInfos, s.Read, s.CacheHits)
+			fmt.Fprintf(stderr, "\r%s: listed %d objects, %d .narinfos (%d read, %d remembered), %d requests\x1b[K", what, s.Objects, s.NarInfos, s.Read, s.CacheHits, s.Requests)
 		}, func() {
 			fmt.Fprint(stderr, "\r\x1b[K")
 		}
@@ -167,15 +181,20 @@ func runGC(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 	}
 	cache := bf.cache(b, stderr, "gc")
 	defer cache.Close()
+	start := time.Now()
 	show, clear := progress(stderr, "gc")
 	opts := retention.GCOptions{OlderThan: olderThan, Grace: grace, Window: *window, DryRun: *dryRun, Host: hostname(), SingleGC: *singleGC,
 		Walk: retention.WalkOptions{Cache: cache, Progress: show}}
 	if show != nil {
-		deleting, last := 0, time.Time{}
+		kept, toDelete, deleting, last := 0, 0, 0, time.Time{}
+		opts.Marked = func(k, d int) {
+			kept, toDelete = k, d
+			fmt.Fprintf(stderr, "\rgc: marked %d paths kept, %d objects to delete\x1b[K", kept, toDelete)
+		}
 		opts.Deleting = func(key string) {
-			if deleting++; time.Since(last) > 200*time.Millisecond {
+			if deleting++; time.Since(last) > 200*time.Millisecond || deleting == toDelete {
 				last = time.Now()
-				fmt.Fprintf(stderr, "\rgc: deleting: %d objects so far (%s)\x1b[K", deleting, key)
+				fmt.Fprintf(stderr, "\rgc: %d paths kept; deleted %d of %d objects (%s)\x1b[K", kept, deleting, toDelete, key)
 			}
 		}
 	}
@@ -216,7 +235,8 @@ func runGC(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 	fmt.Fprintf(stdout, "%s: %d paths, %d NARs, %s, %d NAR listings, %d build logs, %d realisations, %d root records, %d pending uploads\n", verb,
 		len(rep.Deleted.Paths), rep.Deleted.NARs, hook.Bytes(rep.Deleted.Bytes), rep.Deleted.Listings, rep.Deleted.Logs, rep.Deleted.Realisations,
 		rep.Deleted.RootRecords, rep.Deleted.Uploads)
-	fmt.Fprintf(stdout, "walked:   %d objects, %d .narinfos read, %d remembered; %d requests\n", rep.Walk.Objects, rep.Walk.Read, rep.Walk.CacheHits, rep.Requests)
+	fmt.Fprintf(stdout, "walked:   %d objects, %d .narinfos read, %d remembered; %d requests; %s\n", rep.Walk.Objects, rep.Walk.Read, rep.Walk.CacheHits, rep.Requests,
+		time.Since(start).Round(100*time.Millisecond))
 	return 0
 }
 

@@ -80,8 +80,18 @@ func runVerify(ctx context.Context, args []string, stdout, stderr io.Writer) int
 	}
 	cache := bf.cache(b, stderr, "verify")
 	defer cache.Close()
+	start := time.Now()
 	show, clear := progress(stderr, "verify")
 	opts.Walk = retention.WalkOptions{Cache: cache, Progress: show}
+	if show != nil {
+		last := time.Time{}
+		opts.Checked = func(done, total int, bytes int64) {
+			if time.Since(last) > 200*time.Millisecond || done == total {
+				last = time.Now()
+				fmt.Fprintf(stderr, "\rverify: checked %d of %d NARs (%s)\x1b[K", done, total, hook.Bytes(bytes))
+			}
+		}
+	}
 	rep, err := retention.Verify(ctx, b, opts)
 	clear()
 	if err != nil {
@@ -96,6 +106,8 @@ func runVerify(ctx context.Context, args []string, stdout, stderr io.Writer) int
 	res := result{VerifyReport: rep}
 	if !*asJSON {
 		printVerify(stdout, rep)
+		fmt.Fprintf(stdout, "walked:   %d objects, %d .narinfos read, %d remembered; %d requests; %s\n", rep.Walk.Objects, rep.Walk.Read, rep.Walk.CacheHits, rep.Requests,
+			time.Since(start).Round(100*time.Millisecond))
 	}
 	var repairErr error
 	if *repair && !rep.Whole() {

@@ -1,0 +1,229 @@
+package retention
+
+import (
+	"encoding/binary"
+	"hash/maphash"
+
+	"github.com/nix-community/go-nix/pkg/nixbase32"
+)
+
+// The graph's storage, compact at a million paths: a node's hash part is
+// 20 bytes (nixbase32-decoded), its name and deriver are pieces of one
+// arena of bytes, its references a span of one shared []int32, and the
+// indexes from hash part and NAR key are open-addressing tables of int32
+// into the nodes and the NARs (no map of strings). About 200 bytes a path
+// with its NAR, against some 700 as strings and maps.
+
+// str is a string in the graph's arena.
+type str struct{ off, n uint32 }
+
+// span is a node's references in g.refArena.
+type span struct{ off, n uint32 }
+
+// arenaChunk is the size of the arena's chunks: it grows a chunk at a
+// time, never copying what it holds.
+const arenaChunk = 1 << 20
+
+// addStr copies s into the arena.
+func (g *Graph) addStr(s string) str {
+	if s == "" {
+		return str{}
+	}
+	if len(s) > arenaChunk {
+		s = s[:arenaChunk] // no store path or NAR key is this long
+	}
+	last := len(g.arena) - 1
+	if last < 0 || len(g.arena[last])+len(s) > arenaChunk {
+		g.arena = append(g.arena, make([]byte, 0, arenaChunk))
+		last++
+	}
+	c := g.arena[last]
+	off := uint32(last)*arenaChunk + uint32(len(c))
+	g.arena[last] = append(c, s...)
+	return str{off: off, n: uint32(len(s))}
+}
+
+// bytesOf is the bytes of s, in the arena (not to be kept or changed).
+func (g *Graph) bytesOf(s str) []byte {
+	if s.n == 0 {
+		return nil
+	}
+	c := g.arena[s.off/arenaChunk]
+	o := s.off % arenaChunk
+	return c[o : o+s.n]
+}
+
+// str is s as a string.
+func (g *Graph) str(s str) string { return string(g.bytesOf(s)) }
+
+// refsOf is the nodes node i refers to.
+func (g *Graph) refsOf(i int32) []int32 {
+	r := g.nodes[i].refs
+	return g.refArena[r.off : r.off+r.n : r.off+r.n]
+}
+
+// hashOf is node i's hash part, as in its store path.
+func (g *Graph) hashOf(i int32) string {
+	if h, ok := g.oddHash[i]; ok {
+		return h
+	}
+	return nixbase32.EncodeToString(g.nodes[i].hash[:])
+}
+
+// decodeHash is the 20 bytes of a hash part, when it is nixbase32 and
+// reads back the same.
+func decodeHash(h string) ([20]byte, bool) {
+	var out [20]byte
+	if len(h) != 32 {
+		return out, false
+	}
+	b, err := nixbase32.DecodeString(h)
+	if err != nil || len(b) != 20 {
+		return out, false
+	}
+	copy(out[:], b)
+	return out, nixbase32.EncodeToString(out[:]) == h
+}
+
+// lookup is the node of hash part h, if any.
+func (g *Graph) lookup(h string) (int32, bool) {
+	d, ok := decodeHash(h)
+	if !ok {
+		i, ok := g.oddIndex[h]
+		return i, ok
+	}
+	i, _ := g.find(d)
+	return i, i >= 0
+}
+
+// find is the node of d, or -1 and the slot where it goes.
+func (g *Graph) find(d [20]byte) (int32, int) {
+	if len(g.slots) == 0 {
+		return -1, -1
+	}
+	mask := len(g.slots) - 1
+	for s := int(binary.LittleEndian.Uint64(d[:8])) & mask; ; s = (s + 1) & mask {
+		v := g.slots[s]
+		if v == 0 {
+			return -1, s
+		}
+		if g.nodes[v-1].hash == d && !g.nodes[v-1].odd {
+			return v - 1, s
+		}
+	}
+}
+
+// intern returns the node of hash part h, adding it when new.
+func (g *Graph) intern(h string) int32 {
+	d, ok := decodeHash(h)
+	if !ok {
+		if i, ok := g.oddIndex[h]; ok {
+			return i
+		}
+		i := g.newNode(node{odd: true, nar: -1})
+		g.oddIndex[h] = i
+		g.oddHash[i] = h
+		return i
+	}
+	i, s := g.find(d)
+	if i >= 0 {
+		return i
+	}
+	if s < 0 || 2*(g.inSlots+1) > len(g.slots) {
+		g.grow()
+		_, s = g.find(d)
+	}
+	i = g.newNode(node{hash: d, nar: -1})
+	g.slots[s] = i + 1
+	g.inSlots++
+	return i
+}
+
+// presize makes room for n nodes and NARs, so that a walk of a cache of
+// known size does not copy its nodes as they grow.
+func (g *Graph) presize(n int) {
+	g.nodes = make([]node, 0, n)
+	g.narList = make([]narObject, 0, n)
+	size := 1024
+	for size < 2*n {
+		size *= 2
+	}
+	g.slots = make([]int32, size)
+	g.narSlots = make([]int32, size)
+}
+
+func (g *Graph) newNode(n node) int32 {
+	i := int32(len(g.nodes))
+	g.nodes = append(g.nodes, n)
+	return i
+}
+
+// grow doubles the hash part index.
+func (g *Graph) grow() {
+	slots := make([]int32, max(1024, 2*len(g.slots)))
+	mask := len(slots) - 1
+	for _, v := range g.slots {
+		if v == 0 {
+			continue
+		}
+		d := g.nodes[v-1].hash
+		s := int(binary.LittleEndian.Uint64(d[:8])) & mask
+		for slots[s] != 0 {
+			s = (s + 1) & mask
+		}
+		slots[s] = v
+	}
+	g.slots = slots
+}
+
+var narSeed = maphash.MakeSeed()
+
+// narLookup is the NAR of key, if any.
+func (g *Graph) narLookup(key string) (int32, bool) {
+	i, _ := g.narFind(key)
+	return i, i >= 0
+}
+
+func (g *Graph) narFind(key string) (int32, int) {
+	if len(g.narSlots) == 0 {
+		return -1, -1
+	}
+	mask := len(g.narSlots) - 1
+	for s := int(maphash.String(narSeed, key)) & mask; ; s = (s + 1) & mask {
+		v := g.narSlots[s]
+		if v == 0 {
+			return -1, s
+		}
+		if string(g.bytesOf(g.narList[v-1].key)) == key {
+			return v - 1, s
+		}
+	}
+}
+
+// internNAR returns the index of NAR key, adding it when new.
+func (g *Graph) internNAR(key string) int32 {
+	i, s := g.narFind(key)
+	if i >= 0 {
+		return i
+	}
+	if s < 0 || 2*(len(g.narList)+1) > len(g.narSlots) {
+		slots := make([]int32, max(1024, 2*len(g.narSlots)))
+		mask := len(slots) - 1
+		for j := range g.narList {
+			s := int(maphash.Bytes(narSeed, g.bytesOf(g.narList[j].key))) & mask
+			for slots[s] != 0 {
+				s = (s + 1) & mask
+			}
+			slots[s] = int32(j) + 1
+		}
+		g.narSlots = slots
+		_, s = g.narFind(key)
+	}
+	i = int32(len(g.narList))
+	g.narList = append(g.narList, narObject{key: g.addStr(key)})
+	g.narSlots[s] = i + 1
+	return i
+}
+
+// narKey is the key of NAR j.
+func (g *Graph) narKey(j int32) string { return g.str(g.narList[j].key) }
