@@ -30,20 +30,24 @@ binds=("$here" "$goroot" "$gomodcache" "$gocache")
 [ -z "$minio" ] || binds+=("$(dirname "$(readlink -f "$minio")")")
 
 # The mounts are made inside `unshare -m`, by this same script re-run with
-# NIXPUSH_IN_ROOT_NS set, so they never show on the host.
+# NIXPUSH_IN_ROOT_NS set to the root's fresh /tmp, so they never show on
+# the host. That /tmp (on disk: a tmpfs would hold MinIO's data and the
+# tests' stores in memory) is removed here, outside, once the namespace
+# and its mounts are gone: removed inside, a worktree under /tmp bound
+# into it would be removed with it.
 if [ -z "${NIXPUSH_IN_ROOT_NS:-}" ]; then
-	export NIXPUSH_IN_ROOT_NS=1
-	exec unshare -m --propagation private "$0" "$root" "$@"
+	tmp=$(mktemp -d /var/tmp/nixpush-root-tmp.XXXXXX)
+	chmod 1777 "$tmp"
+	rc=0
+	NIXPUSH_IN_ROOT_NS=$tmp unshare -m --propagation private "$0" "$root" "$@" || rc=$?
+	rm -rf --one-file-system "$tmp"
+	exit $rc
 fi
+tmp=$NIXPUSH_IN_ROOT_NS
 
 mount -t proc proc "$root/proc"
 mount --rbind /dev "$root/dev"
 mount --rbind /sys "$root/sys"
-# A fresh /tmp on disk (a tmpfs would hold MinIO's data and the tests'
-# stores in memory).
-tmp=$(mktemp -d /var/tmp/nixpush-root-tmp.XXXXXX)
-trap 'rm -rf "$tmp"' EXIT
-chmod 1777 "$tmp"
 mount --bind "$tmp" "$root/tmp"
 for d in "${binds[@]}"; do
 	mkdir -p "$root$d"
@@ -61,5 +65,4 @@ for v in NIXPUSH_MINIO_TMPFS; do
 	[ -z "${!v:-}" ] || env_vars+=("$v=${!v}")
 done
 
-# A child of this script, not exec: the trap removes the temp dir after.
-chroot "$root" /usr/bin/env -i "${env_vars[@]}" /bin/sh -c 'cd "$1" && shift && exec "$@"' sh "$here" "$@"
+exec chroot "$root" /usr/bin/env -i "${env_vars[@]}" /bin/sh -c 'cd "$1" && shift && exec "$@"' sh "$here" "$@"
