@@ -65,7 +65,7 @@ type Graph struct {
 	arena    [][]byte
 	refArena []int32
 	narList  []narObject
-	narSlots []int32 // open addressing: NAR+1, 0 when free
+	narSlots []int32             // open addressing: NAR+1, 0 when free
 	comps    []string            // compressions, by node.comp
 	bad      map[int32]string    // why a .narinfo could not be read
 	narHash  map[int32]string    // NarHash of each .narinfo (WalkOptions.NarHashes)
