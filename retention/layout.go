@@ -105,18 +105,7 @@ const sweepSkew = 30 * time.Second
 // its deadline plus the skew margin) and checks p again; if it is gone,
 // the pin is kept and the error says to push p again.
 func AddPin(ctx context.Context, b uploader.Bucket, name, p string, now time.Time) error {
-	return addPin(ctx, b, name, p, now, time.Now, sleep)
-}
-
-func sleep(ctx context.Context, d time.Duration) error {
-	t := time.NewTimer(d)
-	defer t.Stop()
-	select {
-	case <-t.C:
-		return nil
-	case <-ctx.Done():
-		return ctx.Err()
-	}
+	return addPin(ctx, b, name, p, now, time.Now, uploader.Sleep)
 }
 
 func addPin(ctx context.Context, b uploader.Bucket, name, p string, now time.Time,

@@ -36,7 +36,7 @@ func newBandwidth(capAt func(time.Time) int64, now func() time.Time, sleepFn fun
 		now = time.Now
 	}
 	if sleepFn == nil {
-		sleepFn = sleep
+		sleepFn = Sleep
 	}
 	if capAt == nil {
 		capAt = func(time.Time) int64 { return 0 }

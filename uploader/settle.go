@@ -378,8 +378,9 @@ func (u *Uploader) SettingsProblem() string {
 	return ""
 }
 
-// sleep waits d, or until ctx is done.
-func sleep(ctx context.Context, d time.Duration) error {
+// Sleep waits d, or until ctx is done: Config.Sleep's default, and the
+// retention package's between reads of gc's marker.
+func Sleep(ctx context.Context, d time.Duration) error {
 	t := time.NewTimer(d)
 	defer t.Stop()
 	select {

@@ -159,7 +159,7 @@ func New(cfg Config) *Uploader {
 		cfg.ClockSkew = DefaultClockSkew
 	}
 	if cfg.Sleep == nil {
-		cfg.Sleep = sleep
+		cfg.Sleep = Sleep
 	}
 	if cfg.Host == "" {
 		cfg.Host, _ = os.Hostname()
