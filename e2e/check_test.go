@@ -23,7 +23,7 @@ func TestCheck(t *testing.T) {
 		if publicRead {
 			args = append(args, "--public-read")
 		}
-		cmd := exec.Command(nixpushBin(), args...)
+		cmd := testenv.Command(t, nixpushBin(), args...)
 		cmd.Env = append(cmd.Environ(), m.CredentialsEnv()...)
 		if o, err := cmd.CombinedOutput(); err != nil {
 			t.Fatalf("init: %v\n%s", err, o)
@@ -34,7 +34,7 @@ func TestCheck(t *testing.T) {
 	d := startDaemon(t, m.CredentialsEnv(), "--store-uri", m.StoreURI("good"), "--secret-key-file", sec)
 	check := func(args ...string) (string, int) {
 		t.Helper()
-		cmd := exec.Command(nixpushBin(), append([]string{"check", "--socket", d.Socket, "--secret-key-file", sec}, args...)...)
+		cmd := testenv.Command(t, nixpushBin(), append([]string{"check", "--socket", d.Socket, "--secret-key-file", sec}, args...)...)
 		cmd.Env = append(cmd.Environ(), m.CredentialsEnv()...)
 		cmd.Env = append(cmd.Env, "NIX_CONFIG=post-build-hook = "+d.HookBin())
 		out, err := cmd.CombinedOutput()

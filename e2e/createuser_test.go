@@ -4,7 +4,6 @@ import (
 	"bytes"
 	"context"
 	"os"
-	"os/exec"
 	"path/filepath"
 	"strings"
 	"testing"
@@ -36,7 +35,7 @@ func TestInitCreateUser(t *testing.T) {
 	}
 	initCmd := func(extra ...string) string {
 		t.Helper()
-		cmd := exec.Command(nixpushBin(), append([]string{"init", "--store-uri", uri, "--public-read",
+		cmd := testenv.Command(t, nixpushBin(), append([]string{"init", "--store-uri", uri, "--public-read",
 			"--create-user", "nixbuilder", "--credentials-file", cred}, extra...)...)
 		cmd.Env = append(cmd.Environ(), m.CredentialsEnv()...)
 		out, err := cmd.CombinedOutput()
@@ -123,7 +122,7 @@ func TestInitCreateUser(t *testing.T) {
 
 	// Without admin rights (as on a store without MinIO's admin API), init
 	// says so and prints the policy to attach by hand.
-	cmd := exec.Command(nixpushBin(), "init", "--store-uri", uri, "--create-user", "another", "--credentials-file", cred)
+	cmd := testenv.Command(t, nixpushBin(), "init", "--store-uri", uri, "--create-user", "another", "--credentials-file", cred)
 	cmd.Env = append(cmd.Environ(), "AWS_ACCESS_KEY_ID=nixbuilder", "AWS_SECRET_ACCESS_KEY="+secret)
 	o, err := cmd.CombinedOutput()
 	if err == nil || !strings.Contains(string(o), "no MinIO admin API usable with these credentials") ||

@@ -5,7 +5,6 @@ import (
 	"encoding/hex"
 	"encoding/json"
 	"os"
-	"os/exec"
 	"path/filepath"
 	"strings"
 	"testing"
@@ -221,7 +220,7 @@ func TestS3ProfileCredentials(t *testing.T) {
 func TestKeygenInterchangeable(t *testing.T) {
 	nx := testenv.Nix(t)
 	dir := t.TempDir()
-	if out, err := exec.Command(nixpushBin(), "keygen", "--name", "cache.example.org-1", "--out", dir).CombinedOutput(); err != nil {
+	if out, err := testenv.Command(t, nixpushBin(), "keygen", "--name", "cache.example.org-1", "--out", dir).CombinedOutput(); err != nil {
 		t.Fatalf("keygen: %v %s", err, out)
 	}
 	sec, pub := filepath.Join(dir, "secret.key"), filepath.Join(dir, "public.key")
@@ -235,7 +234,7 @@ func TestKeygenInterchangeable(t *testing.T) {
 		t.Fatalf("nix key convert-secret-to-public says %q (%v); public.key has %q", got, err, want)
 	}
 	before, _ := os.ReadFile(sec)
-	if out, err := exec.Command(nixpushBin(), "keygen", "--name", "other-1", "--out", dir).CombinedOutput(); err == nil ||
+	if out, err := testenv.Command(t, nixpushBin(), "keygen", "--name", "other-1", "--out", dir).CombinedOutput(); err == nil ||
 		!strings.Contains(string(out), "refusing to overwrite") {
 		t.Fatalf("second keygen into the same dir: %v %s", err, out)
 	}

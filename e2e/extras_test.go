@@ -6,7 +6,6 @@ import (
 	"encoding/json"
 	"fmt"
 	"os"
-	"os/exec"
 	"path/filepath"
 	"reflect"
 	"strings"
@@ -239,7 +238,7 @@ in mk "filter-top" "echo ${s} ${mid} ${up} > $out"`, s)
 	// nixpush verify, given the daemon's filters, takes the missing
 	// references as intended; without them, it reports them.
 	verify := func(args ...string) (string, error) {
-		cmd := exec.Command(d.Bin(), append([]string{"verify", "--store-uri", "file://" + cache, "--cache-dir", t.TempDir()}, args...)...)
+		cmd := testenv.Command(t, d.Bin(), append([]string{"verify", "--store-uri", "file://" + cache, "--cache-dir", t.TempDir()}, args...)...)
 		cmd.Env = nx.Env()
 		out, err := cmd.CombinedOutput()
 		return string(out), err

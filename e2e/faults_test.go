@@ -286,7 +286,7 @@ func TestSixteenHooksAtOnce(t *testing.T) {
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
-			cmd := exec.Command(d.Hook)
+			cmd := testenv.Command(t, d.Hook)
 			cmd.Env = append(os.Environ(), "OUT_PATHS="+outs[i], "DRV_PATH=")
 			var stderr bytes.Buffer
 			cmd.Stderr = &stderr
@@ -345,7 +345,7 @@ func TestSocketActivation(t *testing.T) {
 	dir := t.TempDir()
 	sock, state, spool := filepath.Join(dir, "nixpush.sock"), filepath.Join(dir, "state"), filepath.Join(dir, "spool")
 	var log bytes.Buffer
-	cmd := exec.Command(activate, "-l", sock, nixpushBin(), "daemon", "--socket", sock, "--state-dir", state,
+	cmd := testenv.Command(t, activate, "-l", sock, nixpushBin(), "daemon", "--socket", sock, "--state-dir", state,
 		"--spool-dir", spool, "--secret-key-file", sec, "--log-format", "json")
 	cmd.Stdout, cmd.Stderr = &log, &log
 	if err := cmd.Start(); err != nil {
@@ -357,7 +357,7 @@ func TestSocketActivation(t *testing.T) {
 		return err == nil
 	})
 	out := nx.Build(t, testenv.Chain(seed(), 3))
-	h := exec.Command(filepath.Join(binDir, "nixpush-hook"), "--socket", sock, "--spool-dir", spool)
+	h := testenv.Command(t, filepath.Join(binDir, "nixpush-hook"), "--socket", sock, "--spool-dir", spool)
 	h.Env = append(os.Environ(), "OUT_PATHS="+out[0])
 	if o, err := h.CombinedOutput(); err != nil || len(o) > 0 {
 		t.Fatalf("hook: %v %s", err, o)
@@ -368,7 +368,7 @@ func TestSocketActivation(t *testing.T) {
 	if !strings.Contains(log.String(), "using the socket systemd passed in") {
 		t.Fatalf("daemon did not take the socket from systemd:\n%s", log.String())
 	}
-	w := exec.Command(nixpushBin(), "wait", "--timeout", "2m", "--socket", sock)
+	w := testenv.Command(t, nixpushBin(), "wait", "--timeout", "2m", "--socket", sock)
 	if o, err := w.CombinedOutput(); err != nil {
 		t.Fatalf("wait: %v %s\n%s", err, o, log.String())
 	}
@@ -433,7 +433,7 @@ func TestKillDuringHookBurst(t *testing.T) {
 	for range 8 {
 		wg.Go(func() {
 			for i := range next {
-				cmd := exec.Command(d.Hook)
+				cmd := testenv.Command(t, d.Hook)
 				cmd.Env = append(os.Environ(), "OUT_PATHS="+outs[i], "DRV_PATH=")
 				o, err := cmd.CombinedOutput()
 				r := result{out: string(o)}

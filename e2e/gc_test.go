@@ -5,7 +5,6 @@ import (
 	"encoding/json"
 	"fmt"
 	"io"
-	"os/exec"
 	"path/filepath"
 	"slices"
 	"strings"
@@ -36,7 +35,7 @@ type gcReport struct {
 // with the given credentials and a walk cache of the test's own.
 func bucketCLI(t *testing.T, env []string, cacheDir string, args ...string) (string, error) {
 	t.Helper()
-	cmd := exec.Command(nixpushBin(), args...)
+	cmd := testenv.Command(t, nixpushBin(), args...)
 	cmd.Env = append(append(cmd.Environ(), env...), "CACHE_DIRECTORY="+cacheDir)
 	var stderr strings.Builder
 	cmd.Stderr = &stderr

@@ -51,7 +51,7 @@ func TestTwoGCsStartedTogether(t *testing.T) {
 		var cmds [2]*exec.Cmd
 		var errb [2]bytes.Buffer
 		for k := range cmds {
-			cmds[k] = exec.Command(nixpushBin(), "gc", "--store-uri", slow, "--older-than", "1h", "--grace", "1s", "--sweep-window", "2m")
+			cmds[k] = testenv.Command(t, nixpushBin(), "gc", "--store-uri", slow, "--older-than", "1h", "--grace", "1s", "--sweep-window", "2m")
 			cmds[k].Env = append(append(cmds[k].Environ(), env...), "CACHE_DIRECTORY="+t.TempDir())
 			cmds[k].Stderr = &errb[k]
 		}
@@ -146,7 +146,7 @@ func TestPinDuringSweepSurvives(t *testing.T) {
 	pinDone := make(chan struct{})
 	b := &pinning{Bucket: s.(uploader.Bucket), between: func() {
 		// The sweep's marker is up and its walk is done: pin now.
-		cmd := exec.Command(nixpushBin(), "pin", "--store-uri", uri, "late", tip)
+		cmd := testenv.Command(t, nixpushBin(), "pin", "--store-uri", uri, "late", tip)
 		cmd.Env = append(cmd.Environ(), env...)
 		cmd.Stdout, cmd.Stderr = &pinOut, &pinOut
 		if err := cmd.Start(); err != nil {

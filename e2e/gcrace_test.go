@@ -3,7 +3,6 @@ package e2e
 import (
 	"fmt"
 	"os"
-	"os/exec"
 	"strings"
 	"sync"
 	"testing"
@@ -44,7 +43,7 @@ func twoDaemons(t *testing.T, bucket string) (*testenv.MinIOServer, *testenv.Nix
 
 // handOver runs nixpush-hook as Nix runs it after building out.
 func handOver(d *daemon, out string) error {
-	h := exec.Command(d.HookBin())
+	h := d.Command(d.HookBin())
 	h.Env = append(os.Environ(), append(d.HookEnv(), "OUT_PATHS="+out, "DRV_PATH=")...)
 	if o, err := h.CombinedOutput(); err != nil {
 		return fmt.Errorf("nixpush-hook: %v\n%s", err, o)

@@ -5,7 +5,6 @@ import (
 	"encoding/json"
 	"fmt"
 	"os"
-	"os/exec"
 	"path/filepath"
 	"strings"
 	"testing"
@@ -25,7 +24,7 @@ func nixpushBin() string { return filepath.Join(binDir, "nixpush") }
 func keys(t *testing.T, name string) (secretFile, public string) {
 	t.Helper()
 	dir := t.TempDir()
-	out, err := exec.Command(nixpushBin(), "keygen", "--name", name, "--out", dir).CombinedOutput()
+	out, err := testenv.Command(t, nixpushBin(), "keygen", "--name", name, "--out", dir).CombinedOutput()
 	if err != nil {
 		t.Fatalf("keygen: %v\n%s", err, out)
 	}

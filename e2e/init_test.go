@@ -3,7 +3,6 @@ package e2e
 import (
 	"context"
 	"encoding/json"
-	"os/exec"
 	"slices"
 	"strings"
 	"testing"
@@ -25,7 +24,7 @@ func TestInit(t *testing.T) {
 	uri := m.StoreURI("fresh-cache")
 	initCmd := func() string {
 		t.Helper()
-		cmd := exec.Command(nixpushBin(), "init", "--store-uri", uri, "--public-read", "--expire-days", "365",
+		cmd := testenv.Command(t, nixpushBin(), "init", "--store-uri", uri, "--public-read", "--expire-days", "365",
 			"--print-policy", "--secret-key-file", sec)
 		cmd.Env = append(cmd.Environ(), m.CredentialsEnv()...)
 		out, err := cmd.Output()

@@ -2,7 +2,6 @@ package e2e
 
 import (
 	"os"
-	"os/exec"
 	"path/filepath"
 	"strings"
 	"testing"
@@ -37,7 +36,7 @@ func TestTwoSigningKeys(t *testing.T) {
 	checkFetched(t, nx, "file://"+cache, newPub, out...)
 
 	sameSec, _ := keys(t, "nixpush-e2e-rotate-1")
-	cmd := exec.Command(nixpushBin(), "daemon", "--socket", filepath.Join(t.TempDir(), "s"), "--state-dir", t.TempDir(),
+	cmd := testenv.Command(t, nixpushBin(), "daemon", "--socket", filepath.Join(t.TempDir(), "s"), "--state-dir", t.TempDir(),
 		"--secret-key-file", oldSec, "--secret-key-file", sameSec)
 	o, err := cmd.CombinedOutput()
 	if err == nil || !strings.Contains(string(o), `both keys named "nixpush-e2e-rotate-1"`) {

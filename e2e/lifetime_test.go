@@ -5,7 +5,6 @@ import (
 	"encoding/json"
 	"fmt"
 	"os"
-	"os/exec"
 	"path/filepath"
 	"strings"
 	"testing"
@@ -143,7 +142,7 @@ func TestStoreChange(t *testing.T) {
 	d.Start()
 	// The hook hands the paths over again, as after a rebuild: under the
 	// old store they were done (and trusted for an hour); not under this one.
-	hookRun := exec.Command(d.HookBin())
+	hookRun := testenv.Command(t, d.HookBin())
 	hookRun.Env = append(os.Environ(), append(d.HookEnv(), "OUT_PATHS="+strings.Join(out, " "), "DRV_PATH=")...)
 	if o, err := hookRun.CombinedOutput(); err != nil {
 		t.Fatalf("nixpush-hook: %v\n%s", err, o)

@@ -3,7 +3,6 @@ package e2e
 import (
 	"bytes"
 	"io"
-	"os/exec"
 	"regexp"
 	"strconv"
 	"strings"
@@ -35,7 +34,7 @@ func TestPushProgress(t *testing.T) {
 	out := nx.Build(t, testenv.DAG(seed(), 12, 512, true))
 	closure := closureOf(t, nx, out[0])
 	control, term := testenv.PTY(t)
-	cmd := exec.Command(d.Bin(), "push", "--wait", out[0])
+	cmd := testenv.Command(t, d.Bin(), "push", "--wait", out[0])
 	cmd.Env = append(cmd.Environ(), "NIXPUSH_SOCKET="+d.Socket)
 	cmd.Stdout, cmd.Stderr = term, term
 	if err := cmd.Start(); err != nil {

@@ -4,7 +4,6 @@ import (
 	"context"
 	"io"
 	"net/http"
-	"os/exec"
 	"strconv"
 	"strings"
 	"testing"
@@ -102,7 +101,7 @@ func TestStoreCheck(t *testing.T) {
 		if st := fullStatus(t, d); st.Queued != 1 || st.Failed != 0 {
 			t.Fatalf("while the bucket is missing: %+v; want the path queued, not failed", st)
 		}
-		cmd := exec.Command(nixpushBin(), "init", "--store-uri", m.StoreURI("not-yet"), "--public-read")
+		cmd := testenv.Command(t, nixpushBin(), "init", "--store-uri", m.StoreURI("not-yet"), "--public-read")
 		cmd.Env = append(cmd.Environ(), m.CredentialsEnv()...)
 		if o, err := cmd.CombinedOutput(); err != nil {
 			t.Fatalf("init: %v\n%s", err, o)

@@ -1,7 +1,6 @@
 package e2e
 
 import (
-	"os/exec"
 	"strings"
 	"testing"
 
@@ -23,7 +22,7 @@ func TestPrivateCA(t *testing.T) {
 	}
 
 	initCmd := func(args ...string) (string, error) {
-		cmd := exec.Command(nixpushBin(), append([]string{"init", "--store-uri", uri, "--public-read"}, args...)...)
+		cmd := testenv.Command(t, nixpushBin(), append([]string{"init", "--store-uri", uri, "--public-read"}, args...)...)
 		cmd.Env = append(cmd.Environ(), m.CredentialsEnv()...)
 		out, err := cmd.CombinedOutput()
 		return string(out), err

@@ -2,13 +2,13 @@ package e2e
 
 import (
 	"encoding/json"
-	"os/exec"
 	"path/filepath"
 	"runtime"
 	"strings"
 	"testing"
 
 	"github.com/nixpush/nixpush/hook"
+	"github.com/nixpush/nixpush/internal/testenv"
 )
 
 // TestVersion: both binaries say what they are, and the daemon reports its
@@ -16,7 +16,7 @@ import (
 func TestVersion(t *testing.T) {
 	var want string
 	for _, args := range [][]string{{"nixpush", "version"}, {"nixpush", "--version"}, {"nixpush-hook", "--version"}} {
-		out, err := exec.Command(filepath.Join(binDir, args[0]), args[1:]...).Output()
+		out, err := testenv.Command(t, filepath.Join(binDir, args[0]), args[1:]...).Output()
 		if err != nil {
 			t.Fatalf("%v: %v", args, err)
 		}

@@ -30,7 +30,7 @@ func TestXZLargeNARInBlocks(t *testing.T) {
 	if len(nars) != 1 {
 		t.Fatalf("want one .nar.xz in %s, found %v", cache, nars)
 	}
-	list, err := exec.Command("xz", "--list", "--robot", nars[0]).CombinedOutput()
+	list, err := testenv.Command(t, "xz", "--list", "--robot", nars[0]).CombinedOutput()
 	if err != nil {
 		t.Fatalf("xz --list %s: %v\n%s", nars[0], err, list)
 	}

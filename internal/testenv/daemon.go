@@ -2,6 +2,7 @@ package testenv
 
 import (
 	"bytes"
+	"context"
 	"fmt"
 	"os"
 	"os/exec"
@@ -26,7 +27,10 @@ func WithNixpush(m *testing.M, moduleRoot string, binDir *string) int {
 		return 1
 	}
 	defer os.RemoveAll(dir)
-	build := exec.Command("go", "build", "-o", dir+"/", "./cmd/nixpush", "./cmd/nixpush-hook")
+	// Under a deadline, as every command the tests wait for (Command).
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Minute)
+	defer cancel()
+	build := exec.CommandContext(ctx, "go", "build", "-o", dir+"/", "./cmd/nixpush", "./cmd/nixpush-hook")
 	build.Dir = moduleRoot
 	build.Stdout, build.Stderr = os.Stdout, os.Stderr
 	if err := build.Run(); err != nil {
@@ -164,7 +168,8 @@ func (d *Daemon) Exited() <-chan struct{} { return d.exited }
 
 // CLI runs a nixpush client command against the daemon.
 func (d *Daemon) CLI(args ...string) (string, error) {
-	cmd := exec.Command(d.Bin(), args...)
+	cmd, cancel := command(d.t, d.Bin(), args...)
+	defer cancel()
 	cmd.Env = append(os.Environ(), "NIXPUSH_SOCKET="+d.Socket)
 	out, err := cmd.CombinedOutput()
 	return string(out), err
@@ -240,4 +245,11 @@ func (b *SyncBuffer) String() string {
 	b.mu.Lock()
 	defer b.mu.Unlock()
 	return b.buf.String()
+}
+
+// Command is testenv.Command for the daemon's test: a command such as its
+// hook, under a deadline.
+func (d *Daemon) Command(name string, args ...string) *exec.Cmd {
+	d.t.Helper()
+	return Command(d.t, name, args...)
 }

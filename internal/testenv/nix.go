@@ -2,6 +2,7 @@ package testenv
 
 import (
 	"bytes"
+	"context"
 	"fmt"
 	"os"
 	"os/exec"
@@ -9,6 +10,7 @@ import (
 	"strings"
 	"sync"
 	"testing"
+	"time"
 )
 
 var nixVersion = sync.OnceValue(func() string {
@@ -16,7 +18,9 @@ var nixVersion = sync.OnceValue(func() string {
 	if err != nil {
 		return "no nix on $PATH"
 	}
-	out, err := exec.Command(p, "--version").Output()
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	out, err := exec.CommandContext(ctx, p, "--version").Output()
 	if err != nil {
 		return fmt.Sprintf("%s --version: %v", p, err)
 	}
@@ -64,7 +68,8 @@ func (n *NixEnv) Env() []string { return append(os.Environ(), n.env...) }
 // carries stderr.
 func (n *NixEnv) Run(t testing.TB, name string, args ...string) (string, error) {
 	t.Helper()
-	cmd := exec.Command(name, args...)
+	cmd, cancel := command(t, name, args...)
+	defer cancel()
 	cmd.Env = n.Env()
 	var stderr bytes.Buffer
 	cmd.Stderr = &stderr

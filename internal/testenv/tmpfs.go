@@ -15,7 +15,9 @@ import (
 func Tmpfs(t testing.TB, size string) string {
 	t.Helper()
 	dir := t.TempDir()
-	if out, err := exec.Command("mount", "-t", "tmpfs", "-o", "size="+size+",mode=0755", "tmpfs", dir).CombinedOutput(); err != nil {
+	mount, cancel := command(t, "mount", "-t", "tmpfs", "-o", "size="+size+",mode=0755", "tmpfs", dir)
+	defer cancel()
+	if out, err := mount.CombinedOutput(); err != nil {
 		t.Fatalf("mount a %s tmpfs on %s (the test needs root): %v %s", size, dir, err, out)
 	}
 	t.Cleanup(func() {
