@@ -145,7 +145,7 @@ func TestStateDiskFull(t *testing.T) {
 // TestStateAndSpoolDiskFull: as TestStateDiskFull, but the spool is on the
 // same full disk, so a hook whose hand-off the queue cannot commit has
 // nowhere to keep the paths. It exits 1: Nix reports the failed hook and
-// starts no further builds (see the README). The daemon holds the paths it
+// starts no further builds (see docs/operations.md). The daemon holds the paths it
 // turned away in memory and queues them once the space returns, so even
 // those reach the cache; `wait` never reports drained meanwhile.
 func TestStateAndSpoolDiskFull(t *testing.T) {

@@ -325,7 +325,7 @@ in
     gc = {
       enable = mkEnableOption ''
         closure-aware retention: `nixpush gc` on a timer deletes every path that no pin and no root
-        pushed within `olderThan` needs (see Retention in the README). Runs with credentials of
+        pushed within `olderThan` needs (see docs/retention.md). Runs with credentials of
         its own, which may delete; the builders' must not. Needs no running daemon'';
 
       storeUri = mkOption {

@@ -84,7 +84,7 @@ func run(args []string, getenv func(string) string, stderr io.Writer) int {
 		// Neither the daemon nor the spool holds the paths. Exit 1: Nix
 		// reports the hook's failure and starts no further builds, so the
 		// operator hears of it now rather than finding a cache with holes
-		// later (see the README, "When the hook cannot hand over").
+		// later (see docs/operations.md, "When the hook cannot hand over").
 		io.WriteString(stderr, "nixpush-hook: could not hand "+describe(req)+" to the daemon ("+err.Error()+
 			") nor spool them ("+serr.Error()+"); free space or make "+spool+" writable, start nixpush daemon, then run: nixpush push "+pushArgs(req)+"\n")
 		return 1

@@ -57,7 +57,7 @@ func runInit(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 	if *expireDays > 0 {
 		fmt.Fprintf(stderr, "nixpush init: warning: objects older than %d days will be deleted whatever refers to them: "+
 			"expiry breaks closures (a path outlives a dependency and Nix refuses it until it is pushed again). "+
-			"Prefer closure-aware retention: nixpush gc --older-than %dd (see Retention in the README).\n", *expireDays, *expireDays)
+			"Prefer closure-aware retention: nixpush gc --older-than %dd (see docs/retention.md).\n", *expireDays, *expireDays)
 	}
 	changes, err := uploader.Init(ctx, store, uploader.InitOptions{PublicRead: *publicRead, ExpireDays: *expireDays})
 	for _, c := range changes {
