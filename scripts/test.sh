@@ -5,8 +5,9 @@
 #
 #   ./scripts/test.sh [go test flags...]
 #
-# 1. vet, vendorHash, the NixOS module, bounded fuzzing and the whole suite
-#    against the machine's Nix (Debian bookworm: 2.8);
+# 1. vet, vendorHash, the NixOS module, bounded fuzzing, the whole suite
+#    against the machine's Nix (Debian bookworm: 2.8), and the unit packages
+#    again under the race detector;
 # 2. the whole suite against Nix 2.34, in a Debian sid root;
 # 3. the backbone and CA end-to-end tests and the nix package against
 #    Nix 2.26, in a Debian trixie root.
@@ -43,6 +44,12 @@ if ! command -v xz >/dev/null; then
 	echo "installing xz-utils (the daemon's xz compression runs the xz tool)"
 	apt-get update -qq
 	DEBIAN_FRONTEND=noninteractive apt-get install -y -qq xz-utils >/dev/null
+fi
+
+if ! command -v gcc >/dev/null; then
+	echo "installing gcc (go test -race needs cgo)"
+	apt-get update -qq
+	DEBIAN_FRONTEND=noninteractive apt-get install -y -qq gcc libc6-dev >/dev/null
 fi
 
 echo "== MinIO"
@@ -97,6 +104,14 @@ part() {
 
 part "go test: Nix $(nix --version | awk '{print $NF}') (this machine), all" \
 	go test -count=1 -timeout 30m "$@" ./...
+
+# The race detector (it needs cgo: gcc) on every package but e2e and
+# bench, whose work is in the processes they start. Ten seeds per family
+# of the randomized interleaving test, not a hundred: the race detector
+# needs the code run, and the hundred run above without it.
+part "go test -race: unit packages" \
+	env CGO_ENABLED=1 NIXPUSH_INTERLEAVE_SEEDS=10 go test -race -count=1 -timeout 20m "$@" \
+	./nix/ ./queue/ ./hook/... ./daemon/ ./uploader/ ./retention/ ./internal/... ./cmd/...
 
 if [ "${NIXPUSH_MATRIX:-1}" != 0 ]; then
 	echo "== Nix roots (Debian sid, trixie)"
