@@ -550,7 +550,7 @@ in
 
       systemd.services.nixpush-gc = {
         description = "nixpush gc: delete what no pin and no recent root of the cache needs";
-        documentation = [ "https://github.com/nixpush/nixpush#retention" ];
+        documentation = [ "https://github.com/nixpush/nixpush/blob/main/docs/retention.md" ];
         after = [ "network-online.target" ];
         wants = [ "network-online.target" ];
         environment = optionalAttrs (cfg.gc.credentialsFile != null) {
