@@ -97,7 +97,7 @@ func openS3(ctx context.Context, u *url.URL, opts StoreOptions) (*S3Store, error
 	// one slows all, and the cap counts every byte.
 	gate := newGate(maxInFlight, nil)
 	bw := newBandwidth(opts.uploadRate, nil, nil)
-	tr := &storeTransport{next: transport, gate: gate, bw: bw}
+	tr := &storeTransport{next: transport, gate: gate, bw: bw, sleep: Sleep}
 
 	mopts := minio.Options{
 		Creds:        credentialsFor(q.Get("profile")),
