@@ -154,7 +154,10 @@ func TestRetryAfterHoldsOnlyItsRequest(t *testing.T) {
 		return resp, nil
 	})
 	tr := &storeTransport{next: next, gate: newGate(8, nil), bw: newBandwidth(nil, nil, nil),
-		sleep: func(ctx context.Context, d time.Duration) error { slept.Add(int64(d)); return Sleep(ctx, 200*time.Millisecond) }}
+		sleep: func(ctx context.Context, d time.Duration) error {
+			slept.Add(int64(d))
+			return Sleep(ctx, 200*time.Millisecond)
+		}}
 	throttledDone := make(chan time.Time, 1)
 	start := time.Now()
 	go func() {
