@@ -21,7 +21,7 @@ const rateWindow = 5
 type bandwidth struct {
 	now   func() time.Time
 	sleep func(ctx context.Context, d time.Duration) error
-	cap   func(t time.Time) int64 // bytes a second at t; 0: no cap
+	sched RateSchedule // the cap by time of day, read at each take: a change applies at once
 
 	mu     sync.Mutex
 	tokens float64 // may go negative: bytes reserved ahead of the bucket
@@ -31,17 +31,14 @@ type bandwidth struct {
 	secAt  int64             // the Unix second of secs[secAt%rateWindow]
 }
 
-func newBandwidth(capAt func(time.Time) int64, now func() time.Time, sleepFn func(context.Context, time.Duration) error) *bandwidth {
+func newBandwidth(sched RateSchedule, now func() time.Time, sleepFn func(context.Context, time.Duration) error) *bandwidth {
 	if now == nil {
 		now = time.Now
 	}
 	if sleepFn == nil {
 		sleepFn = Sleep
 	}
-	if capAt == nil {
-		capAt = func(time.Time) int64 { return 0 }
-	}
-	return &bandwidth{now: now, sleep: sleepFn, cap: capAt, tokens: capBurst}
+	return &bandwidth{now: now, sleep: sleepFn, sched: sched, tokens: capBurst}
 }
 
 // take accounts n bytes about to be sent and waits until the cap allows
@@ -51,7 +48,7 @@ func (b *bandwidth) take(ctx context.Context, n int) error {
 	b.mu.Lock()
 	now := b.now()
 	b.count(now, int64(n))
-	rate := b.cap(now)
+	rate := b.sched.At(now)
 	if rate <= 0 {
 		b.tokens, b.last = capBurst, now
 		b.mu.Unlock()
@@ -98,7 +95,11 @@ func (b *bandwidth) traffic(t *Traffic) {
 		sum += b.secs[((s%rateWindow)+rateWindow)%rateWindow]
 	}
 	t.Rate = float64(sum) / (rateWindow - 1)
-	t.RateCap = b.cap(now)
+	t.RateCap = b.sched.At(now)
+	t.RateCapNext, t.RateCapNextRate, _ = b.sched.Next(now)
+	if len(b.sched.Windows) > 0 {
+		t.RateSchedule = b.sched.String()
+	}
 	t.Sent = b.sent
 }
 

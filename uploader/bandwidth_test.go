@@ -35,7 +35,7 @@ func TestBandwidthCap(t *testing.T) {
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			clk := &sleepClock{t: time.Unix(1_000_000, 0)}
-			b := newBandwidth(func(time.Time) int64 { return tc.cap }, clk.now, clk.sleep)
+			b := newBandwidth(RateSchedule{Rate: tc.cap}, clk.now, clk.sleep)
 			start := clk.t
 			body := b.body(context.Background(), io.NopCloser(io.LimitReader(zeros{}, tc.total)))
 			buf := make([]byte, tc.read)
@@ -84,7 +84,7 @@ func TestBandwidthCap(t *testing.T) {
 func TestBandwidthShared(t *testing.T) {
 	const rate = 10 << 20
 	clk := &sleepClock{t: time.Unix(1_000_000, 0)}
-	b := newBandwidth(func(time.Time) int64 { return rate }, clk.now, clk.sleep)
+	b := newBandwidth(RateSchedule{Rate: rate}, clk.now, clk.sleep)
 	start := clk.t
 	x := b.body(context.Background(), io.NopCloser(bytes.NewReader(make([]byte, 20<<20))))
 	y := b.body(context.Background(), io.NopCloser(bytes.NewReader(make([]byte, 20<<20))))

@@ -68,6 +68,12 @@ type Traffic struct {
 	// Rate is the bytes sent to the store a second over the last seconds.
 	RateCap int64
 	Rate    float64
+	// RateCapNext is when the cap next changes by its schedule, to
+	// RateCapNextRate (zero: it never does); RateSchedule is the schedule
+	// ("" when the cap has no windows).
+	RateCapNext     time.Time
+	RateCapNextRate int64
+	RateSchedule    string
 	// Sent counts request body bytes sent since start.
 	Sent int64
 }

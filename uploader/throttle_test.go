@@ -153,7 +153,7 @@ func TestRetryAfterHoldsOnlyItsRequest(t *testing.T) {
 		}
 		return resp, nil
 	})
-	tr := &storeTransport{next: next, gate: newGate(8, nil), bw: newBandwidth(nil, nil, nil),
+	tr := &storeTransport{next: next, gate: newGate(8, nil), bw: newBandwidth(RateSchedule{}, nil, nil),
 		sleep: func(ctx context.Context, d time.Duration) error {
 			slept.Add(int64(d))
 			return Sleep(ctx, 200*time.Millisecond)
@@ -261,7 +261,7 @@ func fakeS3Store(t *testing.T, f *fakeS3) *S3Store {
 	g := newGate(maxInFlight, nil)
 	g.cutGap = 5 * time.Millisecond // the fake answers in milliseconds what S3 does in a second
 	f.gate, f.objects = g, map[string][]byte{}
-	tr := &storeTransport{next: f, gate: g, bw: newBandwidth(nil, nil, nil), sleep: Sleep}
+	tr := &storeTransport{next: f, gate: g, bw: newBandwidth(RateSchedule{}, nil, nil), sleep: Sleep}
 	client, err := minio.New("s3.test:9000", &minio.Options{Creds: credentials.NewStaticV4("k", "secret-key", ""),
 		Region: "us-east-1", Transport: tr, BucketLookup: minio.BucketLookupPath})
 	if err != nil {
