@@ -7,11 +7,26 @@ import (
 	"time"
 )
 
-// capBurst is the token bucket's depth: what may go out at once after a
-// pause. Small bursts lose budget in the gaps between requests (a 64 KiB
-// burst averaged 18.5 MiB/s under a 20 MiB/s cap, the gaps between
-// multipart parts left unused); about 1 MiB held the cap within 0.1%.
-const capBurst = 1 << 20
+// The token bucket's depth is what may go out at once after a pause:
+// burstTime of the cap, at least capBurst. A bucket too shallow loses the
+// budget of the gaps in which nothing is sent though an upload is under
+// way: between one multipart part's last byte and the next one's first
+// the daemon waits for the store's answer (20 ms median, 49 ms at most,
+// under a load of 17 on 2 cores), and a sleep may overshoot as long.
+// A 64 KiB bucket averaged 18.5 MiB/s under a 20 MiB/s cap; 1 MiB, which
+// covers 50 ms at 20 MiB/s, held 20 MiB/s at low load, but only 10 ms at
+// 100 MiB/s (78 MiB/s with 25 ms answers). A tenth of a second of the cap
+// covers the gaps at any cap; its cost is as much above the cap after an
+// idle moment (2 MiB at 20 MiB/s).
+const (
+	capBurst  = 1 << 20
+	burstTime = 100 * time.Millisecond
+)
+
+// burst is the bucket's depth under a cap of rate bytes a second.
+func burst(rate int64) float64 {
+	return max(capBurst, float64(rate)*burstTime.Seconds())
+}
 
 // rateWindow is how many one-second buckets the measured rate spans.
 const rateWindow = 5
@@ -25,6 +40,7 @@ type bandwidth struct {
 
 	mu     sync.Mutex
 	tokens float64 // may go negative: bytes reserved ahead of the bucket
+	full   bool    // tokens is the bucket's depth, whatever the cap (at start, and while there is none)
 	last   time.Time
 	sent   int64
 	secs   [rateWindow]int64 // bytes sent in each of the last seconds
@@ -38,7 +54,7 @@ func newBandwidth(sched RateSchedule, now func() time.Time, sleepFn func(context
 	if sleepFn == nil {
 		sleepFn = Sleep
 	}
-	return &bandwidth{now: now, sleep: sleepFn, sched: sched, tokens: capBurst}
+	return &bandwidth{now: now, sleep: sleepFn, sched: sched, full: true}
 }
 
 // take accounts n bytes about to be sent and waits until the cap allows
@@ -50,12 +66,14 @@ func (b *bandwidth) take(ctx context.Context, n int) error {
 	b.count(now, int64(n))
 	rate := b.sched.At(now)
 	if rate <= 0 {
-		b.tokens, b.last = capBurst, now
+		b.full = true
 		b.mu.Unlock()
 		return nil
 	}
-	if !b.last.IsZero() {
-		b.tokens = min(capBurst, b.tokens+now.Sub(b.last).Seconds()*float64(rate))
+	if b.full {
+		b.tokens, b.full = burst(rate), false
+	} else {
+		b.tokens = min(burst(rate), b.tokens+now.Sub(b.last).Seconds()*float64(rate))
 	}
 	b.last = now
 	b.tokens -= float64(n)
