@@ -124,9 +124,11 @@ func BenchmarkSlowDown(b *testing.B) {
 			for _, s := range order {
 				res := run(s.name, s.dir, share, fmt.Sprintf("slowdown-%02.0f-%s-%d", share*100, s.name, i))
 				results[s.name] = append(results[s.name], res)
-				b.Logf("SlowDown %.0f%% round %d %s: %d paths in %.1f s of SlowDown (%.1f paths/s), drained in %.1f s; throttled %d (proxy: %d slowed, %d passed); concurrency low %d, at the end %d",
+				// On stderr: go test keeps only the first lines of a benchmark's log.
+				fmt.Fprintf(os.Stderr, "SlowDown %.0f%% round %d %s: %d paths in %.1f s of SlowDown (%.1f paths/s), drained in %.1f s; throttled %d (proxy: %d slowed, %d passed); concurrency low %d, at the end %d",
 					share*100, i, s.name, res.inWindow, res.throttledFor.Seconds(), float64(res.inWindow)/res.throttledFor.Seconds(),
 					res.drain.Seconds(), res.throttled, res.slowed, res.reqs, res.low, res.atEnd)
+				fmt.Fprintln(os.Stderr)
 			}
 		}
 		for _, s := range sides {
