@@ -18,9 +18,18 @@ import (
 // 100 MiB/s (78 MiB/s with 25 ms answers). A tenth of a second of the cap
 // covers the gaps at any cap; its cost is as much above the cap after an
 // idle moment (2 MiB at 20 MiB/s).
+//
+// Beyond that, the store's own time is made up: the wait for its answer
+// after a request's last byte, while nothing else was sent (up to
+// maxAnswerCredit), is added to the bucket's depth for the next bytes.
+// Under a load of 21 on 2 cores the answers came 27 ms (median) but up to
+// 427 ms after a part's last byte, and a 100 ms bucket alone held
+// 17.9 MiB/s under 20 over 1 GiB. Its cost: after such a wait, as much
+// goes out at once above the cap as the wait left unsent.
 const (
-	capBurst  = 1 << 20
-	burstTime = 100 * time.Millisecond
+	capBurst        = 1 << 20
+	burstTime       = 100 * time.Millisecond
+	maxAnswerCredit = time.Second
 )
 
 // burst is the bucket's depth under a cap of rate bytes a second.
@@ -42,6 +51,7 @@ type bandwidth struct {
 	tokens float64 // may go negative: bytes reserved ahead of the bucket
 	full   bool    // tokens is the bucket's depth, whatever the cap (at start, and while there is none)
 	last   time.Time
+	extra  float64 // bytes the bucket may hold above its depth: an answer's wait not yet made up
 	sent   int64
 	secs   [rateWindow]int64 // bytes sent in each of the last seconds
 	secAt  int64             // the Unix second of secs[secAt%rateWindow]
@@ -73,10 +83,12 @@ func (b *bandwidth) take(ctx context.Context, n int) error {
 	if b.full {
 		b.tokens, b.full = burst(rate), false
 	} else {
-		b.tokens = min(burst(rate), b.tokens+now.Sub(b.last).Seconds()*float64(rate))
+		b.tokens = min(burst(rate)+b.extra, b.tokens+now.Sub(b.last).Seconds()*float64(rate))
 	}
 	b.last = now
 	b.tokens -= float64(n)
+	// What is left above the depth is what remains to be made up.
+	b.extra = max(0, min(b.extra, b.tokens-burst(rate)))
 	debt := -b.tokens
 	b.mu.Unlock()
 	if debt <= 0 {
@@ -128,8 +140,9 @@ func (b *bandwidth) body(ctx context.Context, r io.ReadCloser) io.ReadCloser {
 
 type cappedBody struct {
 	io.ReadCloser
-	b   *bandwidth
-	ctx context.Context
+	b      *bandwidth
+	ctx    context.Context
+	readAt time.Time // when the last bytes were let go
 }
 
 func (c *cappedBody) Read(p []byte) (int, error) {
@@ -141,6 +154,25 @@ func (c *cappedBody) Read(p []byte) (int, error) {
 		if werr := c.b.take(c.ctx, n); werr != nil {
 			return 0, werr
 		}
+		c.readAt = c.b.now()
 	}
 	return n, err
+}
+
+// answered says the store answered the request whose body was r (a body
+// from b.body): the time since its last bytes went, if nothing was sent
+// since, is credited to the next take (see maxAnswerCredit).
+func (b *bandwidth) answered(r io.ReadCloser) {
+	c, ok := r.(*cappedBody)
+	if !ok || c.readAt.IsZero() {
+		return
+	}
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	from := c.readAt
+	if b.last.After(from) {
+		from = b.last // another body was read meanwhile: the line was not idle
+	}
+	rate := b.sched.At(b.now())
+	b.extra = max(b.extra, min(b.now().Sub(from), maxAnswerCredit).Seconds()*float64(rate))
 }

@@ -198,12 +198,17 @@ func (t *storeTransport) RoundTrip(req *http.Request) (*http.Response, error) {
 		}
 		return nil, err
 	}
+	var body io.ReadCloser
 	if req.Body != nil && req.Body != http.NoBody {
 		r := *req // a RoundTripper must not change the caller's request
-		r.Body = t.bw.body(req.Context(), req.Body)
+		body = t.bw.body(req.Context(), req.Body)
+		r.Body = body
 		req = &r
 	}
 	resp, err := t.next.RoundTrip(req)
+	if body != nil && err == nil {
+		t.bw.answered(body)
+	}
 	// The slot is freed once the answer's head is in: request bodies are
 	// sent by then, and the bodies of answers the store sends are small.
 	switch {
