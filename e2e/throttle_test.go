@@ -160,8 +160,13 @@ func TestUploadRateCap(t *testing.T) {
   args = [ "-c" "PATH=/bin:/usr/bin; set -e; echo %s >/dev/null; head -c %d /dev/urandom > $out" ]; }`, seed(), size)
 	out := nx.Build(t, expr)
 	const capRate = 20 << 20
+	// 20 MiB/s now, by a schedule whose window (no cap) opens six hours
+	// from now: status and the metrics show the next change.
+	from := time.Now().Add(6 * time.Hour).Truncate(time.Minute)
+	window := from.Format("15:04") + "-" + from.Add(time.Hour).Format("15:04")
+	metrics := fmt.Sprintf("127.0.0.1:%d", testenv.FreePort(t))
 	d := startDaemon(t, m.CredentialsEnv(), "--store-uri", m.StoreURIVia(bucket, p.Addr), "--secret-key-file", sec,
-		"--max-upload-rate", "20MiB")
+		"--max-upload-rate", "20MiB, "+window+"=unlimited", "--metrics-listen", metrics)
 
 	type sample struct {
 		at   time.Time
@@ -251,6 +256,31 @@ func TestUploadRateCap(t *testing.T) {
 		}
 	} else {
 		t.Logf("status 4 s into the upload: upload %.2f MiB/s, cap %d", mid.Traffic.UploadRate/(1<<20), mid.Traffic.UploadRateCap)
+	}
+	if tr := mid.Traffic; tr != nil && (tr.UploadRateSchedule != "20MiB, "+window+"=unlimited" || tr.UploadRateCapNextAt == nil ||
+		!tr.UploadRateCapNextAt.Equal(from) || tr.UploadRateCapNext != 0) {
+		t.Errorf("status: schedule %q, next change %v to %d; want %q, %v to 0 (no cap)", tr.UploadRateSchedule, tr.UploadRateCapNextAt,
+			tr.UploadRateCapNext, "20MiB, "+window+"=unlimited", from)
+	}
+	text, err := d.CLI("status")
+	if err != nil || !strings.Contains(text, "(cap 20.0 MiB/s; no cap from "+from.Format("15:04")+", in 6h") {
+		t.Errorf("nixpush status: %v\n%s\nwant the cap and its next change", err, text)
+	}
+	resp, err := http.Get("http://" + metrics + "/metrics")
+	if err != nil {
+		t.Fatal(err)
+	}
+	body, _ := io.ReadAll(resp.Body)
+	resp.Body.Close()
+	for _, want := range []string{
+		"nixpush_upload_rate_cap_bytes_per_second 2.097152e+07",
+		fmt.Sprintf("nixpush_upload_rate_cap_next_change_timestamp_seconds %s", strconv.FormatFloat(float64(from.Unix()), 'g', -1, 64)),
+		"nixpush_upload_rate_cap_next_bytes_per_second 0",
+		"nixpush_store_sent_bytes_per_second ",
+	} {
+		if !strings.Contains(string(body), want) {
+			t.Errorf("metrics lack %q", want)
+		}
 	}
 	checkFetched(t, nx, m.HTTPURL(bucket), pub, out...)
 }
