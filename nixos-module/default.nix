@@ -249,7 +249,7 @@ in
       description = ''
         Cap on the bytes a second sent to an S3 store, across all uploads: a number of
         bytes or a size such as "20MiB", "2.5MB" (0: no cap). Uploads take as long as the
-        cap makes them; after an idle moment a tenth of a second of the cap (at least 1 MiB) goes out at once above it.
+        cap makes them; after an idle moment a tenth of a second of the cap (at least 1 MiB), after a slow answer of the store up to a second of it, goes out at once above it.
         Throttling answers of the store (503 SlowDown, 429) are handled whatever the cap.
       '';
       example = "20MiB";

@@ -53,7 +53,7 @@ func runDaemon(ctx context.Context, args []string, stdout, stderr io.Writer) int
 	var maxRate rateFlag
 	fs.Var(&maxRate, "max-upload-rate", "cap the bytes a second sent to an S3 store, across all uploads (e.g. 20MiB, 2.5MB, 800KiB; 0 or unlimited: none), "+
 		"optionally with time-of-day windows of their own, local time: '20MiB, 00:00-07:00=unlimited, 12:00-13:00=50MiB' (a window may cross midnight); "+
-		"costs a tenth of a second of the cap (at least 1 MiB) sent at once above it after an idle moment, and uploads take as long as the cap makes them")
+		"costs a tenth of a second of the cap (at least 1 MiB) sent at once above it after an idle moment, up to a second of it after a slow answer of the store, and uploads take as long as the cap makes them")
 	metricsListen := fs.String("metrics-listen", "", "serve Prometheus metrics on this TCP address (e.g. 127.0.0.1:9747), at /metrics")
 	trust := fs.Duration("trust-cache-for", time.Hour, "how long a path seen in the cache (or uploaded) is believed to stay there before a push that needs it checks again; "+
 		"keep it well below gc's --grace (24h by default), which spares young .narinfos and NARs for that long; 0s checks whole closures on every push")
