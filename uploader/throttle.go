@@ -253,11 +253,7 @@ func throttlingError(err error) bool {
 // again. body, when not nil, is rewound before each new attempt; a body
 // that cannot be rewound gets no second attempt.
 func persist(ctx context.Context, body io.Reader, op func() error) error {
-	return persistWith(ctx, body, throttleBackoff, throttleBackoffMax, op)
-}
-
-func persistWith(ctx context.Context, body io.Reader, first, most time.Duration, op func() error) error {
-	backoff := first
+	backoff := throttleBackoff
 	for {
 		err := op()
 		if !throttlingError(err) || ctx.Err() != nil {
@@ -275,6 +271,6 @@ func persistWith(ctx context.Context, body io.Reader, first, most time.Duration,
 		if serr := Sleep(ctx, backoff/2+rand.N(backoff/2+1)); serr != nil {
 			return err
 		}
-		backoff = min(2*backoff, most)
+		backoff = min(2*backoff, throttleBackoffMax)
 	}
 }
