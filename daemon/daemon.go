@@ -459,7 +459,11 @@ func (d *Daemon) status() hook.Status {
 	if t, ok := d.up.Traffic(); ok {
 		st.Traffic = &hook.Traffic{Throttling: t.Throttling, Throttled: t.Throttled,
 			Concurrency: t.Concurrency, MaxConcurrency: t.MaxConcurrency, InFlight: t.InFlight,
-			UploadRate: t.Rate, UploadRateCap: t.RateCap, Sent: t.Sent}
+			UploadRate: t.Rate, UploadRateCap: t.RateCap, Sent: t.Sent, UploadRateSchedule: t.RateSchedule}
+		if !t.RateCapNext.IsZero() {
+			next := t.RateCapNext
+			st.Traffic.UploadRateCapNextAt, st.Traffic.UploadRateCapNext = &next, t.RateCapNextRate
+		}
 		if !t.LastThrottled.IsZero() {
 			last := t.LastThrottled
 			st.Traffic.LastThrottled = &last

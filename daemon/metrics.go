@@ -43,14 +43,17 @@ var (
 	descConc   = prometheus.NewDesc("nixpush_store_concurrency_limit", "Requests the daemon lets be in flight to the store now: halved on throttling, climbing back as requests succeed.", nil, nil)
 	descInFl   = prometheus.NewDesc("nixpush_store_requests_in_flight", "Requests to the store in flight now.", nil, nil)
 	descSent   = prometheus.NewDesc("nixpush_store_sent_bytes_total", "Request body bytes sent to the store.", nil, nil)
-	descCap    = prometheus.NewDesc("nixpush_upload_rate_cap_bytes_per_second", "The upload bandwidth cap in force now (--max-upload-rate); 0 when none.", nil, nil)
+	descCap    = prometheus.NewDesc("nixpush_upload_rate_cap_bytes_per_second", "The upload bandwidth cap in force now (--max-upload-rate, by its time-of-day schedule); 0 when none.", nil, nil)
+	descCapNxt = prometheus.NewDesc("nixpush_upload_rate_cap_next_change_timestamp_seconds", "When the upload cap next changes by its schedule (Unix time); 0 when it never does.", nil, nil)
+	descCapNxV = prometheus.NewDesc("nixpush_upload_rate_cap_next_bytes_per_second", "The upload cap from its next change on; 0 when none (or no change comes).", nil, nil)
+	descSendRt = prometheus.NewDesc("nixpush_store_sent_bytes_per_second", "Request body bytes a second sent to the store over the last 4 whole seconds (what the upload cap holds).", nil, nil)
 	descGCFit  = prometheus.NewDesc("nixpush_gc_settings_ok", "0 while the daemon's --trust-cache-for or --max-sweep-wait does not fit the grace, --older-than or sweep window gc wrote in its marker (every push then checks every path), else 1.", nil, nil)
 )
 
 type statusCollector struct{ d *Daemon }
 
 func (c *statusCollector) Describe(ch chan<- *prometheus.Desc) {
-	for _, d := range []*prometheus.Desc{descItems, descOldest, descPaths, descNAR, descFile, descSkip, descFilter, descLogs, descReal, descReq, descLast, descRate, descStore, descCheck, descQOK, descQFail, descHeld, descSpool, descGCFit, descThrot, descThrots, descConc, descInFl, descSent, descCap} {
+	for _, d := range []*prometheus.Desc{descItems, descOldest, descPaths, descNAR, descFile, descSkip, descFilter, descLogs, descReal, descReq, descLast, descRate, descStore, descCheck, descQOK, descQFail, descHeld, descSpool, descGCFit, descThrot, descThrots, descConc, descInFl, descSent, descCap, descCapNxt, descCapNxV, descSendRt} {
 		ch <- d
 	}
 }
@@ -114,5 +117,12 @@ func (c *statusCollector) Collect(ch chan<- prometheus.Metric) {
 		ch <- prometheus.MustNewConstMetric(descInFl, prometheus.GaugeValue, float64(t.InFlight))
 		ch <- prometheus.MustNewConstMetric(descSent, prometheus.CounterValue, float64(t.Sent))
 		ch <- prometheus.MustNewConstMetric(descCap, prometheus.GaugeValue, float64(t.UploadRateCap))
+		var next float64
+		if t.UploadRateCapNextAt != nil {
+			next = float64(t.UploadRateCapNextAt.Unix())
+		}
+		ch <- prometheus.MustNewConstMetric(descCapNxt, prometheus.GaugeValue, next)
+		ch <- prometheus.MustNewConstMetric(descCapNxV, prometheus.GaugeValue, float64(t.UploadRateCapNext))
+		ch <- prometheus.MustNewConstMetric(descSendRt, prometheus.GaugeValue, t.UploadRate)
 	}
 }

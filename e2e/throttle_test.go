@@ -5,6 +5,9 @@ import (
 	"fmt"
 	"io"
 	"net/http"
+	"os"
+	"slices"
+	"strconv"
 	"strings"
 	"sync"
 	"testing"
@@ -133,9 +136,11 @@ func TestStoreSlowDown(t *testing.T) {
 	checkFetched(t, nx, m.HTTPURL(bucket), pub, out...)
 }
 
-// TestUploadRateCap pushes one path of 96 MiB of random data with
-// --max-upload-rate 20MiB through the proxy, which measures the rate: it
-// holds within 5% of the cap, and status shows the cap and the rate.
+// TestUploadRateCap pushes one path of random data (96 MiB; set
+// NIXPUSH_E2E_RATECAP_MIB for another size, such as 1024) with
+// --max-upload-rate 20MiB through the proxy, which measures the rate over
+// the whole transfer, first request byte to last: it holds within 5% of
+// the cap, and status shows the cap and the rate.
 func TestUploadRateCap(t *testing.T) {
 	nx := testenv.Nix(t)
 	m := testenv.MinIO(t)
@@ -143,13 +148,25 @@ func TestUploadRateCap(t *testing.T) {
 	m.MakeBucket(t, bucket, true)
 	p := testenv.NewProxy(t, m.Endpoint)
 	sec, pub := keys(t, "nixpush-e2e-ratecap-1")
-	const size = 96 << 20
+	size := int64(96 << 20)
+	if v := os.Getenv("NIXPUSH_E2E_RATECAP_MIB"); v != "" {
+		n, err := strconv.Atoi(v)
+		if err != nil || n < 32 {
+			t.Fatalf("NIXPUSH_E2E_RATECAP_MIB=%q: want a size in MiB of 32 or more, such as 1024", v)
+		}
+		size = int64(n) << 20
+	}
 	expr := fmt.Sprintf(`derivation { name = "big"; system = builtins.currentSystem; builder = "/bin/sh";
   args = [ "-c" "PATH=/bin:/usr/bin; set -e; echo %s >/dev/null; head -c %d /dev/urandom > $out" ]; }`, seed(), size)
 	out := nx.Build(t, expr)
 	const capRate = 20 << 20
+	// 20 MiB/s now, by a schedule whose window (no cap) opens six hours
+	// from now: status and the metrics show the next change.
+	from := time.Now().Add(6 * time.Hour).Truncate(time.Minute)
+	window := from.Format("15:04") + "-" + from.Add(time.Hour).Format("15:04")
+	metrics := fmt.Sprintf("127.0.0.1:%d", testenv.FreePort(t))
 	d := startDaemon(t, m.CredentialsEnv(), "--store-uri", m.StoreURIVia(bucket, p.Addr), "--secret-key-file", sec,
-		"--max-upload-rate", "20MiB")
+		"--max-upload-rate", "20MiB, "+window+"=unlimited", "--metrics-listen", metrics)
 
 	type sample struct {
 		at   time.Time
@@ -159,6 +176,7 @@ func TestUploadRateCap(t *testing.T) {
 	stop := make(chan struct{})
 	sampled := make(chan struct{})
 	var mid *hook.Status
+	var loads []string
 	base := p.Sent()
 	go func() {
 		defer close(sampled)
@@ -168,6 +186,9 @@ func TestUploadRateCap(t *testing.T) {
 				if st, err := statusJSON(t, d); err == nil {
 					mid = &st
 				}
+			}
+			if i%40 == 0 {
+				loads = append(loads, loadAvg())
 			}
 			select {
 			case <-stop:
@@ -179,32 +200,52 @@ func TestUploadRateCap(t *testing.T) {
 	if o, err := d.CLI("push", out[0]); err != nil {
 		t.Fatalf("push: %v\n%s", err, o)
 	}
-	d.MustWait(3 * time.Minute)
+	d.MustWait(time.Duration(size/capRate)*2*time.Second + 3*time.Minute)
 	close(stop)
 	<-sampled
-	total := p.Sent() - base
-	// The steady part: from 4 MiB sent to 4 MiB before the end (the
-	// bucket's first burst and the last requests left out).
-	var first, last *sample
-	for i := range samples {
-		s := &samples[i]
-		if first == nil && s.sent-base >= 4<<20 {
-			first = s
+	// The whole transfer at the proxy: from the first upload request's
+	// first byte to the last one's last byte (the NAR's parts, its
+	// .narinfo and the rest are small beside it).
+	var first, last time.Time
+	var bytes int64
+	var parts []testenv.Exchange
+	for _, e := range p.Exchanges() {
+		if e.Method != "PUT" && e.Method != "POST" || e.Bytes < 1<<20 {
+			continue
 		}
-		if s.sent-base <= total-4<<20 {
-			last = s
+		if first.IsZero() {
+			first = e.Start
+		}
+		if e.BodyEnd.After(last) {
+			last = e.BodyEnd
+		}
+		bytes += e.Bytes
+		parts = append(parts, e)
+	}
+	if len(parts) == 0 || !last.After(first) {
+		t.Fatalf("no upload seen at the proxy: %d exchanges", len(p.Exchanges()))
+	}
+	rate := float64(bytes) / last.Sub(first).Seconds()
+	// Where the line went idle: between one part's last byte and the next
+	// one's first (the wait for the store's answer, and packing).
+	var idle time.Duration
+	var waits []time.Duration
+	for i, e := range parts {
+		waits = append(waits, e.Answer.Sub(e.BodyEnd))
+		if i > 0 {
+			idle += max(0, e.Start.Sub(parts[i-1].BodyEnd))
 		}
 	}
-	if first == nil || last == nil || !last.at.After(first.at) {
-		t.Fatalf("too few samples: %d over %d bytes", len(samples), total)
-	}
-	rate := float64(last.sent-first.sent) / last.at.Sub(first.at).Seconds()
+	slices.Sort(waits)
 	var perSec []string
 	for i := 4; i < len(samples); i += 4 {
 		perSec = append(perSec, fmt.Sprintf("%.1f", float64(samples[i].sent-samples[i-4].sent)/samples[i].at.Sub(samples[i-4].at).Seconds()/(1<<20)))
 	}
-	t.Logf("sent %.1f MiB through the proxy; steady rate %.2f MiB/s over %s (cap 20 MiB/s, %.2f%%); per second: %s",
-		float64(total)/(1<<20), rate/(1<<20), last.at.Sub(first.at).Round(time.Millisecond), 100*(rate/capRate-1), strings.Join(perSec, " "))
+	t.Logf("%.1f MiB in %d requests over %s at the proxy: %.2f MiB/s (cap 20 MiB/s, %+.2f%%); line idle between parts %s in all, "+
+		"answer after a part's last byte: median %s, max %s; load %s; per second: %s",
+		float64(bytes)/(1<<20), len(parts), last.Sub(first).Round(time.Millisecond), rate/(1<<20), 100*(rate/capRate-1),
+		idle.Round(time.Millisecond), waits[len(waits)/2].Round(time.Millisecond), waits[len(waits)-1].Round(time.Millisecond),
+		strings.Join(loads, " / "), strings.Join(perSec, " "))
 	if rate < 0.95*capRate || rate > 1.05*capRate {
 		t.Errorf("rate %.2f MiB/s at the proxy; want 20 MiB/s within 5%%", rate/(1<<20))
 	}
@@ -216,5 +257,39 @@ func TestUploadRateCap(t *testing.T) {
 	} else {
 		t.Logf("status 4 s into the upload: upload %.2f MiB/s, cap %d", mid.Traffic.UploadRate/(1<<20), mid.Traffic.UploadRateCap)
 	}
+	if tr := mid.Traffic; tr != nil && (tr.UploadRateSchedule != "20MiB, "+window+"=unlimited" || tr.UploadRateCapNextAt == nil ||
+		!tr.UploadRateCapNextAt.Equal(from) || tr.UploadRateCapNext != 0) {
+		t.Errorf("status: schedule %q, next change %v to %d; want %q, %v to 0 (no cap)", tr.UploadRateSchedule, tr.UploadRateCapNextAt,
+			tr.UploadRateCapNext, "20MiB, "+window+"=unlimited", from)
+	}
+	text, err := d.CLI("status")
+	if err != nil || !strings.Contains(text, "(cap 20.0 MiB/s; no cap from "+from.Format("15:04")+", in ") {
+		t.Errorf("nixpush status: %v\n%s\nwant the cap and its next change", err, text)
+	}
+	resp, err := http.Get("http://" + metrics + "/metrics")
+	if err != nil {
+		t.Fatal(err)
+	}
+	body, _ := io.ReadAll(resp.Body)
+	resp.Body.Close()
+	for _, want := range []string{
+		"nixpush_upload_rate_cap_bytes_per_second 2.097152e+07",
+		fmt.Sprintf("nixpush_upload_rate_cap_next_change_timestamp_seconds %s", strconv.FormatFloat(float64(from.Unix()), 'g', -1, 64)),
+		"nixpush_upload_rate_cap_next_bytes_per_second 0",
+		"nixpush_store_sent_bytes_per_second ",
+	} {
+		if !strings.Contains(string(body), want) {
+			t.Errorf("metrics lack %q", want)
+		}
+	}
 	checkFetched(t, nx, m.HTTPURL(bucket), pub, out...)
+}
+
+// loadAvg is the load average of the last minute, as uptime shows it.
+func loadAvg() string {
+	b, err := os.ReadFile("/proc/loadavg")
+	if err != nil {
+		return "?"
+	}
+	return strings.Fields(string(b))[0]
 }

@@ -106,7 +106,13 @@ type Traffic struct {
 	// UploadRateCap the cap in force now (0: none).
 	UploadRate    float64 `json:"upload_bytes_per_second"`
 	UploadRateCap int64   `json:"upload_rate_cap"`
-	Sent          int64   `json:"sent_bytes"` // request body bytes since start
+	// UploadRateSchedule is --max-upload-rate with its time-of-day
+	// windows (absent without windows); the cap next changes at
+	// UploadRateCapNextAt, to UploadRateCapNext (0: no cap).
+	UploadRateSchedule  string     `json:"upload_rate_schedule,omitempty"`
+	UploadRateCapNextAt *time.Time `json:"upload_rate_cap_next_at,omitempty"`
+	UploadRateCapNext   int64      `json:"upload_rate_cap_next,omitempty"`
+	Sent                int64      `json:"sent_bytes"` // request body bytes since start
 }
 
 // Progress is what the daemon has done of the closures it is pushing: the

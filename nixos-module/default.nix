@@ -50,6 +50,45 @@ let
     assertion = parsed != null;
     message = "services.nixpush.${option} = ${builtins.toJSON value} is not a duration nixpush reads: want ${want}";
   };
+  # The upload cap and its time-of-day windows, checked as nixpush reads
+  # them (uploader.ParseRateSchedule) so a typo fails the build, not the
+  # service: a rate is a number with an optional unit, or unlimited/none;
+  # a window HH:MM-HH:MM (to 24:00; an end before the start crosses
+  # midnight); windows must not overlap.
+  rateRe = "(unlimited|none|[0-9]+([.][0-9]+)?[ ]*(KiB|MiB|GiB|KB|MB|GB|K|M|G|B)?(/s)?)";
+  rateOk = r: builtins.isInt r && r >= 0 || builtins.isString r && builtins.match rateRe r != null;
+  clockRe = "([01]?[0-9]|2[0-3]):([0-5][0-9])";
+  # A window as minutes after midnight, or null when nixpush would refuse it.
+  parseWindow = w:
+    let
+      m = builtins.match "${clockRe}-(${clockRe}|24:00)" w;
+      mins = h: mm: builtins.fromJSON (lib.removePrefix "0" h) * 60 + builtins.fromJSON (lib.removePrefix "0" mm);
+      from = mins (builtins.elemAt m 0) (builtins.elemAt m 1);
+      to = if builtins.elemAt m 2 == "24:00" then 0 else mins (builtins.elemAt m 3) (builtins.elemAt m 4);
+    in if m == null || from == to then null else { inherit from to; };
+  contains = w: m: if w.from < w.to then w.from <= m && m < w.to else m >= w.from || m < w.to;
+  windows = lib.mapAttrsToList (name: rate: { inherit name rate; span = parseWindow name; }) cfg.uploadRateSchedule;
+  badWindows = builtins.filter (w: w.span == null) windows;
+  badRates = builtins.filter (w: !(rateOk w.rate)) windows;
+  goodWindows = builtins.filter (w: w.span != null) windows;
+  overlaps = lib.concatLists (lib.imap0 (i: a: map (b: "${a.name} and ${b.name}")
+    (builtins.filter (b: contains a.span b.span.from || contains b.span a.span.from) (lib.drop (i + 1) goodWindows))) goodWindows);
+  rateFlag = concatStringsSep ", " ([ (toString cfg.maxUploadRate) ]
+    ++ lib.mapAttrsToList (w: r: "${w}=${toString r}") cfg.uploadRateSchedule);
+  rateAssertions = [{
+    assertion = rateOk cfg.maxUploadRate;
+    message = "services.nixpush.maxUploadRate = ${builtins.toJSON cfg.maxUploadRate} is not a rate nixpush reads: want bytes a second such as \"20MiB\", \"2.5MB\" or 0 (put time-of-day windows in uploadRateSchedule)";
+  } {
+    assertion = badWindows == [ ];
+    message = "services.nixpush.uploadRateSchedule: ${concatStringsSep ", " (map (w: builtins.toJSON w.name) badWindows)} is not a window nixpush reads: want HH:MM-HH:MM in 24-hour time, such as \"00:00-07:00\" or \"22:00-06:00\"";
+  } {
+    assertion = badRates == [ ];
+    message = "services.nixpush.uploadRateSchedule: ${concatStringsSep ", " (map (w: "${w.name} = ${builtins.toJSON w.rate}") badRates)} is not a rate nixpush reads: want bytes a second such as \"50MiB\", or \"unlimited\"";
+  } {
+    assertion = overlaps == [ ];
+    message = "services.nixpush.uploadRateSchedule: windows ${concatStringsSep ", " overlaps} overlap; give each minute of the day one rate";
+  }];
+
   # A flag in extraArgs that an option sets would override the option,
   # unchecked by the assertions: one assertion per such flag.
   notInExtraArgs = option: extra: flags: lib.mapAttrsToList (flag: setting: {
@@ -111,7 +150,7 @@ let
     "--write-nar-listing=${lib.boolToString cfg.writeNarListing}"
     "--trust-cache-for" cfg.trustCacheFor
     "--max-sweep-wait" cfg.maxSweepWait
-    "--max-upload-rate" (toString cfg.maxUploadRate)
+    "--max-upload-rate" rateFlag
   ] ++ optionals (cfg.caCertificate != null) [ "--ca-certificate" "%d/ca.pem" ]
     ++ optionals (cfg.metricsListen != null) [ "--metrics-listen" cfg.metricsListen ]
     ++ lib.concatMap (re: [ "--exclude" re ]) cfg.exclude
@@ -210,10 +249,24 @@ in
       description = ''
         Cap on the bytes a second sent to an S3 store, across all uploads: a number of
         bytes or a size such as "20MiB", "2.5MB" (0: no cap). Uploads take as long as the
-        cap makes them; after an idle moment up to 1 MiB goes out at once above it.
+        cap makes them; after an idle moment a tenth of a second of the cap (at least 1 MiB), after a slow answer of the store up to a second of it, goes out at once above it.
         Throttling answers of the store (503 SlowDown, 429) are handled whatever the cap.
       '';
       example = "20MiB";
+    };
+
+    uploadRateSchedule = mkOption {
+      type = types.attrsOf (types.either types.ints.unsigned types.str);
+      default = { };
+      description = ''
+        Time-of-day windows with a cap of their own, overriding maxUploadRate within them:
+        "HH:MM-HH:MM" (local time of the machine; an end before the start crosses midnight,
+        24:00 ends at midnight) to a rate as maxUploadRate takes it, or "unlimited". The cap
+        changes as the day turns, while uploads run; `nixpush status` shows the cap now and
+        its next change. Windows must not overlap (an assertion checks). Costs nothing
+        beyond the cap's own: the schedule is read at each chunk sent.
+      '';
+      example = literalExpression ''{ "00:00-07:00" = "unlimited"; "12:00-13:00" = "50MiB"; }'';
     };
 
     caCertificate = mkOption {
@@ -439,9 +492,10 @@ in
       }
         (readable "trustCacheFor" cfg.trustCacheFor trust goWant)
         (readable "maxSweepWait" cfg.maxSweepWait maxSweepWait goWant)
-      ] ++ notInExtraArgs "extraArgs" cfg.extraArgs {
+      ] ++ rateAssertions ++ notInExtraArgs "extraArgs" cfg.extraArgs {
         trust-cache-for = "trustCacheFor";
         max-sweep-wait = "maxSweepWait";
+        max-upload-rate = "maxUploadRate";
       };
 
       environment.systemPackages = [ cfg.package ];

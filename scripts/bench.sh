@@ -9,6 +9,9 @@
 #                                      # (to compare two commits side by side, alternating)
 #   NIXPUSH_BENCH_GC_PATHS=100000,1000000 ./scripts/bench.sh GCScale   # gc and verify of synthetic
 #                                      # caches: file:// at each size, 100,000 paths in MinIO
+#   NIXPUSH_BENCH_BASE=/tmp/main-bin ./scripts/bench.sh SlowDown   # a 300-path push under 30% and 60%
+#                                      # 503 SlowDown, this build beside another's binaries (go build -o DIR/
+#                                      # ./cmd/nixpush ./cmd/nixpush-hook in a checkout of main)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 NIXPUSH_SETUP_ONLY=1 ./scripts/test.sh

@@ -7,7 +7,6 @@ import (
 	"io"
 	"net/url"
 	"strings"
-	"time"
 )
 
 // ErrNotExist reports an object the store does not hold.
@@ -41,13 +40,10 @@ type StoreOptions struct {
 	// CACertFile is a PEM bundle trusted for an https S3 endpoint, for a
 	// private CA such as a self-signed MinIO.
 	CACertFile string
-	// MaxUploadRate caps the bytes a second sent to an S3 store, across
-	// all requests (0: no cap).
-	MaxUploadRate int64
+	// UploadRate caps the bytes a second sent to an S3 store, across all
+	// requests, by time of day (the zero value: no cap).
+	UploadRate RateSchedule
 }
-
-// uploadRate is the cap in force at t.
-func (o StoreOptions) uploadRate(t time.Time) int64 { return o.MaxUploadRate }
 
 // OpenStore opens a store from a URI in the syntax of `nix copy --to`:
 //

@@ -96,8 +96,8 @@ func openS3(ctx context.Context, u *url.URL, opts StoreOptions) (*S3Store, error
 	// Every request, the probe's too, passes one gate: throttling seen by
 	// one slows all, and the cap counts every byte.
 	gate := newGate(maxInFlight, nil)
-	bw := newBandwidth(opts.uploadRate, nil, nil)
-	tr := &storeTransport{next: transport, gate: gate, bw: bw}
+	bw := newBandwidth(opts.UploadRate, nil, nil)
+	tr := &storeTransport{next: transport, gate: gate, bw: bw, sleep: Sleep}
 
 	mopts := minio.Options{
 		Creds:        credentialsFor(q.Get("profile")),

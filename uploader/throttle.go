@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"io"
+	"math/rand/v2"
 	"net/http"
 	"strconv"
 	"sync"
@@ -14,24 +15,31 @@ import (
 
 // A store that is overloaded says so: S3 answers 503 SlowDown, others 429
 // Too Many Requests, some with Retry-After. minio-go retries such answers
-// itself (ten times, ignoring Retry-After), so on its own the daemon would
-// never learn of them. The gate below sits in the S3 client's transport,
-// under minio-go: it sees every answer, and it is the one place every
-// request to the store passes. It keeps an adaptive limit on requests in
-// flight (additive increase on success, multiplicative decrease on a
-// throttling answer) and, after one, holds every request back for the
-// Retry-After the store asked for (or a backoff of its own). minio-go's
-// retries then go out after that wait, through the gate; whatever still
-// comes back throttled after them, the store retries again (see persist):
-// throttling slows paths down, it never fails them.
+// itself (ten times, each request after its own backoff of 200 ms
+// doubling to 1 s, full jitter), ignoring Retry-After, so on its own the
+// daemon would never learn of them. The gate below sits in the S3
+// client's transport, under minio-go: it sees every answer, and it is the
+// one place every request to the store passes. It keeps an adaptive limit
+// on requests in flight (additive increase on success, multiplicative
+// decrease on a throttling answer): that is the global slowing.
+//
+// The waiting is per request: a throttled request waits the Retry-After
+// it was given (else minio-go's backoff) before its retry goes out, and
+// after minio-go gives up, persist waits a backoff of its own (250 ms
+// doubling to 8 s, jittered) before the next round of tries. Requests
+// that were not throttled are not held back: a store throttles a share
+// of the requests (S3 per key prefix), and a pause of every request
+// after any throttled one left the line idle for most of a push (see
+// docs/throttling.md for the figures). Throttling slows paths down, it
+// never fails them.
 
 const (
 	// maxInFlight bounds the limit: the transport keeps as many idle
 	// connections, and nothing in the uploader asks for more at once.
 	maxInFlight = 64
-	// throttleBackoff is the first wait after a throttling answer without
-	// Retry-After; it doubles with each further one before a success, up
-	// to throttleBackoffMax.
+	// throttleBackoff is persist's first wait before a new round of tries
+	// of an operation minio-go gave up on as throttled; it doubles with
+	// each further round, up to throttleBackoffMax.
 	throttleBackoff    = 250 * time.Millisecond
 	throttleBackoffMax = 8 * time.Second
 	// maxRetryAfter bounds the wait a store may ask for.
@@ -60,6 +68,12 @@ type Traffic struct {
 	// Rate is the bytes sent to the store a second over the last seconds.
 	RateCap int64
 	Rate    float64
+	// RateCapNext is when the cap next changes by its schedule, to
+	// RateCapNextRate (zero: it never does); RateSchedule is the schedule
+	// ("" when the cap has no windows).
+	RateCapNext     time.Time
+	RateCapNextRate int64
+	RateSchedule    string
 	// Sent counts request body bytes sent since start.
 	Sent int64
 }
@@ -73,10 +87,6 @@ type gate struct {
 	max       float64
 	inFlight  int
 	wake      chan struct{} // closed and replaced when a slot may be free
-	pause     time.Time     // no request goes out before it
-	backoff   time.Duration // the next wait without Retry-After
-	backoff0  time.Duration // the first and the longest (tests shorten them)
-	backoffN  time.Duration
 	cutGap    time.Duration // cutEvery (tests shorten it)
 	lastCut   time.Time
 	lastThrot time.Time
@@ -87,25 +97,13 @@ func newGate(max int, now func() time.Time) *gate {
 	if now == nil {
 		now = time.Now
 	}
-	return &gate{now: now, limit: float64(max), max: float64(max), wake: make(chan struct{}), backoff: throttleBackoff, backoff0: throttleBackoff, backoffN: throttleBackoffMax, cutGap: cutEvery}
+	return &gate{now: now, limit: float64(max), max: float64(max), wake: make(chan struct{}), cutGap: cutEvery}
 }
 
-// acquire waits for a slot: the pause a throttling answer set is over and
-// fewer requests than the limit are in flight.
+// acquire waits for a slot: fewer requests than the limit in flight.
 func (g *gate) acquire(ctx context.Context) error {
 	for {
 		g.mu.Lock()
-		if wait := g.pause.Sub(g.now()); wait > 0 {
-			g.mu.Unlock()
-			t := time.NewTimer(wait)
-			select {
-			case <-t.C:
-				continue
-			case <-ctx.Done():
-				t.Stop()
-				return ctx.Err()
-			}
-		}
 		if g.inFlight < max(1, int(g.limit)) {
 			g.inFlight++
 			g.mu.Unlock()
@@ -133,8 +131,8 @@ const (
 // release frees the slot and adapts the limit: +1/limit per success (one
 // more request in flight per round of them), halved on throttling (from
 // what was in flight, if that was less than the limit), at most once per
-// cutEvery. retryAfter is the wait the store asked for (0: none).
-func (g *gate) release(o outcome, retryAfter time.Duration) {
+// cutEvery. Nobody else waits: the throttled request's own retry does.
+func (g *gate) release(o outcome) {
 	g.mu.Lock()
 	defer g.mu.Unlock()
 	inFlight := g.inFlight
@@ -145,21 +143,12 @@ func (g *gate) release(o outcome, retryAfter time.Duration) {
 	switch o {
 	case succeeded:
 		g.limit = min(g.max, g.limit+1/g.limit)
-		g.backoff = g.backoff0
 	case throttled:
 		g.throttled++
 		g.lastThrot = now
 		if now.Sub(g.lastCut) >= g.cutGap {
 			g.limit = max(1, min(g.limit, float64(inFlight))/2)
 			g.lastCut = now
-		}
-		wait := min(retryAfter, maxRetryAfter)
-		if wait <= 0 {
-			wait = g.backoff
-			g.backoff = min(2*g.backoff, g.backoffN)
-		}
-		if until := now.Add(wait); until.After(g.pause) {
-			g.pause = until
 		}
 	}
 }
@@ -196,9 +185,10 @@ func retryAfter(h http.Header, now time.Time) time.Duration {
 // storeTransport is the S3 client's transport: every request passes the
 // gate, and its body the bandwidth cap.
 type storeTransport struct {
-	next http.RoundTripper
-	gate *gate
-	bw   *bandwidth
+	next  http.RoundTripper
+	gate  *gate
+	bw    *bandwidth
+	sleep func(context.Context, time.Duration) error // Sleep (tests shorten it)
 }
 
 func (t *storeTransport) RoundTrip(req *http.Request) (*http.Response, error) {
@@ -208,21 +198,35 @@ func (t *storeTransport) RoundTrip(req *http.Request) (*http.Response, error) {
 		}
 		return nil, err
 	}
+	var body io.ReadCloser
 	if req.Body != nil && req.Body != http.NoBody {
 		r := *req // a RoundTripper must not change the caller's request
-		r.Body = t.bw.body(req.Context(), req.Body)
+		body = t.bw.body(req.Context(), req.Body)
+		r.Body = body
 		req = &r
 	}
 	resp, err := t.next.RoundTrip(req)
+	if body != nil && err == nil {
+		t.bw.answered(body)
+	}
 	// The slot is freed once the answer's head is in: request bodies are
 	// sent by then, and the bodies of answers the store sends are small.
 	switch {
 	case err != nil:
-		t.gate.release(failed, 0)
+		t.gate.release(failed)
 	case isThrottling(resp.StatusCode):
-		t.gate.release(throttled, retryAfter(resp.Header, t.gate.now()))
+		t.gate.release(throttled)
+		// The store said when to come back: this request's retry waits
+		// for it (minio-go's own wait comes on top, at most 1 s); the
+		// others go on under the limit just cut.
+		if wait := min(retryAfter(resp.Header, t.gate.now()), maxRetryAfter); wait > 0 {
+			if serr := t.sleep(req.Context(), wait); serr != nil {
+				resp.Body.Close()
+				return nil, serr
+			}
+		}
 	default:
-		t.gate.release(succeeded, 0)
+		t.gate.release(succeeded)
 	}
 	return resp, err
 }
@@ -242,11 +246,14 @@ func throttlingError(err error) bool {
 }
 
 // persist runs op until it ends otherwise than throttled: throttling is
-// never a failure of what is being uploaded, only a reason to wait (the
-// gate does the waiting, before the next attempt goes out). body, when
-// not nil, is rewound before each new attempt; a body that cannot be
-// rewound gets no second attempt.
+// never a failure of what is being uploaded, only a reason to wait. op's
+// requests are retried by minio-go, each after its own backoff (and a
+// Retry-After, see storeTransport); when minio-go gives up, persist waits
+// backoff (250 ms doubling to 8 s, the upper half jittered) and runs op
+// again. body, when not nil, is rewound before each new attempt; a body
+// that cannot be rewound gets no second attempt.
 func persist(ctx context.Context, body io.Reader, op func() error) error {
+	backoff := throttleBackoff
 	for {
 		err := op()
 		if !throttlingError(err) || ctx.Err() != nil {
@@ -261,5 +268,9 @@ func persist(ctx context.Context, body io.Reader, op func() error) error {
 				return err
 			}
 		}
+		if serr := Sleep(ctx, backoff/2+rand.N(backoff/2+1)); serr != nil {
+			return err
+		}
+		backoff = min(2*backoff, throttleBackoffMax)
 	}
 }

@@ -17,8 +17,7 @@ import (
 )
 
 // TestGateAIMD drives the gate by hand: throttling halves the limit (from
-// what was in flight), once per cutEvery, and pauses every request for the
-// Retry-After asked or a doubling backoff; successes add one per round.
+// what was in flight), once per cutEvery; successes add one per round.
 func TestGateAIMD(t *testing.T) {
 	now := time.Unix(1000, 0)
 	g := newGate(16, func() time.Time { return now })
@@ -29,37 +28,28 @@ func TestGateAIMD(t *testing.T) {
 		}
 	}
 	// 8 in flight under a limit of 16: the cut starts from the 8.
-	g.release(throttled, 0)
+	g.release(throttled)
 	var tr Traffic
 	g.traffic(&tr)
 	if tr.Concurrency != 4 || !tr.Throttling || tr.Throttled != 1 {
 		t.Fatalf("after a throttling answer with 8 in flight: %+v; want concurrency 4, throttling", tr)
 	}
-	if want := now.Add(throttleBackoff); !g.pause.Equal(want) {
-		t.Errorf("pause until %v; want %v (no Retry-After: the first backoff)", g.pause, want)
-	}
-	// More answers to the same overload: no further cut, the backoff doubles.
-	g.release(throttled, 0)
+	// More answers to the same overload: no further cut.
+	g.release(throttled)
 	g.traffic(&tr)
-	if tr.Concurrency != 4 || !g.pause.Equal(now.Add(2*throttleBackoff)) {
-		t.Errorf("second answer within cutEvery: concurrency %d, pause %v; want 4 and %v", tr.Concurrency, g.pause, now.Add(2*throttleBackoff))
+	if tr.Concurrency != 4 || tr.Throttled != 2 {
+		t.Errorf("second answer within cutEvery: %+v; want concurrency 4, 2 counted", tr)
 	}
-	// A second later, one asking for 3 s: cut again, and wait what was asked.
+	// A second later: cut again.
 	now = now.Add(cutEvery)
-	h := http.Header{}
-	h.Set("Retry-After", "3")
-	g.release(throttled, retryAfter(h, now))
+	g.release(throttled)
 	g.traffic(&tr)
-	if tr.Concurrency != 2 || !g.pause.Equal(now.Add(3*time.Second)) || tr.InFlight != 5 {
-		t.Errorf("Retry-After 3: %+v, pause %v; want concurrency 2, pause %v, 5 in flight", tr, g.pause, now.Add(3*time.Second))
-	}
-	h.Set("Retry-After", now.Add(90*time.Second).UTC().Format(http.TimeFormat))
-	if d := retryAfter(h, now); d != 90*time.Second {
-		t.Errorf("Retry-After as a date 90 s ahead: %v", d)
+	if tr.Concurrency != 2 || tr.InFlight != 5 {
+		t.Errorf("a second later: %+v; want concurrency 2, 5 in flight", tr)
 	}
 	// Successes: the limit climbs back by about one per round of requests.
 	for range 5 {
-		g.release(succeeded, 0)
+		g.release(succeeded)
 	}
 	g.traffic(&tr)
 	if tr.Concurrency != 3 || tr.InFlight != 0 {
@@ -67,7 +57,7 @@ func TestGateAIMD(t *testing.T) {
 	}
 	for range 200 {
 		g.inFlight++
-		g.release(succeeded, 0)
+		g.release(succeeded)
 	}
 	g.traffic(&tr)
 	if tr.Concurrency != 16 {
@@ -80,11 +70,37 @@ func TestGateAIMD(t *testing.T) {
 	}
 }
 
-// TestGateAcquireWaits: a full gate holds a request until a slot frees, a
-// pause holds it until the pause ends, and a cancelled context ends the wait.
+// TestRetryAfter reads the header: seconds, an HTTP date, nothing.
+func TestRetryAfter(t *testing.T) {
+	now := time.Unix(1000, 0)
+	for _, tc := range []struct {
+		name, value string
+		want        time.Duration
+	}{
+		{"seconds", "3", 3 * time.Second},
+		{"a date 90 s ahead", now.Add(90 * time.Second).UTC().Format(http.TimeFormat), 90 * time.Second},
+		{"a date past", now.Add(-time.Minute).UTC().Format(http.TimeFormat), 0},
+		{"none", "", 0},
+		{"garbage", "soon", 0},
+	} {
+		h := http.Header{}
+		if tc.value != "" {
+			h.Set("Retry-After", tc.value)
+		}
+		if got := retryAfter(h, now); got != tc.want {
+			t.Errorf("%s: Retry-After %q: %v; want %v", tc.name, tc.value, got, tc.want)
+		}
+	}
+}
+
+// TestGateAcquireWaits: a full gate holds a request until a slot frees, and
+// a cancelled context ends the wait; a throttling answer holds nobody.
 func TestGateAcquireWaits(t *testing.T) {
-	g := newGate(1, nil)
+	g := newGate(2, nil)
 	ctx := context.Background()
+	if err := g.acquire(ctx); err != nil {
+		t.Fatal(err)
+	}
 	if err := g.acquire(ctx); err != nil {
 		t.Fatal(err)
 	}
@@ -92,20 +108,29 @@ func TestGateAcquireWaits(t *testing.T) {
 	go func() { got <- g.acquire(ctx) }()
 	select {
 	case <-got:
-		t.Fatal("a second request went out past a limit of 1")
+		t.Fatal("a third request went out past a limit of 2")
 	case <-time.After(50 * time.Millisecond):
 	}
-	g.release(succeeded, 0)
+	g.release(succeeded)
 	if err := <-got; err != nil {
 		t.Fatal(err)
 	}
-	g.release(throttled, 150*time.Millisecond)
-	start := time.Now()
-	if err := g.acquire(ctx); err != nil {
+	// Two in flight, limit 2: a throttling answer cuts the limit to 1 and
+	// frees its slot; with one still in flight, the next waits for it.
+	g.release(throttled)
+	go func() { got <- g.acquire(ctx) }()
+	select {
+	case <-got:
+		t.Fatal("a request went out past the limit cut to 1")
+	case <-time.After(50 * time.Millisecond):
+	}
+	g.release(succeeded)
+	if err := <-got; err != nil {
 		t.Fatal(err)
 	}
-	if d := time.Since(start); d < 140*time.Millisecond {
-		t.Errorf("a request went out %v after Retry-After 150ms", d)
+	// The success raised the limit to 2 again: one more fills it.
+	if err := g.acquire(ctx); err != nil {
+		t.Fatal(err)
 	}
 	cctx, cancel := context.WithTimeout(ctx, 20*time.Millisecond)
 	defer cancel()
@@ -113,6 +138,56 @@ func TestGateAcquireWaits(t *testing.T) {
 		t.Error("acquire past a full gate with a context that ended")
 	}
 }
+
+// TestRetryAfterHoldsOnlyItsRequest: a store that answers one request 429
+// with Retry-After: 1 holds that request's retry for the second asked,
+// while the requests beside it go on (the old gate paused them all).
+func TestRetryAfterHoldsOnlyItsRequest(t *testing.T) {
+	var slept atomic.Int64
+	var first atomic.Bool
+	next := roundTripFunc(func(req *http.Request) (*http.Response, error) {
+		resp := &http.Response{StatusCode: 200, Header: http.Header{}, Body: io.NopCloser(strings.NewReader("")), Request: req}
+		if req.URL.Path == "/throttled" && first.CompareAndSwap(false, true) {
+			resp.StatusCode = http.StatusTooManyRequests
+			resp.Header.Set("Retry-After", "1")
+		}
+		return resp, nil
+	})
+	tr := &storeTransport{next: next, gate: newGate(8, nil), bw: newBandwidth(RateSchedule{}, nil, nil),
+		sleep: func(ctx context.Context, d time.Duration) error {
+			slept.Add(int64(d))
+			return Sleep(ctx, 200*time.Millisecond)
+		}}
+	throttledDone := make(chan time.Time, 1)
+	start := time.Now()
+	go func() {
+		req, _ := http.NewRequest(http.MethodGet, "http://s3.test/throttled", nil)
+		resp, err := tr.RoundTrip(req)
+		if err != nil || resp.StatusCode != http.StatusTooManyRequests {
+			t.Errorf("throttled request: %v, %v", resp, err)
+		}
+		throttledDone <- time.Now()
+	}()
+	time.Sleep(20 * time.Millisecond)
+	for i := range 20 {
+		req, _ := http.NewRequest(http.MethodGet, fmt.Sprintf("http://s3.test/other-%d", i), nil)
+		if _, err := tr.RoundTrip(req); err != nil {
+			t.Fatal(err)
+		}
+	}
+	others := time.Since(start)
+	done := <-throttledDone
+	if time.Duration(slept.Load()) != time.Second {
+		t.Errorf("the throttled request waited %v; want the Retry-After, 1s", time.Duration(slept.Load()))
+	}
+	if others >= done.Sub(start) {
+		t.Errorf("20 other requests took %v, past the throttled request's wait (%v): they were held back", others, done.Sub(start))
+	}
+}
+
+type roundTripFunc func(*http.Request) (*http.Response, error)
+
+func (f roundTripFunc) RoundTrip(r *http.Request) (*http.Response, error) { return f(r) }
 
 // fakeS3 answers minio-go's requests without a network: a PUT is stored,
 // a HEAD finds it; an answer chosen by throttle is a 503 SlowDown instead.
@@ -184,10 +259,9 @@ func fakeS3Store(t *testing.T, f *fakeS3) *S3Store {
 	minio.DefaultRetryUnit, minio.DefaultRetryCap = time.Millisecond, 5*time.Millisecond
 	t.Cleanup(func() { minio.DefaultRetryUnit, minio.DefaultRetryCap = unit, cap })
 	g := newGate(maxInFlight, nil)
-	g.backoff, g.backoff0, g.backoffN = time.Millisecond, time.Millisecond, 10*time.Millisecond
 	g.cutGap = 5 * time.Millisecond // the fake answers in milliseconds what S3 does in a second
 	f.gate, f.objects = g, map[string][]byte{}
-	tr := &storeTransport{next: f, gate: g, bw: newBandwidth(nil, nil, nil)}
+	tr := &storeTransport{next: f, gate: g, bw: newBandwidth(RateSchedule{}, nil, nil), sleep: Sleep}
 	client, err := minio.New("s3.test:9000", &minio.Options{Creds: credentials.NewStaticV4("k", "secret-key", ""),
 		Region: "us-east-1", Transport: tr, BucketLookup: minio.BucketLookupPath})
 	if err != nil {

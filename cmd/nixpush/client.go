@@ -294,9 +294,21 @@ func explain(err error) error {
 func trafficLine(t *hook.Traffic, now time.Time) string {
 	rate := hook.Bytes(int64(t.UploadRate)) + "/s"
 	if t.UploadRateCap > 0 {
-		rate += " (cap " + hook.Bytes(t.UploadRateCap) + "/s)"
+		rate += " (cap " + hook.Bytes(t.UploadRateCap) + "/s"
 	} else {
-		rate += " (no cap)"
+		rate += " (no cap"
+	}
+	if t.UploadRateCapNextAt != nil {
+		next := "no cap"
+		if t.UploadRateCapNext > 0 {
+			next = hook.Bytes(t.UploadRateCapNext) + "/s"
+		}
+		in := strings.TrimSuffix(t.UploadRateCapNextAt.Sub(now).Round(time.Minute).String(), "0s")
+		rate += fmt.Sprintf("; %s from %s, in %s", next, t.UploadRateCapNextAt.Local().Format("15:04"), in)
+	}
+	rate += ")"
+	if t.UploadRateSchedule != "" {
+		rate += " by the schedule " + t.UploadRateSchedule
 	}
 	conc := fmt.Sprintf("%d/%d requests at once, %d in flight", t.Concurrency, t.MaxConcurrency, t.InFlight)
 	switch {

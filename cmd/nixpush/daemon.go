@@ -50,9 +50,10 @@ func runDaemon(ctx context.Context, args []string, stdout, stderr io.Writer) int
 	var excludes, skipSignedBy stringsFlag
 	fs.Var(&excludes, "exclude", "leave out store paths whose name (after the hash) matches this regular expression; repeatable")
 	fs.Var(&skipSignedBy, "skip-signed-by", "leave out store paths the local Nix database holds a signature of by this key name (e.g. cache.nixos.org-1); repeatable")
-	var maxRate byteRate
-	fs.Var(&maxRate, "max-upload-rate", "cap the bytes a second sent to an S3 store, across all uploads (e.g. 20MiB, 2.5MB, 800KiB; 0: none); "+
-		"costs up to 1 MiB of burst above the cap after an idle moment, and uploads take as long as the cap makes them")
+	var maxRate rateFlag
+	fs.Var(&maxRate, "max-upload-rate", "cap the bytes a second sent to an S3 store, across all uploads (e.g. 20MiB, 2.5MB, 800KiB; 0 or unlimited: none), "+
+		"optionally with time-of-day windows of their own, local time: '20MiB, 00:00-07:00=unlimited, 12:00-13:00=50MiB' (a window may cross midnight); "+
+		"costs a tenth of a second of the cap (at least 1 MiB) sent at once above it after an idle moment, up to a second of it after a slow answer of the store, and uploads take as long as the cap makes them")
 	metricsListen := fs.String("metrics-listen", "", "serve Prometheus metrics on this TCP address (e.g. 127.0.0.1:9747), at /metrics")
 	trust := fs.Duration("trust-cache-for", time.Hour, "how long a path seen in the cache (or uploaded) is believed to stay there before a push that needs it checks again; "+
 		"keep it well below gc's --grace (24h by default), which spares young .narinfos and NARs for that long; 0s checks whole closures on every push")
@@ -129,7 +130,7 @@ func runDaemon(ctx context.Context, args []string, stdout, stderr io.Writer) int
 		}
 		*storeURI = "file://" + abs
 	}
-	store, err := uploader.OpenStore(ctx, *storeURI, uploader.StoreOptions{CACertFile: *caCert, MaxUploadRate: int64(maxRate)})
+	store, err := uploader.OpenStore(ctx, *storeURI, uploader.StoreOptions{CACertFile: *caCert, UploadRate: maxRate.RateSchedule})
 	if err != nil {
 		fmt.Fprintf(stderr, "nixpush daemon: %v\n", err)
 		return 2

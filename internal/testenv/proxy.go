@@ -33,6 +33,24 @@ type Proxy struct {
 	sent      atomic.Int64 // client-to-server bytes forwarded
 	requestsN atomic.Int64 // requests forwarded
 	slowed    atomic.Int64 // requests answered 503 SlowDown
+
+	log []Exchange // requests forwarded, with their times
+}
+
+// Exchange is one request forwarded: when its head came, when the last
+// byte of its body was passed on, and when the answer's first byte came
+// back (zero while none).
+type Exchange struct {
+	Method                 string
+	Bytes                  int64 // head and body
+	Start, BodyEnd, Answer time.Time
+}
+
+// Exchanges is the requests forwarded so far, in the order they came.
+func (p *Proxy) Exchanges() []Exchange {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	return append([]Exchange(nil), p.log...)
 }
 
 // proxyConn is one client connection and its upstream.
@@ -43,6 +61,7 @@ type proxyConn struct {
 	inRequest      bool   // request bytes sent, no answer byte since
 	method         []byte // of the request under way
 	sent           int64  // its bytes so far
+	ex             int    // its index in the proxy's log; -1: none
 }
 
 // NewProxy starts a proxy to target (host:port); it stops at cleanup.
@@ -122,7 +141,7 @@ func (p *Proxy) serve() {
 			client.Close()
 			continue
 		}
-		c := &proxyConn{client: client, server: server}
+		c := &proxyConn{client: client, server: server, ex: -1}
 		p.mu.Lock()
 		p.conns[c] = struct{}{}
 		p.mu.Unlock()
@@ -181,6 +200,13 @@ func (p *Proxy) requests(c *proxyConn) {
 			continue
 		}
 		p.requestsN.Add(1)
+		p.mu.Lock()
+		p.log = append(p.log, Exchange{Method: string(c.method), Bytes: int64(len(head)) + length, Start: time.Now()})
+		ex := len(p.log) - 1
+		p.mu.Unlock()
+		c.mu.Lock()
+		c.ex = ex
+		c.mu.Unlock()
 		if !p.forward(c, head) {
 			return
 		}
@@ -191,6 +217,9 @@ func (p *Proxy) requests(c *proxyConn) {
 		if !p.copyLimited(c, br, length) {
 			return
 		}
+		p.mu.Lock()
+		p.log[ex].BodyEnd = time.Now()
+		p.mu.Unlock()
 	}
 }
 
@@ -288,7 +317,16 @@ func (p *Proxy) answers(c *proxyConn) {
 		if n > 0 {
 			c.mu.Lock()
 			c.inRequest = false
+			ex := c.ex
+			c.ex = -1
 			c.mu.Unlock()
+			if ex >= 0 {
+				p.mu.Lock()
+				if p.log[ex].Answer.IsZero() {
+					p.log[ex].Answer = time.Now()
+				}
+				p.mu.Unlock()
+			}
 			c.wmu.Lock()
 			_, werr := c.client.Write(buf[:n])
 			c.wmu.Unlock()

@@ -39,6 +39,8 @@ let
       caCertificate = "/etc/ssl/minio-ca.pem";
       metricsListen = "127.0.0.1:9747";
       jobs = 8;
+      maxUploadRate = "20MiB";
+      uploadRateSchedule."00:00-07:00" = "unlimited";
       gc = {
         enable = true;
         olderThan = "90d";
@@ -110,6 +112,23 @@ let
     gcAlone = {
       settings.services.nixpush = { enable = force false; trustCacheFor = "99h"; maxSweepWait = "1s"; gc.grace = "0s"; };
       fail = [ "services.nixpush.gc.grace must be above 0s" ];
+    };
+    rateSchedule = {
+      settings.services.nixpush = { maxUploadRate = force "20MiB"; uploadRateSchedule = force { "00:00-07:00" = "unlimited"; "22:00-24:00" = 0; "12:00-13:00" = "50MiB/s"; "7:30-8:00" = 1048576; }; };
+      fail = [ ];
+    };
+    rateScheduleBad = {
+      settings.services.nixpush = { maxUploadRate = force "20MiB, 00:00-07:00=0"; uploadRateSchedule = force { "00:00-7:00" = "fast"; "25:00-06:00" = 0; "06:00-06:00" = 0; "05:00-09:00" = "1MiB"; "23:00-01:00" = "2MiB"; }; };
+      fail = [
+        "services.nixpush.maxUploadRate = \"20MiB, 00:00-07:00=0\" is not a rate nixpush reads"
+        "services.nixpush.uploadRateSchedule: \"06:00-06:00\", \"25:00-06:00\" is not a window nixpush reads"
+        "services.nixpush.uploadRateSchedule: 00:00-7:00 = \"fast\" is not a rate nixpush reads"
+        "services.nixpush.uploadRateSchedule: windows 00:00-7:00 and 05:00-09:00, 00:00-7:00 and 23:00-01:00 overlap"
+      ];
+    };
+    rateInExtraArgs = {
+      settings.services.nixpush.extraArgs = [ "--max-upload-rate=1MiB" ];
+      fail = [ "services.nixpush.extraArgs passes --max-upload-rate" ];
     };
     daemonAlone = {
       settings.services.nixpush = { trustCacheFor = "99h"; maxSweepWait = "1s"; gc.enable = force false; };
