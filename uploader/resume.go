@@ -11,6 +11,7 @@ import (
 	"fmt"
 	"io"
 	"path"
+	"strings"
 	"time"
 
 	"github.com/nix-community/go-nix/pkg/nixhash"
@@ -127,7 +128,7 @@ const UploadMarkerPrefix = "nixpush/uploads/"
 // UploadMarkerKey is the marker of upload id of object key.
 func UploadMarkerKey(key, id string) string {
 	sum := sha256.Sum256([]byte(id))
-	return UploadMarkerPrefix + path.Base(key) + "-" + hex.EncodeToString(sum[:8])
+	return UploadMarkerPrefix + strings.TrimLeft(path.Base(key), ".") + "-" + hex.EncodeToString(sum[:8])
 }
 
 // UploadMarker is the body of an upload's marker.
