@@ -174,11 +174,12 @@ type resumable struct {
 	info nix.PathInfo
 	want uploadRecord
 
-	id      string // the upload, once open
-	upKey   string // its object key
-	resumed bool
-	have    map[int]storedPart // parts the store holds, to check rather than send
-	listErr error
+	id         string // the upload, once open
+	upKey      string // its object key
+	resumed    bool
+	have       map[int]storedPart // parts the store holds, to check rather than send
+	listErr    error
+	unrecorded bool // the journal could not record the upload
 }
 
 // storedPart is a part the store holds, with what the journal recorded
@@ -238,7 +239,7 @@ func (r *resumable) run(ctx context.Context) (packed, error) {
 	}
 	if err != nil && r.id != "" && !errors.Is(err, errStartOver) {
 		packFailed := perr != nil && !errors.Is(perr, errUploadEnded)
-		if !packFailed && !IsPermanent(err) && (ctx.Err() != nil || !errors.Is(err, errNoSuchUpload)) {
+		if !packFailed && !r.unrecorded && !IsPermanent(err) && (ctx.Err() != nil || !errors.Is(err, errNoSuchUpload)) {
 			// Cut off (stopping, or a failure that may pass): kept for
 			// the next attempt, which resumes it.
 			r.u.cfg.Log.Debug().Err(err).Str("path", r.info.Path).Str("upload_id", r.id).Msg("upload cut off; kept to resume")
@@ -323,7 +324,7 @@ func (r *resumable) send(ctx context.Context, src io.Reader) error {
 				defer parts.put(buf)
 				etag, err := r.ms.putPart(ctx, key, r.id, num, buf[:n])
 				p := SentPart{Num: num, ETag: etag, Size: int64(n), MD5: md}
-				if err == nil {
+				if err == nil && !r.unrecorded {
 					if jerr := r.j.AddUploadPart(r.info.Path, r.id, p); jerr != nil {
 						// The part is in the store all the same; a resume
 						// checks it by its ETag, or sends it again.
@@ -444,11 +445,14 @@ func (r *resumable) open(ctx context.Context) error {
 	}
 	r.want.Started = r.u.cfg.Now().UTC()
 	rec, _ := json.Marshal(r.want)
-	if err := r.j.BeginUpload(r.info.Path, id, rec); err != nil {
-		r.ms.abort(ctx, r.want.Key, id)
-		return err
-	}
 	r.id, r.upKey = id, r.want.Key
+	if err := r.j.BeginUpload(r.info.Path, id, rec); err != nil {
+		// A queue that cannot write (a full state disk) does not stop
+		// the upload; it only cannot be resumed.
+		r.u.cfg.Log.Warn().Err(err).Str("path", r.info.Path).Msg("record the upload: it goes on, but cannot be resumed after a restart")
+		r.unrecorded = true
+		return nil
+	}
 	r.u.writeMarker(ctx, r.want, id)
 	return nil
 }
