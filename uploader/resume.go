@@ -12,6 +12,7 @@ import (
 	"io"
 	"path"
 	"strings"
+	"sync"
 	"time"
 
 	"github.com/nix-community/go-nix/pkg/nixhash"
@@ -298,6 +299,8 @@ func (r *resumable) send(ctx context.Context, src io.Reader) error {
 		return nil
 	}
 	var skipped, sent int64
+	var recs sync.WaitGroup // records of parts sent, committing
+	defer recs.Wait()
 	for num := 1; ; num++ {
 		sum := md5.Sum(buf[:n])
 		md := hex.EncodeToString(sum[:])
@@ -320,18 +323,22 @@ func (r *resumable) send(ctx context.Context, src io.Reader) error {
 			}
 			ch := make(chan result, 1)
 			inflight = ch
+			recs.Add(1)
 			go func(num int, buf []byte, n int) {
-				defer parts.put(buf)
+				defer recs.Done()
 				etag, err := r.ms.putPart(ctx, key, r.id, num, buf[:n])
+				parts.put(buf)
 				p := SentPart{Num: num, ETag: etag, Size: int64(n), MD5: md}
+				// The next part goes at once; the record of this one
+				// commits meanwhile (a kill before it commits costs at
+				// most a check of the part by its ETag, or sending it
+				// again). A gap here would waste the upload cap's budget.
+				ch <- result{p, err}
 				if err == nil && !r.unrecorded {
 					if jerr := r.j.AddUploadPart(r.info.Path, r.id, p); jerr != nil {
-						// The part is in the store all the same; a resume
-						// checks it by its ETag, or sends it again.
 						r.u.cfg.Log.Warn().Err(jerr).Str("path", r.info.Path).Int("part", num).Msg("record uploaded part")
 					}
 				}
-				ch <- result{p, err}
 			}(num, buf, n)
 			sent += int64(n)
 		}
@@ -360,6 +367,7 @@ func (r *resumable) send(ctx context.Context, src io.Reader) error {
 	if err := wait(); err != nil {
 		return err
 	}
+	recs.Wait()
 	if err := r.ms.complete(ctx, key, r.id, all); err != nil {
 		return err
 	}
