@@ -195,3 +195,41 @@ func TestResumeSettingsChanged(t *testing.T) {
 	}
 	t.Logf("%s", line)
 }
+
+// TestResumeAbandoned: an upload kept to resume whose item then needs no
+// upload (the daemon restarted with the path excluded: the item is done
+// without it) is aborted, with its marker, once the queue has nothing
+// left that could resume it.
+func TestResumeAbandoned(t *testing.T) {
+	r := newResumeRig(t, "resume-abandoned", 48<<20)
+	r.p.SetRate(16 << 20)
+	r.killAt(t, 0.6)
+	r.p.SetRate(0)
+	c := r.m.Client(t)
+	pending := func() int {
+		n := 0
+		for range c.ListIncompleteUploads(context.Background(), r.bucket, "", true) {
+			n++
+		}
+		return n
+	}
+	markers := func() int {
+		n := 0
+		for range c.ListObjects(context.Background(), r.bucket, minio.ListObjectsOptions{Prefix: "nixpush/uploads/", Recursive: true}) {
+			n++
+		}
+		return n
+	}
+	if pending() != 1 || markers() != 1 {
+		t.Fatalf("after SIGKILL: %d uploads pending, %d markers; want the one kept to resume and its marker", pending(), markers())
+	}
+	r.d.Args = append(r.d.Args, "--exclude", "^big-resume-abandoned$")
+	r.d.Start()
+	r.d.MustWait(5 * time.Minute)
+	waitFor(t, time.Minute, "the abandoned upload aborted", func() bool { return pending() == 0 && markers() == 0 })
+	if line := logLine(r.d, "abandoned upload aborted"); line == "" {
+		t.Errorf("the log does not say the upload was abandoned:\n%s", r.d.Log)
+	} else {
+		t.Logf("%s", line)
+	}
+}
