@@ -119,6 +119,9 @@ func Run(ctx context.Context, cfg Config) error {
 		return err
 	}
 	defer q.Close()
+	// Large NAR uploads are recorded in the queue as they go, to resume
+	// after a restart (uploader/resume.go).
+	cfg.Uploader.SetJournal(queueJournal{q})
 	d := &Daemon{cfg: cfg, storeDir: cfg.StoreDir, queue: q, up: cfg.Uploader, log: cfg.Log, groupID: -1, started: time.Now(), health: newStoreHealth()}
 	if cfg.SocketGroup != "" {
 		if d.groupID, err = lookupGroup(cfg.SocketGroup); err != nil {
@@ -183,6 +186,7 @@ func Run(ctx context.Context, cfg Config) error {
 	g.Go(func() error { return d.watchStore(gctx) })
 	g.Go(func() error { return d.work(gctx) })
 	g.Go(func() error { return d.report(gctx) })
+	g.Go(func() error { return d.keepUploads(gctx) })
 	g.Go(func() error {
 		<-gctx.Done()
 		if cfg.Stopping != nil {
@@ -309,6 +313,7 @@ func (d *Daemon) work(ctx context.Context) error {
 				d.push(uploader.OnSweepWait(ctx, free), items)
 				if d.queue.Pending() == 0 {
 					d.session.close()
+					d.abandonUploads(ctx)
 				}
 			}()
 			continue

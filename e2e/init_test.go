@@ -83,10 +83,11 @@ func TestInit(t *testing.T) {
 	if len(pol.Statement) != 2 || pol.Statement[0].Effect != "Allow" || pol.Statement[1].Effect != "Allow" {
 		t.Fatalf("printed policy: %+v", pol)
 	}
-	// and the deletion of the store check's probe object, nothing else.
+	// and the deletion of the store check's probe object and of the
+	// markers of resumable uploads, nothing else.
 	if p := pol.Statement[1]; !slices.Equal(p.Action, []string{"s3:DeleteObject"}) ||
-		!slices.Equal(p.Resource, []string{"arn:aws:s3:::fresh-cache/nixpush/preflight/*"}) {
-		t.Fatalf("second statement: %+v; want s3:DeleteObject on the probe prefix only", p)
+		!slices.Equal(p.Resource, []string{"arn:aws:s3:::fresh-cache/nixpush/preflight/*", "arn:aws:s3:::fresh-cache/nixpush/uploads/*"}) {
+		t.Fatalf("second statement: %+v; want s3:DeleteObject on the probe and upload marker prefixes only", p)
 	}
 	got := slices.Sorted(slices.Values(pol.Statement[0].Action))
 	if !slices.Equal(got, wantActions) {

@@ -5,7 +5,10 @@
 // failed set with each failure's reason and class (Heal queues a class
 // again once its cause is gone), what was done when, per cache history
 // (the daemon trusts it for Options.DoneFor), and the stats; enqueues that
-// arrive together share one commit (group commit).
+// arrive together share one commit (group commit). It also keeps the
+// progress of resumable uploads (uploads.go): an opaque record and the
+// parts sent, one small key per part, so that a large upload cut off by a
+// restart or a crash sends only the rest.
 //
 // Invariants: an enqueue returns only after its transaction has committed,
 // so an acknowledged item survives any crash; an item leased by a worker

@@ -71,7 +71,11 @@
 //     derivations no kept .narinfo names as Deriver (a log goes up after
 //     its outputs), then the root records of deleted roots and the batch
 //     root records older than --older-than (which keep nothing), then
-//     multipart uploads begun before the grace period.
+//     multipart uploads begun before the grace period, except those a
+//     daemon keeps to resume (their marker, nixpush/uploads/<NAR file
+//     name>-<id hash>, written within the grace period: the daemon
+//     rewrites it every hour while its queue holds the upload; see
+//     uploader/resume.go), and upload markers older than the grace.
 //  5. A push that overlaps: a .narinfo written before the marker is
 //     listed (the listing starts after it) and, its push being in progress,
 //     within the grace period, so kept with its closure (2). One written

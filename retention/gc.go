@@ -95,6 +95,9 @@ type Kept struct {
 	Late  int   `json:"late"`
 	NARs  int   `json:"nars"`
 	Bytes int64 `json:"bytes"` // of the kept NARs
+	// Uploads are pending multipart uploads begun before the grace
+	// period that a daemon keeps to resume (their marker is younger).
+	Uploads int `json:"uploads"`
 }
 
 // Deleted lists what gc deletes (or would, with DryRun).
@@ -105,6 +108,9 @@ type Deleted struct {
 	Listings    int      `json:"listings"` // <hash>.ls NAR listings
 	RootRecords int      `json:"root_records"`
 	Uploads     int      `json:"uploads"` // pending multipart uploads aborted
+	// UploadMarkers are markers of resumable uploads (nixpush/uploads/)
+	// not rewritten within the grace period.
+	UploadMarkers int `json:"upload_markers"`
 	// Logs are build logs (log/<drv>) of derivations no kept .narinfo
 	// names as its Deriver.
 	Logs int `json:"logs"`
@@ -234,16 +240,39 @@ func GC(ctx context.Context, b uploader.Bucket, opts GCOptions) (*GCReport, erro
 	}
 	closure()
 
+	// Pending uploads begun before the grace period are aborted, unless a
+	// daemon keeps one to resume: its marker was written (or rewritten, a
+	// heartbeat) within the grace period. Markers older than that go.
+	markers := make(map[string]time.Time)
+	if err := b.List(ctx, uploader.UploadMarkerPrefix, func(o uploader.Object) error {
+		markers[o.Key] = o.LastModified
+		return nil
+	}); err != nil {
+		return nil, err
+	}
 	var uploads []uploader.PendingUpload
 	if err := b.ListUploads(ctx, func(u uploader.PendingUpload) error {
-		if now.Sub(u.Initiated) >= opts.Grace {
-			uploads = append(uploads, u)
+		if now.Sub(u.Initiated) < opts.Grace {
+			return nil
 		}
+		if at, ok := markers[uploader.UploadMarkerKey(u.Key, u.ID)]; ok && now.Sub(at) < opts.Grace {
+			rep.Kept.Uploads++
+			return nil
+		}
+		uploads = append(uploads, u)
 		return nil
 	}); err != nil {
 		return nil, err
 	}
 	rep.Deleted.Uploads = len(uploads)
+	var staleMarkers []string
+	for k, at := range markers {
+		if now.Sub(at) >= opts.Grace {
+			staleMarkers = append(staleMarkers, k)
+		}
+	}
+	slices.Sort(staleMarkers)
+	rep.Deleted.UploadMarkers = len(staleMarkers)
 
 	// Pins and root records written since the walk listed them (a pin
 	// taken, a path already cached pushed again) keep their closures
@@ -411,6 +440,9 @@ func GC(ctx context.Context, b uploader.Bucket, opts GCOptions) (*GCReport, erro
 		if err := b.AbortUpload(ctx, u); err != nil {
 			return nil, err
 		}
+	}
+	if err := del.all(ctx, staleMarkers); err != nil {
+		return nil, err
 	}
 	rep.Requests = cb.n.Load()
 	return rep, nil

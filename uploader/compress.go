@@ -127,3 +127,25 @@ func (p pooledEncoder) Close() error {
 type nopCloser struct{ io.Writer }
 
 func (nopCloser) Close() error { return nil }
+
+// Settings names what, besides the NAR, decides the bytes c compresses a
+// NAR of narSize bytes to: the same NAR under the same settings always
+// compresses to the same bytes, which is what lets a cut-off upload be
+// resumed (resume.go records it and starts over when it changed). Keep
+// it in step with writer.
+func (c Compression) Settings(narSize uint64) string {
+	switch c {
+	case Zstd:
+		return fmt.Sprintf("zstd level=default window=%d stream", windowFor(narSize))
+	case XZ:
+		if xzTool() == "" {
+			return "xz go-encoder"
+		}
+		threads, block := 1, uint64(0)
+		if cores := runtime.GOMAXPROCS(0); narSize >= xzThreadMin && cores > 1 {
+			threads, block = cores, max(uint64(xzBlockMin), narSize/uint64(cores)+1)
+		}
+		return fmt.Sprintf("xz tool preset=%s dict=%d threads=%d block=%d", xzPreset, xzDictFor(narSize), threads, block)
+	}
+	return string(c)
+}

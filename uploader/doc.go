@@ -18,6 +18,14 @@
 // realisations (realisations/<id>.doi for Nix 2.8 to 2.34, and
 // build-trace-v2/<drv>/<output>.doi for Nix 2.35 and later).
 //
+// With a Journal (the daemon's queue), a large NAR's multipart upload to
+// S3 is recorded part by part and resumed after a restart or a crash:
+// the parts the store holds are checked against the NAR packed again
+// (same settings, same bytes) and only the rest is sent; an upload that
+// cannot be resumed starts over and the log says why (resume.go,
+// docs/resumable-uploads.md). The .narinfo still follows the completed
+// NAR.
+//
 // The Store interface hides whether the cache is an S3 bucket or a file://
 // directory; nothing above it can tell them apart. Bucket adds listing,
 // reading and deleting, for the retention package. Store errors are

@@ -75,8 +75,9 @@ var UploaderActions = []string{
 
 // UploaderPolicy is the least-privilege IAM policy for the account nixpush
 // uploads with: the classic nix-cache-write actions on the bucket, and
-// the deletion of the store check's probe object (only under
-// nixpush/preflight/, so the account cannot delete cache objects).
+// the deletion of the store check's probe object and of the markers of
+// its resumable uploads (only under nixpush/preflight/ and
+// nixpush/uploads/, so the account cannot delete cache objects).
 func UploaderPolicy(bucket string) string {
 	return policyJSON([]statement{{
 		Effect:   "Allow",
@@ -85,7 +86,7 @@ func UploaderPolicy(bucket string) string {
 	}, {
 		Effect:   "Allow",
 		Action:   []string{"s3:DeleteObject"},
-		Resource: []string{"arn:aws:s3:::" + bucket + "/" + probePrefix + "*"},
+		Resource: []string{"arn:aws:s3:::" + bucket + "/" + probePrefix + "*", "arn:aws:s3:::" + bucket + "/" + UploadMarkerPrefix + "*"},
 	}})
 }
 

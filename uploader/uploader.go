@@ -94,6 +94,8 @@ type Uploader struct {
 	inflight map[string]*flight
 	nars     map[string]*narFlight // NAR uploads under way or done, until their .narinfo is written
 	stats    Stats
+	journal  Journal        // where resumable uploads are recorded (nil: none)
+	resuming map[string]int // resumable uploads under way, by path
 }
 
 // errCached is nar's answer for a path whose .narinfo is already written.
@@ -130,6 +132,10 @@ type Stats struct {
 	// with Paths and NarBytes, what a push has done of what it has to do.
 	Planned         int64
 	PlannedNarBytes int64
+	// Resumed counts uploads resumed after a restart, ResumedBytes the
+	// compressed bytes they found in the store and did not send again,
+	// and StartedOver the recorded uploads that could not be resumed.
+	Resumed, ResumedBytes, StartedOver int64
 }
 
 // New returns an Uploader.
@@ -174,6 +180,7 @@ func New(cfg Config) *Uploader {
 		skipped:  make(map[string]bool),
 		inflight: make(map[string]*flight),
 		nars:     make(map[string]*narFlight),
+		resuming: make(map[string]int),
 	}
 }
 
@@ -953,7 +960,14 @@ func (u *Uploader) putNAR(ctx context.Context, info nix.PathInfo) (packed, error
 	}
 	u.count(1)
 	at := u.cfg.Now()
-	p, err := putNAR(ctx, u.cfg.Store, info, u.cfg.Compression, u.cfg.WriteNARListing, narKey(info, u.cfg.Compression))
+	var p packed
+	var err error
+	key := narKey(info, u.cfg.Compression)
+	if ms, ok := u.cfg.Store.(multipart); ok && info.NarSize > smallNAR && u.getJournal() != nil {
+		p, err = u.putResumable(ctx, ms, u.getJournal(), info, key)
+	} else {
+		p, err = putNAR(ctx, u.cfg.Store, info, u.cfg.Compression, u.cfg.WriteNARListing, key)
+	}
 	if err != nil {
 		return packed{}, fmt.Errorf("upload %s: %w", info.Path, err)
 	}
