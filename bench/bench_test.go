@@ -499,7 +499,11 @@ func benchPush(b *testing.B, w pushWorkload, compression string) {
 	} else {
 		expr = testenv.DAG(closureSeed(w.name), w.count, w.sizeKiB, true)
 	}
-	top := r.nix.Build(b, expr)
+	// Built as root, without build users: other Nix stores on this machine
+	// (the host's, other roots') hand out the same nixbld users, and each
+	// Nix kills whatever runs under a build user before it uses it, which
+	// killed builds here when other work built beside the benchmark.
+	top := r.nix.Build(b, expr, "--option", "build-users-group", "")
 	if w.expr != nil && os.Getenv("NIXPUSH_BENCH_SEED") == "" {
 		// Fresh paths each run: do not leave them behind.
 		defer exec.Command("nix-store", append([]string{"--delete"}, top...)...).Run()
