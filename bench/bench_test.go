@@ -194,10 +194,23 @@ func closureSize(b *testing.B, nx *testenv.NixEnv, paths ...string) (count int, 
 	if err != nil {
 		b.Fatal(err)
 	}
-	var infos []struct {
+	// An array up to Nix 2.18, a map by store path since 2.19.
+	type info struct {
 		NarSize int64 `json:"narSize"`
 	}
-	if err := json.Unmarshal([]byte(out), &infos); err != nil {
+	var infos []info
+	if strings.HasPrefix(strings.TrimSpace(out), "{") {
+		var byPath map[string]*info
+		if err := json.Unmarshal([]byte(out), &byPath); err != nil {
+			b.Fatal(err)
+		}
+		for _, i := range byPath {
+			if i == nil {
+				b.Fatalf("nix path-info: a path of the closure of %v is not valid", paths)
+			}
+			infos = append(infos, *i)
+		}
+	} else if err := json.Unmarshal([]byte(out), &infos); err != nil {
 		b.Fatal(err)
 	}
 	for _, i := range infos {
