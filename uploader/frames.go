@@ -56,14 +56,17 @@ var frameEncoder = sync.OnceValues(func() (*zstd.Encoder, error) {
 
 // frameBufs holds the buffers of frames in flight, a chunk of NAR and its
 // compressed frame each (8.1 MiB), shared by every large NAR being packed
-// (bigStreams at once): one per core compressing, up to frameCores, and two
-// more, one filling and one being written, so several large NARs at once
-// wait for buffers rather than each taking memory of its own. Like the
-// part buffers, they are mapped outside the Go heap, so the soft memory
-// limit does not count them, and kept once mapped: 32 MiB of resident
-// memory on two cores, 48 MiB from four cores up.
+// (bigStreams at once): one per core compressing, up to frameCores, and one
+// more, filling while they compress (a compressed frame is written out to
+// the upload's part buffer as soon as it is its turn), so several large
+// NARs at once wait for buffers rather than each taking memory of its own.
+// Like the part buffers, they are mapped outside the Go heap, so the soft
+// memory limit does not count them, and kept once mapped: 24 MiB of
+// resident memory on two cores, 40 MiB from four cores up. (Two per core,
+// 32 MiB on two cores, made the daemon's peak 75 MiB against 46 MiB with
+// one zstd stream per NAR, and was no faster on two cores.)
 var frameBufs = sync.OnceValue(func() *partPool {
-	return newPartPool(frameSize+frameBound, min(runtime.GOMAXPROCS(0), frameCores)+2)
+	return newPartPool(frameSize+frameBound, min(runtime.GOMAXPROCS(0), frameCores)+1)
 })
 
 // frameCores is the most cores frames are compressed on at once, which
