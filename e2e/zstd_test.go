@@ -19,7 +19,9 @@ import (
 // cache and to MinIO (a multipart upload): its NAR is several independent
 // zstd frames, compressed on every core, the same bytes in both caches,
 // and real Nix fetches it from each (decompressing every frame and
-// checking the NAR hash and the signature).
+// checking the NAR hash and the signature). The daemons are told to use
+// frames (NIXPUSH_ZSTD_FRAMES=on): by default they do only with more than
+// two cores.
 func TestZstdLargeNARInFrames(t *testing.T) {
 	m := testenv.MinIO(t)
 	m.MakeBucket(t, "frames", true)
@@ -28,11 +30,12 @@ func TestZstdLargeNARInFrames(t *testing.T) {
 	out := nx.Build(t, fmt.Sprintf(`derivation { name = "zstd-frames"; system = builtins.currentSystem; builder = "/bin/sh";
   args = [ "-c" "PATH=/bin:/usr/bin; mkdir $out; head -c 12M /dev/urandom > $out/random; yes 'nixpush frames %s' | head -c 12M > $out/text" ]; }`, seed()))
 
-	file := startDaemon(t, nil, "--secret-key-file", sec)
+	framesOn := "NIXPUSH_ZSTD_FRAMES=on"
+	file := startDaemon(t, []string{framesOn}, "--secret-key-file", sec)
 	if o, err := file.CLI("push", "--wait", out[0]); err != nil {
 		t.Fatalf("nixpush push --wait (file://): %v\n%s", err, o)
 	}
-	s3 := startDaemon(t, m.CredentialsEnv(), "--store-uri", m.StoreURI("frames"), "--secret-key-file", sec)
+	s3 := startDaemon(t, append(m.CredentialsEnv(), framesOn), "--store-uri", m.StoreURI("frames"), "--secret-key-file", sec)
 	if o, err := s3.CLI("push", "--wait", out[0]); err != nil {
 		t.Fatalf("nixpush push --wait (MinIO): %v\n%s", err, o)
 	}

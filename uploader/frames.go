@@ -9,9 +9,9 @@ import (
 	"github.com/klauspost/compress/zstd"
 )
 
-// A large NAR is compressed with zstd as a sequence of independent frames,
-// one per frameSize bytes of NAR, compressed on every core at once (up to
-// frameCores) and written in order. zstd's format allows any number of frames one after
+// With more than two cores (zstdFrames), a large NAR is compressed with
+// zstd as a sequence of independent frames, one per frameSize bytes of NAR,
+// compressed on every core at once (up to frameCores) and written in order. zstd's format allows any number of frames one after
 // the other, and every decoder reads them as one stream (Nix 2.8 through
 // libarchive, Nix 2.34 through libzstd, which makes such files itself: Nix
 // 2.35 compresses in 16 MiB frames on 4 threads). A single zstd stream
@@ -61,10 +61,11 @@ var frameEncoder = sync.OnceValues(func() (*zstd.Encoder, error) {
 // the upload's part buffer as soon as it is its turn), so several large
 // NARs at once wait for buffers rather than each taking memory of its own.
 // Like the part buffers, they are mapped outside the Go heap, so the soft
-// memory limit does not count them, and kept once mapped: 24 MiB of
-// resident memory on two cores, 40 MiB from four cores up. (Two per core,
-// 32 MiB on two cores, made the daemon's peak 75 MiB against 46 MiB with
-// one zstd stream per NAR, and was no faster on two cores.)
+// memory limit does not count them, and kept once mapped: 32 MiB of
+// resident memory on three cores, 40 MiB from four cores up (24 MiB on
+// two, where frames are used only when NIXPUSH_ZSTD_FRAMES=on). Two per
+// core, 32 MiB on two cores, made the daemon's peak 75 MiB against 46 MiB
+// with one zstd stream per NAR.
 var frameBufs = sync.OnceValue(func() *partPool {
 	return newPartPool(frameSize+frameBound, min(runtime.GOMAXPROCS(0), frameCores)+1)
 })

@@ -13,6 +13,8 @@ import (
 
 	"github.com/klauspost/compress/zstd"
 	"github.com/nix-community/go-nix/pkg/nixhash"
+
+	"github.com/nixpush/nixpush/nix"
 )
 
 // halfRandom is n bytes, the first half random, the rest compressible.
@@ -191,17 +193,28 @@ func TestFrameWriterRefused(t *testing.T) {
 	}
 }
 
-// TestPackLargeInFrames packs a NAR of several frames, as putNAR does for
-// large paths: the file hash and size are of the compressed bytes written,
-// the NAR size and hash of the NAR, and the same path packs to the same
-// bytes again.
-func TestPackLargeInFrames(t *testing.T) {
+// TestPackLarge packs a large NAR as putNAR does, in frames and in one
+// stream: the file hash and size are of the compressed bytes written, the
+// NAR size and hash of the NAR, the same path packs to the same bytes
+// again, and in frames it is the frames of its chunks.
+func TestPackLarge(t *testing.T) {
 	fs := newFakeStore(t)
 	p := fs.add(t, "large", halfRandom(2*frameSize+333))
 	info := fs.infos[p]
 	if info.NarSize <= smallNAR {
 		t.Fatalf("NAR of %d bytes: not a large one", info.NarSize)
 	}
+	was := zstdFrames
+	t.Cleanup(func() { zstdFrames = was })
+	for _, frames := range []bool{true, false} {
+		t.Run(fmt.Sprintf("frames=%v", frames), func(t *testing.T) {
+			zstdFrames = func() bool { return frames }
+			packLarge(t, info, frames)
+		})
+	}
+}
+
+func packLarge(t *testing.T, info nix.PathInfo, frames bool) {
 	var first []byte
 	for round := range 2 {
 		var out bytes.Buffer
@@ -229,6 +242,9 @@ func TestPackLargeInFrames(t *testing.T) {
 			first = bytes.Clone(out.Bytes())
 		} else if !bytes.Equal(first, out.Bytes()) {
 			t.Fatal("the same path packed twice: different bytes")
+		}
+		if inFrames := bytes.Equal(out.Bytes(), oneByOne(t, nar)); inFrames != frames {
+			t.Fatalf("packed in frames: %v; want %v", inFrames, frames)
 		}
 	}
 }
