@@ -481,6 +481,8 @@ var pushWorkloads = []pushWorkload{
 // compare against that Nix. With NIXPUSH_BENCH_BASELINE_BIN (a directory
 // holding another build of nixpush and nixpush-hook, e.g. main's), that
 // build pushes too, in the same rounds: before and after side by side.
+// NIXPUSH_BENCH_DAEMON_ENV adds variables (space separated) to the
+// environment of this build's daemon only, e.g. NIXPUSH_ZSTD_FRAMES=on.
 func BenchmarkPush(b *testing.B) {
 	for _, w := range pushWorkloads {
 		b.Run(w.name, func(b *testing.B) { benchPush(b, w, w.compression) })
@@ -556,7 +558,11 @@ func benchPush(b *testing.B, w pushWorkload, compression string) {
 				r.emptyBucket(s.bucket)
 			}
 			r.minio.MakeBucket(r.b, bucket, true)
-			s.d = testenv.StartDaemon(r.b, s.bin, r.minio.CredentialsEnv(), append([]string{"--store-uri", r.minio.StoreURI(bucket),
+			env := r.minio.CredentialsEnv()
+			if s.bin == binDir {
+				env = append(env, strings.Fields(os.Getenv("NIXPUSH_BENCH_DAEMON_ENV"))...)
+			}
+			s.d = testenv.StartDaemon(r.b, s.bin, env, append([]string{"--store-uri", r.minio.StoreURI(bucket),
 				"--secret-key-file", r.sec, "--log-level", "warn", "--compression", compression}, extra...)...)
 			s.bucket = bucket
 			r.settle()

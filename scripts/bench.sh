@@ -11,6 +11,8 @@
 #   NIXPUSH_BENCH_BASELINE=main ./scripts/bench.sh Push   # main's build pushes too, in the
 #                                      # same rounds: before and after side by side
 #   NIXPUSH_BENCH_ROOTS= ./scripts/bench.sh Push   # the machine's Nix only
+#   NIXPUSH_BENCH_DAEMON_ENV=NIXPUSH_ZSTD_FRAMES=on ./scripts/bench.sh Push   # this build's
+#                                      # daemon with more environment (zstd frames on 2 cores)
 #   NIXPUSH_BENCH_GC_PATHS=100000,1000000 ./scripts/bench.sh GCScale   # gc and verify of synthetic
 #                                      # caches: file:// at each size, 100,000 paths in MinIO
 #
