@@ -194,10 +194,23 @@ func closureSize(b *testing.B, nx *testenv.NixEnv, paths ...string) (count int, 
 	if err != nil {
 		b.Fatal(err)
 	}
-	var infos []struct {
+	// An array up to Nix 2.18, a map by store path since 2.19.
+	type info struct {
 		NarSize int64 `json:"narSize"`
 	}
-	if err := json.Unmarshal([]byte(out), &infos); err != nil {
+	var infos []info
+	if strings.HasPrefix(strings.TrimSpace(out), "{") {
+		var byPath map[string]*info
+		if err := json.Unmarshal([]byte(out), &byPath); err != nil {
+			b.Fatal(err)
+		}
+		for _, i := range byPath {
+			if i == nil {
+				b.Fatalf("nix path-info: a path of the closure of %v is not valid", paths)
+			}
+			infos = append(infos, *i)
+		}
+	} else if err := json.Unmarshal([]byte(out), &infos); err != nil {
 		b.Fatal(err)
 	}
 	for _, i := range infos {
@@ -437,18 +450,25 @@ func BenchmarkHandoff(b *testing.B) {
 
 // pushWorkload is a closure to push: count derivations of sizeKiB each,
 // half random data, in a DAG where each path refers to the one before (so
-// count deep) and to up to two earlier ones, compressed so by both sides.
+// count deep) and to up to two earlier ones, compressed so by both sides;
+// or, when expr is set, the paths it builds.
 type pushWorkload struct {
 	name        string
 	count       int
 	sizeKiB     int
 	compression string
+	expr        func(seed string) string
 }
 
 var pushWorkloads = []pushWorkload{
-	{"500-paths", 500, 258, "zstd"},  // 126 MiB of NAR in all, a 500-deep chain
-	{"10-paths", 10, 51200, "zstd"},  // 500 MiB of NAR in all
-	{"100-paths-xz", 100, 258, "xz"}, // 25 MiB of NAR, Nix's default compression
+	{name: "500-paths", count: 500, sizeKiB: 258, compression: "zstd"},  // 126 MiB of NAR in all, a 500-deep chain
+	{name: "10-paths", count: 10, sizeKiB: 51200, compression: "zstd"},  // 500 MiB of NAR in all
+	{name: "100-paths-xz", count: 100, sizeKiB: 258, compression: "xz"}, // 25 MiB of NAR, Nix's default compression
+	{name: "2000-tiny-paths", compression: "zstd", expr: func(s string) string { return manyOutputs(s, 2000) }},
+	{name: "1-path-1GiB", compression: "zstd", expr: func(s string) string { // 1 GiB of NAR, half random
+		return fmt.Sprintf(`derivation { name = "bench-huge"; system = builtins.currentSystem; builder = "/bin/sh";
+  args = [ "-c" "PATH=/bin:/usr/bin; mkdir $out; head -c 512M /dev/urandom > $out/random; yes 'nixpush %s huge' | head -c 512M > $out/text" ]; }`, s)
+	}},
 }
 
 // BenchmarkPush times, on the same closure and the same MinIO, the classic
@@ -456,7 +476,13 @@ var pushWorkloads = []pushWorkload{
 // `nixpush wait` returns; then pushing the closure again, with the daemon
 // restarted (it has to remember what is in the cache); and the daemon's
 // peak RSS. Real Nix then fetches nixpush's bucket, checking every
-// signature and NAR hash.
+// signature and NAR hash. The `nix copy` is the Nix on PATH: run inside a
+// root made by scripts/nix-root.sh (scripts/bench.sh does), the same rows
+// compare against that Nix. With NIXPUSH_BENCH_BASELINE_BIN (a directory
+// holding another build of nixpush and nixpush-hook, e.g. main's), that
+// build pushes too, in the same rounds: before and after side by side.
+// NIXPUSH_BENCH_DAEMON_ENV adds variables (space separated) to the
+// environment of this build's daemon only, e.g. NIXPUSH_ZSTD_FRAMES=on.
 func BenchmarkPush(b *testing.B) {
 	for _, w := range pushWorkloads {
 		b.Run(w.name, func(b *testing.B) { benchPush(b, w, w.compression) })
@@ -465,11 +491,38 @@ func BenchmarkPush(b *testing.B) {
 
 // pushRounds is how many times each side pushes (to fresh buckets, with a
 // fresh daemon); the medians are reported.
-const pushRounds = 3
+const pushRounds = 5
+
+// pushSide is one way of pushing the closure, timed round by round.
+type pushSide struct {
+	name      string
+	bin       string // nixpush's binaries; "" for nix copy
+	took      []time.Duration
+	daemonCPU time.Duration
+	minioCPU  time.Duration
+	peak      int64
+	fileBytes int64
+	d         *testenv.Daemon
+	bucket    string // the daemon's
+}
 
 func benchPush(b *testing.B, w pushWorkload, compression string) {
 	r := newRig(b)
-	top := r.nix.Build(b, testenv.DAG(closureSeed(w.name), w.count, w.sizeKiB, true))
+	expr := ""
+	if w.expr != nil {
+		expr = w.expr(closureSeed(w.name))
+	} else {
+		expr = testenv.DAG(closureSeed(w.name), w.count, w.sizeKiB, true)
+	}
+	// Built as root, without build users: other Nix stores on this machine
+	// (the host's, other roots') hand out the same nixbld users, and each
+	// Nix kills whatever runs under a build user before it uses it, which
+	// killed builds here when other work built beside the benchmark.
+	top := r.nix.Build(b, expr, "--option", "build-users-group", "")
+	if w.expr != nil && os.Getenv("NIXPUSH_BENCH_SEED") == "" {
+		// Fresh paths each run: do not leave them behind.
+		defer exec.Command("nix-store", append([]string{"--delete"}, top...)...).Run()
+	}
 	paths, narBytes := closureSize(b, r.nix, top...)
 	extra := strings.Fields(os.Getenv("NIXPUSH_BENCH_ARGS"))
 
@@ -482,54 +535,65 @@ func benchPush(b *testing.B, w pushWorkload, compression string) {
 	}
 	r.nixCopy(r.classicBucket("warm-up"), compression, strings.Fields(leaf)[0])
 
-	var nixCopies, pushes []time.Duration
-	var peak, fileBytes int64
-	var daemonCPU, minioCPU time.Duration
-	var d *testenv.Daemon
+	sides := []*pushSide{{name: "nix copy"}, {name: "nixpush", bin: binDir}}
+	if base := os.Getenv("NIXPUSH_BENCH_BASELINE_BIN"); base != "" {
+		sides = append(sides, &pushSide{name: "nixpush baseline", bin: base})
+	}
+	var last string // the last bucket nixpush (this build) pushed to
 	for i := range pushRounds {
-		// Each side starts with MinIO idle, and they take turns going
-		// first, so neither pays for what the other left behind.
-		classic := func() {
-			url := r.classicBucket(fmt.Sprintf("classic-%d", i))
+		// Each side starts with MinIO idle, and the order rotates from
+		// round to round, so no side pays for what another left behind.
+		for j := range sides {
+			s := sides[(i+j)%len(sides)]
+			bucket := fmt.Sprintf("%s-%d", strings.ReplaceAll(s.name, " ", "-"), i)
+			if s.bin == "" {
+				url := r.classicBucket(bucket)
+				r.settle()
+				s.took = append(s.took, r.nixCopy(url, compression, top...))
+				r.emptyBucket(bucket)
+				continue
+			}
+			if s.d != nil {
+				s.d.Stop()
+				r.emptyBucket(s.bucket)
+			}
+			r.minio.MakeBucket(r.b, bucket, true)
+			env := r.minio.CredentialsEnv()
+			if s.bin == binDir {
+				env = append(env, strings.Fields(os.Getenv("NIXPUSH_BENCH_DAEMON_ENV"))...)
+			}
+			s.d = testenv.StartDaemon(r.b, s.bin, env, append([]string{"--store-uri", r.minio.StoreURI(bucket),
+				"--secret-key-file", r.sec, "--log-level", "warn", "--compression", compression}, extra...)...)
+			s.bucket = bucket
 			r.settle()
-			nixCopies = append(nixCopies, r.nixCopy(url, compression, top...))
-		}
-		if i%2 == 0 {
-			classic()
-		}
-
-		if d != nil {
-			d.Stop()
-		}
-		d = r.daemon(fmt.Sprintf("nixpush-%d", i), append([]string{"--compression", compression}, extra...)...)
-		r.settle()
-		m0, _ := r.minio.CPUTime()
-		pushes = append(pushes, pushAndWait(b, d, top...))
-		m1, _ := r.minio.CPUTime()
-		dcpu, _ := d.CPUTime()
-		daemonCPU += dcpu
-		minioCPU += m1 - m0
-		rss, err := d.PeakRSS()
-		if err != nil {
-			b.Fatal(err)
-		}
-		peak = max(peak, rss)
-		if rss > maxPeakRSS {
-			b.Errorf("round %d: daemon peak RSS %.1f MiB, over the %d MiB target", i, float64(rss)/mib, maxPeakRSS/mib)
-		}
-		st := status(b, d)
-		if st.Uploaded.Paths != int64(paths) {
-			b.Fatalf("daemon uploaded %d paths; the closure has %d", st.Uploaded.Paths, paths)
-		}
-		fileBytes = st.Uploaded.FileBytes
-		if i%2 == 1 {
-			classic()
+			m0, _ := r.minio.CPUTime()
+			s.took = append(s.took, pushAndWait(b, s.d, top...))
+			m1, _ := r.minio.CPUTime()
+			dcpu, _ := s.d.CPUTime()
+			s.daemonCPU += dcpu
+			s.minioCPU += m1 - m0
+			rss, err := s.d.PeakRSS()
+			if err != nil {
+				b.Fatal(err)
+			}
+			s.peak = max(s.peak, rss)
+			if rss > maxPeakRSS && s.bin == binDir {
+				b.Errorf("round %d: daemon peak RSS %.1f MiB, over the %d MiB target", i, float64(rss)/mib, maxPeakRSS/mib)
+			}
+			st := status(b, s.d)
+			if st.Uploaded.Paths != int64(paths) {
+				b.Fatalf("%s: daemon uploaded %d paths; the closure has %d", s.name, st.Uploaded.Paths, paths)
+			}
+			s.fileBytes = st.Uploaded.FileBytes
+			if s.bin == binDir {
+				last = bucket
+			}
 		}
 	}
-	bucket := fmt.Sprintf("nixpush-%d", pushRounds-1)
-	r.checkFetched(r.minio.HTTPURL(bucket), top...)
+	r.checkFetched(r.minio.HTTPURL(last), top...)
 
 	// Already cached, the same daemon restarted: its queue remembers.
+	d := sides[1].d
 	d.Stop()
 	d.Start()
 	r.settle()
@@ -538,29 +602,62 @@ func benchPush(b *testing.B, w pushWorkload, compression string) {
 	d.Stop()
 	// Already cached, pushed by another machine: a fresh daemon asks the
 	// cache about the root only.
-	fresh := testenv.StartDaemon(b, binDir, r.minio.CredentialsEnv(), "--store-uri", r.minio.StoreURI(bucket),
+	fresh := testenv.StartDaemon(b, binDir, r.minio.CredentialsEnv(), "--store-uri", r.minio.StoreURI(last),
 		"--secret-key-file", r.sec, "--log-level", "warn", "--compression", compression)
 	other := pushAndWait(b, fresh, top...)
 	otherSt := status(b, fresh)
 	if otherSt.Uploaded.Paths != 0 {
 		b.Fatalf("a fresh daemon uploaded %d paths of a cached closure", otherSt.Uploaded.Paths)
 	}
+	fresh.Stop()
+	for _, s := range sides[1:] {
+		s.d.Stop()
+		r.emptyBucket(s.bucket)
+	}
 
-	nc, np := percentile(nixCopies, 0.5), percentile(pushes, 0.5)
+	nc, np := percentile(sides[0].took, 0.5), percentile(sides[1].took, 0.5)
 	b.ReportMetric(nc.Seconds(), "nix-copy-s")
 	b.ReportMetric(np.Seconds(), "nixpush-s")
 	b.ReportMetric(np.Seconds()/nc.Seconds(), "ratio")
 	b.ReportMetric(other.Seconds(), "cached-s")
 	b.ReportMetric(float64(otherSt.Uploaded.Requests), "cached-requests")
-	b.ReportMetric(float64(peak)/mib, "peak-rss-MiB")
-	b.Logf("%s: %d paths, %.0f MiB of NAR (%.0f MiB compressed), %s, median of %d rounds:",
-		w.name, paths, float64(narBytes)/mib, float64(fileBytes)/mib, compression, pushRounds)
-	b.Logf("  nix copy %.2f s %v", nc.Seconds(), nixCopies)
-	b.Logf("  nixpush push+wait %.2f s %v; ratio %.2f", np.Seconds(), pushes, np.Seconds()/nc.Seconds())
-	b.Logf("  CPU per push: daemon %.2f s, MinIO %.2f s; daemon peak RSS %.1f MiB",
-		daemonCPU.Seconds()/pushRounds, minioCPU.Seconds()/pushRounds, float64(peak)/mib)
+	b.ReportMetric(float64(sides[1].peak)/mib, "peak-rss-MiB")
+	b.Logf("%s: %d paths, %.0f MiB of NAR (%.0f MiB compressed), %s, against %s, median of %d rounds (load %s):",
+		w.name, paths, float64(narBytes)/mib, float64(sides[1].fileBytes)/mib, compression, testenv.NixVersion(), pushRounds, loadAvg())
+	b.Logf("  %-28s %.2f s %v", "nix copy", nc.Seconds(), roundTo(sides[0].took))
+	for _, s := range sides[1:] {
+		sp := percentile(s.took, 0.5)
+		if s.bin != binDir {
+			b.ReportMetric(sp.Seconds()/nc.Seconds(), "ratio-baseline")
+		}
+		b.Logf("  %-28s %.2f s %v; ratio %.2f; CPU per push: daemon %.2f s, MinIO %.2f s; daemon peak RSS %.1f MiB; %.1f MiB compressed",
+			s.name+" push+wait", sp.Seconds(), roundTo(s.took), sp.Seconds()/nc.Seconds(),
+			s.daemonCPU.Seconds()/pushRounds, s.minioCPU.Seconds()/pushRounds, float64(s.peak)/mib, float64(s.fileBytes)/mib)
+	}
 	b.Logf("  already cached: %.3f s after a daemon restart (%d requests), %.3f s from a fresh daemon (%d requests)",
 		restarted.Seconds(), restartedReq, other.Seconds(), otherSt.Uploaded.Requests)
+}
+
+// loadAvg is the machine's load average (1, 5, 15 minutes), for the log:
+// figures taken beside other work are to be read as such.
+func loadAvg() string {
+	b, err := os.ReadFile("/proc/loadavg")
+	if err != nil {
+		return "unknown"
+	}
+	return strings.Join(strings.Fields(string(b))[:3], " ")
+}
+
+// emptyBucket removes every object of a bucket a side has pushed to, so
+// the rounds of large paths do not fill MinIO's tmpfs.
+func (r *rig) emptyBucket(bucket string) {
+	r.b.Helper()
+	c := r.minio.Client(r.b)
+	ctx := context.Background()
+	objs := c.ListObjects(ctx, bucket, minio.ListObjectsOptions{Recursive: true})
+	for e := range c.RemoveObjects(ctx, bucket, objs, minio.RemoveObjectsOptions{}) {
+		r.b.Fatalf("empty bucket %s: %s: %v", bucket, e.ObjectName, e.Err)
+	}
 }
 
 // maxPeakRSS is the daemon's peak RSS target on every workload here;

@@ -61,7 +61,7 @@ env_vars=(
 	GOFLAGS="$(go env GOFLAGS)" GOPROXY=off GOTOOLCHAIN=local CGO_ENABLED=0
 )
 [ -z "$minio" ] || env_vars+=(NIXPUSH_MINIO="$(readlink -f "$minio")")
-for v in NIXPUSH_MINIO_TMPFS; do
+for v in NIXPUSH_MINIO_TMPFS NIXPUSH_BENCH_SEED NIXPUSH_BENCH_ARGS NIXPUSH_BENCH_BASELINE_BIN NIXPUSH_BENCH_DAEMON_ENV NIXPUSH_BENCH_GC_PATHS; do
 	[ -z "${!v:-}" ] || env_vars+=("$v=${!v}")
 done
 

@@ -3,6 +3,7 @@ package uploader
 import (
 	"fmt"
 	"io"
+	"os"
 	"runtime"
 	"sync"
 
@@ -41,16 +42,21 @@ func (c Compression) Ext() string {
 }
 
 // writer returns a compressing writer into w; closing it flushes the
-// compressed stream but does not close w.
+// compressed stream but does not close w. A zstd NAR larger than smallNAR
+// is compressed in independent frames on every core (frames.go) when
+// zstdFrames says so, else in one stream through a pooled encoder; a
+// smaller one in one stream with a window no larger than the NAR.
 func (c Compression) writer(w io.Writer, narSize uint64) (io.WriteCloser, error) {
 	switch c {
 	case Zstd:
-		window := windowFor(narSize)
-		if window == maxWindow {
+		if narSize > smallNAR {
+			if zstdFrames() {
+				return newFrameWriter(w)
+			}
 			return getStreamEncoder(w)
 		}
 		return zstd.NewWriter(w, zstd.WithEncoderLevel(zstd.SpeedDefault), zstd.WithEncoderConcurrency(1),
-			zstd.WithWindowSize(window))
+			zstd.WithWindowSize(windowFor(narSize)))
 	case XZ:
 		return newXZWriter(w, narSize)
 	case None:
@@ -59,21 +65,10 @@ func (c Compression) writer(w io.Writer, narSize uint64) (io.WriteCloser, error)
 	return nil, fmt.Errorf("compression %q: want zstd, xz or none", c)
 }
 
-// sharedZstd is the encoder small NARs are compressed with, one call each
-// (EncodeAll is safe for concurrent use and keeps a pool of encoder states),
-// at the same level as the streaming writer.
-var sharedZstd = sync.OnceValues(func() (*zstd.Encoder, error) {
-	return zstd.NewWriter(nil, zstd.WithEncoderLevel(zstd.SpeedDefault),
-		zstd.WithEncoderConcurrency(runtime.GOMAXPROCS(0)), zstd.WithWindowSize(windowFor(smallNAR)))
-})
-
-// maxWindow is zstd's window for large NARs, which bounds the memory per
-// stream: the encoder keeps a history of twice the window. 1 MiB rather
-// than the 2 MiB of the zstd command line at level 3 keeps the daemon under
-// 48 MiB with two large NARs streaming, at the cost of matches 1-2 MiB
-// apart. (The encoder's low-memory mode kept 2 MiB with a history of the
-// window plus one block, but then moves the whole window at every block:
-// daemon CPU for 10 x 50 MiB 1.04 -> 1.37-1.49 s.)
+// maxWindow is zstd's window, the farthest back a match may reach, which
+// bounds the memory of each encoder state: it keeps a history of twice the
+// window. 1 MiB rather than the 2 MiB of the zstd command line at level 3
+// keeps the daemon small, at the cost of matches 1-2 MiB apart.
 const maxWindow = 1 << 20
 
 // windowFor keeps zstd's window no larger than the data, so small NARs do
@@ -86,12 +81,37 @@ func windowFor(narSize uint64) int {
 	return w
 }
 
-// streamEncoders recycles the zstd encoders of large NARs, one for each
-// stream bigStreams allows: an encoder's window and match tables were most
-// of what a push allocated, and so most of the garbage collector's work.
-// Each encodes on a second goroutine while the next block fills (a stream
-// encoder uses no more than that), so one large NAR still keeps two cores
-// busy with hashing and compressing.
+// zstdFrames tells whether large NARs are compressed in independent frames
+// (frames.go) or in one stream each. One stream keeps two cores busy (its
+// encoder compresses one block while the next fills, beside the goroutine
+// that packs and hashes the NAR), so frames are used only with more than
+// two cores (GOMAXPROCS), where they let one NAR use up to frameCores
+// cores to compress. On two cores, frames were slower: one 1 GiB path
+// in the sid root, medians of 5 rounds side by side, 17.9 s in frames
+// against 13.0 s in one stream, for the same daemon CPU (3.2 s), and the
+// daemon's peak RSS 69 MiB against 34 MiB (docs/performance.md).
+//
+// So the compressed bytes of a large NAR depend on the cores: one stream
+// with two or fewer, frames with more; for a given number of cores (and
+// NIXPUSH_ZSTD_FRAMES) they are the same every time. NIXPUSH_ZSTD_FRAMES
+// in the daemon's environment overrides the choice: "on" or "off" (the
+// tests and benchmarks use it; "" or "auto" is the default).
+var zstdFrames = sync.OnceValue(func() bool {
+	switch os.Getenv("NIXPUSH_ZSTD_FRAMES") {
+	case "on":
+		return true
+	case "off":
+		return false
+	}
+	return runtime.GOMAXPROCS(0) > 2
+})
+
+// streamEncoders recycles the zstd encoders of large NARs compressed in one
+// stream, one for each stream bigStreams allows: an encoder's window and
+// match tables were most of what a push allocated, and so most of the
+// garbage collector's work. Each encodes on a second goroutine while the
+// next block fills (a stream encoder uses no more than that), so one large
+// NAR still keeps two cores busy with hashing and compressing.
 var streamEncoders = make(chan *zstd.Encoder, bigStreams)
 
 func getStreamEncoder(w io.Writer) (io.WriteCloser, error) {
@@ -136,6 +156,9 @@ func (nopCloser) Close() error { return nil }
 func (c Compression) Settings(narSize uint64) string {
 	switch c {
 	case Zstd:
+		if narSize > smallNAR && zstdFrames() {
+			return fmt.Sprintf("zstd level=default window=%d frames=%d", maxWindow, frameSize)
+		}
 		return fmt.Sprintf("zstd level=default window=%d stream", windowFor(narSize))
 	case XZ:
 		if xzTool() == "" {

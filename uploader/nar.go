@@ -100,7 +100,8 @@ func withListing(p packed, ls *lsNode) (packed, error) {
 
 // packSmall packs a small NAR in memory: the NAR into narBuf, checked
 // against the database, then compressed in one call into fileBuf (zstd
-// through a shared encoder, so a path costs no encoder set-up). It returns
+// through the encoder of large NARs' frames, one frame, so a path costs
+// no encoder set-up). It returns
 // the compressed bytes, which live in narBuf or fileBuf.
 func packSmall(info nix.PathInfo, c Compression, list bool, narBuf, fileBuf *bytes.Buffer) ([]byte, packed, error) {
 	ls, err := dumpPath(narBuf, info.Path, list)
@@ -118,7 +119,7 @@ func packSmall(info nix.PathInfo, c Compression, list bool, narBuf, fileBuf *byt
 	var file []byte
 	switch c {
 	case Zstd:
-		enc, err := sharedZstd()
+		enc, err := frameEncoder()
 		if err != nil {
 			return nil, packed{}, err
 		}

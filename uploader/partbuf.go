@@ -35,23 +35,31 @@ func (p *partPool) get(ctx context.Context) ([]byte, error) {
 		return b, nil
 	default:
 	}
-	p.mu.Lock()
-	if p.made < p.max {
-		p.made++
-		p.mu.Unlock()
-		b, err := syscall.Mmap(-1, 0, p.size, syscall.PROT_READ|syscall.PROT_WRITE, syscall.MAP_ANON|syscall.MAP_PRIVATE)
-		if err != nil {
-			b = make([]byte, p.size)
-		}
+	if b, ok := p.tryMake(); ok {
 		return b, nil
 	}
-	p.mu.Unlock()
 	select {
 	case b := <-p.free:
 		return b, nil
 	case <-ctx.Done():
 		return nil, ctx.Err()
 	}
+}
+
+// tryMake maps a new buffer unless max exist already.
+func (p *partPool) tryMake() ([]byte, bool) {
+	p.mu.Lock()
+	if p.made >= p.max {
+		p.mu.Unlock()
+		return nil, false
+	}
+	p.made++
+	p.mu.Unlock()
+	b, err := syscall.Mmap(-1, 0, p.size, syscall.PROT_READ|syscall.PROT_WRITE, syscall.MAP_ANON|syscall.MAP_PRIVATE)
+	if err != nil {
+		b = make([]byte, p.size)
+	}
+	return b, true
 }
 
 func (p *partPool) put(b []byte) { p.free <- b[:p.size] }
