@@ -153,11 +153,25 @@ func runDaemon(ctx context.Context, args []string, stdout, stderr io.Writer) int
 	// Path info through one long-lived nix-store --serve, not a Nix process
 	// per push: that costs ~50 ms of CPU each, taken from the builds.
 	pathInfo := nix.NewServe(*nixClient)
+	if v := os.Getenv("NIXPUSH_SERVE_IDLE"); v != "" {
+		// For tests: how long nix-store --serve stays idle; 0 keeps it
+		// for ever (and past any age), as the daemon did before it let
+		// go of Nix's big lock, to show what letting go is for.
+		idle, err := time.ParseDuration(v)
+		if err != nil || idle < 0 {
+			fmt.Fprintf(stderr, "nixpush daemon: NIXPUSH_SERVE_IDLE=%q: want a duration such as 2s (0: never stop nix-store --serve), or unset it\n", v)
+			return 2
+		}
+		pathInfo.Idle = idle
+		if idle == 0 {
+			pathInfo.Idle, pathInfo.MaxAge = -1, -1
+		}
+	}
 	defer pathInfo.Close()
 	go func() {
 		// Nix starts while the daemon does; a failure here is retried
 		// (and reported) by the first query.
-		if err := pathInfo.Start(); err != nil {
+		if err := pathInfo.Start(ctx); err != nil {
 			log.Debug().Err(err).Msg("nix-store --serve did not start; the first query starts it again")
 		}
 	}()

@@ -1,7 +1,8 @@
 package testenv
 
 import (
-	"bytes"
+	"context"
+	"errors"
 	"fmt"
 	"os"
 	"os/exec"
@@ -9,6 +10,7 @@ import (
 	"strings"
 	"sync"
 	"testing"
+	"time"
 )
 
 var nixVersion = sync.OnceValue(func() string {
@@ -28,12 +30,34 @@ var nixVersion = sync.OnceValue(func() string {
 // suite against several, and a failure must say which.
 func NixVersion() string { return nixVersion() }
 
+// NixAtLeast reports whether the Nix on $PATH is major.minor or later
+// (false when its version cannot be read).
+func NixAtLeast(major, minor int) bool {
+	var maj, min int
+	f := strings.Fields(NixVersion())
+	if len(f) < 3 {
+		return false
+	}
+	if _, err := fmt.Sscanf(f[2], "%d.%d", &maj, &min); err != nil {
+		return false
+	}
+	return maj > major || maj == major && min >= minor
+}
+
 // NixEnv runs the machine's Nix with a client cache of the test's own:
 // Nix remembers narinfo lookups (negative ones too) in
 // ~/.cache/nix/binary-cache-v6.sqlite, which would leak between tests.
 type NixEnv struct {
-	env []string
+	env    []string
+	prefix []string // a command that execs the Nix command (FreshStore's namespace), or none
+	root   string   // where FreshStore's /nix is on the host, or ""
 }
+
+// NixTimeout bounds every command NixEnv.Run runs: a Nix command waiting
+// for the store's big lock (held by a process that never lets go) fails
+// the test, naming what it waited for, rather than hanging it until go
+// test's own timeout.
+const NixTimeout = 10 * time.Minute
 
 // Nix checks that Nix is installed and returns an isolated environment.
 func Nix(t testing.TB) *NixEnv {
@@ -54,7 +78,52 @@ func Nix(t testing.TB) *NixEnv {
 // WithEnv is the environment with more variables, such as
 // NIX_SSL_CERT_FILE for a cache behind a private CA.
 func (n *NixEnv) WithEnv(kv ...string) *NixEnv {
-	return &NixEnv{env: append(append([]string(nil), n.env...), kv...)}
+	return &NixEnv{env: append(append([]string(nil), n.env...), kv...), prefix: n.prefix, root: n.root}
+}
+
+// FreshStore returns an environment whose commands see a Nix store and
+// database of the test's own, empty as on a new machine, at /nix: each
+// command runs in a mount namespace of its own (unshare -m) with a
+// directory of the test bound over /nix, so the machine's store, its
+// database and the Nix processes of other tests are out of sight. It needs
+// root and sandbox = false (builds use the host's /bin/sh). The
+// expressions of this package build there: they need nothing from a store.
+func (n *NixEnv) FreshStore(t testing.TB) *NixEnv {
+	t.Helper()
+	if _, err := exec.LookPath("unshare"); err != nil {
+		t.Fatal("unshare not found: install util-linux")
+	}
+	root := t.TempDir()
+	if err := os.MkdirAll(filepath.Join(root, "nix"), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	f := n.WithEnv()
+	f.root = root
+	f.prefix = []string{"unshare", "-m", "--propagation", "private", "sh", "-c", `mount --bind "$0" /nix && exec "$@"`, filepath.Join(root, "nix")}
+	// The test's cleanup removes the store: Nix makes it read-only.
+	t.Cleanup(func() { exec.Command("chmod", "-R", "u+w", root).Run() })
+	return f
+}
+
+// Prefix is the command that runs a command in this environment's store
+// (FreshStore's namespace), or nil: for processes started outside Run,
+// such as the daemon (StartDaemonUnder).
+func (n *NixEnv) Prefix() []string { return n.prefix }
+
+// HostPath is where path (/nix/...) of this environment's store is on the
+// host: under FreshStore's directory, or path itself.
+func (n *NixEnv) HostPath(path string) string { return n.root + path }
+
+// Command is the command name with args, run in this environment's store
+// and with its variables.
+func (n *NixEnv) Command(ctx context.Context, name string, args ...string) *exec.Cmd {
+	argv := append(append(append([]string(nil), n.prefix...), name), args...)
+	cmd := exec.CommandContext(ctx, argv[0], argv[1:]...)
+	cmd.Env = n.Env()
+	// A post-build-hook left running with the pipes open must not keep
+	// Wait waiting once the command is killed.
+	cmd.WaitDelay = 5 * time.Second
+	return cmd
 }
 
 // Env is the environment Nix commands run with.
@@ -64,16 +133,30 @@ func (n *NixEnv) Env() []string { return append(os.Environ(), n.env...) }
 // carries stderr.
 func (n *NixEnv) Run(t testing.TB, name string, args ...string) (string, error) {
 	t.Helper()
-	cmd := exec.Command(name, args...)
-	cmd.Env = n.Env()
-	var stderr bytes.Buffer
+	return n.RunWithin(t, NixTimeout, name, args...)
+}
+
+// RunWithin is Run with the command killed after d: the error then says
+// so (ErrNixTimeout), with the end of what it printed.
+func (n *NixEnv) RunWithin(t testing.TB, d time.Duration, name string, args ...string) (string, error) {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), d)
+	defer cancel()
+	cmd := n.Command(ctx, name, args...)
+	var stderr SyncBuffer
 	cmd.Stderr = &stderr
 	out, err := cmd.Output()
+	if ctx.Err() != nil {
+		return string(out), fmt.Errorf("%s %s: %w after %v (waiting for the Nix store's lock?)\n%s", name, strings.Join(args, " "), ErrNixTimeout, d, lastLines(stderr.String(), 20))
+	}
 	if err != nil {
 		return string(out), fmt.Errorf("%s %s: %v\n%s", name, strings.Join(args, " "), err, lastLines(stderr.String(), 20))
 	}
 	return string(out), nil
 }
+
+// ErrNixTimeout is RunWithin's error for a command that ran out of time.
+var ErrNixTimeout = errors.New("killed: no answer")
 
 // Build runs nix-build on expr and returns the output paths.
 func (n *NixEnv) Build(t testing.TB, expr string, extraArgs ...string) []string {
