@@ -122,6 +122,9 @@ in mk "fresh-ca-top" "mkdir $out; echo ${s} ${dep} > $out/ref"`, s)
 				t.Fatalf("the first CA build on a fresh store (%s), the daemon running: %v", testenv.NixVersion(), err)
 			}
 			t.Logf("the first CA build on a fresh store took %v (%s)", took.Round(time.Millisecond), testenv.NixVersion())
+			if longLived {
+				t.Logf("Nix 2.26 and later migrate a database to ca-derivations without the store alone: the long-lived connection did not stop it")
+			}
 			top := strings.TrimSpace(out)
 			d.MustWait(2 * time.Minute)
 			if st := status(t, d); st["failed"] != 0 {

@@ -189,3 +189,42 @@ func TestServeLetsGoOfTheStoreWhenIdle(t *testing.T) {
 		t.Fatalf("query after the idle stop: %v (running %v)", err, s.Running())
 	}
 }
+
+// TestServeMaxAge: queries that never pause for Idle do not keep one
+// nix-store (and Nix's big lock) for ever: after MaxAge the process stops
+// at the end of a query and the next query starts another. Idle and
+// MaxAge negative keep it for ever.
+func TestServeMaxAge(t *testing.T) {
+	needNix(t)
+	top := buildRefs(t)
+	ctx := context.Background()
+	s := NewServe(Client{})
+	s.Idle, s.MaxAge = time.Minute, 300*time.Millisecond
+	defer s.Close()
+	pids := map[int]bool{}
+	for end := time.Now().Add(1500 * time.Millisecond); time.Now().Before(end); time.Sleep(50 * time.Millisecond) {
+		if _, err := s.Query(ctx, []string{top}); err != nil {
+			t.Fatal(err)
+		}
+		s.mu.Lock()
+		if s.cmd != nil {
+			pids[s.cmd.Process.Pid] = true
+		}
+		s.mu.Unlock()
+	}
+	if len(pids) < 3 {
+		t.Fatalf("1.5 s of queries every 50 ms with MaxAge 300 ms ran %d nix-store processes; want 3 or more", len(pids))
+	}
+
+	never := NewServe(Client{})
+	never.Idle, never.MaxAge = -1, -1
+	defer never.Close()
+	if _, err := never.Query(ctx, []string{top}); err != nil {
+		t.Fatal(err)
+	}
+	pid := never.cmd.Process.Pid
+	time.Sleep(ServeIdle + time.Second)
+	if _, err := never.Query(ctx, []string{top}); err != nil || !never.Running() || never.cmd.Process.Pid != pid {
+		t.Fatalf("Idle and MaxAge negative: nix-store did not stay (%v)", err)
+	}
+}

@@ -97,9 +97,21 @@ func (n *NixEnv) FreshStore(t testing.TB) *NixEnv {
 	if err := os.MkdirAll(filepath.Join(root, "nix"), 0o755); err != nil {
 		t.Fatal(err)
 	}
+	// unshare makes every mount private in the new namespace, so the bind
+	// mount stays in it; in a chroot (scripts/in-nix-root.sh) / is no
+	// mount point and that fails, but there every mount is private
+	// already: then they are left as they are.
+	propagation := "private"
+	if exec.Command("unshare", "-m", "--propagation", "private", "true").Run() != nil {
+		info, err := os.ReadFile("/proc/self/mountinfo")
+		if err != nil || strings.Contains(string(info), " shared:") {
+			t.Fatalf("unshare -m --propagation private fails here, and some mounts are shared (%v): a bind mount over /nix would reach the machine", err)
+		}
+		propagation = "unchanged"
+	}
 	f := n.WithEnv()
 	f.root = root
-	f.prefix = []string{"unshare", "-m", "--propagation", "private", "sh", "-c", `mount --bind "$0" /nix && exec "$@"`, filepath.Join(root, "nix")}
+	f.prefix = []string{"unshare", "-m", "--propagation", propagation, "sh", "-c", `mount --bind "$0" /nix && exec "$@"`, filepath.Join(root, "nix")}
 	// The test's cleanup removes the store: Nix makes it read-only.
 	t.Cleanup(func() { exec.Command("chmod", "-R", "u+w", root).Run() })
 	return f
