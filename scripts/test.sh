@@ -36,7 +36,7 @@ nix --version
 # command enables them, and need the store alone for it (flock -x on
 # db/big-lock): done here, before the tests run Nix side by side, where a
 # test doing it waits until every other test's Nix has let go at once.
-timeout 600 nix-store --option experimental-features 'nix-command ca-derivations' --gc --print-roots >/dev/null
+timeout 600 nix-instantiate --option experimental-features ca-derivations --eval -E 1 >/dev/null
 
 if ! command -v systemd-socket-activate >/dev/null; then
 	echo "installing systemd (systemd-socket-activate, systemd-analyze)"
