@@ -206,16 +206,30 @@ func runDaemon(ctx context.Context, args []string, stdout, stderr io.Writer) int
 		}
 		defer func() { pprof.StopCPUProfile(); out.Close() }()
 	}
+	var burstQuiet time.Duration
+	if v := os.Getenv("NIXPUSH_BURST_QUIET"); v != "" {
+		// For benchmarks: how long hand-offs must pause before a push
+		// starts (0: no pause, as before), to measure what the pause is for.
+		q, err := time.ParseDuration(v)
+		if err != nil || q < 0 {
+			fmt.Fprintf(stderr, "nixpush daemon: NIXPUSH_BURST_QUIET=%q: want a duration such as 100ms (0: no pause), or unset it\n", v)
+			return 2
+		}
+		burstQuiet = q
+		if q == 0 {
+			burstQuiet = -1
+		}
+	}
 	watchdog, _ := sddaemon.SdWatchdogEnabled(false)
 	err = daemon.Run(ctx, daemon.Config{
 		BuildLogs: buildLogs,
 		Socket:    *socket, StateDir: *stateDir, SpoolDir: *spoolDir, StoreDir: *storeDir,
 		Uploader: up, Nix: nixClient, Log: log, Listener: ln, SocketGroup: *socketGroup, MetricsListen: *metricsListen,
-		TrustCacheFor: *trust,
-		Notify:        func(s string) { sddaemon.SdNotify(false, s) },
-		Watchdog:      watchdog,
-		Ready:         func() { sddaemon.SdNotify(false, sddaemon.SdNotifyReady) },
-		Stopping:      func() { sddaemon.SdNotify(false, sddaemon.SdNotifyStopping) },
+		TrustCacheFor: *trust, BurstQuiet: burstQuiet,
+		Notify:   func(s string) { sddaemon.SdNotify(false, s) },
+		Watchdog: watchdog,
+		Ready:    func() { sddaemon.SdNotify(false, sddaemon.SdNotifyReady) },
+		Stopping: func() { sddaemon.SdNotify(false, sddaemon.SdNotifyStopping) },
 	})
 	if err != nil {
 		log.Error().Err(err).Msg("daemon failed")
