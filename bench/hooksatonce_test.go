@@ -39,10 +39,10 @@ import (
 // says how much of the wall time is start-up work, which 32 processes
 // share 2 cores for.
 func BenchmarkHooksAtOnce(b *testing.B) {
-	const n, rounds = 32, 7
+	const n, rounds = 32, 5
 	r := newRig(b)
 	empty := emptyGoProgram(b)
-	b.Logf("load before: %s", loadavg())
+	load0 := loadavg()
 
 	type group struct {
 		name string
@@ -57,6 +57,11 @@ func BenchmarkHooksAtOnce(b *testing.B) {
 		alonePaths []string        // one for the lone hook, one for the lone Handoff
 		q          *queue.Queue
 	)
+	// trace is where nixpush-hook's time went, per hook of a group:
+	// "main" from start to main, "connect" on to the connection made,
+	// "answer" on to the daemon's answer, "exit" on to its exit.
+	var traceMu sync.Mutex
+	trace := map[string][]time.Duration{}
 	// procs starts bin n times at one moment with env(i) and times each.
 	procs := func(bin string, args []string, env func(i int) []string) (wall, cpu []time.Duration) {
 		wall, cpu = make([]time.Duration, n), make([]time.Duration, n)
@@ -68,15 +73,30 @@ func BenchmarkHooksAtOnce(b *testing.B) {
 			go func() {
 				defer wg.Done()
 				cmd := exec.Command(bin, args...)
-				cmd.Env = append(os.Environ(), env(i)...)
 				var out strings.Builder
 				cmd.Stdout, cmd.Stderr = &out, &out
 				<-start
 				t0 := time.Now()
+				// nixpush-hook says when it reached main, connected and
+				// had its answer (the others ignore the variable).
+				cmd.Env = append(append(os.Environ(), env(i)...), fmt.Sprintf("NIXPUSH_HOOK_TIMING=%d", t0.UnixNano()))
 				err := cmd.Run()
 				wall[i] = time.Since(t0)
-				if err != nil || out.Len() > 0 {
-					errs <- fmt.Errorf("%s %d: %v %s", bin, i, err, out.String())
+				text := out.String()
+				if rest, ok := strings.CutPrefix(text, "nixpush-hook timing: "); ok {
+					var m, c, a int64
+					if _, serr := fmt.Sscanf(rest, "main=%d connect=%d answer=%d\n", &m, &c, &a); serr == nil {
+						traceMu.Lock()
+						trace["main"] = append(trace["main"], time.Duration(m)*time.Microsecond)
+						trace["connect"] = append(trace["connect"], time.Duration(c-m)*time.Microsecond)
+						trace["answer"] = append(trace["answer"], time.Duration(a-c)*time.Microsecond)
+						trace["exit"] = append(trace["exit"], wall[i]-time.Duration(a)*time.Microsecond)
+						traceMu.Unlock()
+						text = ""
+					}
+				}
+				if err != nil || text != "" {
+					errs <- fmt.Errorf("%s %d: %v %s", bin, i, err, text)
 					return
 				}
 				cpu[i] = cmd.ProcessState.UserTime() + cmd.ProcessState.SystemTime()
@@ -167,6 +187,7 @@ func BenchmarkHooksAtOnce(b *testing.B) {
 	}
 	all := append(append([]group(nil), groups...), alone...)
 	p50s, p99s, cpu50 := map[string][]time.Duration{}, map[string][]time.Duration{}, map[string][]time.Duration{}
+	steps := map[string][]time.Duration{} // per round, the p50 of each step of the hooks
 	for round := range rounds {
 		// Fresh paths: a family of tops sharing a chain (overlapping
 		// closures), built before anything is timed.
@@ -189,7 +210,16 @@ func BenchmarkHooksAtOnce(b *testing.B) {
 		r.settle()
 		for k := range all {
 			g := all[(k+round)%len(all)]
+			clear(trace)
 			wall, cpu := g.run(round)
+			if g.name == "nixpush-hook x32" || g.name == "nixpush-hook x32, no burst pause" {
+				for _, step := range []string{"main", "connect", "answer", "exit"} {
+					if len(trace[step]) != n {
+						b.Fatalf("%s: %d hooks said their timing; want %d", g.name, len(trace[step]), n)
+					}
+					steps[g.name+": "+step] = append(steps[g.name+": "+step], percentile(trace[step], 0.5))
+				}
+			}
 			p50s[g.name] = append(p50s[g.name], percentile(wall, 0.5))
 			p99s[g.name] = append(p99s[g.name], percentile(wall, 0.99))
 			if cpu != nil {
@@ -220,15 +250,23 @@ func BenchmarkHooksAtOnce(b *testing.B) {
 	b.ReportMetric(ms(med(p99s["nixpush-hook x32, no burst pause"])), "hook32-nopause-p99-ms")
 	b.ReportMetric(ms(med(p50s["/bin/true x32"])), "true32-p50-ms")
 	b.ReportMetric(ms(med(p50s["nixpush-hook alone"])), "hook1-ms")
-	b.Logf("%d at one moment, %d rounds (fresh daemon and paths each), medians over rounds of each round's p50 / p99; CPU = user+system per process (p50):", n, rounds)
+	// One Log: go test keeps only the first lines of a benchmark's log.
+	var table strings.Builder
+	fmt.Fprintf(&table, "%d at one moment, %d rounds (fresh daemons and paths each), medians over rounds of each round's p50 / p99; CPU = user+system per process (p50):\n", n, rounds)
 	for _, g := range all {
-		line := fmt.Sprintf("  %-32s p50 %7.1f ms  p99 %7.1f ms", g.name, ms(med(p50s[g.name])), ms(med(p99s[g.name])))
+		fmt.Fprintf(&table, "  %-34s p50 %7.1f ms  p99 %7.1f ms", g.name, ms(med(p50s[g.name])), ms(med(p99s[g.name])))
 		if c := cpu50[g.name]; c != nil {
-			line += fmt.Sprintf("  CPU %5.1f ms", ms(med(c)))
+			fmt.Fprintf(&table, "  CPU %5.1f ms", ms(med(c)))
 		}
-		b.Log(line)
+		table.WriteString("\n")
 	}
-	b.Logf("load after: %s", loadavg())
+	table.WriteString("where a hook's time goes (median over rounds of each step's p50; the steps' p50s do not add up to the whole's):\n")
+	for _, name := range []string{"nixpush-hook x32", "nixpush-hook x32, no burst pause"} {
+		fmt.Fprintf(&table, "  %-34s start to main %6.1f ms, connect %5.1f ms, answer %6.1f ms, exit %5.1f ms\n", name,
+			ms(med(steps[name+": main"])), ms(med(steps[name+": connect"])), ms(med(steps[name+": answer"])), ms(med(steps[name+": exit"])))
+	}
+	fmt.Fprintf(&table, "load before %s, after %s", load0, loadavg())
+	b.Log(table.String())
 }
 
 // loadavg is /proc/loadavg's 1, 5 and 15 minute load: the machine is shared.
