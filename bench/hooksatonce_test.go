@@ -250,7 +250,8 @@ func BenchmarkHooksAtOnce(b *testing.B) {
 	b.ReportMetric(ms(med(p99s["nixpush-hook x32, no burst pause"])), "hook32-nopause-p99-ms")
 	b.ReportMetric(ms(med(p50s["/bin/true x32"])), "true32-p50-ms")
 	b.ReportMetric(ms(med(p50s["nixpush-hook alone"])), "hook1-ms")
-	// One Log: go test keeps only the first lines of a benchmark's log.
+	// On stdout: go test keeps only the first ten lines of a benchmark's
+	// log unless -v.
 	var table strings.Builder
 	fmt.Fprintf(&table, "%d at one moment, %d rounds (fresh daemons and paths each), medians over rounds of each round's p50 / p99; CPU = user+system per process (p50):\n", n, rounds)
 	for _, g := range all {
@@ -266,7 +267,7 @@ func BenchmarkHooksAtOnce(b *testing.B) {
 			ms(med(steps[name+": main"])), ms(med(steps[name+": connect"])), ms(med(steps[name+": answer"])), ms(med(steps[name+": exit"])))
 	}
 	fmt.Fprintf(&table, "load before %s, after %s", load0, loadavg())
-	b.Log(table.String())
+	fmt.Println(table.String())
 }
 
 // loadavg is /proc/loadavg's 1, 5 and 15 minute load: the machine is shared.
