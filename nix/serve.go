@@ -271,10 +271,10 @@ func (s *Serve) start(ctx context.Context) error {
 		return fmt.Errorf("start nix-store --serve: %w (is Nix installed and on PATH?)", err)
 	}
 	s.cmd, s.inPipe, s.in, s.out = cmd, in, bufio.NewWriter(in), bufio.NewReaderSize(out, 64<<10)
-	s.started = time.Now()
 	stop := s.killOnDone(ctx)
 	err = s.handshake()
 	stop()
+	s.started = time.Now() // its age counts from its first answer: a slow start is not serving
 	if err != nil {
 		msg := s.stderr.String()
 		s.stop()

@@ -122,6 +122,29 @@ func (n *NixEnv) FreshStore(t testing.TB) *NixEnv {
 // such as the daemon (StartDaemonUnder).
 func (n *NixEnv) Prefix() []string { return n.prefix }
 
+// Wrappers writes, for each of names (nix-store, nix...), a script that
+// runs it in this environment's store, and returns their directory: for a
+// nix.Client's BinDir.
+func (n *NixEnv) Wrappers(t testing.TB, names ...string) string {
+	t.Helper()
+	dir := t.TempDir()
+	quoted := make([]string, len(n.prefix))
+	for i, a := range n.prefix {
+		quoted[i] = "'" + strings.ReplaceAll(a, "'", `'\''`) + "'"
+	}
+	for _, name := range names {
+		p, err := exec.LookPath(name)
+		if err != nil {
+			t.Fatalf("%s not found: %v", name, err)
+		}
+		script := "#!/bin/sh\nexec " + strings.Join(quoted, " ") + " '" + p + "' \"$@\"\n"
+		if err := os.WriteFile(filepath.Join(dir, name), []byte(script), 0o755); err != nil {
+			t.Fatal(err)
+		}
+	}
+	return dir
+}
+
 // HostPath is where path (/nix/...) of this environment's store is on the
 // host: under FreshStore's directory, or path itself.
 func (n *NixEnv) HostPath(path string) string { return n.root + path }
