@@ -109,7 +109,11 @@ func (n *NixEnv) FreshStore(t testing.TB) *NixEnv {
 		}
 		propagation = "unchanged"
 	}
-	f := n.WithEnv()
+	// Builds run as root, not as nixbld users: the build-user pool is
+	// the store's (under /nix/var/nix/userpool), but the users are the
+	// machine's, and Nix kills every process of a build user before
+	// using it, so another store's build as the same user was killed.
+	f := n.WithEnv("NIX_CONFIG=substituters =\nconnect-timeout = 2\nbuild-users-group =")
 	f.root = root
 	f.prefix = []string{"unshare", "-m", "--propagation", propagation, "sh", "-c", `mount --bind "$0" /nix && exec "$@"`, filepath.Join(root, "nix")}
 	// The test's cleanup removes the store: Nix makes it read-only.
