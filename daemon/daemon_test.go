@@ -10,6 +10,7 @@ import (
 	"path/filepath"
 	"strconv"
 	"strings"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -153,5 +154,73 @@ func TestWaitAndStatus(t *testing.T) {
 	res, err = c.Enqueue(ctx, hook.EnqueueRequest{Paths: []string{bad, bad}})
 	if err != nil || res.Added != 1 || res.Merged != 1 {
 		t.Fatalf("re-enqueue: %+v, %v", res, err)
+	}
+}
+
+// TestBurstOver: a push waits until hand-offs have paused for BurstQuiet
+// (Nix 2.35's concurrent hooks get their answers before pushes take the
+// CPU), and no longer than maxBurstWait while they never pause; with
+// BurstQuiet negative, or no hand-off lately, it does not wait.
+func TestBurstOver(t *testing.T) {
+	ctx := context.Background()
+	d := &Daemon{cfg: Config{BurstQuiet: 100 * time.Millisecond}}
+	start := time.Now()
+	if !d.burstOver(ctx) || time.Since(start) > 500*time.Millisecond {
+		t.Fatalf("no hand-off yet: burstOver waited %v", time.Since(start))
+	}
+
+	// Hand-offs every 20 ms for 300 ms: the wait ends BurstQuiet after the last.
+	stop := make(chan struct{})
+	var last atomic.Int64
+	go func() {
+		for end := time.Now().Add(300 * time.Millisecond); time.Now().Before(end); time.Sleep(20 * time.Millisecond) {
+			now := time.Now().UnixNano()
+			d.lastHandoff.Store(now)
+			last.Store(now)
+		}
+		close(stop)
+	}()
+	time.Sleep(10 * time.Millisecond)
+	if !d.burstOver(ctx) {
+		t.Fatal("burstOver: false with ctx not done")
+	}
+	<-stop
+	if ended, lastAt := time.Now(), time.Unix(0, last.Load()); ended.Sub(lastAt) < 100*time.Millisecond {
+		t.Fatalf("burstOver returned %v after the last hand-off; want BurstQuiet (100ms) or more", ended.Sub(lastAt))
+	}
+
+	// A stream that never pauses: at most maxBurstWait.
+	done := make(chan struct{})
+	defer close(done)
+	go func() {
+		for {
+			select {
+			case <-done:
+				return
+			case <-time.After(10 * time.Millisecond):
+				d.lastHandoff.Store(time.Now().UnixNano())
+			}
+		}
+	}()
+	d.lastHandoff.Store(time.Now().UnixNano())
+	start = time.Now()
+	if !d.burstOver(ctx) {
+		t.Fatal("burstOver: false with ctx not done")
+	}
+	if took := time.Since(start); took < maxBurstWait || took > maxBurstWait+5*time.Second {
+		t.Fatalf("hand-offs never pausing: burstOver waited %v; want about maxBurstWait (%v)", took, maxBurstWait)
+	}
+
+	d.cfg.BurstQuiet = -1
+	start = time.Now()
+	if !d.burstOver(ctx) || time.Since(start) > 500*time.Millisecond {
+		t.Fatalf("BurstQuiet negative: burstOver waited %v", time.Since(start))
+	}
+	cancelled, cancel := context.WithCancel(ctx)
+	cancel()
+	d.cfg.BurstQuiet = time.Hour
+	d.lastHandoff.Store(time.Now().UnixNano())
+	if d.burstOver(cancelled) {
+		t.Fatal("burstOver: true with ctx done")
 	}
 }

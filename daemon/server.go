@@ -34,6 +34,7 @@ func (d *Daemon) handler() http.Handler {
 }
 
 func (d *Daemon) handleEnqueue(w http.ResponseWriter, r *http.Request) {
+	d.lastHandoff.Store(time.Now().UnixNano())
 	if err := d.mayEnqueue(peerFrom(r.Context())); err != nil {
 		writeError(w, http.StatusForbidden, fmt.Errorf("enqueue: %w", err))
 		return

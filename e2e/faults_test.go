@@ -312,6 +312,68 @@ func TestSixteenHooksAtOnce(t *testing.T) {
 	checkFetched(t, nx, "file://"+filepath.Join(d.StateDir, "cache"), pub, outs...)
 }
 
+// TestThirtyTwoHooksAtOnceOverlapping runs 32 hooks at the same moment,
+// as Nix 2.35 does with max-jobs = 32 (it runs post-build hooks
+// concurrently), for overlapping outputs: each hook hands over its own
+// top and its neighbour's, and every top refers to a chain all of them
+// share. Every hook is acknowledged (exit 0, nothing said: the fast path),
+// none spooled, and nothing is lost: every path reaches the cache and Nix
+// copies the whole closure back. Its timings are BenchmarkHooksAtOnce's.
+func TestThirtyTwoHooksAtOnceOverlapping(t *testing.T) {
+	const n = 32
+	nx := testenv.Nix(t)
+	sec, pub := keys(t, "nixpush-e2e-32-1")
+	d := startDaemon(t, nil, "--secret-key-file", sec)
+	var names []string
+	for i := range n {
+		names = append(names, fmt.Sprintf("top%d", i))
+	}
+	outs := nx.Build(t, testenv.Family(seed(), names, names[:n/2]))
+	if len(outs) != n {
+		t.Fatalf("built %d paths; want %d", len(outs), n)
+	}
+	var wg sync.WaitGroup
+	start := make(chan struct{})
+	errs := make([]error, n)
+	for i := range n {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			cmd := testenv.Command(t, d.HookBin(), "--socket", d.Socket, "--spool-dir", d.SpoolDir)
+			cmd.Env = append(os.Environ(), "OUT_PATHS="+outs[i]+" "+outs[(i+1)%n], "DRV_PATH=")
+			var out bytes.Buffer
+			cmd.Stdout, cmd.Stderr = &out, &out
+			<-start
+			if err := cmd.Run(); err != nil || out.Len() > 0 {
+				errs[i] = fmt.Errorf("hook %d: %v %s", i, err, out.String())
+			}
+		}()
+	}
+	close(start)
+	wg.Wait()
+	for _, err := range errs {
+		if err != nil {
+			t.Error(err)
+		}
+	}
+	if spooled, _ := npdaemon.SpoolFiles(d.SpoolDir); len(spooled) != 0 {
+		t.Fatalf("%d hooks spooled instead of being acknowledged", len(spooled))
+	}
+	d.MustWait(3 * time.Minute)
+	closure := closureOf(t, nx, outs...)
+	st := status(t, d)
+	if st["failed"] != 0 || st["queued"] != 0 || st["active"] != 0 || st["done"] != n {
+		t.Fatalf("status %v; want %d done, nothing failed or left", st, n)
+	}
+	cache := filepath.Join(d.StateDir, "cache")
+	for _, p := range closure {
+		if _, err := os.Stat(filepath.Join(cache, filepath.Base(p)[:32]+".narinfo")); err != nil {
+			t.Errorf("%s: no .narinfo in the cache: %v", p, err)
+		}
+	}
+	checkFetched(t, nx, "file://"+cache, pub, outs...)
+}
+
 // TestSIGTERMMidUpload stops the daemon with SIGTERM while a NAR upload is
 // in flight: it exits (a hang fails the test), removes its socket, and
 // loses nothing: the bucket is valid, and after a restart the queue drains

@@ -18,6 +18,13 @@ import (
 // dynamic linking cost several milliseconds per run on small machines).
 // The daemon speaks ordinary HTTP; everything else uses hook/client.
 func Handoff(socket string, req EnqueueRequest, timeout time.Duration) error {
+	return HandoffTraced(socket, req, timeout, nil)
+}
+
+// HandoffTraced is Handoff that, when connected is not nil, sets it to
+// the moment the connection was made: for timing where a hook's time goes
+// (accepted, then answered).
+func HandoffTraced(socket string, req EnqueueRequest, timeout time.Duration, connected *time.Time) error {
 	body := req.AppendJSON(nil)
 	fd, err := syscall.Socket(syscall.AF_UNIX, syscall.SOCK_STREAM|syscall.SOCK_CLOEXEC, 0)
 	if err != nil {
@@ -31,6 +38,9 @@ func Handoff(socket string, req EnqueueRequest, timeout time.Duration) error {
 	syscall.SetsockoptTimeval(fd, syscall.SOL_SOCKET, syscall.SO_RCVTIMEO, &tv)
 	if err := syscall.Connect(fd, &syscall.SockaddrUnix{Name: socket}); err != nil {
 		return &HandoffError{Socket: socket, Err: err}
+	}
+	if connected != nil {
+		*connected = time.Now()
 	}
 	msg := make([]byte, 0, 160+len(body))
 	msg = append(msg, "POST /v1/enqueue HTTP/1.1\r\nHost: nixpush\r\nUser-Agent: nixpush-hook\r\nContent-Type: application/json\r\nConnection: close\r\nContent-Length: "...)

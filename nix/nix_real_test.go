@@ -10,6 +10,7 @@ import (
 	"path/filepath"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/nix-community/go-nix/pkg/narinfo"
 	"github.com/nix-community/go-nix/pkg/nixbase32"
@@ -30,12 +31,21 @@ func needNix(t *testing.T) {
 	t.Setenv("XDG_CACHE_HOME", t.TempDir())
 }
 
+// nixCmd runs a Nix command, failing the test if it fails or has not
+// answered within testenv.NixTimeout (waiting for the store's big lock,
+// which another process holds: the test fails saying so, never hangs).
 func nixCmd(t *testing.T, name string, args ...string) string {
 	t.Helper()
-	var stderr bytes.Buffer
-	cmd := exec.Command(name, args...)
+	ctx, cancel := context.WithTimeout(context.Background(), testenv.NixTimeout)
+	defer cancel()
+	var stderr testenv.SyncBuffer
+	cmd := exec.CommandContext(ctx, name, args...)
 	cmd.Stderr = &stderr
+	cmd.WaitDelay = 5 * time.Second
 	out, err := cmd.Output()
+	if ctx.Err() != nil {
+		t.Fatalf("%s %s: no answer after %v (waiting for the Nix store's lock?)\n%s", name, strings.Join(args, " "), testenv.NixTimeout, stderr.String())
+	}
 	if err != nil {
 		t.Fatalf("%s %s: %v\n%s", name, strings.Join(args, " "), err, stderr.String())
 	}

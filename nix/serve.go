@@ -38,18 +38,29 @@ const (
 // root on a single-user store and as any user behind nix-daemon.
 //
 // The process starts on first use and again after it fails; Serve is safe
-// for concurrent use (queries take turns on the pipe). It stops after Idle
-// without a query: nix-store holds Nix's big lock (db/big-lock) shared for
-// as long as it runs, and what needs it exclusively (Nix 2.8 to 2.25's
-// first use of ca-derivations, a database schema upgrade after Nix is
-// upgraded) would wait for it.
+// for concurrent use (queries take turns on the pipe). nix-store holds
+// Nix's big lock (db/big-lock) shared for as long as it runs, and what
+// needs it exclusively (Nix 2.8 to 2.25's first use of ca-derivations, a
+// database schema upgrade after Nix is upgraded) waits for it: so the
+// process stops after Idle without a query, and, while queries keep
+// coming, at the end of the first query after it has run for MaxAge (the
+// next query starts a fresh one; a Nix command waiting for the lock takes
+// it in between). Nothing holds it across a wait: the lock is held by an
+// idle daemon for at most Idle, by a busy one for at most MaxAge and a
+// query.
 type Serve struct {
 	Client // which nix-store, store directory and environment
-	// Idle is how long the process stays without a query (0: ServeIdle).
+	// Idle is how long the process stays without a query (0: ServeIdle;
+	// negative: for ever, as before Nix's lock was known to matter:
+	// tests use it to show what the stop is for).
 	Idle time.Duration
+	// MaxAge is how long one process serves queries that keep coming
+	// (0: ServeMaxAge; negative: for ever).
+	MaxAge time.Duration
 
 	mu      sync.Mutex
 	lastUse time.Time
+	started time.Time
 	idle    *time.Timer
 	cmd     *exec.Cmd
 	in      *bufio.Writer
@@ -63,6 +74,12 @@ type Serve struct {
 // enough that a Nix command that needs the store alone waits seconds.
 const ServeIdle = 2 * time.Second
 
+// ServeMaxAge is how long one nix-store serves queries that never pause
+// for ServeIdle. A restart costs one Nix start (80 to 100 ms of CPU with
+// Nix 2.8 on this project's 2-core test machine, under load), so about 3%
+// of a core while queries never pause, beside the builds that cause them.
+const ServeMaxAge = 3 * time.Second
+
 // NewServe returns a Serve running c's nix-store.
 func NewServe(c Client) *Serve { return &Serve{Client: c} }
 
@@ -71,6 +88,9 @@ func NewServe(c Client) *Serve { return &Serve{Client: c} }
 func (s *Serve) used() {
 	s.lastUse = time.Now()
 	d := s.idleFor()
+	if d < 0 {
+		return
+	}
 	if s.idle == nil {
 		s.idle = time.AfterFunc(d, s.idleStop)
 	} else {
@@ -79,10 +99,19 @@ func (s *Serve) used() {
 }
 
 func (s *Serve) idleFor() time.Duration {
-	if s.Idle > 0 {
+	if s.Idle != 0 {
 		return s.Idle
 	}
 	return ServeIdle
+}
+
+// tooOld says the process has served its MaxAge. The caller holds s.mu.
+func (s *Serve) tooOld() bool {
+	age := s.MaxAge
+	if age == 0 {
+		age = ServeMaxAge
+	}
+	return s.cmd != nil && age > 0 && time.Since(s.started) >= age
 }
 
 // idleStop stops nix-store unless a query came since the timer was set.
@@ -105,14 +134,14 @@ func (s *Serve) Running() bool {
 
 // Start starts the nix-store process now rather than at the first query,
 // so that the first push does not wait for Nix to start.
-func (s *Serve) Start() error {
+func (s *Serve) Start(ctx context.Context) error {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	if s.cmd != nil {
 		return nil
 	}
 	s.used()
-	return s.start()
+	return s.start(ctx)
 }
 
 // Close stops the nix-store process.
@@ -177,28 +206,24 @@ func (s *Serve) query(ctx context.Context, paths []string, closure bool) ([]Path
 }
 
 // roundTrips runs fn against a live process; on any failure of the pipe the
-// process is stopped, so the next query starts a fresh one.
+// process is stopped, so the next query starts a fresh one. So is a process
+// past its MaxAge, once fn is done.
 func (s *Serve) roundTrips(ctx context.Context, fn func() error) error {
 	if err := ctx.Err(); err != nil {
 		return err
 	}
 	if s.cmd == nil {
-		if err := s.start(); err != nil {
+		if err := s.start(ctx); err != nil {
 			return err
 		}
 	}
-	done := make(chan struct{})
-	cmd := s.cmd
-	go func() {
-		select {
-		case <-ctx.Done():
-			cmd.Process.Kill() // unblocks the pipe reads below
-		case <-done:
-		}
-	}()
+	stop := s.killOnDone(ctx)
 	err := fn()
-	close(done)
+	stop()
 	s.used()
+	if s.tooOld() {
+		defer s.stop()
+	}
 	if err != nil && !errors.Is(err, ErrInvalidPath) {
 		msg := s.stderr.String()
 		s.stop()
@@ -213,7 +238,23 @@ func (s *Serve) roundTrips(ctx context.Context, fn func() error) error {
 	return err
 }
 
-func (s *Serve) start() error {
+// killOnDone kills the process if ctx is done before the returned func is
+// called: that unblocks a read of its pipe (nix-store waits for Nix's big
+// lock before its first answer, as long as a command holds it alone).
+func (s *Serve) killOnDone(ctx context.Context) func() {
+	done := make(chan struct{})
+	cmd := s.cmd
+	go func() {
+		select {
+		case <-ctx.Done():
+			cmd.Process.Kill()
+		case <-done:
+		}
+	}()
+	return func() { close(done) }
+}
+
+func (s *Serve) start(ctx context.Context) error {
 	cmd := exec.Command(s.bin("nix-store"), "--serve")
 	cmd.Env = append(os.Environ(), s.Env...)
 	s.stderr = &tail{}
@@ -230,9 +271,16 @@ func (s *Serve) start() error {
 		return fmt.Errorf("start nix-store --serve: %w (is Nix installed and on PATH?)", err)
 	}
 	s.cmd, s.inPipe, s.in, s.out = cmd, in, bufio.NewWriter(in), bufio.NewReaderSize(out, 64<<10)
-	if err := s.handshake(); err != nil {
+	stop := s.killOnDone(ctx)
+	err = s.handshake()
+	stop()
+	s.started = time.Now() // its age counts from its first answer: a slow start is not serving
+	if err != nil {
 		msg := s.stderr.String()
 		s.stop()
+		if ctx.Err() != nil {
+			return fmt.Errorf("nix-store --serve handshake: %w (%s)", ctx.Err(), msg)
+		}
 		return fmt.Errorf("nix-store --serve handshake: %v %s", err, msg)
 	}
 	return nil

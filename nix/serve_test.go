@@ -149,18 +149,19 @@ func must(b *testing.B, name string, args ...string) []byte {
 // first use of ca-derivations on Nix 2.8 to 2.25, a schema upgrade)
 // waits. After Idle without a query the process is gone and an exclusive
 // lock is taken at once; the next query starts it again.
+//
+// It runs on a store of its own (testenv's FreshStore), where no other
+// test's Nix holds the lock.
 func TestServeLetsGoOfTheStoreWhenIdle(t *testing.T) {
 	needNix(t)
-	out := strings.Fields(nixCmd(t, "nix-build", "--no-out-link", "-E", testenv.Awkward(seed(t))))
-	lock := "/nix/var/nix/db/big-lock"
-	if d := os.Getenv("NIX_STATE_DIR"); d != "" {
-		lock = d + "/db/big-lock"
-	}
+	nx := testenv.Nix(t).FreshStore(t)
+	out := nx.Build(t, testenv.Chain(seed(t), 3))
+	lock := nx.HostPath("/nix/var/nix/db/big-lock")
 	exclusive := func() bool { // flock -x -n: taken at once, or not
 		return exec.Command("flock", "-x", "-n", lock, "true").Run() == nil
 	}
 	ctx := context.Background()
-	s := NewServe(Client{})
+	s := NewServe(Client{BinDir: nx.Wrappers(t, "nix-store")})
 	s.Idle = 300 * time.Millisecond
 	defer s.Close()
 	if _, err := s.Query(ctx, out[:1]); err != nil {
@@ -179,13 +180,51 @@ func TestServeLetsGoOfTheStoreWhenIdle(t *testing.T) {
 		}
 		time.Sleep(50 * time.Millisecond)
 	}
-	// Other packages' tests run Nix at the same time under go test ./...
-	// (the daemons of e2e hold the lock shared while they push), so the
-	// lock may be busy for a moment; the serve process is not among them.
 	if exec.Command("flock", "-x", "-w", "20", lock, "true").Run() != nil {
 		t.Fatalf("no exclusive lock on %s within 20 s with nix-store --serve stopped (%s)", lock, testenv.NixVersion())
 	}
 	if _, err := s.Query(ctx, out[:1]); err != nil || !s.Running() {
 		t.Fatalf("query after the idle stop: %v (running %v)", err, s.Running())
+	}
+}
+
+// TestServeMaxAge: queries that never pause for Idle do not keep one
+// nix-store (and Nix's big lock) for ever: after MaxAge the process stops
+// at the end of a query and the next query starts another. Idle and
+// MaxAge negative keep it for ever.
+func TestServeMaxAge(t *testing.T) {
+	needNix(t)
+	top := buildRefs(t)
+	ctx := context.Background()
+	s := NewServe(Client{})
+	s.Idle, s.MaxAge = time.Minute, 300*time.Millisecond
+	defer s.Close()
+	pids := map[int]bool{}
+	// Until three processes have served, or 30 s (a Nix start takes most
+	// of a second on a loaded machine).
+	for end := time.Now().Add(30 * time.Second); len(pids) < 3 && time.Now().Before(end); time.Sleep(50 * time.Millisecond) {
+		if _, err := s.Query(ctx, []string{top}); err != nil {
+			t.Fatal(err)
+		}
+		s.mu.Lock()
+		if s.cmd != nil {
+			pids[s.cmd.Process.Pid] = true
+		}
+		s.mu.Unlock()
+	}
+	if len(pids) < 3 {
+		t.Fatalf("30 s of queries every 50 ms with MaxAge 300 ms (Idle 1 min) ran %d nix-store processes; want 3 or more", len(pids))
+	}
+
+	never := NewServe(Client{})
+	never.Idle, never.MaxAge = -1, -1
+	defer never.Close()
+	if _, err := never.Query(ctx, []string{top}); err != nil {
+		t.Fatal(err)
+	}
+	pid := never.cmd.Process.Pid
+	time.Sleep(ServeIdle + time.Second)
+	if _, err := never.Query(ctx, []string{top}); err != nil || !never.Running() || never.cmd.Process.Pid != pid {
+		t.Fatalf("Idle and MaxAge negative: nix-store did not stay (%v)", err)
 	}
 }

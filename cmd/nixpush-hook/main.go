@@ -3,6 +3,7 @@ package main
 import (
 	"io"
 	"os"
+	"strconv"
 	"strings"
 	"time"
 
@@ -29,6 +30,7 @@ func main() {
 }
 
 func run(args []string, getenv func(string) string, stderr io.Writer) int {
+	entered := time.Now()
 	socket := envOr(getenv, "NIXPUSH_SOCKET", hook.DefaultSocket)
 	spool := envOr(getenv, "NIXPUSH_SPOOL_DIR", hook.DefaultSpoolDir)
 	for len(args) > 0 {
@@ -65,7 +67,13 @@ func run(args []string, getenv func(string) string, stderr io.Writer) int {
 		io.WriteString(stderr, "nixpush-hook: OUT_PATHS and DRV_PATH are both empty; nothing to push (run me as Nix's post-build-hook)\n")
 		return 0
 	}
-	err := hook.Handoff(socket, req, handoffTimeout)
+	var connected time.Time
+	err := hook.HandoffTraced(socket, req, handoffTimeout, &connected)
+	if spawned := getenv("NIXPUSH_HOOK_TIMING"); spawned != "" && err == nil {
+		// For benchmarks (bench/: BenchmarkHooksAtOnce), which set it to
+		// the moment they started the hook, in Unix nanoseconds.
+		writeTiming(stderr, spawned, entered, connected, time.Now())
+	}
 	if err == nil {
 		return 0
 	}
@@ -98,6 +106,17 @@ func run(args []string, getenv func(string) string, stderr io.Writer) int {
 }
 
 func strqq(s string) string { return `"` + s + `"` }
+
+// writeTiming writes "nixpush-hook timing: main=µs connect=µs answer=µs",
+// each since spawned (Unix nanoseconds).
+func writeTiming(w io.Writer, spawned string, main, connected, answered time.Time) {
+	t0, err := strconv.ParseInt(spawned, 10, 64)
+	if err != nil {
+		return
+	}
+	us := func(t time.Time) string { return strconv.FormatInt((t.UnixNano()-t0)/1000, 10) }
+	io.WriteString(w, "nixpush-hook timing: main="+us(main)+" connect="+us(connected)+" answer="+us(answered)+"\n")
+}
 
 func describe(req hook.EnqueueRequest) string {
 	if len(req.Paths) == 0 {

@@ -154,11 +154,25 @@ func runDaemon(ctx context.Context, args []string, stdout, stderr io.Writer) int
 	// Path info through one long-lived nix-store --serve, not a Nix process
 	// per push: that costs ~50 ms of CPU each, taken from the builds.
 	pathInfo := nix.NewServe(*nixClient)
+	if v := os.Getenv("NIXPUSH_SERVE_IDLE"); v != "" {
+		// For tests: how long nix-store --serve stays idle; 0 keeps it
+		// for ever (and past any age), as the daemon did before it let
+		// go of Nix's big lock, to show what letting go is for.
+		idle, err := time.ParseDuration(v)
+		if err != nil || idle < 0 {
+			fmt.Fprintf(stderr, "nixpush daemon: NIXPUSH_SERVE_IDLE=%q: want a duration such as 2s (0: never stop nix-store --serve), or unset it\n", v)
+			return 2
+		}
+		pathInfo.Idle = idle
+		if idle == 0 {
+			pathInfo.Idle, pathInfo.MaxAge = -1, -1
+		}
+	}
 	defer pathInfo.Close()
 	go func() {
 		// Nix starts while the daemon does; a failure here is retried
 		// (and reported) by the first query.
-		if err := pathInfo.Start(); err != nil {
+		if err := pathInfo.Start(ctx); err != nil {
 			log.Debug().Err(err).Msg("nix-store --serve did not start; the first query starts it again")
 		}
 	}()
@@ -193,16 +207,30 @@ func runDaemon(ctx context.Context, args []string, stdout, stderr io.Writer) int
 		}
 		defer func() { pprof.StopCPUProfile(); out.Close() }()
 	}
+	var burstQuiet time.Duration
+	if v := os.Getenv("NIXPUSH_BURST_QUIET"); v != "" {
+		// For benchmarks: how long hand-offs must pause before a push
+		// starts (0: no pause, as before), to measure what the pause is for.
+		q, err := time.ParseDuration(v)
+		if err != nil || q < 0 {
+			fmt.Fprintf(stderr, "nixpush daemon: NIXPUSH_BURST_QUIET=%q: want a duration such as 100ms (0: no pause), or unset it\n", v)
+			return 2
+		}
+		burstQuiet = q
+		if q == 0 {
+			burstQuiet = -1
+		}
+	}
 	watchdog, _ := sddaemon.SdWatchdogEnabled(false)
 	err = daemon.Run(ctx, daemon.Config{
 		BuildLogs: buildLogs,
 		Socket:    *socket, StateDir: *stateDir, SpoolDir: *spoolDir, StoreDir: *storeDir,
 		Uploader: up, Nix: nixClient, Log: log, Listener: ln, SocketGroup: *socketGroup, MetricsListen: *metricsListen,
-		TrustCacheFor: *trust,
-		Notify:        func(s string) { sddaemon.SdNotify(false, s) },
-		Watchdog:      watchdog,
-		Ready:         func() { sddaemon.SdNotify(false, sddaemon.SdNotifyReady) },
-		Stopping:      func() { sddaemon.SdNotify(false, sddaemon.SdNotifyStopping) },
+		TrustCacheFor: *trust, BurstQuiet: burstQuiet,
+		Notify:   func(s string) { sddaemon.SdNotify(false, s) },
+		Watchdog: watchdog,
+		Ready:    func() { sddaemon.SdNotify(false, sddaemon.SdNotifyReady) },
+		Stopping: func() { sddaemon.SdNotify(false, sddaemon.SdNotifyStopping) },
 	})
 	if err != nil {
 		log.Error().Err(err).Msg("daemon failed")

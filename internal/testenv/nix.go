@@ -1,8 +1,8 @@
 package testenv
 
 import (
-	"bytes"
 	"context"
+	"errors"
 	"fmt"
 	"os"
 	"os/exec"
@@ -32,12 +32,34 @@ var nixVersion = sync.OnceValue(func() string {
 // suite against several, and a failure must say which.
 func NixVersion() string { return nixVersion() }
 
+// NixAtLeast reports whether the Nix on $PATH is major.minor or later
+// (false when its version cannot be read).
+func NixAtLeast(major, minor int) bool {
+	var maj, min int
+	f := strings.Fields(NixVersion())
+	if len(f) < 3 {
+		return false
+	}
+	if _, err := fmt.Sscanf(f[2], "%d.%d", &maj, &min); err != nil {
+		return false
+	}
+	return maj > major || maj == major && min >= minor
+}
+
 // NixEnv runs the machine's Nix with a client cache of the test's own:
 // Nix remembers narinfo lookups (negative ones too) in
 // ~/.cache/nix/binary-cache-v6.sqlite, which would leak between tests.
 type NixEnv struct {
-	env []string
+	env    []string
+	prefix []string // a command that execs the Nix command (FreshStore's namespace), or none
+	root   string   // where FreshStore's /nix is on the host, or ""
 }
+
+// NixTimeout bounds every command NixEnv.Run runs: a Nix command waiting
+// for the store's big lock (held by a process that never lets go) fails
+// the test, naming what it waited for, rather than hanging it until go
+// test's own timeout.
+const NixTimeout = 10 * time.Minute
 
 // Nix checks that Nix is installed and returns an isolated environment.
 func Nix(t testing.TB) *NixEnv {
@@ -58,7 +80,91 @@ func Nix(t testing.TB) *NixEnv {
 // WithEnv is the environment with more variables, such as
 // NIX_SSL_CERT_FILE for a cache behind a private CA.
 func (n *NixEnv) WithEnv(kv ...string) *NixEnv {
-	return &NixEnv{env: append(append([]string(nil), n.env...), kv...)}
+	return &NixEnv{env: append(append([]string(nil), n.env...), kv...), prefix: n.prefix, root: n.root}
+}
+
+// FreshStore returns an environment whose commands see a Nix store and
+// database of the test's own, empty as on a new machine, at /nix: each
+// command runs in a mount namespace of its own (unshare -m) with a
+// directory of the test bound over /nix, so the machine's store, its
+// database and the Nix processes of other tests are out of sight. It needs
+// root and sandbox = false (builds use the host's /bin/sh). The
+// expressions of this package build there: they need nothing from a store.
+func (n *NixEnv) FreshStore(t testing.TB) *NixEnv {
+	t.Helper()
+	if _, err := exec.LookPath("unshare"); err != nil {
+		t.Fatal("unshare not found: install util-linux")
+	}
+	root := t.TempDir()
+	if err := os.MkdirAll(filepath.Join(root, "nix"), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	// unshare makes every mount private in the new namespace, so the bind
+	// mount stays in it; in a chroot (scripts/in-nix-root.sh) / is no
+	// mount point and that fails, but there every mount is private
+	// already: then they are left as they are.
+	propagation := "private"
+	if exec.Command("unshare", "-m", "--propagation", "private", "true").Run() != nil {
+		info, err := os.ReadFile("/proc/self/mountinfo")
+		if err != nil || strings.Contains(string(info), " shared:") {
+			t.Fatalf("unshare -m --propagation private fails here, and some mounts are shared (%v): a bind mount over /nix would reach the machine", err)
+		}
+		propagation = "unchanged"
+	}
+	// Builds run as root, not as nixbld users: the build-user pool is
+	// the store's (under /nix/var/nix/userpool), but the users are the
+	// machine's, and Nix kills every process of a build user before
+	// using it, so another store's build as the same user was killed.
+	f := n.WithEnv("NIX_CONFIG=substituters =\nconnect-timeout = 2\nbuild-users-group =")
+	f.root = root
+	f.prefix = []string{"unshare", "-m", "--propagation", propagation, "sh", "-c", `mount --bind "$0" /nix && exec "$@"`, filepath.Join(root, "nix")}
+	// The test's cleanup removes the store: Nix makes it read-only.
+	t.Cleanup(func() { exec.Command("chmod", "-R", "u+w", root).Run() })
+	return f
+}
+
+// Prefix is the command that runs a command in this environment's store
+// (FreshStore's namespace), or nil: for processes started outside Run,
+// such as the daemon (StartDaemonUnder).
+func (n *NixEnv) Prefix() []string { return n.prefix }
+
+// Wrappers writes, for each of names (nix-store, nix...), a script that
+// runs it in this environment's store, and returns their directory: for a
+// nix.Client's BinDir.
+func (n *NixEnv) Wrappers(t testing.TB, names ...string) string {
+	t.Helper()
+	dir := t.TempDir()
+	quoted := make([]string, len(n.prefix))
+	for i, a := range n.prefix {
+		quoted[i] = "'" + strings.ReplaceAll(a, "'", `'\''`) + "'"
+	}
+	for _, name := range names {
+		p, err := exec.LookPath(name)
+		if err != nil {
+			t.Fatalf("%s not found: %v", name, err)
+		}
+		script := "#!/bin/sh\nexec " + strings.Join(quoted, " ") + " '" + p + "' \"$@\"\n"
+		if err := os.WriteFile(filepath.Join(dir, name), []byte(script), 0o755); err != nil {
+			t.Fatal(err)
+		}
+	}
+	return dir
+}
+
+// HostPath is where path (/nix/...) of this environment's store is on the
+// host: under FreshStore's directory, or path itself.
+func (n *NixEnv) HostPath(path string) string { return n.root + path }
+
+// Command is the command name with args, run in this environment's store
+// and with its variables.
+func (n *NixEnv) Command(ctx context.Context, name string, args ...string) *exec.Cmd {
+	argv := append(append(append([]string(nil), n.prefix...), name), args...)
+	cmd := exec.CommandContext(ctx, argv[0], argv[1:]...)
+	cmd.Env = n.Env()
+	// A post-build-hook left running with the pipes open must not keep
+	// Wait waiting once the command is killed.
+	cmd.WaitDelay = 5 * time.Second
+	return cmd
 }
 
 // Env is the environment Nix commands run with.
@@ -68,17 +174,30 @@ func (n *NixEnv) Env() []string { return append(os.Environ(), n.env...) }
 // carries stderr.
 func (n *NixEnv) Run(t testing.TB, name string, args ...string) (string, error) {
 	t.Helper()
-	cmd, cancel := command(t, name, args...)
+	return n.RunWithin(t, NixTimeout, name, args...)
+}
+
+// RunWithin is Run with the command killed after d: the error then says
+// so (ErrNixTimeout), with the end of what it printed.
+func (n *NixEnv) RunWithin(t testing.TB, d time.Duration, name string, args ...string) (string, error) {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), d)
 	defer cancel()
-	cmd.Env = n.Env()
-	var stderr bytes.Buffer
+	cmd := n.Command(ctx, name, args...)
+	var stderr SyncBuffer
 	cmd.Stderr = &stderr
 	out, err := cmd.Output()
+	if ctx.Err() != nil {
+		return string(out), fmt.Errorf("%s %s: %w after %v (waiting for the Nix store's lock?)\n%s", name, strings.Join(args, " "), ErrNixTimeout, d, lastLines(stderr.String(), 20))
+	}
 	if err != nil {
 		return string(out), fmt.Errorf("%s %s: %v\n%s", name, strings.Join(args, " "), err, lastLines(stderr.String(), 20))
 	}
 	return string(out), nil
 }
+
+// ErrNixTimeout is RunWithin's error for a command that ran out of time.
+var ErrNixTimeout = errors.New("killed: no answer")
 
 // Build runs nix-build on expr and returns the output paths.
 func (n *NixEnv) Build(t testing.TB, expr string, extraArgs ...string) []string {
