@@ -13,6 +13,7 @@ import (
 	"path"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/nix-community/go-nix/pkg/nixhash"
@@ -181,7 +182,21 @@ type resumable struct {
 	have       map[int]storedPart // parts the store holds, to check rather than send
 	listErr    error
 	unrecorded bool // the journal could not record the upload
+
+	// etags says whether the store's part ETags are the parts' MD5s
+	// (etagsUnknown until the first part sent tells). Once they are, a
+	// part sent needs no MD5 of its own: its ETag is one, and a resume
+	// checks the part packed again against it. MD5 runs at a third of
+	// SHA-256's speed here (295 against 904 MB/s on this machine's
+	// cores), more than both of a NAR's hashes together.
+	etags atomic.Int32
 }
+
+const (
+	etagsUnknown int32 = iota
+	etagsAreMD5
+	etagsOpaque // SSE-KMS, SSE-C and some S3 clones: MD5 recorded per part
+)
 
 // storedPart is a part the store holds, with what the journal recorded
 // of it (recorded: it did, and with the same ETag and size).
@@ -302,10 +317,14 @@ func (r *resumable) send(ctx context.Context, src io.Reader) error {
 	var recs sync.WaitGroup // records of parts sent, committing
 	defer recs.Wait()
 	for num := 1; ; num++ {
-		sum := md5.Sum(buf[:n])
-		md := hex.EncodeToString(sum[:])
+		h, stored := r.have[num]
+		md := ""
+		if stored || r.etags.Load() != etagsAreMD5 {
+			sum := md5.Sum(buf[:n])
+			md = hex.EncodeToString(sum[:])
+		}
 		check := errResend
-		if h, ok := r.have[num]; ok {
+		if stored {
 			check = r.check(num, h, md, n)
 		}
 		if check == nil {
@@ -328,6 +347,13 @@ func (r *resumable) send(ctx context.Context, src io.Reader) error {
 				defer recs.Done()
 				etag, err := r.ms.putPart(ctx, key, r.id, num, buf[:n])
 				parts.put(buf)
+				if err == nil && md != "" && r.etags.Load() == etagsUnknown {
+					if etag == md {
+						r.etags.CompareAndSwap(etagsUnknown, etagsAreMD5)
+					} else {
+						r.etags.CompareAndSwap(etagsUnknown, etagsOpaque)
+					}
+				}
 				p := SentPart{Num: num, ETag: etag, Size: int64(n), MD5: md}
 				// The next part goes at once; the record of this one
 				// commits meanwhile (a kill before it commits costs at

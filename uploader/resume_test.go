@@ -170,6 +170,15 @@ func (e *resumeEnv) finish(t *testing.T, c Compression) (*cutStore, Stats) {
 func TestResumeAfterCut(t *testing.T) {
 	e := newResumeEnv(t, "resume")
 	up := e.cutPush(t, 3)
+	// MinIO's part ETags are the parts' MD5s: the first part sent shows
+	// it, and the parts sent after that answer record no MD5 of their
+	// own (their ETag is one; MD5 is slow), and are checked by it below.
+	if up.Parts[0].MD5 == "" || up.Parts[0].MD5 != up.Parts[0].ETag {
+		t.Errorf("part 1 recorded MD5 %q, ETag %q: want its MD5, equal to the ETag", up.Parts[0].MD5, up.Parts[0].ETag)
+	}
+	if last := up.Parts[len(up.Parts)-1]; last.MD5 != "" || !isMD5(last.ETag) {
+		t.Errorf("part %d recorded MD5 %q, ETag %q: want no MD5 once the store's ETags were seen to be MD5s", len(up.Parts), last.MD5, last.ETag)
+	}
 	// The marker for gc is up while the upload is kept.
 	if has, _ := e.s3.Has(context.Background(), UploadMarkerKey(narKey(e.fs.infos[e.path], Zstd), up.ID)); !has {
 		t.Error("no marker for the upload kept to resume")
