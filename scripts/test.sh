@@ -82,9 +82,13 @@ echo "== NixOS module: nix-instantiate --parse, systemd-analyze security of its 
 ./scripts/check-module.sh
 
 echo "== fuzz (bounded)"
-go test -run '^$' -fuzz '^FuzzStorePath$' -fuzztime 20s ./nix/
-go test -run '^$' -fuzz '^FuzzEnqueueRequest$' -fuzztime 20s ./daemon/
-go test -run '^$' -fuzz '^FuzzAppendJSON$' -fuzztime 15s ./hook/
+# Budgets in executions, not seconds: with a duration, Go's fuzzing
+# coordinator (to 1.26) can fail a target with a bare "context deadline
+# exceeded" when a starved worker misses the deadline (go.dev/issue/75804);
+# a count has no deadline to race. -timeout bounds a stuck run.
+go test -run '^$' -fuzz '^FuzzStorePath$' -fuzztime 500000x -timeout 5m ./nix/
+go test -run '^$' -fuzz '^FuzzEnqueueRequest$' -fuzztime 30000x -timeout 5m ./daemon/
+go test -run '^$' -fuzz '^FuzzAppendJSON$' -fuzztime 200000x -timeout 5m ./hook/
 
 declare -a times=() failed=()
 # record NAME T0 [STATUS]: notes the time since T0 (seconds) of a part.
