@@ -30,6 +30,7 @@ func listKeys(t *testing.T, b uploader.Bucket) []string {
 	}); err != nil {
 		t.Fatal(err)
 	}
+	slices.Sort(keys) // a file store lists in directory order
 	return keys
 }
 
