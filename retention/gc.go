@@ -312,7 +312,7 @@ func GC(ctx context.Context, b uploader.Bucket, opts GCOptions) (*GCReport, erro
 		rep.Deleted.Bytes += o.size
 	}
 	named = nil
-	slices.SortFunc(nars, func(a, b int32) int { return bytes.Compare(g.bytesOf(g.nar(a).key), g.bytesOf(g.nar(b).key)) })
+	slices.SortFunc(nars, g.compareNARKeys)
 	rep.Deleted.NARs = len(nars)
 	// NAR listings go with their .narinfo, or alone when theirs is gone
 	// (and older than the grace period: written just before a .narinfo).

@@ -1,8 +1,10 @@
 package retention
 
 import (
+	"bytes"
 	"encoding/binary"
 	"hash/maphash"
+	"slices"
 
 	"github.com/nix-community/go-nix/pkg/nixbase32"
 )
@@ -234,6 +236,60 @@ func (g *Graph) grow() {
 
 var narSeed = maphash.MakeSeed()
 
+// narExts are the ends of the NAR keys kept as a digest and a number
+// (nar/<nixbase32 of 32 bytes><end>, as Nix and nixpush name them): 64
+// bytes a NAR rather than 32 and a 60-byte key in the arena.
+var narExts = []string{".nar", ".nar.xz", ".nar.zst", ".nar.bz2", ".nar.br", ".nar.gz", ".nar.lz4", ".nar.lzip"}
+
+// parseNARKey is the digest and end (index in narExts, plus one) of a NAR
+// key of the usual form, which reads back the same.
+func parseNARKey(key string) (d [32]byte, ext uint8, ok bool) {
+	const n = len("nar/") + 52
+	if len(key) <= n || key[:4] != "nar/" {
+		return d, 0, false
+	}
+	e := slices.Index(narExts, key[n:])
+	if e < 0 {
+		return d, 0, false
+	}
+	var src [52]byte
+	copy(src[:], key[4:n])
+	if m, err := nixbase32.Decode(d[:], src[:]); err != nil || m != 32 {
+		return d, 0, false
+	}
+	var back [52]byte
+	nixbase32.Encode(back[:], d[:])
+	if back != src {
+		return d, 0, false
+	}
+	return d, uint8(e + 1), true
+}
+
+// narHashOf hashes a NAR key for the index, from its digest when it has one.
+func narHashOf(d *[32]byte, ext uint8, key string) uint64 {
+	if ext != 0 {
+		return maphash.Bytes(narSeed, d[:]) + uint64(ext)
+	}
+	return maphash.String(narSeed, key)
+}
+
+// appendNARKey appends the key of NAR j to dst.
+func (g *Graph) appendNARKey(dst []byte, j int32) []byte {
+	o := g.nar(j)
+	if o.ext == 0 {
+		return append(dst, g.bytesOf(o.key)...)
+	}
+	var enc [52]byte
+	nixbase32.Encode(enc[:], o.digest[:])
+	return append(append(append(dst, "nar/"...), enc[:]...), narExts[o.ext-1]...)
+}
+
+// compareNARKeys orders NARs a and b by key, allocating nothing.
+func (g *Graph) compareNARKeys(a, b int32) int {
+	var x, y [128]byte
+	return bytes.Compare(g.appendNARKey(x[:0], a), g.appendNARKey(y[:0], b))
+}
+
 // narLookup is the NAR of key, if any.
 func (g *Graph) narLookup(key string) (int32, bool) {
 	i, _ := g.narFind(key)
@@ -244,13 +300,15 @@ func (g *Graph) narFind(key string) (int32, int) {
 	if len(g.narSlots) == 0 {
 		return -1, -1
 	}
+	d, ext, _ := parseNARKey(key)
 	mask := len(g.narSlots) - 1
-	for s := int(maphash.String(narSeed, key)) & mask; ; s = (s + 1) & mask {
+	for s := int(narHashOf(&d, ext, key)) & mask; ; s = (s + 1) & mask {
 		v := g.narSlots[s]
 		if v == 0 {
 			return -1, s
 		}
-		if string(g.bytesOf(g.nar(v-1).key)) == key {
+		o := g.nar(v - 1)
+		if o.ext == ext && (ext != 0 && o.digest == d || ext == 0 && string(g.bytesOf(o.key)) == key) {
 			return v - 1, s
 		}
 	}
@@ -265,20 +323,30 @@ func (g *Graph) internNAR(key string) int32 {
 	if s < 0 || 2*(g.narList.len()+1) > len(g.narSlots) {
 		slots := make([]int32, max(1024, 2*len(g.narSlots)))
 		mask := len(slots) - 1
-		for j := range g.narList.len() {
-			s := int(maphash.Bytes(narSeed, g.bytesOf(g.nar(int32(j)).key))) & mask
+		for j := range int32(g.narList.len()) {
+			o := g.nar(j)
+			s := int(narHashOf(&o.digest, o.ext, g.str(o.key))) & mask
 			for slots[s] != 0 {
 				s = (s + 1) & mask
 			}
-			slots[s] = int32(j) + 1
+			slots[s] = j + 1
 		}
 		g.narSlots = slots
 		_, s = g.narFind(key)
 	}
-	i = g.narList.add(narObject{key: g.addStr(key)})
+	o := narObject{}
+	if d, ext, ok := parseNARKey(key); ok {
+		o.digest, o.ext = d, ext
+	} else {
+		o.key = g.addStr(key)
+	}
+	i = g.narList.add(o)
 	g.narSlots[s] = i + 1
 	return i
 }
 
 // narKey is the key of NAR j.
-func (g *Graph) narKey(j int32) string { return g.str(g.nar(j).key) }
+func (g *Graph) narKey(j int32) string {
+	var b [128]byte
+	return string(g.appendNARKey(b[:0], j))
+}

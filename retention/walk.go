@@ -161,9 +161,11 @@ type node struct {
 
 // narObject is a NAR key, named by a .narinfo or listed (or both).
 type narObject struct {
-	key    str
+	digest [32]byte // of its key, when ext says it has the usual form
+	key    str      // when it has not
 	size   int64
 	mod    int64 // LastModified, Unix nanoseconds
+	ext    uint8 // in narExts, plus one; 0: the key is in the arena
 	listed bool  // the object is in the store
 }
 
@@ -306,7 +308,7 @@ func Walk(ctx context.Context, b uploader.Bucket, opts WalkOptions) (*Graph, err
 			case strings.HasPrefix(o.Key, "nar/"):
 				mu.Lock()
 				nar := g.nar(g.internNAR(o.Key))
-				*nar = narObject{key: nar.key, size: o.Size, mod: o.LastModified.UnixNano(), listed: true}
+				nar.size, nar.mod, nar.listed = o.Size, o.LastModified.UnixNano(), true
 				mu.Unlock()
 			case o.Key == "nix-cache-info":
 				g.CacheInfo = true
