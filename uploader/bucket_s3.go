@@ -6,19 +6,121 @@ import (
 	"fmt"
 	"io"
 	"net/http"
+	"slices"
 	"strings"
 
 	"github.com/minio/minio-go/v7"
+	"golang.org/x/sync/errgroup"
 )
 
 // List lists the bucket under prefix (ListObjectsV2, a thousand keys a
-// request).
+// request). The whole bucket (prefix "") is listed as ranges of keys, a
+// few at once (listParallel): a listing is a request at a time, each
+// waiting for the store, and a million-path cache is two thousand pages.
+// fn is called from one goroutine, a page at a time, ranges in any order.
 func (s *S3Store) List(ctx context.Context, prefix string, fn func(Object) error) error {
+	if prefix != "" {
+		return s.listRange(ctx, prefix, "", "", fn)
+	}
 	ctx, cancel := context.WithCancel(ctx)
-	defer cancel() // stops minio-go's listing goroutine when fn stops early
-	for obj := range s.client.ListObjects(ctx, s.bucket, minio.ListObjectsOptions{Prefix: prefix, Recursive: true}) {
+	defer cancel()
+	bounds := listBounds()
+	pages := make(chan []Object, listParallel)
+	done := make(chan error, 1)
+	go func() {
+		eg, ectx := errgroup.WithContext(ctx)
+		eg.SetLimit(listParallel)
+		for i := 0; i <= len(bounds) && ectx.Err() == nil; i++ {
+			lo, hi := "", ""
+			if i > 0 {
+				lo = bounds[i-1]
+			}
+			if i < len(bounds) {
+				hi = bounds[i]
+			}
+			eg.Go(func() error {
+				page := make([]Object, 0, listPage)
+				send := func() error {
+					select {
+					case pages <- page:
+						page = make([]Object, 0, listPage)
+						return nil
+					case <-ectx.Done():
+						return ectx.Err()
+					}
+				}
+				err := s.listRange(ectx, "", lo, hi, func(o Object) error {
+					if page = append(page, o); len(page) == listPage {
+						return send()
+					}
+					return nil
+				})
+				if err == nil && len(page) > 0 {
+					err = send()
+				}
+				return err
+			})
+		}
+		done <- eg.Wait()
+		close(pages)
+	}()
+	var ferr error
+	for page := range pages {
+		for _, o := range page {
+			if ferr != nil {
+				break
+			}
+			if ferr = fn(o); ferr != nil {
+				cancel() // the ranges stop; the pages sent are drained
+			}
+		}
+	}
+	if err := <-done; ferr == nil && err != nil {
+		return err
+	}
+	return ferr
+}
+
+// listParallel is how many ranges of keys List lists at once (in pages
+// of listPage objects).
+const listParallel = 8
+
+// listBounds are where List cuts a listing of the whole bucket: before
+// each nixbase32 character, at the top (the .narinfos' hash parts) and in
+// nar/ and log/ (the NARs' hashes, the derivations' hash parts), so that
+// the ranges are of about the same size.
+func listBounds() []string {
+	const alphabet = "0123456789abcdfghijklmnpqrsvwxyz"
+	var b []string
+	for _, dir := range []string{"", "log/", "nar/"} {
+		for _, c := range alphabet {
+			b = append(b, dir+string(c))
+		}
+	}
+	slices.Sort(b)
+	return b
+}
+
+// listRange lists the keys under prefix from lo (inclusive; "" from the
+// start) to hi (exclusive; "" to the end). A store that ignores the
+// listing's start-after lists the range all the same, from the start.
+func (s *S3Store) listRange(ctx context.Context, prefix, lo, hi string, fn func(Object) error) error {
+	ctx, cancel := context.WithCancel(ctx)
+	defer cancel() // stops minio-go's listing goroutine when fn or hi stops early
+	opts := minio.ListObjectsOptions{Prefix: prefix, Recursive: true}
+	if lo != "" {
+		// Just below lo: every key from lo on is above it.
+		opts.StartAfter = lo[:len(lo)-1] + string(lo[len(lo)-1]-1) + "\U0010FFFF"
+	}
+	for obj := range s.client.ListObjects(ctx, s.bucket, opts) {
 		if obj.Err != nil {
 			return s.wrap("list", prefix, obj.Err)
+		}
+		if obj.Key < lo {
+			continue
+		}
+		if hi != "" && obj.Key >= hi {
+			return nil
 		}
 		if err := fn(Object{Key: obj.Key, Size: obj.Size, LastModified: obj.LastModified, ETag: strings.Trim(obj.ETag, `"`)}); err != nil {
 			return err
