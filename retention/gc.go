@@ -79,6 +79,11 @@ type GCReport struct {
 	Deleted  Deleted   `json:"deleted"`
 	Requests int64     `json:"requests"`
 	Walk     WalkStats `json:"walk"`
+	// Seconds: how long the walk and the deletions took.
+	Seconds struct {
+		Walk   float64 `json:"walk"`
+		Delete float64 `json:"delete"`
+	} `json:"seconds"`
 	// Warnings: what went wrong without undoing the sweep (its marker
 	// could not be marked finished).
 	Warnings []string `json:"warnings,omitempty"`
@@ -111,6 +116,10 @@ type Deleted struct {
 	// Realisations (realisations/<id>.doi and build-trace-v2/<drv>/<output>.doi)
 	// whose outPath is not kept.
 	Realisations int `json:"realisations"`
+	// Waves: the .narinfos went in this many rounds, each of paths no
+	// remaining one refers to (the depth of the deleted chains: a round
+	// trip each).
+	Waves int `json:"waves"`
 }
 
 // ErrNoDeletePermission reports credentials that cannot delete.
@@ -177,11 +186,13 @@ func GC(ctx context.Context, b uploader.Bucket, opts GCOptions) (*GCReport, erro
 	// The walk's listing, with the ETag of each pin and root record it
 	// saw: those written or rewritten later are found by listing again.
 	rec := &recording{Bucket: b, seen: make(map[string]string)}
+	walkStart := time.Now()
 	g, err := Walk(ctx, rec, opts.Walk)
 	if err != nil {
 		return nil, err
 	}
 	rep.Walk = g.Stats
+	rep.Seconds.Walk = time.Since(walkStart).Seconds()
 
 	// 2. The live set: closure of pins, recent roots, recent .narinfos.
 	nodes := g.nodeCount()
@@ -375,6 +386,7 @@ func GC(ctx context.Context, b uploader.Bucket, opts GCOptions) (*GCReport, erro
 
 	// 4. Delete, never after the deadline (less a margin for the request
 	// in flight), referrers first.
+	delStart := time.Now()
 	del := sw.deleter(opts.Deleting)
 	// Realisations before the .narinfos they point at: none is left
 	// pointing at a deleted path, however gc stops.
@@ -384,6 +396,7 @@ func GC(ctx context.Context, b uploader.Bucket, opts GCOptions) (*GCReport, erro
 	if err := del.waves(ctx, g, dead, referrers); err != nil {
 		return nil, err
 	}
+	rep.Deleted.Waves = del.nwaves
 	referrers = nil
 	if err := del.all(ctx, listings); err != nil {
 		return nil, err
@@ -405,6 +418,7 @@ func GC(ctx context.Context, b uploader.Bucket, opts GCOptions) (*GCReport, erro
 			return nil, err
 		}
 	}
+	rep.Seconds.Delete = time.Since(delStart).Seconds()
 	rep.Deleted.Paths = deletedPaths()
 	rep.Requests = cb.n.Load()
 	return rep, nil
@@ -735,6 +749,7 @@ type deleter struct {
 	stop     time.Time
 	deadline time.Time
 	notify   func(string)
+	nwaves   int // waves of .narinfos deleted
 }
 
 func (d *deleter) check() error {
@@ -763,6 +778,7 @@ func (d *deleter) waves(ctx context.Context, g *Graph, dead []int32, referrers [
 		if len(wave) == 0 {
 			return fmt.Errorf("reference cycle among %d .narinfos; nothing more deleted", len(remaining))
 		}
+		d.nwaves++
 		keys := make([]string, len(wave))
 		for k, i := range wave {
 			keys[k] = g.hashOf(i) + ".narinfo"
