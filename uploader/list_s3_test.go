@@ -5,9 +5,11 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"runtime"
 	"slices"
 	"strings"
 	"testing"
+	"time"
 
 	"golang.org/x/sync/errgroup"
 )
@@ -52,6 +54,7 @@ func TestS3ListRanges(t *testing.T) {
 		slices.Sort(got)
 		return got
 	}
+	before := runtime.NumGoroutine()
 	if got := list(""); !slices.Equal(got, keys) {
 		t.Errorf("listed %d keys, want %d; first difference %s", len(got), len(keys), firstDiff(got, keys))
 	}
@@ -63,6 +66,13 @@ func TestS3ListRanges(t *testing.T) {
 	}
 	if got := list("nar/"); !slices.Equal(got, want) {
 		t.Errorf("listed %d keys under nar/, want %d; first difference %s", len(got), len(want), firstDiff(got, want))
+	}
+	// Every range but the last stops early, at the next one's start: no
+	// listing goroutine may stay behind (each held a page).
+	for start := time.Now(); runtime.NumGoroutine() > before+2; time.Sleep(50 * time.Millisecond) {
+		if time.Since(start) > 5*time.Second {
+			t.Fatalf("%d goroutines after the listing, %d before", runtime.NumGoroutine(), before)
+		}
 	}
 	stop := errors.New("stop")
 	n := 0
