@@ -30,7 +30,7 @@ import (
 // NarHash, NarSize, References, Deriver, Sig, CA), not the whole text; an
 // unreadable one is kept whole. The file is a sequence of records, read
 // with pread where a walk needs one (never mapped into memory): the walk
-// holds only an index of 24 bytes per record, sorted by a hash of the key.
+// holds only an index of 16 bytes per record, sorted by a hash of the key.
 // Each walk writes a new file of the records it used or read, in the
 // order it met them, and renames it over the old one when it ends: the
 // file holds what the store held at the last walk, no history.
@@ -46,13 +46,16 @@ type Cache struct {
 	err   error // of writing next: the walk goes on, the file is dropped
 }
 
-// cacheEntry locates a record of the old file.
+// cacheEntry locates a record of the old file: the hash of its key, and
+// its offset (40 bits: a file of up to 1 TiB) and length (24 bits: records
+// are below 16 MiB) in one word.
 type cacheEntry struct {
-	key uint64 // hash of the key
-	off int64
-	n   uint32 // bytes of the record
-	_   uint32
+	key uint64
+	at  uint64
 }
+
+func (e cacheEntry) off() int64 { return int64(e.at >> 24) }
+func (e cacheEntry) n() int     { return int(e.at & (1<<24 - 1)) }
 
 // cacheMagic starts a cache file; a file without it (an older nixpush's
 // bbolt file, a torn one) is started anew.
@@ -170,7 +173,7 @@ func indexCache(f *os.File) ([]cacheEntry, error) {
 		if err == io.EOF {
 			break
 		}
-		if err != nil || n > 1<<24 {
+		if err != nil || n >= 1<<24 || off >= 1<<40 {
 			return nil, errors.New("torn walk cache")
 		}
 		head := int64(uvarintLen(n))
@@ -182,7 +185,7 @@ func indexCache(f *os.File) ([]cacheEntry, error) {
 		if !ok {
 			return nil, errors.New("bad walk cache record")
 		}
-		index = append(index, cacheEntry{key: cacheKey(key), off: off + head, n: uint32(n)})
+		index = append(index, cacheEntry{key: cacheKey(key), at: uint64(off+head)<<24 | n})
 		off += head + int64(n)
 	}
 	slices.SortFunc(index, func(a, b cacheEntry) int {
@@ -227,8 +230,8 @@ func (c *Cache) get(key, etag string) ([]byte, bool) {
 	})
 	for ; i < len(c.index) && c.index[i].key == h; i++ {
 		e := c.index[i]
-		rec := make([]byte, e.n)
-		if _, err := c.old.ReadAt(rec, e.off); err != nil {
+		rec := make([]byte, e.n())
+		if _, err := c.old.ReadAt(rec, e.off()); err != nil {
 			return nil, false
 		}
 		k, et, data, ok := splitRecord(rec)
@@ -246,8 +249,8 @@ func (c *Cache) get(key, etag string) ([]byte, bool) {
 
 // put remembers data read at etag for the next walk.
 func (c *Cache) put(key, etag string, data []byte) {
-	if c == nil || etag == "" || strings.ContainsAny(key+etag, "\n") {
-		return
+	if c == nil || etag == "" || strings.ContainsAny(key+etag, "\n") || len(key)+len(etag)+2+len(data) >= 1<<24 {
+		return // not to be indexed: read again next time
 	}
 	rec := make([]byte, 0, len(key)+len(etag)+2+len(data))
 	rec = append(append(append(append(append(rec, key...), '\n'), etag...), '\n'), data...)

@@ -79,6 +79,11 @@ type GCReport struct {
 	Deleted  Deleted   `json:"deleted"`
 	Requests int64     `json:"requests"`
 	Walk     WalkStats `json:"walk"`
+	// Seconds: how long the walk and the deletions took.
+	Seconds struct {
+		Walk   float64 `json:"walk"`
+		Delete float64 `json:"delete"`
+	} `json:"seconds"`
 	// Warnings: what went wrong without undoing the sweep (its marker
 	// could not be marked finished).
 	Warnings []string `json:"warnings,omitempty"`
@@ -117,6 +122,10 @@ type Deleted struct {
 	// Realisations (realisations/<id>.doi and build-trace-v2/<drv>/<output>.doi)
 	// whose outPath is not kept.
 	Realisations int `json:"realisations"`
+	// Waves: the .narinfos went in this many rounds, each of paths no
+	// remaining one refers to (the depth of the deleted chains: a round
+	// trip each).
+	Waves int `json:"waves"`
 }
 
 // ErrNoDeletePermission reports credentials that cannot delete.
@@ -183,14 +192,17 @@ func GC(ctx context.Context, b uploader.Bucket, opts GCOptions) (*GCReport, erro
 	// The walk's listing, with the ETag of each pin and root record it
 	// saw: those written or rewritten later are found by listing again.
 	rec := &recording{Bucket: b, seen: make(map[string]string)}
+	walkStart := time.Now()
 	g, err := Walk(ctx, rec, opts.Walk)
 	if err != nil {
 		return nil, err
 	}
 	rep.Walk = g.Stats
+	rep.Seconds.Walk = time.Since(walkStart).Seconds()
 
 	// 2. The live set: closure of pins, recent roots, recent .narinfos.
-	live := make([]bool, len(g.nodes))
+	nodes := g.nodeCount()
+	live := make([]bool, nodes)
 	var stack []int32
 	mark := func(i int32) {
 		if !live[i] {
@@ -210,8 +222,8 @@ func GC(ctx context.Context, b uploader.Bucket, opts GCOptions) (*GCReport, erro
 			mark(i)
 		}
 	}
-	for i := range g.nodes {
-		n := &g.nodes[i]
+	for i := range int32(nodes) {
+		n := g.node(i)
 		if n.present && (now.Sub(time.Unix(0, n.mod)) < opts.Grace || n.unreadable) {
 			// An unreadable .narinfo is kept (verify reports it), and
 			// with it the references it names, read past the line that
@@ -219,13 +231,13 @@ func GC(ctx context.Context, b uploader.Bucket, opts GCOptions) (*GCReport, erro
 			if !n.unreadable {
 				rep.Kept.InGrace++
 			}
-			mark(int32(i))
+			mark(i)
 		}
 	}
 	// A realisation written within --grace may be a push in progress too
 	// (it goes up after its output's push): its output stays.
 	for _, r := range g.realisations {
-		if r.out >= 0 && g.nodes[r.out].present && now.Sub(time.Unix(0, r.mod)) < opts.Grace {
+		if r.out >= 0 && g.node(r.out).present && now.Sub(time.Unix(0, r.mod)) < opts.Grace {
 			mark(r.out)
 		}
 	}
@@ -290,7 +302,7 @@ func GC(ctx context.Context, b uploader.Bucket, opts GCOptions) (*GCReport, erro
 				lateRecords[l.key] = true
 			}
 			for _, h := range l.hashes {
-				if i, ok := g.lookup(h); ok && g.nodes[i].present {
+				if i, ok := g.lookup(h); ok && g.node(i).present {
 					mark(i)
 				}
 			}
@@ -299,53 +311,56 @@ func GC(ctx context.Context, b uploader.Bucket, opts GCOptions) (*GCReport, erro
 	}
 
 	// 3. What goes: dead .narinfos, in waves, each of paths no remaining
-	// dead .narinfo refers to.
-	referrers := make([]int32, len(g.nodes)) // dead .narinfos referring to each
+	// dead .narinfo refers to. What goes is kept as numbers (nodes, NARs,
+	// logs), its keys made a batch at a time as it is deleted.
+	referrers := make([]int32, nodes) // dead .narinfos referring to each
 	var dead []int32
-	for i := range g.nodes {
-		n := &g.nodes[i]
+	for i := range int32(nodes) {
+		n := g.node(i)
 		if !n.present {
 			continue
 		}
 		if live[i] {
 			rep.Kept.Paths++
-			if n.nar >= 0 && g.narList[n.nar].listed {
-				rep.Kept.Bytes += g.narList[n.nar].size
+			if n.nar >= 0 && g.nar(n.nar).listed {
+				rep.Kept.Bytes += g.nar(n.nar).size
 			}
 			continue
 		}
-		dead = append(dead, int32(i))
-		for _, r := range g.refsOf(int32(i)) {
+		dead = append(dead, i)
+		for _, r := range g.refsOf(i) {
 			referrers[r]++
 		}
 	}
-	named := make([]bool, len(g.narList))
-	for i := range g.nodes {
-		if n := &g.nodes[i]; n.present && live[i] && n.nar >= 0 {
+	named := make([]bool, g.narList.len())
+	for i := range int32(nodes) {
+		if n := g.node(i); n.present && live[i] && n.nar >= 0 {
 			named[n.nar] = true
 		}
 	}
-	var nars []string
-	for i, o := range g.narList {
+	var nars []int32
+	for j := range int32(g.narList.len()) {
+		o := g.nar(j)
 		if !o.listed {
 			continue
 		}
-		if named[i] || now.Sub(time.Unix(0, o.mod)) < opts.Grace {
+		if named[j] || now.Sub(time.Unix(0, o.mod)) < opts.Grace {
 			rep.Kept.NARs++
 			continue
 		}
-		nars = append(nars, g.str(o.key))
+		nars = append(nars, j)
 		rep.Deleted.Bytes += o.size
 	}
-	slices.Sort(nars)
+	named = nil
+	slices.SortFunc(nars, g.compareNARKeys)
 	rep.Deleted.NARs = len(nars)
 	// NAR listings go with their .narinfo, or alone when theirs is gone
 	// (and older than the grace period: written just before a .narinfo).
 	var listings []string
-	for i, mod := range g.listings {
-		n := &g.nodes[i]
-		if (n.present && !live[i]) || (!n.present && now.Sub(mod) >= opts.Grace) {
-			listings = append(listings, g.hashOf(i)+".ls")
+	for _, l := range g.listings {
+		n := g.node(l.node)
+		if (n.present && !live[l.node]) || (!n.present && now.Sub(time.Unix(0, l.mod)) >= opts.Grace) {
+			listings = append(listings, g.hashOf(l.node)+".ls")
 		}
 	}
 	slices.Sort(listings)
@@ -368,50 +383,39 @@ func GC(ctx context.Context, b uploader.Bucket, opts GCOptions) (*GCReport, erro
 	// Realisations of outputs that go, and logs of derivations no kept
 	// path names, if older than the grace period.
 	var realisations []string
-	for key, r := range g.realisations {
-		if r.out >= 0 && !(g.nodes[r.out].present && live[r.out]) && now.Sub(time.Unix(0, r.mod)) >= opts.Grace {
-			realisations = append(realisations, key)
+	for _, r := range g.realisations {
+		if r.out >= 0 && !(g.node(r.out).present && live[r.out]) && now.Sub(time.Unix(0, r.mod)) >= opts.Grace {
+			realisations = append(realisations, g.str(r.key))
 		}
 	}
 	slices.Sort(realisations)
 	rep.Deleted.Realisations = len(realisations)
-	// By the logs' derivations, not by the derivers of a million paths.
-	logNamed := make([]bool, len(g.logs)) // a kept .narinfo names the log's derivation
-	logOf := make(map[string]int, len(g.logs))
-	for k, l := range g.logs {
-		logOf[l.drv()] = k
-	}
-	for i := range g.nodes {
-		if n := &g.nodes[i]; n.present && live[i] && n.deriver.n != 0 {
-			if k, ok := logOf[string(g.bytesOf(n.deriver))]; ok {
-				logNamed[k] = true
-			}
-		}
-	}
-	var logs []string
-	for k, l := range g.logs {
-		if !logNamed[k] && now.Sub(time.Unix(0, l.mod)) >= opts.Grace {
-			logs = append(logs, l.key)
-		}
-	}
-	slices.Sort(logs)
+	logs := g.deadLogs(live, now, opts.Grace)
 	rep.Deleted.Logs = len(logs)
-	rep.Deleted.Paths = make([]string, 0, len(dead))
-	for _, i := range dead {
-		rep.Deleted.Paths = append(rep.Deleted.Paths, g.path(i))
-	}
-	slices.Sort(rep.Deleted.Paths)
 
 	if opts.Marked != nil {
 		opts.Marked(rep.Kept.Paths, len(dead)+len(nars)+len(listings)+len(logs)+len(realisations)+len(records))
 	}
+	live = nil
+	// The deleted paths, sorted by store path: their names are made at
+	// the end, from the nodes, once no other list is held.
+	deletedPaths := func() []string {
+		paths := make([]string, 0, len(dead))
+		for _, i := range dead {
+			paths = append(paths, g.path(i))
+		}
+		slices.Sort(paths)
+		return paths
+	}
 	if opts.DryRun {
+		rep.Deleted.Paths = deletedPaths()
 		rep.Requests = cb.n.Load()
 		return rep, nil
 	}
 
 	// 4. Delete, never after the deadline (less a margin for the request
 	// in flight), referrers first.
+	delStart := time.Now()
 	del := sw.deleter(opts.Deleting)
 	// Realisations before the .narinfos they point at: none is left
 	// pointing at a deleted path, however gc stops.
@@ -421,13 +425,15 @@ func GC(ctx context.Context, b uploader.Bucket, opts GCOptions) (*GCReport, erro
 	if err := del.waves(ctx, g, dead, referrers); err != nil {
 		return nil, err
 	}
+	rep.Deleted.Waves = del.nwaves
+	referrers = nil
 	if err := del.all(ctx, listings); err != nil {
 		return nil, err
 	}
-	if err := del.all(ctx, nars); err != nil {
+	if err := del.each(ctx, len(nars), func(k int) string { return g.narKey(nars[k]) }); err != nil {
 		return nil, err
 	}
-	if err := del.all(ctx, logs); err != nil {
+	if err := del.each(ctx, len(logs), func(k int) string { return g.str(g.logs[logs[k]].key) }); err != nil {
 		return nil, err
 	}
 	if err := del.all(ctx, records); err != nil {
@@ -444,8 +450,60 @@ func GC(ctx context.Context, b uploader.Bucket, opts GCOptions) (*GCReport, erro
 	if err := del.all(ctx, staleMarkers); err != nil {
 		return nil, err
 	}
+	rep.Seconds.Delete = time.Since(delStart).Seconds()
+	rep.Deleted.Paths = deletedPaths()
 	rep.Requests = cb.n.Load()
 	return rep, nil
+}
+
+// deadLogs is the build logs (by index in g.logs, sorted by key) of
+// derivations no kept .narinfo names as its Deriver, older than grace.
+// They are matched by the derivations' hash parts, sorted, rather than by
+// a map of a million derivers' names.
+func (g *Graph) deadLogs(live []bool, now time.Time, grace time.Duration) []int32 {
+	type logHash struct {
+		h [20]byte
+		k int32
+	}
+	byHash := make([]logHash, 0, len(g.logs))
+	var odd map[string]int32 // logs whose derivation is not <nixbase32>-<name>.drv
+	for k, l := range g.logs {
+		drv := g.logDrv(l)
+		if h, ok := drvHash(drv); ok {
+			byHash = append(byHash, logHash{h, int32(k)})
+		} else {
+			if odd == nil {
+				odd = make(map[string]int32)
+			}
+			odd[drv] = int32(k)
+		}
+	}
+	cmp := func(a logHash, h [20]byte) int { return bytes.Compare(a.h[:], h[:]) }
+	slices.SortFunc(byHash, func(a, b logHash) int { return cmp(a, b.h) })
+	named := make([]bool, len(g.logs)) // a kept .narinfo names the log's derivation
+	for i := range int32(g.nodeCount()) {
+		n := g.node(i)
+		if !n.present || !live[i] || !n.hasDrv {
+			continue
+		}
+		if drv, ok := g.oddDrv[i]; ok {
+			if k, ok := odd[drv]; ok {
+				named[k] = true
+			}
+			continue
+		}
+		for j, _ := slices.BinarySearchFunc(byHash, n.deriver, cmp); j < len(byHash) && byHash[j].h == n.deriver; j++ {
+			named[byHash[j].k] = true
+		}
+	}
+	var logs []int32
+	for k, l := range g.logs {
+		if !named[k] && now.Sub(time.Unix(0, l.mod)) >= grace {
+			logs = append(logs, int32(k))
+		}
+	}
+	slices.SortFunc(logs, func(a, b int32) int { return bytes.Compare(g.bytesOf(g.logs[a].key), g.bytesOf(g.logs[b].key)) })
+	return logs
 }
 
 // sweep is a run that deletes: gc's, or verify --repair's.
@@ -723,6 +781,7 @@ type deleter struct {
 	stop     time.Time
 	deadline time.Time
 	notify   func(string)
+	nwaves   int // waves of .narinfos deleted
 }
 
 func (d *deleter) check() error {
@@ -751,6 +810,7 @@ func (d *deleter) waves(ctx context.Context, g *Graph, dead []int32, referrers [
 		if len(wave) == 0 {
 			return fmt.Errorf("reference cycle among %d .narinfos; nothing more deleted", len(remaining))
 		}
+		d.nwaves++
 		keys := make([]string, len(wave))
 		for k, i := range wave {
 			keys[k] = g.hashOf(i) + ".narinfo"
@@ -772,11 +832,20 @@ const deleteBatch = 1000
 
 // all deletes keys, in batches of a thousand, a few batches at once.
 func (d *deleter) all(ctx context.Context, keys []string) error {
+	return d.each(ctx, len(keys), func(k int) string { return keys[k] })
+}
+
+// each deletes the n keys key(0), ..., key(n-1), making each batch's keys
+// only when it goes.
+func (d *deleter) each(ctx context.Context, n int, key func(int) string) error {
 	eg, ectx := errgroup.WithContext(ctx)
 	eg.SetLimit(4)
-	for len(keys) > 0 {
-		batch := keys[:min(deleteBatch, len(keys))]
-		keys = keys[len(batch):]
+	for at := 0; at < n; {
+		batch := make([]string, min(deleteBatch, n-at))
+		for k := range batch {
+			batch[k] = key(at + k)
+		}
+		at += len(batch)
 		if err := d.check(); err != nil {
 			eg.Wait()
 			return err

@@ -1,17 +1,23 @@
 package retention
 
 import (
+	"bytes"
 	"encoding/binary"
 	"hash/maphash"
+	"slices"
 
 	"github.com/nix-community/go-nix/pkg/nixbase32"
 )
 
-// The graph's storage, compact at a million paths: a node's hash part is
-// 20 bytes (nixbase32-decoded), its name and deriver are pieces of one
-// arena of bytes, its references a span of one shared []int32, and the
-// indexes from hash part and NAR key are open-addressing tables of int32
-// into the nodes and the NARs (no map of strings). About 200 bytes a path
+// The graph's storage, compact at a million paths: a node's hash part and
+// its deriver's are 20 bytes each (nixbase32-decoded), its name and NAR key
+// pieces of one arena of bytes, its references a span of shared chunks of
+// int32, and the indexes from hash part and NAR key are open-addressing
+// tables of int32 into the nodes and the NARs (no map of strings). Nodes,
+// NARs, references and names all grow a chunk at a time, never copying
+// what they hold: a slice that doubles holds its old and new arrays at
+// once, which at a million nodes is 200 MB for a moment. None of it holds
+// a pointer, so the collector does not scan it. About 250 bytes a path
 // with its NAR, against some 700 as strings and maps.
 
 // str is a string in the graph's arena.
@@ -56,10 +62,68 @@ func (g *Graph) bytesOf(s str) []byte {
 // str is s as a string.
 func (g *Graph) str(s str) string { return string(g.bytesOf(s)) }
 
+// chunkShift sets the size of the chunks of nodes and NARs: 1<<16.
+const chunkShift = 16
+
+// chunked is a growing array that allocates a chunk at a time.
+type chunked[T any] struct {
+	chunks [][]T
+	n      int
+}
+
+func (c *chunked[T]) at(i int32) *T {
+	return &c.chunks[i>>chunkShift][i&(1<<chunkShift-1)]
+}
+
+func (c *chunked[T]) len() int { return c.n }
+
+func (c *chunked[T]) add(v T) int32 {
+	if c.n>>chunkShift == len(c.chunks) {
+		c.chunks = append(c.chunks, make([]T, 1<<chunkShift))
+	}
+	i := int32(c.n)
+	c.n++
+	*c.at(i) = v
+	return i
+}
+
+// node is node i.
+func (g *Graph) node(i int32) *node { return g.nodes.at(i) }
+
+// nodeCount is the number of nodes.
+func (g *Graph) nodeCount() int { return g.nodes.len() }
+
+// nar is NAR j.
+func (g *Graph) nar(j int32) *narObject { return g.narList.at(j) }
+
+// refChunk is the size of a chunk of references; a node's references lie
+// in one chunk (one of more gets a chunk of its own).
+const refChunk = 1 << 20
+
+// addRefs stores a node's references.
+func (g *Graph) addRefs(refs []int32) span {
+	if len(refs) == 0 {
+		return span{}
+	}
+	last := len(g.refChunks) - 1
+	if last < 0 || len(g.refChunks[last])+len(refs) > cap(g.refChunks[last]) {
+		g.refChunks = append(g.refChunks, make([]int32, 0, max(refChunk, len(refs))))
+		last++
+	}
+	c := g.refChunks[last]
+	off := uint32(last)<<20 | uint32(len(c))
+	g.refChunks[last] = append(c, refs...)
+	return span{off: off, n: uint32(len(refs))}
+}
+
 // refsOf is the nodes node i refers to.
 func (g *Graph) refsOf(i int32) []int32 {
-	r := g.nodes[i].refs
-	return g.refArena[r.off : r.off+r.n : r.off+r.n]
+	r := g.node(i).refs
+	if r.n == 0 {
+		return nil
+	}
+	c, o := g.refChunks[r.off>>20], r.off&(1<<20-1)
+	return c[o : o+r.n : o+r.n]
 }
 
 // hashOf is node i's hash part, as in its store path.
@@ -67,7 +131,7 @@ func (g *Graph) hashOf(i int32) string {
 	if h, ok := g.oddHash[i]; ok {
 		return h
 	}
-	return nixbase32.EncodeToString(g.nodes[i].hash[:])
+	return nixbase32.EncodeToString(g.node(i).hash[:])
 }
 
 // decodeHash is the 20 bytes of a hash part, when it is nixbase32 and
@@ -107,7 +171,7 @@ func (g *Graph) find(d [20]byte) (int32, int) {
 		if v == 0 {
 			return -1, s
 		}
-		if g.nodes[v-1].hash == d && !g.nodes[v-1].odd {
+		if n := g.node(v - 1); n.hash == d && !n.odd {
 			return v - 1, s
 		}
 	}
@@ -139,11 +203,9 @@ func (g *Graph) intern(h string) int32 {
 	return i
 }
 
-// presize makes room for n nodes and NARs, so that a walk of a cache of
-// known size does not copy its nodes as they grow.
+// presize sizes the indexes for n nodes and NARs, so that a walk of a
+// cache of known size does not rehash them as they grow.
 func (g *Graph) presize(n int) {
-	g.nodes = make([]node, 0, n)
-	g.narList = make([]narObject, 0, n)
 	size := 1024
 	for size < 2*n {
 		size *= 2
@@ -152,11 +214,7 @@ func (g *Graph) presize(n int) {
 	g.narSlots = make([]int32, size)
 }
 
-func (g *Graph) newNode(n node) int32 {
-	i := int32(len(g.nodes))
-	g.nodes = append(g.nodes, n)
-	return i
-}
+func (g *Graph) newNode(n node) int32 { return g.nodes.add(n) }
 
 // grow doubles the hash part index.
 func (g *Graph) grow() {
@@ -166,7 +224,7 @@ func (g *Graph) grow() {
 		if v == 0 {
 			continue
 		}
-		d := g.nodes[v-1].hash
+		d := g.node(v - 1).hash
 		s := int(binary.LittleEndian.Uint64(d[:8])) & mask
 		for slots[s] != 0 {
 			s = (s + 1) & mask
@@ -178,6 +236,60 @@ func (g *Graph) grow() {
 
 var narSeed = maphash.MakeSeed()
 
+// narExts are the ends of the NAR keys kept as a digest and a number
+// (nar/<nixbase32 of 32 bytes><end>, as Nix and nixpush name them): 64
+// bytes a NAR rather than 32 and a 60-byte key in the arena.
+var narExts = []string{".nar", ".nar.xz", ".nar.zst", ".nar.bz2", ".nar.br", ".nar.gz", ".nar.lz4", ".nar.lzip"}
+
+// parseNARKey is the digest and end (index in narExts, plus one) of a NAR
+// key of the usual form, which reads back the same.
+func parseNARKey(key string) (d [32]byte, ext uint8, ok bool) {
+	const n = len("nar/") + 52
+	if len(key) <= n || key[:4] != "nar/" {
+		return d, 0, false
+	}
+	e := slices.Index(narExts, key[n:])
+	if e < 0 {
+		return d, 0, false
+	}
+	var src [52]byte
+	copy(src[:], key[4:n])
+	if m, err := nixbase32.Decode(d[:], src[:]); err != nil || m != 32 {
+		return d, 0, false
+	}
+	var back [52]byte
+	nixbase32.Encode(back[:], d[:])
+	if back != src {
+		return d, 0, false
+	}
+	return d, uint8(e + 1), true
+}
+
+// narHashOf hashes a NAR key for the index, from its digest when it has one.
+func narHashOf(d *[32]byte, ext uint8, key string) uint64 {
+	if ext != 0 {
+		return maphash.Bytes(narSeed, d[:]) + uint64(ext)
+	}
+	return maphash.String(narSeed, key)
+}
+
+// appendNARKey appends the key of NAR j to dst.
+func (g *Graph) appendNARKey(dst []byte, j int32) []byte {
+	o := g.nar(j)
+	if o.ext == 0 {
+		return append(dst, g.bytesOf(o.key)...)
+	}
+	var enc [52]byte
+	nixbase32.Encode(enc[:], o.digest[:])
+	return append(append(append(dst, "nar/"...), enc[:]...), narExts[o.ext-1]...)
+}
+
+// compareNARKeys orders NARs a and b by key, allocating nothing.
+func (g *Graph) compareNARKeys(a, b int32) int {
+	var x, y [128]byte
+	return bytes.Compare(g.appendNARKey(x[:0], a), g.appendNARKey(y[:0], b))
+}
+
 // narLookup is the NAR of key, if any.
 func (g *Graph) narLookup(key string) (int32, bool) {
 	i, _ := g.narFind(key)
@@ -188,13 +300,15 @@ func (g *Graph) narFind(key string) (int32, int) {
 	if len(g.narSlots) == 0 {
 		return -1, -1
 	}
+	d, ext, _ := parseNARKey(key)
 	mask := len(g.narSlots) - 1
-	for s := int(maphash.String(narSeed, key)) & mask; ; s = (s + 1) & mask {
+	for s := int(narHashOf(&d, ext, key)) & mask; ; s = (s + 1) & mask {
 		v := g.narSlots[s]
 		if v == 0 {
 			return -1, s
 		}
-		if string(g.bytesOf(g.narList[v-1].key)) == key {
+		o := g.nar(v - 1)
+		if o.ext == ext && (ext != 0 && o.digest == d || ext == 0 && string(g.bytesOf(o.key)) == key) {
 			return v - 1, s
 		}
 	}
@@ -206,24 +320,33 @@ func (g *Graph) internNAR(key string) int32 {
 	if i >= 0 {
 		return i
 	}
-	if s < 0 || 2*(len(g.narList)+1) > len(g.narSlots) {
+	if s < 0 || 2*(g.narList.len()+1) > len(g.narSlots) {
 		slots := make([]int32, max(1024, 2*len(g.narSlots)))
 		mask := len(slots) - 1
-		for j := range g.narList {
-			s := int(maphash.Bytes(narSeed, g.bytesOf(g.narList[j].key))) & mask
+		for j := range int32(g.narList.len()) {
+			o := g.nar(j)
+			s := int(narHashOf(&o.digest, o.ext, g.str(o.key))) & mask
 			for slots[s] != 0 {
 				s = (s + 1) & mask
 			}
-			slots[s] = int32(j) + 1
+			slots[s] = j + 1
 		}
 		g.narSlots = slots
 		_, s = g.narFind(key)
 	}
-	i = int32(len(g.narList))
-	g.narList = append(g.narList, narObject{key: g.addStr(key)})
+	o := narObject{}
+	if d, ext, ok := parseNARKey(key); ok {
+		o.digest, o.ext = d, ext
+	} else {
+		o.key = g.addStr(key)
+	}
+	i = g.narList.add(o)
 	g.narSlots[s] = i + 1
 	return i
 }
 
 // narKey is the key of NAR j.
-func (g *Graph) narKey(j int32) string { return g.str(g.narList[j].key) }
+func (g *Graph) narKey(j int32) string {
+	var b [128]byte
+	return string(g.appendNARKey(b[:0], j))
+}

@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"path"
 	"regexp"
+	"slices"
 	"strings"
 	"time"
 
@@ -208,6 +209,7 @@ func Pins(ctx context.Context, b uploader.Bucket) ([]Pin, error) {
 		pins = append(pins, p)
 		return nil
 	})
+	slices.SortFunc(pins, func(a, b Pin) int { return strings.Compare(a.Name, b.Name) })
 	return pins, err
 }
 

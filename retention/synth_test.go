@@ -30,6 +30,7 @@ func listKeys(t *testing.T, b uploader.Bucket) []string {
 	}); err != nil {
 		t.Fatal(err)
 	}
+	slices.Sort(keys) // a file store lists in directory order
 	return keys
 }
 
@@ -130,4 +131,52 @@ func TestGCSameSets(t *testing.T) {
 func parsePublicKey(s string) ([]signature.PublicKey, error) {
 	k, err := signature.ParsePublicKey(s)
 	return []signature.PublicKey{k}, err
+}
+
+// TestNARKeys: NAR keys of the usual form are kept as a digest and an end
+// and read back the same; others (an odd end, a digest that is not
+// nixbase32 of 32 bytes, another folder) are kept whole; a key looks up
+// its own NAR and no other.
+func TestNARKeys(t *testing.T) {
+	keys := []string{
+		"nar/1bq8q4dg1m7x2p8f5n9l3lq6dq0w3v1cghs0j1k3r5d2b7a3fk4z.nar",
+		"nar/1bq8q4dg1m7x2p8f5n9l3lq6dq0w3v1cghs0j1k3r5d2b7a3fk4z.nar.xz",
+		"nar/1bq8q4dg1m7x2p8f5n9l3lq6dq0w3v1cghs0j1k3r5d2b7a3fk4z.nar.zst",
+		"nar/0000000000000000000000000000000000000000000000000000.nar.bz2",
+		"nar/1bq8q4dg1m7x2p8f5n9l3lq6dq0w3v1cghs0j1k3r5d2b7a3fk4z.nar.foo", // odd end
+		"nar/ebq8q4dg1m7x2p8f5n9l3lq6dq0w3v1cghs0j1k3r5d2b7a3fk4z.nar",     // e is not nixbase32
+		"nar/zzq8q4dg1m7x2p8f5n9l3lq6dq0w3v1cghs0j1k3r5d2b7a3fk4z.nar",     // over 32 bytes
+		"nar/short.nar",
+		"other/1bq8q4dg1m7x2p8f5n9l3lq6dq0w3v1cghs0j1k3r5d2b7a3fk4z.nar",
+	}
+	wantStd := []bool{true, true, true, true, false, false, false, false, false}
+	g := &Graph{}
+	for k, key := range keys {
+		if _, _, ok := parseNARKey(key); ok != wantStd[k] {
+			t.Errorf("parseNARKey(%s): usual form %v, want %v", key, ok, wantStd[k])
+		}
+		if j := g.internNAR(key); j != int32(k) {
+			t.Errorf("internNAR(%s) = %d, want %d", key, j, k)
+		}
+	}
+	for k, key := range keys {
+		if got := g.narKey(int32(k)); got != key {
+			t.Errorf("narKey(%d) = %s, want %s", k, got, key)
+		}
+		if j, ok := g.narLookup(key); !ok || j != int32(k) {
+			t.Errorf("narLookup(%s) = %d, %v; want %d", key, j, ok, k)
+		}
+	}
+	if _, ok := g.narLookup("nar/1bq8q4dg1m7x2p8f5n9l3lq6dq0w3v1cghs0j1k3r5d2b7a3fk4z.nar.br"); ok {
+		t.Error("a key never added was found")
+	}
+	sorted := slices.Clone(keys)
+	slices.Sort(sorted)
+	order := []int32{0, 1, 2, 3, 4, 5, 6, 7, 8}
+	slices.SortFunc(order, g.compareNARKeys)
+	for k, j := range order {
+		if g.narKey(j) != sorted[k] {
+			t.Errorf("compareNARKeys: %d-th is %s, want %s", k, g.narKey(j), sorted[k])
+		}
+	}
 }

@@ -1,6 +1,7 @@
 package retention
 
 import (
+	"bytes"
 	"compress/bzip2"
 	"context"
 	"crypto/sha256"
@@ -84,17 +85,17 @@ type VerifyReport struct {
 	badNAR []string // NAR objects known bad (wrong size or content)
 }
 
-// dangling are the keys of the realisations of g whose outPath has no
+// dangling are the realisations of g (sorted by key) whose outPath has no
 // .narinfo, or is one of doomed (when given).
-func dangling(g *Graph, doomed []bool) []string {
-	var keys []string
-	for key, r := range g.realisations {
-		if r.out >= 0 && (!g.nodes[r.out].present || (doomed != nil && doomed[r.out])) {
-			keys = append(keys, key)
+func dangling(g *Graph, doomed []bool) []realisation {
+	var out []realisation
+	for _, r := range g.realisations {
+		if r.out >= 0 && (!g.node(r.out).present || (doomed != nil && doomed[r.out])) {
+			out = append(out, r)
 		}
 	}
-	slices.Sort(keys)
-	return keys
+	slices.SortFunc(out, func(a, b realisation) int { return bytes.Compare(g.bytesOf(a.key), g.bytesOf(b.key)) })
+	return out
 }
 
 // Whole reports whether the cache is closed and sound.
@@ -122,17 +123,16 @@ func Verify(ctx context.Context, b uploader.Bucket, opts VerifyOptions) (*Verify
 	}
 	var full []int32
 	var missingRefs [][2]int32 // referrer, reference
-	for i := range g.nodes {
-		n := &g.nodes[i]
+	for idx := range int32(g.nodeCount()) {
+		n := g.node(idx)
 		if !n.present {
 			continue
 		}
 		rep.Paths++
-		idx := int32(i)
 		// The references of an unreadable .narinfo are checked too: gc
 		// keeps them, and one gone is a hole of its own.
 		for _, r := range g.refsOf(idx) {
-			if rn := &g.nodes[r]; !rn.present {
+			if rn := g.node(r); !rn.present {
 				missingRefs = append(missingRefs, [2]int32{idx, r})
 			}
 		}
@@ -140,7 +140,7 @@ func Verify(ctx context.Context, b uploader.Bucket, opts VerifyOptions) (*Verify
 			add(idx, Unreadable, g.bad[idx])
 			continue
 		}
-		nar, narKey := g.narList[n.nar], g.narKey(n.nar)
+		nar, narKey := g.nar(n.nar), g.narKey(n.nar)
 		switch {
 		case !nar.listed:
 			add(idx, NARMissing, narKey+" is not in the cache")
@@ -170,14 +170,13 @@ func Verify(ctx context.Context, b uploader.Bucket, opts VerifyOptions) (*Verify
 		}
 		add(m[0], ReferenceMissing, name+" has no .narinfo in the cache")
 	}
-	for _, key := range dangling(g, nil) {
+	for _, r := range dangling(g, nil) {
 		rep.Dangling++
-		i := g.realisations[key].out
-		rep.Problems = append(rep.Problems, Problem{Path: g.path(i), Kind: RealisationDangling,
-			Detail: key + " points at it, which has no .narinfo in the cache"})
+		rep.Problems = append(rep.Problems, Problem{Path: g.path(r.out), Kind: RealisationDangling,
+			Detail: g.str(r.key) + " points at it, which has no .narinfo in the cache"})
 	}
 	for _, p := range g.Pins {
-		if i, ok := g.lookup(hashPart(p.Path)); !ok || !g.nodes[i].present {
+		if i, ok := g.lookup(hashPart(p.Path)); !ok || !g.node(i).present {
 			rep.Problems = append(rep.Problems, Problem{Path: p.Path, Kind: PinMissing,
 				Detail: fmt.Sprintf("pin %s keeps nothing: the path has no .narinfo in the cache; push it again: nixpush push --wait %s", p.Name, p.Path)})
 		}
@@ -189,7 +188,7 @@ func Verify(ctx context.Context, b uploader.Bucket, opts VerifyOptions) (*Verify
 		eg, ectx := errgroup.WithContext(ctx)
 		eg.SetLimit(opts.Jobs)
 		for _, i := range full {
-			url, comp, narHash, narSize := g.url(i), g.compression(i), g.narHash[i], g.nodes[i].narSize
+			url, comp, narHash, narSize := g.url(i), g.compression(i), g.full[i].hash, g.full[i].size
 			eg.Go(func() error {
 				size, err := checkNAR(ectx, cb, url, comp, narHash, narSize)
 				mu.Lock()
@@ -380,10 +379,10 @@ func Repair(ctx context.Context, b uploader.Bucket, rep *VerifyReport, opts Repa
 	}
 	// Referrers of each node, to find everything above the broken paths.
 	above := make(map[int32][]int32)
-	for i := range g.nodes {
-		if g.nodes[i].present {
-			for _, r := range g.refsOf(int32(i)) {
-				above[r] = append(above[r], int32(i))
+	for i := range int32(g.nodeCount()) {
+		if g.node(i).present {
+			for _, r := range g.refsOf(i) {
+				above[r] = append(above[r], i)
 			}
 		}
 	}
@@ -397,7 +396,7 @@ func Repair(ctx context.Context, b uploader.Bucket, rep *VerifyReport, opts Repa
 			unseen[p.Path] = true
 		}
 	}
-	doomed := make([]bool, len(g.nodes))
+	doomed := make([]bool, g.nodeCount())
 	var stack []int32
 	for _, old := range rep.broken {
 		i, ok := g.lookup(rep.g.hashOf(old))
@@ -417,12 +416,12 @@ func Repair(ctx context.Context, b uploader.Bucket, rep *VerifyReport, opts Repa
 		}
 	}
 	var dead []int32
-	referrers := make([]int32, len(g.nodes))
-	for i := range g.nodes {
-		if doomed[i] && g.nodes[i].present {
-			dead = append(dead, int32(i))
-			out.Deleted = append(out.Deleted, g.path(int32(i)))
-			for _, r := range g.refsOf(int32(i)) {
+	referrers := make([]int32, g.nodeCount())
+	for i := range int32(g.nodeCount()) {
+		if doomed[i] && g.node(i).present {
+			dead = append(dead, i)
+			out.Deleted = append(out.Deleted, g.path(i))
+			for _, r := range g.refsOf(i) {
 				referrers[r]++
 			}
 		}
@@ -431,7 +430,7 @@ func Repair(ctx context.Context, b uploader.Bucket, rep *VerifyReport, opts Repa
 	del := sw.deleter(nil)
 	// Realisations first: none points at a deleted path at any step.
 	real := dangling(g, doomed)
-	if err := del.all(ctx, real); err != nil {
+	if err := del.each(ctx, len(real), func(k int) string { return g.str(real[k].key) }); err != nil {
 		return out, err
 	}
 	out.Realisations = len(real)
@@ -439,11 +438,12 @@ func Repair(ctx context.Context, b uploader.Bucket, rep *VerifyReport, opts Repa
 		return out, err
 	}
 	var listings []string
-	for _, i := range dead {
-		if _, ok := g.listings[i]; ok {
-			listings = append(listings, g.hashOf(i)+".ls")
+	for _, l := range g.listings {
+		if doomed[l.node] && g.node(l.node).present {
+			listings = append(listings, g.hashOf(l.node)+".ls")
 		}
 	}
+	slices.Sort(listings)
 	if err := del.all(ctx, listings); err != nil {
 		return out, err
 	}
@@ -462,22 +462,22 @@ func Repair(ctx context.Context, b uploader.Bucket, rep *VerifyReport, opts Repa
 // very .narinfo verify read (the same modification time), with the very
 // NAR.
 func stillBroken(was *Graph, old int32, g *Graph, i int32, unseen bool) bool {
-	n := &g.nodes[i]
+	n := g.node(i)
 	if !n.present {
 		return false
 	}
 	for _, r := range g.refsOf(i) {
-		if !g.nodes[r].present {
+		if !g.node(r).present {
 			return true
 		}
 	}
 	if !n.unreadable && n.nar >= 0 {
-		nar := g.narList[n.nar]
+		nar := g.nar(n.nar)
 		if !nar.listed || (n.fileSize != 0 && uint64(nar.size) != n.fileSize) {
 			return true
 		}
 	}
-	o := &was.nodes[old]
+	o := was.node(old)
 	if !unseen || o.mod != n.mod {
 		return false // healed, or written again since verify read it
 	}
@@ -486,7 +486,7 @@ func stillBroken(was *Graph, old int32, g *Graph, i int32, unseen bool) bool {
 	}
 	// Unsigned, or a NAR of the wrong hash: still so if the NAR is the
 	// object verify read.
-	a, b := was.narList[o.nar], g.narList[n.nar]
+	a, b := was.nar(o.nar), g.nar(n.nar)
 	return was.narKey(o.nar) == g.narKey(n.nar) && a.mod == b.mod && a.size == b.size
 }
 
@@ -497,7 +497,7 @@ func unchangedNARs(was, g *Graph, keys []string) []string {
 	for _, k := range keys {
 		i, ok1 := was.narLookup(k)
 		j, ok2 := g.narLookup(k)
-		if ok1 && ok2 && g.narList[j].listed && was.narList[i].mod == g.narList[j].mod && was.narList[i].size == g.narList[j].size {
+		if ok1 && ok2 && g.nar(j).listed && was.nar(i).mod == g.nar(j).mod && was.nar(i).size == g.nar(j).size {
 			out = append(out, k)
 		}
 	}

@@ -56,44 +56,59 @@ type Graph struct {
 	Stats     WalkStats
 
 	// The compact storage of graph.go: nodes by hash part (slots), their
-	// names and NAR keys in arena, their references in refArena.
-	nodes    []node
-	slots    []int32 // open addressing: node+1, 0 when free
-	inSlots  int
-	oddIndex map[string]int32 // hash parts that are not nixbase32
-	oddHash  map[int32]string
-	arena    [][]byte
-	refArena []int32
-	narList  []narObject
-	narSlots []int32             // open addressing: NAR+1, 0 when free
-	comps    []string            // compressions, by node.comp
-	bad      map[int32]string    // why a .narinfo could not be read
-	narHash  map[int32]string    // NarHash of each .narinfo (WalkOptions.NarHashes)
-	roots    map[int32]time.Time // last push of each root
-	// listings are the <hash>.ls NAR listings, by node: when written.
-	listings map[int32]time.Time
+	// names and NAR keys in arena, their references in refChunks.
+	nodes     chunked[node]
+	slots     []int32 // open addressing: node+1, 0 when free
+	inSlots   int
+	oddIndex  map[string]int32 // hash parts that are not nixbase32
+	oddHash   map[int32]string
+	oddDrv    map[int32]string // Derivers that are not <nixbase32>-<name>.drv
+	arena     [][]byte
+	refChunks [][]int32
+	narList   chunked[narObject]
+	narSlots  []int32             // open addressing: NAR+1, 0 when free
+	comps     []string            // compressions, by node.comp
+	bad       map[int32]string    // why a .narinfo could not be read
+	full      map[int32]narCheck  // what verify --full checks (WalkOptions.NarHashes)
+	roots     map[int32]time.Time // last push of each root
+	// listings are the <hash>.ls NAR listings: their node, when written.
+	listings []listing
 	// rootRecords are the hash parts of root records, by node.
 	rootRecords map[int32]bool
 	// rootBatches are the batch root records, by key: when pushed.
 	rootBatches map[string]time.Time
 	unreadable  []string // .narinfo keys that could not be read
 	// logs are the build logs (log/<drv>), realisations the
-	// realisations/<id>.doi, by key.
+	// realisations/<id>.doi and build-trace-v2 objects.
 	logs         []logObject
-	realisations map[string]realisation
+	realisations []realisation
+}
+
+// narCheck is what verify --full checks a NAR against: the .narinfo's
+// NarHash and NarSize.
+type narCheck struct {
+	hash string
+	size uint64
+}
+
+// listing is a <hash>.ls NAR listing.
+type listing struct {
+	node int32
+	mod  int64 // LastModified, Unix nanoseconds
 }
 
 // logObject is a build log, log/<derivation file name>.
 type logObject struct {
-	key string
+	key str   // in the arena
 	mod int64 // LastModified, Unix nanoseconds
 }
 
 // drv is the file name of the derivation the log is of.
-func (l logObject) drv() string { return strings.TrimPrefix(l.key, LogPrefix) }
+func (g *Graph) logDrv(l logObject) string { return strings.TrimPrefix(g.str(l.key), LogPrefix) }
 
 // realisation is a realisations/<id>.doi or build-trace-v2/<drv>/<output>.doi object.
 type realisation struct {
+	key str   // in the arena
 	mod int64 // LastModified, Unix nanoseconds
 	out int32 // node of its outPath; -1 when it cannot be read
 }
@@ -130,11 +145,10 @@ func realisationOut(data []byte) (string, error) {
 
 type node struct {
 	hash       [20]byte // the hash part, nixbase32-decoded (unless odd)
+	deriver    [20]byte // the Deriver's hash part, decoded (when hasDrv)
 	name       str      // store path name, after "<hash>-"; empty when no .narinfo says
-	deriver    str      // the Deriver's file name (x.drv); empty when none
 	refs       span
 	fileSize   uint64
-	narSize    uint64
 	mod        int64 // LastModified, Unix nanoseconds
 	nar        int32 // in narList; -1 when no .narinfo names one
 	comp       uint8 // in comps
@@ -142,25 +156,28 @@ type node struct {
 	sigOK      bool  // a given key verifies it (when keys were given)
 	unreadable bool  // the .narinfo could not be read: see Graph.bad
 	odd        bool  // the hash part is not nixbase32: see Graph.oddHash
+	hasDrv     bool  // it names a Deriver: deriver, or Graph.oddDrv
 }
 
 // narObject is a NAR key, named by a .narinfo or listed (or both).
 type narObject struct {
-	key    str
+	digest [32]byte // of its key, when ext says it has the usual form
+	key    str      // when it has not
 	size   int64
 	mod    int64 // LastModified, Unix nanoseconds
+	ext    uint8 // in narExts, plus one; 0: the key is in the arena
 	listed bool  // the object is in the store
 }
 
 // url is the key of node i's NAR.
-func (g *Graph) url(i int32) string { return g.narKey(g.nodes[i].nar) }
+func (g *Graph) url(i int32) string { return g.narKey(g.node(i).nar) }
 
 // compression is node i's Compression.
-func (g *Graph) compression(i int32) string { return g.comps[g.nodes[i].comp] }
+func (g *Graph) compression(i int32) string { return g.comps[g.node(i).comp] }
 
 // Path is the store path of node i.
 func (g *Graph) path(i int32) string {
-	n := &g.nodes[i]
+	n := g.node(i)
 	if n.name.n == 0 {
 		return g.StoreDir + "/" + g.hashOf(i) + "-?"
 	}
@@ -170,8 +187,8 @@ func (g *Graph) path(i int32) string {
 // NarInfoCount is the number of .narinfos in the cache.
 func (g *Graph) NarInfoCount() int {
 	n := 0
-	for i := range g.nodes {
-		if g.nodes[i].present {
+	for i := range g.nodeCount() {
+		if g.node(int32(i)).present {
 			n++
 		}
 	}
@@ -195,9 +212,8 @@ func Walk(ctx context.Context, b uploader.Bucket, opts WalkOptions) (*Graph, err
 	if opts.Jobs < 1 {
 		opts.Jobs = 32
 	}
-	g := &Graph{StoreDir: "", oddIndex: make(map[string]int32), oddHash: make(map[int32]string), bad: make(map[int32]string), narHash: make(map[int32]string),
-		roots: make(map[int32]time.Time), rootRecords: make(map[int32]bool), rootBatches: make(map[string]time.Time), listings: make(map[int32]time.Time),
-		realisations: make(map[string]realisation)}
+	g := &Graph{StoreDir: "", oddIndex: make(map[string]int32), oddHash: make(map[int32]string), oddDrv: make(map[int32]string), bad: make(map[int32]string),
+		full: make(map[int32]narCheck), roots: make(map[int32]time.Time), rootRecords: make(map[int32]bool), rootBatches: make(map[string]time.Time)}
 	var mu sync.Mutex // guards g while reads run
 	var stats struct{ objects, narinfos, read, hits, requests atomic.Int64 }
 	snapshot := func() WalkStats {
@@ -287,12 +303,12 @@ func Walk(ctx context.Context, b uploader.Bucket, opts WalkOptions) (*Graph, err
 				})
 			case isListingKey(o.Key):
 				mu.Lock()
-				g.listings[g.intern(o.Key[:32])] = o.LastModified
+				g.listings = append(g.listings, listing{node: g.intern(o.Key[:32]), mod: o.LastModified.UnixNano()})
 				mu.Unlock()
 			case strings.HasPrefix(o.Key, "nar/"):
 				mu.Lock()
-				i := g.internNAR(o.Key)
-				g.narList[i] = narObject{key: g.narList[i].key, size: o.Size, mod: o.LastModified.UnixNano(), listed: true}
+				nar := g.nar(g.internNAR(o.Key))
+				nar.size, nar.mod, nar.listed = o.Size, o.LastModified.UnixNano(), true
 				mu.Unlock()
 			case o.Key == "nix-cache-info":
 				g.CacheInfo = true
@@ -338,7 +354,7 @@ func Walk(ctx context.Context, b uploader.Bucket, opts WalkOptions) (*Graph, err
 				})
 			case strings.HasPrefix(o.Key, LogPrefix) && strings.HasSuffix(o.Key, ".drv"):
 				mu.Lock()
-				g.logs = append(g.logs, logObject{key: o.Key, mod: o.LastModified.UnixNano()})
+				g.logs = append(g.logs, logObject{key: g.addStr(o.Key), mod: o.LastModified.UnixNano()})
 				mu.Unlock()
 			case isRealisationKey(o.Key):
 				eg.Go(func() error {
@@ -352,14 +368,14 @@ func Walk(ctx context.Context, b uploader.Bucket, opts WalkOptions) (*Graph, err
 					out, perr := realisationOut(data)
 					mu.Lock()
 					defer mu.Unlock()
-					r := realisation{mod: o.LastModified.UnixNano(), out: -1}
+					r := realisation{key: g.addStr(o.Key), mod: o.LastModified.UnixNano(), out: -1}
 					if perr == nil { // one gc cannot read, it keeps
 						r.out = g.intern(hashPart(out))
-						if n := &g.nodes[r.out]; n.name.n == 0 && !n.present {
+						if n := g.node(r.out); n.name.n == 0 && !n.present {
 							n.name = g.addStr(path.Base(out)[33:])
 						}
 					}
-					g.realisations[o.Key] = r
+					g.realisations = append(g.realisations, r)
 					return nil
 				})
 			case strings.HasPrefix(o.Key, PinPrefix):
@@ -413,7 +429,7 @@ func Walk(ctx context.Context, b uploader.Bucket, opts WalkOptions) (*Graph, err
 // (a .narinfo without a References line refers to nothing, as for Nix).
 func (g *Graph) addNarInfo(o uploader.Object, ni *narinfo.NarInfo, err error, sigOK, narHashes bool) {
 	i := g.intern(o.Key[:32])
-	n := &g.nodes[i]
+	n := g.node(i)
 	n.present = true
 	n.mod = o.LastModified.UnixNano()
 	if err == nil && hashPart(ni.StorePath) != o.Key[:32] {
@@ -431,8 +447,7 @@ func (g *Graph) addNarInfo(o uploader.Object, ni *narinfo.NarInfo, err error, si
 		}
 		if ni.URL != "" {
 			// Its NAR is not an orphan: gc keeps it with the .narinfo.
-			nar := g.internNAR(ni.URL)
-			g.nodes[i].nar = nar
+			n.nar = g.internNAR(ni.URL)
 		}
 	} else {
 		if g.StoreDir == "" {
@@ -442,28 +457,41 @@ func (g *Graph) addNarInfo(o uploader.Object, ni *narinfo.NarInfo, err error, si
 		n.name = g.addStr(path.Base(ni.StorePath)[33:])
 		n.comp = g.internComp(ni.Compression)
 		n.fileSize = ni.FileSize
-		n.narSize = ni.NarSize
 		if ni.NarHash != nil && narHashes {
-			g.narHash[i] = ni.NarHash.String()
+			g.full[i] = narCheck{hash: ni.NarHash.String(), size: ni.NarSize}
 		}
-		nar := g.internNAR(ni.URL)
-		n = &g.nodes[i]
-		n.nar = nar
+		n.nar = g.internNAR(ni.URL)
 		n.sigOK = sigOK
 	}
 	if ni.Deriver != "" {
-		g.nodes[i].deriver = g.addStr(path.Base(ni.Deriver))
+		drv := path.Base(ni.Deriver)
+		n.hasDrv = true
+		if d, ok := drvHash(drv); ok {
+			n.deriver = d
+		} else {
+			g.oddDrv[i] = drv
+		}
 	}
-	off := len(g.refArena)
+	var refs [64]int32
+	rs := refs[:0]
 	for _, r := range ni.References {
 		h := hashPart(r)
 		if h == "" || h == o.Key[:32] {
 			continue // self-references keep nothing
 		}
-		j := g.intern(h) // intern may grow g.nodes
-		g.refArena = append(g.refArena, j)
+		rs = append(rs, g.intern(h)) // intern may add a chunk of nodes: n stays valid
 	}
-	g.nodes[i].refs = span{off: uint32(off), n: uint32(len(g.refArena) - off)}
+	n.refs = g.addRefs(rs)
+}
+
+// drvHash is the decoded hash part of a derivation's file name, when it
+// is <nixbase32>-<name>.drv (that hash names the derivation, as its
+// store path's hash does).
+func drvHash(drv string) ([20]byte, bool) {
+	if len(drv) < 34 || drv[32] != '-' || !strings.HasSuffix(drv, ".drv") {
+		return [20]byte{}, false
+	}
+	return decodeHash(drv[:32])
 }
 
 // internComp returns the index of a compression in g.comps.

@@ -27,9 +27,10 @@ type PendingUpload struct {
 // pins) and verification need beside uploading. Both stores implement it.
 type Bucket interface {
 	Store
-	// List calls fn with every object whose key starts with prefix, in
-	// key order, streaming: nothing of the listing is kept. An error from
-	// fn stops the listing and is returned.
+	// List calls fn with every object whose key starts with prefix,
+	// streaming: nothing of the listing is kept beyond a page. S3 lists
+	// in key order, a file store in directory order: callers rely on
+	// neither. An error from fn stops the listing and is returned.
 	List(ctx context.Context, prefix string, fn func(Object) error) error
 	// Stat describes one object, or returns an error wrapping ErrNotExist.
 	Stat(ctx context.Context, key string) (Object, error)

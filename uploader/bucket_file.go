@@ -18,37 +18,23 @@ import (
 // tmpPrefix starts the name of a Put's temporary file.
 const tmpPrefix = ".tmp-"
 
-// List walks the directory in key order. A file's ETag is its modification
-// time and size: Put replaces a file whole, so either changes with it.
+// List walks the directory a page of entries at a time, in the order the
+// file system gives them (not sorted: a sorted listing would hold a whole
+// directory, a million names of a million-path cache, where a page is a
+// thousand). A file's ETag is its modification time and size: Put
+// replaces a file whole, so either changes with it.
 func (s *FileStore) List(ctx context.Context, prefix string, fn func(Object) error) error {
-	root := s.dir
+	root := ""
 	if i := strings.LastIndexByte(prefix, '/'); i >= 0 {
-		root = filepath.Join(s.dir, filepath.FromSlash(prefix[:i]))
+		root = prefix[:i]
 	}
-	err := filepath.WalkDir(root, func(p string, d fs.DirEntry, err error) error {
-		if err != nil {
-			if errors.Is(err, fs.ErrNotExist) {
-				return nil
-			}
-			return err
-		}
-		if err := ctx.Err(); err != nil {
-			return err
-		}
-		if d.IsDir() || !d.Type().IsRegular() || strings.HasPrefix(d.Name(), tmpPrefix) {
-			return nil
-		}
-		rel, err := filepath.Rel(s.dir, p)
-		if err != nil {
-			return err
-		}
-		key := filepath.ToSlash(rel)
-		if !strings.HasPrefix(key, prefix) {
+	err := s.walk(ctx, root, prefix, func(key string, d fs.DirEntry) error {
+		if strings.HasPrefix(d.Name(), tmpPrefix) || !strings.HasPrefix(key, prefix) {
 			return nil
 		}
 		info, err := d.Info()
 		if errors.Is(err, fs.ErrNotExist) {
-			return nil // deleted while walking
+			return nil // deleted while listing
 		}
 		if err != nil {
 			return err
@@ -59,6 +45,54 @@ func (s *FileStore) List(ctx context.Context, prefix string, fn func(Object) err
 		return fmt.Errorf("file store: list %s: %w", prefix, err)
 	}
 	return nil
+}
+
+// listPage is how many directory entries a walk holds at once.
+const listPage = 1000
+
+// walk calls fn with each regular file of the directory of key prefix dir
+// ("" for the top) and of the directories under it that may hold keys
+// under prefix, a page of entries at a time.
+func (s *FileStore) walk(ctx context.Context, dir, prefix string, fn func(key string, d fs.DirEntry) error) error {
+	f, err := os.Open(filepath.Join(s.dir, filepath.FromSlash(dir)))
+	if errors.Is(err, fs.ErrNotExist) {
+		return nil
+	}
+	if err != nil {
+		return err
+	}
+	defer f.Close()
+	if dir != "" {
+		dir += "/"
+	}
+	for {
+		entries, rerr := f.ReadDir(listPage)
+		for _, d := range entries {
+			if err := ctx.Err(); err != nil {
+				return err
+			}
+			key := dir + d.Name()
+			if d.IsDir() {
+				if strings.HasPrefix(key+"/", prefix) || strings.HasPrefix(prefix, key+"/") {
+					if err := s.walk(ctx, key, prefix, fn); err != nil {
+						return err
+					}
+				}
+				continue
+			}
+			if d.Type().IsRegular() {
+				if err := fn(key, d); err != nil {
+					return err
+				}
+			}
+		}
+		if rerr == io.EOF || (rerr == nil && len(entries) == 0) {
+			return nil
+		}
+		if rerr != nil {
+			return rerr
+		}
+	}
 }
 
 func fileObject(key string, info fs.FileInfo) Object {
@@ -105,16 +139,15 @@ func (s *FileStore) DeleteMany(ctx context.Context, keys []string) error {
 
 // ListUploads lists the temporary files of Puts: a crashed Put leaves one.
 func (s *FileStore) ListUploads(ctx context.Context, fn func(PendingUpload) error) error {
-	return filepath.WalkDir(s.dir, func(p string, d fs.DirEntry, err error) error {
-		if err != nil || d.IsDir() || !strings.HasPrefix(d.Name(), tmpPrefix) {
+	return s.walk(ctx, "", "", func(key string, d fs.DirEntry) error {
+		if !strings.HasPrefix(d.Name(), tmpPrefix) {
 			return nil
 		}
 		info, err := d.Info()
 		if err != nil {
 			return nil
 		}
-		rel, _ := filepath.Rel(s.dir, p)
-		return fn(PendingUpload{Key: filepath.ToSlash(rel), ID: filepath.ToSlash(rel), Initiated: info.ModTime()})
+		return fn(PendingUpload{Key: key, ID: key, Initiated: info.ModTime()})
 	})
 }
 

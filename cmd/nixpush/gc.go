@@ -1,6 +1,8 @@
 package main
 
 import (
+	"bufio"
+	"bytes"
 	"context"
 	"encoding/json"
 	"errors"
@@ -58,21 +60,62 @@ func (f bucketFlags) open(ctx context.Context, cmd string) (uploader.Bucket, err
 }
 
 // walkGCPercent is the collector's target for the commands that walk the
-// bucket: the heap may grow to 1.5x what is live, not 2x.
-const walkGCPercent = 50
+// bucket: the heap may grow to 1.25x what is live, not 2x.
+const walkGCPercent = 25
 
 // walkMemoryPolicy sets the collector for a walk of the whole bucket.
 // Not the daemon's 40 MiB soft limit: a walk's live heap is its graph,
-// which grows with the cache (some 100 MiB at 100,000 paths), and under
-// a limit below it the collector runs without pause (a 100,000-path dry
-// run: 98 s and 447 cycles under it, 16 s and 28 cycles without). No
-// limit then, and GOGC 50 instead of 100: the same time (19.5 s against
-// 20.2 s from the walk cache) and a peak RSS 9% lower. GOMEMLIMIT and
-// GOGC override either.
+// which grows with the cache (some 30 MiB at 100,000 paths, 300 at a
+// million), and under a limit below it the collector runs without pause
+// (a 100,000-path dry run: 98 s and 447 cycles under it, 16 s and 28
+// cycles without). No limit then, and GOGC 25 instead of 100: the graph
+// holds no pointers (chunks of plain structs, bytes and int32s), so a
+// cycle marks little whatever its size, and cycles four times as often
+// cost little time for a peak RSS a third lower (docs/gc-scale.md).
+// GOMEMLIMIT and GOGC override either.
 func walkMemoryPolicy() {
 	if os.Getenv("GOGC") == "" {
 		debug.SetGCPercent(walkGCPercent)
 	}
+}
+
+// writeGCJSON writes rep as indented JSON, as json.Encoder would, but
+// writes the deleted paths (a few hundred thousand of a million-path
+// cache) one at a time rather than building the whole text in memory.
+func writeGCJSON(w io.Writer, rep *retention.GCReport) error {
+	const mark = "\x00deleted paths\x00"
+	paths := rep.Deleted.Paths
+	shell := *rep
+	shell.Deleted.Paths = []string{mark}
+	text, err := json.MarshalIndent(&shell, "", "  ")
+	if err != nil {
+		return err
+	}
+	quoted, _ := json.Marshal(mark)
+	at := bytes.Index(text, quoted)
+	if at < 0 {
+		return errors.New("gc report: no place for the deleted paths")
+	}
+	indent := text[bytes.LastIndexByte(text[:at], '\n')+1 : at]  // of an element
+	head, tail := text[:at-len(indent)-1], text[at+len(quoted):] // head ends in "[", tail starts "\n  ]"
+	bw := bufio.NewWriterSize(w, 64<<10)
+	bw.Write(head)
+	if len(paths) == 0 {
+		bw.WriteString("]")
+		tail = tail[bytes.IndexByte(tail, ']')+1:]
+	}
+	for k, p := range paths {
+		if k > 0 {
+			bw.WriteByte(',')
+		}
+		bw.WriteByte('\n')
+		bw.Write(indent)
+		q, _ := json.Marshal(p)
+		bw.Write(q)
+	}
+	bw.Write(tail)
+	bw.WriteByte('\n')
+	return bw.Flush()
 }
 
 // cache opens the walk cache of b, or runs without one (with a warning).
@@ -218,9 +261,10 @@ func runGC(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 		fmt.Fprintf(stderr, "nixpush gc: warning: %s\n", w)
 	}
 	if *asJSON {
-		enc := json.NewEncoder(stdout)
-		enc.SetIndent("", "  ")
-		enc.Encode(rep)
+		if err := writeGCJSON(stdout, rep); err != nil {
+			fmt.Fprintf(stderr, "nixpush gc: %v\n", err)
+			return 1
+		}
 		return 0
 	}
 	verb := "deleted"

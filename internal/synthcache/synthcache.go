@@ -35,6 +35,11 @@ import (
 	"github.com/nixpush/nixpush/uploader"
 )
 
+// Version names the caches this package writes: a change to what it
+// writes changes it, so that a cache kept on disk (the benchmark's) is not
+// taken for the new one.
+const Version = "v1"
+
 // Options shape a synthetic cache.
 type Options struct {
 	Paths int    // .narinfos in all
