@@ -27,6 +27,12 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 NIXPUSH_SETUP_ONLY=1 ./scripts/test.sh
+if [ ! -x /usr/bin/time ]; then
+	# GNU time measures the gc benchmarks' peak RSS (bench/retention_test.go).
+	echo "installing time (GNU time)"
+	apt-get update -qq
+	DEBIAN_FRONTEND=noninteractive apt-get install -y -qq time >/dev/null
+fi
 export NIXPUSH_MINIO=${NIXPUSH_MINIO:-$(command -v minio || echo "${XDG_CACHE_HOME:-$HOME/.cache}/nixpush/bin/minio")}
 # MinIO's data on a tmpfs of at most this size (root mounts it; empty: the
 # disk): a remote S3 shares no disk with the builds, and on a VM's disk
