@@ -284,16 +284,7 @@ func TestCADerivations(t *testing.T) {
 	sec, pub := keys(t, "nixpush-e2e-ca-1")
 	d := startDaemon(t, m.CredentialsEnv(), "--store-uri", m.StoreURI("ca-drv"), "--secret-key-file", sec)
 	s := seed()
-	expr := filepath.Join(t.TempDir(), "ca.nix")
-	text := fmt.Sprintf(`let s = %q;
-  mk = name: script: derivation { inherit name; system = builtins.currentSystem; builder = "/bin/sh";
-    args = [ "-c" ("PATH=/bin:/usr/bin; " + script) ];
-    __contentAddressed = true; outputHashMode = "recursive"; outputHashAlgo = "sha256"; };
-  dep = mk "ca-dep" "echo ${s} > $out";
-in mk "ca-top" "mkdir $out; echo ${s} ${dep} > $out/ref"`, s)
-	if err := os.WriteFile(expr, []byte(text), 0o644); err != nil {
-		t.Fatal(err)
-	}
+	expr := writeCAExpr(t, "", s)
 	ca := []string{"--option", "experimental-features", "nix-command ca-derivations"}
 	out, err := nx.Run(t, "nix-build", append([]string{"--no-out-link", expr, "--option", "post-build-hook", d.Hook}, ca...)...)
 	if err != nil {
@@ -436,4 +427,22 @@ func checkBuildTraces(t *testing.T, c *minio.Client, bucket, pub string) map[str
 		t.Error("no build-trace-v2/<drv>/out.doi in the cache")
 	}
 	return found
+}
+
+// writeCAExpr writes a closure of two content-addressed derivations,
+// PREFIXca-top referring to PREFIXca-dep, salted with s, and returns its
+// file.
+func writeCAExpr(t *testing.T, prefix, s string) string {
+	t.Helper()
+	expr := filepath.Join(t.TempDir(), "ca.nix")
+	text := fmt.Sprintf(`let s = %q;
+  mk = name: script: derivation { inherit name; system = builtins.currentSystem; builder = "/bin/sh";
+    args = [ "-c" ("PATH=/bin:/usr/bin; " + script) ];
+    __contentAddressed = true; outputHashMode = "recursive"; outputHashAlgo = "sha256"; };
+  dep = mk "%sca-dep" "echo ${s} > $out";
+in mk "%sca-top" "mkdir $out; echo ${s} ${dep} > $out/ref"`, s, prefix, prefix)
+	if err := os.WriteFile(expr, []byte(text), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	return expr
 }

@@ -90,16 +90,7 @@ func TestFirstCABuildOnAFreshStore(t *testing.T) {
 			pushWait(t, nx, d, first[0])
 
 			s := seed()
-			expr := filepath.Join(t.TempDir(), "ca.nix")
-			text := fmt.Sprintf(`let s = %q;
-  mk = name: script: derivation { inherit name; system = builtins.currentSystem; builder = "/bin/sh";
-    args = [ "-c" ("PATH=/bin:/usr/bin; " + script) ];
-    __contentAddressed = true; outputHashMode = "recursive"; outputHashAlgo = "sha256"; };
-  dep = mk "fresh-ca-dep" "echo ${s} > $out";
-in mk "fresh-ca-top" "mkdir $out; echo ${s} ${dep} > $out/ref"`, s)
-			if err := os.WriteFile(expr, []byte(text), 0o644); err != nil {
-				t.Fatal(err)
-			}
+			expr := writeCAExpr(t, "fresh-", s)
 			ca := []string{"--option", "experimental-features", "nix-command ca-derivations"}
 			bound := caBuildBound
 			needsLock := !testenv.NixAtLeast(2, 26)
