@@ -255,6 +255,10 @@ func (s *scheduler) drainAll() {
 	}
 }
 
+// resultSweepLive names a push's error that a live sweep may still delete
+// what it relied on: the daemon retries.
+const resultSweepLive = "sweep-live (will retry)"
+
 // result is how a trace line names an error: without times or randomness.
 func result(err error) string {
 	switch {
@@ -269,7 +273,7 @@ func result(err error) string {
 	case errors.Is(err, context.Canceled):
 		return "cancelled"
 	case strings.Contains(err.Error(), "may delete until"):
-		return "sweep-live (will retry)"
+		return resultSweepLive
 	}
 	msg := err.Error()
 	if len(msg) > 90 {

@@ -533,7 +533,16 @@ type daemon struct {
 	jobs   int // under way
 }
 
-const maxAttempts = 60
+// maxAttempts bounds a job's failed attempts, as a harness's guard
+// against livelock (the daemon's queue itself never gives a push up: it
+// retries with a backoff). Attempts that met a live sweep count apart,
+// up to maxLiveAttempts: the daemon waits a sweep out however long it
+// lasts, and a sweep starved of the CPU (settles timed out, nothing else
+// pending) lets the scheduler grant the waiting job's sleeps back to back.
+const (
+	maxAttempts     = 60
+	maxLiveAttempts = 1000
+)
 
 func (h *harness) newDaemon(name string, trust time.Duration) *daemon {
 	d := &daemon{h: h, name: name}
@@ -599,6 +608,7 @@ func (d *daemon) do(j job) {
 		h.fire(j.done)
 	}()
 	kind, roots := j.kind, j.roots
+	live := 0 // attempts that failed only on a live sweep
 	for attempt := 1; ; attempt++ {
 		up, ctx := d.current()
 		ctx = withJob(ctx, id)
@@ -612,11 +622,13 @@ func (d *daemon) do(j job) {
 			errs = up.Recheck(ctx, roots)
 		}
 		var failed, res []string
+		onlyLive := true
 		h.mu.Lock()
 		for i, r := range roots {
 			res = append(res, h.u.name(r)+"="+result(errs[i]))
 			if errs[i] != nil {
 				failed = append(failed, r)
+				onlyLive = onlyLive && result(errs[i]) == resultSweepLive
 			} else if kind != "ensure" {
 				h.ackRoots[r] = id
 			}
@@ -626,7 +638,10 @@ func (d *daemon) do(j job) {
 		if len(failed) == 0 || h.ctx.Err() != nil {
 			return
 		}
-		if attempt >= maxAttempts {
+		if onlyLive {
+			live++
+		}
+		if attempt-live >= maxAttempts || live >= maxLiveAttempts {
 			h.mu.Lock()
 			h.gaveUp = append(h.gaveUp, fmt.Sprintf("%s after %d attempts: %s", id, attempt, strings.Join(res, " ")))
 			h.mu.Unlock()
