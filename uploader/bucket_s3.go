@@ -17,31 +17,14 @@ import (
 // a loopback MinIO from 38 s to 102 s: MinIO spent its CPU on each
 // range's start and on the page each range reads past its end.)
 func (s *S3Store) List(ctx context.Context, prefix string, fn func(Object) error) error {
-	return s.listRange(ctx, prefix, "", "", fn)
-}
-
-// listRange lists the keys under prefix from lo (inclusive; "" from the
-// start) to hi (exclusive; "" to the end). A store that ignores the
-// listing's start-after lists the range all the same, from the start.
-func (s *S3Store) listRange(ctx context.Context, prefix, lo, hi string, fn func(Object) error) error {
-	// The iterator, not ListObjects' channel: a listing stopped early (at
-	// hi, or by fn) leaves that one's goroutine blocked for good on its
-	// last send, holding a page of ObjectInfos (a 100,000-path gc on
-	// MinIO reached 378 MiB).
+	// The iterator, not ListObjects' channel: a listing stopped early (by
+	// fn) leaves that one's goroutine blocked for good on its last send,
+	// holding a page of ObjectInfos (a 100,000-path gc on MinIO reached
+	// 378 MiB).
 	opts := minio.ListObjectsOptions{Prefix: prefix, Recursive: true}
-	if lo != "" {
-		// Just below lo: every key from lo on is above it.
-		opts.StartAfter = lo[:len(lo)-1] + string(lo[len(lo)-1]-1) + "\U0010FFFF"
-	}
 	for obj := range s.client.ListObjectsIter(ctx, s.bucket, opts) {
 		if obj.Err != nil {
 			return s.wrap("list", prefix, obj.Err)
-		}
-		if obj.Key < lo {
-			continue
-		}
-		if hi != "" && obj.Key >= hi {
-			return nil
 		}
 		if err := fn(Object{Key: obj.Key, Size: obj.Size, LastModified: obj.LastModified, ETag: strings.Trim(obj.ETag, `"`)}); err != nil {
 			return err
