@@ -69,81 +69,107 @@ func (q *Queue) init() (err error) {
 		}
 	}()
 	return q.db.Update(func(tx *bbolt.Tx) error {
-		meta, err := tx.CreateBucketIfNotExists(bucketMeta)
+		if err := q.migrate(tx); err != nil {
+			return err
+		}
+		if err := q.createBuckets(tx); err != nil {
+			return err
+		}
+		leased, err := q.load(tx)
 		if err != nil {
 			return err
 		}
-		schema := SchemaVersion
-		if v := meta.Get(keySchema); v != nil {
-			n, err := strconv.Atoi(string(v))
-			if err != nil {
-				return fmt.Errorf("queue: %s: unreadable schema version %q; the file is corrupt, move it away", q.path, v)
-			}
-			if n > SchemaVersion {
-				return fmt.Errorf("queue: %s: written by a newer nixpush (schema %d, this build knows %d); upgrade nixpush or move the file away", q.path, n, SchemaVersion)
-			}
-			schema = n
-		}
-		if schema < 2 && tx.Bucket(bucketDone) != nil {
-			// Version 1's done set named no cache: drop it (see SchemaVersion).
-			if err := tx.DeleteBucket(bucketDone); err != nil {
-				return err
-			}
-		}
-		if err := meta.Put(keySchema, []byte(strconv.Itoa(SchemaVersion))); err != nil {
-			return err
-		}
-		items, err := tx.CreateBucketIfNotExists(bucketItems)
+		return q.requeueLeased(tx, leased)
+	})
+}
+
+// migrate checks the file's schema version and brings it to this build's.
+func (q *Queue) migrate(tx *bbolt.Tx) error {
+	meta, err := tx.CreateBucketIfNotExists(bucketMeta)
+	if err != nil {
+		return err
+	}
+	schema := SchemaVersion
+	if v := meta.Get(keySchema); v != nil {
+		n, err := strconv.Atoi(string(v))
 		if err != nil {
+			return fmt.Errorf("queue: %s: unreadable schema version %q; the file is corrupt, move it away", q.path, v)
+		}
+		if n > SchemaVersion {
+			return fmt.Errorf("queue: %s: written by a newer nixpush (schema %d, this build knows %d); upgrade nixpush or move the file away", q.path, n, SchemaVersion)
+		}
+		schema = n
+	}
+	if schema < 2 && tx.Bucket(bucketDone) != nil {
+		// Version 1's done set named no cache: drop it (see SchemaVersion).
+		if err := tx.DeleteBucket(bucketDone); err != nil {
 			return err
 		}
-		order, err := tx.CreateBucketIfNotExists(bucketOrder)
-		if err != nil {
-			return err
+	}
+	return meta.Put(keySchema, []byte(strconv.Itoa(SchemaVersion)))
+}
+
+// createBuckets creates the buckets a new file lacks, this history's done
+// set among them, and counts that set.
+func (q *Queue) createBuckets(tx *bbolt.Tx) error {
+	if _, err := tx.CreateBucketIfNotExists(bucketItems); err != nil {
+		return err
+	}
+	if _, err := tx.CreateBucketIfNotExists(bucketOrder); err != nil {
+		return err
+	}
+	histories, err := tx.CreateBucketIfNotExists(bucketDone)
+	if err != nil {
+		return err
+	}
+	done, err := histories.CreateBucketIfNotExists(q.historyKey())
+	if err != nil {
+		return err
+	}
+	q.stats.Done = done.Stats().KeyN
+	return nil
+}
+
+// load counts the queued and failed items, fills the failed set and the
+// backoff map, and returns the items a previous process left leased.
+func (q *Queue) load(tx *bbolt.Tx) ([]Item, error) {
+	var leased []Item
+	err := tx.Bucket(bucketItems).ForEach(func(k, v []byte) error {
+		var it Item
+		if err := json.Unmarshal(v, &it); err != nil {
+			return fmt.Errorf("queue: %s: item %q: %v; the file is corrupt, move it away", q.path, k, err)
 		}
-		histories, err := tx.CreateBucketIfNotExists(bucketDone)
-		if err != nil {
-			return err
-		}
-		done, err := histories.CreateBucketIfNotExists(q.historyKey())
-		if err != nil {
-			return err
-		}
-		q.stats.Done = done.Stats().KeyN
-		var requeue []Item
-		err = items.ForEach(func(k, v []byte) error {
-			var it Item
-			if err := json.Unmarshal(v, &it); err != nil {
-				return fmt.Errorf("queue: %s: item %q: %v; the file is corrupt, move it away", q.path, k, err)
-			}
-			switch it.State {
-			case Queued:
-				q.stats.Queued++
-				if !it.NotBefore.IsZero() {
-					q.backoff[it.Path] = it.NotBefore
-				}
-			case Active:
-				requeue = append(requeue, it)
-			case Failed:
-				q.stats.Failed++
-				q.failed[it.Path] = it
-			}
-			return nil
-		})
-		if err != nil {
-			return err
-		}
-		for _, it := range requeue {
-			it.State, it.Recheck = Queued, true
-			it.UpdatedAt = q.opts.Now()
-			if err := putItem(items, it); err != nil {
-				return err
-			}
-			if err := order.Put(seqKey(it.Seq), []byte(it.Path)); err != nil {
-				return err
-			}
+		switch it.State {
+		case Queued:
 			q.stats.Queued++
+			if !it.NotBefore.IsZero() {
+				q.backoff[it.Path] = it.NotBefore
+			}
+		case Active:
+			leased = append(leased, it)
+		case Failed:
+			q.stats.Failed++
+			q.failed[it.Path] = it
 		}
 		return nil
 	})
+	return leased, err
+}
+
+// requeueLeased returns items a previous process left leased to the queue,
+// in their old place, to be checked again.
+func (q *Queue) requeueLeased(tx *bbolt.Tx, leased []Item) error {
+	items, order := tx.Bucket(bucketItems), tx.Bucket(bucketOrder)
+	for _, it := range leased {
+		it.State, it.Recheck = Queued, true
+		it.UpdatedAt = q.opts.Now()
+		if err := putItem(items, it); err != nil {
+			return err
+		}
+		if err := order.Put(seqKey(it.Seq), []byte(it.Path)); err != nil {
+			return err
+		}
+		q.stats.Queued++
+	}
+	return nil
 }
