@@ -189,19 +189,24 @@ func TestBurstOver(t *testing.T) {
 		t.Fatalf("burstOver returned %v after the last hand-off; want BurstQuiet (100ms) or more", ended.Sub(lastAt))
 	}
 
-	// A stream that never pauses: at most maxBurstWait.
+	// A stream that never pauses: at most maxBurstWait. Four writers 10 ms
+	// apart and a quiet time of 500 ms, so that a loaded machine's
+	// scheduling gaps (over 100 ms seen under load 18) read as no pause.
+	d.cfg.BurstQuiet = 500 * time.Millisecond
 	done := make(chan struct{})
 	defer close(done)
-	go func() {
-		for {
-			select {
-			case <-done:
-				return
-			case <-time.After(10 * time.Millisecond):
-				d.lastHandoff.Store(time.Now().UnixNano())
+	for range 4 {
+		go func() {
+			for {
+				select {
+				case <-done:
+					return
+				case <-time.After(10 * time.Millisecond):
+					d.lastHandoff.Store(time.Now().UnixNano())
+				}
 			}
-		}
-	}()
+		}()
+	}
 	d.lastHandoff.Store(time.Now().UnixNano())
 	start = time.Now()
 	if !d.burstOver(ctx) {
