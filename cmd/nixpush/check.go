@@ -3,7 +3,6 @@ package main
 import (
 	"context"
 	"crypto/tls"
-	"crypto/x509"
 	"encoding/json"
 	"flag"
 	"fmt"
@@ -150,12 +149,8 @@ func anonymousRead(ctx context.Context, base, caCert, uri string) checkLine {
 	c := checkLine{Name: "anonymous read " + base + "/nix-cache-info"}
 	tr := http.DefaultTransport.(*http.Transport).Clone()
 	if caCert != "" {
-		if pem, err := os.ReadFile(caCert); err == nil {
-			pool, _ := x509.SystemCertPool()
-			if pool == nil {
-				pool = x509.NewCertPool()
-			}
-			pool.AppendCertsFromPEM(pem)
+		// OpenStore read it already: an error here is not news.
+		if pool, err := uploader.CAPool(caCert); err == nil {
 			tr.TLSClientConfig = &tls.Config{RootCAs: pool, MinVersion: tls.VersionTLS12}
 		}
 	}

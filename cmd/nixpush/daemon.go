@@ -240,16 +240,6 @@ func runDaemon(ctx context.Context, args []string, stdout, stderr io.Writer) int
 	return 0
 }
 
-// stringsFlag is a flag that may be given several times.
-type stringsFlag []string
-
-func (s *stringsFlag) String() string { return strings.Join(*s, ",") }
-
-func (s *stringsFlag) Set(v string) error {
-	*s = append(*s, v)
-	return nil
-}
-
 func newLogger(w io.Writer, level, format string) (zerolog.Logger, error) {
 	lvl, err := zerolog.ParseLevel(level)
 	if err != nil || level == "" {
