@@ -209,6 +209,10 @@ func runWait(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 	if !parseNoArgs(fs, args) {
 		return 2
 	}
+	if *timeout < 0 {
+		fmt.Fprintf(stderr, "nixpush wait: --timeout %s: want a duration such as 30m, or 0 for no limit\n", *timeout)
+		return 2
+	}
 	return waitDrained(ctx, client.New(*socket), *timeout, time.Time{}, stdout, stderr)
 }
 
