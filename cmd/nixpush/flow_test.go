@@ -64,13 +64,13 @@ func mustRun(t *testing.T, code int, args ...string) (stdout string) {
 	return stdout
 }
 
-// TestFileCacheFlow: init prepares a file:// cache, the daemon fills it
+// TestInitPushVerifyRepair: init prepares a file:// cache, the daemon fills it
 // through push --wait, verify finds it whole, gc --dry-run lists what it
 // would delete and deletes nothing, verify finds a deleted NAR, and
 // verify --repair deletes nothing without a daemon and has the daemon
 // push the path again when there is one: real Nix, a real
 // daemon, a real cache directory.
-func TestFileCacheFlow(t *testing.T) {
+func TestInitPushVerifyRepair(t *testing.T) {
 	cleanEnv(t)
 	nx := testenv.Nix(t)
 	t.Setenv("XDG_CACHE_HOME", t.TempDir())

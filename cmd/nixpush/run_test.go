@@ -52,13 +52,7 @@ func TestBadFlags(t *testing.T) {
 		t.Fatal(err)
 	}
 	daemon := []string{"daemon", "--state-dir", dir, "--socket", filepath.Join(dir, "sock"), "--store-uri", uri, "--secret-key-file", sec}
-	for _, tc := range []struct {
-		name string
-		args []string
-		env  []string // KEY=VALUE
-		want string   // the one line on stderr, from its start
-		more bool     // the flag package's error, or an unknown command: the usage follows
-	}{
+	for _, tc := range []refusal{
 		{name: "no command", args: nil, want: "usage: nixpush COMMAND"},
 		{name: "unknown command", args: []string{"frobnicate"}, want: `nixpush: unknown command "frobnicate"`, more: true},
 		{name: "init without store", args: []string{"init"}, want: "nixpush init: --store-uri is required"},
@@ -104,25 +98,38 @@ func TestBadFlags(t *testing.T) {
 		{name: "wait negative", args: []string{"wait", "--timeout", "-1s"}, want: "nixpush wait: --timeout -1s: want a duration"},
 		{name: "wait stray", args: []string{"wait", "now"}, want: `nixpush wait: unexpected argument "now"`},
 	} {
-		t.Run(tc.name, func(t *testing.T) {
-			for _, kv := range tc.env {
-				k, v, _ := strings.Cut(kv, "=")
-				t.Setenv(k, v)
-			}
-			code, stdout, stderr := cli(t, tc.args...)
-			if code != 2 || !strings.HasPrefix(stderr, tc.want) {
-				t.Fatalf("exit %d, stderr %q; want exit 2 and stderr starting %q", code, stderr, tc.want)
-			}
-			if tc.args != nil && !tc.more && strings.Count(stderr, "\n") != 1 {
-				t.Errorf("stderr is not one line: %q", stderr)
-			}
-			if stdout != "" {
-				t.Errorf("stdout %q; want nothing", stdout)
-			}
-			if _, err := os.Stat(cache); !os.IsNotExist(err) {
-				t.Fatalf("%s exists after a refusal (%v): something was written before the flags were checked", cache, err)
-			}
-		})
+		t.Run(tc.name, func(t *testing.T) { tc.check(t, cache) })
+	}
+}
+
+// refusal is a command line nixpush refuses.
+type refusal struct {
+	name string
+	args []string
+	env  []string // KEY=VALUE
+	want string   // the one line on stderr, from its start
+	more bool     // the flag package's error, or an unknown command: the usage follows
+}
+
+// check runs the command line and wants it refused, with cache not
+// created.
+func (tc refusal) check(t *testing.T, cache string) {
+	for _, kv := range tc.env {
+		k, v, _ := strings.Cut(kv, "=")
+		t.Setenv(k, v)
+	}
+	code, stdout, stderr := cli(t, tc.args...)
+	if code != 2 || !strings.HasPrefix(stderr, tc.want) {
+		t.Fatalf("exit %d, stderr %q; want exit 2 and stderr starting %q", code, stderr, tc.want)
+	}
+	if tc.args != nil && !tc.more && strings.Count(stderr, "\n") != 1 {
+		t.Errorf("stderr is not one line: %q", stderr)
+	}
+	if stdout != "" {
+		t.Errorf("stdout %q; want nothing", stdout)
+	}
+	if _, err := os.Stat(cache); !os.IsNotExist(err) {
+		t.Fatalf("%s exists after a refusal (%v): something was written before the flags were checked", cache, err)
 	}
 }
 
