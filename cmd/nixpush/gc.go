@@ -9,6 +9,7 @@ import (
 	"flag"
 	"fmt"
 	"io"
+	"net/url"
 	"os"
 	"regexp"
 	"runtime/debug"
@@ -47,6 +48,13 @@ func (f bucketFlags) open(ctx context.Context, cmd string) (uploader.Bucket, err
 	walkMemoryPolicy()
 	if *f.storeURI == "" {
 		return nil, fmt.Errorf("--store-uri is required (or NIXPUSH_STORE_URI), e.g. nixpush %s --store-uri 's3://nix-cache?endpoint=minio.lan:9000&scheme=http'", cmd)
+	}
+	if u, err := url.Parse(*f.storeURI); err == nil && u.Scheme == "file" && u.Path != "" {
+		// Opening a file:// store makes its directory: a mistyped one
+		// would read as an empty cache.
+		if _, err := os.Stat(u.Path); os.IsNotExist(err) {
+			return nil, fmt.Errorf("--store-uri %s: no such directory; prepare a cache there first: nixpush init --store-uri %s", *f.storeURI, *f.storeURI)
+		}
 	}
 	s, err := uploader.OpenStore(ctx, *f.storeURI, uploader.StoreOptions{CACertFile: *f.caCert})
 	if err != nil {
