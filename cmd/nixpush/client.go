@@ -8,7 +8,6 @@ import (
 	"fmt"
 	"io"
 	"os"
-	"os/exec"
 	"path/filepath"
 	"strings"
 	"time"
@@ -90,12 +89,11 @@ func resolveStorePath(storeDir, arg string) (string, error) {
 // checkValid refuses paths the Nix database does not register as valid, at
 // once rather than when the daemon gets to them.
 func checkValid(ctx context.Context, paths []string) error {
-	cmd := exec.CommandContext(ctx, "nix-store", append([]string{"--check-validity", "--print-invalid", "--"}, paths...)...)
-	out, err := cmd.Output()
+	_, bad, err := (&nix.Client{}).CheckValidity(ctx, paths)
 	if err != nil {
-		return fmt.Errorf("nix-store --check-validity: %v (is Nix installed?)", err)
+		return err
 	}
-	if bad := strings.Fields(string(out)); len(bad) > 0 {
+	if len(bad) > 0 {
 		return fmt.Errorf("%s is not a valid path in the Nix store (not built, or garbage-collected); build it first", strings.Join(bad, ", "))
 	}
 	return nil
@@ -209,6 +207,10 @@ func runWait(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 	fs, socket := clientFlags("wait", stderr)
 	timeout := fs.Duration("timeout", 0, "give up after this long (0: no limit)")
 	if !parseNoArgs(fs, args) {
+		return 2
+	}
+	if *timeout < 0 {
+		fmt.Fprintf(stderr, "nixpush wait: --timeout %s: want a duration such as 30m, or 0 for no limit\n", *timeout)
 		return 2
 	}
 	return waitDrained(ctx, client.New(*socket), *timeout, time.Time{}, stdout, stderr)
