@@ -18,10 +18,11 @@ import (
 	"github.com/rs/zerolog"
 	"golang.org/x/sync/errgroup"
 
-	"github.com/nixpush/nixpush/hook"
+	"github.com/nixpush/nixpush/api"
 	"github.com/nixpush/nixpush/internal/version"
 	"github.com/nixpush/nixpush/nix"
 	"github.com/nixpush/nixpush/queue"
+	"github.com/nixpush/nixpush/spool"
 	"github.com/nixpush/nixpush/uploader"
 )
 
@@ -487,12 +488,12 @@ func (d *Daemon) settle(ctx context.Context, path string, err error) {
 const maxListed = 100
 
 // status is the answer to /v1/status.
-func (d *Daemon) status() hook.Status {
+func (d *Daemon) status() api.Status {
 	qs := d.queue.Stats()
 	us := d.up.Stats()
 	qerr, qsince, _, held := d.qhealth.state()
-	spooled, _ := SpoolFiles(d.cfg.SpoolDir)
-	st := hook.Status{
+	spooled, _ := spool.Files(d.cfg.SpoolDir)
+	st := api.Status{
 		Queued: qs.Queued, Active: qs.Active, Failed: qs.Failed, Done: qs.Done,
 		// Drained only when every path handed over is accounted for: none
 		// queued or in flight, none held in memory for want of a commit,
@@ -500,7 +501,7 @@ func (d *Daemon) status() hook.Status {
 		Drained: qs.Queued == 0 && qs.Active == 0 && len(held) == 0 && len(spooled) == 0,
 		Held:    len(held),
 		Spooled: len(spooled),
-		Uploaded: hook.Uploaded{Paths: us.Paths, NarBytes: us.NarBytes, FileBytes: us.FileBytes, Skipped: us.Skipped, Requests: us.Requests,
+		Uploaded: api.Uploaded{Paths: us.Paths, NarBytes: us.NarBytes, FileBytes: us.FileBytes, Skipped: us.Skipped, Requests: us.Requests,
 			Logs: us.Logs, Filtered: us.Filtered, Realisations: us.Realisations,
 			NarBytesPerSecond: d.rates.rate(), Since: d.started},
 		Store:      fmt.Sprint(d.up.Store()),
@@ -510,7 +511,7 @@ func (d *Daemon) status() hook.Status {
 	}
 	st.GCSettings = d.up.SettingsProblem()
 	if t, ok := d.up.Traffic(); ok {
-		st.Traffic = &hook.Traffic{Throttling: t.Throttling, Throttled: t.Throttled,
+		st.Traffic = &api.Traffic{Throttling: t.Throttling, Throttled: t.Throttled,
 			Concurrency: t.Concurrency, MaxConcurrency: t.MaxConcurrency, InFlight: t.InFlight,
 			UploadRate: t.Rate, UploadRateCap: t.RateCap, Sent: t.Sent, UploadRateSchedule: t.RateSchedule}
 		if !t.RateCapNext.IsZero() {
@@ -536,7 +537,7 @@ func (d *Daemon) status() hook.Status {
 		st.Uploaded.LastPush = &t
 	}
 	for _, f := range qs.Failures {
-		st.Failures = append(st.Failures, hook.Failure{Path: f.Path, Error: f.LastError, Attempts: f.Attempts, Since: f.UpdatedAt, Class: f.Class})
+		st.Failures = append(st.Failures, api.Failure{Path: f.Path, Error: f.LastError, Attempts: f.Attempts, Since: f.UpdatedAt, Class: f.Class})
 	}
 	return st
 }

@@ -14,8 +14,8 @@ import (
 	"strings"
 	"time"
 
-	"github.com/nixpush/nixpush/hook"
-	"github.com/nixpush/nixpush/hook/client"
+	"github.com/nixpush/nixpush/api"
+	"github.com/nixpush/nixpush/api/client"
 	"github.com/nixpush/nixpush/internal/version"
 	"github.com/nixpush/nixpush/nix"
 	"github.com/nixpush/nixpush/uploader"
@@ -43,7 +43,7 @@ func runCheck(ctx context.Context, args []string, stdout, stderr io.Writer) int 
 	fs.Var(&keyFiles, "secret-key-file", "signing key to check (repeatable); its public half is printed")
 	publicKey := fs.String("public-key", "", "the public key consumers trust (name:base64): must be the public half of a --secret-key-file")
 	caCert := fs.String("ca-certificate", "", "PEM file of a private CA that signed the S3 endpoint's certificate")
-	socket := fs.String("socket", envOr("NIXPUSH_SOCKET", hook.DefaultSocket), "daemon socket (env NIXPUSH_SOCKET)")
+	socket := fs.String("socket", envOr("NIXPUSH_SOCKET", api.DefaultSocket), "daemon socket (env NIXPUSH_SOCKET)")
 	storeDir := fs.String("store-dir", envOr("NIX_STORE_DIR", nix.DefaultStoreDir), "the Nix store directory")
 	asJSON := fs.Bool("json", false, "print JSON for machines")
 	if !parseNoArgs(fs, args) {

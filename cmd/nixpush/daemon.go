@@ -22,8 +22,8 @@ import (
 	"github.com/rs/zerolog"
 	"github.com/rs/zerolog/journald"
 
+	"github.com/nixpush/nixpush/api"
 	"github.com/nixpush/nixpush/daemon"
-	"github.com/nixpush/nixpush/hook"
 	"github.com/nixpush/nixpush/nix"
 	"github.com/nixpush/nixpush/uploader"
 )
@@ -38,7 +38,7 @@ func runDaemon(ctx context.Context, args []string, stdout, stderr io.Writer) int
 	storeURI := fs.String("store-uri", os.Getenv("NIXPUSH_STORE_URI"), "binary cache: s3://BUCKET?endpoint=HOST&scheme=http|https&region=R&profile=P or file:///DIR (default file://STATE-DIR/cache) (env NIXPUSH_STORE_URI)")
 	var keyFiles stringsFlag
 	fs.Var(&keyFiles, "secret-key-file", "Nix signing key (name:base64), mode 0600; repeatable: each .narinfo is signed by every key, as during a key rotation (env NIXPUSH_SECRET_KEY_FILE)")
-	socket := fs.String("socket", envOr("NIXPUSH_SOCKET", hook.DefaultSocket), "socket to listen on (env NIXPUSH_SOCKET)")
+	socket := fs.String("socket", envOr("NIXPUSH_SOCKET", api.DefaultSocket), "socket to listen on (env NIXPUSH_SOCKET)")
 	spoolDir := fs.String("spool-dir", os.Getenv("NIXPUSH_SPOOL_DIR"), "spool the hook writes to when the daemon is down (default STATE-DIR/spool) (env NIXPUSH_SPOOL_DIR)")
 	compression := fs.String("compression", "zstd", "NAR compression: zstd, xz or none")
 	jobs := fs.Int("jobs", max(4, 2*runtime.GOMAXPROCS(0)), "paths packed and uploaded at once")

@@ -13,8 +13,8 @@ import (
 
 	"github.com/nix-community/go-nix/pkg/narinfo/signature"
 
-	"github.com/nixpush/nixpush/hook"
-	"github.com/nixpush/nixpush/hook/client"
+	"github.com/nixpush/nixpush/api"
+	"github.com/nixpush/nixpush/api/client"
 	"github.com/nixpush/nixpush/nix"
 	"github.com/nixpush/nixpush/retention"
 	"github.com/nixpush/nixpush/uploader"
@@ -49,7 +49,7 @@ func runVerify(ctx context.Context, args []string, stdout, stderr io.Writer) int
 	fs.Var(&excludes, "exclude", "references whose name (after the hash) matches this regular expression may be missing: the daemon's --exclude (repeatable)")
 	fs.Var(&skipSignedBy, "skip-signed-by", "references the local Nix database holds a signature of by this key name may be missing: the daemon's --skip-signed-by (repeatable)")
 	storeDir := fs.String("store-dir", envOr("NIX_STORE_DIR", nix.DefaultStoreDir), "the Nix store directory")
-	socket := fs.String("socket", envOr("NIXPUSH_SOCKET", hook.DefaultSocket), "daemon socket, for --repair (env NIXPUSH_SOCKET)")
+	socket := fs.String("socket", envOr("NIXPUSH_SOCKET", api.DefaultSocket), "daemon socket, for --repair (env NIXPUSH_SOCKET)")
 	timeout := fs.Duration("timeout", time.Hour, "with --repair, how long to wait for the daemon to push again")
 	asJSON := fs.Bool("json", false, "print JSON for machines")
 	singleGC := fs.Bool("single-gc", false, singleGCHelp+" (with --repair)")
@@ -88,7 +88,7 @@ func runVerify(ctx context.Context, args []string, stdout, stderr io.Writer) int
 		opts.Checked = func(done, total int, bytes int64) {
 			if time.Since(last) > 200*time.Millisecond || done == total {
 				last = time.Now()
-				fmt.Fprintf(stderr, "\rverify: checked %d of %d NARs (%s)\x1b[K", done, total, hook.Bytes(bytes))
+				fmt.Fprintf(stderr, "\rverify: checked %d of %d NARs (%s)\x1b[K", done, total, api.Bytes(bytes))
 			}
 		}
 	}
@@ -137,7 +137,7 @@ func printVerify(w io.Writer, rep *retention.VerifyReport) {
 	}
 	checked := ""
 	if rep.NARs > 0 {
-		checked = fmt.Sprintf("; %d NARs downloaded and hashed (%s)", rep.NARs, hook.Bytes(rep.Bytes))
+		checked = fmt.Sprintf("; %d NARs downloaded and hashed (%s)", rep.NARs, api.Bytes(rep.Bytes))
 	}
 	if rep.Whole() {
 		fmt.Fprintf(w, "%s is whole: %d paths%s\n", rep.Store, rep.Paths, checked)
@@ -197,7 +197,7 @@ func repairCache(ctx context.Context, b uploader.Bucket, rep *retention.VerifyRe
 	if len(valid) > 0 {
 		say("repair: pushing %d paths again through the daemon (%s)\n", len(valid), socket)
 		// Recheck: the daemon may believe the cache holds them still.
-		if _, err := c.Enqueue(ctx, hook.EnqueueRequest{Paths: valid, Recheck: true}); err != nil {
+		if _, err := c.Enqueue(ctx, api.EnqueueRequest{Paths: valid, Recheck: true}); err != nil {
 			return invalid, nil, explain(err)
 		}
 		if err := waitQuiet(ctx, c, timeout); err != nil {
