@@ -24,6 +24,7 @@ import (
 
 	"github.com/minio/minio-go/v7"
 
+	"github.com/nixpush/nixpush/api"
 	"github.com/nixpush/nixpush/hook"
 	"github.com/nixpush/nixpush/internal/testenv"
 )
@@ -166,13 +167,13 @@ func pushAndWait(b *testing.B, d *testenv.Daemon, paths ...string) time.Duration
 	return time.Since(start)
 }
 
-func status(b *testing.B, d *testenv.Daemon) hook.Status {
+func status(b *testing.B, d *testenv.Daemon) api.Status {
 	b.Helper()
 	out, err := d.CLI("status", "--json")
 	if err != nil {
 		b.Fatalf("nixpush status: %v\n%s", err, out)
 	}
-	var st hook.Status
+	var st api.Status
 	if err := json.Unmarshal([]byte(out), &st); err != nil {
 		b.Fatalf("status --json: %v\n%s", err, out)
 	}
@@ -438,7 +439,7 @@ func BenchmarkHandoff(b *testing.B) {
 	var took []time.Duration
 	for _, p := range paths {
 		start := time.Now()
-		if err := hook.Handoff(d.Socket, hook.EnqueueRequest{Paths: []string{p}}, 5*time.Second); err != nil {
+		if err := hook.Handoff(d.Socket, api.EnqueueRequest{Paths: []string{p}}, 5*time.Second); err != nil {
 			b.Fatal(err)
 		}
 		took = append(took, time.Since(start))

@@ -17,9 +17,9 @@ import (
 	"github.com/minio/minio-go/v7"
 	"github.com/nix-community/go-nix/pkg/narinfo"
 
-	npdaemon "github.com/nixpush/nixpush/daemon"
-	"github.com/nixpush/nixpush/hook/client"
+	"github.com/nixpush/nixpush/api/client"
 	"github.com/nixpush/nixpush/internal/testenv"
+	"github.com/nixpush/nixpush/spool"
 )
 
 // checkBucket lists the bucket and returns every way it is not a valid
@@ -252,13 +252,13 @@ func TestDaemonDownDuringBuilds(t *testing.T) {
 	start := time.Now()
 	out := nx.Build(t, testenv.Chain(seed(), 20), "--option", "post-build-hook", d.Hook)
 	t.Logf("20 builds with the daemon down took %s", time.Since(start).Round(time.Millisecond))
-	spooled, _ := npdaemon.SpoolFiles(d.SpoolDir)
+	spooled, _ := spool.Files(d.SpoolDir)
 	if len(spooled) != 20 {
 		t.Fatalf("%d spool files; want 20 (one per build)", len(spooled))
 	}
 	d.Start()
 	d.MustWait(3 * time.Minute)
-	if left, _ := npdaemon.SpoolFiles(d.SpoolDir); len(left) != 0 {
+	if left, _ := spool.Files(d.SpoolDir); len(left) != 0 {
 		t.Fatalf("spool not emptied: %v", left)
 	}
 	checkFetched(t, nx, "file://"+filepath.Join(d.StateDir, "cache"), pub, out...)
@@ -301,7 +301,7 @@ func TestSixteenHooksAtOnce(t *testing.T) {
 			t.Error(err)
 		}
 	}
-	if spooled, _ := npdaemon.SpoolFiles(d.SpoolDir); len(spooled) != 0 {
+	if spooled, _ := spool.Files(d.SpoolDir); len(spooled) != 0 {
 		t.Fatalf("%d hooks spooled instead of being acknowledged", len(spooled))
 	}
 	d.MustWait(3 * time.Minute)
@@ -356,7 +356,7 @@ func TestThirtyTwoHooksAtOnceOverlapping(t *testing.T) {
 			t.Error(err)
 		}
 	}
-	if spooled, _ := npdaemon.SpoolFiles(d.SpoolDir); len(spooled) != 0 {
+	if spooled, _ := spool.Files(d.SpoolDir); len(spooled) != 0 {
 		t.Fatalf("%d hooks spooled instead of being acknowledged", len(spooled))
 	}
 	d.MustWait(3 * time.Minute)
@@ -405,10 +405,10 @@ func TestSocketActivation(t *testing.T) {
 	nx := testenv.Nix(t)
 	sec, pub := keys(t, "nixpush-e2e-activation-1")
 	dir := t.TempDir()
-	sock, state, spool := filepath.Join(dir, "nixpush.sock"), filepath.Join(dir, "state"), filepath.Join(dir, "spool")
+	sock, state, spoolDir := filepath.Join(dir, "nixpush.sock"), filepath.Join(dir, "state"), filepath.Join(dir, "spool")
 	var log bytes.Buffer
 	cmd := testenv.Command(t, activate, "-l", sock, nixpushBin(), "daemon", "--socket", sock, "--state-dir", state,
-		"--spool-dir", spool, "--secret-key-file", sec, "--log-format", "json")
+		"--spool-dir", spoolDir, "--secret-key-file", sec, "--log-format", "json")
 	cmd.Stdout, cmd.Stderr = &log, &log
 	if err := cmd.Start(); err != nil {
 		t.Fatal(err)
@@ -419,12 +419,12 @@ func TestSocketActivation(t *testing.T) {
 		return err == nil
 	})
 	out := nx.Build(t, testenv.Chain(seed(), 3))
-	h := testenv.Command(t, filepath.Join(binDir, "nixpush-hook"), "--socket", sock, "--spool-dir", spool)
+	h := testenv.Command(t, filepath.Join(binDir, "nixpush-hook"), "--socket", sock, "--spool-dir", spoolDir)
 	h.Env = append(os.Environ(), "OUT_PATHS="+out[0])
 	if o, err := h.CombinedOutput(); err != nil || len(o) > 0 {
 		t.Fatalf("hook: %v %s", err, o)
 	}
-	if files, _ := npdaemon.SpoolFiles(spool); len(files) != 0 {
+	if files, _ := spool.Files(spoolDir); len(files) != 0 {
 		t.Fatalf("hook spooled instead of waiting for the activated daemon: %v", files)
 	}
 	if !strings.Contains(log.String(), "using the socket systemd passed in") {

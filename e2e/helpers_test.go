@@ -10,7 +10,7 @@ import (
 	"testing"
 	"time"
 
-	"github.com/nixpush/nixpush/hook"
+	"github.com/nixpush/nixpush/api"
 	"github.com/nixpush/nixpush/internal/testenv"
 )
 
@@ -53,20 +53,20 @@ func ctxT(t *testing.T, d time.Duration) context.Context {
 func lines(s string) []string { return strings.Fields(strings.TrimSpace(s)) }
 
 // statusJSON is nixpush status --json, parsed.
-func statusJSON(t *testing.T, d *daemon) (hook.Status, error) {
+func statusJSON(t *testing.T, d *daemon) (api.Status, error) {
 	out, err := d.CLI("status", "--json")
 	if err != nil {
-		return hook.Status{}, fmt.Errorf("status --json: %v: %s", err, out)
+		return api.Status{}, fmt.Errorf("status --json: %v: %s", err, out)
 	}
-	var st hook.Status
+	var st api.Status
 	if err := json.Unmarshal([]byte(out), &st); err != nil {
-		return hook.Status{}, fmt.Errorf("status --json: %v: %s", err, out)
+		return api.Status{}, fmt.Errorf("status --json: %v: %s", err, out)
 	}
 	return st, nil
 }
 
 // fullStatus is nixpush status --json, parsed; the test fails if it fails.
-func fullStatus(t *testing.T, d *daemon) hook.Status {
+func fullStatus(t *testing.T, d *daemon) api.Status {
 	t.Helper()
 	st, err := statusJSON(t, d)
 	if err != nil {

@@ -13,8 +13,8 @@ import (
 	"testing"
 	"time"
 
-	"github.com/nixpush/nixpush/hook"
-	"github.com/nixpush/nixpush/hook/client"
+	"github.com/nixpush/nixpush/api"
+	"github.com/nixpush/nixpush/api/client"
 	"github.com/nixpush/nixpush/internal/testenv"
 )
 
@@ -22,7 +22,7 @@ import (
 // store_traffic answer.
 type trafficLog struct {
 	mu      sync.Mutex
-	samples []hook.Traffic
+	samples []api.Traffic
 	stop    chan struct{}
 	done    chan struct{}
 }
@@ -48,7 +48,7 @@ func watchTraffic(d *daemon, every time.Duration) *trafficLog {
 	return l
 }
 
-func (l *trafficLog) end() []hook.Traffic {
+func (l *trafficLog) end() []api.Traffic {
 	close(l.stop)
 	<-l.done
 	return l.samples
@@ -175,7 +175,7 @@ func TestUploadRateCap(t *testing.T) {
 	var samples []sample
 	stop := make(chan struct{})
 	sampled := make(chan struct{})
-	var mid *hook.Status
+	var mid *api.Status
 	var loads []string
 	base := p.Sent()
 	go func() {

@@ -13,8 +13,8 @@ import (
 	"strings"
 	"time"
 
-	"github.com/nixpush/nixpush/hook"
-	"github.com/nixpush/nixpush/hook/client"
+	"github.com/nixpush/nixpush/api"
+	"github.com/nixpush/nixpush/api/client"
 	"github.com/nixpush/nixpush/internal/version"
 	"github.com/nixpush/nixpush/nix"
 	"github.com/nixpush/nixpush/uploader"
@@ -49,7 +49,7 @@ func parseCheckFlags(args []string, stderr io.Writer) (*checkFlags, bool) {
 	fs.Var(&f.keyFiles, "secret-key-file", "signing key to check (repeatable); its public half is printed")
 	fs.StringVar(&f.publicKey, "public-key", "", "the public key consumers trust (name:base64): must be the public half of a --secret-key-file")
 	fs.StringVar(&f.caCert, "ca-certificate", "", "PEM file of a private CA that signed the S3 endpoint's certificate")
-	fs.StringVar(&f.socket, "socket", envOr("NIXPUSH_SOCKET", hook.DefaultSocket), "daemon socket (env NIXPUSH_SOCKET)")
+	fs.StringVar(&f.socket, "socket", envOr("NIXPUSH_SOCKET", api.DefaultSocket), "daemon socket (env NIXPUSH_SOCKET)")
 	fs.StringVar(&f.storeDir, "store-dir", envOr("NIX_STORE_DIR", nix.DefaultStoreDir), "the Nix store directory")
 	fs.BoolVar(&f.asJSON, "json", false, "print JSON for machines")
 	if !parseNoArgs(fs, args) {

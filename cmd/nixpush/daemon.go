@@ -21,8 +21,8 @@ import (
 	"github.com/rs/zerolog"
 	"github.com/rs/zerolog/journald"
 
+	"github.com/nixpush/nixpush/api"
 	"github.com/nixpush/nixpush/daemon"
-	"github.com/nixpush/nixpush/hook"
 	"github.com/nixpush/nixpush/nix"
 	"github.com/nixpush/nixpush/uploader"
 )
@@ -49,7 +49,7 @@ func parseDaemonFlags(args []string, stderr io.Writer) (*daemonFlags, bool) {
 	fs.StringVar(&f.stateDir, "state-dir", envOr("STATE_DIRECTORY", "/var/lib/nixpush"), "queue and default cache directory")
 	fs.StringVar(&f.storeURI, "store-uri", os.Getenv("NIXPUSH_STORE_URI"), "binary cache: s3://BUCKET?endpoint=HOST&scheme=http|https&region=R&profile=P or file:///DIR (default file://STATE-DIR/cache) (env NIXPUSH_STORE_URI)")
 	fs.Var(&f.keyFiles, "secret-key-file", "Nix signing key (name:base64), mode 0600; repeatable: each .narinfo is signed by every key, as during a key rotation (env NIXPUSH_SECRET_KEY_FILE)")
-	fs.StringVar(&f.socket, "socket", envOr("NIXPUSH_SOCKET", hook.DefaultSocket), "socket to listen on (env NIXPUSH_SOCKET)")
+	fs.StringVar(&f.socket, "socket", envOr("NIXPUSH_SOCKET", api.DefaultSocket), "socket to listen on (env NIXPUSH_SOCKET)")
 	fs.StringVar(&f.spoolDir, "spool-dir", os.Getenv("NIXPUSH_SPOOL_DIR"), "spool the hook writes to when the daemon is down (default STATE-DIR/spool) (env NIXPUSH_SPOOL_DIR)")
 	fs.StringVar(&f.compression, "compression", "zstd", "NAR compression: zstd, xz or none")
 	fs.IntVar(&f.jobs, "jobs", max(4, 2*runtime.GOMAXPROCS(0)), "paths packed and uploaded at once")

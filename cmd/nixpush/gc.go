@@ -20,7 +20,7 @@ import (
 
 	"github.com/mattn/go-isatty"
 
-	"github.com/nixpush/nixpush/hook"
+	"github.com/nixpush/nixpush/api"
 	"github.com/nixpush/nixpush/nix"
 	"github.com/nixpush/nixpush/retention"
 	"github.com/nixpush/nixpush/uploader"
@@ -294,9 +294,9 @@ func printGC(stdout io.Writer, rep *retention.GCReport, olderThan, grace time.Du
 		fmt.Fprintf(stdout, "%s %s\n", verb, p)
 	}
 	fmt.Fprintf(stdout, "kept:     %d paths (closures of %d pins, %d roots pushed within %s, %d .narinfos written within %s), %d NARs, %s\n",
-		rep.Kept.Paths, rep.Kept.Pinned, rep.Kept.Rooted, ageFlag{&olderThan}, rep.Kept.InGrace, ageFlag{&grace}, rep.Kept.NARs, hook.Bytes(rep.Kept.Bytes))
+		rep.Kept.Paths, rep.Kept.Pinned, rep.Kept.Rooted, ageFlag{&olderThan}, rep.Kept.InGrace, ageFlag{&grace}, rep.Kept.NARs, api.Bytes(rep.Kept.Bytes))
 	fmt.Fprintf(stdout, "%s: %d paths, %d NARs, %s, %d NAR listings, %d build logs, %d realisations, %d root records, %d pending uploads (%d kept to resume)\n", verb,
-		len(rep.Deleted.Paths), rep.Deleted.NARs, hook.Bytes(rep.Deleted.Bytes), rep.Deleted.Listings, rep.Deleted.Logs, rep.Deleted.Realisations,
+		len(rep.Deleted.Paths), rep.Deleted.NARs, api.Bytes(rep.Deleted.Bytes), rep.Deleted.Listings, rep.Deleted.Logs, rep.Deleted.Realisations,
 		rep.Deleted.RootRecords, rep.Deleted.Uploads, rep.Kept.Uploads)
 	fmt.Fprintf(stdout, "walked:   %d objects, %d .narinfos read, %d remembered; %d requests; %s\n", rep.Walk.Objects, rep.Walk.Read, rep.Walk.CacheHits, rep.Requests,
 		time.Since(start).Round(100*time.Millisecond))

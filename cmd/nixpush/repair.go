@@ -7,8 +7,8 @@ import (
 	"strings"
 	"time"
 
-	"github.com/nixpush/nixpush/hook"
-	"github.com/nixpush/nixpush/hook/client"
+	"github.com/nixpush/nixpush/api"
+	"github.com/nixpush/nixpush/api/client"
 	"github.com/nixpush/nixpush/nix"
 	"github.com/nixpush/nixpush/retention"
 	"github.com/nixpush/nixpush/uploader"
@@ -55,7 +55,7 @@ func (d *daemonPusher) Ready(ctx context.Context) error {
 
 func (d *daemonPusher) Push(ctx context.Context, paths []string) error {
 	// Recheck: the daemon may believe the cache holds them still.
-	if _, err := d.c.Enqueue(ctx, hook.EnqueueRequest{Paths: paths, Recheck: true}); err != nil {
+	if _, err := d.c.Enqueue(ctx, api.EnqueueRequest{Paths: paths, Recheck: true}); err != nil {
 		return explain(err)
 	}
 	return waitQuiet(ctx, d.c, d.timeout)

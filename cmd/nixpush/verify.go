@@ -12,7 +12,7 @@ import (
 
 	"github.com/nix-community/go-nix/pkg/narinfo/signature"
 
-	"github.com/nixpush/nixpush/hook"
+	"github.com/nixpush/nixpush/api"
 	"github.com/nixpush/nixpush/nix"
 	"github.com/nixpush/nixpush/retention"
 	"github.com/nixpush/nixpush/uploader"
@@ -56,7 +56,7 @@ func parseVerifyFlags(args []string, stderr io.Writer) (*verifyFlags, bool) {
 	fs.Var(&f.excludes, "exclude", "references whose name (after the hash) matches this regular expression may be missing: the daemon's --exclude (repeatable)")
 	fs.Var(&f.skipSigned, "skip-signed-by", "references the local Nix database holds a signature of by this key name may be missing: the daemon's --skip-signed-by (repeatable)")
 	fs.StringVar(&f.storeDir, "store-dir", envOr("NIX_STORE_DIR", nix.DefaultStoreDir), "the Nix store directory")
-	fs.StringVar(&f.socket, "socket", envOr("NIXPUSH_SOCKET", hook.DefaultSocket), "daemon socket, for --repair (env NIXPUSH_SOCKET)")
+	fs.StringVar(&f.socket, "socket", envOr("NIXPUSH_SOCKET", api.DefaultSocket), "daemon socket, for --repair (env NIXPUSH_SOCKET)")
 	fs.DurationVar(&f.timeout, "timeout", time.Hour, "with --repair, how long to wait for the daemon to push again")
 	fs.BoolVar(&f.asJSON, "json", false, "print JSON for machines")
 	fs.BoolVar(&f.singleGC, "single-gc", false, singleGCHelp+" (with --repair)")
@@ -157,7 +157,7 @@ func checkedProgress(stderr io.Writer) func(done, total int, bytes int64) {
 	return func(done, total int, bytes int64) {
 		if time.Since(last) > 200*time.Millisecond || done == total {
 			last = time.Now()
-			fmt.Fprintf(stderr, "\rverify: checked %d of %d NARs (%s)\x1b[K", done, total, hook.Bytes(bytes))
+			fmt.Fprintf(stderr, "\rverify: checked %d of %d NARs (%s)\x1b[K", done, total, api.Bytes(bytes))
 		}
 	}
 }
@@ -168,7 +168,7 @@ func printVerify(w io.Writer, rep *retention.VerifyReport) {
 	}
 	checked := ""
 	if rep.NARs > 0 {
-		checked = fmt.Sprintf("; %d NARs downloaded and hashed (%s)", rep.NARs, hook.Bytes(rep.Bytes))
+		checked = fmt.Sprintf("; %d NARs downloaded and hashed (%s)", rep.NARs, api.Bytes(rep.Bytes))
 	}
 	if rep.Whole() {
 		fmt.Fprintf(w, "%s is whole: %d paths%s\n", rep.Store, rep.Paths, checked)
