@@ -1,9 +1,6 @@
 package e2e
 
 import (
-	"crypto/rand"
-	"encoding/hex"
-	"encoding/json"
 	"os"
 	"path/filepath"
 	"strings"
@@ -12,62 +9,6 @@ import (
 
 	"github.com/nixpush/nixpush/internal/testenv"
 )
-
-func seed() string {
-	var b [6]byte
-	rand.Read(b[:])
-	return hex.EncodeToString(b[:])
-}
-
-// closureOf lists the closure of paths in the machine's store.
-func closureOf(t *testing.T, nx *testenv.NixEnv, paths ...string) []string {
-	t.Helper()
-	out, err := nx.Run(t, "nix-store", append([]string{"--query", "--requisites"}, paths...)...)
-	if err != nil {
-		t.Fatal(err)
-	}
-	return lines(out)
-}
-
-// checkFetched asserts that real Nix, trusting pub, fetches the whole
-// closure of paths from the cache into a fresh store, byte-exactly.
-func checkFetched(t *testing.T, nx *testenv.NixEnv, from, pub string, paths ...string) {
-	t.Helper()
-	root, err := nx.CopyFrom(t, from, pub, paths...)
-	if err != nil {
-		t.Fatalf("nix copy --from %s: %v", from, err)
-	}
-	n := checkTrees(t, nx, root, paths...)
-	t.Logf("nix copy --from %s fetched all %d paths of the closure", from, n)
-}
-
-// checkTrees asserts that every path of the closure of paths is under the
-// store root as in the machine's store, byte for byte; it returns how many
-// paths the closure has.
-func checkTrees(t *testing.T, nx *testenv.NixEnv, root string, paths ...string) int {
-	t.Helper()
-	closure := closureOf(t, nx, paths...)
-	for _, p := range closure {
-		testenv.TreeEqual(t, p, filepath.Join(root, p))
-	}
-	return len(closure)
-}
-
-// checkRefused asserts that Nix refuses the cache's paths when it trusts
-// only pub.
-func checkRefused(t *testing.T, nx *testenv.NixEnv, from, pub string, paths ...string) {
-	t.Helper()
-	_, err := nx.CopyFrom(t, from, pub, paths...)
-	if err == nil {
-		t.Fatalf("nix copy --from %s trusting only %s succeeded; want a signature failure", from, pub)
-	}
-	// Nix 2.8 says "… lacks a valid signature"; Nix 2.34 (and 2.26) say
-	// "… lacks a signature by a trusted key".
-	if msg := err.Error(); !strings.Contains(msg, "lacks a valid signature") && !strings.Contains(msg, "lacks a signature by a trusted key") {
-		t.Fatalf("nix copy failed, but not for the signature (%s): %v", testenv.NixVersion(), err)
-	}
-	t.Logf("as expected, Nix refused the paths: they lack a signature by %s", pub)
-}
 
 // TestHookToMinIO is the backbone: Nix builds a chain of 30 derivations with
 // nixpush-hook; the daemon pushes to a real MinIO; a fresh store substitutes
@@ -168,27 +109,6 @@ func TestPushCommand(t *testing.T) {
 			t.Errorf("nixpush push %s: want a one-line error, got %q", bad, o)
 		}
 	}
-}
-
-func status(t *testing.T, d *daemon) map[string]int {
-	t.Helper()
-	out, err := d.CLI("status", "--json")
-	if err != nil {
-		t.Fatalf("status: %v\n%s", err, out)
-	}
-	var raw map[string]any
-	if err := json.Unmarshal([]byte(out), &raw); err != nil {
-		t.Fatalf("status --json: %v\n%s", err, out)
-	}
-	st := map[string]int{}
-	for _, k := range []string{"queued", "active", "failed", "done"} {
-		f, ok := raw[k].(float64)
-		if !ok || f != float64(int(f)) {
-			t.Fatalf("status --json: %q is not an integer: %v", k, raw[k])
-		}
-		st[k] = int(f)
-	}
-	return st
 }
 
 // TestS3ProfileCredentials reads S3 credentials from a named profile of the

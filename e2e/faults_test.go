@@ -14,96 +14,10 @@ import (
 	"testing"
 	"time"
 
-	"github.com/minio/minio-go/v7"
-	"github.com/nix-community/go-nix/pkg/narinfo"
-
 	npdaemon "github.com/nixpush/nixpush/daemon"
 	"github.com/nixpush/nixpush/hook/client"
 	"github.com/nixpush/nixpush/internal/testenv"
 )
-
-// checkBucket lists the bucket and returns every way it is not a valid
-// cache: a .narinfo whose NAR is missing, or whose reference has no
-// .narinfo. It also returns how many .narinfo files it saw.
-func checkBucket(t *testing.T, m *testenv.MinIOServer, bucket string) (problems []string, narinfos int) {
-	t.Helper()
-	ctx := context.Background()
-	c := m.Client(t)
-	objects := map[string]bool{}
-	for obj := range c.ListObjects(ctx, bucket, minio.ListObjectsOptions{Recursive: true}) {
-		if obj.Err != nil {
-			t.Fatalf("list %s: %v", bucket, obj.Err)
-		}
-		objects[obj.Key] = true
-	}
-	for key := range objects {
-		if !strings.HasSuffix(key, ".narinfo") {
-			continue
-		}
-		narinfos++
-		o, err := c.GetObject(ctx, bucket, key, minio.GetObjectOptions{})
-		if err != nil {
-			t.Fatal(err)
-		}
-		ni, err := narinfo.Parse(o)
-		o.Close()
-		if err != nil {
-			problems = append(problems, fmt.Sprintf("%s: unparsable: %v", key, err))
-			continue
-		}
-		if !objects[ni.URL] {
-			problems = append(problems, fmt.Sprintf("%s: NAR %s missing", key, ni.URL))
-		}
-		for _, r := range ni.References {
-			if !objects[r[:32]+".narinfo"] {
-				problems = append(problems, fmt.Sprintf("%s: reference %s has no .narinfo", key, r))
-			}
-		}
-	}
-	return problems, narinfos
-}
-
-// waitFor polls cond until it holds, failing the test with what after
-// timeout: a regression fails with a message instead of hanging.
-func waitFor(t *testing.T, timeout time.Duration, what string, cond func() bool) {
-	t.Helper()
-	deadline := time.Now().Add(timeout)
-	for !cond() {
-		if time.Now().After(deadline) {
-			t.Fatalf("%s: not after %s", what, timeout)
-		}
-		time.Sleep(10 * time.Millisecond)
-	}
-}
-
-// countNarinfos lists the bucket and counts its .narinfo files.
-func countNarinfos(t *testing.T, m *testenv.MinIOServer, bucket string) int {
-	t.Helper()
-	n := 0
-	for obj := range m.Client(t).ListObjects(context.Background(), bucket, minio.ListObjectsOptions{}) {
-		if obj.Err != nil {
-			t.Fatalf("list %s: %v", bucket, obj.Err)
-		}
-		if strings.HasSuffix(obj.Key, ".narinfo") {
-			n++
-		}
-	}
-	return n
-}
-
-// mustBeValid fails the test if the bucket holds a .narinfo whose NAR or
-// references are missing, and returns how many .narinfo files it holds.
-func mustBeValid(t *testing.T, m *testenv.MinIOServer, bucket, when string) int {
-	t.Helper()
-	problems, n := checkBucket(t, m, bucket)
-	for _, p := range problems {
-		t.Errorf("%s: %s", when, p)
-	}
-	if len(problems) > 0 {
-		t.FailNow()
-	}
-	return n
-}
 
 // throttledPush is where every upload fault test starts: a closure of
 // DAG paths being pushed to a fresh bucket through a proxy that lets
@@ -142,13 +56,13 @@ func startThrottledPush(t *testing.T, bucket string, paths, jobs int) *throttled
 // uploaded at least paths paths since it started.
 func (f *throttledPush) uploading(t *testing.T, what string, paths int64) {
 	t.Helper()
-	waitFor(t, 2*time.Minute, what+": a NAR upload in flight", func() bool {
+	eventually(t, 2*time.Minute, func() bool {
 		if f.p.UploadsInFlight(8<<10) == 0 {
 			return false
 		}
 		st, err := client.New(f.d.Socket).Status(context.Background())
 		return err == nil && st.Uploaded.Paths >= paths
-	})
+	}, "%s", what+": a NAR upload in flight")
 }
 
 // midway checks the bucket after a fault: valid, and not yet holding the
@@ -210,9 +124,9 @@ func TestMinIOCrashMidUpload(t *testing.T) {
 	// The outage outlasts the S3 client's own retries (about ten, a second
 	// apart at most), so the daemon's retries with backoff are what carry
 	// the paths through it.
-	waitFor(t, 2*time.Minute, "the daemon retrying after a failed push", func() bool {
+	eventually(t, 2*time.Minute, func() bool {
 		return strings.Contains(f.d.Log.String(), "push failed, will retry")
-	})
+	}, "the daemon retrying after a failed push")
 	time.Sleep(5 * time.Second) // more of the outage, retries and backoff meanwhile
 	if st, err := statusJSON(t, f.d); err != nil || st.Failed != 0 || st.Drained {
 		t.Fatalf("during the outage: %+v, %v; want nothing failed and not drained", st, err)
@@ -232,9 +146,9 @@ func TestConnectionsCutMidUpload(t *testing.T) {
 	// fall at different stages of the push.
 	last := -1
 	for cut := 1; cut <= 5; cut++ {
-		waitFor(t, 2*time.Minute, fmt.Sprintf("cut %d: a NAR upload in flight after progress", cut), func() bool {
+		eventually(t, 2*time.Minute, func() bool {
 			return f.p.UploadsInFlight(8<<10) > 0 && countNarinfos(t, f.m, f.bucket) > last
-		})
+		}, "cut %d: a NAR upload in flight after progress", cut)
 		f.p.Cut()
 		last = f.midway(t, fmt.Sprintf("after cut %d", cut))
 	}
@@ -414,10 +328,10 @@ func TestSocketActivation(t *testing.T) {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { cmd.Process.Signal(syscall.SIGTERM); cmd.Wait() })
-	waitFor(t, 30*time.Second, "systemd-socket-activate makes the socket", func() bool {
+	eventually(t, 30*time.Second, func() bool {
 		_, err := os.Stat(sock)
 		return err == nil
-	})
+	}, "systemd-socket-activate makes the socket")
 	out := nx.Build(t, testenv.Chain(seed(), 3))
 	h := testenv.Command(t, filepath.Join(binDir, "nixpush-hook"), "--socket", sock, "--spool-dir", spool)
 	h.Env = append(os.Environ(), "OUT_PATHS="+out[0])
@@ -459,7 +373,7 @@ func TestTwoBuildersSamePaths(t *testing.T) {
 		}()
 	}
 	wg.Wait()
-	if problems, n := checkBucket(t, m, "shared"); len(problems) > 0 || n != 41 {
+	if problems, n := bucketProblems(t, m.Client(t), "shared", false); len(problems) > 0 || n != 41 {
 		t.Fatalf("bucket: %d narinfos, problems %v", n, problems)
 	}
 	checkFetched(t, nx, m.HTTPURL("shared"), pub, out...)

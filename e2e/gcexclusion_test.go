@@ -156,14 +156,11 @@ func TestPinDuringSweepSurvives(t *testing.T) {
 		}
 		go func() { pinErr = cmd.Wait(); close(pinDone) }()
 		// Let gc go on once the pin is in the bucket.
-		for deadline := time.Now().Add(time.Minute); ; time.Sleep(10 * time.Millisecond) {
-			if _, err := c.StatObject(ctx, "pinsweep", "nixpush/pins/late", minio.StatObjectOptions{}); err == nil {
-				return
-			}
-			if time.Now().After(deadline) {
-				t.Error("nixpush pin wrote no pin within a minute")
-				return
-			}
+		if !poll(time.Minute, func() bool {
+			_, err := c.StatObject(ctx, "pinsweep", "nixpush/pins/late", minio.StatObjectOptions{})
+			return err == nil
+		}) {
+			t.Error("nixpush pin wrote no pin within a minute")
 		}
 	}}
 	rep, err := retention.GC(ctx, b, retention.GCOptions{OlderThan: time.Hour, Grace: time.Second, Window: 2 * time.Minute, Host: "e2e"})

@@ -2,7 +2,6 @@ package e2e
 
 import (
 	"fmt"
-	"os"
 	"strings"
 	"sync"
 	"testing"
@@ -39,16 +38,6 @@ func twoDaemons(t *testing.T, bucket string) (*testenv.MinIOServer, *testenv.Nix
 		daemons = append(daemons, startDaemon(t, m.CredentialsEnv(), "--store-uri", m.StoreURI(bucket), "--secret-key-file", sec))
 	}
 	return m, testenv.Nix(t), pub, daemons
-}
-
-// handOver runs nixpush-hook as Nix runs it after building out.
-func handOver(d *daemon, out string) error {
-	h := d.Command(d.HookBin())
-	h.Env = append(os.Environ(), append(d.HookEnv(), "OUT_PATHS="+out, "DRV_PATH=")...)
-	if o, err := h.CombinedOutput(); err != nil {
-		return fmt.Errorf("nixpush-hook: %v\n%s", err, o)
-	}
-	return nil
 }
 
 // TestGCRacingPushes runs gc round after round (a root counts for 2 s,

@@ -65,7 +65,7 @@ func (r *resumeRig) killAt(t *testing.T, share float64) int64 {
 		t.Fatalf("push: %v\n%s", err, o)
 	}
 	at := int64(share * float64(r.size))
-	waitFor(t, 10*time.Minute, fmt.Sprintf("%d MiB through the proxy", at>>20), func() bool { return r.p.Sent() >= at })
+	eventually(t, 10*time.Minute, func() bool { return r.p.Sent() >= at }, "%d MiB through the proxy", at>>20)
 	r.d.Kill()
 	sent := r.p.Sent()
 	t.Logf("killed the daemon after %s with %.1f MiB sent (%.1f%% of %d MiB); load %s", time.Since(r.start).Round(time.Millisecond),
@@ -226,7 +226,7 @@ func TestResumeAbandoned(t *testing.T) {
 	r.d.Args = append(r.d.Args, "--exclude", "^big-resume-abandoned$")
 	r.d.Start()
 	r.d.MustWait(5 * time.Minute)
-	waitFor(t, time.Minute, "the abandoned upload aborted", func() bool { return pending() == 0 && markers() == 0 })
+	eventually(t, time.Minute, func() bool { return pending() == 0 && markers() == 0 }, "the abandoned upload aborted")
 	if line := logLine(r.d, "abandoned upload aborted"); line == "" {
 		t.Errorf("the log does not say the upload was abandoned:\n%s", r.d.Log)
 	} else {

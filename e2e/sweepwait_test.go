@@ -74,9 +74,9 @@ func TestKilledWhileWaitingOutASweep(t *testing.T) {
 	if err := handOver(d, top); err != nil {
 		t.Fatal(err)
 	}
-	waitFor(t, time.Minute, "the daemon waiting for the sweep", func() bool {
+	eventually(t, time.Minute, func() bool {
 		return strings.Contains(d.Log.String(), "a gc is sweeping the cache: waiting")
-	})
+	}, "the daemon waiting for the sweep")
 	if n := countNarinfos(t, m, "sweepwait"); n != 5 {
 		t.Fatalf("%d .narinfos written before the wait; want the closure's 5", n)
 	}
@@ -89,7 +89,7 @@ func TestKilledWhileWaitingOutASweep(t *testing.T) {
 	if rep.Deleted.NARs != 5 {
 		t.Fatalf("gc deleted %d NARs; want the 5 it listed", rep.Deleted.NARs)
 	}
-	if problems, _ := checkBucket(t, m, "sweepwait"); len(problems) == 0 {
+	if problems, _ := bucketProblems(t, m.Client(t), "sweepwait", false); len(problems) == 0 {
 		t.Fatal("the bucket is whole after gc deleted the NARs it listed: the interleaving did not happen")
 	}
 

@@ -79,9 +79,9 @@ func TestStoreSlowDown(t *testing.T) {
 		t.Fatalf("push: %v\n%s", err, o)
 	}
 	// Throttling for a while: until a third of the closure is up, at most 20 s.
-	waitFor(t, 3*time.Minute, "a third of the closure up under SlowDown", func() bool {
+	eventually(t, 3*time.Minute, func() bool {
 		return countNarinfos(t, m, bucket) >= len(closure)/3 || time.Since(start) > 20*time.Second
-	})
+	}, "a third of the closure up under SlowDown")
 	p.SetSlowDown(0)
 	lifted := time.Now()
 	midStatus := fullStatus(t, d)

@@ -136,6 +136,6 @@ func TestVerify(t *testing.T) {
 	if res, err := runVerify(t, env, cacheDir, "--store-uri", uri, "--public-key", pubArg, "--full"); err != nil || len(res.Problems) != 0 || res.Paths != 8 {
 		t.Fatalf("verify after repair: %v, %d paths, problems %+v", err, res.Paths, res.Problems)
 	}
-	checkWhole(t, c, "verify")
+	checkClosed(t, c, "verify", true)
 	checkFetched(t, nx, m.HTTPURL("verify"), pub, tip)
 }
