@@ -14,15 +14,11 @@ import (
 // nixpush-hook; the daemon pushes to a real MinIO; a fresh store substitutes
 // the closure over plain HTTP; another key of the same name is refused.
 func TestHookToMinIO(t *testing.T) {
-	m := testenv.MinIO(t)
-	m.MakeBucket(t, "cache", true)
-	nx := testenv.Nix(t)
-	sec, pub := keys(t, "nixpush-e2e-1")
+	f := newFixture(t, "nixpush-e2e-1", onBucket("cache"), daemonArgs("--jobs", "8"))
 	_, otherPub := keys(t, "nixpush-e2e-1")
-
-	d := startDaemon(t, m.CredentialsEnv(), "--store-uri", m.StoreURI("cache"), "--secret-key-file", sec, "--jobs", "8")
-	out := nx.Build(t, testenv.Chain(seed(), 30), "--option", "post-build-hook", d.Hook)
-	if len(closureOf(t, nx, out...)) < 30 {
+	d := f.d
+	out := f.build(testenv.Chain(seed(), 30))
+	if len(closureOf(t, f.nx, out...)) < 30 {
 		t.Fatalf("closure of %v has fewer than 30 paths", out)
 	}
 	d.MustWait(3 * time.Minute)
@@ -31,16 +27,16 @@ func TestHookToMinIO(t *testing.T) {
 	if st["queued"] != 0 || st["active"] != 0 || st["failed"] != 0 || st["done"] < 30 {
 		t.Fatalf("status after wait: %v", st)
 	}
-	checkFetched(t, nx, m.HTTPURL("cache"), pub, out...)
-	checkRefused(t, nx, m.HTTPURL("cache"), otherPub, out...)
+	f.checkFetched(out...)
+	checkRefused(t, f.nx, f.cacheURL(), otherPub, out...)
 
 	// No secret reaches the logs or the status output.
 	statusText, _ := d.CLI("status")
 	statusJSON, _ := d.CLI("status", "--json")
-	secretKey, _ := os.ReadFile(sec)
+	secretKey, _ := os.ReadFile(f.sec)
 	_, b64, _ := strings.Cut(string(secretKey), ":")
 	for what, text := range map[string]string{"daemon log": d.Log.String(), "status": statusText, "status --json": statusJSON} {
-		for name, secret := range map[string]string{"S3 secret key": m.SecretKey, "signing key": b64} {
+		for name, secret := range map[string]string{"S3 secret key": f.m.SecretKey, "signing key": b64} {
 			if strings.Contains(text, secret) {
 				t.Errorf("%s shows the %s", what, name)
 			}
@@ -51,15 +47,12 @@ func TestHookToMinIO(t *testing.T) {
 // TestHookToFileCache is the same round trip through a file:// cache, the
 // embedded default (no --store-uri).
 func TestHookToFileCache(t *testing.T) {
-	nx := testenv.Nix(t)
-	sec, pub := keys(t, "nixpush-e2e-file-1")
+	f := newFixture(t, "nixpush-e2e-file-1")
 	_, otherPub := keys(t, "nixpush-e2e-file-1")
-	d := startDaemon(t, nil, "--secret-key-file", sec)
-	out := nx.Build(t, testenv.Chain(seed(), 30), "--option", "post-build-hook", d.Hook)
-	d.MustWait(3 * time.Minute)
-	cache := "file://" + filepath.Join(d.StateDir, "cache")
-	checkFetched(t, nx, cache, pub, out...)
-	checkRefused(t, nx, cache, otherPub, out...)
+	out := f.build(testenv.Chain(seed(), 30))
+	f.d.MustWait(3 * time.Minute)
+	f.checkFetched(out...)
+	checkRefused(t, f.nx, f.cacheURL(), otherPub, out...)
 }
 
 // TestAwkwardPaths round-trips paths that are hard to serialise, through
@@ -83,9 +76,8 @@ func TestAwkwardPaths(t *testing.T) {
 // TestPushCommand queues a closure built without the hook, waits, and checks
 // that bad arguments are refused with one line.
 func TestPushCommand(t *testing.T) {
-	nx := testenv.Nix(t)
-	sec, pub := keys(t, "nixpush-e2e-push-1")
-	d := startDaemon(t, nil, "--secret-key-file", sec)
+	f := newFixture(t, "nixpush-e2e-push-1")
+	nx, d := f.nx, f.d
 	out := nx.Build(t, testenv.Chain(seed(), 5))
 	// A symlink into the store, as /run/current-system is.
 	link := filepath.Join(t.TempDir(), "result")
@@ -95,7 +87,7 @@ func TestPushCommand(t *testing.T) {
 	if o, err := d.CLI("push", "--wait", link); err != nil {
 		t.Fatalf("nixpush push --wait: %v\n%s", err, o)
 	}
-	checkFetched(t, nx, "file://"+filepath.Join(d.StateDir, "cache"), pub, out...)
+	f.checkFetched(out...)
 
 	for _, bad := range []string{"/etc/passwd", "/nix/store/../etc", "/nix/store/00000000000000000000000000000000-missing"} {
 		o, err := d.CLI("push", bad)

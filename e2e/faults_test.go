@@ -24,28 +24,17 @@ import (
 // requests through at 256 KiB/s per connection, so that uploads are in
 // flight for a while however fast this machine is.
 type throttledPush struct {
-	m       *testenv.MinIOServer
-	p       *testenv.Proxy
-	nx      *testenv.NixEnv
-	d       *daemon
-	bucket  string
-	pub     string
+	*fixture
 	out     []string
 	closure []string
 }
 
 func startThrottledPush(t *testing.T, bucket string, paths, jobs int) *throttledPush {
 	t.Helper()
-	f := &throttledPush{m: testenv.MinIO(t), nx: testenv.Nix(t), bucket: bucket}
-	f.m.MakeBucket(t, bucket, true)
-	f.p = testenv.NewProxy(t, f.m.Endpoint)
-	f.p.SetRate(256 << 10)
-	var sec string
-	sec, f.pub = keys(t, "nixpush-e2e-"+bucket+"-1")
+	f := &throttledPush{fixture: newFixture(t, "nixpush-e2e-"+bucket+"-1", onBucket(bucket), throughProxy(256<<10),
+		daemonArgs("--jobs", strconv.Itoa(jobs)))}
 	f.out = f.nx.Build(t, testenv.DAG(seed(), paths, 64, true))
 	f.closure = closureOf(t, f.nx, f.out...)
-	f.d = startDaemon(t, f.m.CredentialsEnv(), "--store-uri", f.m.StoreURIVia(bucket, f.p.Addr), "--secret-key-file", sec,
-		"--jobs", strconv.Itoa(jobs))
 	if o, err := f.d.CLI("push", f.out[0]); err != nil {
 		t.Fatalf("push: %v\n%s", err, o)
 	}
@@ -90,7 +79,7 @@ func (f *throttledPush) finish(t *testing.T) {
 	if n := mustBeValid(t, f.m, f.bucket, "at the end"); n != len(f.closure) {
 		t.Fatalf("final bucket: %d .narinfo, want %d", n, len(f.closure))
 	}
-	checkFetched(t, f.nx, f.m.HTTPURL(f.bucket), f.pub, f.out...)
+	f.checkFetched(f.out...)
 }
 
 // TestSIGKILLNeverBreaksTheCache kills the daemon (SIGKILL) again and again
@@ -159,12 +148,11 @@ func TestConnectionsCutMidUpload(t *testing.T) {
 // daemon is stopped: every build succeeds, the hook spools, and every path
 // lands once the daemon starts.
 func TestDaemonDownDuringBuilds(t *testing.T) {
-	nx := testenv.Nix(t)
-	sec, pub := keys(t, "nixpush-e2e-down-1")
-	d := startDaemon(t, nil, "--secret-key-file", sec)
+	f := newFixture(t, "nixpush-e2e-down-1")
+	d := f.d
 	d.Stop()
 	start := time.Now()
-	out := nx.Build(t, testenv.Chain(seed(), 20), "--option", "post-build-hook", d.Hook)
+	out := f.build(testenv.Chain(seed(), 20))
 	t.Logf("20 builds with the daemon down took %s", time.Since(start).Round(time.Millisecond))
 	spooled, _ := npdaemon.SpoolFiles(d.SpoolDir)
 	if len(spooled) != 20 {
@@ -175,16 +163,15 @@ func TestDaemonDownDuringBuilds(t *testing.T) {
 	if left, _ := npdaemon.SpoolFiles(d.SpoolDir); len(left) != 0 {
 		t.Fatalf("spool not emptied: %v", left)
 	}
-	checkFetched(t, nx, "file://"+filepath.Join(d.StateDir, "cache"), pub, out...)
+	f.checkFetched(out...)
 }
 
 // TestSixteenHooksAtOnce runs 16 hooks at the same moment, as Nix does with
 // max-jobs = 16: all are acknowledged by the daemon (none spooled), none
 // is lost.
 func TestSixteenHooksAtOnce(t *testing.T) {
-	nx := testenv.Nix(t)
-	sec, pub := keys(t, "nixpush-e2e-16-1")
-	d := startDaemon(t, nil, "--secret-key-file", sec)
+	f := newFixture(t, "nixpush-e2e-16-1")
+	nx, d := f.nx, f.d
 	s := seed()
 	var exprs []string
 	for i := range 16 {
@@ -223,7 +210,7 @@ func TestSixteenHooksAtOnce(t *testing.T) {
 	if st["done"] != 16 {
 		t.Fatalf("status %v; want 16 done", st)
 	}
-	checkFetched(t, nx, "file://"+filepath.Join(d.StateDir, "cache"), pub, outs...)
+	f.checkFetched(outs...)
 }
 
 // TestThirtyTwoHooksAtOnceOverlapping runs 32 hooks at the same moment,
@@ -235,9 +222,8 @@ func TestSixteenHooksAtOnce(t *testing.T) {
 // copies the whole closure back. Its timings are BenchmarkHooksAtOnce's.
 func TestThirtyTwoHooksAtOnceOverlapping(t *testing.T) {
 	const n = 32
-	nx := testenv.Nix(t)
-	sec, pub := keys(t, "nixpush-e2e-32-1")
-	d := startDaemon(t, nil, "--secret-key-file", sec)
+	f := newFixture(t, "nixpush-e2e-32-1")
+	nx, d := f.nx, f.d
 	var names []string
 	for i := range n {
 		names = append(names, fmt.Sprintf("top%d", i))
@@ -285,7 +271,7 @@ func TestThirtyTwoHooksAtOnceOverlapping(t *testing.T) {
 			t.Errorf("%s: no .narinfo in the cache: %v", p, err)
 		}
 	}
-	checkFetched(t, nx, "file://"+cache, pub, outs...)
+	f.checkFetched(outs...)
 }
 
 // TestSIGTERMMidUpload stops the daemon with SIGTERM while a NAR upload is
@@ -355,13 +341,9 @@ func TestSocketActivation(t *testing.T) {
 // closure to one bucket at the same time; uploads are idempotent, so both
 // drain and the bucket stays valid.
 func TestTwoBuildersSamePaths(t *testing.T) {
-	m := testenv.MinIO(t)
-	m.MakeBucket(t, "shared", true)
-	nx := testenv.Nix(t)
-	sec, pub := keys(t, "nixpush-e2e-two-1")
-	out := nx.Build(t, testenv.DAG(seed(), 40, 128, true))
-	a := startDaemon(t, m.CredentialsEnv(), "--store-uri", m.StoreURI("shared"), "--secret-key-file", sec)
-	b := startDaemon(t, m.CredentialsEnv(), "--store-uri", m.StoreURI("shared"), "--secret-key-file", sec)
+	f := newFixture(t, "nixpush-e2e-two-1", onBucket("shared"), laterDaemon())
+	out := f.nx.Build(t, testenv.DAG(seed(), 40, 128, true))
+	a, b := f.startDaemon(), f.startDaemon()
 	var wg sync.WaitGroup
 	for _, d := range []*daemon{a, b} {
 		wg.Add(1)
@@ -373,10 +355,10 @@ func TestTwoBuildersSamePaths(t *testing.T) {
 		}()
 	}
 	wg.Wait()
-	if problems, n := bucketProblems(t, m.Client(t), "shared", false); len(problems) > 0 || n != 41 {
+	if problems, n := bucketProblems(t, f.client(), "shared", false); len(problems) > 0 || n != 41 {
 		t.Fatalf("bucket: %d narinfos, problems %v", n, problems)
 	}
-	checkFetched(t, nx, m.HTTPURL("shared"), pub, out...)
+	f.checkFetched(out...)
 }
 
 // TestKillDuringHookBurst kills the daemon (SIGKILL) while a burst of 80
@@ -386,9 +368,8 @@ func TestTwoBuildersSamePaths(t *testing.T) {
 // daemon spool. After a restart, every one of the 80 paths, each a closure
 // of its own, reaches the cache.
 func TestKillDuringHookBurst(t *testing.T) {
-	nx := testenv.Nix(t)
-	sec, pub := keys(t, "nixpush-e2e-burst-1")
-	d := startDaemon(t, nil, "--secret-key-file", sec)
+	f := newFixture(t, "nixpush-e2e-burst-1")
+	nx, d := f.nx, f.d
 	s := seed()
 	const n = 80
 	var exprs []string
@@ -450,5 +431,5 @@ func TestKillDuringHookBurst(t *testing.T) {
 	t.Logf("%d hooks acknowledged, %d spooled after the kill", nAcked, nSpooled)
 	d.Start()
 	d.MustWait(3 * time.Minute)
-	checkFetched(t, nx, "file://"+filepath.Join(d.StateDir, "cache"), pub, outs...)
+	f.checkFetched(outs...)
 }

@@ -85,15 +85,10 @@ func putRoot(t *testing.T, c *minio.Client, bucket, path string, at time.Time) {
 // multipart upload; a dry run changes nothing; a second run deletes
 // nothing.
 func TestGC(t *testing.T) {
-	m := testenv.MinIO(t)
-	m.MakeBucket(t, "gc-cache", true)
-	nx := testenv.Nix(t)
-	sec, pub := keys(t, "nixpush-e2e-gc-1")
-	uri := m.StoreURI("gc-cache")
-	env := m.CredentialsEnv()
+	f := newFixture(t, "nixpush-e2e-gc-1", onBucket("gc-cache"), daemonArgs("--write-nar-listing"))
+	nx, d := f.nx, f.d
+	uri, env, c := f.uri, f.env, f.client()
 	cacheDir := t.TempDir()
-	c := m.Client(t)
-	d := startDaemon(t, env, "--store-uri", uri, "--secret-key-file", sec, "--write-nar-listing")
 
 	outs := nx.Build(t, testenv.Family(seed(), []string{"pinned", "recent", "old", "unpushed"}, []string{"recent", "old"}))
 	byName := make(map[string]string)
@@ -221,7 +216,7 @@ func TestGC(t *testing.T) {
 		t.Errorf("multipart upload of %s still there", u.Key)
 	}
 	checkClosed(t, c, "gc-cache", true)
-	checkFetched(t, nx, m.HTTPURL("gc-cache"), pub, pinned, recent)
+	f.checkFetched(pinned, recent)
 
 	again := runGC(t, env, cacheDir, uri, args...)
 	if len(again.Deleted.Paths) != 0 || again.Deleted.NARs != 0 || again.Deleted.RootRecords != 0 || again.Deleted.Uploads != 0 || again.Deleted.Logs != 0 {
@@ -240,7 +235,7 @@ func TestGC(t *testing.T) {
 		t.Fatalf("gc after unpin deleted %v; want %s and not %s", last.Deleted.Paths, pinned, recent)
 	}
 	checkClosed(t, c, "gc-cache", true)
-	checkFetched(t, nx, m.HTTPURL("gc-cache"), pub, recent)
+	f.checkFetched(recent)
 }
 
 func mapsEqual(a, b map[string]string) bool {

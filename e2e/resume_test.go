@@ -10,8 +10,6 @@ import (
 	"time"
 
 	"github.com/minio/minio-go/v7"
-
-	"github.com/nixpush/nixpush/internal/testenv"
 )
 
 // resumeSize is the size of the path TestResumeAfterSIGKILL pushes: 256
@@ -32,28 +30,19 @@ func resumeSize(t *testing.T) int64 {
 // its zstd NAR is the NAR plus ~0.003% of framing) to MinIO through the
 // proxy that counts the bytes sent.
 type resumeRig struct {
-	nx     *testenv.NixEnv
-	m      *testenv.MinIOServer
-	p      *testenv.Proxy
-	d      *daemon
-	bucket string
-	pub    string
-	out    string
-	size   int64
-	start  time.Time
+	*fixture
+	out   string
+	size  int64
+	start time.Time
 }
 
 func newResumeRig(t *testing.T, bucket string, size int64) *resumeRig {
-	nx := testenv.Nix(t)
-	m := testenv.MinIO(t)
-	m.MakeBucket(t, bucket, true)
-	p := testenv.NewProxy(t, m.Endpoint)
-	sec, pub := keys(t, "nixpush-e2e-"+bucket+"-1")
+	f := newFixture(t, "nixpush-e2e-"+bucket+"-1", onBucket(bucket), throughProxy(0), laterDaemon())
 	expr := fmt.Sprintf(`derivation { name = "big-%s"; system = builtins.currentSystem; builder = "/bin/sh";
   args = [ "-c" "PATH=/bin:/usr/bin; set -e; echo %s >/dev/null; head -c %d /dev/urandom > $out" ]; }`, bucket, seed(), size)
-	out := nx.Build(t, expr)
-	d := startDaemon(t, m.CredentialsEnv(), "--store-uri", m.StoreURIVia(bucket, p.Addr), "--secret-key-file", sec)
-	return &resumeRig{nx: nx, m: m, p: p, d: d, bucket: bucket, pub: pub, out: out[0], size: size}
+	out := f.nx.Build(t, expr)
+	f.startDaemon()
+	return &resumeRig{fixture: f, out: out[0], size: size}
 }
 
 // killAt pushes the path and SIGKILLs the daemon once the proxy has
@@ -87,7 +76,7 @@ func (r *resumeRig) finish(t *testing.T) int64 {
 	if n := mustBeValid(t, r.m, r.bucket, "at the end"); n != 1 {
 		t.Fatalf("%d .narinfo at the end, want 1", n)
 	}
-	checkFetched(t, r.nx, r.m.HTTPURL(r.bucket), r.pub, r.out)
+	r.checkFetched(r.out)
 	c := r.m.Client(t)
 	var narSize int64
 	for obj := range c.ListObjects(context.Background(), r.bucket, minio.ListObjectsOptions{Recursive: true}) {

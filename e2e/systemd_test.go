@@ -71,10 +71,9 @@ func (n *notifySocket) String() string {
 // TestSdNotify checks what systemd hears on NOTIFY_SOCKET: READY=1, STATUS=
 // lines with live figures, watchdog pings, STOPPING=1.
 func TestSdNotify(t *testing.T) {
-	nx := testenv.Nix(t)
-	sec, _ := keys(t, "nixpush-e2e-notify-1")
 	ns := newNotifySocket(t)
-	d := startDaemon(t, []string{"NOTIFY_SOCKET=" + ns.Path, "WATCHDOG_USEC=1000000"}, "--secret-key-file", sec)
+	f := newFixture(t, "nixpush-e2e-notify-1", daemonEnv("NOTIFY_SOCKET="+ns.Path, "WATCHDOG_USEC=1000000"))
+	nx, d := f.nx, f.d
 	ns.waitFor(t, "READY=1", func(m string) bool { return m == "READY=1" })
 	idle := ns.waitFor(t, "an idle STATUS", func(m string) bool { return strings.HasPrefix(m, "STATUS=0 queued, 0 uploading, 0 failed; 0 paths") })
 	t.Log(idle)
