@@ -15,22 +15,6 @@ import (
 	"github.com/nixpush/nixpush/internal/testenv"
 )
 
-// waitStatus polls status --json until ok holds (deadline 2 minutes).
-func waitStatus(t *testing.T, d *daemon, what string, ok func(api.Status) bool) api.Status {
-	t.Helper()
-	deadline := time.Now().Add(2 * time.Minute)
-	for {
-		st := fullStatus(t, d)
-		if ok(st) {
-			return st
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("no %s within 2 minutes; status: %+v\ndaemon log:\n%s", what, st, d.Log)
-		}
-		time.Sleep(50 * time.Millisecond)
-	}
-}
-
 // storeFails waits until the store check names cause, in status --json
 // and in the STATUS= line systemd shows.
 func storeFails(t *testing.T, d *daemon, ns *notifySocket, cause, fix string) {
