@@ -319,7 +319,10 @@ func TestSocketActivation(t *testing.T) {
 		return err == nil
 	}, "systemd-socket-activate makes the socket")
 	out := nx.Build(t, testenv.Chain(seed(), 3))
-	h := testenv.Command(t, filepath.Join(binDir, "nixpush-hook"), "--socket", sock, "--spool-dir", spoolDir)
+	// The first connection starts the daemon: a Go binary opening its
+	// queue, which under a load of 18 on two cores took longer than the
+	// hook's default 1.5 s wait. The wait is what --timeout is for.
+	h := testenv.Command(t, filepath.Join(binDir, "nixpush-hook"), "--socket", sock, "--spool-dir", spoolDir, "--timeout", "30s")
 	h.Env = append(os.Environ(), "OUT_PATHS="+out[0])
 	if o, err := h.CombinedOutput(); err != nil || len(o) > 0 {
 		t.Fatalf("hook: %v %s", err, o)

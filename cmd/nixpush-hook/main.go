@@ -20,11 +20,14 @@ const handoffTimeout = 1500 * time.Millisecond
 // Nix runs this program after every build, so its start-up time is paid per
 // build: it links neither flag nor fmt nor net, only what it needs.
 
-const usage = `usage: nixpush-hook [--socket PATH] [--spool-dir DIR] [--version]
+const usage = `usage: nixpush-hook [--socket PATH] [--spool-dir DIR] [--timeout DURATION] [--version]
 Nix's post-build-hook for nixpush: hands $OUT_PATHS (or the outputs of
 $DRV_PATH) to the nixpush daemon, or spools them when it is unreachable.
   --socket PATH     daemon socket (env NIXPUSH_SOCKET; default ` + api.DefaultSocket + `)
   --spool-dir DIR   spool directory (env NIXPUSH_SPOOL_DIR; default ` + spool.DefaultDir + `)
+  --timeout DURATION  wait this long for the daemon's answer, then spool
+                    (env NIXPUSH_HOOK_TIMEOUT; default 1.5s; more where a
+                    socket-activated daemon starts slowly)
 `
 
 func main() {
@@ -35,6 +38,7 @@ func run(args []string, getenv func(string) string, stderr io.Writer) int {
 	entered := time.Now()
 	socket := envOr(getenv, "NIXPUSH_SOCKET", api.DefaultSocket)
 	spoolDir := envOr(getenv, "NIXPUSH_SPOOL_DIR", spool.DefaultDir)
+	timeout := getenv("NIXPUSH_HOOK_TIMEOUT")
 	for len(args) > 0 {
 		name, value, hasValue := strings.Cut(strings.TrimLeft(args[0], "-"), "=")
 		args = args[1:]
@@ -44,6 +48,8 @@ func run(args []string, getenv func(string) string, stderr io.Writer) int {
 			dst = &socket
 		case "spool-dir":
 			dst = &spoolDir
+		case "timeout":
+			dst = &timeout
 		case "h", "help":
 			io.WriteString(stderr, usage)
 			return 0
@@ -63,6 +69,16 @@ func run(args []string, getenv func(string) string, stderr io.Writer) int {
 		}
 		*dst = value
 	}
+	wait := handoffTimeout
+	if timeout != "" {
+		d, err := time.ParseDuration(timeout)
+		if err != nil || d <= 0 {
+			// A bad setting must not stop builds: say so, keep the default.
+			io.WriteString(stderr, "nixpush-hook: timeout "+strqq(timeout)+" is not a positive duration (say 1.5s or 10s); using 1.5s\n")
+		} else {
+			wait = d
+		}
+	}
 	// DRV_PATH goes along with the outputs: the daemon uploads its build log.
 	req := api.EnqueueRequest{Paths: strings.Fields(getenv("OUT_PATHS")), DrvPath: getenv("DRV_PATH")}
 	if len(req.Paths) == 0 && req.DrvPath == "" {
@@ -70,7 +86,7 @@ func run(args []string, getenv func(string) string, stderr io.Writer) int {
 		return 0
 	}
 	var connected time.Time
-	err := hook.HandoffTraced(socket, req, handoffTimeout, &connected)
+	err := hook.HandoffTraced(socket, req, wait, &connected)
 	if spawned := getenv("NIXPUSH_HOOK_TIMING"); spawned != "" && err == nil {
 		// For benchmarks (bench/: BenchmarkHooksAtOnce), which set it to
 		// the moment they started the hook, in Unix nanoseconds.

@@ -160,6 +160,58 @@ func TestHookBoundedAgainstHungDaemon(t *testing.T) {
 	}
 }
 
+// TestHookTimeout: --timeout (or NIXPUSH_HOOK_TIMEOUT) sets how long the
+// hook waits for a hung daemon before it spools; a bad value keeps the
+// default and says so, without failing the build.
+func TestHookTimeout(t *testing.T) {
+	sock := filepath.Join(t.TempDir(), "hung.sock")
+	ln, err := net.Listen("unix", sock)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	go func() {
+		for {
+			c, err := ln.Accept()
+			if err != nil {
+				return
+			}
+			defer c.Close() // hold it, answer nothing
+		}
+	}()
+	for _, tc := range []struct {
+		args     []string
+		env      string
+		min, max time.Duration
+		warns    bool
+	}{
+		{args: []string{"--timeout", "3s"}, min: 3 * time.Second, max: 30 * time.Second},
+		{args: []string{"--timeout=200ms"}, min: 200 * time.Millisecond, max: handoffTimeout},
+		{env: "300ms", min: 300 * time.Millisecond, max: handoffTimeout},
+		{args: []string{"--timeout", "soon"}, min: handoffTimeout, max: 30 * time.Second, warns: true},
+		{env: "-1s", min: handoffTimeout, max: 30 * time.Second, warns: true},
+	} {
+		spoolDir := filepath.Join(t.TempDir(), "spool")
+		vars := map[string]string{"OUT_PATHS": "/nix/store/84iphvw7rs2syhrdmwicjk2726dprxcw-t1"}
+		if tc.env != "" {
+			vars["NIXPUSH_HOOK_TIMEOUT"] = tc.env
+		}
+		var stderr bytes.Buffer
+		start := time.Now()
+		code := run(append([]string{"--socket", sock, "--spool-dir", spoolDir}, tc.args...), env(vars), &stderr)
+		took := time.Since(start)
+		if code != 0 || took < tc.min || took > tc.max {
+			t.Errorf("%v %q: exit %d after %s, want %s to %s: %s", tc.args, tc.env, code, took, tc.min, tc.max, stderr.String())
+		}
+		if warned := strings.Contains(stderr.String(), "is not a positive duration"); warned != tc.warns {
+			t.Errorf("%v %q: warning %v, want %v: %s", tc.args, tc.env, warned, tc.warns, stderr.String())
+		}
+		if files, _ := spool.Files(spoolDir); len(files) != 1 {
+			t.Errorf("%v %q: spool: %v", tc.args, tc.env, files)
+		}
+	}
+}
+
 // TestHookLinksLittle keeps the hook small and quick to start: Nix runs it
 // after every build. No S3, bbolt or logging stacks, and none of the
 // packages whose initialisation or dynamic linking cost milliseconds.
