@@ -19,6 +19,7 @@ import (
 	"github.com/ulikunitz/xz"
 	"golang.org/x/sync/errgroup"
 
+	"github.com/nixpush/nixpush/nix"
 	"github.com/nixpush/nixpush/uploader"
 )
 
@@ -239,7 +240,7 @@ func referenceNames(ctx context.Context, b uploader.Bucket, g *Graph, i int32) [
 	if err != nil {
 		return nil
 	}
-	ni, _ := ParseNarInfo(data) // an unreadable one's References are read too
+	ni, _ := nix.ParseNarInfo(data) // an unreadable one's References are read too
 	return ni.References
 }
 

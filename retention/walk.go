@@ -6,7 +6,6 @@ import (
 	"errors"
 	"fmt"
 	"path"
-	"strconv"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -14,7 +13,6 @@ import (
 
 	"github.com/nix-community/go-nix/pkg/narinfo"
 	"github.com/nix-community/go-nix/pkg/narinfo/signature"
-	"github.com/nix-community/go-nix/pkg/nixhash"
 	"golang.org/x/sync/errgroup"
 
 	"github.com/nixpush/nixpush/nix"
@@ -253,7 +251,7 @@ func Walk(ctx context.Context, b uploader.Bucket, opts WalkOptions) (*Graph, err
 		}
 		stats.read.Add(1)
 		if isNarInfoKey(o.Key) {
-			opts.Cache.put(o.Key, o.ETag, compactNarInfo(data))
+			opts.Cache.put(o.Key, o.ETag, nix.CompactNarInfo(data))
 		} else {
 			opts.Cache.put(o.Key, o.ETag, data)
 		}
@@ -286,7 +284,7 @@ func Walk(ctx context.Context, b uploader.Bucket, opts WalkOptions) (*Graph, err
 			case isNarInfoKey(o.Key):
 				stats.narinfos.Add(1)
 				readThen(o, func(data []byte) error {
-					ni, perr := ParseNarInfo(data)
+					ni, perr := nix.ParseNarInfo(data)
 					sigOK := false
 					if perr == nil {
 						for _, k := range opts.Keys {
@@ -506,72 +504,4 @@ func (g *Graph) internComp(c string) uint8 {
 	}
 	g.comps = append(g.comps, strings.Clone(c))
 	return uint8(len(g.comps) - 1)
-}
-
-// ParseNarInfo parses a .narinfo as leniently as Nix does. It reads the
-// lines nixpush needs and leaves out those it does not know (another
-// tool's), where go-nix's parser refuses them; a Sig line it cannot parse
-// (another tool's scheme, any string) is left out too, as Nix ignores a
-// signature it cannot check. A field that does not parse (NarHash, say)
-// is an error, but the lines after it are read all the same: with an
-// error, what it read (the URL, the References) comes back too. It
-// allocates no line buffer of 1 MiB per .narinfo as go-nix's does, which
-// a walk of ten thousand felt.
-func ParseNarInfo(data []byte) (*narinfo.NarInfo, error) {
-	ni := &narinfo.NarInfo{}
-	var first error // the first field that does not parse
-	text := string(data)
-	for len(text) > 0 {
-		var line string
-		line, text, _ = strings.Cut(text, "\n")
-		k, v, ok := strings.Cut(line, ":")
-		if !ok {
-			continue
-		}
-		v = strings.TrimPrefix(v, " ")
-		var err error
-		switch k {
-		case "StorePath":
-			ni.StorePath = v
-		case "URL":
-			ni.URL = v
-		case "Compression":
-			ni.Compression = v
-		case "FileHash":
-			ni.FileHash, err = nixhash.ParseAny(v, nil)
-		case "FileSize":
-			ni.FileSize, err = strconv.ParseUint(v, 10, 64)
-		case "NarHash":
-			ni.NarHash, err = nixhash.ParseAny(v, nil)
-		case "NarSize":
-			ni.NarSize, err = strconv.ParseUint(v, 10, 64)
-		case "References":
-			ni.References = strings.Fields(v)
-		case "Deriver":
-			if v != "unknown-deriver" {
-				ni.Deriver = v
-			}
-		case "System":
-			ni.System = v
-		case "Sig":
-			if sig, serr := signature.ParseSignature(v); serr == nil {
-				ni.Signatures = append(ni.Signatures, sig)
-			}
-		case "CA":
-			ni.CA = v
-		}
-		if err != nil && first == nil {
-			first = fmt.Errorf("line %q: %v", line, err)
-		}
-	}
-	if ni.Compression == "" {
-		ni.Compression = "bzip2" // as Nix reads a .narinfo without the line
-	}
-	if first != nil {
-		return ni, first
-	}
-	if ni.StorePath == "" || ni.URL == "" || ni.NarHash == nil || ni.NarSize == 0 {
-		return ni, errors.New("lacks StorePath, URL, NarHash or NarSize")
-	}
-	return ni, nil
 }
