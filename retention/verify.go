@@ -417,17 +417,14 @@ func Repair(ctx context.Context, b uploader.Bucket, rep *VerifyReport, opts Repa
 		}
 	}
 	var dead []int32
-	referrers := make([]int32, g.nodeCount())
 	for i := range int32(g.nodeCount()) {
 		if doomed[i] && g.node(i).present {
 			dead = append(dead, i)
 			out.Deleted = append(out.Deleted, g.path(i))
-			for _, r := range g.refsOf(i) {
-				referrers[r]++
-			}
 		}
 	}
 	slices.Sort(out.Deleted)
+	w := planWaves(g, dead)
 	del := sw.deleter(nil)
 	// Realisations first: none points at a deleted path at any step.
 	real := dangling(g, doomed)
@@ -435,7 +432,7 @@ func Repair(ctx context.Context, b uploader.Bucket, rep *VerifyReport, opts Repa
 		return out, err
 	}
 	out.Realisations = len(real)
-	if err := del.waves(ctx, g, dead, referrers); err != nil {
+	if err := del.waves(ctx, g, w); err != nil {
 		return out, err
 	}
 	var listings []string
