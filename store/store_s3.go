@@ -34,7 +34,7 @@ type S3Store struct {
 	bw       *bandwidth
 }
 
-// PartSize is the Multipart part size for NARs of unknown compressed size:
+// PartSize is the multipart part size for NARs of unknown compressed size:
 // S3's smallest, since part buffers are most of the daemon's memory while
 // large NARs stream (see parts). Objects can be up to 10,000 parts (48.8 GiB
 // of compressed NAR).
@@ -186,7 +186,7 @@ func (s *S3Store) Put(ctx context.Context, key string, r io.Reader, size int64, 
 const MaxParts = 10000
 
 // putStream uploads r, of unknown size. What fits in one part goes up with
-// a single PUT. More becomes a Multipart upload (minio.Core's calls) in
+// a single PUT. More becomes a multipart upload (minio.Core's calls) in
 // which the next part is read, so packed and compressed, while the
 // previous one is sent; minio-go's own streaming upload does one after the
 // other and takes a fresh buffer per object. A read error (packing failed)
@@ -206,6 +206,12 @@ func (s *S3Store) putStream(ctx context.Context, key string, r io.Reader, opts m
 		return rerr
 	}
 
+	return s.putMultipart(ctx, key, r, opts, buf, n, rerr)
+}
+
+// putMultipart goes on with putStream as a multipart upload, from the
+// first part (buf[:n], and rerr, the error of reading it).
+func (s *S3Store) putMultipart(ctx context.Context, key string, r io.Reader, opts minio.PutObjectOptions, buf []byte, n int, rerr error) (err error) {
 	core := minio.Core{Client: s.client}
 	var id string
 	err = persist(ctx, nil, func() (err error) {
@@ -225,27 +231,9 @@ func (s *S3Store) putStream(ctx context.Context, key string, r io.Reader, opts m
 		}
 	}()
 
-	type sent struct {
-		part minio.ObjectPart
-		err  error
-	}
-	send := func(num int, buf []byte, n int) <-chan sent {
-		ch := make(chan sent, 1)
-		go func() {
-			defer Parts.Put(buf)
-			var p minio.ObjectPart
-			err := persist(ctx, nil, func() (err error) {
-				p, err = core.PutObjectPart(ctx, s.bucket, key, id, num, bytes.NewReader(buf[:n]), int64(n),
-					minio.PutObjectPartOptions{DisableContentSha256: true})
-				return err
-			})
-			ch <- sent{p, err}
-		}()
-		return ch
-	}
 	var done []minio.CompletePart
 	for num := 1; ; num++ {
-		pending := send(num, buf, n)
+		pending := s.sendPart(ctx, key, id, num, buf, n)
 		last := rerr == io.ErrUnexpectedEOF
 		if !last {
 			if num == MaxParts {
@@ -285,6 +273,29 @@ func (s *S3Store) putStream(ctx context.Context, key string, r io.Reader, opts m
 		return s.wrap("put", key, err)
 	}
 	return nil
+}
+
+// sentPart is how a part's upload ended.
+type sentPart struct {
+	part minio.ObjectPart
+	err  error
+}
+
+// sendPart sends buf[:n] as part num of upload id, in the background, and
+// gives buf back to Parts once sent.
+func (s *S3Store) sendPart(ctx context.Context, key, id string, num int, buf []byte, n int) <-chan sentPart {
+	ch := make(chan sentPart, 1)
+	go func() {
+		defer Parts.Put(buf)
+		var p minio.ObjectPart
+		err := persist(ctx, nil, func() (err error) {
+			p, err = minio.Core{Client: s.client}.PutObjectPart(ctx, s.bucket, key, id, num, bytes.NewReader(buf[:n]), int64(n),
+				minio.PutObjectPartOptions{DisableContentSha256: true})
+			return err
+		})
+		ch <- sentPart{p, err}
+	}()
+	return ch
 }
 
 // ListTop lists the bucket's top level (ListObjectsV2 with delimiter "/",
