@@ -10,15 +10,14 @@ import (
 
 	"github.com/klauspost/compress/zstd"
 	"github.com/nix-community/go-nix/pkg/nixhash"
+	"github.com/nixpush/nixpush/store"
 	"github.com/ulikunitz/xz"
 	"golang.org/x/sync/errgroup"
-
-	"github.com/nixpush/nixpush/uploader"
 )
 
 // checkNARs downloads the NARs of full (--full), a few at once, and
 // checks each against its .narinfo's NarHash and NarSize.
-func (v *verifier) checkNARs(ctx context.Context, b uploader.Bucket, full []int32, opts VerifyOptions) error {
+func (v *verifier) checkNARs(ctx context.Context, b store.Bucket, full []int32, opts VerifyOptions) error {
 	g, rep := v.g, v.rep
 	if opts.Jobs < 1 {
 		opts.Jobs = 4
@@ -44,7 +43,7 @@ func (v *verifier) checkNARs(ctx context.Context, b uploader.Bucket, full []int3
 				v.mu.Unlock()
 				return nil
 			}
-			if errors.Is(err, uploader.ErrNotExist) {
+			if errors.Is(err, store.ErrNotExist) {
 				v.add(i, NARMissing, url+" is not in the cache")
 				return nil
 			}
@@ -60,7 +59,7 @@ func (e *badNARError) Error() string { return e.msg }
 
 // checkNAR downloads a NAR, decompresses it and compares its hash and
 // size with the .narinfo's; it returns the compressed bytes read.
-func checkNAR(ctx context.Context, b uploader.Bucket, url, comp, narHash string, narSize uint64) (int64, error) {
+func checkNAR(ctx context.Context, b store.Bucket, url, comp, narHash string, narSize uint64) (int64, error) {
 	want, err := nixhash.ParseAny(narHash, nil)
 	if err != nil {
 		return 0, &badNARError{fmt.Sprintf("NarHash %q: %v", narHash, err)}

@@ -5,14 +5,13 @@ import (
 	"fmt"
 	"time"
 
+	"github.com/nixpush/nixpush/store"
 	"golang.org/x/sync/errgroup"
-
-	"github.com/nixpush/nixpush/uploader"
 )
 
 // deleter deletes keys in parallel until its stop time.
 type deleter struct {
-	b        uploader.Bucket
+	b        store.Bucket
 	stop     time.Time
 	deadline time.Time
 	notify   func(string)
@@ -49,7 +48,7 @@ func (d *deleter) waves(ctx context.Context, g *Graph, w waves) error {
 }
 
 // deleteBatch is how many keys one DeleteObjects request carries.
-const deleteBatch = 1000
+const deleteBatch = store.PageSize
 
 // all deletes keys, in batches of a thousand, a few batches at once.
 func (d *deleter) all(ctx context.Context, keys []string) error {

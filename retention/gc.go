@@ -4,11 +4,9 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"io"
-	"sync/atomic"
 	"time"
 
-	"github.com/nixpush/nixpush/uploader"
+	"github.com/nixpush/nixpush/store"
 )
 
 // GCOptions say what gc keeps.
@@ -143,15 +141,15 @@ var ErrNoConditionalWrites = errors.New("the store ignores conditional writes (a
 // kept: markGC), plan (what goes, in which waves, and the figures: a
 // gcPlan, all a dry run reports) and execute (the deletions, under the
 // marker: gcPlan.execute).
-func GC(ctx context.Context, b uploader.Bucket, opts GCOptions) (*GCReport, error) {
+func GC(ctx context.Context, b store.Bucket, opts GCOptions) (*GCReport, error) {
 	if opts.Window <= 0 {
 		opts.Window = DefaultWindow
 	}
 	if err := opts.check(); err != nil {
 		return nil, err
 	}
-	cb := &counting{Bucket: b}
-	b = cb
+	cb := store.Count(b)
+	b, _ = store.As[store.Bucket](cb)
 	rep := &GCReport{Store: b.String(), DryRun: opts.DryRun}
 
 	now := time.Now()
@@ -198,7 +196,7 @@ func GC(ctx context.Context, b uploader.Bucket, opts GCOptions) (*GCReport, erro
 	rep.Kept, rep.Deleted = p.Kept, p.Deleted
 	if opts.DryRun {
 		rep.Deleted.Paths = p.deletedPaths()
-		rep.Requests = cb.n.Load()
+		rep.Requests = cb.Requests()
 		return rep, nil
 	}
 
@@ -212,78 +210,6 @@ func GC(ctx context.Context, b uploader.Bucket, opts GCOptions) (*GCReport, erro
 	rep.Deleted.Waves = del.nwaves
 	rep.Seconds.Delete = time.Since(delStart).Seconds()
 	rep.Deleted.Paths = p.deletedPaths()
-	rep.Requests = cb.n.Load()
+	rep.Requests = cb.Requests()
 	return rep, nil
-}
-
-// counting counts the requests made to a Bucket.
-type counting struct {
-	uploader.Bucket
-	n atomic.Int64
-}
-
-func (c *counting) Has(ctx context.Context, key string) (bool, error) {
-	c.n.Add(1)
-	return c.Bucket.Has(ctx, key)
-}
-
-func (c *counting) Get(ctx context.Context, key string) ([]byte, error) {
-	c.n.Add(1)
-	return c.Bucket.Get(ctx, key)
-}
-
-func (c *counting) Put(ctx context.Context, key string, r io.Reader, size int64, ct string) error {
-	c.n.Add(1)
-	return c.Bucket.Put(ctx, key, r, size, ct)
-}
-
-func (c *counting) Stat(ctx context.Context, key string) (uploader.Object, error) {
-	c.n.Add(1)
-	return c.Bucket.Stat(ctx, key)
-}
-
-func (c *counting) Open(ctx context.Context, key string) (io.ReadCloser, error) {
-	c.n.Add(1)
-	return c.Bucket.Open(ctx, key)
-}
-
-func (c *counting) Delete(ctx context.Context, key string) error {
-	c.n.Add(1)
-	return c.Bucket.Delete(ctx, key)
-}
-
-func (c *counting) List(ctx context.Context, prefix string, fn func(uploader.Object) error) error {
-	n := 0
-	c.n.Add(1)
-	return c.Bucket.List(ctx, prefix, func(o uploader.Object) error {
-		if n++; n%1000 == 0 {
-			c.n.Add(1) // the next page
-		}
-		return fn(o)
-	})
-}
-
-func (c *counting) DeleteMany(ctx context.Context, keys []string) error {
-	c.n.Add(int64(len(keys)+deleteBatch-1) / deleteBatch)
-	return c.Bucket.DeleteMany(ctx, keys)
-}
-
-func (c *counting) GetTagged(ctx context.Context, key string) ([]byte, string, error) {
-	c.n.Add(1)
-	return c.Bucket.GetTagged(ctx, key)
-}
-
-func (c *counting) PutIf(ctx context.Context, key string, data []byte, ct, etag string) (string, error) {
-	c.n.Add(1)
-	return c.Bucket.PutIf(ctx, key, data, ct, etag)
-}
-
-func (c *counting) ListUploads(ctx context.Context, fn func(uploader.PendingUpload) error) error {
-	c.n.Add(1)
-	return c.Bucket.ListUploads(ctx, fn)
-}
-
-func (c *counting) AbortUpload(ctx context.Context, u uploader.PendingUpload) error {
-	c.n.Add(1)
-	return c.Bucket.AbortUpload(ctx, u)
 }

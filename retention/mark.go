@@ -8,6 +8,7 @@ import (
 	"sync"
 	"time"
 
+	"github.com/nixpush/nixpush/store"
 	"github.com/nixpush/nixpush/uploader"
 )
 
@@ -106,7 +107,7 @@ func (s *liveSet) addLate(late []late) {
 // uploads, and, unless a dry run, the pins and root records written since
 // the walk listed them (seen: key → ETag), found by listing them again
 // just before the plan and the first deletion.
-func markGC(ctx context.Context, b uploader.Bucket, g *Graph, seen map[string]string, now time.Time, opts GCOptions) (*liveSet, pendingUploads, error) {
+func markGC(ctx context.Context, b store.Bucket, g *Graph, seen map[string]string, now time.Time, opts GCOptions) (*liveSet, pendingUploads, error) {
 	live := markLive(g, now, opts.OlderThan, opts.Grace)
 	pending, err := listPending(ctx, b)
 	if err != nil {
@@ -129,20 +130,20 @@ func markGC(ctx context.Context, b uploader.Bucket, g *Graph, seen map[string]st
 // pendingUploads are the multipart uploads under way and the markers of
 // resumable uploads (nixpush/uploads/), by key: when last written.
 type pendingUploads struct {
-	uploads []uploader.PendingUpload
+	uploads []store.PendingUpload
 	markers map[string]time.Time
 }
 
 // listPending lists the upload markers, then the pending uploads.
-func listPending(ctx context.Context, b uploader.Bucket) (pendingUploads, error) {
+func listPending(ctx context.Context, b store.Bucket) (pendingUploads, error) {
 	p := pendingUploads{markers: make(map[string]time.Time)}
-	if err := b.List(ctx, uploader.UploadMarkerPrefix, func(o uploader.Object) error {
+	if err := b.List(ctx, uploader.UploadMarkerPrefix, func(o store.Object) error {
 		p.markers[o.Key] = o.LastModified
 		return nil
 	}); err != nil {
 		return p, err
 	}
-	err := b.ListUploads(ctx, func(u uploader.PendingUpload) error {
+	err := b.ListUploads(ctx, func(u store.PendingUpload) error {
 		p.uploads = append(p.uploads, u)
 		return nil
 	})
@@ -159,10 +160,10 @@ type late struct {
 
 // listLate lists the pins and root records again and reads those whose
 // ETag the walk did not list (seen: key → ETag).
-func listLate(ctx context.Context, b uploader.Bucket, seen map[string]string) ([]late, error) {
+func listLate(ctx context.Context, b store.Bucket, seen map[string]string) ([]late, error) {
 	var keys []string
 	for _, prefix := range []string{PinPrefix, RootPrefix} {
-		if err := b.List(ctx, prefix, func(o uploader.Object) error {
+		if err := b.List(ctx, prefix, func(o store.Object) error {
 			if etag, ok := seen[o.Key]; !ok || etag != o.ETag {
 				keys = append(keys, o.Key)
 			}
@@ -174,7 +175,7 @@ func listLate(ctx context.Context, b uploader.Bucket, seen map[string]string) ([
 	var out []late
 	for _, key := range keys {
 		data, _, err := b.GetTagged(ctx, key)
-		if errors.Is(err, uploader.ErrNotExist) {
+		if errors.Is(err, store.ErrNotExist) {
 			continue // removed again
 		}
 		if err != nil {
@@ -211,13 +212,13 @@ func listLate(ctx context.Context, b uploader.Bucket, seen map[string]string) ([
 // recording is a Bucket whose listings remember the ETag of each pin and
 // root record listed.
 type recording struct {
-	uploader.Bucket
+	store.Bucket
 	mu   sync.Mutex
 	seen map[string]string
 }
 
-func (r *recording) List(ctx context.Context, prefix string, fn func(uploader.Object) error) error {
-	return r.Bucket.List(ctx, prefix, func(o uploader.Object) error {
+func (r *recording) List(ctx context.Context, prefix string, fn func(store.Object) error) error {
+	return r.Bucket.List(ctx, prefix, func(o store.Object) error {
 		if strings.HasPrefix(o.Key, PinPrefix) || strings.HasPrefix(o.Key, RootPrefix) {
 			r.mu.Lock()
 			r.seen[o.Key] = o.ETag

@@ -6,6 +6,7 @@ import (
 	"slices"
 	"time"
 
+	"github.com/nixpush/nixpush/store"
 	"github.com/nixpush/nixpush/uploader"
 )
 
@@ -29,7 +30,7 @@ type gcPlan struct {
 	nars         []int32  // in g.narList, sorted by key
 	logs         []int32  // in g.logs, sorted by key
 	records      []string // root record keys
-	uploads      []uploader.PendingUpload
+	uploads      []store.PendingUpload
 	staleMarkers []string // upload marker keys
 }
 
@@ -183,7 +184,7 @@ func (p *gcPlan) deletedPaths() []string {
 // marker's deadline): the realisations before the .narinfos they point
 // at, so none is left pointing at a deleted path however gc stops; the
 // .narinfos in waves, referrers first; then the rest.
-func (p *gcPlan) execute(ctx context.Context, b uploader.Bucket, del *deleter) error {
+func (p *gcPlan) execute(ctx context.Context, b store.Bucket, del *deleter) error {
 	g := p.g
 	if err := del.all(ctx, p.realisations); err != nil {
 		return err

@@ -6,6 +6,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/nixpush/nixpush/store"
+
 	"github.com/nix-community/go-nix/pkg/narinfo"
 
 	"github.com/nixpush/nixpush/uploader"
@@ -38,8 +40,8 @@ func (p *planGraph) narInfo(c byte, mod time.Time, drv string, refs ...byte) {
 	for _, r := range refs {
 		ni.References = append(ni.References, hash(r)+"-"+string(r))
 	}
-	p.g.addNarInfo(uploader.Object{Key: hash(c) + ".narinfo", LastModified: mod}, ni, nil, false, false)
-	p.w.narFile(uploader.Object{Key: ni.URL, Size: 100, LastModified: mod})
+	p.g.addNarInfo(store.Object{Key: hash(c) + ".narinfo", LastModified: mod}, ni, nil, false, false)
+	p.w.narFile(store.Object{Key: ni.URL, Size: 100, LastModified: mod})
 }
 
 func (p *planGraph) root(c byte, at time.Time) {
@@ -79,11 +81,11 @@ func TestPlanWithoutStore(t *testing.T) {
 		p.g.rootBatches[RootBatchPrefix+"old"] = old
 		// Orphan NARs, one old and one recent; c's listing; the logs of
 		// c's and d's derivations; realisations of c and d.
-		p.w.narFile(uploader.Object{Key: "nar/" + hash('j') + ".nar", Size: 7, LastModified: old})
-		p.w.narFile(uploader.Object{Key: "nar/" + hash('k') + ".nar", Size: 9, LastModified: recent})
-		p.w.listing(uploader.Object{Key: hash('c') + ".ls", LastModified: old})
-		p.w.log(uploader.Object{Key: LogPrefix + hash('l') + "-c.drv", LastModified: old})
-		p.w.log(uploader.Object{Key: LogPrefix + hash('m') + "-d.drv", LastModified: old})
+		p.w.narFile(store.Object{Key: "nar/" + hash('j') + ".nar", Size: 7, LastModified: old})
+		p.w.narFile(store.Object{Key: "nar/" + hash('k') + ".nar", Size: 9, LastModified: recent})
+		p.w.listing(store.Object{Key: hash('c') + ".ls", LastModified: old})
+		p.w.log(store.Object{Key: LogPrefix + hash('l') + "-c.drv", LastModified: old})
+		p.w.log(store.Object{Key: LogPrefix + hash('m') + "-d.drv", LastModified: old})
 		for _, c := range []byte{'c', 'd'} {
 			p.g.realisations = append(p.g.realisations, realisation{key: p.g.addStr(RealisationPrefix + string(c) + ".doi"),
 				mod: old.UnixNano(), out: p.g.intern(hash(c))})
@@ -91,7 +93,7 @@ func TestPlanWithoutStore(t *testing.T) {
 		return p
 	}
 	pending := pendingUploads{
-		uploads: []uploader.PendingUpload{{Key: "nar/x", ID: "1", Initiated: old}, {Key: "nar/y", ID: "2", Initiated: old},
+		uploads: []store.PendingUpload{{Key: "nar/x", ID: "1", Initiated: old}, {Key: "nar/y", ID: "2", Initiated: old},
 			{Key: "nar/z", ID: "3", Initiated: recent}},
 		markers: map[string]time.Time{uploader.UploadMarkerKey("nar/y", "2"): recent, uploader.UploadMarkerPrefix + "stale": old},
 	}

@@ -6,7 +6,7 @@ import (
 	"slices"
 	"time"
 
-	"github.com/nixpush/nixpush/uploader"
+	"github.com/nixpush/nixpush/store"
 )
 
 // Repaired is what a repair deleted.
@@ -38,7 +38,7 @@ type RepairOptions struct {
 // them, the realisations pointing at a path missing or deleted here. It
 // holds gc's marker while it deletes, so pushing daemons check again
 // what they relied on. Pushing the deleted paths again is the caller's.
-func Repair(ctx context.Context, b uploader.Bucket, rep *VerifyReport, opts RepairOptions) (*Repaired, error) {
+func Repair(ctx context.Context, b store.Bucket, rep *VerifyReport, opts RepairOptions) (*Repaired, error) {
 	if rep.g == nil {
 		return nil, errors.New("repair: no walk to repair from")
 	}

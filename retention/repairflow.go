@@ -6,7 +6,7 @@ import (
 	"io"
 
 	"github.com/nixpush/nixpush/nix"
-	"github.com/nixpush/nixpush/uploader"
+	"github.com/nixpush/nixpush/store"
 )
 
 // Pusher pushes store paths to the cache again: for the CLI, the daemon
@@ -46,7 +46,7 @@ type RepairAgainOptions struct {
 // again those the local Nix store holds, checks they are back, and
 // verifies the bucket. It returns the paths it could not push again and
 // the verify after the repair; rep.Repair records what was deleted.
-func RepairAgain(ctx context.Context, b uploader.Bucket, rep *VerifyReport, opts RepairAgainOptions) ([]string, *VerifyReport, error) {
+func RepairAgain(ctx context.Context, b store.Bucket, rep *VerifyReport, opts RepairAgainOptions) ([]string, *VerifyReport, error) {
 	say := func(format string, a ...any) {
 		if opts.Log != nil {
 			fmt.Fprintf(opts.Log, format, a...)
@@ -100,7 +100,7 @@ func RepairAgain(ctx context.Context, b uploader.Bucket, rep *VerifyReport, opts
 // pushAgain has p push paths again and returns those whose .narinfo is
 // still missing once it says it is done (those found so far, on an error
 // checking).
-func pushAgain(ctx context.Context, b uploader.Bucket, p Pusher, paths []string) ([]string, error) {
+func pushAgain(ctx context.Context, b store.Bucket, p Pusher, paths []string) ([]string, error) {
 	if err := p.Push(ctx, paths); err != nil {
 		return nil, err
 	}

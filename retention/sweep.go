@@ -11,7 +11,7 @@ import (
 	"io/fs"
 	"time"
 
-	"github.com/nixpush/nixpush/uploader"
+	"github.com/nixpush/nixpush/store"
 )
 
 func parseSweep(data []byte) (Sweep, error) {
@@ -25,7 +25,7 @@ func parseSweep(data []byte) (Sweep, error) {
 
 // sweep is a run that deletes: gc's, or verify --repair's.
 type sweep struct {
-	b      uploader.Bucket
+	b      store.Bucket
 	marker Sweep
 	etag   string    // of the marker this run wrote
 	now    time.Time // the store's clock when the marker went up
@@ -48,14 +48,14 @@ func seconds(d time.Duration) int64 {
 // A write whose condition fails lost the race to another sweep: it
 // refuses too. Before writing, it checks that the credentials may delete
 // and that the store honours the condition (unless single).
-func startSweep(ctx context.Context, b uploader.Bucket, m Sweep, window time.Duration, single bool) (*sweep, error) {
+func startSweep(ctx context.Context, b store.Bucket, m Sweep, window time.Duration, single bool) (*sweep, error) {
 	if window <= 0 {
 		window = DefaultWindow
 	}
 	now := time.Now()
 	data, etag, err := b.GetTagged(ctx, SweepKey)
 	switch {
-	case errors.Is(err, uploader.ErrNotExist):
+	case errors.Is(err, store.ErrNotExist):
 		etag = "" // never swept: create it only if it is still absent
 	case err != nil:
 		return nil, fmt.Errorf("read the gc marker %s: %w", SweepKey, err)
@@ -81,7 +81,7 @@ func startSweep(ctx context.Context, b uploader.Bucket, m Sweep, window time.Dur
 	} else {
 		sw.etag, err = b.PutIf(ctx, SweepKey, body, "application/json", etag)
 	}
-	if errors.Is(err, uploader.ErrConditionFailed) {
+	if errors.Is(err, store.ErrConditionFailed) {
 		// Another sweep wrote its marker between this one's read and
 		// write: it runs, this one does not.
 		if data, _, err := b.GetTagged(ctx, SweepKey); err == nil {
@@ -97,7 +97,7 @@ func startSweep(ctx context.Context, b uploader.Bucket, m Sweep, window time.Dur
 	// Ages are measured on the store's clock: the marker's time, as a
 	// listing gives it (to the millisecond; a HEAD's Last-Modified is
 	// truncated to the second).
-	b.List(ctx, SweepKey, func(o uploader.Object) error {
+	b.List(ctx, SweepKey, func(o store.Object) error {
 		if o.Key == SweepKey && !o.LastModified.IsZero() {
 			sw.now = o.LastModified
 		}
@@ -141,7 +141,7 @@ func (sw *sweep) end(ctx context.Context) error {
 	} else {
 		_, err = sw.b.PutIf(dctx, SweepKey, body, "application/json", sw.etag)
 	}
-	if errors.Is(err, uploader.ErrConditionFailed) {
+	if errors.Is(err, store.ErrConditionFailed) {
 		return fmt.Errorf("the marker %s was replaced by another run after this one's deadline %s; left as it is (this run deleted nothing after its deadline)",
 			SweepKey, sw.marker.Deadline.Format(time.RFC3339))
 	}
@@ -162,7 +162,7 @@ func (sw *sweep) deleter(notify func(string)) *deleter {
 // that cannot delete fail before anything is deleted. Unless single, it
 // writes it with If-None-Match: * twice: the second write must fail, or
 // the store ignores the condition the marker's exclusion rests on.
-func probeDelete(ctx context.Context, b uploader.Bucket, single bool) error {
+func probeDelete(ctx context.Context, b store.Bucket, single bool) error {
 	var r [8]byte
 	rand.Read(r[:])
 	key := probePrefix + hex.EncodeToString(r[:])
@@ -189,7 +189,7 @@ func probeDelete(ctx context.Context, b uploader.Bucket, single bool) error {
 		case err == nil:
 			ignored = fmt.Errorf("%s: %w: two gcs, or a gc and verify --repair, could sweep at once; use a store that honours If-None-Match and If-Match (MinIO, AWS S3), or pass --single-gc if only one gc or repair ever runs on this store",
 				b, ErrNoConditionalWrites)
-		case !errors.Is(err, uploader.ErrConditionFailed):
+		case !errors.Is(err, store.ErrConditionFailed):
 			return fmt.Errorf("%s: a second conditional write of %s: %w", b, key, err)
 		}
 	}
@@ -208,7 +208,7 @@ func probeDelete(ctx context.Context, b uploader.Bucket, single bool) error {
 
 // denied reports an error of credentials that may not do what was asked.
 func denied(err error) bool {
-	if se := uploader.AsStoreError(err); se != nil && se.Problem == uploader.Denied {
+	if se := store.AsStoreError(err); se != nil && se.Problem == store.Denied {
 		return true
 	}
 	return errors.Is(err, fs.ErrPermission)

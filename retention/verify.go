@@ -11,7 +11,7 @@ import (
 	"github.com/nix-community/go-nix/pkg/narinfo/signature"
 
 	"github.com/nixpush/nixpush/nix"
-	"github.com/nixpush/nixpush/uploader"
+	"github.com/nixpush/nixpush/store"
 )
 
 // VerifyOptions say what verify checks.
@@ -97,8 +97,9 @@ func (r *VerifyReport) Whole() bool { return len(r.Problems) == 0 }
 // NAR is missing or not of its size (with Full: not of its hash), whose
 // references' .narinfos are missing, or that no given key signed; and
 // every realisation whose outPath has no .narinfo.
-func Verify(ctx context.Context, b uploader.Bucket, opts VerifyOptions) (*VerifyReport, error) {
-	cb := &counting{Bucket: b}
+func Verify(ctx context.Context, b store.Bucket, opts VerifyOptions) (*VerifyReport, error) {
+	counted := store.Count(b)
+	cb, _ := store.As[store.Bucket](counted)
 	opts.Walk.Keys = opts.Keys
 	opts.Walk.NarHashes = opts.Full
 	g, err := Walk(ctx, cb, opts.Walk)
@@ -135,7 +136,7 @@ func Verify(ctx context.Context, b uploader.Bucket, opts VerifyOptions) (*Verify
 	})
 	slices.Sort(rep.badNAR)
 	rep.badNAR = slices.Compact(rep.badNAR)
-	rep.Requests = cb.n.Load()
+	rep.Requests = counted.Requests()
 	return rep, nil
 }
 
@@ -196,7 +197,7 @@ func (v *verifier) checkNarInfos(keys []signature.PublicKey) (full []int32, miss
 
 // checkReferences reports the missing references, named as their
 // referrer's .narinfo names them, but for those left out on purpose.
-func (v *verifier) checkReferences(ctx context.Context, b uploader.Bucket, missingRefs [][2]int32, filtered func(string) bool) {
+func (v *verifier) checkReferences(ctx context.Context, b store.Bucket, missingRefs [][2]int32, filtered func(string) bool) {
 	g := v.g
 	lastI, lastRefs := int32(-1), []string(nil)
 	for _, m := range missingRefs {
@@ -219,7 +220,7 @@ func (v *verifier) checkReferences(ctx context.Context, b uploader.Bucket, missi
 // referenceNames reads node i's .narinfo again for the base names of its
 // references (the walk keeps references as numbers, and a missing one has
 // no .narinfo of its own to name it). Only broken paths pay the read.
-func referenceNames(ctx context.Context, b uploader.Bucket, g *Graph, i int32) []string {
+func referenceNames(ctx context.Context, b store.Bucket, g *Graph, i int32) []string {
 	data, err := b.Get(ctx, g.hashOf(i)+".narinfo")
 	if err != nil {
 		return nil

@@ -13,7 +13,7 @@ import (
 	"golang.org/x/sync/errgroup"
 
 	"github.com/nixpush/nixpush/nix"
-	"github.com/nixpush/nixpush/uploader"
+	"github.com/nixpush/nixpush/store"
 )
 
 // WalkOptions say how to walk a cache.
@@ -163,7 +163,7 @@ func (g *Graph) NarInfoCount() int {
 // Walk lists the whole store once, streaming, and reads each .narinfo,
 // root and pin it has not read at the same ETag before. Each listed
 // object goes to the handler of its kind (walkKinds, in walkkinds.go).
-func Walk(ctx context.Context, b uploader.Bucket, opts WalkOptions) (*Graph, error) {
+func Walk(ctx context.Context, b store.Bucket, opts WalkOptions) (*Graph, error) {
 	if opts.Jobs < 1 {
 		opts.Jobs = 32
 	}
@@ -204,7 +204,7 @@ func newGraph() *Graph {
 // walker is a walk under way: the graph it fills, and the reads it runs in
 // its group while the listing streams.
 type walker struct {
-	b     uploader.Bucket
+	b     store.Bucket
 	opts  WalkOptions
 	g     *Graph
 	mu    sync.Mutex // guards g while reads run
@@ -215,7 +215,7 @@ type walker struct {
 
 // listed hands a listed object to the handler of its kind; an object of
 // no kind the walk knows is passed over.
-func (w *walker) listed(o uploader.Object) error {
+func (w *walker) listed(o store.Object) error {
 	w.stats.objects.Add(1)
 	for _, k := range walkKinds {
 		if k.is(o.Key) {
@@ -230,7 +230,7 @@ func (w *walker) listed(o uploader.Object) error {
 func (w *walker) snapshot() WalkStats {
 	s := &w.stats
 	return WalkStats{Objects: s.objects.Load(), NarInfos: s.narinfos.Load(), Read: s.read.Load(),
-		CacheHits: s.hits.Load(), Requests: s.requests.Load() + s.objects.Load()/1000 + 1}
+		CacheHits: s.hits.Load(), Requests: s.requests.Load() + s.objects.Load()/store.PageSize + 1}
 }
 
 // reportProgress calls opts.Progress now and then until the function it
@@ -256,7 +256,7 @@ func (w *walker) reportProgress() (stop func()) {
 
 // read returns a small object's content, from the cache when it holds
 // the object at this ETag.
-func (w *walker) read(ctx context.Context, o uploader.Object) ([]byte, error) {
+func (w *walker) read(ctx context.Context, o store.Object) ([]byte, error) {
 	if data, ok := w.opts.Cache.get(o.Key, o.ETag); ok {
 		w.stats.hits.Add(1)
 		return data, nil
@@ -277,10 +277,10 @@ func (w *walker) read(ctx context.Context, o uploader.Object) ([]byte, error) {
 
 // readThen reads o in the group and hands its content to use; an object
 // deleted since the listing is passed over.
-func (w *walker) readThen(o uploader.Object, use func(data []byte) error) {
+func (w *walker) readThen(o store.Object, use func(data []byte) error) {
 	w.eg.Go(func() error {
 		data, err := w.read(w.ctx, o)
-		if errors.Is(err, uploader.ErrNotExist) {
+		if errors.Is(err, store.ErrNotExist) {
 			return nil // deleted since the listing
 		}
 		if err != nil {

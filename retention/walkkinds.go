@@ -9,7 +9,7 @@ import (
 	"github.com/nix-community/go-nix/pkg/narinfo"
 
 	"github.com/nixpush/nixpush/nix"
-	"github.com/nixpush/nixpush/uploader"
+	"github.com/nixpush/nixpush/store"
 )
 
 // walkKind is what the walk does with a listed object of one kind: is
@@ -17,7 +17,7 @@ import (
 // walker's group when it must be read).
 type walkKind struct {
 	is   func(key string) bool
-	take func(w *walker, o uploader.Object)
+	take func(w *walker, o store.Object)
 }
 
 // walkKinds are the kinds of object the walk knows, the first that
@@ -38,7 +38,7 @@ var walkKinds = []walkKind{
 
 // narInfo reads a .narinfo (leniently: nix.ParseNarInfo), checks its
 // signatures against the given keys and records it.
-func (w *walker) narInfo(o uploader.Object) {
+func (w *walker) narInfo(o store.Object) {
 	w.stats.narinfos.Add(1)
 	w.readThen(o, func(data []byte) error {
 		ni, perr := nix.ParseNarInfo(data)
@@ -59,25 +59,25 @@ func (w *walker) narInfo(o uploader.Object) {
 }
 
 // listing records a <hash>.ls NAR listing, by its node.
-func (w *walker) listing(o uploader.Object) {
+func (w *walker) listing(o store.Object) {
 	w.mu.Lock()
 	w.g.listings = append(w.g.listings, listing{node: w.g.intern(o.Key[:32]), mod: o.LastModified.UnixNano()})
 	w.mu.Unlock()
 }
 
 // narFile records a NAR object as listed, with its size and age.
-func (w *walker) narFile(o uploader.Object) {
+func (w *walker) narFile(o store.Object) {
 	w.mu.Lock()
 	nar := w.g.nar(w.g.internNAR(o.Key))
 	nar.size, nar.mod, nar.listed = o.Size, o.LastModified.UnixNano(), true
 	w.mu.Unlock()
 }
 
-func (w *walker) cacheInfo(uploader.Object) { w.g.CacheInfo = true }
+func (w *walker) cacheInfo(store.Object) { w.g.CacheInfo = true }
 
 // rootBatch reads a batch root record: each path it names was pushed at
 // its pushed_at, unless a later record says later.
-func (w *walker) rootBatch(o uploader.Object) {
+func (w *walker) rootBatch(o store.Object) {
 	w.readThen(o, func(data []byte) error {
 		r, ok := parseRootBatch(data, o.LastModified)
 		if !ok {
@@ -103,7 +103,7 @@ func (w *walker) rootBatch(o uploader.Object) {
 
 // root reads a root record, nixpush/roots/<hash>: its path was pushed at
 // its pushed_at (its LastModified when unreadable).
-func (w *walker) root(o uploader.Object) {
+func (w *walker) root(o store.Object) {
 	w.readThen(o, func(data []byte) error {
 		h := strings.TrimPrefix(o.Key, RootPrefix)
 		if len(h) != 32 {
@@ -125,7 +125,7 @@ func (w *walker) root(o uploader.Object) {
 }
 
 // log records a build log, log/<drv>.
-func (w *walker) log(o uploader.Object) {
+func (w *walker) log(o store.Object) {
 	w.mu.Lock()
 	w.g.logs = append(w.g.logs, logObject{key: w.g.addStr(o.Key), mod: o.LastModified.UnixNano()})
 	w.mu.Unlock()
@@ -133,7 +133,7 @@ func (w *walker) log(o uploader.Object) {
 
 // realisation reads a realisation for its outPath; one that cannot be
 // read points at nothing (gc keeps it).
-func (w *walker) realisation(o uploader.Object) {
+func (w *walker) realisation(o store.Object) {
 	w.readThen(o, func(data []byte) error {
 		out, perr := realisationOut(data)
 		w.mu.Lock()
@@ -152,7 +152,7 @@ func (w *walker) realisation(o uploader.Object) {
 }
 
 // pin reads a pin; one that cannot be read fails the walk.
-func (w *walker) pin(o uploader.Object) {
+func (w *walker) pin(o store.Object) {
 	w.readThen(o, func(data []byte) error {
 		p, err := parsePin(strings.TrimPrefix(o.Key, PinPrefix), data, o.LastModified)
 		if err != nil {
@@ -166,7 +166,7 @@ func (w *walker) pin(o uploader.Object) {
 }
 
 // sweep reads gc's marker, never from the cache (it changes in place).
-func (w *walker) sweep(o uploader.Object) {
+func (w *walker) sweep(o store.Object) {
 	w.eg.Go(func() error {
 		w.stats.requests.Add(1)
 		data, err := w.b.Get(w.ctx, o.Key)
@@ -227,7 +227,7 @@ func realisationOut(data []byte) (string, error) {
 // such (verify reports it; gc keeps it) with what it could read: its NAR,
 // Deriver and References, so gc keeps what it refers to as for any other
 // (a .narinfo without a References line refers to nothing, as for Nix).
-func (g *Graph) addNarInfo(o uploader.Object, ni *narinfo.NarInfo, err error, sigOK, narHashes bool) {
+func (g *Graph) addNarInfo(o store.Object, ni *narinfo.NarInfo, err error, sigOK, narHashes bool) {
 	i := g.intern(o.Key[:32])
 	n := g.node(i)
 	n.present = true

@@ -17,6 +17,7 @@ import (
 	"github.com/nixpush/nixpush/api/client"
 	"github.com/nixpush/nixpush/internal/version"
 	"github.com/nixpush/nixpush/nix"
+	"github.com/nixpush/nixpush/store"
 	"github.com/nixpush/nixpush/uploader"
 )
 
@@ -100,13 +101,13 @@ func (f *checkFlags) checkStore(ctx context.Context, rep *checkReport) {
 		rep.add(checkLine{Name: "store", Detail: "no --store-uri given", Fix: "pass --store-uri (or set NIXPUSH_STORE_URI) to check the cache"})
 		return
 	}
-	store, err := uploader.OpenStore(ctx, f.storeURI, uploader.StoreOptions{CACertFile: f.caCert})
+	st, err := store.Open(ctx, f.storeURI, store.Options{CACertFile: f.caCert})
 	if err != nil {
 		rep.add(checkLine{Name: "store URI", Detail: err.Error(), Fix: "see nixpush daemon -h for the URI syntax"})
 		return
 	}
 	cctx, cancel := context.WithTimeout(ctx, 30*time.Second)
-	for _, r := range uploader.Preflight(cctx, store, uploader.PreflightOptions{StoreDir: f.storeDir}) {
+	for _, r := range uploader.Preflight(cctx, st, uploader.PreflightOptions{StoreDir: f.storeDir}) {
 		c := checkLine{Name: r.Name, OK: r.Err == nil, Detail: r.Note}
 		if r.Err != nil {
 			c.Detail, c.Fix = r.Err.Error(), strings.ReplaceAll(r.Err.Fix(), "URI", f.storeURI)
@@ -114,7 +115,7 @@ func (f *checkFlags) checkStore(ctx context.Context, rep *checkReport) {
 		rep.add(c)
 	}
 	cancel()
-	if s3, ok := store.(*uploader.S3Store); ok {
+	if s3, ok := store.As[*store.S3Store](st); ok {
 		rep.add(anonymousRead(ctx, s3.HTTPURL(), f.caCert, f.storeURI))
 	}
 }
@@ -188,7 +189,7 @@ func anonymousRead(ctx context.Context, base, caCert, uri string) checkLine {
 	tr := http.DefaultTransport.(*http.Transport).Clone()
 	if caCert != "" {
 		// OpenStore read it already: an error here is not news.
-		if pool, err := uploader.CAPool(caCert); err == nil {
+		if pool, err := store.CAPool(caCert); err == nil {
 			tr.TLSClientConfig = &tls.Config{RootCAs: pool, MinVersion: tls.VersionTLS12}
 		}
 	}

@@ -24,6 +24,7 @@ import (
 	"github.com/nixpush/nixpush/api"
 	"github.com/nixpush/nixpush/daemon"
 	"github.com/nixpush/nixpush/nix"
+	"github.com/nixpush/nixpush/store"
 	"github.com/nixpush/nixpush/uploader"
 )
 
@@ -94,7 +95,7 @@ func runDaemon(ctx context.Context, args []string, stdout, stderr io.Writer) int
 		fmt.Fprintf(stderr, "nixpush daemon: %v\n", err)
 		return 2
 	}
-	store, err := uploader.OpenStore(ctx, setup.storeURI, uploader.StoreOptions{CACertFile: f.caCert, UploadRate: f.maxRate.RateSchedule})
+	store, err := store.Open(ctx, setup.storeURI, store.Options{CACertFile: f.caCert, UploadRate: f.maxRate.RateSchedule})
 	if err != nil {
 		fmt.Fprintf(stderr, "nixpush daemon: %v\n", err)
 		return 2
@@ -249,7 +250,7 @@ func startCPUProfile(file string) (stop func(), err error) {
 
 // run wires Nix, the uploader and systemd into the daemon and runs it
 // until ctx is done.
-func (f *daemonFlags) run(ctx context.Context, s *daemonSetup, store uploader.Store) error {
+func (f *daemonFlags) run(ctx context.Context, s *daemonSetup, store store.Store) error {
 	log := s.log
 	nixClient := &nix.Client{StoreDir: f.storeDir}
 	// Path info through one long-lived nix-store --serve, not a Nix process

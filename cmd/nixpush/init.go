@@ -10,6 +10,7 @@ import (
 	"os"
 
 	"github.com/nixpush/nixpush/nix"
+	"github.com/nixpush/nixpush/store"
 	"github.com/nixpush/nixpush/uploader"
 )
 
@@ -83,7 +84,7 @@ func runInit(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 		fmt.Fprintf(stderr, "nixpush init: %v\n", err)
 		return 2
 	}
-	store, err := uploader.OpenStore(ctx, f.storeURI, uploader.StoreOptions{CACertFile: f.caCert})
+	st, err := store.Open(ctx, f.storeURI, store.Options{CACertFile: f.caCert})
 	if err != nil {
 		fmt.Fprintf(stderr, "nixpush init: %v\n", err)
 		return 2
@@ -93,18 +94,18 @@ func runInit(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 			"expiry breaks closures (a path outlives a dependency and Nix refuses it until it is pushed again). "+
 			"Prefer closure-aware retention: nixpush gc --older-than %dd (see docs/retention.md).\n", f.expireDays, f.expireDays)
 	}
-	changes, err := uploader.Init(ctx, store, uploader.InitOptions{PublicRead: f.publicRead, ExpireDays: f.expireDays})
+	changes, err := uploader.Init(ctx, st, store.InitOptions{PublicRead: f.publicRead, ExpireDays: f.expireDays})
 	for _, c := range changes {
 		fmt.Fprintf(stdout, "changed: %s\n", c)
 	}
 	if err != nil {
 		fmt.Fprintf(stderr, "nixpush init: %v\n", err)
-		if se := uploader.AsStoreError(err); se != nil && se.Problem != uploader.NoBucket {
+		if se := store.AsStoreError(err); se != nil && se.Problem != store.NoBucket {
 			fmt.Fprintf(stderr, "fix: %s\n", se.Fix())
 		}
 		return 1
 	}
-	s3, isS3 := store.(*uploader.S3Store)
+	s3, isS3 := store.As[*store.S3Store](st)
 	if f.createUser != "" {
 		more, code := ensureUser(ctx, s3, f.storeURI, f.createUser, f.credFile, f.rotate, stdout, stderr)
 		if code != 0 {
@@ -113,7 +114,7 @@ func runInit(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 		changes = append(changes, more...)
 	}
 	if len(changes) == 0 {
-		fmt.Fprintf(stdout, "%s is ready; nothing to change\n", store)
+		fmt.Fprintf(stdout, "%s is ready; nothing to change\n", st)
 	}
 	f.printSnippets(stdout, s3, isS3, pub)
 	return 0
@@ -121,7 +122,7 @@ func runInit(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 
 // printSnippets prints the policies (--print-policy), the daemon's
 // command line (--create-user) and the consumers' settings.
-func (f *initFlags) printSnippets(stdout io.Writer, s3 *uploader.S3Store, isS3 bool, pub string) {
+func (f *initFlags) printSnippets(stdout io.Writer, s3 *store.S3Store, isS3 bool, pub string) {
 	if f.printPolicy {
 		u, _ := url.Parse(f.storeURI)
 		fmt.Fprintf(stdout, "\n# least-privilege policy for the uploading account (as the classic nix-cache-write):\n%s\n", uploader.UploaderPolicy(u.Host))
@@ -146,12 +147,12 @@ nix.settings = {
 
 // ensureUser makes name the uploading account and writes its profile; it
 // prints what changed and returns it, with an exit code.
-func ensureUser(ctx context.Context, s3 *uploader.S3Store, uri, name, credFile string, rotate bool, stdout, stderr io.Writer) ([]string, int) {
-	changes, secret, err := s3.EnsureUploader(ctx, name, rotate)
+func ensureUser(ctx context.Context, s3 *store.S3Store, uri, name, credFile string, rotate bool, stdout, stderr io.Writer) ([]string, int) {
+	changes, secret, err := s3.EnsureUploader(ctx, name, uploader.UploaderPolicy(s3.Bucket()), rotate)
 	for _, c := range changes {
 		fmt.Fprintf(stdout, "changed: %s\n", c)
 	}
-	if errors.Is(err, uploader.ErrNoAdminAPI) {
+	if errors.Is(err, store.ErrNoAdminAPI) {
 		fmt.Fprintf(stderr, "nixpush init: %v\n", err)
 		fmt.Fprintf(stderr, "create the uploading account with your provider's tools and attach this policy to it (name it %s):\n%s\n",
 			s3.UploaderPolicyName(), uploader.UploaderPolicy(s3.Bucket()))

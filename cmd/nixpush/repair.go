@@ -11,12 +11,12 @@ import (
 	"github.com/nixpush/nixpush/api/client"
 	"github.com/nixpush/nixpush/nix"
 	"github.com/nixpush/nixpush/retention"
-	"github.com/nixpush/nixpush/uploader"
+	"github.com/nixpush/nixpush/store"
 )
 
 // repairCache runs verify --repair (retention.RepairAgain) with the
 // daemon behind --socket pushing again, and prints the verify after it.
-func (f *verifyFlags) repairCache(ctx context.Context, b uploader.Bucket, rep *retention.VerifyReport, opts retention.VerifyOptions,
+func (f *verifyFlags) repairCache(ctx context.Context, b store.Bucket, rep *retention.VerifyReport, opts retention.VerifyOptions,
 	stdout, stderr io.Writer) ([]string, *retention.VerifyReport, error) {
 	ra := retention.RepairAgainOptions{
 		Repair: retention.RepairOptions{Host: hostname(), SingleGC: f.singleGC},

@@ -1,16 +1,14 @@
-package uploader
+package store
 
 import (
 	"bytes"
 	"context"
 	"crypto/tls"
-	"crypto/x509"
 	"errors"
 	"fmt"
 	"io"
 	"net/http"
 	"net/url"
-	"os"
 	"sort"
 	"strings"
 	"time"
@@ -34,15 +32,15 @@ type S3Store struct {
 	bw       *bandwidth
 }
 
-// partSize is the multipart part size for NARs of unknown compressed size:
+// PartSize is the multipart part size for NARs of unknown compressed size:
 // S3's smallest, since part buffers are most of the daemon's memory while
 // large NARs stream (see parts). Objects can be up to 10,000 parts (48.8 GiB
 // of compressed NAR).
-const partSize = 5 << 20
+const PartSize = 5 << 20
 
 var s3Params = map[string]bool{"endpoint": true, "scheme": true, "region": true, "profile": true}
 
-func openS3(ctx context.Context, u *url.URL, opts StoreOptions) (*S3Store, error) {
+func openS3(ctx context.Context, u *url.URL, opts Options) (*S3Store, error) {
 	bucket := u.Host
 	if bucket == "" {
 		return nil, fmt.Errorf("store URI %q: missing bucket; want s3://BUCKET?endpoint=HOST", u.Redacted())
@@ -79,16 +77,9 @@ func openS3(ctx context.Context, u *url.URL, opts StoreOptions) (*S3Store, error
 		return nil, err
 	}
 	if opts.CACertFile != "" {
-		pem, err := os.ReadFile(opts.CACertFile)
+		pool, err := CAPool(opts.CACertFile)
 		if err != nil {
-			return nil, fmt.Errorf("CA certificate: %w", err)
-		}
-		pool, err := x509.SystemCertPool()
-		if err != nil {
-			pool = x509.NewCertPool()
-		}
-		if !pool.AppendCertsFromPEM(pem) {
-			return nil, fmt.Errorf("CA certificate %s: no PEM certificate found", opts.CACertFile)
+			return nil, err
 		}
 		transport.TLSClientConfig = &tls.Config{RootCAs: pool, MinVersion: tls.VersionTLS12}
 	}
@@ -182,8 +173,8 @@ func (s *S3Store) Put(ctx context.Context, key string, r io.Reader, size int64, 
 	return nil
 }
 
-// maxParts is S3's limit on the parts of a multipart upload.
-const maxParts = 10000
+// MaxParts is S3's limit on the parts of a multipart upload.
+const MaxParts = 10000
 
 // putStream uploads r, of unknown size. What fits in one part goes up with
 // a single PUT. More becomes a multipart upload (minio.Core's calls) in
@@ -192,20 +183,26 @@ const maxParts = 10000
 // other and takes a fresh buffer per object. A read error (packing failed)
 // or an upload error aborts the upload: no object, no stray parts.
 func (s *S3Store) putStream(ctx context.Context, key string, r io.Reader, opts minio.PutObjectOptions) (err error) {
-	buf, err := parts.get(ctx)
+	buf, err := Parts.Get(ctx)
 	if err != nil {
 		return err
 	}
 	n, rerr := io.ReadFull(r, buf)
 	if rerr == io.EOF || rerr == io.ErrUnexpectedEOF {
-		defer parts.put(buf)
+		defer Parts.Put(buf)
 		return s.Put(ctx, key, bytes.NewReader(buf[:n]), int64(n), opts.ContentType)
 	}
 	if rerr != nil {
-		parts.put(buf)
+		Parts.Put(buf)
 		return rerr
 	}
 
+	return s.putMultipart(ctx, key, r, opts, buf, n, rerr)
+}
+
+// putMultipart goes on with putStream as a multipart upload, from the
+// first part (buf[:n], and rerr, the error of reading it).
+func (s *S3Store) putMultipart(ctx context.Context, key string, r io.Reader, opts minio.PutObjectOptions, buf []byte, n int, rerr error) (err error) {
 	core := minio.Core{Client: s.client}
 	var id string
 	err = persist(ctx, nil, func() (err error) {
@@ -213,7 +210,7 @@ func (s *S3Store) putStream(ctx context.Context, key string, r io.Reader, opts m
 		return err
 	})
 	if err != nil {
-		parts.put(buf)
+		Parts.Put(buf)
 		return s.wrap("put", key, err)
 	}
 	defer func() {
@@ -225,34 +222,16 @@ func (s *S3Store) putStream(ctx context.Context, key string, r io.Reader, opts m
 		}
 	}()
 
-	type sent struct {
-		part minio.ObjectPart
-		err  error
-	}
-	send := func(num int, buf []byte, n int) <-chan sent {
-		ch := make(chan sent, 1)
-		go func() {
-			defer parts.put(buf)
-			var p minio.ObjectPart
-			err := persist(ctx, nil, func() (err error) {
-				p, err = core.PutObjectPart(ctx, s.bucket, key, id, num, bytes.NewReader(buf[:n]), int64(n),
-					minio.PutObjectPartOptions{DisableContentSha256: true})
-				return err
-			})
-			ch <- sent{p, err}
-		}()
-		return ch
-	}
 	var done []minio.CompletePart
 	for num := 1; ; num++ {
-		pending := send(num, buf, n)
+		pending := s.sendPart(ctx, key, id, num, buf, n)
 		last := rerr == io.ErrUnexpectedEOF
 		if !last {
-			if num == maxParts {
+			if num == MaxParts {
 				<-pending
-				return Permanent(fmt.Errorf("%s put %s: more than %d parts of %d MiB", s.name, key, maxParts, partSize>>20))
+				return Permanent(fmt.Errorf("%s put %s: more than %d parts of %d MiB", s.name, key, MaxParts, PartSize>>20))
 			}
-			if buf, err = parts.get(ctx); err != nil {
+			if buf, err = Parts.Get(ctx); err != nil {
 				<-pending
 				return err
 			}
@@ -261,7 +240,7 @@ func (s *S3Store) putStream(ctx context.Context, key string, r io.Reader, opts m
 		res := <-pending
 		if res.err != nil {
 			if !last {
-				parts.put(buf)
+				Parts.Put(buf)
 			}
 			return s.wrap("put", key, res.err)
 		}
@@ -270,11 +249,11 @@ func (s *S3Store) putStream(ctx context.Context, key string, r io.Reader, opts m
 			break
 		}
 		if rerr == io.EOF {
-			parts.put(buf)
+			Parts.Put(buf)
 			break
 		}
 		if rerr != nil && rerr != io.ErrUnexpectedEOF {
-			parts.put(buf)
+			Parts.Put(buf)
 			return rerr
 		}
 	}
@@ -285,6 +264,29 @@ func (s *S3Store) putStream(ctx context.Context, key string, r io.Reader, opts m
 		return s.wrap("put", key, err)
 	}
 	return nil
+}
+
+// sentPart is how a part's upload ended.
+type sentPart struct {
+	part minio.ObjectPart
+	err  error
+}
+
+// sendPart sends buf[:n] as part num of upload id, in the background, and
+// gives buf back to Parts once sent.
+func (s *S3Store) sendPart(ctx context.Context, key, id string, num int, buf []byte, n int) <-chan sentPart {
+	ch := make(chan sentPart, 1)
+	go func() {
+		defer Parts.Put(buf)
+		var p minio.ObjectPart
+		err := persist(ctx, nil, func() (err error) {
+			p, err = minio.Core{Client: s.client}.PutObjectPart(ctx, s.bucket, key, id, num, bytes.NewReader(buf[:n]), int64(n),
+				minio.PutObjectPartOptions{DisableContentSha256: true})
+			return err
+		})
+		ch <- sentPart{p, err}
+	}()
+	return ch
 }
 
 // ListTop lists the bucket's top level (ListObjectsV2 with delimiter "/",
@@ -381,11 +383,11 @@ func innerURLError(err error) error {
 // from a policy that denies).
 func (s *S3Store) Check(ctx context.Context) error {
 	err := persist(ctx, nil, func() error {
-		_, err := minio.Core{Client: s.probe}.ListObjectsV2(s.bucket, probePrefix, "", "", "/", 1)
+		_, err := minio.Core{Client: s.probe}.ListObjectsV2(s.bucket, ProbePrefix, "", "", "/", 1)
 		return err
 	})
 	if err != nil {
-		return s.wrap("list", probePrefix, err)
+		return s.wrap("list", ProbePrefix, err)
 	}
 	return nil
 }

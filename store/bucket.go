@@ -1,4 +1,4 @@
-package uploader
+package store
 
 import (
 	"context"
@@ -28,9 +28,8 @@ type PendingUpload struct {
 type Bucket interface {
 	Store
 	// List calls fn with every object whose key starts with prefix,
-	// streaming: nothing of the listing is kept beyond a page. S3 lists
-	// in key order, a file store in directory order: callers rely on
-	// neither. An error from fn stops the listing and is returned.
+	// streaming, in key order (byte-wise ascending), a page of PageSize
+	// keys a request. An error from fn stops the listing and is returned.
 	List(ctx context.Context, prefix string, fn func(Object) error) error
 	// Stat describes one object, or returns an error wrapping ErrNotExist.
 	Stat(ctx context.Context, key string) (Object, error)
@@ -57,6 +56,10 @@ type Bucket interface {
 	// ProbeConditional, not here.
 	PutIf(ctx context.Context, key string, data []byte, contentType, etag string) (newETag string, err error)
 }
+
+// PageSize is how many keys S3 gives in a listing page and takes in a
+// DeleteObjects request; the file store pages its listings the same.
+const PageSize = 1000
 
 // ErrConditionFailed reports a conditional write whose condition did not
 // hold: another writer got there first.
