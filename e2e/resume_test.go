@@ -216,9 +216,9 @@ func TestResumeAbandoned(t *testing.T) {
 	r.d.Start()
 	r.d.MustWait(5 * time.Minute)
 	eventually(t, time.Minute, func() bool { return pending() == 0 && markers() == 0 }, "the abandoned upload aborted")
-	if line := logLine(r.d, "abandoned upload aborted"); line == "" {
-		t.Errorf("the log does not say the upload was abandoned:\n%s", r.d.Log)
-	} else {
-		t.Logf("%s", line)
-	}
+	// The line follows the abort: under load the test may see the abort
+	// before the daemon has written it (it did in .ci/run, load 14).
+	eventually(t, 30*time.Second, func() bool { return logLine(r.d, "abandoned upload aborted") != "" },
+		"the log says the upload was abandoned")
+	t.Logf("%s", logLine(r.d, "abandoned upload aborted"))
 }
