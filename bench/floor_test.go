@@ -21,13 +21,17 @@ import (
 // compresses, the SHA-256 of the NAR and of the file), all into nothing,
 // on every core; and the compressed bytes, packed beforehand, sent to
 // MinIO as nixpush sends them (5 MiB parts), and in one PUT each as nix
-// copy sends them, MinIO's CPU time read meanwhile.
+// copy sends them, MinIO's CPU time read meanwhile; and both in one pass,
+// two NARs at a time, a part sent while the next is packed: a pusher that
+// does nothing else (no .narinfo, signature, listing or queue), timed
+// under the same load as nix copy and nixpush.
 var floorModes = []struct{ side, mode string }{
 	{"floor NAR", "nar"},
 	{"floor NAR+hash", "hash"},
 	{"floor pack", "all"},
 	{"floor put", "put"},
 	{"floor put single", "put-single"},
+	{"floor stream", "stream"},
 }
 
 // floorSides are the floor's sides, when NIXPUSH_BENCH_FLOOR asks for them
@@ -79,11 +83,14 @@ type floorResult struct {
 func (pr *pushRun) floorPush(s *pushSide, bucket string) {
 	r, b := pr.r, pr.r.b
 	args := []string{"pack", "-stage", s.floor}
-	put := strings.HasPrefix(s.floor, "put")
+	put := strings.HasPrefix(s.floor, "put") || s.floor == "stream"
 	if put {
 		r.minio.MakeBucket(b, bucket, false)
-		args = []string{"put", "-endpoint", r.minio.Endpoint, "-bucket", bucket, "-minio-pid", strconv.Itoa(r.minio.Pid()),
-			"-single=" + strconv.FormatBool(s.floor == "put-single")}
+		args = []string{"put", "-single=" + strconv.FormatBool(s.floor == "put-single")}
+		if s.floor == "stream" {
+			args = []string{"stream"}
+		}
+		args = append(args, "-endpoint", r.minio.Endpoint, "-bucket", bucket, "-minio-pid", strconv.Itoa(r.minio.Pid()))
 	}
 	r.settle()
 	m0, _ := r.minio.CPUTime()
@@ -156,6 +163,9 @@ func logFloor(b *testing.B, sides []*pushSide, nixCopy time.Duration, largest fl
 	logOut(b, "  floor: %.2f s of CPU (pack %.2f + send %.2f + MinIO %.2f, as %s) on %d cores: %.2f s (the largest NAR's stream alone: %.2f s); ratio to nix copy %.2f",
 		cpu.Seconds(), c(pack).Seconds(), c(put).Seconds(), percentile(put.minioCPU, 0.5).Seconds(), put.name,
 		cores, floor.Seconds(), serial.Seconds(), floor.Seconds()/nixCopy.Seconds())
+	if st := med["stream"]; st != nil {
+		logOut(b, "  floor stream / nix copy, wall times in the same rounds: %.2f", percentile(st.took, 0.5).Seconds()/nixCopy.Seconds())
+	}
 	for _, s := range sides {
 		if s.floor == "" {
 			total := c(s) + percentile(s.minioCPU, 0.5)

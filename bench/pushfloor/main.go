@@ -4,6 +4,7 @@
 //
 //	pushfloor pack [-stage nar|hash|all] [-jobs N] PATH...
 //	pushfloor put -endpoint HOST:PORT -bucket B [-jobs N] [-minio-pid PID] [-single] PATH...
+//	pushfloor stream -endpoint HOST:PORT -bucket B [-jobs N] [-minio-pid PID] PATH...
 //
 // pack reads each path and serialises its NAR (a), compresses it with zstd
 // as nixpush does (b: level default, 1 MiB window, one stream encoding a
@@ -19,6 +20,13 @@
 // CPU time before and after. -single sends each file in one PUT, as nix
 // copy does, whatever its size. The credentials come from AWS_ACCESS_KEY_ID
 // and AWS_SECRET_ACCESS_KEY.
+//
+// stream does both in one pass, as a pusher that does nothing else would:
+// each NAR is packed into 5 MiB parts, a part sent while the next is
+// packed, -jobs NARs at once (default 2, as nixpush); a NAR of one part
+// goes up in one PUT. No .narinfo, no signature, no listing, no queue:
+// its wall time is the floor's, measured under the same load as the
+// pushers beside it.
 //
 // Both print one JSON line: wall and CPU seconds of the timed part (CPU
 // from getrusage, all threads of this process), the bytes, and MinIO's CPU
@@ -77,6 +85,8 @@ func main() {
 		res, err = runPack(os.Args[2:])
 	case "put":
 		res, err = runPut(os.Args[2:])
+	case "stream":
+		res, err = runStream(os.Args[2:])
 	default:
 		usage()
 	}
@@ -89,7 +99,8 @@ func main() {
 
 func usage() {
 	fmt.Fprintln(os.Stderr, "usage: pushfloor pack [-stage nar|hash|all] [-jobs N] PATH...\n"+
-		"       pushfloor put -endpoint HOST:PORT -bucket B [-jobs N] [-minio-pid PID] [-single] PATH...")
+		"       pushfloor put -endpoint HOST:PORT -bucket B [-jobs N] [-minio-pid PID] [-single] PATH...\n"+
+		"       pushfloor stream -endpoint HOST:PORT -bucket B [-jobs N] [-minio-pid PID] PATH...")
 	os.Exit(2)
 }
 
@@ -205,8 +216,7 @@ func runPut(args []string) (result, error) {
 		res.NARBytes += n
 		res.FileBytes += int64(buf.Len())
 	}
-	c, err := minio.New(*endpoint, &minio.Options{Region: "us-east-1",
-		Creds: credentials.NewStaticV4(os.Getenv("AWS_ACCESS_KEY_ID"), os.Getenv("AWS_SECRET_ACCESS_KEY"), "")})
+	c, err := newClient(*endpoint)
 	if err != nil {
 		return res, err
 	}
@@ -225,6 +235,113 @@ func runPut(args []string) (result, error) {
 		err = merr
 	}
 	return res, err
+}
+
+func runStream(args []string) (result, error) {
+	fs := flag.NewFlagSet("stream", flag.ExitOnError)
+	endpoint := fs.String("endpoint", "", "S3 endpoint, HOST:PORT (plain http)")
+	bucket := fs.String("bucket", "", "bucket")
+	jobs := fs.Int("jobs", 2, "NARs at once")
+	minioPid := fs.Int("minio-pid", 0, "MinIO's process id, to read its CPU time")
+	fs.Parse(args)
+	if *endpoint == "" || *bucket == "" {
+		usage()
+	}
+	paths := fs.Args()
+	res := result{Mode: "stream", Paths: len(paths)}
+	c, err := newClient(*endpoint)
+	if err != nil {
+		return res, err
+	}
+	m0, err := procCPU(*minioPid)
+	if err != nil {
+		return res, err
+	}
+	var mu sync.Mutex
+	wall, cpu, err := timed(func() error {
+		return eachUnit(len(paths), *jobs, func(i int) error {
+			n, f, reqs, err := streamOne(context.Background(), c, *bucket, fmt.Sprintf("nar/%d.nar.zst", i), paths[i])
+			mu.Lock()
+			res.NARBytes, res.FileBytes, res.Requests = res.NARBytes+n, res.FileBytes+f, res.Requests+reqs
+			mu.Unlock()
+			return err
+		})
+	})
+	m1, merr := procCPU(*minioPid)
+	res.WallS, res.CPUS, res.MinIOCPUS = wall.Seconds(), cpu.Seconds(), (m1 - m0).Seconds()
+	if err == nil {
+		err = merr
+	}
+	return res, err
+}
+
+// streamOne packs path into a pipe and sends it under key as it comes: one
+// PUT if it fits in a part, else a multipart upload whose next part is
+// packed while the previous one is sent.
+func streamOne(ctx context.Context, c *minio.Client, bucket, key, path string) (narBytes, fileBytes int64, requests int, err error) {
+	pr, pw := io.Pipe()
+	packed := make(chan error, 1)
+	var narN, fileN int64
+	go func() {
+		var err error
+		narN, fileN, err = pack(path, "all", pw)
+		pw.CloseWithError(err)
+		packed <- err
+	}()
+	defer func() {
+		pr.CloseWithError(io.ErrClosedPipe)
+		perr := <-packed
+		narBytes, fileBytes = narN, fileN
+		if err == nil {
+			err = perr
+		}
+	}()
+	opts := minio.PutObjectOptions{ContentType: "application/x-nix-nar", DisableContentSha256: true}
+	buf := make([]byte, partSize)
+	n, rerr := io.ReadFull(pr, buf)
+	if rerr == io.EOF || rerr == io.ErrUnexpectedEOF {
+		opts.DisableMultipart = true
+		_, err = c.PutObject(ctx, bucket, key, bytes.NewReader(buf[:n]), int64(n), opts)
+		return narBytes, fileBytes, 1, err
+	}
+	if rerr != nil {
+		return narBytes, fileBytes, 0, rerr
+	}
+	core := minio.Core{Client: c}
+	id, err := core.NewMultipartUpload(ctx, bucket, key, opts)
+	if err != nil {
+		return narBytes, fileBytes, 1, err
+	}
+	requests = 1
+	var done []minio.CompletePart
+	next := make([]byte, partSize)
+	for num := 1; ; num++ {
+		sent := make(chan error, 1)
+		go func(num int, data []byte) {
+			p, err := core.PutObjectPart(ctx, bucket, key, id, num, bytes.NewReader(data), int64(len(data)),
+				minio.PutObjectPartOptions{DisableContentSha256: true})
+			done = append(done, minio.CompletePart{PartNumber: num, ETag: p.ETag})
+			sent <- err
+		}(num, buf[:n])
+		last := rerr != nil
+		var m int
+		if !last {
+			m, rerr = io.ReadFull(pr, next)
+		}
+		if err := <-sent; err != nil {
+			return narBytes, fileBytes, requests, err
+		}
+		requests++
+		if rerr != nil && rerr != io.ErrUnexpectedEOF && rerr != io.EOF {
+			return narBytes, fileBytes, requests, rerr // packing failed
+		}
+		if last || m == 0 {
+			break
+		}
+		buf, next, n = next, buf, m
+	}
+	_, err = core.CompleteMultipartUpload(ctx, bucket, key, id, done, minio.PutObjectOptions{ContentType: "application/x-nix-nar"})
+	return narBytes, fileBytes, requests + 1, err
 }
 
 // putAll sends each file as nar/<i>.nar.zst, jobs requests at once: a
@@ -283,6 +400,13 @@ func putAll(ctx context.Context, c *minio.Client, bucket string, files [][]byte,
 		requests++
 	}
 	return requests, nil
+}
+
+// newClient is a client of the S3 endpoint (plain http) with the
+// credentials of the environment.
+func newClient(endpoint string) (*minio.Client, error) {
+	return minio.New(endpoint, &minio.Options{Region: "us-east-1",
+		Creds: credentials.NewStaticV4(os.Getenv("AWS_ACCESS_KEY_ID"), os.Getenv("AWS_SECRET_ACCESS_KEY"), "")})
 }
 
 // each runs fn on every path, jobs at once, and returns the first error.
