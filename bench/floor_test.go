@@ -99,7 +99,11 @@ func (pr *pushRun) floorPush(s *pushSide, bucket string) {
 	out, err := cmd.Output()
 	m1, _ := r.minio.CPUTime()
 	if err != nil {
-		b.Fatalf("pushfloor %s: %v\n%s", s.floor, err, out)
+		var stderr []byte
+		if ee, ok := err.(*exec.ExitError); ok {
+			stderr = ee.Stderr
+		}
+		b.Fatalf("pushfloor %s: %v\n%s%s", s.floor, err, out, stderr)
 	}
 	var res floorResult
 	if err := json.Unmarshal(out, &res); err != nil {
