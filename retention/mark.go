@@ -218,12 +218,22 @@ type recording struct {
 }
 
 func (r *recording) List(ctx context.Context, prefix string, fn func(store.Object) error) error {
-	return r.Bucket.List(ctx, prefix, func(o store.Object) error {
+	return r.Bucket.List(ctx, prefix, r.remember(fn))
+}
+
+// ListUnordered lists as List does, in the order the recorded store
+// lists cheapest.
+func (r *recording) ListUnordered(ctx context.Context, prefix string, fn func(store.Object) error) error {
+	return store.ListAnyOrder(ctx, r.Bucket, prefix, r.remember(fn))
+}
+
+func (r *recording) remember(fn func(store.Object) error) func(store.Object) error {
+	return func(o store.Object) error {
 		if strings.HasPrefix(o.Key, PinPrefix) || strings.HasPrefix(o.Key, RootPrefix) {
 			r.mu.Lock()
 			r.seen[o.Key] = o.ETag
 			r.mu.Unlock()
 		}
 		return fn(o)
-	})
+	}
 }

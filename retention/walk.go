@@ -177,7 +177,7 @@ func Walk(ctx context.Context, b store.Bucket, opts WalkOptions) (*Graph, error)
 	eg, ectx := errgroup.WithContext(ctx)
 	eg.SetLimit(opts.Jobs + 1)
 	w.eg, w.ctx = eg, ectx
-	eg.Go(func() error { return b.List(ectx, "", w.listed) })
+	eg.Go(func() error { return store.ListAnyOrder(ectx, b, "", w.listed) })
 	if err := eg.Wait(); err != nil {
 		return nil, fmt.Errorf("walk %s: %w", b, err)
 	}

@@ -17,6 +17,24 @@ type Deleter interface {
 	Delete(ctx context.Context, key string) error
 }
 
+// UnorderedLister is a store that lists cheaper in no particular order:
+// the file store reads a page of directory entries at a time, where List,
+// in S3's order, holds the names of a whole directory (some 180 bytes a
+// key: 18 MB more for a gc of 100,000 paths). A walk that sorts nothing
+// (gc's, verify's) lists through ListAnyOrder.
+type UnorderedLister interface {
+	ListUnordered(ctx context.Context, prefix string, fn func(Object) error) error
+}
+
+// ListAnyOrder lists the keys under prefix as Bucket.List does, but in
+// whatever order b lists cheapest: ListUnordered where b offers it.
+func ListAnyOrder(ctx context.Context, b Bucket, prefix string, fn func(Object) error) error {
+	if u, ok := As[UnorderedLister](b); ok {
+		return u.ListUnordered(ctx, prefix, fn)
+	}
+	return b.List(ctx, prefix, fn)
+}
+
 // TrafficReporter is a store that reports how its requests go (the S3 store).
 type TrafficReporter interface {
 	Traffic() Traffic

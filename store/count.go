@@ -47,7 +47,7 @@ func (c *Counting) Get(ctx context.Context, key string) ([]byte, error) {
 }
 
 // View gives the counted capabilities of the wrapped store: Bucket,
-// Lister and Deleter.
+// Lister, Deleter and UnorderedLister.
 func (c *Counting) View(target any) bool {
 	switch t := target.(type) {
 	case *Bucket:
@@ -68,8 +68,27 @@ func (c *Counting) View(target any) bool {
 			*t = countingDeleter{c, d}
 		}
 		return ok
+	case *UnorderedLister:
+		u, ok := As[UnorderedLister](c.next)
+		if ok {
+			*t = countingUnordered{c, u}
+		}
+		return ok
 	}
 	return false
+}
+
+type countingUnordered struct {
+	c *Counting
+	u UnorderedLister
+}
+
+func (cu countingUnordered) ListUnordered(ctx context.Context, prefix string, fn func(Object) error) error {
+	page := cu.c.pages()
+	return cu.u.ListUnordered(ctx, prefix, func(o Object) error {
+		page()
+		return fn(o)
+	})
 }
 
 // pages counts a listing's pages as its entries go by: the first when it

@@ -11,7 +11,7 @@ import (
 // nil, is asked before each call made through it, with the method's name
 // ("Has", "Put", "List", …) and the key (a listing's prefix); an error it
 // returns is the call's, and the wrapped store is not called. Through As
-// it offers its Bucket, Lister and Deleter views, faulted the same; other
+// it offers its Bucket, Lister, Deleter and UnorderedLister views, faulted the same; other
 // capabilities are the wrapped store's own.
 type Faulty struct {
 	next store.Store
@@ -57,7 +57,8 @@ func (f *Faulty) Get(ctx context.Context, key string) ([]byte, error) {
 	return f.next.Get(ctx, key)
 }
 
-// View gives the faulted Bucket, Lister and Deleter of the wrapped store.
+// View gives the faulted Bucket, Lister, Deleter and UnorderedLister of
+// the wrapped store.
 func (f *Faulty) View(target any) bool {
 	switch t := target.(type) {
 	case *store.Bucket:
@@ -78,8 +79,27 @@ func (f *Faulty) View(target any) bool {
 			*t = faultyDeleter{f, d}
 		}
 		return ok
+	case *store.UnorderedLister:
+		u, ok := store.As[store.UnorderedLister](f.next)
+		if ok {
+			*t = faultyUnordered{f, u}
+		}
+		return ok
 	}
 	return false
+}
+
+type faultyUnordered struct {
+	f *Faulty
+	u store.UnorderedLister
+}
+
+// ListUnordered fails as List does: its op is "List".
+func (fu faultyUnordered) ListUnordered(ctx context.Context, prefix string, fn func(store.Object) error) error {
+	if err := fu.f.fail("List", prefix); err != nil {
+		return err
+	}
+	return fu.u.ListUnordered(ctx, prefix, fn)
 }
 
 type faultyLister struct {

@@ -32,6 +32,7 @@ func Run(t *testing.T, open func(t *testing.T) store.Store) {
 	t.Run("Delete", func(t *testing.T) { testDelete(t, bucket(t)) })
 	t.Run("ListOrder", func(t *testing.T) { testListOrder(t, bucket(t)) })
 	t.Run("ListPages", func(t *testing.T) { testListPages(t, bucket(t)) })
+	t.Run("ListAnyOrder", func(t *testing.T) { testListAnyOrder(t, bucket(t)) })
 	t.Run("Conditional", func(t *testing.T) { testConditional(t, bucket(t)) })
 	t.Run("Uploads", func(t *testing.T) { testUploads(t, bucket(t)) })
 	t.Run("Wrapped", func(t *testing.T) { testWrapped(t, bucket(t)) })
@@ -219,6 +220,39 @@ func testListPages(t *testing.T, b store.Bucket) {
 	}
 	if got := list(t, b, "pag"); !slices.Equal(got, []string{"page.narinfo", "pagf"}) {
 		t.Errorf("after DeleteMany of %d: %d keys left (%q…)", len(keys), len(got), got[:min(3, len(got))])
+	}
+}
+
+// testListAnyOrder: ListAnyOrder, whether or not the store lists cheaper
+// unordered, gives the keys List gives, each once, over more than a page,
+// in directories and not, with prefixes cutting through names.
+func testListAnyOrder(t *testing.T, b store.Bucket) {
+	ctx := context.Background()
+	var eg errgroup.Group
+	eg.SetLimit(16)
+	for i := range store.PageSize + 7 {
+		eg.Go(func() error {
+			return b.Put(ctx, fmt.Sprintf("%04x.narinfo", i), bytes.NewReader(nil), 0, "text/x-nix-narinfo")
+		})
+	}
+	for _, k := range []string{"nar/a.nar", "nar/b.nar.zst", "nixpush/pins/p", "nixpush/roots/batch-1", "log/x.drv", "nix-cache-info"} {
+		put(t, b, k, k)
+	}
+	if err := eg.Wait(); err != nil {
+		t.Fatal(err)
+	}
+	for _, prefix := range []string{"", "nar/", "nixpush/", "nixpush/pins/", "00", "n", "missing/"} {
+		var got []string
+		if err := store.ListAnyOrder(ctx, b, prefix, func(o store.Object) error {
+			got = append(got, o.Key)
+			return nil
+		}); err != nil {
+			t.Fatalf("ListAnyOrder(%q): %v", prefix, err)
+		}
+		slices.Sort(got)
+		if want := list(t, b, prefix); !slices.Equal(got, want) {
+			t.Errorf("ListAnyOrder(%q): %d keys, first difference at %d; want List's %d", prefix, len(got), firstDiff(got, want), len(want))
+		}
 	}
 }
 
