@@ -17,6 +17,7 @@ import (
 	"github.com/rs/zerolog"
 
 	"github.com/nixpush/nixpush/internal/testenv"
+	"github.com/nixpush/nixpush/narpack"
 )
 
 // timingStore records how long each .narinfo PUT took and when it ended.
@@ -110,7 +111,7 @@ func BenchmarkChainS3(b *testing.B) {
 			b.Fatal(err)
 		}
 		ts := &timingStore{Bucket: st.(Bucket)}
-		u := New(Config{Store: ts, Nix: fs, Key: key, Compression: Zstd, Jobs: benchJobs(), StoreDir: fs.dir, Log: zerolog.Nop()})
+		u := New(Config{Store: ts, Nix: fs, Key: key, Compression: narpack.Zstd, Jobs: benchJobs(), StoreDir: fs.dir, Log: zerolog.Nop()})
 		m0, _ := m.CPUTime()
 		c0 := selfCPU()
 		b.StartTimer()

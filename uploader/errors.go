@@ -30,10 +30,6 @@ func IsPermanent(err error) bool {
 	return errors.As(err, &p)
 }
 
-// ErrHashMismatch reports a path whose NAR no longer matches the hash the
-// Nix database registered for it (the store was modified behind Nix's back).
-var ErrHashMismatch = errors.New("NAR hash mismatch")
-
 // DependencyError reports a path left out because a path it references
 // could not be uploaded; Err is the first such failure.
 type DependencyError struct {

@@ -34,7 +34,7 @@ import (
 // and completes. A record whose settings differ, a part that does not
 // match, or an upload the store no longer has (NoSuchUpload) makes the
 // upload start over, and the log says why in one line. Compression is
-// deterministic (Compression.Settings), so the bytes do match when the
+// deterministic (narpack.Compression.Settings), so the bytes do match when the
 // settings do.
 //
 // An upload is aborted, and its record dropped, when the NAR cannot be
@@ -271,14 +271,14 @@ func (r *resumable) run(ctx context.Context) (packed, error) {
 
 // send reads the compressed NAR from src part by part and uploads it.
 func (r *resumable) send(ctx context.Context, src io.Reader) error {
-	buf, err := parts.get(ctx)
+	buf, err := parts.Get(ctx)
 	if err != nil {
 		return err
 	}
 	n, rerr := io.ReadFull(src, buf)
 	if rerr == io.EOF || rerr == io.ErrUnexpectedEOF {
 		// Less than a part: one PUT; an upload recorded before goes.
-		defer parts.put(buf)
+		defer parts.Put(buf)
 		if ju, ok, _ := r.j.LoadUpload(r.info.Path); ok {
 			r.id, r.upKey = ju.ID, recordKey(ju, r.want.Key)
 			r.discard(ctx)
@@ -286,11 +286,11 @@ func (r *resumable) send(ctx context.Context, src io.Reader) error {
 		return r.ms.Put(ctx, r.want.Key, bytes.NewReader(buf[:n]), int64(n), "application/x-nix-nar")
 	}
 	if rerr != nil {
-		parts.put(buf)
+		parts.Put(buf)
 		return rerr
 	}
 	if err := r.open(ctx); err != nil {
-		parts.put(buf)
+		parts.Put(buf)
 		return err
 	}
 	key := r.want.Key
@@ -330,14 +330,14 @@ func (r *resumable) send(ctx context.Context, src io.Reader) error {
 		if check == nil {
 			all = append(all, SentPart{Num: num, ETag: r.have[num].ETag, Size: int64(n), MD5: md})
 			skipped += int64(n)
-			parts.put(buf)
+			parts.Put(buf)
 		} else if check != errResend {
-			parts.put(buf)
+			parts.Put(buf)
 			wait()
 			return r.startOver(ctx, check.Error())
 		} else {
 			if err := wait(); err != nil {
-				parts.put(buf)
+				parts.Put(buf)
 				return err
 			}
 			ch := make(chan result, 1)
@@ -346,7 +346,7 @@ func (r *resumable) send(ctx context.Context, src io.Reader) error {
 			go func(num int, buf []byte, n int) {
 				defer recs.Done()
 				etag, err := r.ms.putPart(ctx, key, r.id, num, buf[:n])
-				parts.put(buf)
+				parts.Put(buf)
 				if err == nil && md != "" && r.etags.Load() == etagsUnknown {
 					if etag == md {
 						r.etags.CompareAndSwap(etagsUnknown, etagsAreMD5)
@@ -375,17 +375,17 @@ func (r *resumable) send(ctx context.Context, src io.Reader) error {
 			wait()
 			return Permanent(fmt.Errorf("%s put %s: more than %d parts of %d MiB", r.ms, key, maxParts, partSize>>20))
 		}
-		if buf, err = parts.get(ctx); err != nil {
+		if buf, err = parts.Get(ctx); err != nil {
 			wait()
 			return err
 		}
 		n, rerr = io.ReadFull(src, buf)
 		if rerr == io.EOF {
-			parts.put(buf)
+			parts.Put(buf)
 			break
 		}
 		if rerr != nil && rerr != io.ErrUnexpectedEOF {
-			parts.put(buf)
+			parts.Put(buf)
 			wait()
 			return rerr
 		}

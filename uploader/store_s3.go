@@ -192,17 +192,17 @@ const maxParts = 10000
 // other and takes a fresh buffer per object. A read error (packing failed)
 // or an upload error aborts the upload: no object, no stray parts.
 func (s *S3Store) putStream(ctx context.Context, key string, r io.Reader, opts minio.PutObjectOptions) (err error) {
-	buf, err := parts.get(ctx)
+	buf, err := parts.Get(ctx)
 	if err != nil {
 		return err
 	}
 	n, rerr := io.ReadFull(r, buf)
 	if rerr == io.EOF || rerr == io.ErrUnexpectedEOF {
-		defer parts.put(buf)
+		defer parts.Put(buf)
 		return s.Put(ctx, key, bytes.NewReader(buf[:n]), int64(n), opts.ContentType)
 	}
 	if rerr != nil {
-		parts.put(buf)
+		parts.Put(buf)
 		return rerr
 	}
 
@@ -213,7 +213,7 @@ func (s *S3Store) putStream(ctx context.Context, key string, r io.Reader, opts m
 		return err
 	})
 	if err != nil {
-		parts.put(buf)
+		parts.Put(buf)
 		return s.wrap("put", key, err)
 	}
 	defer func() {
@@ -232,7 +232,7 @@ func (s *S3Store) putStream(ctx context.Context, key string, r io.Reader, opts m
 	send := func(num int, buf []byte, n int) <-chan sent {
 		ch := make(chan sent, 1)
 		go func() {
-			defer parts.put(buf)
+			defer parts.Put(buf)
 			var p minio.ObjectPart
 			err := persist(ctx, nil, func() (err error) {
 				p, err = core.PutObjectPart(ctx, s.bucket, key, id, num, bytes.NewReader(buf[:n]), int64(n),
@@ -252,7 +252,7 @@ func (s *S3Store) putStream(ctx context.Context, key string, r io.Reader, opts m
 				<-pending
 				return Permanent(fmt.Errorf("%s put %s: more than %d parts of %d MiB", s.name, key, maxParts, partSize>>20))
 			}
-			if buf, err = parts.get(ctx); err != nil {
+			if buf, err = parts.Get(ctx); err != nil {
 				<-pending
 				return err
 			}
@@ -261,7 +261,7 @@ func (s *S3Store) putStream(ctx context.Context, key string, r io.Reader, opts m
 		res := <-pending
 		if res.err != nil {
 			if !last {
-				parts.put(buf)
+				parts.Put(buf)
 			}
 			return s.wrap("put", key, res.err)
 		}
@@ -270,11 +270,11 @@ func (s *S3Store) putStream(ctx context.Context, key string, r io.Reader, opts m
 			break
 		}
 		if rerr == io.EOF {
-			parts.put(buf)
+			parts.Put(buf)
 			break
 		}
 		if rerr != nil && rerr != io.ErrUnexpectedEOF {
-			parts.put(buf)
+			parts.Put(buf)
 			return rerr
 		}
 	}

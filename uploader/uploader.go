@@ -17,6 +17,7 @@ import (
 	"github.com/rs/zerolog"
 	"golang.org/x/sync/errgroup"
 
+	"github.com/nixpush/nixpush/narpack"
 	"github.com/nixpush/nixpush/nix"
 )
 
@@ -34,7 +35,7 @@ type Config struct {
 	// Keys are further signing keys (during a key rotation): each .narinfo
 	// carries a signature by Key and one by each of Keys.
 	Keys        []signature.SecretKey
-	Compression Compression
+	Compression narpack.Compression
 	Jobs        int    // paths packed and uploaded at once; <1 means 4
 	StoreDir    string // "" means nix.DefaultStoreDir
 	Log         zerolog.Logger
@@ -144,7 +145,7 @@ func New(cfg Config) *Uploader {
 		cfg.Jobs = 4
 	}
 	if cfg.Compression == "" {
-		cfg.Compression = Zstd
+		cfg.Compression = narpack.Zstd
 	}
 	if cfg.StoreDir == "" {
 		cfg.StoreDir = nix.DefaultStoreDir
@@ -173,7 +174,7 @@ func New(cfg Config) *Uploader {
 	return &Uploader{
 		cfg:      cfg,
 		jobs:     make(chan struct{}, cfg.Jobs),
-		big:      make(chan struct{}, bigStreams),
+		big:      make(chan struct{}, narpack.BigStreams),
 		stat:     make(chan struct{}, 4*cfg.Jobs),
 		seen:     make(map[string]time.Time),
 		planned:  make(map[string]bool),
@@ -711,7 +712,7 @@ func prefetchOrder(missing map[string]bool, infos map[string]nix.PathInfo) []str
 	order := topoOrder(missing, infos)
 	var large, rest []string
 	for _, p := range order {
-		if infos[p].NarSize > smallNAR {
+		if infos[p].NarSize > narpack.SmallNAR {
 			large = append(large, p)
 		} else {
 			rest = append(rest, p)
@@ -944,13 +945,9 @@ func (u *Uploader) has(ctx context.Context, key string) (bool, error) {
 	return u.cfg.Store.Has(ctx, key)
 }
 
-// bigStreams bounds the large NARs packed at once: each streams through a
-// multipart part buffer and a zstd window, and two keep both cores busy.
-const bigStreams = 2
-
 // putNAR packs and uploads the NAR of info.
 func (u *Uploader) putNAR(ctx context.Context, info nix.PathInfo) (packed, error) {
-	if info.NarSize > smallNAR {
+	if info.NarSize > narpack.SmallNAR {
 		select {
 		case u.big <- struct{}{}:
 			defer func() { <-u.big }()
@@ -963,7 +960,7 @@ func (u *Uploader) putNAR(ctx context.Context, info nix.PathInfo) (packed, error
 	var p packed
 	var err error
 	key := narKey(info, u.cfg.Compression)
-	if ms, ok := u.cfg.Store.(multipart); ok && info.NarSize > smallNAR && u.getJournal() != nil {
+	if ms, ok := u.cfg.Store.(multipart); ok && info.NarSize > narpack.SmallNAR && u.getJournal() != nil {
 		p, err = u.putResumable(ctx, ms, u.getJournal(), info, key)
 	} else {
 		p, err = putNAR(ctx, u.cfg.Store, info, u.cfg.Compression, u.cfg.WriteNARListing, key)
@@ -984,7 +981,7 @@ func (u *Uploader) putNAR(ctx context.Context, info nix.PathInfo) (packed, error
 // narinfo is the signed .narinfo text of info, whose NAR went up as p.
 func (u *Uploader) narinfo(info nix.PathInfo, p packed) (string, error) {
 	c := u.cfg.Compression
-	ni, err := nix.NarInfo(info, nix.Upload{URL: narKey(info, c), Compression: string(c), FileHash: p.fileHash, FileSize: p.fileSize}, append([]signature.SecretKey{u.cfg.Key}, u.cfg.Keys...)...)
+	ni, err := nix.NarInfo(info, nix.Upload{URL: narKey(info, c), Compression: string(c), FileHash: p.FileHash, FileSize: p.FileSize}, append([]signature.SecretKey{u.cfg.Key}, u.cfg.Keys...)...)
 	if err != nil {
 		return "", err
 	}
@@ -1004,10 +1001,10 @@ func (u *Uploader) upload(ctx context.Context, info nix.PathInfo, pl *plan) erro
 	if err != nil {
 		return err
 	}
-	if p.listing != nil {
+	if p.Listing != nil {
 		// Before the .narinfo, as Nix writes it: a .narinfo never lacks its listing.
 		u.count(1)
-		if err := u.cfg.Store.Put(ctx, ListingKey(info.Path), bytes.NewReader(p.listing), int64(len(p.listing)), "application/json"); err != nil {
+		if err := u.cfg.Store.Put(ctx, ListingKey(info.Path), bytes.NewReader(p.Listing), int64(len(p.Listing)), "application/json"); err != nil {
 			return fmt.Errorf("upload listing of %s: %w", info.Path, err)
 		}
 	}
@@ -1017,7 +1014,7 @@ func (u *Uploader) upload(ctx context.Context, info nix.PathInfo, pl *plan) erro
 		return fmt.Errorf("upload %s: %w", info.Path, err)
 	}
 	d := time.Since(start)
-	w := writtenNAR{key: narKey(info, c), at: p.at, listing: p.listing != nil}
+	w := writtenNAR{key: narKey(info, c), at: p.at, listing: p.Listing != nil}
 	pl.mu.Lock()
 	pl.written[info.Path] = w
 	pl.mu.Unlock()
@@ -1027,11 +1024,11 @@ func (u *Uploader) upload(ctx context.Context, info nix.PathInfo, pl *plan) erro
 	delete(u.planned, info.Path)
 	u.sawAt(info.Path, u.cfg.Now()) // in the same step, so no push starts this NAR again
 	u.stats.Paths++
-	u.stats.NarBytes += int64(p.narSize)
-	u.stats.FileBytes += int64(p.fileSize)
+	u.stats.NarBytes += int64(p.NarSize)
+	u.stats.FileBytes += int64(p.FileSize)
 	u.stats.LastPush = time.Now()
 	u.mu.Unlock()
-	u.cfg.Log.Info().Str("path", info.Path).Uint64("nar_bytes", p.narSize).Uint64("file_bytes", p.fileSize).
+	u.cfg.Log.Info().Str("path", info.Path).Uint64("nar_bytes", p.NarSize).Uint64("file_bytes", p.FileSize).
 		Int64("duration_ms", d.Milliseconds()).Msg("uploaded")
 	return nil
 }

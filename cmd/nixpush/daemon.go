@@ -24,6 +24,7 @@ import (
 
 	"github.com/nixpush/nixpush/daemon"
 	"github.com/nixpush/nixpush/hook"
+	"github.com/nixpush/nixpush/narpack"
 	"github.com/nixpush/nixpush/nix"
 	"github.com/nixpush/nixpush/uploader"
 )
@@ -68,13 +69,13 @@ func runDaemon(ctx context.Context, args []string, stdout, stderr io.Writer) int
 		fmt.Fprintf(stderr, "nixpush daemon: %v\n", err)
 		return 2
 	}
-	comp, err := uploader.ParseCompression(*compression)
+	comp, err := narpack.ParseCompression(*compression)
 	if err != nil {
 		fmt.Fprintf(stderr, "nixpush daemon: %v\n", err)
 		return 2
 	}
-	if comp == uploader.XZ {
-		if tool := uploader.XZTool(); tool != "" {
+	if comp == narpack.XZ {
+		if tool := narpack.XZTool(); tool != "" {
 			log.Info().Str("xz", tool).Msg("xz NARs are compressed by the xz tool")
 		} else {
 			log.Warn().Msg("xz is not on PATH: xz NARs are compressed by a pure-Go encoder at about 1 MB/s; install xz (xz-utils) for liblzma's speed on every core")
