@@ -66,10 +66,10 @@ func putBuffer(b *bytes.Buffer) {
 	buffers.Put(b)
 }
 
-// putNAR packs and uploads the NAR of info under key. Small NARs are packed
+// packAndPut packs and uploads the NAR of info under key. Small NARs are packed
 // in memory and sent with one PUT; large ones stream through a pipe into a
 // multipart upload that is aborted if packing fails.
-func putNAR(ctx context.Context, s Store, info nix.PathInfo, c narpack.Compression, list bool, key string) (packed, error) {
+func packAndPut(ctx context.Context, s Store, info nix.PathInfo, c narpack.Compression, list bool, key string) (packed, error) {
 	if info.NarSize <= narpack.SmallNAR {
 		narBuf, fileBuf := getBuffer(), getBuffer()
 		defer putBuffer(narBuf)
