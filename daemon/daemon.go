@@ -22,6 +22,7 @@ import (
 	"github.com/nixpush/nixpush/internal/version"
 	"github.com/nixpush/nixpush/nix"
 	"github.com/nixpush/nixpush/queue"
+	"github.com/nixpush/nixpush/store"
 	"github.com/nixpush/nixpush/uploader"
 )
 
@@ -446,7 +447,7 @@ func (d *Daemon) expand(ctx context.Context, item, drv string) {
 	outs, err := d.cfg.Nix.Outputs(ctx, drv)
 	if err != nil {
 		if nix.IsInvalid(err) {
-			err = uploader.Permanent(err)
+			err = store.Permanent(err)
 		}
 		d.settle(ctx, item, err)
 		return
@@ -471,7 +472,7 @@ func (d *Daemon) settle(ctx context.Context, path string, err error) {
 	switch {
 	case err == nil:
 		op = func() error { return d.queue.Complete(ctx, path) }
-	case uploader.IsPermanent(err):
+	case store.IsPermanent(err):
 		d.log.Error().Err(err).Str("path", path).Msg("push failed")
 		op = func() error { return d.queue.Fail(ctx, path, err) }
 	default:

@@ -20,6 +20,7 @@ import (
 	"github.com/nixpush/nixpush/hook"
 	"github.com/nixpush/nixpush/hook/client"
 	"github.com/nixpush/nixpush/nix"
+	"github.com/nixpush/nixpush/store"
 	"github.com/nixpush/nixpush/uploader"
 )
 
@@ -32,7 +33,7 @@ func startDaemon(t *testing.T) (socket string) {
 func startDaemonWith(t *testing.T, change func(*Config)) (socket string) {
 	t.Helper()
 	dir := t.TempDir()
-	store, err := uploader.NewFileStore(filepath.Join(dir, "cache"))
+	store, err := store.NewFileStore(filepath.Join(dir, "cache"))
 	if err != nil {
 		t.Fatal(err)
 	}

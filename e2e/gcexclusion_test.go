@@ -10,11 +10,12 @@ import (
 	"testing"
 	"time"
 
+	"github.com/nixpush/nixpush/store"
+
 	"github.com/minio/minio-go/v7"
 
 	"github.com/nixpush/nixpush/internal/testenv"
 	"github.com/nixpush/nixpush/retention"
-	"github.com/nixpush/nixpush/uploader"
 )
 
 // TestTwoGCsStartedTogether starts two nixpush gc processes at once on a
@@ -98,12 +99,12 @@ func TestTwoGCsStartedTogether(t *testing.T) {
 // pinning is the MinIO bucket as gc sees it, with a hook at the listing
 // of pending uploads: after gc's walk, before its first deletion.
 type pinning struct {
-	uploader.Bucket
+	store.Bucket
 	once    sync.Once
 	between func()
 }
 
-func (p *pinning) ListUploads(ctx context.Context, fn func(uploader.PendingUpload) error) error {
+func (p *pinning) ListUploads(ctx context.Context, fn func(store.PendingUpload) error) error {
 	p.once.Do(p.between)
 	return p.Bucket.ListUploads(ctx, fn)
 }
@@ -137,14 +138,14 @@ func TestPinDuringSweepSurvives(t *testing.T) {
 		t.Setenv(k, v)
 	}
 	ctx := ctxT(t, 5*time.Minute)
-	s, err := uploader.OpenStore(ctx, uri, uploader.StoreOptions{})
+	s, err := store.Open(ctx, uri, store.Options{})
 	if err != nil {
 		t.Fatal(err)
 	}
 	var pinOut bytes.Buffer
 	var pinErr error
 	pinDone := make(chan struct{})
-	b := &pinning{Bucket: s.(uploader.Bucket), between: func() {
+	b := &pinning{Bucket: s.(store.Bucket), between: func() {
 		// The sweep's marker is up and its walk is done: pin now.
 		cmd := testenv.Command(t, nixpushBin(), "pin", "--store-uri", uri, "late", tip)
 		cmd.Env = append(cmd.Environ(), env...)

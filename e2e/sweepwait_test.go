@@ -7,9 +7,10 @@ import (
 	"testing"
 	"time"
 
+	"github.com/nixpush/nixpush/store"
+
 	"github.com/nixpush/nixpush/internal/testenv"
 	"github.com/nixpush/nixpush/retention"
-	"github.com/nixpush/nixpush/uploader"
 )
 
 // TestKilledWhileWaitingOutASweep (issue 18, hole 1, on real MinIO, real
@@ -42,7 +43,7 @@ func TestKilledWhileWaitingOutASweep(t *testing.T) {
 		k, v, _ := strings.Cut(kv, "=")
 		t.Setenv(k, v)
 	}
-	store, err := uploader.OpenStore(context.Background(), uri, uploader.StoreOptions{})
+	st, err := store.Open(context.Background(), uri, store.Options{})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -52,7 +53,7 @@ func TestKilledWhileWaitingOutASweep(t *testing.T) {
 	var rep *retention.GCReport
 	var wg sync.WaitGroup
 	wg.Go(func() {
-		rep, gcErr = retention.GC(context.Background(), store.(uploader.Bucket), retention.GCOptions{
+		rep, gcErr = retention.GC(context.Background(), st.(store.Bucket), retention.GCOptions{
 			OlderThan: time.Second, Grace: time.Second, Window: 5 * time.Minute, Host: "e2e-gc",
 			Deleting: func(key string) {
 				if strings.HasPrefix(key, "nar/") {

@@ -107,7 +107,7 @@ func newFrameWriter(w io.Writer) (*frameWriter, error) {
 		return nil, err
 	}
 	bufs := frameBufs()
-	f := &frameWriter{w: w, enc: enc, bufs: bufs, queue: make(chan *frame, bufs.max),
+	f := &frameWriter{w: w, enc: enc, bufs: bufs, queue: make(chan *frame, bufs.Max()),
 		failed: make(chan struct{}), written: make(chan struct{})}
 	go f.writeFrames()
 	return f, nil
@@ -163,20 +163,10 @@ func (f *frameWriter) getBuf() ([]byte, error) {
 		return nil, f.err
 	default:
 	}
-	select {
-	case b := <-f.bufs.free:
-		return b, nil
-	default:
-	}
-	if b, ok := f.bufs.tryMake(); ok {
+	if b, ok := f.bufs.Take(f.failed); ok {
 		return b, nil
 	}
-	select {
-	case b := <-f.bufs.free:
-		return b, nil
-	case <-f.failed:
-		return nil, f.err
-	}
+	return nil, f.err
 }
 
 // send starts compressing the current chunk and queues it for writing.

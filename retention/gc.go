@@ -8,16 +8,15 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
-	"io"
 	"io/fs"
 	"slices"
 	"strings"
 	"sync"
-	"sync/atomic"
 	"time"
 
 	"golang.org/x/sync/errgroup"
 
+	"github.com/nixpush/nixpush/store"
 	"github.com/nixpush/nixpush/uploader"
 )
 
@@ -157,15 +156,15 @@ func parseSweep(data []byte) (Sweep, error) {
 // kept .narinfo names, every NAR no kept .narinfo names, the root records
 // of what it deleted, and pending uploads, all older than Grace. See the package doc for
 // why a push overlapping it stays whole.
-func GC(ctx context.Context, b uploader.Bucket, opts GCOptions) (*GCReport, error) {
+func GC(ctx context.Context, b store.Bucket, opts GCOptions) (*GCReport, error) {
 	if opts.Window <= 0 {
 		opts.Window = DefaultWindow
 	}
 	if err := opts.check(); err != nil {
 		return nil, err
 	}
-	cb := &counting{Bucket: b}
-	b = cb
+	cb := store.Count(b)
+	b, _ = store.As[store.Bucket](cb)
 	rep := &GCReport{Store: b.String(), DryRun: opts.DryRun}
 
 	now := time.Now()
@@ -256,14 +255,14 @@ func GC(ctx context.Context, b uploader.Bucket, opts GCOptions) (*GCReport, erro
 	// daemon keeps one to resume: its marker was written (or rewritten, a
 	// heartbeat) within the grace period. Markers older than that go.
 	markers := make(map[string]time.Time)
-	if err := b.List(ctx, uploader.UploadMarkerPrefix, func(o uploader.Object) error {
+	if err := b.List(ctx, uploader.UploadMarkerPrefix, func(o store.Object) error {
 		markers[o.Key] = o.LastModified
 		return nil
 	}); err != nil {
 		return nil, err
 	}
-	var uploads []uploader.PendingUpload
-	if err := b.ListUploads(ctx, func(u uploader.PendingUpload) error {
+	var uploads []store.PendingUpload
+	if err := b.ListUploads(ctx, func(u store.PendingUpload) error {
 		if now.Sub(u.Initiated) < opts.Grace {
 			return nil
 		}
@@ -409,7 +408,7 @@ func GC(ctx context.Context, b uploader.Bucket, opts GCOptions) (*GCReport, erro
 	}
 	if opts.DryRun {
 		rep.Deleted.Paths = deletedPaths()
-		rep.Requests = cb.n.Load()
+		rep.Requests = cb.Requests()
 		return rep, nil
 	}
 
@@ -452,7 +451,7 @@ func GC(ctx context.Context, b uploader.Bucket, opts GCOptions) (*GCReport, erro
 	}
 	rep.Seconds.Delete = time.Since(delStart).Seconds()
 	rep.Deleted.Paths = deletedPaths()
-	rep.Requests = cb.n.Load()
+	rep.Requests = cb.Requests()
 	return rep, nil
 }
 
@@ -508,7 +507,7 @@ func (g *Graph) deadLogs(live []bool, now time.Time, grace time.Duration) []int3
 
 // sweep is a run that deletes: gc's, or verify --repair's.
 type sweep struct {
-	b      uploader.Bucket
+	b      store.Bucket
 	marker Sweep
 	etag   string    // of the marker this run wrote
 	now    time.Time // the store's clock when the marker went up
@@ -531,14 +530,14 @@ func seconds(d time.Duration) int64 {
 // A write whose condition fails lost the race to another sweep: it
 // refuses too. Before writing, it checks that the credentials may delete
 // and that the store honours the condition (unless single).
-func startSweep(ctx context.Context, b uploader.Bucket, m Sweep, window time.Duration, single bool) (*sweep, error) {
+func startSweep(ctx context.Context, b store.Bucket, m Sweep, window time.Duration, single bool) (*sweep, error) {
 	if window <= 0 {
 		window = DefaultWindow
 	}
 	now := time.Now()
 	data, etag, err := b.GetTagged(ctx, SweepKey)
 	switch {
-	case errors.Is(err, uploader.ErrNotExist):
+	case errors.Is(err, store.ErrNotExist):
 		etag = "" // never swept: create it only if it is still absent
 	case err != nil:
 		return nil, fmt.Errorf("read the gc marker %s: %w", SweepKey, err)
@@ -564,7 +563,7 @@ func startSweep(ctx context.Context, b uploader.Bucket, m Sweep, window time.Dur
 	} else {
 		sw.etag, err = b.PutIf(ctx, SweepKey, body, "application/json", etag)
 	}
-	if errors.Is(err, uploader.ErrConditionFailed) {
+	if errors.Is(err, store.ErrConditionFailed) {
 		// Another sweep wrote its marker between this one's read and
 		// write: it runs, this one does not.
 		if data, _, err := b.GetTagged(ctx, SweepKey); err == nil {
@@ -580,7 +579,7 @@ func startSweep(ctx context.Context, b uploader.Bucket, m Sweep, window time.Dur
 	// Ages are measured on the store's clock: the marker's time, as a
 	// listing gives it (to the millisecond; a HEAD's Last-Modified is
 	// truncated to the second).
-	b.List(ctx, SweepKey, func(o uploader.Object) error {
+	b.List(ctx, SweepKey, func(o store.Object) error {
 		if o.Key == SweepKey && !o.LastModified.IsZero() {
 			sw.now = o.LastModified
 		}
@@ -624,7 +623,7 @@ func (sw *sweep) end(ctx context.Context) error {
 	} else {
 		_, err = sw.b.PutIf(dctx, SweepKey, body, "application/json", sw.etag)
 	}
-	if errors.Is(err, uploader.ErrConditionFailed) {
+	if errors.Is(err, store.ErrConditionFailed) {
 		return fmt.Errorf("the marker %s was replaced by another run after this one's deadline %s; left as it is (this run deleted nothing after its deadline)",
 			SweepKey, sw.marker.Deadline.Format(time.RFC3339))
 	}
@@ -645,7 +644,7 @@ func (sw *sweep) deleter(notify func(string)) *deleter {
 // that cannot delete fail before anything is deleted. Unless single, it
 // writes it with If-None-Match: * twice: the second write must fail, or
 // the store ignores the condition the marker's exclusion rests on.
-func probeDelete(ctx context.Context, b uploader.Bucket, single bool) error {
+func probeDelete(ctx context.Context, b store.Bucket, single bool) error {
 	var r [8]byte
 	rand.Read(r[:])
 	key := probePrefix + hex.EncodeToString(r[:])
@@ -672,7 +671,7 @@ func probeDelete(ctx context.Context, b uploader.Bucket, single bool) error {
 		case err == nil:
 			ignored = fmt.Errorf("%s: %w: two gcs, or a gc and verify --repair, could sweep at once; use a store that honours If-None-Match and If-Match (MinIO, AWS S3), or pass --single-gc if only one gc or repair ever runs on this store",
 				b, ErrNoConditionalWrites)
-		case !errors.Is(err, uploader.ErrConditionFailed):
+		case !errors.Is(err, store.ErrConditionFailed):
 			return fmt.Errorf("%s: a second conditional write of %s: %w", b, key, err)
 		}
 	}
@@ -699,10 +698,10 @@ type late struct {
 
 // listLate lists the pins and root records again and reads those whose
 // ETag the walk did not list (seen: key → ETag).
-func listLate(ctx context.Context, b uploader.Bucket, seen map[string]string) ([]late, error) {
+func listLate(ctx context.Context, b store.Bucket, seen map[string]string) ([]late, error) {
 	var keys []string
 	for _, prefix := range []string{PinPrefix, RootPrefix} {
-		if err := b.List(ctx, prefix, func(o uploader.Object) error {
+		if err := b.List(ctx, prefix, func(o store.Object) error {
 			if etag, ok := seen[o.Key]; !ok || etag != o.ETag {
 				keys = append(keys, o.Key)
 			}
@@ -714,7 +713,7 @@ func listLate(ctx context.Context, b uploader.Bucket, seen map[string]string) ([
 	var out []late
 	for _, key := range keys {
 		data, _, err := b.GetTagged(ctx, key)
-		if errors.Is(err, uploader.ErrNotExist) {
+		if errors.Is(err, store.ErrNotExist) {
 			continue // removed again
 		}
 		if err != nil {
@@ -751,13 +750,13 @@ func listLate(ctx context.Context, b uploader.Bucket, seen map[string]string) ([
 // recording is a Bucket whose listings remember the ETag of each pin and
 // root record listed.
 type recording struct {
-	uploader.Bucket
+	store.Bucket
 	mu   sync.Mutex
 	seen map[string]string
 }
 
-func (r *recording) List(ctx context.Context, prefix string, fn func(uploader.Object) error) error {
-	return r.Bucket.List(ctx, prefix, func(o uploader.Object) error {
+func (r *recording) List(ctx context.Context, prefix string, fn func(store.Object) error) error {
+	return r.Bucket.List(ctx, prefix, func(o store.Object) error {
 		if strings.HasPrefix(o.Key, PinPrefix) || strings.HasPrefix(o.Key, RootPrefix) {
 			r.mu.Lock()
 			r.seen[o.Key] = o.ETag
@@ -769,7 +768,7 @@ func (r *recording) List(ctx context.Context, prefix string, fn func(uploader.Ob
 
 // denied reports an error of credentials that may not do what was asked.
 func denied(err error) bool {
-	if se := uploader.AsStoreError(err); se != nil && se.Problem == uploader.Denied {
+	if se := store.AsStoreError(err); se != nil && se.Problem == store.Denied {
 		return true
 	}
 	return errors.Is(err, fs.ErrPermission)
@@ -777,7 +776,7 @@ func denied(err error) bool {
 
 // deleter deletes keys in parallel until its stop time.
 type deleter struct {
-	b        uploader.Bucket
+	b        store.Bucket
 	stop     time.Time
 	deadline time.Time
 	notify   func(string)
@@ -828,7 +827,7 @@ func (d *deleter) waves(ctx context.Context, g *Graph, dead []int32, referrers [
 }
 
 // deleteBatch is how many keys one DeleteObjects request carries.
-const deleteBatch = 1000
+const deleteBatch = store.PageSize
 
 // all deletes keys, in batches of a thousand, a few batches at once.
 func (d *deleter) all(ctx context.Context, keys []string) error {
@@ -863,76 +862,4 @@ func (d *deleter) each(ctx context.Context, n int, key func(int) string) error {
 		})
 	}
 	return eg.Wait()
-}
-
-// counting counts the requests made to a Bucket.
-type counting struct {
-	uploader.Bucket
-	n atomic.Int64
-}
-
-func (c *counting) Has(ctx context.Context, key string) (bool, error) {
-	c.n.Add(1)
-	return c.Bucket.Has(ctx, key)
-}
-
-func (c *counting) Get(ctx context.Context, key string) ([]byte, error) {
-	c.n.Add(1)
-	return c.Bucket.Get(ctx, key)
-}
-
-func (c *counting) Put(ctx context.Context, key string, r io.Reader, size int64, ct string) error {
-	c.n.Add(1)
-	return c.Bucket.Put(ctx, key, r, size, ct)
-}
-
-func (c *counting) Stat(ctx context.Context, key string) (uploader.Object, error) {
-	c.n.Add(1)
-	return c.Bucket.Stat(ctx, key)
-}
-
-func (c *counting) Open(ctx context.Context, key string) (io.ReadCloser, error) {
-	c.n.Add(1)
-	return c.Bucket.Open(ctx, key)
-}
-
-func (c *counting) Delete(ctx context.Context, key string) error {
-	c.n.Add(1)
-	return c.Bucket.Delete(ctx, key)
-}
-
-func (c *counting) List(ctx context.Context, prefix string, fn func(uploader.Object) error) error {
-	n := 0
-	c.n.Add(1)
-	return c.Bucket.List(ctx, prefix, func(o uploader.Object) error {
-		if n++; n%1000 == 0 {
-			c.n.Add(1) // the next page
-		}
-		return fn(o)
-	})
-}
-
-func (c *counting) DeleteMany(ctx context.Context, keys []string) error {
-	c.n.Add(int64(len(keys)+deleteBatch-1) / deleteBatch)
-	return c.Bucket.DeleteMany(ctx, keys)
-}
-
-func (c *counting) GetTagged(ctx context.Context, key string) ([]byte, string, error) {
-	c.n.Add(1)
-	return c.Bucket.GetTagged(ctx, key)
-}
-
-func (c *counting) PutIf(ctx context.Context, key string, data []byte, ct, etag string) (string, error) {
-	c.n.Add(1)
-	return c.Bucket.PutIf(ctx, key, data, ct, etag)
-}
-
-func (c *counting) ListUploads(ctx context.Context, fn func(uploader.PendingUpload) error) error {
-	c.n.Add(1)
-	return c.Bucket.ListUploads(ctx, fn)
-}
-
-func (c *counting) AbortUpload(ctx context.Context, u uploader.PendingUpload) error {
-	c.n.Add(1)
-	return c.Bucket.AbortUpload(ctx, u)
 }

@@ -16,10 +16,9 @@ import (
 	"github.com/klauspost/compress/zstd"
 	"github.com/nix-community/go-nix/pkg/narinfo/signature"
 	"github.com/nix-community/go-nix/pkg/nixhash"
+	"github.com/nixpush/nixpush/store"
 	"github.com/ulikunitz/xz"
 	"golang.org/x/sync/errgroup"
-
-	"github.com/nixpush/nixpush/uploader"
 )
 
 // VerifyOptions say what verify checks.
@@ -105,8 +104,9 @@ func (r *VerifyReport) Whole() bool { return len(r.Problems) == 0 }
 // NAR is missing or not of its size (with Full: not of its hash), whose
 // references' .narinfos are missing, or that no given key signed; and
 // every realisation whose outPath has no .narinfo.
-func Verify(ctx context.Context, b uploader.Bucket, opts VerifyOptions) (*VerifyReport, error) {
-	cb := &counting{Bucket: b}
+func Verify(ctx context.Context, b store.Bucket, opts VerifyOptions) (*VerifyReport, error) {
+	counted := store.Count(b)
+	cb, _ := store.As[store.Bucket](counted)
 	opts.Walk.Keys = opts.Keys
 	opts.Walk.NarHashes = opts.Full
 	g, err := Walk(ctx, cb, opts.Walk)
@@ -206,7 +206,7 @@ func Verify(ctx context.Context, b uploader.Bucket, opts VerifyOptions) (*Verify
 					mu.Unlock()
 					return nil
 				}
-				if errors.Is(err, uploader.ErrNotExist) {
+				if errors.Is(err, store.ErrNotExist) {
 					add(i, NARMissing, url+" is not in the cache")
 					return nil
 				}
@@ -227,14 +227,14 @@ func Verify(ctx context.Context, b uploader.Bucket, opts VerifyOptions) (*Verify
 	})
 	slices.Sort(rep.badNAR)
 	rep.badNAR = slices.Compact(rep.badNAR)
-	rep.Requests = cb.n.Load()
+	rep.Requests = counted.Requests()
 	return rep, nil
 }
 
 // referenceNames reads node i's .narinfo again for the base names of its
 // references (the walk keeps references as numbers, and a missing one has
 // no .narinfo of its own to name it). Only broken paths pay the read.
-func referenceNames(ctx context.Context, b uploader.Bucket, g *Graph, i int32) []string {
+func referenceNames(ctx context.Context, b store.Bucket, g *Graph, i int32) []string {
 	data, err := b.Get(ctx, g.hashOf(i)+".narinfo")
 	if err != nil {
 		return nil
@@ -257,7 +257,7 @@ func (e *badNARError) Error() string { return e.msg }
 
 // checkNAR downloads a NAR, decompresses it and compares its hash and
 // size with the .narinfo's; it returns the compressed bytes read.
-func checkNAR(ctx context.Context, b uploader.Bucket, url, comp, narHash string, narSize uint64) (int64, error) {
+func checkNAR(ctx context.Context, b store.Bucket, url, comp, narHash string, narSize uint64) (int64, error) {
 	want, err := nixhash.ParseAny(narHash, nil)
 	if err != nil {
 		return 0, &badNARError{fmt.Sprintf("NarHash %q: %v", narHash, err)}
@@ -346,7 +346,7 @@ type RepairOptions struct {
 // them, the realisations pointing at a path missing or deleted here. It
 // holds gc's marker while it deletes, so pushing daemons check again
 // what they relied on. Pushing the deleted paths again is the caller's.
-func Repair(ctx context.Context, b uploader.Bucket, rep *VerifyReport, opts RepairOptions) (*Repaired, error) {
+func Repair(ctx context.Context, b store.Bucket, rep *VerifyReport, opts RepairOptions) (*Repaired, error) {
 	if rep.g == nil {
 		return nil, errors.New("repair: no walk to repair from")
 	}

@@ -18,7 +18,7 @@ import (
 	"golang.org/x/sync/errgroup"
 
 	"github.com/nixpush/nixpush/nix"
-	"github.com/nixpush/nixpush/uploader"
+	"github.com/nixpush/nixpush/store"
 )
 
 // WalkOptions say how to walk a cache.
@@ -208,7 +208,7 @@ func isHashKey(key, ext string) bool {
 
 // Walk lists the whole store once, streaming, and reads each .narinfo,
 // root and pin it has not read at the same ETag before.
-func Walk(ctx context.Context, b uploader.Bucket, opts WalkOptions) (*Graph, error) {
+func Walk(ctx context.Context, b store.Bucket, opts WalkOptions) (*Graph, error) {
 	if opts.Jobs < 1 {
 		opts.Jobs = 32
 	}
@@ -218,7 +218,7 @@ func Walk(ctx context.Context, b uploader.Bucket, opts WalkOptions) (*Graph, err
 	var stats struct{ objects, narinfos, read, hits, requests atomic.Int64 }
 	snapshot := func() WalkStats {
 		return WalkStats{Objects: stats.objects.Load(), NarInfos: stats.narinfos.Load(), Read: stats.read.Load(),
-			CacheHits: stats.hits.Load(), Requests: stats.requests.Load() + stats.objects.Load()/1000 + 1}
+			CacheHits: stats.hits.Load(), Requests: stats.requests.Load() + stats.objects.Load()/store.PageSize + 1}
 	}
 	if opts.Progress != nil {
 		stop := make(chan struct{})
@@ -241,7 +241,7 @@ func Walk(ctx context.Context, b uploader.Bucket, opts WalkOptions) (*Graph, err
 
 	// read returns a small object's content, from the cache when it holds
 	// the object at this ETag.
-	read := func(ctx context.Context, o uploader.Object) ([]byte, error) {
+	read := func(ctx context.Context, o store.Object) ([]byte, error) {
 		if data, ok := opts.Cache.get(o.Key, o.ETag); ok {
 			stats.hits.Add(1)
 			return data, nil
@@ -267,10 +267,10 @@ func Walk(ctx context.Context, b uploader.Bucket, opts WalkOptions) (*Graph, err
 	eg.SetLimit(opts.Jobs + 1)
 	// readThen reads o in the group and hands its content to use; an
 	// object deleted since the listing is passed over.
-	readThen := func(o uploader.Object, use func(data []byte) error) {
+	readThen := func(o store.Object, use func(data []byte) error) {
 		eg.Go(func() error {
 			data, err := read(ectx, o)
-			if errors.Is(err, uploader.ErrNotExist) {
+			if errors.Is(err, store.ErrNotExist) {
 				return nil // deleted since the listing
 			}
 			if err != nil {
@@ -280,7 +280,7 @@ func Walk(ctx context.Context, b uploader.Bucket, opts WalkOptions) (*Graph, err
 		})
 	}
 	eg.Go(func() error {
-		return b.List(ectx, "", func(o uploader.Object) error {
+		return b.List(ectx, "", func(o store.Object) error {
 			stats.objects.Add(1)
 			switch {
 			case isNarInfoKey(o.Key):
@@ -359,7 +359,7 @@ func Walk(ctx context.Context, b uploader.Bucket, opts WalkOptions) (*Graph, err
 			case isRealisationKey(o.Key):
 				eg.Go(func() error {
 					data, err := read(ectx, o)
-					if errors.Is(err, uploader.ErrNotExist) {
+					if errors.Is(err, store.ErrNotExist) {
 						return nil
 					}
 					if err != nil {
@@ -427,7 +427,7 @@ func Walk(ctx context.Context, b uploader.Bucket, opts WalkOptions) (*Graph, err
 // such (verify reports it; gc keeps it) with what it could read: its NAR,
 // Deriver and References, so gc keeps what it refers to as for any other
 // (a .narinfo without a References line refers to nothing, as for Nix).
-func (g *Graph) addNarInfo(o uploader.Object, ni *narinfo.NarInfo, err error, sigOK, narHashes bool) {
+func (g *Graph) addNarInfo(o store.Object, ni *narinfo.NarInfo, err error, sigOK, narHashes bool) {
 	i := g.intern(o.Key[:32])
 	n := g.node(i)
 	n.present = true

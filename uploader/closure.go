@@ -6,6 +6,7 @@ import (
 	"time"
 
 	"github.com/nixpush/nixpush/nix"
+	"github.com/nixpush/nixpush/store"
 )
 
 // closureInfos is queryNeeded for every root at once, with one error per
@@ -63,7 +64,7 @@ func (u *Uploader) queryNeeded(ctx context.Context, roots []string, cutoff time.
 	}
 	if err != nil {
 		if nix.IsInvalid(err) {
-			return nil, Permanent(err)
+			return nil, store.Permanent(err)
 		}
 		return nil, err
 	}

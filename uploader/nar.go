@@ -14,6 +14,7 @@ import (
 
 	"github.com/nixpush/nixpush/narpack"
 	"github.com/nixpush/nixpush/nix"
+	"github.com/nixpush/nixpush/store"
 )
 
 // narKey names a NAR object by its NAR hash, which the Nix database knows
@@ -48,7 +49,7 @@ func pack(info nix.PathInfo, c narpack.Compression, list bool, w io.Writer) (pac
 // ErrHashMismatch, and returns it unchanged otherwise.
 func permanentMismatch(err error) error {
 	if errors.Is(err, narpack.ErrHashMismatch) {
-		return Permanent(err)
+		return store.Permanent(err)
 	}
 	return err
 }
@@ -69,7 +70,7 @@ func putBuffer(b *bytes.Buffer) {
 // packAndPut packs and uploads the NAR of info under key. Small NARs are packed
 // in memory and sent with one PUT; large ones stream through a pipe into a
 // multipart upload that is aborted if packing fails.
-func packAndPut(ctx context.Context, s Store, info nix.PathInfo, c narpack.Compression, list bool, key string) (packed, error) {
+func packAndPut(ctx context.Context, s store.Store, info nix.PathInfo, c narpack.Compression, list bool, key string) (packed, error) {
 	if info.NarSize <= narpack.SmallNAR {
 		narBuf, fileBuf := getBuffer(), getBuffer()
 		defer putBuffer(narBuf)

@@ -10,6 +10,7 @@ import (
 
 	"github.com/nixpush/nixpush/narpack"
 	"github.com/nixpush/nixpush/nix"
+	"github.com/nixpush/nixpush/store"
 )
 
 // plan is what one push knows: the path infos it needs, which paths the
@@ -159,8 +160,7 @@ func (u *Uploader) narsGone(ctx context.Context, paths []string, infos map[strin
 		if !gone[keys[i]] && failed[keys[i]] == nil {
 			continue
 		}
-		u.count(1)
-		text, err := u.cfg.Store.Get(ctx, nix.NarInfoKey(p))
+		text, err := u.counted.Get(ctx, nix.NarInfoKey(p))
 		if err != nil {
 			out[p] = true
 			continue
@@ -194,21 +194,19 @@ const listBudget = 50
 // listNarInfos lists the .narinfo names in the store when that is cheaper
 // than checking n paths one by one, which it is unless the cache is large.
 func (u *Uploader) listNarInfos(ctx context.Context, n int) (map[string]bool, bool) {
-	l, ok := u.cfg.Store.(Lister)
+	l, ok := store.As[store.Lister](u.counted)
 	if !ok || n < 32 {
 		return nil, false
 	}
 	names := make(map[string]bool)
-	budget, seen := n*listBudget, int64(0)
+	budget := n * listBudget
 	err := l.ListTop(ctx, func(name string) bool {
-		seen++
 		if strings.HasSuffix(name, ".narinfo") {
 			names[name] = true
 		}
 		budget--
 		return budget > 0
 	})
-	u.count(seen/1000 + 1) // list requests
 	if err != nil || budget <= 0 {
 		return nil, false // too large or failing: check path by path
 	}

@@ -16,6 +16,7 @@ import (
 	"github.com/nix-community/go-nix/pkg/nixhash"
 
 	"github.com/nixpush/nixpush/nix"
+	"github.com/nixpush/nixpush/store"
 )
 
 // Resumable uploads. A large NAR goes to an S3 store as a multipart
@@ -56,19 +57,11 @@ type Journal interface {
 	BeginUpload(name, id string, record []byte) error
 	// AddUploadPart records a part sent, durably, if name's upload is
 	// still id.
-	AddUploadPart(name, id string, p SentPart) error
+	AddUploadPart(name, id string, p store.Part) error
 	LoadUpload(name string) (JournalUpload, bool, error)
 	// DropUpload forgets name's upload if it is still id ("" any).
 	DropUpload(name, id string) error
 	Uploads() ([]JournalUpload, error)
-}
-
-// SentPart is a part of a multipart upload.
-type SentPart struct {
-	Num  int    `json:"-"`
-	ETag string `json:"etag"`
-	Size int64  `json:"size"`
-	MD5  string `json:"md5,omitempty"`
 }
 
 // JournalUpload is an upload as a Journal recorded it.
@@ -76,7 +69,7 @@ type JournalUpload struct {
 	Name   string
 	ID     string
 	Record []byte
-	Parts  []SentPart
+	Parts  []store.Part
 }
 
 // resumeVersion is the layout of uploadRecord, and of the part stream it
@@ -168,7 +161,7 @@ func (u *Uploader) getJournal() Journal {
 // resumable is one attempt at a resumable upload of a NAR.
 type resumable struct {
 	u    *Uploader
-	ms   multipart
+	ms   store.Multipart
 	j    Journal
 	info nix.PathInfo
 	want uploadRecord
@@ -198,7 +191,7 @@ const (
 // storedPart is a part the store holds, with what the journal recorded
 // of it (recorded: it did, and with the same ETag and size).
 type storedPart struct {
-	SentPart
+	store.Part
 	recorded bool
 	conflict string // the journal recorded another ETag or size
 }
@@ -206,11 +199,11 @@ type storedPart struct {
 // putResumable packs and uploads the NAR of info under key as a
 // resumable multipart upload (one PUT when it compresses to less than a
 // part).
-func (u *Uploader) putResumable(ctx context.Context, ms multipart, j Journal, info nix.PathInfo, key string) (packed, error) {
+func (u *Uploader) putResumable(ctx context.Context, ms store.Multipart, j Journal, info nix.PathInfo, key string) (packed, error) {
 	c := u.cfg.Compression
 	want := uploadRecord{
 		Version: resumeVersion, Store: ms.String(), Key: key, Path: info.Path,
-		NarHash: info.NarHash.Format(nixhash.NixBase32, true), NarSize: info.NarSize, PartSize: partSize,
+		NarHash: info.NarHash.Format(nixhash.NixBase32, true), NarSize: info.NarSize, PartSize: store.PartSize,
 		Compression: string(c), Settings: c.Settings(info.NarSize),
 	}
 	u.mu.Lock()
@@ -252,7 +245,7 @@ func (r *resumable) run(ctx context.Context) (packed, error) {
 	}
 	if err != nil && r.id != "" && !errors.Is(err, errStartOver) {
 		packFailed := perr != nil && !errors.Is(perr, errUploadEnded)
-		if !packFailed && !r.unrecorded && !IsPermanent(err) && (ctx.Err() != nil || !errors.Is(err, errNoSuchUpload)) {
+		if !packFailed && !r.unrecorded && !store.IsPermanent(err) && (ctx.Err() != nil || !errors.Is(err, store.ErrNoSuchUpload)) {
 			// Cut off (stopping, or a failure that may pass): kept for
 			// the next attempt, which resumes it.
 			r.u.cfg.Log.Debug().Err(err).Str("path", r.info.Path).Str("upload_id", r.id).Msg("upload cut off; kept to resume")
@@ -297,7 +290,7 @@ func (r *resumable) open(ctx context.Context) error {
 		r.u.stats.StartedOver++
 		r.u.mu.Unlock()
 	}
-	id, err := r.ms.newUpload(ctx, r.want.Key, "application/x-nix-nar")
+	id, err := r.ms.NewUpload(ctx, r.want.Key, "application/x-nix-nar")
 	if err != nil {
 		return err
 	}
@@ -329,23 +322,23 @@ func (r *resumable) resume(ctx context.Context, ju JournalUpload) string {
 	}
 	gone := false
 	if why == "" {
-		stored, err := r.ms.listParts(ctx, rec.Key, ju.ID)
+		stored, err := r.ms.ListParts(ctx, rec.Key, ju.ID)
 		switch {
-		case errors.Is(err, errNoSuchUpload):
+		case errors.Is(err, store.ErrNoSuchUpload):
 			gone = true
 			why = "the store no longer has the upload (NoSuchUpload: aborted, completed or expired while the daemon was away)"
 		case err != nil:
 			r.listErr = err
 			return "-"
 		default:
-			recorded := make(map[int]SentPart, len(ju.Parts))
+			recorded := make(map[int]store.Part, len(ju.Parts))
 			for _, p := range ju.Parts {
 				recorded[p.Num] = p
 			}
 			r.have = make(map[int]storedPart, len(stored))
 			var bytesThere int64
 			for num, p := range stored {
-				sp := storedPart{SentPart: p}
+				sp := storedPart{Part: p}
 				if rp, ok := recorded[num]; ok {
 					if rp.ETag == p.ETag && rp.Size == p.Size {
 						sp.recorded, sp.MD5 = true, rp.MD5
@@ -367,7 +360,7 @@ func (r *resumable) resume(ctx context.Context, ju JournalUpload) string {
 		}
 	}
 	if !gone {
-		if err := r.ms.abort(ctx, rec.Key, ju.ID); err != nil {
+		if err := r.ms.Abort(ctx, rec.Key, ju.ID); err != nil {
 			r.u.cfg.Log.Warn().Err(err).Str("path", r.info.Path).Msg("abort the upload that starts over (gc aborts it later)")
 		}
 	}
@@ -392,7 +385,7 @@ func (r *resumable) startOver(ctx context.Context, why string) error {
 
 // discard aborts the upload, drops its record and deletes its marker.
 func (r *resumable) discard(ctx context.Context) {
-	if err := r.ms.abort(ctx, r.upKey, r.id); err != nil {
+	if err := r.ms.Abort(ctx, r.upKey, r.id); err != nil {
 		r.u.cfg.Log.Warn().Err(err).Str("path", r.info.Path).Str("upload_id", r.id).Msg("abort upload (gc aborts it later)")
 	}
 	if err := r.j.DropUpload(r.info.Path, r.id); err != nil {

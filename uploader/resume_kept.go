@@ -4,6 +4,8 @@ import (
 	"bytes"
 	"context"
 	"encoding/json"
+
+	"github.com/nixpush/nixpush/store"
 )
 
 // writeMarker writes (or rewrites, as a heartbeat) the marker of upload id.
@@ -12,8 +14,7 @@ func (u *Uploader) writeMarker(ctx context.Context, rec uploadRecord, id string)
 	m, _ := json.Marshal(UploadMarker{Key: rec.Key, UploadID: id, Path: rec.Path, Host: u.cfg.Host, StartedAt: rec.Started})
 	m = append(m, '\n')
 	key := UploadMarkerKey(rec.Key, id)
-	u.count(1)
-	if err := u.cfg.Store.Put(ctx, key, bytes.NewReader(m), int64(len(m)), "application/json"); err != nil {
+	if err := u.counted.Put(ctx, key, bytes.NewReader(m), int64(len(m)), "application/json"); err != nil {
 		u.cfg.Log.Warn().Err(err).Str("marker", key).Msg("write the marker of a resumable upload (gc may abort it after its grace period)")
 	}
 }
@@ -21,13 +22,10 @@ func (u *Uploader) writeMarker(ctx context.Context, rec uploadRecord, id string)
 // deleteMarker removes upload id's marker; one left behind is deleted by
 // gc once older than its grace period.
 func (u *Uploader) deleteMarker(ctx context.Context, key, id string) {
-	d, ok := u.cfg.Store.(interface {
-		Delete(ctx context.Context, key string) error
-	})
+	d, ok := store.As[store.Deleter](u.counted)
 	if !ok {
 		return
 	}
-	u.count(1)
 	if err := d.Delete(context.WithoutCancel(ctx), UploadMarkerKey(key, id)); err != nil {
 		u.cfg.Log.Debug().Err(err).Str("marker", UploadMarkerKey(key, id)).Msg("delete the marker of a finished upload (gc deletes it later)")
 	}
@@ -60,7 +58,7 @@ func (u *Uploader) HeartbeatUploads(ctx context.Context) error {
 // how many it abandoned.
 func (u *Uploader) AbandonUploads(ctx context.Context) (int, error) {
 	j := u.getJournal()
-	ms, ok := u.cfg.Store.(multipart)
+	ms, ok := store.As[store.Multipart](u.cfg.Store)
 	if j == nil || !ok {
 		return 0, nil
 	}
@@ -78,7 +76,7 @@ func (u *Uploader) AbandonUploads(ctx context.Context) (int, error) {
 		}
 		key := recordKey(ju, "")
 		if key != "" {
-			if err := ms.abort(ctx, key, ju.ID); err != nil {
+			if err := ms.Abort(ctx, key, ju.ID); err != nil {
 				return n, err
 			}
 			u.deleteMarker(ctx, key, ju.ID)

@@ -9,18 +9,20 @@ import (
 	"fmt"
 	"io"
 	"sync"
+
+	"github.com/nixpush/nixpush/store"
 )
 
 // send reads the compressed NAR from src part by part and uploads it.
 func (r *resumable) send(ctx context.Context, src io.Reader) error {
-	buf, err := parts.Get(ctx)
+	buf, err := store.Parts.Get(ctx)
 	if err != nil {
 		return err
 	}
 	n, rerr := io.ReadFull(src, buf)
 	if rerr == io.EOF || rerr == io.ErrUnexpectedEOF {
 		// Less than a part: one PUT; an upload recorded before goes.
-		defer parts.Put(buf)
+		defer store.Parts.Put(buf)
 		if ju, ok, _ := r.j.LoadUpload(r.info.Path); ok {
 			r.id, r.upKey = ju.ID, recordKey(ju, r.want.Key)
 			r.discard(ctx)
@@ -28,11 +30,11 @@ func (r *resumable) send(ctx context.Context, src io.Reader) error {
 		return r.ms.Put(ctx, r.want.Key, bytes.NewReader(buf[:n]), int64(n), "application/x-nix-nar")
 	}
 	if rerr != nil {
-		parts.Put(buf)
+		store.Parts.Put(buf)
 		return rerr
 	}
 	if err := r.open(ctx); err != nil {
-		parts.Put(buf)
+		store.Parts.Put(buf)
 		return err
 	}
 	ps, err := r.sendParts(ctx, src, buf, n, rerr)
@@ -45,13 +47,13 @@ func (r *resumable) send(ctx context.Context, src io.Reader) error {
 // partsSent is what sendParts did: every part, in order, and the bytes it
 // found in the store (skipped) and sent.
 type partsSent struct {
-	all           []SentPart
+	all           []store.Part
 	skipped, sent int64
 }
 
 // partResult is a part sent, or why it could not be.
 type partResult struct {
-	part SentPart
+	part store.Part
 	err  error
 }
 
@@ -89,16 +91,16 @@ func (r *resumable) sendParts(ctx context.Context, src io.Reader, buf []byte, n 
 			check = r.check(num, h, md, n)
 		}
 		if check == nil {
-			ps.all = append(ps.all, SentPart{Num: num, ETag: r.have[num].ETag, Size: int64(n), MD5: md})
+			ps.all = append(ps.all, store.Part{Num: num, ETag: r.have[num].ETag, Size: int64(n), MD5: md})
 			ps.skipped += int64(n)
-			parts.Put(buf)
+			store.Parts.Put(buf)
 		} else if check != errResend {
-			parts.Put(buf)
+			store.Parts.Put(buf)
 			wait()
 			return ps, r.startOver(ctx, check.Error())
 		} else {
 			if err := wait(); err != nil {
-				parts.Put(buf)
+				store.Parts.Put(buf)
 				return ps, err
 			}
 			inflight = r.sendPart(ctx, num, buf, n, md, &recs)
@@ -107,22 +109,22 @@ func (r *resumable) sendParts(ctx context.Context, src io.Reader, buf []byte, n 
 		if rerr == io.ErrUnexpectedEOF {
 			break // that was the last part
 		}
-		if num == maxParts {
+		if num == store.MaxParts {
 			wait()
-			return ps, Permanent(fmt.Errorf("%s put %s: more than %d parts of %d MiB", r.ms, r.want.Key, maxParts, partSize>>20))
+			return ps, store.Permanent(fmt.Errorf("%s put %s: more than %d parts of %d MiB", r.ms, r.want.Key, store.MaxParts, store.PartSize>>20))
 		}
 		var err error
-		if buf, err = parts.Get(ctx); err != nil {
+		if buf, err = store.Parts.Get(ctx); err != nil {
 			wait()
 			return ps, err
 		}
 		n, rerr = io.ReadFull(src, buf)
 		if rerr == io.EOF {
-			parts.Put(buf)
+			store.Parts.Put(buf)
 			break
 		}
 		if rerr != nil && rerr != io.ErrUnexpectedEOF {
-			parts.Put(buf)
+			store.Parts.Put(buf)
 			wait()
 			return ps, rerr
 		}
@@ -140,8 +142,8 @@ func (r *resumable) sendPart(ctx context.Context, num int, buf []byte, n int, md
 	recs.Add(1)
 	go func() {
 		defer recs.Done()
-		etag, err := r.ms.putPart(ctx, r.want.Key, r.id, num, buf[:n])
-		parts.Put(buf)
+		etag, err := r.ms.PutPart(ctx, r.want.Key, r.id, num, buf[:n])
+		store.Parts.Put(buf)
 		if err == nil && md != "" && r.etags.Load() == etagsUnknown {
 			if etag == md {
 				r.etags.CompareAndSwap(etagsUnknown, etagsAreMD5)
@@ -149,7 +151,7 @@ func (r *resumable) sendPart(ctx context.Context, num int, buf []byte, n int, md
 				r.etags.CompareAndSwap(etagsUnknown, etagsOpaque)
 			}
 		}
-		p := SentPart{Num: num, ETag: etag, Size: int64(n), MD5: md}
+		p := store.Part{Num: num, ETag: etag, Size: int64(n), MD5: md}
 		// The next part goes at once; the record of this one
 		// commits meanwhile (a kill before it commits costs at
 		// most a check of the part by its ETag, or sending it
@@ -167,7 +169,7 @@ func (r *resumable) sendPart(ctx context.Context, num int, buf []byte, n int, md
 // complete completes the upload of the parts ps sent, forgets its record
 // and marker, and counts the bytes a resume did not send again.
 func (r *resumable) complete(ctx context.Context, ps partsSent) error {
-	if err := r.ms.complete(ctx, r.want.Key, r.id, ps.all); err != nil {
+	if err := r.ms.Complete(ctx, r.want.Key, r.id, ps.all); err != nil {
 		return err
 	}
 	if err := r.j.DropUpload(r.info.Path, r.id); err != nil {

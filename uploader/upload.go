@@ -14,6 +14,7 @@ import (
 
 	"github.com/nixpush/nixpush/narpack"
 	"github.com/nixpush/nixpush/nix"
+	"github.com/nixpush/nixpush/store"
 )
 
 // ensureCacheInfo writes nix-cache-info when the cache lacks it, before any
@@ -26,12 +27,10 @@ func (u *Uploader) ensureCacheInfo(ctx context.Context, cutoff time.Time) error 
 		return nil
 	}
 	at := u.cfg.Now()
-	u.count(1)
-	has, err := u.cfg.Store.Has(ctx, "nix-cache-info")
+	has, err := u.counted.Has(ctx, "nix-cache-info")
 	if err == nil && !has {
-		u.count(1)
 		text := CacheInfo(u.cfg.StoreDir, u.cfg.Priority)
-		err = u.cfg.Store.Put(ctx, "nix-cache-info", strings.NewReader(text), int64(len(text)), "text/x-nix-cache-info")
+		err = u.counted.Put(ctx, "nix-cache-info", strings.NewReader(text), int64(len(text)), "text/x-nix-cache-info")
 	}
 	if err != nil {
 		return fmt.Errorf("nix-cache-info: %w", err)
@@ -140,8 +139,7 @@ func (u *Uploader) has(ctx context.Context, key string) (bool, error) {
 		return false, ctx.Err()
 	}
 	defer func() { <-u.stat }()
-	u.count(1)
-	return u.cfg.Store.Has(ctx, key)
+	return u.counted.Has(ctx, key)
 }
 
 // prefetchNARs starts the NAR uploads of order, in that order, as upload
@@ -239,12 +237,12 @@ func (u *Uploader) uploadNAR(ctx context.Context, info nix.PathInfo) (packed, er
 			return packed{}, ctx.Err()
 		}
 	}
-	u.count(1)
+	u.counted.Add(1) // one request a NAR, whatever it takes: one PUT, a multipart upload, none when packing fails first
 	at := u.cfg.Now()
 	var p packed
 	var err error
 	key := narKey(info, u.cfg.Compression)
-	if ms, ok := u.cfg.Store.(multipart); ok && info.NarSize > narpack.SmallNAR && u.getJournal() != nil {
+	if ms, ok := store.As[store.Multipart](u.cfg.Store); ok && info.NarSize > narpack.SmallNAR && u.getJournal() != nil {
 		p, err = u.putResumable(ctx, ms, u.getJournal(), info, key)
 	} else {
 		p, err = packAndPut(ctx, u.cfg.Store, info, u.cfg.Compression, u.cfg.WriteNARListing, key)
@@ -287,14 +285,12 @@ func (u *Uploader) upload(ctx context.Context, info nix.PathInfo, pl *plan) erro
 	}
 	if p.Listing != nil {
 		// Before the .narinfo, as Nix writes it: a .narinfo never lacks its listing.
-		u.count(1)
-		if err := u.cfg.Store.Put(ctx, ListingKey(info.Path), bytes.NewReader(p.Listing), int64(len(p.Listing)), "application/json"); err != nil {
+		if err := u.counted.Put(ctx, ListingKey(info.Path), bytes.NewReader(p.Listing), int64(len(p.Listing)), "application/json"); err != nil {
 			return fmt.Errorf("upload listing of %s: %w", info.Path, err)
 		}
 	}
 	text := p.narinfo
-	u.count(1)
-	if err := u.cfg.Store.Put(ctx, nix.NarInfoKey(info.Path), strings.NewReader(text), int64(len(text)), "text/x-nix-narinfo"); err != nil {
+	if err := u.counted.Put(ctx, nix.NarInfoKey(info.Path), strings.NewReader(text), int64(len(text)), "text/x-nix-narinfo"); err != nil {
 		return fmt.Errorf("upload %s: %w", info.Path, err)
 	}
 	d := time.Since(start)

@@ -13,6 +13,7 @@ import (
 
 	"github.com/nixpush/nixpush/narpack"
 	"github.com/nixpush/nixpush/nix"
+	"github.com/nixpush/nixpush/store"
 )
 
 // PathInfoSource is where the uploader learns what the Nix database knows.
@@ -23,7 +24,7 @@ type PathInfoSource interface {
 
 // Config configures an Uploader.
 type Config struct {
-	Store Store
+	Store store.Store
 	Nix   PathInfoSource
 	Key   signature.SecretKey
 	// Keys are further signing keys (during a key rotation): each .narinfo
@@ -65,10 +66,11 @@ type Config struct {
 // Uploader pushes closures to one store. It is safe for concurrent use: a
 // path wanted by several pushes at once is uploaded once.
 type Uploader struct {
-	cfg  Config
-	jobs chan struct{} // a token per pack-and-upload
-	big  chan struct{} // a token per large NAR streaming (each holds ~12 MiB of buffers)
-	stat chan struct{} // a token per existence check
+	counted *store.Counting // cfg.Store, counting the requests of Stats
+	cfg     Config
+	jobs    chan struct{} // a token per pack-and-upload
+	big     chan struct{} // a token per large NAR streaming (each holds ~12 MiB of buffers)
+	stat    chan struct{} // a token per existence check
 
 	infoMu   sync.Mutex
 	infoSeen time.Time // when nix-cache-info was last found or written
@@ -160,13 +162,14 @@ func New(cfg Config) *Uploader {
 		cfg.ClockSkew = DefaultClockSkew
 	}
 	if cfg.Sleep == nil {
-		cfg.Sleep = Sleep
+		cfg.Sleep = store.Sleep
 	}
 	if cfg.Host == "" {
 		cfg.Host, _ = os.Hostname()
 	}
 	return &Uploader{
 		cfg:      cfg,
+		counted:  store.Count(cfg.Store),
 		jobs:     make(chan struct{}, cfg.Jobs),
 		big:      make(chan struct{}, narpack.BigStreams),
 		stat:     make(chan struct{}, 4*cfg.Jobs),
@@ -183,13 +186,9 @@ func New(cfg Config) *Uploader {
 func (u *Uploader) Stats() Stats {
 	u.mu.Lock()
 	defer u.mu.Unlock()
-	return u.stats
-}
-
-func (u *Uploader) count(requests int64) {
-	u.mu.Lock()
-	u.stats.Requests += requests
-	u.mu.Unlock()
+	s := u.stats
+	s.Requests = u.counted.Requests()
+	return s
 }
 
 // fresh reports whether p's .narinfo was seen in the store since cutoff.
@@ -228,15 +227,15 @@ func (u *Uploader) ForgetCache() {
 }
 
 // Store is the store the uploader pushes to.
-func (u *Uploader) Store() Store { return u.cfg.Store }
+func (u *Uploader) Store() store.Store { return u.cfg.Store }
 
 // Traffic is what the requests to the store look like now (throttling,
 // concurrency, upload rate and cap); false for a store that does not say
 // (file://).
-func (u *Uploader) Traffic() (Traffic, bool) {
-	s, ok := u.cfg.Store.(interface{ Traffic() Traffic })
+func (u *Uploader) Traffic() (store.Traffic, bool) {
+	s, ok := store.As[store.TrafficReporter](u.cfg.Store)
 	if !ok {
-		return Traffic{}, false
+		return store.Traffic{}, false
 	}
 	return s.Traffic(), true
 }

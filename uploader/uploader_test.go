@@ -17,6 +17,9 @@ import (
 	"testing"
 	"time"
 
+	"github.com/nixpush/nixpush/narpack"
+	"github.com/nixpush/nixpush/store"
+
 	"github.com/klauspost/compress/zstd"
 	"github.com/nix-community/go-nix/pkg/nar"
 	"github.com/nix-community/go-nix/pkg/narinfo"
@@ -26,7 +29,6 @@ import (
 	"github.com/rs/zerolog"
 	"github.com/ulikunitz/xz"
 
-	"github.com/nixpush/nixpush/narpack"
 	"github.com/nixpush/nixpush/nix"
 )
 
@@ -133,7 +135,7 @@ func (f *fakeStore) randomDAG(t *testing.T, rng *rand.Rand, n, refs int, content
 // checkingStore wraps a store and checks, at every .narinfo write, that the
 // NAR it names and the .narinfo of every reference are already there.
 type checkingStore struct {
-	Store
+	store.Store
 	storeDir string
 	delay    func() time.Duration
 	mu       sync.Mutex
@@ -196,14 +198,14 @@ func TestPushDAGKeepsOrderWithParallelJobs(t *testing.T) {
 	paths := fs.randomDAG(t, rng, 300, 3, func(i int) []byte {
 		return bytes.Repeat([]byte(fmt.Sprintf("path %d ", i)), rng.IntN(2000)+1)
 	})
-	base, err := NewFileStore(t.TempDir())
+	base, err := store.NewFileStore(t.TempDir())
 	if err != nil {
 		t.Fatal(err)
 	}
 	cs := &checkingStore{Store: base, storeDir: fs.dir, delay: func() time.Duration { return time.Duration(rand.IntN(500)) * time.Microsecond }}
 	for _, c := range []narpack.Compression{narpack.Zstd, narpack.XZ, narpack.None} {
 		t.Run(string(c), func(t *testing.T) {
-			sub, _ := NewFileStore(t.TempDir())
+			sub, _ := store.NewFileStore(t.TempDir())
 			cs := &checkingStore{Store: sub, storeDir: fs.dir, delay: cs.delay}
 			u := New(Config{Store: cs, Nix: fs, Key: testKey(t), Compression: c, Jobs: 8, StoreDir: fs.dir, Log: zerolog.Nop()})
 			// Several pushes at once over overlapping closures.
@@ -291,7 +293,7 @@ func dedup(s []string) []string {
 }
 
 // checkPushed checks a path's narinfo and NAR in store.
-func checkPushed(t *testing.T, s Store, info nix.PathInfo) {
+func checkPushed(t *testing.T, s store.Store, info nix.PathInfo) {
 	t.Helper()
 	ctx := context.Background()
 	data, err := s.Get(ctx, nix.NarInfoKey(info.Path))
@@ -361,11 +363,11 @@ func TestPushRefusesHashMismatch(t *testing.T) {
 			os.Chmod(p, 0o644)
 			os.WriteFile(p, bytes.Repeat([]byte{'y'}, size), 0o444)
 			dir := t.TempDir()
-			s, _ := NewFileStore(dir)
+			s, _ := store.NewFileStore(dir)
 			u := New(Config{Store: s, Nix: fs, Key: testKey(t), Jobs: 2, StoreDir: fs.dir, Log: zerolog.Nop()})
 			err := u.Push(context.Background(), []string{p})[0]
-			if !errors.Is(err, narpack.ErrHashMismatch) || !IsPermanent(err) {
-				t.Fatalf("err = %v; want a permanent narpack.ErrHashMismatch", err)
+			if !errors.Is(err, narpack.ErrHashMismatch) || !store.IsPermanent(err) {
+				t.Fatalf("err = %v; want a permanent ErrHashMismatch", err)
 			}
 			if ok, _ := s.Has(context.Background(), nix.NarInfoKey(p)); ok {
 				t.Fatal("narinfo written for a mismatching path")
@@ -385,20 +387,20 @@ func TestPushInvalidRootDoesNotFailOthers(t *testing.T) {
 	fs := newFakeStore(t)
 	good := fs.add(t, "good", []byte("good"))
 	bad := filepath.Join(fs.dir, "00000000000000000000000000000000-gone")
-	s, _ := NewFileStore(t.TempDir())
+	s, _ := store.NewFileStore(t.TempDir())
 	u := New(Config{Store: s, Nix: fs, Key: testKey(t), StoreDir: fs.dir, Log: zerolog.Nop()})
 	errs := u.Push(context.Background(), []string{bad, good})
 	if errs[1] != nil {
 		t.Fatalf("good root: %v", errs[1])
 	}
-	if !IsPermanent(errs[0]) || !nix.IsInvalid(errs[0]) {
+	if !store.IsPermanent(errs[0]) || !nix.IsInvalid(errs[0]) {
 		t.Fatalf("invalid root: %v; want permanent ErrInvalidPath", errs[0])
 	}
 }
 
 // flakyStore fails every Put of a chosen key until told otherwise.
 type flakyStore struct {
-	Store
+	store.Store
 	failKey string
 	fail    bool
 }
@@ -415,12 +417,12 @@ func TestPushFailedDependencyBlocksDependents(t *testing.T) {
 	leaf := fs.add(t, "leaf", []byte("leaf"))
 	mid := fs.add(t, "mid", []byte("mid"), leaf)
 	top := fs.add(t, "top", []byte("top"), mid)
-	base, _ := NewFileStore(t.TempDir())
+	base, _ := store.NewFileStore(t.TempDir())
 	fl := &flakyStore{Store: base, failKey: nix.NarInfoKey(leaf), fail: true}
 	u := New(Config{Store: fl, Nix: fs, Key: testKey(t), StoreDir: fs.dir, Log: zerolog.Nop()})
 	err := u.Push(context.Background(), []string{top})[0]
 	var dep *DependencyError
-	if !errors.As(err, &dep) || IsPermanent(err) {
+	if !errors.As(err, &dep) || store.IsPermanent(err) {
 		t.Fatalf("err = %v; want a transient DependencyError", err)
 	}
 	for _, p := range []string{mid, top} {
@@ -441,7 +443,7 @@ func TestPushSkipsWhatTheCacheHas(t *testing.T) {
 	fs := newFakeStore(t)
 	leaf := fs.add(t, "leaf", []byte("leaf"))
 	top := fs.add(t, "top", []byte("top"), leaf)
-	base, _ := NewFileStore(t.TempDir())
+	base, _ := store.NewFileStore(t.TempDir())
 	u := New(Config{Store: base, Nix: fs, Key: testKey(t), StoreDir: fs.dir, Log: zerolog.Nop()})
 	if err := u.Push(context.Background(), []string{top})[0]; err != nil {
 		t.Fatal(err)
@@ -469,7 +471,7 @@ func TestPushSkipsWhatTheCacheHas(t *testing.T) {
 }
 
 type countingStore struct {
-	Store
+	store.Store
 	mu   sync.Mutex
 	puts int
 	has  int
@@ -504,7 +506,7 @@ func TestOpenStoreErrors(t *testing.T) {
 		{"file://relative", "want file:///absolute/dir"},
 		{"file:///d?x=1", "take no parameters"},
 	} {
-		_, err := OpenStore(context.Background(), tc.uri, StoreOptions{})
+		_, err := store.Open(context.Background(), tc.uri, store.Options{})
 		if err == nil || !strings.Contains(err.Error(), tc.want) {
 			t.Errorf("OpenStore(%q) = %v; want %q", tc.uri, err, tc.want)
 		}
@@ -521,7 +523,7 @@ func (l *listingStore) ListTop(ctx context.Context, fn func(string) bool) error 
 	l.mu.Lock()
 	l.lists++
 	l.mu.Unlock()
-	return l.Store.(Lister).ListTop(ctx, fn)
+	return l.Store.(store.Lister).ListTop(ctx, fn)
 }
 
 // TestPushListsInsteadOfChecking: a closure of 60 paths of which the cache
@@ -536,7 +538,7 @@ func TestPushListsInsteadOfChecking(t *testing.T) {
 		chain = append(chain, p)
 		prev = []string{p}
 	}
-	base, _ := NewFileStore(t.TempDir())
+	base, _ := store.NewFileStore(t.TempDir())
 	first := New(Config{Store: base, Nix: fs, Key: testKey(t), StoreDir: fs.dir, Log: zerolog.Nop()})
 	if err := first.Push(context.Background(), []string{chain[29]})[0]; err != nil {
 		t.Fatal(err)
@@ -570,7 +572,7 @@ func TestConcurrentPushesDoNotDeadlock(t *testing.T) {
 	})
 	for round := range 5 {
 		for _, jobs := range []int{1, 2} {
-			sub, _ := NewFileStore(t.TempDir())
+			sub, _ := store.NewFileStore(t.TempDir())
 			cs := &checkingStore{Store: sub, storeDir: fs.dir, delay: func() time.Duration { return time.Duration(rand.IntN(300)) * time.Microsecond }}
 			u := New(Config{Store: cs, Nix: fs, Key: testKey(t), Jobs: jobs, StoreDir: fs.dir, Log: zerolog.Nop()})
 			var wg sync.WaitGroup

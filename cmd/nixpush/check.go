@@ -14,6 +14,8 @@ import (
 	"strings"
 	"time"
 
+	"github.com/nixpush/nixpush/store"
+
 	"github.com/nixpush/nixpush/hook"
 	"github.com/nixpush/nixpush/hook/client"
 	"github.com/nixpush/nixpush/internal/version"
@@ -61,11 +63,11 @@ func runCheck(ctx context.Context, args []string, stdout, stderr io.Writer) int 
 	// The store, as the daemon checks it, and then as consumers read it.
 	if *storeURI == "" {
 		add(checkLine{Name: "store", Detail: "no --store-uri given", Fix: "pass --store-uri (or set NIXPUSH_STORE_URI) to check the cache"})
-	} else if store, err := uploader.OpenStore(ctx, *storeURI, uploader.StoreOptions{CACertFile: *caCert}); err != nil {
+	} else if st, err := store.Open(ctx, *storeURI, store.Options{CACertFile: *caCert}); err != nil {
 		add(checkLine{Name: "store URI", Detail: err.Error(), Fix: "see nixpush daemon -h for the URI syntax"})
 	} else {
 		cctx, cancel := context.WithTimeout(ctx, 30*time.Second)
-		for _, r := range uploader.Preflight(cctx, store, uploader.PreflightOptions{StoreDir: *storeDir}) {
+		for _, r := range uploader.Preflight(cctx, st, uploader.PreflightOptions{StoreDir: *storeDir}) {
 			c := checkLine{Name: r.Name, OK: r.Err == nil, Detail: r.Note}
 			if r.Err != nil {
 				c.Detail, c.Fix = r.Err.Error(), strings.ReplaceAll(r.Err.Fix(), "URI", *storeURI)
@@ -73,7 +75,7 @@ func runCheck(ctx context.Context, args []string, stdout, stderr io.Writer) int 
 			add(c)
 		}
 		cancel()
-		if s3, ok := store.(*uploader.S3Store); ok {
+		if s3, ok := store.As[*store.S3Store](st); ok {
 			add(anonymousRead(ctx, s3.HTTPURL(), *caCert, *storeURI))
 		}
 	}

@@ -14,6 +14,8 @@ import (
 	"strings"
 	"time"
 
+	"github.com/nixpush/nixpush/store"
+
 	"github.com/coreos/go-systemd/v22/activation"
 	sddaemon "github.com/coreos/go-systemd/v22/daemon"
 	"github.com/coreos/go-systemd/v22/journal"
@@ -131,7 +133,7 @@ func runDaemon(ctx context.Context, args []string, stdout, stderr io.Writer) int
 		}
 		*storeURI = "file://" + abs
 	}
-	store, err := uploader.OpenStore(ctx, *storeURI, uploader.StoreOptions{CACertFile: *caCert, UploadRate: maxRate.RateSchedule})
+	store, err := store.Open(ctx, *storeURI, store.Options{CACertFile: *caCert, UploadRate: maxRate.RateSchedule})
 	if err != nil {
 		fmt.Fprintf(stderr, "nixpush daemon: %v\n", err)
 		return 2

@@ -17,12 +17,13 @@ import (
 	"text/tabwriter"
 	"time"
 
+	"github.com/nixpush/nixpush/store"
+
 	"github.com/mattn/go-isatty"
 
 	"github.com/nixpush/nixpush/hook"
 	"github.com/nixpush/nixpush/nix"
 	"github.com/nixpush/nixpush/retention"
-	"github.com/nixpush/nixpush/uploader"
 )
 
 // bucketFlags are the flags of the commands that work on the bucket
@@ -43,16 +44,16 @@ func addBucketFlags(fs *flag.FlagSet) bucketFlags {
 	}
 }
 
-func (f bucketFlags) open(ctx context.Context, cmd string) (uploader.Bucket, error) {
+func (f bucketFlags) open(ctx context.Context, cmd string) (store.Bucket, error) {
 	walkMemoryPolicy()
 	if *f.storeURI == "" {
 		return nil, fmt.Errorf("--store-uri is required (or NIXPUSH_STORE_URI), e.g. nixpush %s --store-uri 's3://nix-cache?endpoint=minio.lan:9000&scheme=http'", cmd)
 	}
-	s, err := uploader.OpenStore(ctx, *f.storeURI, uploader.StoreOptions{CACertFile: *f.caCert})
+	s, err := store.Open(ctx, *f.storeURI, store.Options{CACertFile: *f.caCert})
 	if err != nil {
 		return nil, err
 	}
-	b, ok := s.(uploader.Bucket)
+	b, ok := store.As[store.Bucket](s)
 	if !ok {
 		return nil, fmt.Errorf("%s cannot be listed", s)
 	}
@@ -119,7 +120,7 @@ func writeGCJSON(w io.Writer, rep *retention.GCReport) error {
 }
 
 // cache opens the walk cache of b, or runs without one (with a warning).
-func (f bucketFlags) cache(b uploader.Bucket, stderr io.Writer, cmd string) *retention.Cache {
+func (f bucketFlags) cache(b store.Bucket, stderr io.Writer, cmd string) *retention.Cache {
 	if *f.cacheDir == "" {
 		return nil
 	}

@@ -9,6 +9,8 @@ import (
 	"net/url"
 	"os"
 
+	"github.com/nixpush/nixpush/store"
+
 	"github.com/nixpush/nixpush/nix"
 	"github.com/nixpush/nixpush/uploader"
 )
@@ -40,7 +42,7 @@ func runInit(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 		fmt.Fprintln(stderr, "nixpush init: --expire-days must be positive")
 		return 2
 	}
-	store, err := uploader.OpenStore(ctx, *storeURI, uploader.StoreOptions{CACertFile: *caCert})
+	st, err := store.Open(ctx, *storeURI, store.Options{CACertFile: *caCert})
 	if err != nil {
 		fmt.Fprintf(stderr, "nixpush init: %v\n", err)
 		return 2
@@ -59,18 +61,18 @@ func runInit(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 			"expiry breaks closures (a path outlives a dependency and Nix refuses it until it is pushed again). "+
 			"Prefer closure-aware retention: nixpush gc --older-than %dd (see docs/retention.md).\n", *expireDays, *expireDays)
 	}
-	changes, err := uploader.Init(ctx, store, uploader.InitOptions{PublicRead: *publicRead, ExpireDays: *expireDays})
+	changes, err := uploader.Init(ctx, st, store.InitOptions{PublicRead: *publicRead, ExpireDays: *expireDays})
 	for _, c := range changes {
 		fmt.Fprintf(stdout, "changed: %s\n", c)
 	}
 	if err != nil {
 		fmt.Fprintf(stderr, "nixpush init: %v\n", err)
-		if se := uploader.AsStoreError(err); se != nil && se.Problem != uploader.NoBucket {
+		if se := store.AsStoreError(err); se != nil && se.Problem != store.NoBucket {
 			fmt.Fprintf(stderr, "fix: %s\n", se.Fix())
 		}
 		return 1
 	}
-	s3, isS3 := store.(*uploader.S3Store)
+	s3, isS3 := store.As[*store.S3Store](st)
 	if *createUser != "" {
 		if !isS3 {
 			fmt.Fprintln(stderr, "nixpush init: --create-user applies to S3 buckets (MinIO) only")
@@ -83,7 +85,7 @@ func runInit(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 		changes = append(changes, more...)
 	}
 	if len(changes) == 0 {
-		fmt.Fprintf(stdout, "%s is ready; nothing to change\n", store)
+		fmt.Fprintf(stdout, "%s is ready; nothing to change\n", st)
 	}
 	if *printPolicy {
 		if !isS3 {
@@ -114,12 +116,12 @@ nix.settings = {
 
 // ensureUser makes name the uploading account and writes its profile; it
 // prints what changed and returns it, with an exit code.
-func ensureUser(ctx context.Context, s3 *uploader.S3Store, uri, name, credFile string, rotate bool, stdout, stderr io.Writer) ([]string, int) {
-	changes, secret, err := s3.EnsureUploader(ctx, name, rotate)
+func ensureUser(ctx context.Context, s3 *store.S3Store, uri, name, credFile string, rotate bool, stdout, stderr io.Writer) ([]string, int) {
+	changes, secret, err := s3.EnsureUploader(ctx, name, uploader.UploaderPolicy(s3.Bucket()), rotate)
 	for _, c := range changes {
 		fmt.Fprintf(stdout, "changed: %s\n", c)
 	}
-	if errors.Is(err, uploader.ErrNoAdminAPI) {
+	if errors.Is(err, store.ErrNoAdminAPI) {
 		fmt.Fprintf(stderr, "nixpush init: %v\n", err)
 		fmt.Fprintf(stderr, "create the uploading account with your provider's tools and attach this policy to it (name it %s):\n%s\n",
 			s3.UploaderPolicyName(), uploader.UploaderPolicy(s3.Bucket()))

@@ -17,6 +17,7 @@ import (
 	"github.com/nixpush/nixpush/hook/client"
 	"github.com/nixpush/nixpush/nix"
 	"github.com/nixpush/nixpush/retention"
+	"github.com/nixpush/nixpush/store"
 	"github.com/nixpush/nixpush/uploader"
 )
 
@@ -162,7 +163,7 @@ func printVerify(w io.Writer, rep *retention.VerifyReport) {
 // repairCache deletes the broken .narinfos (and their referrers), has the
 // daemon push again those the local Nix store holds, waits, and verifies
 // again. It returns the paths it could not push again.
-func repairCache(ctx context.Context, b uploader.Bucket, rep *retention.VerifyReport, opts retention.VerifyOptions,
+func repairCache(ctx context.Context, b store.Bucket, rep *retention.VerifyReport, opts retention.VerifyOptions,
 	socket string, timeout time.Duration, singleGC bool, stdout, stderr io.Writer, quiet bool) ([]string, *retention.VerifyReport, error) {
 	say := func(format string, a ...any) {
 		if !quiet {

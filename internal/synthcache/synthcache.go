@@ -32,6 +32,7 @@ import (
 	"golang.org/x/sync/errgroup"
 
 	"github.com/nixpush/nixpush/nix"
+	"github.com/nixpush/nixpush/store"
 	"github.com/nixpush/nixpush/uploader"
 )
 
@@ -109,7 +110,7 @@ func WriteDir(ctx context.Context, dir string, opts Options) (*Cache, error) {
 // WriteBucket writes the cache into b (a MinIO bucket, say). The store
 // dates the objects itself: every object is new, and a gc must be given a
 // grace period shorter than the time since.
-func WriteBucket(ctx context.Context, b uploader.Store, opts Options) (*Cache, error) {
+func WriteBucket(ctx context.Context, b store.Store, opts Options) (*Cache, error) {
 	return Generate(ctx, opts, func(o Object) error {
 		return b.Put(ctx, o.Key, bytes.NewReader(o.Data), int64(len(o.Data)), "application/octet-stream")
 	})

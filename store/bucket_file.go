@@ -1,4 +1,4 @@
-package uploader
+package store
 
 import (
 	"bytes"
@@ -47,9 +47,6 @@ func (s *FileStore) List(ctx context.Context, prefix string, fn func(Object) err
 	return nil
 }
 
-// listPage is how many directory entries a walk holds at once.
-const listPage = 1000
-
 // walk calls fn with each regular file of the directory of key prefix dir
 // ("" for the top) and of the directories under it that may hold keys
 // under prefix, a page of entries at a time.
@@ -66,7 +63,7 @@ func (s *FileStore) walk(ctx context.Context, dir, prefix string, fn func(key st
 		dir += "/"
 	}
 	for {
-		entries, rerr := f.ReadDir(listPage)
+		entries, rerr := f.ReadDir(PageSize)
 		for _, d := range entries {
 			if err := ctx.Err(); err != nil {
 				return err

@@ -1,4 +1,4 @@
-package uploader
+package store
 
 import (
 	"bytes"
@@ -12,26 +12,38 @@ import (
 	"github.com/minio/minio-go/v7"
 )
 
-// multipart is a store whose large objects go up in parts that outlive
+// Multipart is a store whose large objects go up in parts that outlive
 // the process sending them (S3): what a resumable upload needs.
-type multipart interface {
+type Multipart interface {
 	Store
-	newUpload(ctx context.Context, key, contentType string) (id string, err error)
-	putPart(ctx context.Context, key, id string, num int, data []byte) (etag string, err error)
-	// listParts returns the parts the store holds for the upload, by
-	// number; an error wrapping errNoSuchUpload when the upload is gone.
-	listParts(ctx context.Context, key, id string) (map[int]SentPart, error)
-	complete(ctx context.Context, key, id string, parts []SentPart) error
-	abort(ctx context.Context, key, id string) error
+	// NewUpload begins a multipart upload of key and returns its id.
+	NewUpload(ctx context.Context, key, contentType string) (id string, err error)
+	// PutPart sends part num of upload id and returns its ETag.
+	PutPart(ctx context.Context, key, id string, num int, data []byte) (etag string, err error)
+	// ListParts returns the parts the store holds for the upload, by
+	// number; an error wrapping ErrNoSuchUpload when the upload is gone.
+	ListParts(ctx context.Context, key, id string) (map[int]Part, error)
+	// Complete makes the object of upload id from parts.
+	Complete(ctx context.Context, key, id string, parts []Part) error
+	// Abort discards an upload; one already gone is no error.
+	Abort(ctx context.Context, key, id string) error
 }
 
-// errNoSuchUpload reports an upload the store no longer has (aborted,
+// Part is a part of a multipart upload.
+type Part struct {
+	Num  int    `json:"-"`
+	ETag string `json:"etag"`
+	Size int64  `json:"size"`
+	MD5  string `json:"md5,omitempty"`
+}
+
+// ErrNoSuchUpload reports an upload the store no longer has (aborted,
 // completed, or expired by a lifecycle rule).
-var errNoSuchUpload = errors.New("the store has no such upload (NoSuchUpload)")
+var ErrNoSuchUpload = errors.New("the store has no such upload (NoSuchUpload)")
 
-var _ multipart = (*S3Store)(nil)
+var _ Multipart = (*S3Store)(nil)
 
-func (s *S3Store) newUpload(ctx context.Context, key, contentType string) (string, error) {
+func (s *S3Store) NewUpload(ctx context.Context, key, contentType string) (string, error) {
 	var id string
 	err := persist(ctx, nil, func() (err error) {
 		id, err = minio.Core{Client: s.client}.NewMultipartUpload(ctx, s.bucket, key,
@@ -44,7 +56,7 @@ func (s *S3Store) newUpload(ctx context.Context, key, contentType string) (strin
 	return id, nil
 }
 
-func (s *S3Store) putPart(ctx context.Context, key, id string, num int, data []byte) (string, error) {
+func (s *S3Store) PutPart(ctx context.Context, key, id string, num int, data []byte) (string, error) {
 	var p minio.ObjectPart
 	r := bytes.NewReader(data)
 	err := persist(ctx, r, func() (err error) {
@@ -58,20 +70,20 @@ func (s *S3Store) putPart(ctx context.Context, key, id string, num int, data []b
 	return strings.Trim(p.ETag, `"`), nil
 }
 
-func (s *S3Store) listParts(ctx context.Context, key, id string) (map[int]SentPart, error) {
-	out := make(map[int]SentPart)
+func (s *S3Store) ListParts(ctx context.Context, key, id string) (map[int]Part, error) {
+	out := make(map[int]Part)
 	marker := 0
 	for {
 		var res minio.ListObjectPartsResult
 		err := persist(ctx, nil, func() (err error) {
-			res, err = minio.Core{Client: s.client}.ListObjectParts(ctx, s.bucket, key, id, marker, 1000)
+			res, err = minio.Core{Client: s.client}.ListObjectParts(ctx, s.bucket, key, id, marker, PageSize)
 			return err
 		})
 		if err != nil {
 			return nil, s.wrapUpload("list parts", key, err)
 		}
 		for _, p := range res.ObjectParts {
-			out[p.PartNumber] = SentPart{Num: p.PartNumber, ETag: strings.Trim(p.ETag, `"`), Size: p.Size}
+			out[p.PartNumber] = Part{Num: p.PartNumber, ETag: strings.Trim(p.ETag, `"`), Size: p.Size}
 		}
 		if !res.IsTruncated || res.NextPartNumberMarker <= marker {
 			return out, nil
@@ -80,7 +92,7 @@ func (s *S3Store) listParts(ctx context.Context, key, id string) (map[int]SentPa
 	}
 }
 
-func (s *S3Store) complete(ctx context.Context, key, id string, parts []SentPart) error {
+func (s *S3Store) Complete(ctx context.Context, key, id string, parts []Part) error {
 	cp := make([]minio.CompletePart, len(parts))
 	for i, p := range parts {
 		cp[i] = minio.CompletePart{PartNumber: p.Num, ETag: p.ETag}
@@ -97,10 +109,10 @@ func (s *S3Store) complete(ctx context.Context, key, id string, parts []SentPart
 	return nil
 }
 
-// abort discards an upload; one already gone is no error. It runs even
+// Abort discards an upload; one already gone is no error. It runs even
 // when ctx is cancelled (a stopping daemon still cleans up), for at most
 // 30 s.
-func (s *S3Store) abort(ctx context.Context, key, id string) error {
+func (s *S3Store) Abort(ctx context.Context, key, id string) error {
 	actx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 30*time.Second)
 	defer cancel()
 	err := minio.Core{Client: s.client}.AbortMultipartUpload(actx, s.bucket, key, id)
@@ -113,7 +125,7 @@ func (s *S3Store) abort(ctx context.Context, key, id string) error {
 // wrapUpload is wrap, with NoSuchUpload told apart.
 func (s *S3Store) wrapUpload(op, key string, err error) error {
 	if minio.ToErrorResponse(err).Code == "NoSuchUpload" {
-		return fmt.Errorf("%s %s %s: %w", s.name, op, key, errNoSuchUpload)
+		return fmt.Errorf("%s %s %s: %w", s.name, op, key, ErrNoSuchUpload)
 	}
 	return s.wrap(op, key, err)
 }

@@ -1,4 +1,4 @@
-package uploader
+package store
 
 import (
 	"bytes"
@@ -23,7 +23,7 @@ func minioStore(t *testing.T, bucket string) (*testenv.MinIOServer, *S3Store) {
 		k, v, _ := strings.Cut(kv, "=")
 		t.Setenv(k, v)
 	}
-	st, err := OpenStore(context.Background(), m.StoreURI(bucket), StoreOptions{})
+	st, err := Open(context.Background(), m.StoreURI(bucket), Options{})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -31,14 +31,14 @@ func minioStore(t *testing.T, bucket string) (*testenv.MinIOServer, *S3Store) {
 }
 
 // TestS3PutStream streams objects of unknown size to a real MinIO: one
-// short of a part goes up with one PUT, more as a multipart upload whose
+// short of a part goes up with one PUT, more as a Multipart upload whose
 // parts are sent while the next one is read; every size reads back whole.
 func TestS3PutStream(t *testing.T) {
 	_, s := minioStore(t, "stream")
 	ctx := context.Background()
-	data := make([]byte, 2*partSize+partSize/2)
+	data := make([]byte, 2*PartSize+PartSize/2)
 	rand.Read(data)
-	for _, size := range []int{0, 1, partSize - 1, partSize, partSize + 1, 2 * partSize, len(data)} {
+	for _, size := range []int{0, 1, PartSize - 1, PartSize, PartSize + 1, 2 * PartSize, len(data)} {
 		t.Run(fmt.Sprint(size), func(t *testing.T) {
 			key := fmt.Sprintf("nar/%d", size)
 			// A pipe, as from the packer: reads return what one write gave.
@@ -69,7 +69,7 @@ func TestS3PutStreamAbort(t *testing.T) {
 	m, st := minioStore(t, "abort")
 	ctx := context.Background()
 	boom := errors.New("packing failed")
-	for _, size := range []int{partSize / 2, 2*partSize + 5} {
+	for _, size := range []int{PartSize / 2, 2*PartSize + 5} {
 		key := fmt.Sprintf("nar/bad-%d", size)
 		r := io.MultiReader(bytes.NewReader(make([]byte, size)), errReader{boom})
 		if err := st.Put(ctx, key, r, -1, "application/x-nix-nar"); !errors.Is(err, boom) {
@@ -83,7 +83,7 @@ func TestS3PutStreamAbort(t *testing.T) {
 		if u.Err != nil {
 			t.Fatal(u.Err)
 		}
-		t.Fatalf("multipart upload of %s left behind", u.Key)
+		t.Fatalf("Multipart upload of %s left behind", u.Key)
 	}
 }
 

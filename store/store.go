@@ -1,4 +1,4 @@
-package uploader
+package store
 
 import (
 	"context"
@@ -7,6 +7,7 @@ import (
 	"io"
 	"net/url"
 	"strings"
+	"time"
 )
 
 // ErrNotExist reports an object the store does not hold.
@@ -35,8 +36,8 @@ type Lister interface {
 	ListTop(ctx context.Context, fn func(name string) bool) error
 }
 
-// StoreOptions are settings of a store not carried by its URI.
-type StoreOptions struct {
+// Options are settings of a store not carried by its URI.
+type Options struct {
 	// CACertFile is a PEM bundle trusted for an https S3 endpoint, for a
 	// private CA such as a self-signed MinIO.
 	CACertFile string
@@ -45,11 +46,11 @@ type StoreOptions struct {
 	UploadRate RateSchedule
 }
 
-// OpenStore opens a store from a URI in the syntax of `nix copy --to`:
+// Open opens a store from a URI in the syntax of `nix copy --to`:
 //
 //	s3://BUCKET?endpoint=HOST[:PORT]&scheme=http|https&region=R&profile=P
 //	file:///DIR
-func OpenStore(ctx context.Context, uri string, opts StoreOptions) (Store, error) {
+func Open(ctx context.Context, uri string, opts Options) (Store, error) {
 	u, err := url.Parse(uri)
 	if err != nil {
 		return nil, fmt.Errorf("store URI %q: %w", uri, err)
@@ -67,5 +68,17 @@ func OpenStore(ctx context.Context, uri string, opts StoreOptions) (Store, error
 		return openS3(ctx, u, opts)
 	default:
 		return nil, fmt.Errorf("store URI %q: unsupported scheme %q; use s3://BUCKET?endpoint=HOST or file:///DIR", uri, u.Scheme)
+	}
+}
+
+// Sleep waits d, or until ctx is done.
+func Sleep(ctx context.Context, d time.Duration) error {
+	t := time.NewTimer(d)
+	defer t.Stop()
+	select {
+	case <-t.C:
+		return nil
+	case <-ctx.Done():
+		return ctx.Err()
 	}
 }

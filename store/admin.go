@@ -1,4 +1,4 @@
-package uploader
+package store
 
 import (
 	"context"
@@ -23,17 +23,18 @@ func (s *S3Store) UploaderPolicyName() string { return "nixpush-write-" + s.buck
 
 // EnsureUploader makes name an account that may upload to the bucket and
 // nothing else, through MinIO's admin API with the store's credentials: it
-// creates (or corrects) the uploader policy, creates the user with a random
+// creates (or corrects) the policy UploaderPolicyName with the text policy
+// (the uploader package's UploaderPolicy of the bucket), creates the user with a random
 // secret, and attaches the policy. An existing user keeps its secret unless
 // rotate. It returns what it changed, in words, and the new secret when it
 // made one ("" otherwise).
-func (s *S3Store) EnsureUploader(ctx context.Context, name string, rotate bool) (changes []string, secret string, err error) {
+func (s *S3Store) EnsureUploader(ctx context.Context, name, policy string, rotate bool) (changes []string, secret string, err error) {
 	adm, err := madmin.NewWithOptions(s.endpoint, &madmin.Options{Creds: s.creds, Secure: s.secure, Transport: s.tr})
 	if err != nil {
 		return nil, "", fmt.Errorf("%s: admin client: %w", s.name, err)
 	}
 	policyName := s.UploaderPolicyName()
-	want := UploaderPolicy(s.bucket)
+	want := policy
 	info, err := adm.InfoCannedPolicyV2(ctx, policyName)
 	switch {
 	case madmin.ToErrorResponse(err).Code == "XMinioAdminNoSuchPolicy":
@@ -86,8 +87,8 @@ func (s *S3Store) CheckKey(ctx context.Context, accessKey, secret string) error 
 	if err != nil {
 		return err
 	}
-	if _, err := (minio.Core{Client: c}).ListObjectsV2(s.bucket, probePrefix, "", "", "/", 1); err != nil {
-		return s.wrap("list", probePrefix, err)
+	if _, err := (minio.Core{Client: c}).ListObjectsV2(s.bucket, ProbePrefix, "", "", "/", 1); err != nil {
+		return s.wrap("list", ProbePrefix, err)
 	}
 	return nil
 }

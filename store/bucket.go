@@ -1,4 +1,4 @@
-package uploader
+package store
 
 import (
 	"context"
@@ -15,7 +15,7 @@ type Object struct {
 	ETag         string    // changes whenever the content does
 }
 
-// PendingUpload is an upload begun and never completed: an S3 multipart
+// PendingUpload is an upload begun and never completed: an S3 Multipart
 // upload, or the temporary file of an interrupted Put in a file:// store.
 type PendingUpload struct {
 	Key       string
@@ -57,6 +57,10 @@ type Bucket interface {
 	// ProbeConditional, not here.
 	PutIf(ctx context.Context, key string, data []byte, contentType, etag string) (newETag string, err error)
 }
+
+// PageSize is how many keys S3 gives in a listing page and takes in a
+// DeleteObjects request; the file store pages its listings the same.
+const PageSize = 1000
 
 // ErrConditionFailed reports a conditional write whose condition did not
 // hold: another writer got there first.

@@ -1,4 +1,4 @@
-package uploader
+package store
 
 import (
 	"context"
@@ -153,3 +153,6 @@ func (s *FileStore) Check(ctx context.Context) error {
 	}
 	return nil
 }
+
+// Dir is the cache directory.
+func (s *FileStore) Dir() string { return s.dir }

@@ -1,4 +1,4 @@
-package uploader
+package store
 
 import (
 	"bytes"
@@ -34,15 +34,15 @@ type S3Store struct {
 	bw       *bandwidth
 }
 
-// partSize is the multipart part size for NARs of unknown compressed size:
+// PartSize is the Multipart part size for NARs of unknown compressed size:
 // S3's smallest, since part buffers are most of the daemon's memory while
 // large NARs stream (see parts). Objects can be up to 10,000 parts (48.8 GiB
 // of compressed NAR).
-const partSize = 5 << 20
+const PartSize = 5 << 20
 
 var s3Params = map[string]bool{"endpoint": true, "scheme": true, "region": true, "profile": true}
 
-func openS3(ctx context.Context, u *url.URL, opts StoreOptions) (*S3Store, error) {
+func openS3(ctx context.Context, u *url.URL, opts Options) (*S3Store, error) {
 	bucket := u.Host
 	if bucket == "" {
 		return nil, fmt.Errorf("store URI %q: missing bucket; want s3://BUCKET?endpoint=HOST", u.Redacted())
@@ -182,27 +182,27 @@ func (s *S3Store) Put(ctx context.Context, key string, r io.Reader, size int64, 
 	return nil
 }
 
-// maxParts is S3's limit on the parts of a multipart upload.
-const maxParts = 10000
+// MaxParts is S3's limit on the parts of a multipart upload.
+const MaxParts = 10000
 
 // putStream uploads r, of unknown size. What fits in one part goes up with
-// a single PUT. More becomes a multipart upload (minio.Core's calls) in
+// a single PUT. More becomes a Multipart upload (minio.Core's calls) in
 // which the next part is read, so packed and compressed, while the
 // previous one is sent; minio-go's own streaming upload does one after the
 // other and takes a fresh buffer per object. A read error (packing failed)
 // or an upload error aborts the upload: no object, no stray parts.
 func (s *S3Store) putStream(ctx context.Context, key string, r io.Reader, opts minio.PutObjectOptions) (err error) {
-	buf, err := parts.Get(ctx)
+	buf, err := Parts.Get(ctx)
 	if err != nil {
 		return err
 	}
 	n, rerr := io.ReadFull(r, buf)
 	if rerr == io.EOF || rerr == io.ErrUnexpectedEOF {
-		defer parts.Put(buf)
+		defer Parts.Put(buf)
 		return s.Put(ctx, key, bytes.NewReader(buf[:n]), int64(n), opts.ContentType)
 	}
 	if rerr != nil {
-		parts.Put(buf)
+		Parts.Put(buf)
 		return rerr
 	}
 
@@ -213,7 +213,7 @@ func (s *S3Store) putStream(ctx context.Context, key string, r io.Reader, opts m
 		return err
 	})
 	if err != nil {
-		parts.Put(buf)
+		Parts.Put(buf)
 		return s.wrap("put", key, err)
 	}
 	defer func() {
@@ -232,7 +232,7 @@ func (s *S3Store) putStream(ctx context.Context, key string, r io.Reader, opts m
 	send := func(num int, buf []byte, n int) <-chan sent {
 		ch := make(chan sent, 1)
 		go func() {
-			defer parts.Put(buf)
+			defer Parts.Put(buf)
 			var p minio.ObjectPart
 			err := persist(ctx, nil, func() (err error) {
 				p, err = core.PutObjectPart(ctx, s.bucket, key, id, num, bytes.NewReader(buf[:n]), int64(n),
@@ -248,11 +248,11 @@ func (s *S3Store) putStream(ctx context.Context, key string, r io.Reader, opts m
 		pending := send(num, buf, n)
 		last := rerr == io.ErrUnexpectedEOF
 		if !last {
-			if num == maxParts {
+			if num == MaxParts {
 				<-pending
-				return Permanent(fmt.Errorf("%s put %s: more than %d parts of %d MiB", s.name, key, maxParts, partSize>>20))
+				return Permanent(fmt.Errorf("%s put %s: more than %d parts of %d MiB", s.name, key, MaxParts, PartSize>>20))
 			}
-			if buf, err = parts.Get(ctx); err != nil {
+			if buf, err = Parts.Get(ctx); err != nil {
 				<-pending
 				return err
 			}
@@ -261,7 +261,7 @@ func (s *S3Store) putStream(ctx context.Context, key string, r io.Reader, opts m
 		res := <-pending
 		if res.err != nil {
 			if !last {
-				parts.Put(buf)
+				Parts.Put(buf)
 			}
 			return s.wrap("put", key, res.err)
 		}
@@ -270,11 +270,11 @@ func (s *S3Store) putStream(ctx context.Context, key string, r io.Reader, opts m
 			break
 		}
 		if rerr == io.EOF {
-			parts.Put(buf)
+			Parts.Put(buf)
 			break
 		}
 		if rerr != nil && rerr != io.ErrUnexpectedEOF {
-			parts.Put(buf)
+			Parts.Put(buf)
 			return rerr
 		}
 	}
@@ -381,11 +381,11 @@ func innerURLError(err error) error {
 // from a policy that denies).
 func (s *S3Store) Check(ctx context.Context) error {
 	err := persist(ctx, nil, func() error {
-		_, err := minio.Core{Client: s.probe}.ListObjectsV2(s.bucket, probePrefix, "", "", "/", 1)
+		_, err := minio.Core{Client: s.probe}.ListObjectsV2(s.bucket, ProbePrefix, "", "", "/", 1)
 		return err
 	})
 	if err != nil {
-		return s.wrap("list", probePrefix, err)
+		return s.wrap("list", ProbePrefix, err)
 	}
 	return nil
 }
