@@ -26,14 +26,17 @@
 // docs/resumable-uploads.md). The .narinfo still follows the completed
 // NAR.
 //
-// The Store interface hides whether the cache is an S3 bucket or a file://
-// directory; nothing above it can tell them apart. Bucket adds listing,
-// reading and deleting, for the retention package. Store errors are
-// classified once, where they are understood (StoreError: unreachable,
-// certificate, credentials, bucket missing, access denied), and Preflight
-// checks a store the way the daemon and nixpush check do; init.go and
-// admin.go prepare a bucket (nix-cache-info, anonymous read, policies, a
-// MinIO user) for nixpush init.
+// The store package's Store hides whether the cache is an S3 bucket or a
+// file:// directory; nothing here can tell them apart. Packing and
+// compressing a NAR is narpack's; preparing and checking a bucket (nixpush
+// init, the IAM policies, Preflight) is bucketadmin's.
+//
+// The push engine's files go by phase: push.go (Push, Ensure, Recheck: a
+// push from its roots to its settled writes), closure.go (what Nix says of
+// the closures), plan.go (what the cache lacks, and the order NARs start
+// in), upload.go (NARs, listings, .narinfos, nix-cache-info), nar.go (one
+// NAR packed and put), resume*.go (resumable uploads), settle.go (the
+// check after writes, below).
 //
 // # Knowledge with a lifetime
 //

@@ -16,11 +16,11 @@ import (
 
 	"github.com/nixpush/nixpush/store"
 
+	"github.com/nixpush/nixpush/bucketadmin"
 	"github.com/nixpush/nixpush/hook"
 	"github.com/nixpush/nixpush/hook/client"
 	"github.com/nixpush/nixpush/internal/version"
 	"github.com/nixpush/nixpush/nix"
-	"github.com/nixpush/nixpush/uploader"
 )
 
 // checkLine is one check of nixpush check.
@@ -67,7 +67,7 @@ func runCheck(ctx context.Context, args []string, stdout, stderr io.Writer) int 
 		add(checkLine{Name: "store URI", Detail: err.Error(), Fix: "see nixpush daemon -h for the URI syntax"})
 	} else {
 		cctx, cancel := context.WithTimeout(ctx, 30*time.Second)
-		for _, r := range uploader.Preflight(cctx, st, uploader.PreflightOptions{StoreDir: *storeDir}) {
+		for _, r := range bucketadmin.Preflight(cctx, st, bucketadmin.PreflightOptions{StoreDir: *storeDir}) {
 			c := checkLine{Name: r.Name, OK: r.Err == nil, Detail: r.Note}
 			if r.Err != nil {
 				c.Detail, c.Fix = r.Err.Error(), strings.ReplaceAll(r.Err.Fix(), "URI", *storeURI)
