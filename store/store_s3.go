@@ -225,27 +225,9 @@ func (s *S3Store) putStream(ctx context.Context, key string, r io.Reader, opts m
 		}
 	}()
 
-	type sent struct {
-		part minio.ObjectPart
-		err  error
-	}
-	send := func(num int, buf []byte, n int) <-chan sent {
-		ch := make(chan sent, 1)
-		go func() {
-			defer Parts.Put(buf)
-			var p minio.ObjectPart
-			err := persist(ctx, nil, func() (err error) {
-				p, err = core.PutObjectPart(ctx, s.bucket, key, id, num, bytes.NewReader(buf[:n]), int64(n),
-					minio.PutObjectPartOptions{DisableContentSha256: true})
-				return err
-			})
-			ch <- sent{p, err}
-		}()
-		return ch
-	}
 	var done []minio.CompletePart
 	for num := 1; ; num++ {
-		pending := send(num, buf, n)
+		pending := s.sendPart(ctx, key, id, num, buf, n)
 		last := rerr == io.ErrUnexpectedEOF
 		if !last {
 			if num == MaxParts {
@@ -285,6 +267,29 @@ func (s *S3Store) putStream(ctx context.Context, key string, r io.Reader, opts m
 		return s.wrap("put", key, err)
 	}
 	return nil
+}
+
+// sentPart is a part putStream sent, or why it could not be.
+type sentPart struct {
+	part minio.ObjectPart
+	err  error
+}
+
+// sendPart sends part num (buf[:n]) of upload id on a goroutine of its
+// own, which gives buf back to Parts, and returns where its result comes.
+func (s *S3Store) sendPart(ctx context.Context, key, id string, num int, buf []byte, n int) <-chan sentPart {
+	ch := make(chan sentPart, 1)
+	go func() {
+		defer Parts.Put(buf)
+		var p minio.ObjectPart
+		err := persist(ctx, nil, func() (err error) {
+			p, err = minio.Core{Client: s.client}.PutObjectPart(ctx, s.bucket, key, id, num, bytes.NewReader(buf[:n]), int64(n),
+				minio.PutObjectPartOptions{DisableContentSha256: true})
+			return err
+		})
+		ch <- sentPart{p, err}
+	}()
+	return ch
 }
 
 // ListTop lists the bucket's top level (ListObjectsV2 with delimiter "/",
