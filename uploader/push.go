@@ -95,10 +95,11 @@ func (u *Uploader) push(ctx context.Context, roots []string, recheck, record boo
 }
 
 // pushStale pushes the closures of the roots not seen in the cache since
-// cutoff, setting errs by root, and records in lg what it wrote. It
+// cutoff (a recheck checks their NARs too), setting errs by root, and
+// records in lg what it wrote. It
 // returns an error only when nothing was to be pushed and nix-cache-info
 // could not be checked or written: that error is every root's.
-func (u *Uploader) pushStale(ctx context.Context, roots []string, errs []error, cutoff time.Time, deep bool, lg *ledger) error {
+func (u *Uploader) pushStale(ctx context.Context, roots []string, errs []error, cutoff time.Time, recheck bool, lg *ledger) error {
 	// nix-cache-info is checked while Nix is asked about the closure; it
 	// is in before anything else goes up.
 	cacheInfo := make(chan error, 1)
@@ -119,7 +120,7 @@ func (u *Uploader) pushStale(ctx context.Context, roots []string, errs []error, 
 	for j, i := range todo {
 		sub[j] = roots[i]
 	}
-	for j, err := range u.pushClosures(ctx, sub, cutoff, cacheInfo, nil, deep, lg) {
+	for j, err := range u.pushClosures(ctx, sub, cutoff, cacheInfo, nil, recheck, lg) {
 		errs[todo[j]] = err
 	}
 	return nil
