@@ -10,7 +10,7 @@ import (
 // The token bucket's depth is what may go out at once after a pause:
 // burstTime of the cap, at least capBurst. A bucket too shallow loses the
 // budget of the gaps in which nothing is sent though an upload is under
-// way: between one Multipart part's last byte and the next one's first
+// way: between one multipart part's last byte and the next one's first
 // the daemon waits for the store's answer (20 ms median, 49 ms at most,
 // under a load of 17 on 2 cores), and a sleep may overshoot as long.
 // A 64 KiB bucket averaged 18.5 MiB/s under a 20 MiB/s cap; 1 MiB, which

@@ -111,7 +111,7 @@ func (zeros) Read(p []byte) (int, error) {
 	return len(p), nil
 }
 
-// TestBandwidthGapsBetweenParts sends a NAR as a Multipart upload does:
+// TestBandwidthGapsBetweenParts sends a NAR as a multipart upload does:
 // 5 MiB parts, each followed by a wait for the store's answer before the
 // next part's first byte, on a fake clock. The gaps are the store's, not
 // the line's budget: the cap still holds over the whole transfer, within

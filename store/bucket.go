@@ -15,7 +15,7 @@ type Object struct {
 	ETag         string    // changes whenever the content does
 }
 
-// PendingUpload is an upload begun and never completed: an S3 Multipart
+// PendingUpload is an upload begun and never completed: an S3 multipart
 // upload, or the temporary file of an interrupted Put in a file:// store.
 type PendingUpload struct {
 	Key       string
@@ -28,9 +28,8 @@ type PendingUpload struct {
 type Bucket interface {
 	Store
 	// List calls fn with every object whose key starts with prefix,
-	// streaming: nothing of the listing is kept beyond a page. S3 lists
-	// in key order, a file store in directory order: callers rely on
-	// neither. An error from fn stops the listing and is returned.
+	// streaming, in key order (byte-wise ascending), a page of PageSize
+	// keys a request. An error from fn stops the listing and is returned.
 	List(ctx context.Context, prefix string, fn func(Object) error) error
 	// Stat describes one object, or returns an error wrapping ErrNotExist.
 	Stat(ctx context.Context, key string) (Object, error)

@@ -11,6 +11,7 @@ import (
 	"io/fs"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"syscall"
 )
@@ -18,21 +19,26 @@ import (
 // tmpPrefix starts the name of a Put's temporary file.
 const tmpPrefix = ".tmp-"
 
-// List walks the directory a page of entries at a time, in the order the
-// file system gives them (not sorted: a sorted listing would hold a whole
-// directory, a million names of a million-path cache, where a page is a
-// thousand). A file's ETag is its modification time and size: Put
-// replaces a file whole, so either changes with it.
+// lockName is the lock file of PutIf, in the store's directory: not an
+// object.
+const lockName = ".nixpush-lock"
+
+// List walks the directory in S3's key order (byte-wise ascending, a
+// directory's keys where its name and "/" sort), holding the names of one
+// directory per level at a time: those of the top level of a
+// million-path cache are some 60 MB, the price of S3's order. A file's
+// ETag is its modification time and size: Put replaces a file whole, so
+// either changes with it.
 func (s *FileStore) List(ctx context.Context, prefix string, fn func(Object) error) error {
 	root := ""
 	if i := strings.LastIndexByte(prefix, '/'); i >= 0 {
 		root = prefix[:i]
 	}
-	err := s.walk(ctx, root, prefix, func(key string, d fs.DirEntry) error {
-		if strings.HasPrefix(d.Name(), tmpPrefix) || !strings.HasPrefix(key, prefix) {
+	err := s.walk(ctx, root, prefix, func(key, name string) error {
+		if strings.HasPrefix(name, tmpPrefix) || key == lockName || !strings.HasPrefix(key, prefix) {
 			return nil
 		}
-		info, err := d.Info()
+		info, err := os.Lstat(filepath.Join(s.dir, filepath.FromSlash(key)))
 		if errors.Is(err, fs.ErrNotExist) {
 			return nil // deleted while listing
 		}
@@ -47,49 +53,70 @@ func (s *FileStore) List(ctx context.Context, prefix string, fn func(Object) err
 	return nil
 }
 
-// walk calls fn with each regular file of the directory of key prefix dir
-// ("" for the top) and of the directories under it that may hold keys
-// under prefix, a page of entries at a time.
-func (s *FileStore) walk(ctx context.Context, dir, prefix string, fn func(key string, d fs.DirEntry) error) error {
-	f, err := os.Open(filepath.Join(s.dir, filepath.FromSlash(dir)))
-	if errors.Is(err, fs.ErrNotExist) {
-		return nil
-	}
+// walk calls fn with the key and name of each regular file of the
+// directory of key prefix dir ("" for the top) and of the directories
+// under it that may hold keys under prefix, in key order. It reads a
+// directory PageSize entries at a time, keeping their names (a
+// directory's with a "/" after it, where its keys sort).
+func (s *FileStore) walk(ctx context.Context, dir, prefix string, fn func(key, name string) error) error {
+	names, err := s.readNames(dir)
 	if err != nil {
 		return err
 	}
-	defer f.Close()
 	if dir != "" {
 		dir += "/"
 	}
-	for {
-		entries, rerr := f.ReadDir(PageSize)
-		for _, d := range entries {
-			if err := ctx.Err(); err != nil {
-				return err
-			}
-			key := dir + d.Name()
-			if d.IsDir() {
-				if strings.HasPrefix(key+"/", prefix) || strings.HasPrefix(prefix, key+"/") {
-					if err := s.walk(ctx, key, prefix, fn); err != nil {
-						return err
-					}
-				}
-				continue
-			}
-			if d.Type().IsRegular() {
-				if err := fn(key, d); err != nil {
+	for _, n := range names {
+		if err := ctx.Err(); err != nil {
+			return err
+		}
+		key := dir + n
+		if sub, ok := strings.CutSuffix(key, "/"); ok {
+			if strings.HasPrefix(key, prefix) || strings.HasPrefix(prefix, key) {
+				if err := s.walk(ctx, sub, prefix, fn); err != nil {
 					return err
 				}
 			}
+			continue
 		}
-		if rerr == io.EOF || (rerr == nil && len(entries) == 0) {
-			return nil
-		}
-		if rerr != nil {
-			return rerr
+		if err := fn(key, n); err != nil {
+			return err
 		}
 	}
+	return nil
+}
+
+// readNames lists the regular files and the directories ("name/") of
+// dir, sorted byte-wise; none when dir does not exist.
+func (s *FileStore) readNames(dir string) ([]string, error) {
+	f, err := os.Open(filepath.Join(s.dir, filepath.FromSlash(dir)))
+	if errors.Is(err, fs.ErrNotExist) {
+		return nil, nil
+	}
+	if err != nil {
+		return nil, err
+	}
+	defer f.Close()
+	var names []string
+	for {
+		entries, rerr := f.ReadDir(PageSize)
+		for _, d := range entries {
+			switch {
+			case d.IsDir():
+				names = append(names, d.Name()+"/")
+			case d.Type().IsRegular():
+				names = append(names, d.Name())
+			}
+		}
+		if rerr == io.EOF || (rerr == nil && len(entries) == 0) {
+			break
+		}
+		if rerr != nil {
+			return nil, rerr
+		}
+	}
+	slices.Sort(names)
+	return names, nil
 }
 
 func fileObject(key string, info fs.FileInfo) Object {
@@ -136,11 +163,11 @@ func (s *FileStore) DeleteMany(ctx context.Context, keys []string) error {
 
 // ListUploads lists the temporary files of Puts: a crashed Put leaves one.
 func (s *FileStore) ListUploads(ctx context.Context, fn func(PendingUpload) error) error {
-	return s.walk(ctx, "", "", func(key string, d fs.DirEntry) error {
-		if !strings.HasPrefix(d.Name(), tmpPrefix) {
+	return s.walk(ctx, "", "", func(key, name string) error {
+		if !strings.HasPrefix(name, tmpPrefix) {
 			return nil
 		}
-		info, err := d.Info()
+		info, err := os.Lstat(filepath.Join(s.dir, filepath.FromSlash(key)))
 		if err != nil {
 			return nil
 		}
@@ -178,7 +205,7 @@ func contentTag(b []byte) string {
 // PutIf compares and writes under an exclusive lock on the store's lock
 // file, which every PutIf of every process on this file system takes.
 func (s *FileStore) PutIf(ctx context.Context, key string, data []byte, contentType, etag string) (string, error) {
-	lock, err := os.OpenFile(filepath.Join(s.dir, ".nixpush-lock"), os.O_CREATE|os.O_RDWR, 0o644)
+	lock, err := os.OpenFile(filepath.Join(s.dir, lockName), os.O_CREATE|os.O_RDWR, 0o644)
 	if err != nil {
 		return "", fmt.Errorf("file store: lock for %s: %w", key, err)
 	}

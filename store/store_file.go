@@ -45,14 +45,15 @@ func (s *FileStore) Has(ctx context.Context, key string) (bool, error) {
 	return err == nil, err
 }
 
-// ListTop lists the store directory's files.
+// ListTop lists the store directory's files (not the temporary files
+// of Puts, nor PutIf's lock).
 func (s *FileStore) ListTop(ctx context.Context, fn func(name string) bool) error {
 	entries, err := os.ReadDir(s.dir)
 	if err != nil {
 		return err
 	}
 	for _, e := range entries {
-		if e.Type().IsRegular() && !fn(e.Name()) {
+		if n := e.Name(); e.Type().IsRegular() && !strings.HasPrefix(n, tmpPrefix) && n != lockName && !fn(n) {
 			return nil
 		}
 	}

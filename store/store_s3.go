@@ -34,7 +34,7 @@ type S3Store struct {
 	bw       *bandwidth
 }
 
-// PartSize is the Multipart part size for NARs of unknown compressed size:
+// PartSize is the multipart part size for NARs of unknown compressed size:
 // S3's smallest, since part buffers are most of the daemon's memory while
 // large NARs stream (see parts). Objects can be up to 10,000 parts (48.8 GiB
 // of compressed NAR).
@@ -186,7 +186,7 @@ func (s *S3Store) Put(ctx context.Context, key string, r io.Reader, size int64, 
 const MaxParts = 10000
 
 // putStream uploads r, of unknown size. What fits in one part goes up with
-// a single PUT. More becomes a Multipart upload (minio.Core's calls) in
+// a single PUT. More becomes a multipart upload (minio.Core's calls) in
 // which the next part is read, so packed and compressed, while the
 // previous one is sent; minio-go's own streaming upload does one after the
 // other and takes a fresh buffer per object. A read error (packing failed)
@@ -206,6 +206,12 @@ func (s *S3Store) putStream(ctx context.Context, key string, r io.Reader, opts m
 		return rerr
 	}
 
+	return s.putMultipart(ctx, key, r, opts, buf, n, rerr)
+}
+
+// putMultipart goes on with putStream as a multipart upload, from the
+// first part (buf[:n], and rerr, the error of reading it).
+func (s *S3Store) putMultipart(ctx context.Context, key string, r io.Reader, opts minio.PutObjectOptions, buf []byte, n int, rerr error) (err error) {
 	core := minio.Core{Client: s.client}
 	var id string
 	err = persist(ctx, nil, func() (err error) {
@@ -269,14 +275,14 @@ func (s *S3Store) putStream(ctx context.Context, key string, r io.Reader, opts m
 	return nil
 }
 
-// sentPart is a part putStream sent, or why it could not be.
+// sentPart is how a part's upload ended.
 type sentPart struct {
 	part minio.ObjectPart
 	err  error
 }
 
-// sendPart sends part num (buf[:n]) of upload id on a goroutine of its
-// own, which gives buf back to Parts, and returns where its result comes.
+// sendPart sends buf[:n] as part num of upload id, in the background, and
+// gives buf back to Parts once sent.
 func (s *S3Store) sendPart(ctx context.Context, key, id string, num int, buf []byte, n int) <-chan sentPart {
 	ch := make(chan sentPart, 1)
 	go func() {

@@ -31,7 +31,7 @@ func minioStore(t *testing.T, bucket string) (*testenv.MinIOServer, *S3Store) {
 }
 
 // TestS3PutStream streams objects of unknown size to a real MinIO: one
-// short of a part goes up with one PUT, more as a Multipart upload whose
+// short of a part goes up with one PUT, more as a multipart upload whose
 // parts are sent while the next one is read; every size reads back whole.
 func TestS3PutStream(t *testing.T) {
 	_, s := minioStore(t, "stream")

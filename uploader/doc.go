@@ -27,9 +27,11 @@
 // NAR.
 //
 // The store package's Store hides whether the cache is an S3 bucket or a
-// file:// directory; nothing here can tell them apart. Packing and
-// compressing a NAR is narpack's; preparing and checking a bucket (nixpush
-// init, the IAM policies, Preflight) is bucketadmin's.
+// file:// directory; nothing here can tell them apart. Store errors are
+// classified there, once, where they are understood (store.StoreError).
+// The requests of Stats are counted by a store.Count around Config.Store.
+// Packing and compressing a NAR is narpack's; preparing and checking a
+// bucket (nixpush init, the IAM policies, Preflight) is bucketadmin's.
 //
 // The push engine's files go by phase: push.go (Push, Ensure, Recheck: a
 // push from its roots to its settled writes), closure.go (what Nix says of

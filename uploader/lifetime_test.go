@@ -22,6 +22,7 @@ import (
 	"github.com/nixpush/nixpush/narpack"
 	"github.com/nixpush/nixpush/nix"
 	"github.com/nixpush/nixpush/store"
+	"github.com/nixpush/nixpush/store/storetest"
 )
 
 type fakeClock struct {
@@ -482,19 +483,6 @@ func TestEnsureRecordsNoRoot(t *testing.T) {
 	}
 }
 
-// failingHasStore fails the existence check of one key.
-type failingHasStore struct {
-	*store.FileStore
-	key string
-}
-
-func (f *failingHasStore) Has(ctx context.Context, key string) (bool, error) {
-	if key == f.key {
-		return false, fmt.Errorf("check of %s failed", key)
-	}
-	return f.FileStore.Has(ctx, key)
-}
-
 // TestAbsentReportsFailedChecks: a check that fails is neither gone nor
 // present; probe counts its path as missing (to upload) without
 // forgetting an earlier sighting, and the re-check after writes fails on
@@ -510,7 +498,12 @@ func TestAbsentReportsFailedChecks(t *testing.T) {
 	if err := New(Config{Store: base, Nix: fs, Key: testKey(t), StoreDir: fs.dir, Log: zerolog.Nop()}).Push(ctx, []string{present, flaky})[0]; err != nil {
 		t.Fatal(err)
 	}
-	s := &failingHasStore{FileStore: base, key: nix.NarInfoKey(flaky)}
+	s := storetest.NewFaulty(base, func(op, key string) error {
+		if op == "Has" && key == nix.NarInfoKey(flaky) {
+			return fmt.Errorf("check of %s failed", key)
+		}
+		return nil
+	})
 	u := New(Config{Store: s, Nix: fs, Key: testKey(t), StoreDir: fs.dir, Log: zerolog.Nop()})
 	keys := []string{nix.NarInfoKey(present), nix.NarInfoKey(flaky), nix.NarInfoKey(gone)}
 	g, failed := u.absent(ctx, keys, nil)

@@ -14,11 +14,13 @@ import (
 	"runtime"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
 	"github.com/nixpush/nixpush/narpack"
 	"github.com/nixpush/nixpush/store"
+	"github.com/nixpush/nixpush/store/storetest"
 
 	"github.com/klauspost/compress/zstd"
 	"github.com/nix-community/go-nix/pkg/nar"
@@ -398,27 +400,20 @@ func TestPushInvalidRootDoesNotFailOthers(t *testing.T) {
 	}
 }
 
-// flakyStore fails every Put of a chosen key until told otherwise.
-type flakyStore struct {
-	store.Store
-	failKey string
-	fail    bool
-}
-
-func (f *flakyStore) Put(ctx context.Context, key string, r io.Reader, size int64, ct string) error {
-	if f.fail && key == f.failKey {
-		return errors.New("injected: connection reset")
-	}
-	return f.Store.Put(ctx, key, r, size, ct)
-}
-
 func TestPushFailedDependencyBlocksDependents(t *testing.T) {
 	fs := newFakeStore(t)
 	leaf := fs.add(t, "leaf", []byte("leaf"))
 	mid := fs.add(t, "mid", []byte("mid"), leaf)
 	top := fs.add(t, "top", []byte("top"), mid)
 	base, _ := store.NewFileStore(t.TempDir())
-	fl := &flakyStore{Store: base, failKey: nix.NarInfoKey(leaf), fail: true}
+	var fail atomic.Bool
+	fail.Store(true)
+	fl := storetest.NewFaulty(base, func(op, key string) error {
+		if op == "Put" && key == nix.NarInfoKey(leaf) && fail.Load() {
+			return errors.New("injected: connection reset")
+		}
+		return nil
+	})
 	u := New(Config{Store: fl, Nix: fs, Key: testKey(t), StoreDir: fs.dir, Log: zerolog.Nop()})
 	err := u.Push(context.Background(), []string{top})[0]
 	var dep *DependencyError
@@ -430,7 +425,7 @@ func TestPushFailedDependencyBlocksDependents(t *testing.T) {
 			t.Fatalf("%s pushed although its dependency failed", p)
 		}
 	}
-	fl.fail = false
+	fail.Store(false)
 	if err := u.Push(context.Background(), []string{top})[0]; err != nil {
 		t.Fatalf("retry: %v", err)
 	}
