@@ -5,8 +5,8 @@ import (
 	"sync"
 	"time"
 
+	"github.com/nixpush/nixpush/api"
 	"github.com/nixpush/nixpush/bucketadmin"
-	"github.com/nixpush/nixpush/hook"
 	"github.com/nixpush/nixpush/store"
 )
 
@@ -68,10 +68,10 @@ func (h *storeHealth) set(err *store.StoreError, at time.Time) (wasOK, log bool)
 	return wasOK, log
 }
 
-func (h *storeHealth) status() hook.StoreCheck {
+func (h *storeHealth) status() api.StoreCheck {
 	h.mu.Lock()
 	defer h.mu.Unlock()
-	sc := hook.StoreCheck{OK: h.ok}
+	sc := api.StoreCheck{OK: h.ok}
 	if h.err != nil {
 		sc.Error, sc.Fix = h.err.Error(), h.err.Fix()
 	}

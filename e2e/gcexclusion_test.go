@@ -27,12 +27,9 @@ import (
 // seconds, whatever the machine's speed and the processes' start-up: the
 // conditional write alone decides. The bucket stays whole for verify.
 func TestTwoGCsStartedTogether(t *testing.T) {
-	m := testenv.MinIO(t)
-	m.MakeBucket(t, "twogc", true)
-	nx := testenv.Nix(t)
-	sec, _ := keys(t, "nixpush-e2e-twogc-1")
-	uri, env := m.StoreURI("twogc"), m.CredentialsEnv()
-	d := startDaemon(t, env, "--store-uri", uri, "--secret-key-file", sec)
+	f := newFixture(t, "nixpush-e2e-twogc-1", onBucket("twogc"))
+	m, nx, d := f.m, f.nx, f.d
+	uri, env := f.uri, f.env
 	tip := nx.Build(t, testenv.Chain(seed(), 10))[0]
 	if o, err := d.CLI("push", "--wait", tip); err != nil {
 		t.Fatalf("push: %v\n%s", err, o)
@@ -118,13 +115,9 @@ func (p *pinning) ListUploads(ctx context.Context, fn func(store.PendingUpload) 
 // it overlapped and checks the path again, succeeds; real Nix substitutes
 // the closure from the bucket, and verify finds it whole.
 func TestPinDuringSweepSurvives(t *testing.T) {
-	m := testenv.MinIO(t)
-	m.MakeBucket(t, "pinsweep", true)
-	nx := testenv.Nix(t)
-	sec, pub := keys(t, "nixpush-e2e-pinsweep-1")
-	uri, env := m.StoreURI("pinsweep"), m.CredentialsEnv()
-	c := m.Client(t)
-	d := startDaemon(t, env, "--store-uri", uri, "--secret-key-file", sec)
+	f := newFixture(t, "nixpush-e2e-pinsweep-1", onBucket("pinsweep"))
+	nx, d := f.nx, f.d
+	uri, env, c := f.uri, f.env, f.client()
 	tip := nx.Build(t, testenv.Chain(seed(), 4))[0]
 	if o, err := d.CLI("push", "--wait", tip); err != nil {
 		t.Fatalf("push: %v\n%s", err, o)
@@ -157,14 +150,11 @@ func TestPinDuringSweepSurvives(t *testing.T) {
 		}
 		go func() { pinErr = cmd.Wait(); close(pinDone) }()
 		// Let gc go on once the pin is in the bucket.
-		for deadline := time.Now().Add(time.Minute); ; time.Sleep(10 * time.Millisecond) {
-			if _, err := c.StatObject(ctx, "pinsweep", "nixpush/pins/late", minio.StatObjectOptions{}); err == nil {
-				return
-			}
-			if time.Now().After(deadline) {
-				t.Error("nixpush pin wrote no pin within a minute")
-				return
-			}
+		if !poll(time.Minute, func() bool {
+			_, err := c.StatObject(ctx, "pinsweep", "nixpush/pins/late", minio.StatObjectOptions{})
+			return err == nil
+		}) {
+			t.Error("nixpush pin wrote no pin within a minute")
 		}
 	}}
 	rep, err := retention.GC(ctx, b, retention.GCOptions{OlderThan: time.Hour, Grace: time.Second, Window: 2 * time.Minute, Host: "e2e"})
@@ -200,5 +190,5 @@ func TestPinDuringSweepSurvives(t *testing.T) {
 	if out, err := bucketCLI(t, env, t.TempDir(), "verify", "--store-uri", uri); err != nil {
 		t.Fatalf("verify: %v\n%s", err, out)
 	}
-	checkFetched(t, nx, m.HTTPURL("pinsweep"), pub, tip)
+	f.checkFetched(tip)
 }

@@ -57,7 +57,7 @@ func TestStoreIgnoringConditions(t *testing.T) {
 	p := f.add("broken", "base")
 	f.root("broken", time.Now())
 	data, _ := f.b.Get(ctx, nix.NarInfoKey(p))
-	ni, err := ParseNarInfo(data)
+	ni, err := nix.ParseNarInfo(data)
 	if err != nil {
 		t.Fatal(err)
 	}

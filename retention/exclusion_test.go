@@ -144,7 +144,7 @@ func TestGCBesideRepair(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	ni, err := ParseNarInfo(data)
+	ni, err := nix.ParseNarInfo(data)
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -298,7 +298,7 @@ func TestParseNarInfo(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	ni, err := ParseNarInfo(data)
+	ni, err := nix.ParseNarInfo(data)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -307,7 +307,7 @@ func TestParseNarInfo(t *testing.T) {
 		t.Fatalf("parsed %+v", ni)
 	}
 	for _, bad := range []string{"", "StorePath: /nix/store/x\n", "StorePath: /nix/store/x\nURL: nar/x\nNarHash: nonsense\nNarSize: 1\n"} {
-		if _, err := ParseNarInfo([]byte(bad)); err == nil {
+		if _, err := nix.ParseNarInfo([]byte(bad)); err == nil {
 			t.Errorf("%q parsed", bad)
 		}
 	}

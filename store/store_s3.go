@@ -4,13 +4,11 @@ import (
 	"bytes"
 	"context"
 	"crypto/tls"
-	"crypto/x509"
 	"errors"
 	"fmt"
 	"io"
 	"net/http"
 	"net/url"
-	"os"
 	"sort"
 	"strings"
 	"time"
@@ -79,16 +77,9 @@ func openS3(ctx context.Context, u *url.URL, opts Options) (*S3Store, error) {
 		return nil, err
 	}
 	if opts.CACertFile != "" {
-		pem, err := os.ReadFile(opts.CACertFile)
+		pool, err := CAPool(opts.CACertFile)
 		if err != nil {
-			return nil, fmt.Errorf("CA certificate: %w", err)
-		}
-		pool, err := x509.SystemCertPool()
-		if err != nil {
-			pool = x509.NewCertPool()
-		}
-		if !pool.AppendCertsFromPEM(pem) {
-			return nil, fmt.Errorf("CA certificate %s: no PEM certificate found", opts.CACertFile)
+			return nil, err
 		}
 		transport.TLSClientConfig = &tls.Config{RootCAs: pool, MinVersion: tls.VersionTLS12}
 	}

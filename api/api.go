@@ -1,4 +1,4 @@
-package hook
+package api
 
 import (
 	"time"
@@ -8,9 +8,6 @@ import (
 
 // DefaultSocket is where the daemon listens unless told otherwise.
 const DefaultSocket = "/run/nixpush/nixpush.sock"
-
-// DefaultSpoolDir is where the hook leaves requests the daemon cannot take.
-const DefaultSpoolDir = "/var/lib/nixpush/spool"
 
 // EnqueueRequest is the body of POST /v1/enqueue: store paths to push with
 // their closures. DrvPath, the derivation that built them, names the build

@@ -12,7 +12,7 @@ import (
 	"net/url"
 	"time"
 
-	"github.com/nixpush/nixpush/hook"
+	"github.com/nixpush/nixpush/api"
 )
 
 // Client talks to the daemon over its Unix socket.
@@ -24,7 +24,7 @@ type Client struct {
 // New returns a client for the daemon listening on socket.
 func New(socket string) *Client {
 	if socket == "" {
-		socket = hook.DefaultSocket
+		socket = api.DefaultSocket
 	}
 	tr := &http.Transport{
 		DialContext: func(ctx context.Context, _, _ string) (net.Conn, error) {
@@ -37,30 +37,30 @@ func New(socket string) *Client {
 }
 
 // Enqueue hands paths to the daemon and returns once they are committed.
-func (c *Client) Enqueue(ctx context.Context, req hook.EnqueueRequest) (hook.EnqueueResponse, error) {
-	var resp hook.EnqueueResponse
+func (c *Client) Enqueue(ctx context.Context, req api.EnqueueRequest) (api.EnqueueResponse, error) {
+	var resp api.EnqueueResponse
 	err := c.do(ctx, http.MethodPost, "/v1/enqueue", req, &resp)
 	return resp, err
 }
 
 // Retry re-queues failed items: all of them, or the paths given.
-func (c *Client) Retry(ctx context.Context, req hook.RetryRequest) (hook.RetryResponse, error) {
-	var resp hook.RetryResponse
+func (c *Client) Retry(ctx context.Context, req api.RetryRequest) (api.RetryResponse, error) {
+	var resp api.RetryResponse
 	err := c.do(ctx, http.MethodPost, "/v1/retry", req, &resp)
 	return resp, err
 }
 
 // Status returns the queue's state.
-func (c *Client) Status(ctx context.Context) (hook.Status, error) {
-	var st hook.Status
+func (c *Client) Status(ctx context.Context) (api.Status, error) {
+	var st api.Status
 	err := c.do(ctx, http.MethodGet, "/v1/status", nil, &st)
 	return st, err
 }
 
 // Wait blocks until nothing is queued or active, or until timeout, and
 // returns the state then.
-func (c *Client) Wait(ctx context.Context, timeout time.Duration) (hook.Status, error) {
-	var st hook.Status
+func (c *Client) Wait(ctx context.Context, timeout time.Duration) (api.Status, error) {
+	var st api.Status
 	err := c.do(ctx, http.MethodGet, "/v1/wait?timeout="+url.QueryEscape(timeout.String()), nil, &st)
 	return st, err
 }
@@ -91,11 +91,11 @@ func (c *Client) do(ctx context.Context, method, path string, body, out any) err
 		return fmt.Errorf("daemon at %s: %w", c.Socket, err)
 	}
 	if resp.StatusCode/100 != 2 {
-		var e hook.ErrorResponse
+		var e api.ErrorResponse
 		if json.Unmarshal(data, &e) != nil || e.Error == "" {
 			e.Error = fmt.Sprintf("%s %s: %s", method, path, resp.Status)
 		}
-		return &hook.APIError{StatusCode: resp.StatusCode, Message: e.Error}
+		return &api.APIError{StatusCode: resp.StatusCode, Message: e.Error}
 	}
 	if err := json.Unmarshal(data, out); err != nil {
 		return fmt.Errorf("daemon at %s: bad answer to %s: %w", c.Socket, path, err)

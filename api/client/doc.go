@@ -4,5 +4,5 @@
 // It links net/http, which the hook must not: that is why it is a package
 // of its own. Each call is one request to one of the daemon's routes, the
 // same `curl --unix-socket` can make; errors the daemon answers come back
-// as hook.APIError.
+// as api.APIError.
 package client

@@ -1,4 +1,4 @@
-package hook
+package api
 
 import (
 	"unicode/utf8"

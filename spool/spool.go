@@ -1,4 +1,4 @@
-package hook
+package spool
 
 import (
 	"os"
@@ -6,15 +6,21 @@ import (
 	"strconv"
 	"strings"
 	"time"
+
+	"github.com/nixpush/nixpush/api"
 )
 
-// SpoolExt ends the name of every complete spool file; temporary files end
-// otherwise, so the daemon never reads a half-written request.
-const SpoolExt = ".json"
+// DefaultDir is where the hook leaves requests the daemon cannot take.
+const DefaultDir = "/var/lib/nixpush/spool"
 
-// Spool durably writes req into dir for the daemon to import later: a
+// Ext ends the name of every complete spool file; temporary files end
+// otherwise, so the daemon never reads a half-written request.
+const Ext = ".json"
+
+// Write durably writes req into dir for the daemon to import later: a
 // temporary file, fsynced, renamed into place, and the directory fsynced.
-func Spool(dir string, req EnqueueRequest) (string, error) {
+// It returns the file's name.
+func Write(dir string, req api.EnqueueRequest) (string, error) {
 	if err := os.MkdirAll(dir, 0o700); err != nil {
 		return "", spoolError(err)
 	}
@@ -26,7 +32,7 @@ func Spool(dir string, req EnqueueRequest) (string, error) {
 	// The final name sorts by time; the temporary name's random part keeps
 	// hooks spooling at the same moment apart.
 	final := filepath.Join(dir, strconv.FormatInt(time.Now().UnixNano(), 10)+"-"+
-		strings.TrimPrefix(filepath.Base(tmp), ".tmp-")+SpoolExt)
+		strings.TrimPrefix(filepath.Base(tmp), ".tmp-")+Ext)
 	// Group-readable: the hook runs as root, the daemon as its own user in
 	// the spool directory's group (a setgid directory under the NixOS module).
 	err = f.Chmod(0o640)
