@@ -6,8 +6,8 @@ import (
 	"time"
 
 	"github.com/nixpush/nixpush/api"
+	"github.com/nixpush/nixpush/bucketadmin"
 	"github.com/nixpush/nixpush/store"
-	"github.com/nixpush/nixpush/uploader"
 )
 
 // How often the store is checked again while it fails, and how long one
@@ -109,12 +109,12 @@ func (d *Daemon) watchStore(ctx context.Context) error {
 	var progress int64 = -1
 	for {
 		cctx, cancel := context.WithTimeout(ctx, storeCheckTimeout)
-		results := uploader.Preflight(cctx, d.up.Store(), uploader.PreflightOptions{StoreDir: d.storeDir, WriteCacheInfo: true})
+		results := bucketadmin.Preflight(cctx, d.up.Store(), bucketadmin.PreflightOptions{StoreDir: d.storeDir, WriteCacheInfo: true})
 		cancel()
 		if ctx.Err() != nil {
 			return nil
 		}
-		se := uploader.PreflightError(results)
+		se := bucketadmin.PreflightError(results)
 		wasOK, log := d.health.set(se, time.Now())
 		switch {
 		case se != nil:

@@ -47,6 +47,7 @@ import (
 	"github.com/nix-community/go-nix/pkg/nixhash"
 	"github.com/rs/zerolog"
 
+	"github.com/nixpush/nixpush/narpack"
 	"github.com/nixpush/nixpush/nix"
 	"github.com/nixpush/nixpush/retention"
 	"github.com/nixpush/nixpush/uploader"
@@ -190,7 +191,7 @@ type harness struct {
 	s    *scheduler
 	u    *universe
 	key  signature.SecretKey
-	comp uploader.Compression
+	comp narpack.Compression
 
 	ctx    context.Context
 	cancel context.CancelFunc
@@ -229,9 +230,9 @@ func newHarness(t testing.TB, fam string, seed uint64) *harness {
 		t.Fatal(err)
 	}
 	h.key = sk
-	h.comp = uploader.None
+	h.comp = narpack.None
 	if rng.IntN(2) == 0 {
-		h.comp = uploader.Zstd
+		h.comp = narpack.Zstd
 	}
 	return h
 }

@@ -15,10 +15,10 @@ trap 'git worktree remove --force "$wt"' EXIT
 
 # name | family (or package:TestName for a test of its own) | file | text | replacement
 mutations=(
-	"recheck-not-deep|uploader:TestRetryAfterInterruptedCheckFindsNARGone|uploader/uploader.go|u.pushClosures(ctx, sub, cutoff, cacheInfo, nil, recheck, lg)|u.pushClosures(ctx, sub, cutoff, cacheInfo, nil, false, lg)"
-	"recheck-not-deep|H1|uploader/uploader.go|u.pushClosures(ctx, sub, cutoff, cacheInfo, nil, recheck, lg)|u.pushClosures(ctx, sub, cutoff, cacheInfo, nil, false, lg)"
-	"roots-not-relied|uploader:TestRootPushedAgainDuringSweep|uploader/uploader.go|errs[i] == nil \&\& record {|errs[i] == nil \&\& false {"
-	"roots-not-relied|H2|uploader/uploader.go|errs[i] == nil \&\& record {|errs[i] == nil \&\& false {"
+	"recheck-not-deep|uploader:TestRetryAfterInterruptedCheckFindsNARGone|uploader/push.go|u.pushClosures(ctx, sub, cutoff, cacheInfo, nil, recheck, lg)|u.pushClosures(ctx, sub, cutoff, cacheInfo, nil, false, lg)"
+	"recheck-not-deep|H1|uploader/push.go|u.pushClosures(ctx, sub, cutoff, cacheInfo, nil, recheck, lg)|u.pushClosures(ctx, sub, cutoff, cacheInfo, nil, false, lg)"
+	"roots-not-relied|uploader:TestRootPushedAgainDuringSweep|uploader/push.go|errs[i] == nil \&\& record {|errs[i] == nil \&\& false {"
+	"roots-not-relied|H2|uploader/push.go|errs[i] == nil \&\& record {|errs[i] == nil \&\& false {"
 	"gc-no-late-pins-roots|retention:TestPinAfterWalkSurvives|retention/gc.go|late, err := listLate(ctx, b, rec.seen)|late, err := listLate(ctx, b, rec.seen); late = nil"
 	"written-narinfos-unchecked|uploader:TestRepairDuringPush|uploader/settle.go|top = append(top, nix.NarInfoKey(p))|_ = p"
 	"written-narinfos-unchecked|H3|uploader/settle.go|top = append(top, nix.NarInfoKey(p))|_ = p"

@@ -24,7 +24,7 @@ func (s *S3Store) UploaderPolicyName() string { return "nixpush-write-" + s.buck
 // EnsureUploader makes name an account that may upload to the bucket and
 // nothing else, through MinIO's admin API with the store's credentials: it
 // creates (or corrects) the policy UploaderPolicyName with the text policy
-// (the uploader package's UploaderPolicy of the bucket), creates the user with a random
+// (bucketadmin.UploaderPolicy of the bucket), creates the user with a random
 // secret, and attaches the policy. An existing user keeps its secret unless
 // rotate. It returns what it changed, in words, and the new secret when it
 // made one ("" otherwise).

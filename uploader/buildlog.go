@@ -10,6 +10,7 @@ import (
 
 	"github.com/nix-community/go-nix/pkg/narinfo/signature"
 
+	"github.com/nixpush/nixpush/narpack"
 	"github.com/nixpush/nixpush/nix"
 	"github.com/nixpush/nixpush/store"
 )
@@ -34,7 +35,7 @@ func (u *Uploader) PutLog(ctx context.Context, drvPath string, r io.Reader) erro
 	buf := getBuffer()
 	defer putBuffer(buf)
 	// Most logs are small: one PUT of known size. Longer ones stream.
-	n, err := io.Copy(buf, io.LimitReader(r, smallNAR+1))
+	n, err := io.Copy(buf, io.LimitReader(r, narpack.SmallNAR+1))
 	if err != nil {
 		// A local log that cannot be read (a corrupt .bz2) reads no
 		// better on the next attempt.
@@ -42,7 +43,7 @@ func (u *Uploader) PutLog(ctx context.Context, drvPath string, r io.Reader) erro
 	}
 	var body io.Reader = bytes.NewReader(buf.Bytes())
 	size := n
-	if n > smallNAR {
+	if n > narpack.SmallNAR {
 		body, size = io.MultiReader(body, r), -1
 	}
 	at := u.cfg.Now()

@@ -14,6 +14,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/nixpush/nixpush/narpack"
 	"github.com/nixpush/nixpush/store"
 
 	"github.com/rs/zerolog"
@@ -112,7 +113,7 @@ func BenchmarkChainS3(b *testing.B) {
 			b.Fatal(err)
 		}
 		ts := &timingStore{Bucket: st.(store.Bucket)}
-		u := New(Config{Store: ts, Nix: fs, Key: key, Compression: Zstd, Jobs: benchJobs(), StoreDir: fs.dir, Log: zerolog.Nop()})
+		u := New(Config{Store: ts, Nix: fs, Key: key, Compression: narpack.Zstd, Jobs: benchJobs(), StoreDir: fs.dir, Log: zerolog.Nop()})
 		m0, _ := m.CPUTime()
 		c0 := selfCPU()
 		b.StartTimer()

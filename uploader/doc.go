@@ -28,11 +28,17 @@
 //
 // The store package's Store hides whether the cache is an S3 bucket or a
 // file:// directory; nothing here can tell them apart. Store errors are
-// classified there, once, where they are understood (store.StoreError),
-// and Preflight checks a store the way the daemon and nixpush check do;
-// init.go prepares a cache (the store's own preparation, then
-// nix-cache-info) and holds the IAM policies of nixpush init. The
-// requests of Stats are counted by a store.Count around Config.Store.
+// classified there, once, where they are understood (store.StoreError).
+// The requests of Stats are counted by a store.Count around Config.Store.
+// Packing and compressing a NAR is narpack's; preparing and checking a
+// bucket (nixpush init, the IAM policies, Preflight) is bucketadmin's.
+//
+// The push engine's files go by phase: push.go (Push, Ensure, Recheck: a
+// push from its roots to its settled writes), closure.go (what Nix says of
+// the closures), plan.go (what the cache lacks, and the order NARs start
+// in), upload.go (NARs, listings, .narinfos, nix-cache-info), nar.go (one
+// NAR packed and put), resume*.go (resumable uploads), settle.go (the
+// check after writes, below).
 //
 // # Knowledge with a lifetime
 //

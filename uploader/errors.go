@@ -1,13 +1,6 @@
 package uploader
 
-import (
-	"errors"
-	"fmt"
-)
-
-// ErrHashMismatch reports a path whose NAR no longer matches the hash the
-// Nix database registered for it (the store was modified behind Nix's back).
-var ErrHashMismatch = errors.New("NAR hash mismatch")
+import "fmt"
 
 // DependencyError reports a path left out because a path it references
 // could not be uploaded; Err is the first such failure.

@@ -19,6 +19,7 @@ import (
 	"github.com/nix-community/go-nix/pkg/narinfo"
 	"github.com/rs/zerolog"
 
+	"github.com/nixpush/nixpush/narpack"
 	"github.com/nixpush/nixpush/nix"
 	"github.com/nixpush/nixpush/store"
 	"github.com/nixpush/nixpush/store/storetest"
@@ -266,7 +267,7 @@ func TestPushRacingGC(t *testing.T) {
 			// .narinfos and NARs; or top's NAR, which it listed (as an
 			// orphan, say) before the push wrote it again.
 			if tc.ownNAR {
-				g.victims = []string{narKey(fs.infos[top], Zstd)}
+				g.victims = []string{narKey(fs.infos[top], narpack.Zstd)}
 			} else {
 				for _, p := range []string{mid, leaf} {
 					g.victims = append(g.victims, nix.NarInfoKey(p), narURL(t, base, p))
@@ -447,7 +448,7 @@ func TestRecheckCoversOldNARs(t *testing.T) {
 	if err := u.Push(ctx, []string{dep})[0]; err != nil {
 		t.Fatal(err)
 	}
-	key := narKey(fs.infos[top], Zstd)
+	key := narKey(fs.infos[top], narpack.Zstd)
 	lg := newLedger()
 	lg.wrote(fs.infos[top], writtenNAR{key: key, at: time.Now()})
 	time.Sleep(50 * time.Millisecond)
@@ -527,7 +528,7 @@ func TestAbsentReportsFailedChecks(t *testing.T) {
 	// (forced: a marker seen, now gone) fails too.
 	u.markerSeen.Store(true)
 	lg := newLedger()
-	lg.wrote(fs.infos[top], writtenNAR{key: narKey(fs.infos[top], Zstd), at: time.Now()})
+	lg.wrote(fs.infos[top], writtenNAR{key: narKey(fs.infos[top], narpack.Zstd), at: time.Now()})
 	if _, _, err := redone(ctx, u, lg); err == nil || !strings.Contains(err.Error(), "check of "+keys[1]+" failed") {
 		t.Fatalf("re-check relying on a failed check: %v; want that failure", err)
 	}

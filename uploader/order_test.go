@@ -15,6 +15,8 @@ import (
 
 	"github.com/nixpush/nixpush/store"
 	"github.com/rs/zerolog"
+
+	"github.com/nixpush/nixpush/narpack"
 )
 
 // startOrderStore records the order in which NAR uploads start.
@@ -44,7 +46,7 @@ func TestLargestNARStartsFirst(t *testing.T) {
 	paths := fs.randomDAG(t, rng, 299, 2, func(i int) []byte {
 		return bytes.Repeat([]byte(fmt.Sprintf("small %d ", i)), rng.IntN(500)+1)
 	})
-	big := make([]byte, smallNAR+(2<<20))
+	big := make([]byte, narpack.SmallNAR+(2<<20))
 	rand.Read(big)
 	large := fs.add(t, "large", big, paths[len(paths)-1])
 	// The top refers to every small path, so the closure holds all 301.
@@ -63,7 +65,7 @@ func TestLargestNARStartsFirst(t *testing.T) {
 	for _, e := range rec.Store.(*checkingStore).errs {
 		t.Error(e)
 	}
-	key := narKey(fs.infos[large], Zstd)
+	key := narKey(fs.infos[large], narpack.Zstd)
 	at := slices.Index(rec.starts, key)
 	t.Logf("the large NAR started %d of %d", at+1, len(rec.starts))
 	// Among the first two rounds of the 4 job slots: the .narinfo writers of

@@ -1,9 +1,7 @@
 package uploader
 
 import (
-	"bytes"
 	"context"
-	"crypto/md5"
 	"crypto/sha256"
 	"encoding/hex"
 	"encoding/json"
@@ -12,7 +10,6 @@ import (
 	"io"
 	"path"
 	"strings"
-	"sync"
 	"sync/atomic"
 	"time"
 
@@ -35,7 +32,7 @@ import (
 // and completes. A record whose settings differ, a part that does not
 // match, or an upload the store no longer has (NoSuchUpload) makes the
 // upload start over, and the log says why in one line. Compression is
-// deterministic (Compression.Settings), so the bytes do match when the
+// deterministic (narpack.Compression.Settings), so the bytes do match when the
 // settings do.
 //
 // An upload is aborted, and its record dropped, when the NAR cannot be
@@ -262,179 +259,6 @@ func (r *resumable) run(ctx context.Context) (packed, error) {
 	return p, nil
 }
 
-// send reads the compressed NAR from src part by part and uploads it.
-func (r *resumable) send(ctx context.Context, src io.Reader) error {
-	buf, err := store.Parts.Get(ctx)
-	if err != nil {
-		return err
-	}
-	n, rerr := io.ReadFull(src, buf)
-	if rerr == io.EOF || rerr == io.ErrUnexpectedEOF {
-		// Less than a part: one PUT; an upload recorded before goes.
-		defer store.Parts.Put(buf)
-		if ju, ok, _ := r.j.LoadUpload(r.info.Path); ok {
-			r.id, r.upKey = ju.ID, recordKey(ju, r.want.Key)
-			r.discard(ctx)
-		}
-		return r.ms.Put(ctx, r.want.Key, bytes.NewReader(buf[:n]), int64(n), "application/x-nix-nar")
-	}
-	if rerr != nil {
-		store.Parts.Put(buf)
-		return rerr
-	}
-	if err := r.open(ctx); err != nil {
-		store.Parts.Put(buf)
-		return err
-	}
-	key := r.want.Key
-
-	type result struct {
-		part store.Part
-		err  error
-	}
-	var all []store.Part
-	var inflight <-chan result
-	wait := func() error {
-		if inflight == nil {
-			return nil
-		}
-		res := <-inflight
-		inflight = nil
-		if res.err != nil {
-			return res.err
-		}
-		all = append(all, res.part)
-		return nil
-	}
-	var skipped, sent int64
-	var recs sync.WaitGroup // records of parts sent, committing
-	defer recs.Wait()
-	for num := 1; ; num++ {
-		h, stored := r.have[num]
-		md := ""
-		if stored || r.etags.Load() != etagsAreMD5 {
-			sum := md5.Sum(buf[:n])
-			md = hex.EncodeToString(sum[:])
-		}
-		check := errResend
-		if stored {
-			check = r.check(num, h, md, n)
-		}
-		if check == nil {
-			all = append(all, store.Part{Num: num, ETag: r.have[num].ETag, Size: int64(n), MD5: md})
-			skipped += int64(n)
-			store.Parts.Put(buf)
-		} else if check != errResend {
-			store.Parts.Put(buf)
-			wait()
-			return r.startOver(ctx, check.Error())
-		} else {
-			if err := wait(); err != nil {
-				store.Parts.Put(buf)
-				return err
-			}
-			ch := make(chan result, 1)
-			inflight = ch
-			recs.Add(1)
-			go func(num int, buf []byte, n int) {
-				defer recs.Done()
-				etag, err := r.ms.PutPart(ctx, key, r.id, num, buf[:n])
-				store.Parts.Put(buf)
-				if err == nil && md != "" && r.etags.Load() == etagsUnknown {
-					if etag == md {
-						r.etags.CompareAndSwap(etagsUnknown, etagsAreMD5)
-					} else {
-						r.etags.CompareAndSwap(etagsUnknown, etagsOpaque)
-					}
-				}
-				p := store.Part{Num: num, ETag: etag, Size: int64(n), MD5: md}
-				// The next part goes at once; the record of this one
-				// commits meanwhile (a kill before it commits costs at
-				// most a check of the part by its ETag, or sending it
-				// again). A gap here would waste the upload cap's budget.
-				ch <- result{p, err}
-				if err == nil && !r.unrecorded {
-					if jerr := r.j.AddUploadPart(r.info.Path, r.id, p); jerr != nil {
-						r.u.cfg.Log.Warn().Err(jerr).Str("path", r.info.Path).Int("part", num).Msg("record uploaded part")
-					}
-				}
-			}(num, buf, n)
-			sent += int64(n)
-		}
-		if rerr == io.ErrUnexpectedEOF {
-			break // that was the last part
-		}
-		if num == store.MaxParts {
-			wait()
-			return store.Permanent(fmt.Errorf("%s put %s: more than %d parts of %d MiB", r.ms, key, store.MaxParts, store.PartSize>>20))
-		}
-		if buf, err = store.Parts.Get(ctx); err != nil {
-			wait()
-			return err
-		}
-		n, rerr = io.ReadFull(src, buf)
-		if rerr == io.EOF {
-			store.Parts.Put(buf)
-			break
-		}
-		if rerr != nil && rerr != io.ErrUnexpectedEOF {
-			store.Parts.Put(buf)
-			wait()
-			return rerr
-		}
-	}
-	if err := wait(); err != nil {
-		return err
-	}
-	recs.Wait()
-	if err := r.ms.Complete(ctx, key, r.id, all); err != nil {
-		return err
-	}
-	if err := r.j.DropUpload(r.info.Path, r.id); err != nil {
-		r.u.cfg.Log.Warn().Err(err).Str("path", r.info.Path).Msg("forget completed upload (it is aborted, harmlessly, when the queue drains)")
-	}
-	r.u.deleteMarker(ctx, key, r.id)
-	if r.resumed {
-		r.u.cfg.Log.Info().Str("path", r.info.Path).Str("upload_id", r.id).Int64("bytes_resent", sent).
-			Int64("bytes_already_there", skipped).Int("parts", len(all)).Msg("resumed upload completed")
-	}
-	r.u.mu.Lock()
-	r.u.stats.ResumedBytes += skipped
-	r.u.mu.Unlock()
-	return nil
-}
-
-// errResend: a part the store holds that cannot be checked (an ETag that
-// is not an MD5, and no record of it): it is sent again.
-var errResend = errors.New("resend")
-
-// check compares a part the store holds with the part as packed now (MD5
-// md, n bytes): nil if it matches, errResend if it cannot tell, else an
-// error saying how it differs.
-func (r *resumable) check(num int, h storedPart, md string, n int) error {
-	switch {
-	case h.conflict != "":
-		return fmt.Errorf("part %d in the store is not the one recorded (%s)", num, h.conflict)
-	case h.Size != int64(n):
-		return fmt.Errorf("part %d is %d bytes in the store and %d bytes now", num, h.Size, n)
-	case h.recorded && h.MD5 != "" && h.MD5 != md:
-		return fmt.Errorf("part %d had MD5 %s when sent and has %s now (the compressed stream changed)", num, h.MD5, md)
-	case isMD5(h.ETag) && h.ETag != md:
-		return fmt.Errorf("part %d has ETag %s in the store, not the MD5 %s of the part now (the compressed stream changed)", num, h.ETag, md)
-	case isMD5(h.ETag) || (h.recorded && h.MD5 != ""):
-		return nil
-	}
-	return errResend
-}
-
-func isMD5(etag string) bool {
-	if len(etag) != 32 {
-		return false
-	}
-	_, err := hex.DecodeString(etag)
-	return err == nil
-}
-
 // recordKey is the object key a recorded upload was for.
 func recordKey(ju JournalUpload, fallback string) string {
 	var rec uploadRecord
@@ -569,87 +393,4 @@ func (r *resumable) discard(ctx context.Context) {
 	}
 	r.u.deleteMarker(ctx, r.upKey, r.id)
 	r.id = ""
-}
-
-// writeMarker writes (or rewrites, as a heartbeat) the marker of upload id.
-// A marker that cannot be written costs at worst the upload, if gc runs.
-func (u *Uploader) writeMarker(ctx context.Context, rec uploadRecord, id string) {
-	m, _ := json.Marshal(UploadMarker{Key: rec.Key, UploadID: id, Path: rec.Path, Host: u.cfg.Host, StartedAt: rec.Started})
-	m = append(m, '\n')
-	key := UploadMarkerKey(rec.Key, id)
-	if err := u.counted.Put(ctx, key, bytes.NewReader(m), int64(len(m)), "application/json"); err != nil {
-		u.cfg.Log.Warn().Err(err).Str("marker", key).Msg("write the marker of a resumable upload (gc may abort it after its grace period)")
-	}
-}
-
-// deleteMarker removes upload id's marker; one left behind is deleted by
-// gc once older than its grace period.
-func (u *Uploader) deleteMarker(ctx context.Context, key, id string) {
-	d, ok := store.As[store.Deleter](u.counted)
-	if !ok {
-		return
-	}
-	if err := d.Delete(context.WithoutCancel(ctx), UploadMarkerKey(key, id)); err != nil {
-		u.cfg.Log.Debug().Err(err).Str("marker", UploadMarkerKey(key, id)).Msg("delete the marker of a finished upload (gc deletes it later)")
-	}
-}
-
-// HeartbeatUploads rewrites the marker of every upload the journal keeps,
-// so that gc leaves them alone while the daemon means to resume them.
-func (u *Uploader) HeartbeatUploads(ctx context.Context) error {
-	j := u.getJournal()
-	if j == nil {
-		return nil
-	}
-	ups, err := j.Uploads()
-	if err != nil {
-		return err
-	}
-	for _, ju := range ups {
-		var rec uploadRecord
-		if json.Unmarshal(ju.Record, &rec) != nil || rec.Key == "" {
-			continue
-		}
-		u.writeMarker(ctx, rec, ju.ID)
-	}
-	return nil
-}
-
-// AbandonUploads aborts every upload the journal keeps that no push is
-// resuming now, and forgets it: the daemon calls it when its queue has
-// nothing queued or in flight, so nothing could resume them. It returns
-// how many it abandoned.
-func (u *Uploader) AbandonUploads(ctx context.Context) (int, error) {
-	j := u.getJournal()
-	ms, ok := store.As[store.Multipart](u.cfg.Store)
-	if j == nil || !ok {
-		return 0, nil
-	}
-	ups, err := j.Uploads()
-	if err != nil {
-		return 0, err
-	}
-	n := 0
-	for _, ju := range ups {
-		u.mu.Lock()
-		busy := u.resuming[ju.Name] > 0
-		u.mu.Unlock()
-		if busy {
-			continue
-		}
-		key := recordKey(ju, "")
-		if key != "" {
-			if err := ms.Abort(ctx, key, ju.ID); err != nil {
-				return n, err
-			}
-			u.deleteMarker(ctx, key, ju.ID)
-		}
-		if err := j.DropUpload(ju.Name, ju.ID); err != nil {
-			return n, err
-		}
-		u.cfg.Log.Info().Str("path", ju.Name).Str("upload_id", ju.ID).Int("parts", len(ju.Parts)).
-			Msg("abandoned upload aborted: nothing queued would resume it")
-		n++
-	}
-	return n, nil
 }

@@ -14,6 +14,7 @@ import (
 	"github.com/rs/zerolog"
 
 	"github.com/nixpush/nixpush/internal/testenv"
+	"github.com/nixpush/nixpush/narpack"
 	"github.com/nixpush/nixpush/nix"
 	"github.com/nixpush/nixpush/queue"
 	"github.com/nixpush/nixpush/store"
@@ -99,7 +100,7 @@ func newResumeEnv(t *testing.T, bucket string) *resumeEnv {
 
 // uploader is a fresh Uploader (as after a restart) over store, its
 // journal the queue file opened again.
-func (e *resumeEnv) uploader(t *testing.T, store store.Store, c Compression) (*Uploader, *queue.Queue) {
+func (e *resumeEnv) uploader(t *testing.T, store store.Store, c narpack.Compression) (*Uploader, *queue.Queue) {
 	t.Helper()
 	q, err := queue.Open(e.qfile, queue.Options{})
 	if err != nil {
@@ -119,7 +120,7 @@ func (e *resumeEnv) cutPush(t *testing.T, n int) queue.Upload {
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
 	cs.cut = cancel
-	u, q := e.uploader(t, cs, Zstd)
+	u, q := e.uploader(t, cs, narpack.Zstd)
 	defer q.Close()
 	if errs := u.Push(ctx, []string{e.path}); errs[0] == nil {
 		t.Fatal("the push cut off after parts succeeded")
@@ -140,7 +141,7 @@ func (e *resumeEnv) cutPush(t *testing.T, n int) queue.Upload {
 // finish pushes again with compression c and checks the cache is whole,
 // the record dropped, no upload left pending and no marker left; it
 // returns the store's counts.
-func (e *resumeEnv) finish(t *testing.T, c Compression) (*cutStore, Stats) {
+func (e *resumeEnv) finish(t *testing.T, c narpack.Compression) (*cutStore, Stats) {
 	t.Helper()
 	cs := &cutStore{S3Store: e.s3}
 	u, q := e.uploader(t, cs, c)
@@ -181,10 +182,10 @@ func TestResumeAfterCut(t *testing.T) {
 		t.Errorf("part %d recorded MD5 %q, ETag %q: want no MD5 once the store's ETags were seen to be MD5s", len(up.Parts), last.MD5, last.ETag)
 	}
 	// The marker for gc is up while the upload is kept.
-	if has, _ := e.s3.Has(context.Background(), UploadMarkerKey(narKey(e.fs.infos[e.path], Zstd), up.ID)); !has {
+	if has, _ := e.s3.Has(context.Background(), UploadMarkerKey(narKey(e.fs.infos[e.path], narpack.Zstd), up.ID)); !has {
 		t.Error("no marker for the upload kept to resume")
 	}
-	cs, st := e.finish(t, Zstd)
+	cs, st := e.finish(t, narpack.Zstd)
 	if got := cs.parts.Load(); got != 3 {
 		t.Errorf("resumed upload sent %d parts, want the 3 missing", got)
 	}
@@ -202,32 +203,32 @@ func TestResumeStartsOver(t *testing.T) {
 	for _, tc := range []struct {
 		name   string
 		change func(t *testing.T, e *resumeEnv, up queue.Upload)
-		c      Compression
+		c      narpack.Compression
 		why    string
 	}{{
 		name: "upload gone",
 		change: func(t *testing.T, e *resumeEnv, up queue.Upload) {
 			// Aborted behind the daemon's back (gc, a lifecycle rule).
-			if err := e.s3.Abort(context.Background(), narKey(e.fs.infos[e.path], Zstd), up.ID); err != nil {
+			if err := e.s3.Abort(context.Background(), narKey(e.fs.infos[e.path], narpack.Zstd), up.ID); err != nil {
 				t.Fatal(err)
 			}
 		},
-		c:   Zstd,
+		c:   narpack.Zstd,
 		why: "NoSuchUpload",
 	}, {
 		name: "compression changed",
-		c:    XZ,
+		c:    narpack.XZ,
 		why:  "compression changed (zstd -> xz)",
 	}, {
 		name: "part replaced in the store",
 		change: func(t *testing.T, e *resumeEnv, up queue.Upload) {
 			junk := make([]byte, store.PartSize)
 			rand.Read(junk)
-			if _, err := e.s3.PutPart(context.Background(), narKey(e.fs.infos[e.path], Zstd), up.ID, 2, junk); err != nil {
+			if _, err := e.s3.PutPart(context.Background(), narKey(e.fs.infos[e.path], narpack.Zstd), up.ID, 2, junk); err != nil {
 				t.Fatal(err)
 			}
 		},
-		c:   Zstd,
+		c:   narpack.Zstd,
 		why: "part 2 in the store is not the one recorded",
 	}, {
 		name: "compressed stream changed",
@@ -245,7 +246,7 @@ func TestResumeStartsOver(t *testing.T) {
 				t.Fatal(err)
 			}
 		},
-		c:   Zstd,
+		c:   narpack.Zstd,
 		why: "part 1 had MD5 00000000000000000000000000000000 when sent",
 	}} {
 		t.Run(tc.name, func(t *testing.T) {
@@ -280,7 +281,7 @@ func TestResumeStartsOver(t *testing.T) {
 func TestAbandonUploads(t *testing.T) {
 	e := newResumeEnv(t, "abandon")
 	up := e.cutPush(t, 2)
-	u, q := e.uploader(t, e.s3, Zstd)
+	u, q := e.uploader(t, e.s3, narpack.Zstd)
 	defer q.Close()
 	n, err := u.AbandonUploads(context.Background())
 	if err != nil || n != 1 {
@@ -294,7 +295,7 @@ func TestAbandonUploads(t *testing.T) {
 	if pending != 0 {
 		t.Errorf("%d uploads pending after AbandonUploads", pending)
 	}
-	if has, _ := e.s3.Has(context.Background(), UploadMarkerKey(narKey(e.fs.infos[e.path], Zstd), up.ID)); has {
+	if has, _ := e.s3.Has(context.Background(), UploadMarkerKey(narKey(e.fs.infos[e.path], narpack.Zstd), up.ID)); has {
 		t.Error("marker left after AbandonUploads")
 	}
 }
@@ -310,10 +311,10 @@ func TestResumableHashMismatchAborts(t *testing.T) {
 	old, _ := os.ReadFile(e.path)
 	copy(old[len(old)/2:], data[:len(old)/2])
 	os.WriteFile(e.path, old, 0o444)
-	u, q := e.uploader(t, e.s3, Zstd)
+	u, q := e.uploader(t, e.s3, narpack.Zstd)
 	defer q.Close()
 	err := u.Push(context.Background(), []string{e.path})[0]
-	if !errors.Is(err, ErrHashMismatch) || !store.IsPermanent(err) {
+	if !errors.Is(err, narpack.ErrHashMismatch) || !store.IsPermanent(err) {
 		t.Fatalf("push of a path whose NAR does not match: %v, want a permanent ErrHashMismatch", err)
 	}
 	if _, ok, _ := q.LoadUpload(e.path); ok {

@@ -16,6 +16,7 @@ import (
 
 	"github.com/rs/zerolog"
 
+	"github.com/nixpush/nixpush/narpack"
 	"github.com/nixpush/nixpush/nix"
 	"github.com/nixpush/nixpush/store"
 )
@@ -95,7 +96,7 @@ func TestRetryAfterInterruptedCheckFindsNARGone(t *testing.T) {
 	if err := newSweepUploader(t, base, fs).Push(ctx, []string{r})[0]; err != nil {
 		t.Fatal(err)
 	}
-	k := narKey(fs.infos[r], Zstd)
+	k := narKey(fs.infos[r], narpack.Zstd)
 	// The sweep: listed r and K as dead, deletes r's .narinfo now.
 	putMarker(t, base, time.Now().Add(time.Hour), time.Time{})
 	removeAll(t, base, nix.NarInfoKey(r))
@@ -139,7 +140,7 @@ func TestRootPushedAgainDuringSweep(t *testing.T) {
 	putMarker(t, base, deadline, time.Time{})
 	h.after = func() {
 		time.Sleep(100 * time.Millisecond) // the push reads the marker meanwhile
-		removeAll(t, base, nix.NarInfoKey(root), narKey(fs.infos[root], Zstd), nix.NarInfoKey(dep), narKey(fs.infos[dep], Zstd), RootKey(root))
+		removeAll(t, base, nix.NarInfoKey(root), narKey(fs.infos[root], narpack.Zstd), nix.NarInfoKey(dep), narKey(fs.infos[dep], narpack.Zstd), RootKey(root))
 		putMarker(t, base, deadline, time.Now())
 	}
 	var waited atomic.Bool
@@ -181,7 +182,7 @@ func TestRepairDuringPush(t *testing.T) {
 	deadline := time.Now().Add(10 * time.Second)
 	h.before = func() {
 		putMarker(t, base, deadline, time.Time{})
-		removeAll(t, base, nix.NarInfoKey(leaf), narKey(fs.infos[leaf], Zstd), nix.NarInfoKey(mid))
+		removeAll(t, base, nix.NarInfoKey(leaf), narKey(fs.infos[leaf], narpack.Zstd), nix.NarInfoKey(mid))
 	}
 	h.after = func() {
 		time.Sleep(50 * time.Millisecond)
@@ -224,7 +225,7 @@ func TestForgottenSightingForcesCheck(t *testing.T) {
 				t.Fatal(err)
 			}
 			// The sweep deletes r and finishes, well before the push.
-			removeAll(t, base, nix.NarInfoKey(r), narKey(fs.infos[r], Zstd))
+			removeAll(t, base, nix.NarInfoKey(r), narKey(fs.infos[r], narpack.Zstd))
 			putMarker(t, base, time.Now(), time.Now())
 			time.Sleep(50 * time.Millisecond) // past the skew margin
 			h.before = func() {

@@ -18,6 +18,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/nixpush/nixpush/narpack"
 	"github.com/nixpush/nixpush/store"
 	"github.com/nixpush/nixpush/store/storetest"
 
@@ -98,12 +99,24 @@ func (f *fakeStore) add(t *testing.T, name string, content []byte, refs ...strin
 		t.Fatal(err)
 	}
 	h := sha256.New()
-	cnt := &counter{h: h}
+	cnt := &countWriter{w: h}
 	if err := nar.DumpPath(cnt, p); err != nil {
 		t.Fatal(err)
 	}
 	f.infos[p] = nix.PathInfo{Path: p, NarHash: *nixhash.MustNewHash(nixhash.SHA256, h.Sum(nil)), NarSize: cnt.n, References: refs}
 	return p
+}
+
+// countWriter counts the bytes written through it to w.
+type countWriter struct {
+	w io.Writer
+	n uint64
+}
+
+func (c *countWriter) Write(p []byte) (int, error) {
+	n, err := c.w.Write(p)
+	c.n += uint64(n)
+	return n, err
 }
 
 // randomDAG adds n paths, each referring to up to refs earlier ones picked
@@ -192,7 +205,7 @@ func TestPushDAGKeepsOrderWithParallelJobs(t *testing.T) {
 		t.Fatal(err)
 	}
 	cs := &checkingStore{Store: base, storeDir: fs.dir, delay: func() time.Duration { return time.Duration(rand.IntN(500)) * time.Microsecond }}
-	for _, c := range []Compression{Zstd, XZ, None} {
+	for _, c := range []narpack.Compression{narpack.Zstd, narpack.XZ, narpack.None} {
 		t.Run(string(c), func(t *testing.T) {
 			sub, _ := store.NewFileStore(t.TempDir())
 			cs := &checkingStore{Store: sub, storeDir: fs.dir, delay: cs.delay}
@@ -343,7 +356,7 @@ func decompress(t *testing.T, c string, b []byte) []byte {
 }
 
 func TestPushRefusesHashMismatch(t *testing.T) {
-	for _, size := range []int{100, smallNAR + 1<<20} {
+	for _, size := range []int{100, narpack.SmallNAR + 1<<20} {
 		t.Run(fmt.Sprint(size), func(t *testing.T) {
 			fs := newFakeStore(t)
 			dep := fs.add(t, "dep", []byte("dep"))
@@ -355,13 +368,13 @@ func TestPushRefusesHashMismatch(t *testing.T) {
 			s, _ := store.NewFileStore(dir)
 			u := New(Config{Store: s, Nix: fs, Key: testKey(t), Jobs: 2, StoreDir: fs.dir, Log: zerolog.Nop()})
 			err := u.Push(context.Background(), []string{p})[0]
-			if !errors.Is(err, ErrHashMismatch) || !store.IsPermanent(err) {
+			if !errors.Is(err, narpack.ErrHashMismatch) || !store.IsPermanent(err) {
 				t.Fatalf("err = %v; want a permanent ErrHashMismatch", err)
 			}
 			if ok, _ := s.Has(context.Background(), nix.NarInfoKey(p)); ok {
 				t.Fatal("narinfo written for a mismatching path")
 			}
-			if ok, _ := s.Has(context.Background(), narKey(fs.infos[p], Zstd)); ok {
+			if ok, _ := s.Has(context.Background(), narKey(fs.infos[p], narpack.Zstd)); ok {
 				t.Fatal("NAR object left for a mismatching path")
 			}
 			// The dependency is fine and is in the cache.

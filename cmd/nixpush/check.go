@@ -15,10 +15,10 @@ import (
 
 	"github.com/nixpush/nixpush/api"
 	"github.com/nixpush/nixpush/api/client"
+	"github.com/nixpush/nixpush/bucketadmin"
 	"github.com/nixpush/nixpush/internal/version"
 	"github.com/nixpush/nixpush/nix"
 	"github.com/nixpush/nixpush/store"
-	"github.com/nixpush/nixpush/uploader"
 )
 
 // checkLine is one check of nixpush check.
@@ -107,7 +107,7 @@ func (f *checkFlags) checkStore(ctx context.Context, rep *checkReport) {
 		return
 	}
 	cctx, cancel := context.WithTimeout(ctx, 30*time.Second)
-	for _, r := range uploader.Preflight(cctx, st, uploader.PreflightOptions{StoreDir: f.storeDir}) {
+	for _, r := range bucketadmin.Preflight(cctx, st, bucketadmin.PreflightOptions{StoreDir: f.storeDir}) {
 		c := checkLine{Name: r.Name, OK: r.Err == nil, Detail: r.Note}
 		if r.Err != nil {
 			c.Detail, c.Fix = r.Err.Error(), strings.ReplaceAll(r.Err.Fix(), "URI", f.storeURI)

@@ -23,6 +23,7 @@ import (
 
 	"github.com/nixpush/nixpush/api"
 	"github.com/nixpush/nixpush/daemon"
+	"github.com/nixpush/nixpush/narpack"
 	"github.com/nixpush/nixpush/nix"
 	"github.com/nixpush/nixpush/store"
 	"github.com/nixpush/nixpush/uploader"
@@ -77,7 +78,7 @@ func parseDaemonFlags(args []string, stderr io.Writer) (*daemonFlags, bool) {
 // before anything is opened or started.
 type daemonSetup struct {
 	log        zerolog.Logger
-	comp       uploader.Compression
+	comp       narpack.Compression
 	filter     uploader.Filter
 	keys       []signature.SecretKey
 	storeURI   string
@@ -126,7 +127,7 @@ func (f *daemonFlags) check(stderr io.Writer) (*daemonSetup, error) {
 		return nil, err
 	}
 	s := &daemonSetup{log: log, storeURI: f.storeURI}
-	if s.comp, err = uploader.ParseCompression(f.compression); err != nil {
+	if s.comp, err = narpack.ParseCompression(f.compression); err != nil {
 		return nil, err
 	}
 	if s.filter, err = parseFilter(f.excludes, f.skipSignedBy); err != nil {
@@ -153,8 +154,8 @@ func (f *daemonFlags) check(stderr io.Writer) (*daemonSetup, error) {
 	if err := s.checkEnv(); err != nil {
 		return nil, err
 	}
-	if s.comp == uploader.XZ {
-		if tool := uploader.XZTool(); tool != "" {
+	if s.comp == narpack.XZ {
+		if tool := narpack.XZTool(); tool != "" {
 			log.Info().Str("xz", tool).Msg("xz NARs are compressed by the xz tool")
 		} else {
 			log.Warn().Msg("xz is not on PATH: xz NARs are compressed by a pure-Go encoder at about 1 MB/s; install xz (xz-utils) for liblzma's speed on every core")

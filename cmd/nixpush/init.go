@@ -9,9 +9,9 @@ import (
 	"net/url"
 	"os"
 
+	"github.com/nixpush/nixpush/bucketadmin"
 	"github.com/nixpush/nixpush/nix"
 	"github.com/nixpush/nixpush/store"
-	"github.com/nixpush/nixpush/uploader"
 )
 
 // initFlags are nixpush init's flags.
@@ -94,7 +94,7 @@ func runInit(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 			"expiry breaks closures (a path outlives a dependency and Nix refuses it until it is pushed again). "+
 			"Prefer closure-aware retention: nixpush gc --older-than %dd (see docs/retention.md).\n", f.expireDays, f.expireDays)
 	}
-	changes, err := uploader.Init(ctx, st, store.InitOptions{PublicRead: f.publicRead, ExpireDays: f.expireDays})
+	changes, err := bucketadmin.Init(ctx, st, store.InitOptions{PublicRead: f.publicRead, ExpireDays: f.expireDays})
 	for _, c := range changes {
 		fmt.Fprintf(stdout, "changed: %s\n", c)
 	}
@@ -125,8 +125,8 @@ func runInit(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 func (f *initFlags) printSnippets(stdout io.Writer, s3 *store.S3Store, isS3 bool, pub string) {
 	if f.printPolicy {
 		u, _ := url.Parse(f.storeURI)
-		fmt.Fprintf(stdout, "\n# least-privilege policy for the uploading account (as the classic nix-cache-write):\n%s\n", uploader.UploaderPolicy(u.Host))
-		fmt.Fprintf(stdout, "\n# policy for the account nixpush gc, pin and unpin run with (list, read, delete, abort uploads; write only under nixpush/):\n%s\n", uploader.GCPolicy(u.Host))
+		fmt.Fprintf(stdout, "\n# least-privilege policy for the uploading account (as the classic nix-cache-write):\n%s\n", bucketadmin.UploaderPolicy(u.Host))
+		fmt.Fprintf(stdout, "\n# policy for the account nixpush gc, pin and unpin run with (list, read, delete, abort uploads; write only under nixpush/):\n%s\n", bucketadmin.GCPolicy(u.Host))
 	}
 	if f.createUser != "" {
 		fmt.Fprintf(stdout, "\n# the daemon, uploading as %s:\nnixpush daemon --store-uri '%s' (with AWS_SHARED_CREDENTIALS_FILE=%s)\n",
@@ -148,14 +148,14 @@ nix.settings = {
 // ensureUser makes name the uploading account and writes its profile; it
 // prints what changed and returns it, with an exit code.
 func ensureUser(ctx context.Context, s3 *store.S3Store, uri, name, credFile string, rotate bool, stdout, stderr io.Writer) ([]string, int) {
-	changes, secret, err := s3.EnsureUploader(ctx, name, uploader.UploaderPolicy(s3.Bucket()), rotate)
+	changes, secret, err := s3.EnsureUploader(ctx, name, bucketadmin.UploaderPolicy(s3.Bucket()), rotate)
 	for _, c := range changes {
 		fmt.Fprintf(stdout, "changed: %s\n", c)
 	}
 	if errors.Is(err, store.ErrNoAdminAPI) {
 		fmt.Fprintf(stderr, "nixpush init: %v\n", err)
 		fmt.Fprintf(stderr, "create the uploading account with your provider's tools and attach this policy to it (name it %s):\n%s\n",
-			s3.UploaderPolicyName(), uploader.UploaderPolicy(s3.Bucket()))
+			s3.UploaderPolicyName(), bucketadmin.UploaderPolicy(s3.Bucket()))
 		return changes, 1
 	}
 	if err != nil {

@@ -1,4 +1,4 @@
-package uploader
+package bucketadmin
 
 import (
 	"context"
@@ -8,6 +8,7 @@ import (
 	"strings"
 
 	"github.com/nixpush/nixpush/store"
+	"github.com/nixpush/nixpush/uploader"
 )
 
 // CheckResult is one line of a preflight: what was checked and, when it
@@ -48,17 +49,31 @@ func Preflight(ctx context.Context, st store.Store, opts PreflightOptions) []Che
 			opts.Probe = "nixpush"
 		}
 	}
-	var out []CheckResult
-	fail := func(name string, err error, otherwise store.StoreProblem) []CheckResult {
-		se := store.AsStoreError(err)
-		if se == nil {
-			se = &store.StoreError{Problem: otherwise, Err: err}
-		}
-		return append(out, CheckResult{Name: name, Err: se})
+	out, ok := checkReach(ctx, st)
+	if !ok {
+		return out
 	}
+	res, ok := checkWrite(ctx, st, opts.Probe)
+	out = append(out, res)
+	if !ok {
+		return out
+	}
+	return append(out, checkCacheInfo(ctx, st, opts))
+}
 
-	// Reaching the store: one request tells which of the first three
-	// failed; the ones before it passed.
+// failed is the failed check name: err, classified, or else as otherwise.
+func failed(name string, err error, otherwise store.StoreProblem) CheckResult {
+	se := store.AsStoreError(err)
+	if se == nil {
+		se = &store.StoreError{Problem: otherwise, Err: err}
+	}
+	return CheckResult{Name: name, Err: se}
+}
+
+// checkReach is the checks of reaching the store: one request tells which
+// of the first three failed; the ones before it passed. False when one
+// failed.
+func checkReach(ctx context.Context, st store.Store) ([]CheckResult, bool) {
 	_, isS3 := store.As[*store.S3Store](st)
 	steps := []struct {
 		name    string
@@ -76,6 +91,7 @@ func Preflight(ctx context.Context, st store.Store, opts PreflightOptions) []Che
 	if err != nil && se == nil {
 		se = &store.StoreError{Problem: store.Unreachable, Err: err} // a 5xx, say: the server is not serving
 	}
+	var out []CheckResult
 	for i, st := range steps {
 		if se == nil {
 			out = append(out, CheckResult{Name: st.name})
@@ -86,14 +102,17 @@ func Preflight(ctx context.Context, st store.Store, opts PreflightOptions) []Che
 			out = append(out, CheckResult{Name: st.name})
 			continue
 		}
-		return append(out, CheckResult{Name: st.name, Err: se})
+		return append(out, CheckResult{Name: st.name, Err: se}), false
 	}
+	return out, true
+}
 
-	// Writing: put and delete a probe object.
-	key := store.ProbePrefix + opts.Probe
+// checkWrite puts and deletes a probe object; false when the put failed.
+func checkWrite(ctx context.Context, st store.Store, probe string) (CheckResult, bool) {
+	key := store.ProbePrefix + probe
 	text := "nixpush preflight write check\n"
 	if err := st.Put(ctx, key, strings.NewReader(text), int64(len(text)), "text/plain"); err != nil {
-		return fail("write allowed", err, store.NotWritable)
+		return failed("write allowed", err, store.NotWritable), false
 	}
 	res := CheckResult{Name: "write allowed"}
 	if d, ok := store.As[store.Deleter](st); ok {
@@ -102,28 +121,31 @@ func Preflight(ctx context.Context, st store.Store, opts PreflightOptions) []Che
 			res.Note = "the probe object " + key + " could not be deleted (" + err.Error() + "); allow s3:DeleteObject on " + store.ProbePrefix + "* (nixpush init --print-policy)"
 		}
 	}
-	out = append(out, res)
+	return res, true
+}
 
-	// nix-cache-info.
+// checkCacheInfo checks nix-cache-info, writing it when it is missing and
+// opts say to.
+func checkCacheInfo(ctx context.Context, st store.Store, opts PreflightOptions) CheckResult {
 	b, err := st.Get(ctx, "nix-cache-info")
 	switch {
 	case errors.Is(err, store.ErrNotExist) && opts.WriteCacheInfo:
-		text := CacheInfo(opts.StoreDir, opts.Priority)
+		text := uploader.CacheInfo(opts.StoreDir, opts.Priority)
 		if err := st.Put(ctx, "nix-cache-info", strings.NewReader(text), int64(len(text)), "text/x-nix-cache-info"); err != nil {
-			return fail("nix-cache-info", err, store.NotWritable)
+			return failed("nix-cache-info", err, store.NotWritable)
 		}
-		return append(out, CheckResult{Name: "nix-cache-info", Note: "written (StoreDir: " + opts.StoreDir + ")"})
+		return CheckResult{Name: "nix-cache-info", Note: "written (StoreDir: " + opts.StoreDir + ")"}
 	case errors.Is(err, store.ErrNotExist):
-		return append(out, CheckResult{Name: "nix-cache-info", Err: &store.StoreError{Problem: store.NoCacheInfo,
-			Err: fmt.Errorf("%s has no nix-cache-info; Nix will not use it as a cache", st)}})
+		return CheckResult{Name: "nix-cache-info", Err: &store.StoreError{Problem: store.NoCacheInfo,
+			Err: fmt.Errorf("%s has no nix-cache-info; Nix will not use it as a cache", st)}}
 	case err != nil:
-		return fail("nix-cache-info", err, store.Unreachable)
+		return failed("nix-cache-info", err, store.Unreachable)
 	}
 	if dir := cacheInfoStoreDir(string(b)); dir != opts.StoreDir {
-		return append(out, CheckResult{Name: "nix-cache-info", Err: &store.StoreError{Problem: store.CacheInfoMismatch,
-			Err: fmt.Errorf("%s: nix-cache-info says StoreDir: %s; this machine's store is %s", st, dir, opts.StoreDir)}})
+		return CheckResult{Name: "nix-cache-info", Err: &store.StoreError{Problem: store.CacheInfoMismatch,
+			Err: fmt.Errorf("%s: nix-cache-info says StoreDir: %s; this machine's store is %s", st, dir, opts.StoreDir)}}
 	}
-	return append(out, CheckResult{Name: "nix-cache-info", Note: "StoreDir: " + opts.StoreDir})
+	return CheckResult{Name: "nix-cache-info", Note: "StoreDir: " + opts.StoreDir}
 }
 
 // PreflightError is the first failure of a preflight, or nil.

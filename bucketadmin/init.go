@@ -1,4 +1,4 @@
-package uploader
+package bucketadmin
 
 import (
 	"context"
@@ -6,6 +6,7 @@ import (
 	"strings"
 
 	"github.com/nixpush/nixpush/store"
+	"github.com/nixpush/nixpush/uploader"
 )
 
 // Init prepares store as a binary cache: the store's own preparation (for a
@@ -33,7 +34,7 @@ func Init(ctx context.Context, st store.Store, opts store.InitOptions) ([]string
 		if opts.Priority == 0 {
 			opts.Priority = 40
 		}
-		text := CacheInfo(opts.StoreDir, opts.Priority)
+		text := uploader.CacheInfo(opts.StoreDir, opts.Priority)
 		if err := st.Put(ctx, "nix-cache-info", strings.NewReader(text), int64(len(text)), "text/x-nix-cache-info"); err != nil {
 			return changes, err
 		}
@@ -67,7 +68,7 @@ func UploaderPolicy(bucket string) string {
 	}, {
 		Effect:   "Allow",
 		Action:   []string{"s3:DeleteObject"},
-		Resource: []string{"arn:aws:s3:::" + bucket + "/" + store.ProbePrefix + "*", "arn:aws:s3:::" + bucket + "/" + UploadMarkerPrefix + "*"},
+		Resource: []string{"arn:aws:s3:::" + bucket + "/" + store.ProbePrefix + "*", "arn:aws:s3:::" + bucket + "/" + uploader.UploadMarkerPrefix + "*"},
 	}})
 }
 

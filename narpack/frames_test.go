@@ -1,4 +1,4 @@
-package uploader
+package narpack
 
 import (
 	"bytes"
@@ -199,10 +199,8 @@ func TestFrameWriterRefused(t *testing.T) {
 // NAR size and hash of the NAR, the same path packs to the same bytes
 // again, and in frames it is the frames of its chunks.
 func TestPackLarge(t *testing.T) {
-	fs := newFakeStore(t)
-	p := fs.add(t, "large", halfRandom(2*frameSize+333))
-	info := fs.infos[p]
-	if info.NarSize <= smallNAR {
+	info := fileInfo(t, t.TempDir(), halfRandom(2*frameSize+333))
+	if info.NarSize <= SmallNAR {
 		t.Fatalf("NAR of %d bytes: not a large one", info.NarSize)
 	}
 	was := zstdFrames
@@ -219,17 +217,17 @@ func packLarge(t *testing.T, info nix.PathInfo, frames bool) {
 	var first []byte
 	for round := range 2 {
 		var out bytes.Buffer
-		pk, err := pack(info, Zstd, false, &out)
+		pk, err := Pack(info, Zstd, false, &out)
 		if err != nil {
 			t.Fatal(err)
 		}
 		sum := sha256.Sum256(out.Bytes())
-		if pk.fileSize != uint64(out.Len()) || !bytes.Equal(pk.fileHash.Digest(), sum[:]) {
-			t.Fatalf("packed says file %d bytes %s; wrote %d bytes %s", pk.fileSize, pk.fileHash.Format(nixhash.NixBase32, true),
+		if pk.FileSize != uint64(out.Len()) || !bytes.Equal(pk.FileHash.Digest(), sum[:]) {
+			t.Fatalf("packed says file %d bytes %s; wrote %d bytes %s", pk.FileSize, pk.FileHash.Format(nixhash.NixBase32, true),
 				out.Len(), nixhash.MustNewHash(nixhash.SHA256, sum[:]).Format(nixhash.NixBase32, true))
 		}
-		if pk.narSize != info.NarSize {
-			t.Fatalf("packed says NAR %d bytes; the database %d", pk.narSize, info.NarSize)
+		if pk.NarSize != info.NarSize {
+			t.Fatalf("packed says NAR %d bytes; the database %d", pk.NarSize, info.NarSize)
 		}
 		nar, err := zstdDecode(out.Bytes())
 		if err != nil {
@@ -276,7 +274,7 @@ func TestSettingsNameFrames(t *testing.T) {
 	for _, frames := range []bool{true, false} {
 		zstdFrames = func() bool { return frames }
 		settings[frames] = Zstd.Settings(2 * frameSize)
-		if small := Zstd.Settings(smallNAR); strings.Contains(small, "frames") {
+		if small := Zstd.Settings(SmallNAR); strings.Contains(small, "frames") {
 			t.Errorf("frames=%v: a small NAR's settings %q name frames; it is always one stream", frames, small)
 		}
 	}

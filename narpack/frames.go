@@ -1,4 +1,4 @@
-package uploader
+package narpack
 
 import (
 	"errors"
@@ -7,7 +7,6 @@ import (
 	"sync"
 
 	"github.com/klauspost/compress/zstd"
-	"github.com/nixpush/nixpush/store"
 )
 
 // With more than two cores (zstdFrames), a large NAR is compressed with
@@ -46,7 +45,7 @@ const frameSize = 4 << 20
 const frameBound = frameSize + frameSize/64 + 1024
 
 // frameEncoder compresses the frames of large NARs and, with the same
-// settings, each small NAR (packSmall): EncodeAll is safe for concurrent
+// settings, each small NAR (PackSmall): EncodeAll is safe for concurrent
 // use, and its pool of encoder states, one per core, bounds the
 // compressions under way across every stream and job at once.
 var frameEncoder = sync.OnceValues(func() (*zstd.Encoder, error) {
@@ -57,7 +56,7 @@ var frameEncoder = sync.OnceValues(func() (*zstd.Encoder, error) {
 
 // frameBufs holds the buffers of frames in flight, a chunk of NAR and its
 // compressed frame each (8.1 MiB), shared by every large NAR being packed
-// (bigStreams at once): one per core compressing, up to frameCores, and one
+// (BigStreams at once): one per core compressing, up to frameCores, and one
 // more, filling while they compress (a compressed frame is written out to
 // the upload's part buffer as soon as it is its turn), so several large
 // NARs at once wait for buffers rather than each taking memory of its own.
@@ -67,8 +66,8 @@ var frameEncoder = sync.OnceValues(func() (*zstd.Encoder, error) {
 // two, where frames are used only when NIXPUSH_ZSTD_FRAMES=on). Two per
 // core, 32 MiB on two cores, made the daemon's peak 75 MiB against 46 MiB
 // with one zstd stream per NAR.
-var frameBufs = sync.OnceValue(func() *store.PartPool {
-	return store.NewPartPool(frameSize+frameBound, min(runtime.GOMAXPROCS(0), frameCores)+1)
+var frameBufs = sync.OnceValue(func() *PartPool {
+	return NewPartPool(frameSize+frameBound, min(runtime.GOMAXPROCS(0), frameCores)+1)
 })
 
 // frameCores is the most cores frames are compressed on at once, which
@@ -92,7 +91,7 @@ type frame struct {
 type frameWriter struct {
 	w       io.Writer
 	enc     *zstd.Encoder
-	bufs    *store.PartPool
+	bufs    *PartPool
 	cur     *frame
 	queue   chan *frame   // frames in order, to the writing goroutine
 	failed  chan struct{} // closed when writing to w failed

@@ -1,4 +1,4 @@
-package uploader
+package narpack
 
 import (
 	"bytes"
@@ -106,25 +106,25 @@ func TestPackListsLikePackSmall(t *testing.T) {
 	}
 	info := nix.PathInfo{Path: dir, NarHash: h.hash(), NarSize: h.n}
 	for _, c := range []Compression{Zstd, None} {
-		streamed, err := pack(info, c, true, io.Discard)
+		streamed, err := Pack(info, c, true, io.Discard)
 		if err != nil {
 			t.Fatal(err)
 		}
 		narBuf, fileBuf := new(bytes.Buffer), new(bytes.Buffer)
-		_, small, err := packSmall(info, c, true, narBuf, fileBuf)
+		_, small, err := PackSmall(info, c, true, narBuf, fileBuf)
 		if err != nil {
 			t.Fatal(err)
 		}
-		if len(streamed.listing) == 0 || !bytes.Equal(streamed.listing, small.listing) {
-			t.Fatalf("%s: pack lists %s, packSmall %s", c, streamed.listing, small.listing)
+		if len(streamed.Listing) == 0 || !bytes.Equal(streamed.Listing, small.Listing) {
+			t.Fatalf("%s: Pack lists %s, PackSmall %s", c, streamed.Listing, small.Listing)
 		}
-		if unlisted, err := pack(info, c, false, io.Discard); err != nil || unlisted.listing != nil || !bytes.Equal(unlisted.fileHash.Digest(), streamed.fileHash.Digest()) {
-			t.Fatalf("%s: without a listing: %v, %s", c, err, unlisted.listing)
+		if unlisted, err := Pack(info, c, false, io.Discard); err != nil || unlisted.Listing != nil || !bytes.Equal(unlisted.FileHash.Digest(), streamed.FileHash.Digest()) {
+			t.Fatalf("%s: without a listing: %v, %s", c, err, unlisted.Listing)
 		}
 	}
 	bad := info
 	bad.NarSize++
-	if _, err := pack(bad, None, true, io.Discard); !errors.Is(err, ErrHashMismatch) {
+	if _, err := Pack(bad, None, true, io.Discard); !errors.Is(err, ErrHashMismatch) {
 		t.Fatalf("pack with a listing of a path unlike the database: %v; want ErrHashMismatch", err)
 	}
 }

@@ -1,4 +1,4 @@
-package uploader
+package narpack
 
 import (
 	"fmt"
@@ -42,14 +42,14 @@ func (c Compression) Ext() string {
 }
 
 // writer returns a compressing writer into w; closing it flushes the
-// compressed stream but does not close w. A zstd NAR larger than smallNAR
+// compressed stream but does not close w. A zstd NAR larger than SmallNAR
 // is compressed in independent frames on every core (frames.go) when
 // zstdFrames says so, else in one stream through a pooled encoder; a
 // smaller one in one stream with a window no larger than the NAR.
 func (c Compression) writer(w io.Writer, narSize uint64) (io.WriteCloser, error) {
 	switch c {
 	case Zstd:
-		if narSize > smallNAR {
+		if narSize > SmallNAR {
 			if zstdFrames() {
 				return newFrameWriter(w)
 			}
@@ -107,12 +107,12 @@ var zstdFrames = sync.OnceValue(func() bool {
 })
 
 // streamEncoders recycles the zstd encoders of large NARs compressed in one
-// stream, one for each stream bigStreams allows: an encoder's window and
+// stream, one for each stream BigStreams allows: an encoder's window and
 // match tables were most of what a push allocated, and so most of the
 // garbage collector's work. Each encodes on a second goroutine while the
 // next block fills (a stream encoder uses no more than that), so one large
 // NAR still keeps two cores busy with hashing and compressing.
-var streamEncoders = make(chan *zstd.Encoder, bigStreams)
+var streamEncoders = make(chan *zstd.Encoder, BigStreams)
 
 func getStreamEncoder(w io.Writer) (io.WriteCloser, error) {
 	select {
@@ -151,12 +151,12 @@ func (nopCloser) Close() error { return nil }
 // Settings names what, besides the NAR, decides the bytes c compresses a
 // NAR of narSize bytes to: the same NAR under the same settings always
 // compresses to the same bytes, which is what lets a cut-off upload be
-// resumed (resume.go records it and starts over when it changed). Keep
+// resumed (the uploader records it and starts over when it changed). Keep
 // it in step with writer.
 func (c Compression) Settings(narSize uint64) string {
 	switch c {
 	case Zstd:
-		if narSize > smallNAR && zstdFrames() {
+		if narSize > SmallNAR && zstdFrames() {
 			return fmt.Sprintf("zstd level=default window=%d frames=%d", maxWindow, frameSize)
 		}
 		return fmt.Sprintf("zstd level=default window=%d stream", windowFor(narSize))
