@@ -24,6 +24,7 @@ import (
 
 	"github.com/minio/minio-go/v7"
 
+	"github.com/nixpush/nixpush/api"
 	"github.com/nixpush/nixpush/hook"
 	"github.com/nixpush/nixpush/internal/testenv"
 )
@@ -142,15 +143,28 @@ func (r *rig) buildChain(n int, hookBin string, env []string) time.Duration {
 }
 
 // nixCopy is the classic method: nix copy to the bucket's HTTP endpoint.
-func (r *rig) nixCopy(url, compression string, paths ...string) time.Duration {
+// It returns the wall time and the CPU time of nix copy (user and system,
+// with whatever children it waited for).
+func (r *rig) nixCopy(url, compression string, paths ...string) (wall, cpu time.Duration) {
 	r.b.Helper()
 	args := append([]string{"--extra-experimental-features", "nix-command", "copy", "--to",
 		url + "?compression=" + compression + "&secret-key=" + r.sec}, paths...)
+	ctx, cancel := context.WithTimeout(context.Background(), testenv.NixTimeout)
+	defer cancel()
+	cmd := r.nix.Command(ctx, "nix", args...)
 	start := time.Now()
-	if _, err := r.nix.Run(r.b, "nix", args...); err != nil {
-		r.b.Fatal(err)
+	if out, err := cmd.CombinedOutput(); err != nil {
+		r.b.Fatalf("nix copy: %v\n%s", err, out)
 	}
-	return time.Since(start)
+	return time.Since(start), childCPU(cmd)
+}
+
+// childCPU is the user and system time of a command that has exited.
+func childCPU(cmd *exec.Cmd) time.Duration {
+	if ru, ok := cmd.ProcessState.SysUsage().(*syscall.Rusage); ok {
+		return time.Duration(ru.Utime.Nano() + ru.Stime.Nano())
+	}
+	return 0
 }
 
 // pushAndWait is nixpush's method: nixpush push, then nixpush wait.
@@ -166,13 +180,13 @@ func pushAndWait(b *testing.B, d *testenv.Daemon, paths ...string) time.Duration
 	return time.Since(start)
 }
 
-func status(b *testing.B, d *testenv.Daemon) hook.Status {
+func status(b *testing.B, d *testenv.Daemon) api.Status {
 	b.Helper()
 	out, err := d.CLI("status", "--json")
 	if err != nil {
 		b.Fatalf("nixpush status: %v\n%s", err, out)
 	}
-	var st hook.Status
+	var st api.Status
 	if err := json.Unmarshal([]byte(out), &st); err != nil {
 		b.Fatalf("status --json: %v\n%s", err, out)
 	}
@@ -438,7 +452,7 @@ func BenchmarkHandoff(b *testing.B) {
 	var took []time.Duration
 	for _, p := range paths {
 		start := time.Now()
-		if err := hook.Handoff(d.Socket, hook.EnqueueRequest{Paths: []string{p}}, 5*time.Second); err != nil {
+		if err := hook.Handoff(d.Socket, api.EnqueueRequest{Paths: []string{p}}, 5*time.Second); err != nil {
 			b.Fatal(err)
 		}
 		took = append(took, time.Since(start))
@@ -482,7 +496,9 @@ var pushWorkloads = []pushWorkload{
 // holding another build of nixpush and nixpush-hook, e.g. main's), that
 // build pushes too, in the same rounds: before and after side by side.
 // NIXPUSH_BENCH_DAEMON_ENV adds variables (space separated) to the
-// environment of this build's daemon only, e.g. NIXPUSH_ZSTD_FRAMES=on.
+// environment of this build's daemon only, e.g. NIXPUSH_ZSTD_FRAMES=on;
+// NIXPUSH_BENCH_PROFILE_DIR has it write a CPU profile per round there.
+// NIXPUSH_BENCH_FLOOR=1 adds the floor's sides (floor_test.go).
 func BenchmarkPush(b *testing.B) {
 	for _, w := range pushWorkloads {
 		b.Run(w.name, func(b *testing.B) { benchPush(b, w, w.compression) })
@@ -496,14 +512,26 @@ const pushRounds = 5
 // pushSide is one way of pushing the closure, timed round by round.
 type pushSide struct {
 	name      string
-	bin       string // nixpush's binaries; "" for nix copy
+	bin       string // nixpush's binaries; "" for nix copy and the floor
+	floor     string // the floor's sides: a pushfloor mode (floor_test.go)
 	took      []time.Duration
-	daemonCPU time.Duration
-	minioCPU  time.Duration
+	cpu       []time.Duration // per round: the daemon's, nix copy's or pushfloor's CPU time
+	minioCPU  []time.Duration // per round: MinIO's CPU time meanwhile
 	peak      int64
 	fileBytes int64
 	d         *testenv.Daemon
 	bucket    string // the daemon's
+}
+
+// pushRun is one row of BenchmarkPush: the closure and how it is pushed.
+type pushRun struct {
+	r           *rig
+	top         []string
+	closure     []string // every path of the closure, for the floor
+	paths       int
+	compression string
+	extra       []string // NIXPUSH_BENCH_ARGS
+	last        string   // the last bucket nixpush (this build) pushed to
 }
 
 func benchPush(b *testing.B, w pushWorkload, compression string) {
@@ -524,118 +552,164 @@ func benchPush(b *testing.B, w pushWorkload, compression string) {
 		defer exec.Command("nix-store", append([]string{"--delete"}, top...)...).Run()
 	}
 	paths, narBytes := closureSize(b, r.nix, top...)
-	extra := strings.Fields(os.Getenv("NIXPUSH_BENCH_ARGS"))
+	pr := &pushRun{r: r, top: top, paths: paths, compression: compression, extra: strings.Fields(os.Getenv("NIXPUSH_BENCH_ARGS"))}
 
 	// Nix's first command after the build pays for warming up (its
 	// database, the narinfo disk cache): ~0.6 s here, which would go to
 	// whichever side is timed first. One path copied untimed takes it.
-	leaf, err := r.nix.Run(b, "nix-store", "--query", "--requisites", top[0])
+	reqs, err := r.nix.Run(b, "nix-store", append([]string{"--query", "--requisites"}, top...)...)
 	if err != nil {
 		b.Fatal(err)
 	}
-	r.nixCopy(r.classicBucket("warm-up"), compression, strings.Fields(leaf)[0])
+	pr.closure = strings.Fields(reqs)
+	r.nixCopy(r.classicBucket("warm-up"), compression, pr.closure[0])
 
 	sides := []*pushSide{{name: "nix copy"}, {name: "nixpush", bin: binDir}}
 	if base := os.Getenv("NIXPUSH_BENCH_BASELINE_BIN"); base != "" {
 		sides = append(sides, &pushSide{name: "nixpush baseline", bin: base})
 	}
-	var last string // the last bucket nixpush (this build) pushed to
+	sides = append(sides, floorSides(b, compression)...)
 	for i := range pushRounds {
 		// Each side starts with MinIO idle, and the order rotates from
 		// round to round, so no side pays for what another left behind.
+		load := loadAvg()
 		for j := range sides {
-			s := sides[(i+j)%len(sides)]
-			bucket := fmt.Sprintf("%s-%d", strings.ReplaceAll(s.name, " ", "-"), i)
-			if s.bin == "" {
-				url := r.classicBucket(bucket)
-				r.settle()
-				s.took = append(s.took, r.nixCopy(url, compression, top...))
-				r.emptyBucket(bucket)
-				continue
-			}
-			if s.d != nil {
-				s.d.Stop()
-				r.emptyBucket(s.bucket)
-			}
-			r.minio.MakeBucket(r.b, bucket, true)
-			env := r.minio.CredentialsEnv()
-			if s.bin == binDir {
-				env = append(env, strings.Fields(os.Getenv("NIXPUSH_BENCH_DAEMON_ENV"))...)
-			}
-			s.d = testenv.StartDaemon(r.b, s.bin, env, append([]string{"--store-uri", r.minio.StoreURI(bucket),
-				"--secret-key-file", r.sec, "--log-level", "warn", "--compression", compression}, extra...)...)
-			s.bucket = bucket
-			r.settle()
-			m0, _ := r.minio.CPUTime()
-			s.took = append(s.took, pushAndWait(b, s.d, top...))
-			m1, _ := r.minio.CPUTime()
-			dcpu, _ := s.d.CPUTime()
-			s.daemonCPU += dcpu
-			s.minioCPU += m1 - m0
-			rss, err := s.d.PeakRSS()
-			if err != nil {
-				b.Fatal(err)
-			}
-			s.peak = max(s.peak, rss)
-			if rss > maxPeakRSS && s.bin == binDir {
-				b.Errorf("round %d: daemon peak RSS %.1f MiB, over the %d MiB target", i, float64(rss)/mib, maxPeakRSS/mib)
-			}
-			st := status(b, s.d)
-			if st.Uploaded.Paths != int64(paths) {
-				b.Fatalf("%s: daemon uploaded %d paths; the closure has %d", s.name, st.Uploaded.Paths, paths)
-			}
-			s.fileBytes = st.Uploaded.FileBytes
-			if s.bin == binDir {
-				last = bucket
-			}
+			pr.push(sides[(i+j)%len(sides)], i)
+		}
+		logOut(b, "round %d (load before: %s): %s", i, load, roundSummary(sides, i))
+	}
+	r.checkFetched(r.minio.HTTPURL(pr.last), top...)
+	pr.pushCached(sides)
+
+	nc, np := percentile(sides[0].took, 0.5), percentile(sides[1].took, 0.5)
+	b.ReportMetric(nc.Seconds(), "nix-copy-s")
+	b.ReportMetric(np.Seconds(), "nixpush-s")
+	b.ReportMetric(np.Seconds()/nc.Seconds(), "ratio")
+	b.ReportMetric(float64(sides[1].peak)/mib, "peak-rss-MiB")
+	b.Logf("%s: %d paths, %.0f MiB of NAR (%.0f MiB compressed), %s, against %s, median of %d rounds (load %s):",
+		w.name, paths, float64(narBytes)/mib, float64(sides[1].fileBytes)/mib, compression, testenv.NixVersion(), pushRounds, loadAvg())
+	b.Logf("  %-28s %.2f s %v; CPU: nix copy %.2f s, MinIO %.2f s", "nix copy", nc.Seconds(), roundTo(sides[0].took),
+		percentile(sides[0].cpu, 0.5).Seconds(), percentile(sides[0].minioCPU, 0.5).Seconds())
+	for _, s := range sides[1:] {
+		if s.floor != "" {
+			continue
+		}
+		sp := percentile(s.took, 0.5)
+		if s.bin != binDir {
+			b.ReportMetric(sp.Seconds()/nc.Seconds(), "ratio-baseline")
+		}
+		b.Logf("  %-28s %.2f s %v; ratio %.2f; CPU per push (median): daemon %.2f s, MinIO %.2f s; daemon peak RSS %.1f MiB; %.1f MiB compressed",
+			s.name+" push+wait", sp.Seconds(), roundTo(s.took), sp.Seconds()/nc.Seconds(),
+			percentile(s.cpu, 0.5).Seconds(), percentile(s.minioCPU, 0.5).Seconds(), float64(s.peak)/mib, float64(s.fileBytes)/mib)
+	}
+	// The share of the closure's NAR in its largest path, for the floor.
+	largest, err := r.nix.Run(b, "nix", "--extra-experimental-features", "nix-command", "path-info", "--size", "--recursive", top[0])
+	if err != nil {
+		b.Fatal(err)
+	}
+	logFloor(b, sides, nc, largestShare(largest, narBytes))
+}
+
+// push pushes the closure once by side s, in round i, to a fresh bucket.
+func (pr *pushRun) push(s *pushSide, i int) {
+	r, b := pr.r, pr.r.b
+	bucket := fmt.Sprintf("%s-%d", strings.ReplaceAll(s.name, " ", "-"), i)
+	if s.floor != "" {
+		pr.floorPush(s, bucket)
+		return
+	}
+	if s.bin == "" {
+		url := r.classicBucket(bucket)
+		r.settle()
+		m0, _ := r.minio.CPUTime()
+		took, cpu := r.nixCopy(url, pr.compression, pr.top...)
+		m1, _ := r.minio.CPUTime()
+		s.took, s.cpu, s.minioCPU = append(s.took, took), append(s.cpu, cpu), append(s.minioCPU, m1-m0)
+		r.emptyBucket(bucket)
+		return
+	}
+	if s.d != nil {
+		s.d.Stop()
+		r.emptyBucket(s.bucket)
+	}
+	r.minio.MakeBucket(b, bucket, true)
+	env := r.minio.CredentialsEnv()
+	if s.bin == binDir {
+		env = append(env, strings.Fields(os.Getenv("NIXPUSH_BENCH_DAEMON_ENV"))...)
+		if dir := os.Getenv("NIXPUSH_BENCH_PROFILE_DIR"); dir != "" {
+			// A CPU profile of each round's daemon (go tool pprof).
+			env = append(env, "NIXPUSH_CPUPROFILE="+filepath.Join(dir, fmt.Sprintf("%s-%d.prof", filepath.Base(b.Name()), i)))
 		}
 	}
-	r.checkFetched(r.minio.HTTPURL(last), top...)
+	s.d = testenv.StartDaemon(b, s.bin, env, append([]string{"--store-uri", r.minio.StoreURI(bucket),
+		"--secret-key-file", r.sec, "--log-level", "warn", "--compression", pr.compression}, pr.extra...)...)
+	s.bucket = bucket
+	r.settle()
+	m0, _ := r.minio.CPUTime()
+	s.took = append(s.took, pushAndWait(b, s.d, pr.top...))
+	m1, _ := r.minio.CPUTime()
+	dcpu, _ := s.d.CPUTime()
+	s.cpu, s.minioCPU = append(s.cpu, dcpu), append(s.minioCPU, m1-m0)
+	rss, err := s.d.PeakRSS()
+	if err != nil {
+		b.Fatal(err)
+	}
+	s.peak = max(s.peak, rss)
+	if rss > maxPeakRSS && s.bin == binDir {
+		b.Errorf("round %d: daemon peak RSS %.1f MiB, over the %d MiB target", i, float64(rss)/mib, maxPeakRSS/mib)
+	}
+	st := status(b, s.d)
+	if st.Uploaded.Paths != int64(pr.paths) {
+		b.Fatalf("%s: daemon uploaded %d paths; the closure has %d", s.name, st.Uploaded.Paths, pr.paths)
+	}
+	s.fileBytes = st.Uploaded.FileBytes
+	if s.bin == binDir {
+		pr.last = bucket
+	}
+}
 
-	// Already cached, the same daemon restarted: its queue remembers.
+// pushCached pushes the closure again once it is in the cache: with the
+// same daemon restarted (its queue remembers), and with a fresh daemon (as
+// another machine would: it asks the cache about the root only). Then it
+// stops the daemons and empties their buckets.
+func (pr *pushRun) pushCached(sides []*pushSide) {
+	r, b := pr.r, pr.r.b
 	d := sides[1].d
 	d.Stop()
 	d.Start()
 	r.settle()
-	restarted := pushAndWait(b, d, top...)
+	restarted := pushAndWait(b, d, pr.top...)
 	restartedReq := status(b, d).Uploaded.Requests
 	d.Stop()
-	// Already cached, pushed by another machine: a fresh daemon asks the
-	// cache about the root only.
-	fresh := testenv.StartDaemon(b, binDir, r.minio.CredentialsEnv(), "--store-uri", r.minio.StoreURI(last),
-		"--secret-key-file", r.sec, "--log-level", "warn", "--compression", compression)
-	other := pushAndWait(b, fresh, top...)
+	fresh := testenv.StartDaemon(b, binDir, r.minio.CredentialsEnv(), "--store-uri", r.minio.StoreURI(pr.last),
+		"--secret-key-file", r.sec, "--log-level", "warn", "--compression", pr.compression)
+	other := pushAndWait(b, fresh, pr.top...)
 	otherSt := status(b, fresh)
 	if otherSt.Uploaded.Paths != 0 {
 		b.Fatalf("a fresh daemon uploaded %d paths of a cached closure", otherSt.Uploaded.Paths)
 	}
 	fresh.Stop()
 	for _, s := range sides[1:] {
-		s.d.Stop()
-		r.emptyBucket(s.bucket)
+		if s.d != nil {
+			s.d.Stop()
+			r.emptyBucket(s.bucket)
+		}
 	}
-
-	nc, np := percentile(sides[0].took, 0.5), percentile(sides[1].took, 0.5)
-	b.ReportMetric(nc.Seconds(), "nix-copy-s")
-	b.ReportMetric(np.Seconds(), "nixpush-s")
-	b.ReportMetric(np.Seconds()/nc.Seconds(), "ratio")
 	b.ReportMetric(other.Seconds(), "cached-s")
 	b.ReportMetric(float64(otherSt.Uploaded.Requests), "cached-requests")
-	b.ReportMetric(float64(sides[1].peak)/mib, "peak-rss-MiB")
-	b.Logf("%s: %d paths, %.0f MiB of NAR (%.0f MiB compressed), %s, against %s, median of %d rounds (load %s):",
-		w.name, paths, float64(narBytes)/mib, float64(sides[1].fileBytes)/mib, compression, testenv.NixVersion(), pushRounds, loadAvg())
-	b.Logf("  %-28s %.2f s %v", "nix copy", nc.Seconds(), roundTo(sides[0].took))
-	for _, s := range sides[1:] {
-		sp := percentile(s.took, 0.5)
-		if s.bin != binDir {
-			b.ReportMetric(sp.Seconds()/nc.Seconds(), "ratio-baseline")
-		}
-		b.Logf("  %-28s %.2f s %v; ratio %.2f; CPU per push: daemon %.2f s, MinIO %.2f s; daemon peak RSS %.1f MiB; %.1f MiB compressed",
-			s.name+" push+wait", sp.Seconds(), roundTo(s.took), sp.Seconds()/nc.Seconds(),
-			s.daemonCPU.Seconds()/pushRounds, s.minioCPU.Seconds()/pushRounds, float64(s.peak)/mib, float64(s.fileBytes)/mib)
-	}
-	b.Logf("  already cached: %.3f s after a daemon restart (%d requests), %.3f s from a fresh daemon (%d requests)",
+	b.Logf("already cached: %.3f s after a daemon restart (%d requests), %.3f s from a fresh daemon (%d requests)",
 		restarted.Seconds(), restartedReq, other.Seconds(), otherSt.Uploaded.Requests)
+}
+
+// roundSummary is one line of the log per round: each side's wall time,
+// its own CPU time and MinIO's.
+func roundSummary(sides []*pushSide, i int) string {
+	var parts []string
+	for _, s := range sides {
+		parts = append(parts, fmt.Sprintf("%s %.2f s (CPU %.2f s, MinIO %.2f s)", s.name,
+			s.took[i].Seconds(), s.cpu[i].Seconds(), s.minioCPU[i].Seconds()))
+	}
+	return strings.Join(parts, "; ")
 }
 
 // loadAvg is the machine's load average (1, 5, 15 minutes), for the log:

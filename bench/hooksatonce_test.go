@@ -11,6 +11,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/nixpush/nixpush/api"
 	"github.com/nixpush/nixpush/hook"
 	"github.com/nixpush/nixpush/internal/testenv"
 	"github.com/nixpush/nixpush/queue"
@@ -150,7 +151,7 @@ func BenchmarkHooksAtOnce(b *testing.B) {
 		}},
 		{"Handoff x32 (in-process)", func(int) ([]time.Duration, []time.Duration) {
 			return calls(func(i int) error {
-				return hook.Handoff(d.Socket, hook.EnqueueRequest{Paths: []string{callPaths[i], callPaths[(i+1)%n]}}, 5*time.Second)
+				return hook.Handoff(d.Socket, api.EnqueueRequest{Paths: []string{callPaths[i], callPaths[(i+1)%n]}}, 5*time.Second)
 			}), nil
 		}},
 		{"queue.Enqueue x32 (in-process)", func(round int) ([]time.Duration, []time.Duration) {
@@ -172,7 +173,7 @@ func BenchmarkHooksAtOnce(b *testing.B) {
 		}},
 		{"Handoff alone", func(int) ([]time.Duration, []time.Duration) {
 			t0 := time.Now()
-			if err := hook.Handoff(d.Socket, hook.EnqueueRequest{Paths: alonePaths[1:2]}, 5*time.Second); err != nil {
+			if err := hook.Handoff(d.Socket, api.EnqueueRequest{Paths: alonePaths[1:2]}, 5*time.Second); err != nil {
 				b.Fatal(err)
 			}
 			return []time.Duration{time.Since(t0)}, nil

@@ -6,6 +6,7 @@ import (
 
 	"testing"
 
+	"github.com/nixpush/nixpush/api"
 	"github.com/nixpush/nixpush/hook"
 	"github.com/nixpush/nixpush/internal/testenv"
 )
@@ -54,7 +55,7 @@ func BenchmarkRepush(b *testing.B) {
 		r.settle()
 		r0 = requests(d)
 		start := time.Now()
-		if err := hook.Handoff(d.Socket, hook.EnqueueRequest{Paths: next}, 5*time.Second); err != nil {
+		if err := hook.Handoff(d.Socket, api.EnqueueRequest{Paths: next}, 5*time.Second); err != nil {
 			b.Fatal(err)
 		}
 		d.MustWait(5 * time.Minute)

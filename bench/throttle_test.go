@@ -10,7 +10,7 @@ import (
 	"testing"
 	"time"
 
-	"github.com/nixpush/nixpush/hook/client"
+	"github.com/nixpush/nixpush/api/client"
 	"github.com/nixpush/nixpush/internal/testenv"
 )
 

@@ -17,9 +17,10 @@ import (
 	"github.com/nix-community/go-nix/pkg/narinfo/signature"
 	"github.com/rs/zerolog"
 
-	"github.com/nixpush/nixpush/hook"
-	"github.com/nixpush/nixpush/hook/client"
+	"github.com/nixpush/nixpush/api"
+	"github.com/nixpush/nixpush/api/client"
 	"github.com/nixpush/nixpush/nix"
+	"github.com/nixpush/nixpush/store"
 	"github.com/nixpush/nixpush/uploader"
 )
 
@@ -32,7 +33,7 @@ func startDaemon(t *testing.T) (socket string) {
 func startDaemonWith(t *testing.T, change func(*Config)) (socket string) {
 	t.Helper()
 	dir := t.TempDir()
-	store, err := uploader.NewFileStore(filepath.Join(dir, "cache"))
+	store, err := store.NewFileStore(filepath.Join(dir, "cache"))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -101,7 +102,7 @@ func TestAPIRefusesBadRequests(t *testing.T) {
 				t.Fatalf("%s %s: %d %s; want %d containing %q", tc.method, tc.path, resp.StatusCode, body, tc.code, tc.want)
 			}
 			{
-				var e hook.ErrorResponse
+				var e api.ErrorResponse
 				if json.Unmarshal(body, &e) != nil || e.Error == "" || strings.Contains(e.Error, "\n") {
 					t.Fatalf("error body is not a one-line JSON error: %s", body)
 				}
@@ -125,11 +126,11 @@ func TestWaitAndStatus(t *testing.T) {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { os.Remove(bad) })
-	if _, err := c.Enqueue(ctx, hook.EnqueueRequest{Paths: []string{"/nix/store/00000000000000000000000000000000-nixpush-nowhere"}}); err == nil ||
+	if _, err := c.Enqueue(ctx, api.EnqueueRequest{Paths: []string{"/nix/store/00000000000000000000000000000000-nixpush-nowhere"}}); err == nil ||
 		!strings.Contains(err.Error(), "is not in the store") {
 		t.Fatalf("missing path: %v; want a refusal at once", err)
 	}
-	res, err := c.Enqueue(ctx, hook.EnqueueRequest{Paths: []string{bad}})
+	res, err := c.Enqueue(ctx, api.EnqueueRequest{Paths: []string{bad}})
 	if err != nil || res.Added != 1 {
 		t.Fatalf("enqueue: %+v, %v", res, err)
 	}
@@ -142,7 +143,7 @@ func TestWaitAndStatus(t *testing.T) {
 		t.Fatalf("status after wait: %+v", st)
 	}
 	// nixpush retry puts it back in the queue; it fails again, for the same reason.
-	rr, err := c.Retry(ctx, hook.RetryRequest{All: true})
+	rr, err := c.Retry(ctx, api.RetryRequest{All: true})
 	if err != nil || rr.Requeued != 1 {
 		t.Fatalf("retry: %+v, %v", rr, err)
 	}
@@ -151,7 +152,7 @@ func TestWaitAndStatus(t *testing.T) {
 		t.Fatalf("after retry: %+v, %v", st, err)
 	}
 	// Enqueueing it again merges nothing away: a failed item gets a new chance.
-	res, err = c.Enqueue(ctx, hook.EnqueueRequest{Paths: []string{bad, bad}})
+	res, err = c.Enqueue(ctx, api.EnqueueRequest{Paths: []string{bad, bad}})
 	if err != nil || res.Added != 1 || res.Merged != 1 {
 		t.Fatalf("re-enqueue: %+v, %v", res, err)
 	}
@@ -189,19 +190,24 @@ func TestBurstOver(t *testing.T) {
 		t.Fatalf("burstOver returned %v after the last hand-off; want BurstQuiet (100ms) or more", ended.Sub(lastAt))
 	}
 
-	// A stream that never pauses: at most maxBurstWait.
+	// A stream that never pauses: at most maxBurstWait. Four writers 10 ms
+	// apart and a quiet time of 500 ms, so that a loaded machine's
+	// scheduling gaps (over 100 ms seen under load 18) read as no pause.
+	d.cfg.BurstQuiet = 500 * time.Millisecond
 	done := make(chan struct{})
 	defer close(done)
-	go func() {
-		for {
-			select {
-			case <-done:
-				return
-			case <-time.After(10 * time.Millisecond):
-				d.lastHandoff.Store(time.Now().UnixNano())
+	for range 4 {
+		go func() {
+			for {
+				select {
+				case <-done:
+					return
+				case <-time.After(10 * time.Millisecond):
+					d.lastHandoff.Store(time.Now().UnixNano())
+				}
 			}
-		}
-	}()
+		}()
+	}
 	d.lastHandoff.Store(time.Now().UnixNano())
 	start = time.Now()
 	if !d.burstOver(ctx) {

@@ -8,7 +8,7 @@ import (
 	"strings"
 
 	"github.com/nixpush/nixpush/nix"
-	"github.com/nixpush/nixpush/uploader"
+	"github.com/nixpush/nixpush/store"
 )
 
 // logSuffix marks a queued item that is the build log of a derivation
@@ -94,7 +94,7 @@ func (d *Daemon) pushRealisations(ctx context.Context, drv string) error {
 	rs, err := d.cfg.Nix.Realisations(ctx, drv)
 	if err != nil {
 		if nix.IsInvalid(err) || errors.Is(err, nix.ErrRealisationFormat) {
-			err = uploader.Permanent(err)
+			err = store.Permanent(err)
 		}
 		return err
 	}

@@ -14,8 +14,8 @@ import (
 	"testing"
 	"time"
 
-	"github.com/nixpush/nixpush/hook"
-	"github.com/nixpush/nixpush/hook/client"
+	"github.com/nixpush/nixpush/api"
+	"github.com/nixpush/nixpush/api/client"
 	"github.com/nixpush/nixpush/nix"
 )
 
@@ -114,7 +114,7 @@ func FuzzEnqueueRequest(f *testing.F) {
 	f.Fuzz(func(t *testing.T, body []byte) {
 		r := httptest.NewRequest("POST", "/v1/enqueue", strings.NewReader(string(body)))
 		w := httptest.NewRecorder()
-		var req hook.EnqueueRequest
+		var req api.EnqueueRequest
 		if _, err := decodeJSON(w, r, &req, "x"); err != nil {
 			return
 		}

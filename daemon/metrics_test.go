@@ -13,8 +13,8 @@ import (
 	"testing"
 	"time"
 
-	"github.com/nixpush/nixpush/hook"
-	"github.com/nixpush/nixpush/hook/client"
+	"github.com/nixpush/nixpush/api"
+	"github.com/nixpush/nixpush/api/client"
 )
 
 func TestMetrics(t *testing.T) {
@@ -37,7 +37,7 @@ func TestMetrics(t *testing.T) {
 	}
 	c := client.New(socket)
 	ctx := context.Background()
-	if _, err := c.Enqueue(ctx, hook.EnqueueRequest{Paths: []string{strings.TrimSpace(string(out))}}); err != nil {
+	if _, err := c.Enqueue(ctx, api.EnqueueRequest{Paths: []string{strings.TrimSpace(string(out))}}); err != nil {
 		t.Fatal(err)
 	}
 	if st, err := c.Wait(ctx, time.Minute); err != nil || !st.Drained || st.Failed != 0 {

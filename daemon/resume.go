@@ -5,6 +5,7 @@ import (
 	"time"
 
 	"github.com/nixpush/nixpush/queue"
+	"github.com/nixpush/nixpush/store"
 	"github.com/nixpush/nixpush/uploader"
 )
 
@@ -15,7 +16,7 @@ func (j queueJournal) BeginUpload(name, id string, record []byte) error {
 	return j.q.BeginUpload(name, id, record)
 }
 
-func (j queueJournal) AddUploadPart(name, id string, p uploader.SentPart) error {
+func (j queueJournal) AddUploadPart(name, id string, p store.Part) error {
 	return j.q.AddUploadPart(name, id, queue.Part(p))
 }
 
@@ -36,9 +37,9 @@ func (j queueJournal) Uploads() ([]uploader.JournalUpload, error) {
 }
 
 func journalUpload(up queue.Upload) uploader.JournalUpload {
-	ju := uploader.JournalUpload{Name: up.Name, ID: up.ID, Record: up.Record, Parts: make([]uploader.SentPart, len(up.Parts))}
+	ju := uploader.JournalUpload{Name: up.Name, ID: up.ID, Record: up.Record, Parts: make([]store.Part, len(up.Parts))}
 	for i, p := range up.Parts {
-		ju.Parts[i] = uploader.SentPart(p)
+		ju.Parts[i] = store.Part(p)
 	}
 	return ju
 }

@@ -10,7 +10,7 @@ import (
 	"strings"
 	"time"
 
-	"github.com/nixpush/nixpush/hook"
+	"github.com/nixpush/nixpush/api"
 	"github.com/nixpush/nixpush/nix"
 	"github.com/nixpush/nixpush/queue"
 )
@@ -39,7 +39,7 @@ func (d *Daemon) handleEnqueue(w http.ResponseWriter, r *http.Request) {
 		writeError(w, http.StatusForbidden, fmt.Errorf("enqueue: %w", err))
 		return
 	}
-	var req hook.EnqueueRequest
+	var req api.EnqueueRequest
 	if code, err := decodeJSON(w, r, &req, `{"paths": ["/nix/store/..."]}`); err != nil {
 		writeError(w, code, fmt.Errorf("enqueue: %w", err))
 		return
@@ -69,7 +69,7 @@ func (d *Daemon) handleEnqueue(w http.ResponseWriter, r *http.Request) {
 	}
 	d.qhealth.release(paths)
 	d.log.Debug().Strs("paths", paths).Int("added", res.Added).Msg("enqueued")
-	writeJSON(w, http.StatusOK, hook.EnqueueResponse{Added: res.Added, Merged: res.Merged})
+	writeJSON(w, http.StatusOK, api.EnqueueResponse{Added: res.Added, Merged: res.Merged})
 }
 
 // decodeJSON reads a request body of at most maxRequestBody bytes into v,
@@ -109,7 +109,7 @@ func (d *Daemon) handleRetry(w http.ResponseWriter, r *http.Request) {
 		writeError(w, http.StatusForbidden, fmt.Errorf("retry: %w", err))
 		return
 	}
-	var req hook.RetryRequest
+	var req api.RetryRequest
 	if code, err := decodeJSON(w, r, &req, `{"all": true} or {"paths": ["/nix/store/..."]}`); err != nil {
 		writeError(w, code, fmt.Errorf("retry: %w", err))
 		return
@@ -124,13 +124,13 @@ func (d *Daemon) handleRetry(w http.ResponseWriter, r *http.Request) {
 		writeError(w, http.StatusServiceUnavailable, fmt.Errorf("retry: queue cannot write: %w", err))
 		return
 	}
-	writeJSON(w, http.StatusOK, hook.RetryResponse{Requeued: n})
+	writeJSON(w, http.StatusOK, api.RetryResponse{Requeued: n})
 }
 
 // requestPaths checks an enqueue request and returns what to queue: the
 // paths, or the derivation when Nix 2.8.0 gave no output paths, then the
 // derivation's build log.
-func (d *Daemon) requestPaths(req hook.EnqueueRequest) ([]string, error) {
+func (d *Daemon) requestPaths(req api.EnqueueRequest) ([]string, error) {
 	if len(req.Paths) == 0 && req.DrvPath == "" {
 		return nil, errors.New("no paths and no drv_path")
 	}
@@ -214,5 +214,5 @@ func writeJSON(w http.ResponseWriter, code int, v any) {
 
 func writeError(w http.ResponseWriter, code int, err error) {
 	msg := strings.ReplaceAll(err.Error(), "\n", " ")
-	writeJSON(w, code, hook.ErrorResponse{Error: msg})
+	writeJSON(w, code, api.ErrorResponse{Error: msg})
 }

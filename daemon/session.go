@@ -4,7 +4,7 @@ import (
 	"sync"
 	"time"
 
-	"github.com/nixpush/nixpush/hook"
+	"github.com/nixpush/nixpush/api"
 	"github.com/nixpush/nixpush/uploader"
 )
 
@@ -34,14 +34,14 @@ func (s *session) close() {
 }
 
 // progress is the session's share of the uploader's cumulative figures.
-func (s *session) progress(st uploader.Stats) hook.Progress {
+func (s *session) progress(st uploader.Stats) api.Progress {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	if s.since.IsZero() {
-		return hook.Progress{}
+		return api.Progress{}
 	}
 	since := s.since
-	return hook.Progress{
+	return api.Progress{
 		Paths: st.Planned - s.base.Planned, NarBytes: st.PlannedNarBytes - s.base.PlannedNarBytes,
 		PathsDone: st.Paths - s.base.Paths, NarBytesDone: st.NarBytes - s.base.NarBytes,
 		Cached: st.Skipped - s.base.Skipped, Since: &since,

@@ -2,6 +2,8 @@ package daemon
 
 import (
 	"context"
+	"encoding/json"
+	"github.com/nixpush/nixpush/spool"
 	"os"
 	"time"
 )
@@ -27,13 +29,13 @@ func (d *Daemon) importSpoolLoop(ctx context.Context) error {
 // queue has committed its paths. A file that cannot be read as a request is
 // renamed *.bad and kept for a person to look at, never deleted.
 func (d *Daemon) importSpool(ctx context.Context) {
-	files, err := SpoolFiles(d.cfg.SpoolDir)
+	files, err := spool.Files(d.cfg.SpoolDir)
 	if err != nil {
 		d.log.Error().Err(err).Str("spool", d.cfg.SpoolDir).Msg("read spool")
 		return
 	}
 	for _, f := range files {
-		req, err := ReadSpoolFile(f)
+		req, err := spool.Read(f, json.Unmarshal)
 		var paths []string
 		if err == nil {
 			paths, err = d.requestPaths(req)

@@ -5,7 +5,8 @@ import (
 	"sync"
 	"time"
 
-	"github.com/nixpush/nixpush/hook"
+	"github.com/nixpush/nixpush/api"
+	"github.com/nixpush/nixpush/store"
 	"github.com/nixpush/nixpush/uploader"
 )
 
@@ -23,11 +24,11 @@ const (
 type storeHealth struct {
 	mu        sync.Mutex
 	ok        bool
-	err       *uploader.StoreError
+	err       *store.StoreError
 	checkedAt time.Time
-	okCh      chan struct{}         // closed while ok
-	logged    uploader.StoreProblem // the problem last logged, until the store recovers
-	trouble   chan struct{}         // a push met a store error (buffered, 1)
+	okCh      chan struct{}      // closed while ok
+	logged    store.StoreProblem // the problem last logged, until the store recovers
+	trouble   chan struct{}      // a push met a store error (buffered, 1)
 }
 
 func newStoreHealth() *storeHealth {
@@ -45,7 +46,7 @@ func (h *storeHealth) ready() <-chan struct{} {
 // store was usable before, and whether err is a problem not yet logged
 // since the store last recovered (so each cause is logged once, not once
 // per failing path).
-func (h *storeHealth) set(err *uploader.StoreError, at time.Time) (wasOK, log bool) {
+func (h *storeHealth) set(err *store.StoreError, at time.Time) (wasOK, log bool) {
 	h.mu.Lock()
 	defer h.mu.Unlock()
 	wasOK = h.ok
@@ -67,10 +68,10 @@ func (h *storeHealth) set(err *uploader.StoreError, at time.Time) (wasOK, log bo
 	return wasOK, log
 }
 
-func (h *storeHealth) status() hook.StoreCheck {
+func (h *storeHealth) status() api.StoreCheck {
 	h.mu.Lock()
 	defer h.mu.Unlock()
-	sc := hook.StoreCheck{OK: h.ok}
+	sc := api.StoreCheck{OK: h.ok}
 	if h.err != nil {
 		sc.Error, sc.Fix = h.err.Error(), h.err.Fix()
 	}
@@ -84,7 +85,7 @@ func (h *storeHealth) status() hook.StoreCheck {
 // storeTrouble records a store error a push met: pushes pause and the
 // store is checked again.
 func (d *Daemon) storeTrouble(err error) {
-	se := uploader.AsStoreError(err)
+	se := store.AsStoreError(err)
 	if se == nil {
 		return
 	}
@@ -128,7 +129,7 @@ func (d *Daemon) watchStore(ctx context.Context) error {
 				}
 			}
 			d.up.ForgetCache() // what the cache held may be gone (a bucket made anew)
-			n, err := d.queue.Heal(ctx, uploader.FailureClassStore)
+			n, err := d.queue.Heal(ctx, store.FailureClassStore)
 			if err != nil {
 				d.log.Error().Err(err).Msg("queue failed store items again")
 			}

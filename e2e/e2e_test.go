@@ -1,9 +1,6 @@
 package e2e
 
 import (
-	"crypto/rand"
-	"encoding/hex"
-	"encoding/json"
 	"os"
 	"path/filepath"
 	"strings"
@@ -13,75 +10,15 @@ import (
 	"github.com/nixpush/nixpush/internal/testenv"
 )
 
-func seed() string {
-	var b [6]byte
-	rand.Read(b[:])
-	return hex.EncodeToString(b[:])
-}
-
-// closureOf lists the closure of paths in the machine's store.
-func closureOf(t *testing.T, nx *testenv.NixEnv, paths ...string) []string {
-	t.Helper()
-	out, err := nx.Run(t, "nix-store", append([]string{"--query", "--requisites"}, paths...)...)
-	if err != nil {
-		t.Fatal(err)
-	}
-	return lines(out)
-}
-
-// checkFetched asserts that real Nix, trusting pub, fetches the whole
-// closure of paths from the cache into a fresh store, byte-exactly.
-func checkFetched(t *testing.T, nx *testenv.NixEnv, from, pub string, paths ...string) {
-	t.Helper()
-	root, err := nx.CopyFrom(t, from, pub, paths...)
-	if err != nil {
-		t.Fatalf("nix copy --from %s: %v", from, err)
-	}
-	n := checkTrees(t, nx, root, paths...)
-	t.Logf("nix copy --from %s fetched all %d paths of the closure", from, n)
-}
-
-// checkTrees asserts that every path of the closure of paths is under the
-// store root as in the machine's store, byte for byte; it returns how many
-// paths the closure has.
-func checkTrees(t *testing.T, nx *testenv.NixEnv, root string, paths ...string) int {
-	t.Helper()
-	closure := closureOf(t, nx, paths...)
-	for _, p := range closure {
-		testenv.TreeEqual(t, p, filepath.Join(root, p))
-	}
-	return len(closure)
-}
-
-// checkRefused asserts that Nix refuses the cache's paths when it trusts
-// only pub.
-func checkRefused(t *testing.T, nx *testenv.NixEnv, from, pub string, paths ...string) {
-	t.Helper()
-	_, err := nx.CopyFrom(t, from, pub, paths...)
-	if err == nil {
-		t.Fatalf("nix copy --from %s trusting only %s succeeded; want a signature failure", from, pub)
-	}
-	// Nix 2.8 says "… lacks a valid signature"; Nix 2.34 (and 2.26) say
-	// "… lacks a signature by a trusted key".
-	if msg := err.Error(); !strings.Contains(msg, "lacks a valid signature") && !strings.Contains(msg, "lacks a signature by a trusted key") {
-		t.Fatalf("nix copy failed, but not for the signature (%s): %v", testenv.NixVersion(), err)
-	}
-	t.Logf("as expected, Nix refused the paths: they lack a signature by %s", pub)
-}
-
 // TestHookToMinIO is the backbone: Nix builds a chain of 30 derivations with
 // nixpush-hook; the daemon pushes to a real MinIO; a fresh store substitutes
 // the closure over plain HTTP; another key of the same name is refused.
 func TestHookToMinIO(t *testing.T) {
-	m := testenv.MinIO(t)
-	m.MakeBucket(t, "cache", true)
-	nx := testenv.Nix(t)
-	sec, pub := keys(t, "nixpush-e2e-1")
+	f := newFixture(t, "nixpush-e2e-1", onBucket("cache"), daemonArgs("--jobs", "8"))
 	_, otherPub := keys(t, "nixpush-e2e-1")
-
-	d := startDaemon(t, m.CredentialsEnv(), "--store-uri", m.StoreURI("cache"), "--secret-key-file", sec, "--jobs", "8")
-	out := nx.Build(t, testenv.Chain(seed(), 30), "--option", "post-build-hook", d.Hook)
-	if len(closureOf(t, nx, out...)) < 30 {
+	d := f.d
+	out := f.build(testenv.Chain(seed(), 30))
+	if len(closureOf(t, f.nx, out...)) < 30 {
 		t.Fatalf("closure of %v has fewer than 30 paths", out)
 	}
 	d.MustWait(3 * time.Minute)
@@ -90,16 +27,16 @@ func TestHookToMinIO(t *testing.T) {
 	if st["queued"] != 0 || st["active"] != 0 || st["failed"] != 0 || st["done"] < 30 {
 		t.Fatalf("status after wait: %v", st)
 	}
-	checkFetched(t, nx, m.HTTPURL("cache"), pub, out...)
-	checkRefused(t, nx, m.HTTPURL("cache"), otherPub, out...)
+	f.checkFetched(out...)
+	checkRefused(t, f.nx, f.cacheURL(), otherPub, out...)
 
 	// No secret reaches the logs or the status output.
 	statusText, _ := d.CLI("status")
 	statusJSON, _ := d.CLI("status", "--json")
-	secretKey, _ := os.ReadFile(sec)
+	secretKey, _ := os.ReadFile(f.sec)
 	_, b64, _ := strings.Cut(string(secretKey), ":")
 	for what, text := range map[string]string{"daemon log": d.Log.String(), "status": statusText, "status --json": statusJSON} {
-		for name, secret := range map[string]string{"S3 secret key": m.SecretKey, "signing key": b64} {
+		for name, secret := range map[string]string{"S3 secret key": f.m.SecretKey, "signing key": b64} {
 			if strings.Contains(text, secret) {
 				t.Errorf("%s shows the %s", what, name)
 			}
@@ -110,15 +47,12 @@ func TestHookToMinIO(t *testing.T) {
 // TestHookToFileCache is the same round trip through a file:// cache, the
 // embedded default (no --store-uri).
 func TestHookToFileCache(t *testing.T) {
-	nx := testenv.Nix(t)
-	sec, pub := keys(t, "nixpush-e2e-file-1")
+	f := newFixture(t, "nixpush-e2e-file-1")
 	_, otherPub := keys(t, "nixpush-e2e-file-1")
-	d := startDaemon(t, nil, "--secret-key-file", sec)
-	out := nx.Build(t, testenv.Chain(seed(), 30), "--option", "post-build-hook", d.Hook)
-	d.MustWait(3 * time.Minute)
-	cache := "file://" + filepath.Join(d.StateDir, "cache")
-	checkFetched(t, nx, cache, pub, out...)
-	checkRefused(t, nx, cache, otherPub, out...)
+	out := f.build(testenv.Chain(seed(), 30))
+	f.d.MustWait(3 * time.Minute)
+	f.checkFetched(out...)
+	checkRefused(t, f.nx, f.cacheURL(), otherPub, out...)
 }
 
 // TestAwkwardPaths round-trips paths that are hard to serialise, through
@@ -142,9 +76,8 @@ func TestAwkwardPaths(t *testing.T) {
 // TestPushCommand queues a closure built without the hook, waits, and checks
 // that bad arguments are refused with one line.
 func TestPushCommand(t *testing.T) {
-	nx := testenv.Nix(t)
-	sec, pub := keys(t, "nixpush-e2e-push-1")
-	d := startDaemon(t, nil, "--secret-key-file", sec)
+	f := newFixture(t, "nixpush-e2e-push-1")
+	nx, d := f.nx, f.d
 	out := nx.Build(t, testenv.Chain(seed(), 5))
 	// A symlink into the store, as /run/current-system is.
 	link := filepath.Join(t.TempDir(), "result")
@@ -154,7 +87,7 @@ func TestPushCommand(t *testing.T) {
 	if o, err := d.CLI("push", "--wait", link); err != nil {
 		t.Fatalf("nixpush push --wait: %v\n%s", err, o)
 	}
-	checkFetched(t, nx, "file://"+filepath.Join(d.StateDir, "cache"), pub, out...)
+	f.checkFetched(out...)
 
 	for _, bad := range []string{"/etc/passwd", "/nix/store/../etc", "/nix/store/00000000000000000000000000000000-missing"} {
 		o, err := d.CLI("push", bad)
@@ -168,27 +101,6 @@ func TestPushCommand(t *testing.T) {
 			t.Errorf("nixpush push %s: want a one-line error, got %q", bad, o)
 		}
 	}
-}
-
-func status(t *testing.T, d *daemon) map[string]int {
-	t.Helper()
-	out, err := d.CLI("status", "--json")
-	if err != nil {
-		t.Fatalf("status: %v\n%s", err, out)
-	}
-	var raw map[string]any
-	if err := json.Unmarshal([]byte(out), &raw); err != nil {
-		t.Fatalf("status --json: %v\n%s", err, out)
-	}
-	st := map[string]int{}
-	for _, k := range []string{"queued", "active", "failed", "done"} {
-		f, ok := raw[k].(float64)
-		if !ok || f != float64(int(f)) {
-			t.Fatalf("status --json: %q is not an integer: %v", k, raw[k])
-		}
-		st[k] = int(f)
-	}
-	return st
 }
 
 // TestS3ProfileCredentials reads S3 credentials from a named profile of the

@@ -52,11 +52,8 @@ func deriver(t *testing.T, nx *testenv.NixEnv, out string) string {
 // before the daemon starts, still has its outputs pushed, without a
 // failure.
 func TestBuildLogs(t *testing.T) {
-	m := testenv.MinIO(t)
-	m.MakeBucket(t, "logs", true)
-	nx := testenv.Nix(t)
-	sec, pub := keys(t, "nixpush-e2e-logs-1")
-	d := startDaemon(t, m.CredentialsEnv(), "--store-uri", m.StoreURI("logs"), "--secret-key-file", sec)
+	f := newFixture(t, "nixpush-e2e-logs-1", onBucket("logs"))
+	m, nx, d := f.m, f.nx, f.d
 	// logObject stats the build log of the derivation of out in the bucket.
 	logObject := func(out string) (minio.ObjectInfo, error) {
 		t.Helper()
@@ -64,12 +61,12 @@ func TestBuildLogs(t *testing.T) {
 	}
 	s := seed()
 	line := "nixpush-known-log-line-" + s
-	out := nx.Build(t, logDrv("logged-"+s, line), "--option", "post-build-hook", d.Hook)
+	out := f.build(logDrv("logged-"+s, line))
 	d.MustWait(2 * time.Minute)
 
 	// Hand a second build over while the daemon is down, and lose its log.
 	d.Stop()
-	lost := nx.Build(t, logDrv("log-lost-"+s, "never-uploaded-"+s), "--option", "post-build-hook", d.Hook)
+	lost := f.build(logDrv("log-lost-"+s, "never-uploaded-"+s))
 	removeLocalLog(t, deriver(t, nx, lost[0]))
 	d.Start()
 	d.MustWait(2 * time.Minute)
@@ -77,7 +74,7 @@ func TestBuildLogs(t *testing.T) {
 	// A log queued while the cache is down survives the daemon's death.
 	m.Stop(t)
 	line3 := "nixpush-log-across-a-restart-" + s
-	third := nx.Build(t, logDrv("log-restart-"+s, line3), "--option", "post-build-hook", d.Hook)
+	third := f.build(logDrv("log-restart-"+s, line3))
 	if st := status(t, d); st["queued"]+st["active"] != 2 { // the output and its log
 		t.Fatalf("status with the cache down: %v; want the output and its log queued", st)
 	}
@@ -88,7 +85,7 @@ func TestBuildLogs(t *testing.T) {
 	if st := status(t, d); st["failed"] != 0 {
 		t.Fatalf("status: %v", st)
 	}
-	checkFetched(t, nx, m.HTTPURL("logs"), pub, out[0], lost[0], third[0])
+	f.checkFetched(out[0], lost[0], third[0])
 	if _, err := logObject(third[0]); err != nil {
 		t.Fatalf("the log queued before the daemon was killed: %v", err)
 	}
@@ -121,14 +118,11 @@ func TestBuildLogs(t *testing.T) {
 // MinIO equal (as JSON) to the one Nix itself writes for it with
 // write-nar-listing=true, and real Nix lists a path's files from the cache.
 func TestNARListings(t *testing.T) {
-	m := testenv.MinIO(t)
-	m.MakeBucket(t, "listed", true)
-	nx := testenv.Nix(t)
-	sec, pub := keys(t, "nixpush-e2e-ls-1")
-	d := startDaemon(t, m.CredentialsEnv(), "--store-uri", m.StoreURI("listed"), "--secret-key-file", sec, "--write-nar-listing")
-	out := nx.Build(t, testenv.Awkward(seed()), "--option", "post-build-hook", d.Hook)
-	d.MustWait(2 * time.Minute)
-	checkFetched(t, nx, m.HTTPURL("listed"), pub, out...)
+	f := newFixture(t, "nixpush-e2e-ls-1", onBucket("listed"), daemonArgs("--write-nar-listing"))
+	m, nx := f.m, f.nx
+	out := f.build(testenv.Awkward(seed()))
+	f.d.MustWait(2 * time.Minute)
+	f.checkFetched(out...)
 
 	nixCache := t.TempDir()
 	if _, err := nx.Run(t, "nix", "--extra-experimental-features", "nix-command", "copy",
@@ -278,11 +272,8 @@ in mk "filter-top" "echo ${s} ${mid} ${up} > $out"`, s)
 // with ca-derivations substitutes the outputs from MinIO through the
 // realisations, building nothing (--max-jobs 0).
 func TestCADerivations(t *testing.T) {
-	m := testenv.MinIO(t)
-	m.MakeBucket(t, "ca-drv", true)
-	nx := testenv.Nix(t)
-	sec, pub := keys(t, "nixpush-e2e-ca-1")
-	d := startDaemon(t, m.CredentialsEnv(), "--store-uri", m.StoreURI("ca-drv"), "--secret-key-file", sec)
+	f := newFixture(t, "nixpush-e2e-ca-1", onBucket("ca-drv"))
+	m, nx, pub, d := f.m, f.nx, f.pub, f.d
 	s := seed()
 	expr := writeCAExpr(t, "", s)
 	ca := []string{"--option", "experimental-features", "nix-command ca-derivations"}

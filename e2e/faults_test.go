@@ -14,124 +14,27 @@ import (
 	"testing"
 	"time"
 
-	"github.com/minio/minio-go/v7"
-	"github.com/nix-community/go-nix/pkg/narinfo"
-
-	npdaemon "github.com/nixpush/nixpush/daemon"
-	"github.com/nixpush/nixpush/hook/client"
+	"github.com/nixpush/nixpush/api/client"
 	"github.com/nixpush/nixpush/internal/testenv"
+	"github.com/nixpush/nixpush/spool"
 )
-
-// checkBucket lists the bucket and returns every way it is not a valid
-// cache: a .narinfo whose NAR is missing, or whose reference has no
-// .narinfo. It also returns how many .narinfo files it saw.
-func checkBucket(t *testing.T, m *testenv.MinIOServer, bucket string) (problems []string, narinfos int) {
-	t.Helper()
-	ctx := context.Background()
-	c := m.Client(t)
-	objects := map[string]bool{}
-	for obj := range c.ListObjects(ctx, bucket, minio.ListObjectsOptions{Recursive: true}) {
-		if obj.Err != nil {
-			t.Fatalf("list %s: %v", bucket, obj.Err)
-		}
-		objects[obj.Key] = true
-	}
-	for key := range objects {
-		if !strings.HasSuffix(key, ".narinfo") {
-			continue
-		}
-		narinfos++
-		o, err := c.GetObject(ctx, bucket, key, minio.GetObjectOptions{})
-		if err != nil {
-			t.Fatal(err)
-		}
-		ni, err := narinfo.Parse(o)
-		o.Close()
-		if err != nil {
-			problems = append(problems, fmt.Sprintf("%s: unparsable: %v", key, err))
-			continue
-		}
-		if !objects[ni.URL] {
-			problems = append(problems, fmt.Sprintf("%s: NAR %s missing", key, ni.URL))
-		}
-		for _, r := range ni.References {
-			if !objects[r[:32]+".narinfo"] {
-				problems = append(problems, fmt.Sprintf("%s: reference %s has no .narinfo", key, r))
-			}
-		}
-	}
-	return problems, narinfos
-}
-
-// waitFor polls cond until it holds, failing the test with what after
-// timeout: a regression fails with a message instead of hanging.
-func waitFor(t *testing.T, timeout time.Duration, what string, cond func() bool) {
-	t.Helper()
-	deadline := time.Now().Add(timeout)
-	for !cond() {
-		if time.Now().After(deadline) {
-			t.Fatalf("%s: not after %s", what, timeout)
-		}
-		time.Sleep(10 * time.Millisecond)
-	}
-}
-
-// countNarinfos lists the bucket and counts its .narinfo files.
-func countNarinfos(t *testing.T, m *testenv.MinIOServer, bucket string) int {
-	t.Helper()
-	n := 0
-	for obj := range m.Client(t).ListObjects(context.Background(), bucket, minio.ListObjectsOptions{}) {
-		if obj.Err != nil {
-			t.Fatalf("list %s: %v", bucket, obj.Err)
-		}
-		if strings.HasSuffix(obj.Key, ".narinfo") {
-			n++
-		}
-	}
-	return n
-}
-
-// mustBeValid fails the test if the bucket holds a .narinfo whose NAR or
-// references are missing, and returns how many .narinfo files it holds.
-func mustBeValid(t *testing.T, m *testenv.MinIOServer, bucket, when string) int {
-	t.Helper()
-	problems, n := checkBucket(t, m, bucket)
-	for _, p := range problems {
-		t.Errorf("%s: %s", when, p)
-	}
-	if len(problems) > 0 {
-		t.FailNow()
-	}
-	return n
-}
 
 // throttledPush is where every upload fault test starts: a closure of
 // DAG paths being pushed to a fresh bucket through a proxy that lets
 // requests through at 256 KiB/s per connection, so that uploads are in
 // flight for a while however fast this machine is.
 type throttledPush struct {
-	m       *testenv.MinIOServer
-	p       *testenv.Proxy
-	nx      *testenv.NixEnv
-	d       *daemon
-	bucket  string
-	pub     string
+	*fixture
 	out     []string
 	closure []string
 }
 
 func startThrottledPush(t *testing.T, bucket string, paths, jobs int) *throttledPush {
 	t.Helper()
-	f := &throttledPush{m: testenv.MinIO(t), nx: testenv.Nix(t), bucket: bucket}
-	f.m.MakeBucket(t, bucket, true)
-	f.p = testenv.NewProxy(t, f.m.Endpoint)
-	f.p.SetRate(256 << 10)
-	var sec string
-	sec, f.pub = keys(t, "nixpush-e2e-"+bucket+"-1")
+	f := &throttledPush{fixture: newFixture(t, "nixpush-e2e-"+bucket+"-1", onBucket(bucket), throughProxy(256<<10),
+		daemonArgs("--jobs", strconv.Itoa(jobs)))}
 	f.out = f.nx.Build(t, testenv.DAG(seed(), paths, 64, true))
 	f.closure = closureOf(t, f.nx, f.out...)
-	f.d = startDaemon(t, f.m.CredentialsEnv(), "--store-uri", f.m.StoreURIVia(bucket, f.p.Addr), "--secret-key-file", sec,
-		"--jobs", strconv.Itoa(jobs))
 	if o, err := f.d.CLI("push", f.out[0]); err != nil {
 		t.Fatalf("push: %v\n%s", err, o)
 	}
@@ -142,13 +45,13 @@ func startThrottledPush(t *testing.T, bucket string, paths, jobs int) *throttled
 // uploaded at least paths paths since it started.
 func (f *throttledPush) uploading(t *testing.T, what string, paths int64) {
 	t.Helper()
-	waitFor(t, 2*time.Minute, what+": a NAR upload in flight", func() bool {
+	eventually(t, 2*time.Minute, func() bool {
 		if f.p.UploadsInFlight(8<<10) == 0 {
 			return false
 		}
 		st, err := client.New(f.d.Socket).Status(context.Background())
 		return err == nil && st.Uploaded.Paths >= paths
-	})
+	}, "%s", what+": a NAR upload in flight")
 }
 
 // midway checks the bucket after a fault: valid, and not yet holding the
@@ -176,7 +79,7 @@ func (f *throttledPush) finish(t *testing.T) {
 	if n := mustBeValid(t, f.m, f.bucket, "at the end"); n != len(f.closure) {
 		t.Fatalf("final bucket: %d .narinfo, want %d", n, len(f.closure))
 	}
-	checkFetched(t, f.nx, f.m.HTTPURL(f.bucket), f.pub, f.out...)
+	f.checkFetched(f.out...)
 }
 
 // TestSIGKILLNeverBreaksTheCache kills the daemon (SIGKILL) again and again
@@ -210,9 +113,9 @@ func TestMinIOCrashMidUpload(t *testing.T) {
 	// The outage outlasts the S3 client's own retries (about ten, a second
 	// apart at most), so the daemon's retries with backoff are what carry
 	// the paths through it.
-	waitFor(t, 2*time.Minute, "the daemon retrying after a failed push", func() bool {
+	eventually(t, 2*time.Minute, func() bool {
 		return strings.Contains(f.d.Log.String(), "push failed, will retry")
-	})
+	}, "the daemon retrying after a failed push")
 	time.Sleep(5 * time.Second) // more of the outage, retries and backoff meanwhile
 	if st, err := statusJSON(t, f.d); err != nil || st.Failed != 0 || st.Drained {
 		t.Fatalf("during the outage: %+v, %v; want nothing failed and not drained", st, err)
@@ -232,9 +135,9 @@ func TestConnectionsCutMidUpload(t *testing.T) {
 	// fall at different stages of the push.
 	last := -1
 	for cut := 1; cut <= 5; cut++ {
-		waitFor(t, 2*time.Minute, fmt.Sprintf("cut %d: a NAR upload in flight after progress", cut), func() bool {
+		eventually(t, 2*time.Minute, func() bool {
 			return f.p.UploadsInFlight(8<<10) > 0 && countNarinfos(t, f.m, f.bucket) > last
-		})
+		}, "cut %d: a NAR upload in flight after progress", cut)
 		f.p.Cut()
 		last = f.midway(t, fmt.Sprintf("after cut %d", cut))
 	}
@@ -245,32 +148,30 @@ func TestConnectionsCutMidUpload(t *testing.T) {
 // daemon is stopped: every build succeeds, the hook spools, and every path
 // lands once the daemon starts.
 func TestDaemonDownDuringBuilds(t *testing.T) {
-	nx := testenv.Nix(t)
-	sec, pub := keys(t, "nixpush-e2e-down-1")
-	d := startDaemon(t, nil, "--secret-key-file", sec)
+	f := newFixture(t, "nixpush-e2e-down-1")
+	d := f.d
 	d.Stop()
 	start := time.Now()
-	out := nx.Build(t, testenv.Chain(seed(), 20), "--option", "post-build-hook", d.Hook)
+	out := f.build(testenv.Chain(seed(), 20))
 	t.Logf("20 builds with the daemon down took %s", time.Since(start).Round(time.Millisecond))
-	spooled, _ := npdaemon.SpoolFiles(d.SpoolDir)
+	spooled, _ := spool.Files(d.SpoolDir)
 	if len(spooled) != 20 {
 		t.Fatalf("%d spool files; want 20 (one per build)", len(spooled))
 	}
 	d.Start()
 	d.MustWait(3 * time.Minute)
-	if left, _ := npdaemon.SpoolFiles(d.SpoolDir); len(left) != 0 {
+	if left, _ := spool.Files(d.SpoolDir); len(left) != 0 {
 		t.Fatalf("spool not emptied: %v", left)
 	}
-	checkFetched(t, nx, "file://"+filepath.Join(d.StateDir, "cache"), pub, out...)
+	f.checkFetched(out...)
 }
 
 // TestSixteenHooksAtOnce runs 16 hooks at the same moment, as Nix does with
 // max-jobs = 16: all are acknowledged by the daemon (none spooled), none
 // is lost.
 func TestSixteenHooksAtOnce(t *testing.T) {
-	nx := testenv.Nix(t)
-	sec, pub := keys(t, "nixpush-e2e-16-1")
-	d := startDaemon(t, nil, "--secret-key-file", sec)
+	f := newFixture(t, "nixpush-e2e-16-1")
+	nx, d := f.nx, f.d
 	s := seed()
 	var exprs []string
 	for i := range 16 {
@@ -301,7 +202,7 @@ func TestSixteenHooksAtOnce(t *testing.T) {
 			t.Error(err)
 		}
 	}
-	if spooled, _ := npdaemon.SpoolFiles(d.SpoolDir); len(spooled) != 0 {
+	if spooled, _ := spool.Files(d.SpoolDir); len(spooled) != 0 {
 		t.Fatalf("%d hooks spooled instead of being acknowledged", len(spooled))
 	}
 	d.MustWait(3 * time.Minute)
@@ -309,7 +210,7 @@ func TestSixteenHooksAtOnce(t *testing.T) {
 	if st["done"] != 16 {
 		t.Fatalf("status %v; want 16 done", st)
 	}
-	checkFetched(t, nx, "file://"+filepath.Join(d.StateDir, "cache"), pub, outs...)
+	f.checkFetched(outs...)
 }
 
 // TestThirtyTwoHooksAtOnceOverlapping runs 32 hooks at the same moment,
@@ -321,9 +222,8 @@ func TestSixteenHooksAtOnce(t *testing.T) {
 // copies the whole closure back. Its timings are BenchmarkHooksAtOnce's.
 func TestThirtyTwoHooksAtOnceOverlapping(t *testing.T) {
 	const n = 32
-	nx := testenv.Nix(t)
-	sec, pub := keys(t, "nixpush-e2e-32-1")
-	d := startDaemon(t, nil, "--secret-key-file", sec)
+	f := newFixture(t, "nixpush-e2e-32-1")
+	nx, d := f.nx, f.d
 	var names []string
 	for i := range n {
 		names = append(names, fmt.Sprintf("top%d", i))
@@ -356,7 +256,7 @@ func TestThirtyTwoHooksAtOnceOverlapping(t *testing.T) {
 			t.Error(err)
 		}
 	}
-	if spooled, _ := npdaemon.SpoolFiles(d.SpoolDir); len(spooled) != 0 {
+	if spooled, _ := spool.Files(d.SpoolDir); len(spooled) != 0 {
 		t.Fatalf("%d hooks spooled instead of being acknowledged", len(spooled))
 	}
 	d.MustWait(3 * time.Minute)
@@ -371,7 +271,7 @@ func TestThirtyTwoHooksAtOnceOverlapping(t *testing.T) {
 			t.Errorf("%s: no .narinfo in the cache: %v", p, err)
 		}
 	}
-	checkFetched(t, nx, "file://"+cache, pub, outs...)
+	f.checkFetched(outs...)
 }
 
 // TestSIGTERMMidUpload stops the daemon with SIGTERM while a NAR upload is
@@ -405,26 +305,29 @@ func TestSocketActivation(t *testing.T) {
 	nx := testenv.Nix(t)
 	sec, pub := keys(t, "nixpush-e2e-activation-1")
 	dir := t.TempDir()
-	sock, state, spool := filepath.Join(dir, "nixpush.sock"), filepath.Join(dir, "state"), filepath.Join(dir, "spool")
+	sock, state, spoolDir := filepath.Join(dir, "nixpush.sock"), filepath.Join(dir, "state"), filepath.Join(dir, "spool")
 	var log bytes.Buffer
 	cmd := testenv.Command(t, activate, "-l", sock, nixpushBin(), "daemon", "--socket", sock, "--state-dir", state,
-		"--spool-dir", spool, "--secret-key-file", sec, "--log-format", "json")
+		"--spool-dir", spoolDir, "--secret-key-file", sec, "--log-format", "json")
 	cmd.Stdout, cmd.Stderr = &log, &log
 	if err := cmd.Start(); err != nil {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { cmd.Process.Signal(syscall.SIGTERM); cmd.Wait() })
-	waitFor(t, 30*time.Second, "systemd-socket-activate makes the socket", func() bool {
+	eventually(t, 30*time.Second, func() bool {
 		_, err := os.Stat(sock)
 		return err == nil
-	})
+	}, "systemd-socket-activate makes the socket")
 	out := nx.Build(t, testenv.Chain(seed(), 3))
-	h := testenv.Command(t, filepath.Join(binDir, "nixpush-hook"), "--socket", sock, "--spool-dir", spool)
+	// The first connection starts the daemon: a Go binary opening its
+	// queue, which under a load of 18 on two cores took longer than the
+	// hook's default 1.5 s wait. The wait is what --timeout is for.
+	h := testenv.Command(t, filepath.Join(binDir, "nixpush-hook"), "--socket", sock, "--spool-dir", spoolDir, "--timeout", "30s")
 	h.Env = append(os.Environ(), "OUT_PATHS="+out[0])
 	if o, err := h.CombinedOutput(); err != nil || len(o) > 0 {
 		t.Fatalf("hook: %v %s", err, o)
 	}
-	if files, _ := npdaemon.SpoolFiles(spool); len(files) != 0 {
+	if files, _ := spool.Files(spoolDir); len(files) != 0 {
 		t.Fatalf("hook spooled instead of waiting for the activated daemon: %v", files)
 	}
 	if !strings.Contains(log.String(), "using the socket systemd passed in") {
@@ -441,13 +344,9 @@ func TestSocketActivation(t *testing.T) {
 // closure to one bucket at the same time; uploads are idempotent, so both
 // drain and the bucket stays valid.
 func TestTwoBuildersSamePaths(t *testing.T) {
-	m := testenv.MinIO(t)
-	m.MakeBucket(t, "shared", true)
-	nx := testenv.Nix(t)
-	sec, pub := keys(t, "nixpush-e2e-two-1")
-	out := nx.Build(t, testenv.DAG(seed(), 40, 128, true))
-	a := startDaemon(t, m.CredentialsEnv(), "--store-uri", m.StoreURI("shared"), "--secret-key-file", sec)
-	b := startDaemon(t, m.CredentialsEnv(), "--store-uri", m.StoreURI("shared"), "--secret-key-file", sec)
+	f := newFixture(t, "nixpush-e2e-two-1", onBucket("shared"), laterDaemon())
+	out := f.nx.Build(t, testenv.DAG(seed(), 40, 128, true))
+	a, b := f.startDaemon(), f.startDaemon()
 	var wg sync.WaitGroup
 	for _, d := range []*daemon{a, b} {
 		wg.Add(1)
@@ -459,10 +358,10 @@ func TestTwoBuildersSamePaths(t *testing.T) {
 		}()
 	}
 	wg.Wait()
-	if problems, n := checkBucket(t, m, "shared"); len(problems) > 0 || n != 41 {
+	if problems, n := bucketProblems(t, f.client(), "shared", false); len(problems) > 0 || n != 41 {
 		t.Fatalf("bucket: %d narinfos, problems %v", n, problems)
 	}
-	checkFetched(t, nx, m.HTTPURL("shared"), pub, out...)
+	f.checkFetched(out...)
 }
 
 // TestKillDuringHookBurst kills the daemon (SIGKILL) while a burst of 80
@@ -472,9 +371,8 @@ func TestTwoBuildersSamePaths(t *testing.T) {
 // daemon spool. After a restart, every one of the 80 paths, each a closure
 // of its own, reaches the cache.
 func TestKillDuringHookBurst(t *testing.T) {
-	nx := testenv.Nix(t)
-	sec, pub := keys(t, "nixpush-e2e-burst-1")
-	d := startDaemon(t, nil, "--secret-key-file", sec)
+	f := newFixture(t, "nixpush-e2e-burst-1")
+	nx, d := f.nx, f.d
 	s := seed()
 	const n = 80
 	var exprs []string
@@ -536,5 +434,5 @@ func TestKillDuringHookBurst(t *testing.T) {
 	t.Logf("%d hooks acknowledged, %d spooled after the kill", nAcked, nSpooled)
 	d.Start()
 	d.MustWait(3 * time.Minute)
-	checkFetched(t, nx, "file://"+filepath.Join(d.StateDir, "cache"), pub, outs...)
+	f.checkFetched(outs...)
 }

@@ -4,7 +4,6 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
-	"io"
 	"path/filepath"
 	"slices"
 	"strings"
@@ -69,48 +68,6 @@ func runGC(t *testing.T, env []string, cacheDir, uri string, args ...string) gcR
 	return rep
 }
 
-// objects lists a bucket: key → ETag.
-func objects(t *testing.T, c *minio.Client, bucket string) map[string]string {
-	t.Helper()
-	m := make(map[string]string)
-	for o := range c.ListObjects(context.Background(), bucket, minio.ListObjectsOptions{Recursive: true}) {
-		if o.Err != nil {
-			t.Fatal(o.Err)
-		}
-		m[o.Key] = o.ETag
-	}
-	return m
-}
-
-// readObject reads an object of the bucket whole.
-func readObject(t *testing.T, c *minio.Client, bucket, key string) string {
-	t.Helper()
-	obj, err := c.GetObject(context.Background(), bucket, key, minio.GetObjectOptions{})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer obj.Close()
-	data, err := io.ReadAll(obj)
-	if err != nil {
-		t.Fatalf("read %s: %v", key, err)
-	}
-	return string(data)
-}
-
-// narinfoURL reads the URL line of a path's .narinfo in the bucket.
-func narinfoURL(t *testing.T, c *minio.Client, bucket, path string) string {
-	t.Helper()
-	for _, line := range strings.Split(readObject(t, c, bucket, hashOf(path)+".narinfo"), "\n") {
-		if u, ok := strings.CutPrefix(line, "URL: "); ok {
-			return u
-		}
-	}
-	t.Fatalf("%s.narinfo has no URL line", hashOf(path))
-	return ""
-}
-
-func hashOf(path string) string { return filepath.Base(path)[:32] }
-
 // putRoot rewrites a root record as the daemon writes it, with another
 // time.
 func putRoot(t *testing.T, c *minio.Client, bucket, path string, at time.Time) {
@@ -121,55 +78,6 @@ func putRoot(t *testing.T, c *minio.Client, bucket, path string, at time.Time) {
 	}
 }
 
-// checkWhole asserts that every .narinfo in the bucket has its NAR and
-// the .narinfos of its references, and that every NAR is named by one.
-func checkWhole(t *testing.T, c *minio.Client, bucket string) {
-	t.Helper()
-	checkClosed(t, c, bucket, true)
-}
-
-// checkClosed asserts that every .narinfo in the bucket has its NAR and
-// the .narinfos of its references, and with orphans that every NAR and
-// NAR listing belongs to a .narinfo.
-func checkClosed(t *testing.T, c *minio.Client, bucket string, orphans bool) {
-	t.Helper()
-	objs := objects(t, c, bucket)
-	named := make(map[string]bool)
-	for key := range objs {
-		if !strings.HasSuffix(key, ".narinfo") {
-			continue
-		}
-		for _, line := range strings.Split(readObject(t, c, bucket, key), "\n") {
-			if u, ok := strings.CutPrefix(line, "URL: "); ok {
-				named[u] = true
-				if _, ok := objs[u]; !ok {
-					t.Errorf("%s names NAR %s, which is gone", key, u)
-				}
-			}
-			if refs, ok := strings.CutPrefix(line, "References: "); ok {
-				for _, r := range strings.Fields(refs) {
-					if _, ok := objs[r[:32]+".narinfo"]; !ok {
-						t.Errorf("%s refers to %s, whose .narinfo is gone", key, r)
-					}
-				}
-			}
-		}
-	}
-	for key := range objs {
-		if !orphans {
-			break
-		}
-		if strings.HasPrefix(key, "nar/") && !named[key] {
-			t.Errorf("NAR %s is named by no .narinfo", key)
-		}
-		if strings.HasSuffix(key, ".ls") {
-			if _, ok := objs[strings.TrimSuffix(key, ".ls")+".narinfo"]; !ok {
-				t.Errorf("NAR listing %s has no .narinfo", key)
-			}
-		}
-	}
-}
-
 // TestGC pushes three closures that share dependencies, pins one, makes
 // one's root old, and runs gc: the pinned and the recent closures stay
 // whole for real Nix, every path only the old one used goes (its .narinfo
@@ -177,15 +85,10 @@ func checkClosed(t *testing.T, c *minio.Client, bucket string, orphans bool) {
 // multipart upload; a dry run changes nothing; a second run deletes
 // nothing.
 func TestGC(t *testing.T) {
-	m := testenv.MinIO(t)
-	m.MakeBucket(t, "gc-cache", true)
-	nx := testenv.Nix(t)
-	sec, pub := keys(t, "nixpush-e2e-gc-1")
-	uri := m.StoreURI("gc-cache")
-	env := m.CredentialsEnv()
+	f := newFixture(t, "nixpush-e2e-gc-1", onBucket("gc-cache"), daemonArgs("--write-nar-listing"))
+	nx, d := f.nx, f.d
+	uri, env, c := f.uri, f.env, f.client()
 	cacheDir := t.TempDir()
-	c := m.Client(t)
-	d := startDaemon(t, env, "--store-uri", uri, "--secret-key-file", sec, "--write-nar-listing")
 
 	outs := nx.Build(t, testenv.Family(seed(), []string{"pinned", "recent", "old", "unpushed"}, []string{"recent", "old"}))
 	byName := make(map[string]string)
@@ -312,8 +215,8 @@ func TestGC(t *testing.T) {
 	for u := range c.ListIncompleteUploads(context.Background(), "gc-cache", "", true) {
 		t.Errorf("multipart upload of %s still there", u.Key)
 	}
-	checkWhole(t, c, "gc-cache")
-	checkFetched(t, nx, m.HTTPURL("gc-cache"), pub, pinned, recent)
+	checkClosed(t, c, "gc-cache", true)
+	f.checkFetched(pinned, recent)
 
 	again := runGC(t, env, cacheDir, uri, args...)
 	if len(again.Deleted.Paths) != 0 || again.Deleted.NARs != 0 || again.Deleted.RootRecords != 0 || again.Deleted.Uploads != 0 || again.Deleted.Logs != 0 {
@@ -331,8 +234,8 @@ func TestGC(t *testing.T) {
 	if !slices.Contains(last.Deleted.Paths, pinned) || slices.Contains(last.Deleted.Paths, recent) {
 		t.Fatalf("gc after unpin deleted %v; want %s and not %s", last.Deleted.Paths, pinned, recent)
 	}
-	checkWhole(t, c, "gc-cache")
-	checkFetched(t, nx, m.HTTPURL("gc-cache"), pub, recent)
+	checkClosed(t, c, "gc-cache", true)
+	f.checkFetched(recent)
 }
 
 func mapsEqual(a, b map[string]string) bool {

@@ -10,11 +10,12 @@ import (
 	"testing"
 	"time"
 
+	"github.com/nixpush/nixpush/store"
+
 	"github.com/minio/minio-go/v7"
 
 	"github.com/nixpush/nixpush/internal/testenv"
 	"github.com/nixpush/nixpush/retention"
-	"github.com/nixpush/nixpush/uploader"
 )
 
 // TestTwoGCsStartedTogether starts two nixpush gc processes at once on a
@@ -26,12 +27,9 @@ import (
 // seconds, whatever the machine's speed and the processes' start-up: the
 // conditional write alone decides. The bucket stays whole for verify.
 func TestTwoGCsStartedTogether(t *testing.T) {
-	m := testenv.MinIO(t)
-	m.MakeBucket(t, "twogc", true)
-	nx := testenv.Nix(t)
-	sec, _ := keys(t, "nixpush-e2e-twogc-1")
-	uri, env := m.StoreURI("twogc"), m.CredentialsEnv()
-	d := startDaemon(t, env, "--store-uri", uri, "--secret-key-file", sec)
+	f := newFixture(t, "nixpush-e2e-twogc-1", onBucket("twogc"))
+	m, nx, d := f.m, f.nx, f.d
+	uri, env := f.uri, f.env
 	tip := nx.Build(t, testenv.Chain(seed(), 10))[0]
 	if o, err := d.CLI("push", "--wait", tip); err != nil {
 		t.Fatalf("push: %v\n%s", err, o)
@@ -98,12 +96,12 @@ func TestTwoGCsStartedTogether(t *testing.T) {
 // pinning is the MinIO bucket as gc sees it, with a hook at the listing
 // of pending uploads: after gc's walk, before its first deletion.
 type pinning struct {
-	uploader.Bucket
+	store.Bucket
 	once    sync.Once
 	between func()
 }
 
-func (p *pinning) ListUploads(ctx context.Context, fn func(uploader.PendingUpload) error) error {
+func (p *pinning) ListUploads(ctx context.Context, fn func(store.PendingUpload) error) error {
 	p.once.Do(p.between)
 	return p.Bucket.ListUploads(ctx, fn)
 }
@@ -117,13 +115,9 @@ func (p *pinning) ListUploads(ctx context.Context, fn func(uploader.PendingUploa
 // it overlapped and checks the path again, succeeds; real Nix substitutes
 // the closure from the bucket, and verify finds it whole.
 func TestPinDuringSweepSurvives(t *testing.T) {
-	m := testenv.MinIO(t)
-	m.MakeBucket(t, "pinsweep", true)
-	nx := testenv.Nix(t)
-	sec, pub := keys(t, "nixpush-e2e-pinsweep-1")
-	uri, env := m.StoreURI("pinsweep"), m.CredentialsEnv()
-	c := m.Client(t)
-	d := startDaemon(t, env, "--store-uri", uri, "--secret-key-file", sec)
+	f := newFixture(t, "nixpush-e2e-pinsweep-1", onBucket("pinsweep"))
+	nx, d := f.nx, f.d
+	uri, env, c := f.uri, f.env, f.client()
 	tip := nx.Build(t, testenv.Chain(seed(), 4))[0]
 	if o, err := d.CLI("push", "--wait", tip); err != nil {
 		t.Fatalf("push: %v\n%s", err, o)
@@ -137,14 +131,14 @@ func TestPinDuringSweepSurvives(t *testing.T) {
 		t.Setenv(k, v)
 	}
 	ctx := ctxT(t, 5*time.Minute)
-	s, err := uploader.OpenStore(ctx, uri, uploader.StoreOptions{})
+	s, err := store.Open(ctx, uri, store.Options{})
 	if err != nil {
 		t.Fatal(err)
 	}
 	var pinOut bytes.Buffer
 	var pinErr error
 	pinDone := make(chan struct{})
-	b := &pinning{Bucket: s.(uploader.Bucket), between: func() {
+	b := &pinning{Bucket: s.(store.Bucket), between: func() {
 		// The sweep's marker is up and its walk is done: pin now.
 		cmd := testenv.Command(t, nixpushBin(), "pin", "--store-uri", uri, "late", tip)
 		cmd.Env = append(cmd.Environ(), env...)
@@ -156,14 +150,11 @@ func TestPinDuringSweepSurvives(t *testing.T) {
 		}
 		go func() { pinErr = cmd.Wait(); close(pinDone) }()
 		// Let gc go on once the pin is in the bucket.
-		for deadline := time.Now().Add(time.Minute); ; time.Sleep(10 * time.Millisecond) {
-			if _, err := c.StatObject(ctx, "pinsweep", "nixpush/pins/late", minio.StatObjectOptions{}); err == nil {
-				return
-			}
-			if time.Now().After(deadline) {
-				t.Error("nixpush pin wrote no pin within a minute")
-				return
-			}
+		if !poll(time.Minute, func() bool {
+			_, err := c.StatObject(ctx, "pinsweep", "nixpush/pins/late", minio.StatObjectOptions{})
+			return err == nil
+		}) {
+			t.Error("nixpush pin wrote no pin within a minute")
 		}
 	}}
 	rep, err := retention.GC(ctx, b, retention.GCOptions{OlderThan: time.Hour, Grace: time.Second, Window: 2 * time.Minute, Host: "e2e"})
@@ -199,5 +190,5 @@ func TestPinDuringSweepSurvives(t *testing.T) {
 	if out, err := bucketCLI(t, env, t.TempDir(), "verify", "--store-uri", uri); err != nil {
 		t.Fatalf("verify: %v\n%s", err, out)
 	}
-	checkFetched(t, nx, m.HTTPURL("pinsweep"), pub, tip)
+	f.checkFetched(tip)
 }

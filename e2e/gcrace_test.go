@@ -2,13 +2,10 @@ package e2e
 
 import (
 	"fmt"
-	"os"
 	"strings"
 	"sync"
 	"testing"
 	"time"
-
-	"github.com/nixpush/nixpush/internal/testenv"
 )
 
 // onShared is a closure of two new paths on top of a shared chain (the
@@ -27,41 +24,76 @@ func onShared(base, seed string) string {
 in mk "top" "echo ${s} ${leaf} ${shared3} > $out"`, base, seed)
 }
 
-// twoDaemons starts MinIO with a bucket anyone may read and two daemons
-// pushing to it, signing with a new key (whose public half it returns).
-func twoDaemons(t *testing.T, bucket string) (*testenv.MinIOServer, *testenv.NixEnv, string, []*daemon) {
+// twoDaemons is a fixture with a bucket anyone may read and two daemons
+// pushing to it, signing with its key.
+func twoDaemons(t *testing.T, bucket string) (*fixture, []*daemon) {
 	t.Helper()
-	m := testenv.MinIO(t)
-	m.MakeBucket(t, bucket, true)
-	sec, pub := keys(t, "nixpush-e2e-"+bucket+"-1")
-	var daemons []*daemon
-	for range 2 {
-		daemons = append(daemons, startDaemon(t, m.CredentialsEnv(), "--store-uri", m.StoreURI(bucket), "--secret-key-file", sec))
-	}
-	return m, testenv.Nix(t), pub, daemons
+	f := newFixture(t, "nixpush-e2e-"+bucket+"-1", onBucket(bucket), laterDaemon())
+	return f, []*daemon{f.startDaemon(), f.startDaemon()}
 }
 
-// handOver runs nixpush-hook as Nix runs it after building out.
-func handOver(d *daemon, out string) error {
-	h := d.Command(d.HookBin())
-	h.Env = append(os.Environ(), append(d.HookEnv(), "OUT_PATHS="+out, "DRV_PATH=")...)
-	if o, err := h.CombinedOutput(); err != nil {
-		return fmt.Errorf("nixpush-hook: %v\n%s", err, o)
+// What a daemon logs (the message of a JSON line) when a push meets a gc
+// (uploader/settle.go): it waits for a sweep under way to finish, and
+// uploads again what vanished while the push relied on it.
+const (
+	logSweepWait = `"message":"a gc is sweeping the cache: waiting for it to finish`
+	logVanished  = `"message":"objects vanished from the cache while a push relied on them`
+)
+
+// logged counts the lines of the daemons' logs that hold msg.
+func logged(daemons []*daemon, msg string) int {
+	n := 0
+	for _, d := range daemons {
+		n += strings.Count(d.Log.String(), msg)
 	}
-	return nil
+	return n
+}
+
+// gcOver runs nixpush gc with args over and over, 300 ms apart, until
+// the function it returns is called; that returns how many runs completed
+// and how many paths they deleted.
+func gcOver(t *testing.T, env []string, cacheDir string, args ...string) func() (gcs, deleted int) {
+	stop := make(chan struct{})
+	var wg sync.WaitGroup
+	var gcs, deleted int
+	wg.Go(func() {
+		for {
+			select {
+			case <-stop:
+				return
+			default:
+			}
+			rep, err := gcOnce(t, env, cacheDir, args...)
+			if err != nil {
+				// A window passed: run again.
+				t.Logf("gc: %v", err)
+			} else {
+				gcs++
+				deleted += len(rep.Deleted.Paths)
+			}
+			time.Sleep(300 * time.Millisecond)
+		}
+	})
+	return func() (int, int) {
+		close(stop)
+		wg.Wait()
+		return gcs, deleted
+	}
 }
 
 // TestGCRacingPushes runs gc round after round (a root counts for 2 s,
 // the grace period is 1 s, the sweep window 3 s) while two daemons push
 // new closures built on shared dependencies, which gc finds unreferenced
-// and deletes between rounds, while the daemons remember them as pushed. At the end every .narinfo in the bucket has
-// its NAR and its references, and every closure pushed after the last gc
-// is whole for real Nix.
+// and deletes between rounds, while the daemons remember them as pushed.
+// The race must have happened: a daemon's log says a push found what it
+// relied on deleted by a gc and uploaded it again (rounds go on, bounded,
+// until one has). At the end every .narinfo in the bucket has its NAR and
+// its references, and every closure pushed after the last gc is whole for
+// real Nix.
 func TestGCRacingPushes(t *testing.T) {
-	m, nx, pub, daemons := twoDaemons(t, "race")
-	uri, env := m.StoreURI("race"), m.CredentialsEnv()
+	f, daemons := twoDaemons(t, "race")
+	nx, uri, env, c := f.nx, f.uri, f.env, f.client()
 	cacheDir := t.TempDir()
-	c := m.Client(t)
 	base := seed()
 	gcArgs := []string{"--store-uri", uri, "--older-than", "2s", "--grace", "1s", "--sweep-window", "3s"}
 
@@ -86,29 +118,17 @@ func TestGCRacingPushes(t *testing.T) {
 		return out[0]
 	}
 
-	stop := make(chan struct{})
-	var wg sync.WaitGroup
-	var gcs, deleted int
-	wg.Go(func() {
-		for {
-			select {
-			case <-stop:
-				return
-			default:
-			}
-			rep, err := gcOnce(t, env, cacheDir, gcArgs...)
-			if err != nil {
-				// A window passed: run again.
-				t.Logf("gc: %v", err)
-			} else {
-				gcs++
-				deleted += len(rep.Deleted.Paths)
-			}
-			time.Sleep(300 * time.Millisecond)
+	stopGC := gcOver(t, env, cacheDir, gcArgs...)
+	// Four rounds, as long as 3 minutes allow; then more (up to 12, and
+	// 6 minutes in all) until a push has met the race this test is for.
+	start := time.Now()
+	more := func(round int) bool {
+		if round < 4 {
+			return time.Since(start) < 3*time.Minute
 		}
-	})
-	deadline := time.Now().Add(3 * time.Minute)
-	for round := 0; round < 4 && time.Now().Before(deadline); round++ {
+		return logged(daemons, logVanished) == 0 && round < 12 && time.Since(start) < 6*time.Minute
+	}
+	for round := 0; more(round); round++ {
 		var pw sync.WaitGroup
 		for _, d := range daemons {
 			pw.Go(func() { push(d, round, true) })
@@ -119,12 +139,19 @@ func TestGCRacingPushes(t *testing.T) {
 		// the daemons still remember pushing it.
 		time.Sleep([]time.Duration{700 * time.Millisecond, 4 * time.Second}[round%2])
 	}
-	close(stop)
-	wg.Wait()
+	gcs, deleted := stopGC()
 	if gcs < 3 || deleted == 0 {
 		t.Fatalf("%d gc runs completed beside the pushes, deleting %d paths; want 3 or more, deleting some", gcs, deleted)
 	}
 	t.Logf("%d gc runs beside the pushes deleted %d paths", gcs, deleted)
+	// The dangerous interleaving: a push relied on paths the daemon
+	// remembered as pushed, a gc deleted them meanwhile, and the push's
+	// re-check after the sweep found them gone and uploaded them again.
+	waits, raced := logged(daemons, logSweepWait), logged(daemons, logVanished)
+	if raced == 0 {
+		t.Fatalf("no push found what it relied on deleted by a gc (%d waited for a sweep): the race this test is for did not happen", waits)
+	}
+	t.Logf("%d pushes uploaded again what a gc deleted while they relied on it; %d waited for a sweep to finish", raced, waits)
 	for _, d := range daemons {
 		d.MustWait(2 * time.Minute)
 	}
@@ -136,7 +163,7 @@ func TestGCRacingPushes(t *testing.T) {
 		last = append(last, push(d, 100+i, false))
 	}
 	checkClosed(t, c, "race", false)
-	checkFetched(t, nx, m.HTTPURL("race"), pub, last...)
+	f.checkFetched(last...)
 }
 
 // TestGCBetweenHookedPushes: two daemons push closures handed over by the
@@ -147,8 +174,8 @@ func TestGCRacingPushes(t *testing.T) {
 // reads the marker, sees the sweep finished after that sighting, checks,
 // and uploads the chain again: the bucket is whole, for real Nix too.
 func TestGCBetweenHookedPushes(t *testing.T) {
-	m, nx, pub, daemons := twoDaemons(t, "between")
-	uri, env := m.StoreURI("between"), m.CredentialsEnv()
+	f, daemons := twoDaemons(t, "between")
+	nx, uri, env := f.nx, f.uri, f.env
 	base := seed()
 	hooked := func(round int) []string {
 		var tops []string
@@ -173,7 +200,7 @@ func TestGCBetweenHookedPushes(t *testing.T) {
 	if len(rep.Deleted.Paths) != 7 { // two tops, two leaves, the chain of three
 		t.Fatalf("gc deleted %v; want the 7 paths of both closures", rep.Deleted.Paths)
 	}
-	c := m.Client(t)
+	c := f.client()
 	for k := range objects(t, c, "between") {
 		if strings.HasSuffix(k, ".narinfo") {
 			t.Fatalf("%s left after gc; want no .narinfo", k)
@@ -181,7 +208,7 @@ func TestGCBetweenHookedPushes(t *testing.T) {
 	}
 	second := hooked(1)
 	checkClosed(t, c, "between", false)
-	checkFetched(t, nx, m.HTTPURL("between"), pub, second...)
+	f.checkFetched(second...)
 	for _, p := range first {
 		if _, ok := objects(t, c, "between")[hashOf(p)+".narinfo"]; ok {
 			t.Errorf("%s is back, though nothing pushed it again", p)

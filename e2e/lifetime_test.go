@@ -60,16 +60,12 @@ func rootPushedAt(t *testing.T, c *minio.Client, bucket, p string) time.Time {
 // nix-cache-info. Root records are written at each push of a root, the
 // cache holding it or not.
 func TestStaleKnowledge(t *testing.T) {
-	m := testenv.MinIO(t)
-	m.MakeBucket(t, "stale", true)
-	c := m.Client(t)
+	f := newFixture(t, "nixpush-e2e-stale-1", onBucket("stale"), daemonArgs("--trust-cache-for", "0s"))
+	nx, d, c := f.nx, f.d, f.client()
 	ctx := context.Background()
-	nx := testenv.Nix(t)
-	sec, pub := keys(t, "nixpush-e2e-stale-1")
-	d := startDaemon(t, m.CredentialsEnv(), "--store-uri", m.StoreURI("stale"), "--secret-key-file", sec, "--trust-cache-for", "0s")
 
 	chain := testenv.Chain(seed(), 15)
-	old := nx.Build(t, chain, "--option", "post-build-hook", d.Hook)
+	old := f.build(chain)
 	d.MustWait(3 * time.Minute)
 	closure := closureOf(t, nx, old...)
 	if len(closure) != 15 {
@@ -88,9 +84,9 @@ func TestStaleKnowledge(t *testing.T) {
 		t.Fatalf("deleted %d paths, want 8", len(deleted))
 	}
 
-	top := nx.Build(t, onTop(chain, "stale-on-top"), "--option", "post-build-hook", d.Hook)
+	top := f.build(onTop(chain, "stale-on-top"))
 	d.MustWait(3 * time.Minute)
-	checkFetched(t, nx, m.HTTPURL("stale"), pub, top...)
+	f.checkFetched(top...)
 	first := rootPushedAt(t, c, "stale", top[0])
 
 	// Pushing a root the cache holds records it again, later.
@@ -118,7 +114,7 @@ func TestStaleKnowledge(t *testing.T) {
 	}
 	rootPushedAt(t, c, "stale", old[0])
 	// A fresh Nix, which has not cached the narinfos of before the wipe.
-	checkFetched(t, testenv.Nix(t), m.HTTPURL("stale"), pub, old...)
+	checkFetched(t, testenv.Nix(t), f.cacheURL(), f.pub, old...)
 }
 
 // TestStoreChange: the daemon restarted with another --store-uri (same

@@ -21,15 +21,10 @@ var (
 // progress lines with path and byte counts, then a summary counting the
 // closure's paths. Off a terminal the summary comes alone.
 func TestPushProgress(t *testing.T) {
-	nx := testenv.Nix(t)
-	sec, _ := keys(t, "nixpush-e2e-progress-1")
 	// MinIO behind a throttling proxy, so that the push lasts long enough
 	// for progress lines mid-way on any machine.
-	m := testenv.MinIO(t)
-	m.MakeBucket(t, "progress", false)
-	p := testenv.NewProxy(t, m.Endpoint)
-	p.SetRate(256 << 10)
-	d := startDaemon(t, m.CredentialsEnv(), "--store-uri", m.StoreURIVia("progress", p.Addr), "--secret-key-file", sec, "--jobs", "2")
+	f := newFixture(t, "nixpush-e2e-progress-1", onPrivateBucket("progress"), throughProxy(256<<10), daemonArgs("--jobs", "2"))
+	nx, p, d := f.nx, f.p, f.d
 
 	out := nx.Build(t, testenv.DAG(seed(), 12, 512, true))
 	closure := closureOf(t, nx, out[0])

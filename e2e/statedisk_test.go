@@ -11,15 +11,15 @@ import (
 	"testing"
 	"time"
 
-	"github.com/nixpush/nixpush/hook"
+	"github.com/nixpush/nixpush/api"
 	"github.com/nixpush/nixpush/internal/testenv"
 )
 
 // watchStatus polls nixpush status --json until the returned function is
 // called, which returns every answer seen.
-func watchStatus(t *testing.T, d *daemon) func() []hook.Status {
+func watchStatus(t *testing.T, d *daemon) func() []api.Status {
 	var mu sync.Mutex
-	var seen []hook.Status
+	var seen []api.Status
 	stop := make(chan struct{})
 	done := make(chan struct{})
 	go func() {
@@ -37,7 +37,7 @@ func watchStatus(t *testing.T, d *daemon) func() []hook.Status {
 			}
 		}
 	}()
-	return func() []hook.Status {
+	return func() []api.Status {
 		close(stop)
 		<-done
 		mu.Lock()

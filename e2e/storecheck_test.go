@@ -11,31 +11,15 @@ import (
 
 	"github.com/minio/minio-go/v7"
 
-	"github.com/nixpush/nixpush/hook"
+	"github.com/nixpush/nixpush/api"
 	"github.com/nixpush/nixpush/internal/testenv"
 )
-
-// waitStatus polls status --json until ok holds (deadline 2 minutes).
-func waitStatus(t *testing.T, d *daemon, what string, ok func(hook.Status) bool) hook.Status {
-	t.Helper()
-	deadline := time.Now().Add(2 * time.Minute)
-	for {
-		st := fullStatus(t, d)
-		if ok(st) {
-			return st
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("no %s within 2 minutes; status: %+v\ndaemon log:\n%s", what, st, d.Log)
-		}
-		time.Sleep(50 * time.Millisecond)
-	}
-}
 
 // storeFails waits until the store check names cause, in status --json
 // and in the STATUS= line systemd shows.
 func storeFails(t *testing.T, d *daemon, ns *notifySocket, cause, fix string) {
 	t.Helper()
-	st := waitStatus(t, d, "store check failing with "+cause, func(st hook.Status) bool {
+	st := waitStatus(t, d, "store check failing with "+cause, func(st api.Status) bool {
 		return !st.StoreCheck.OK && strings.HasPrefix(st.StoreCheck.Error, cause)
 	})
 	if st.StoreCheck.CheckedAt == nil || !strings.Contains(st.StoreCheck.Fix, fix) {
@@ -74,7 +58,7 @@ func pushQueued(t *testing.T, nx *testenv.NixEnv, d *daemon, n int) []string {
 // store check passes, with no nixpush retry.
 func drainedClean(t *testing.T, d *daemon, done int) {
 	t.Helper()
-	waitStatus(t, d, "a drained queue and a passing store check", func(st hook.Status) bool {
+	waitStatus(t, d, "a drained queue and a passing store check", func(st api.Status) bool {
 		return st.Drained && st.Failed == 0 && st.Done >= done && st.StoreCheck.OK
 	})
 }
@@ -155,7 +139,7 @@ func TestStoreCheck(t *testing.T) {
 			t.Fatal(err)
 		}
 		out := pushQueued(t, nx, d, 2)
-		st := waitStatus(t, d, "a push failed for the missing bucket", func(st hook.Status) bool {
+		st := waitStatus(t, d, "a push failed for the missing bucket", func(st api.Status) bool {
 			return st.Failed > 0 || (st.StoreCheck.Error != "" && st.Queued > 0)
 		})
 		for _, f := range st.Failures {
@@ -174,7 +158,7 @@ func TestStoreCheck(t *testing.T) {
 			t.Fatal(err)
 		}
 		out = pushQueued(t, nx, d, 2)
-		st = waitStatus(t, d, "a push failed for the missing bucket", func(st hook.Status) bool {
+		st = waitStatus(t, d, "a push failed for the missing bucket", func(st api.Status) bool {
 			return st.Failed > 0 && st.Failures[0].Class == "store"
 		})
 		t.Logf("before the restart: %s", st.Line(time.Now()))

@@ -7,9 +7,9 @@ import (
 	"testing"
 	"time"
 
-	"github.com/nixpush/nixpush/internal/testenv"
+	"github.com/nixpush/nixpush/store"
+
 	"github.com/nixpush/nixpush/retention"
-	"github.com/nixpush/nixpush/uploader"
 )
 
 // TestKilledWhileWaitingOutASweep (issue 18, hole 1, on real MinIO, real
@@ -23,13 +23,9 @@ import (
 // the NARs gone under .narinfos that are there, and upload them again.
 // verify exits 0 and Nix substitutes the closure.
 func TestKilledWhileWaitingOutASweep(t *testing.T) {
-	m := testenv.MinIO(t)
-	m.MakeBucket(t, "sweepwait", true)
-	sec, pub := keys(t, "nixpush-e2e-sweepwait-1")
-	env := m.CredentialsEnv()
-	uri := m.StoreURI("sweepwait")
-	d := startDaemon(t, env, "--store-uri", uri, "--secret-key-file", sec, "--trust-cache-for", "0s")
-	nx := testenv.Nix(t)
+	f := newFixture(t, "nixpush-e2e-sweepwait-1", onBucket("sweepwait"), daemonArgs("--trust-cache-for", "0s"))
+	m, nx, pub, d := f.m, f.nx, f.pub, f.d
+	uri, env := f.uri, f.env
 	top := nx.Build(t, onShared(seed(), "sweepwait"))[0]
 	if err := handOver(d, top); err != nil {
 		t.Fatal(err)
@@ -42,7 +38,7 @@ func TestKilledWhileWaitingOutASweep(t *testing.T) {
 		k, v, _ := strings.Cut(kv, "=")
 		t.Setenv(k, v)
 	}
-	store, err := uploader.OpenStore(context.Background(), uri, uploader.StoreOptions{})
+	st, err := store.Open(context.Background(), uri, store.Options{})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -52,7 +48,7 @@ func TestKilledWhileWaitingOutASweep(t *testing.T) {
 	var rep *retention.GCReport
 	var wg sync.WaitGroup
 	wg.Go(func() {
-		rep, gcErr = retention.GC(context.Background(), store.(uploader.Bucket), retention.GCOptions{
+		rep, gcErr = retention.GC(context.Background(), st.(store.Bucket), retention.GCOptions{
 			OlderThan: time.Second, Grace: time.Second, Window: 5 * time.Minute, Host: "e2e-gc",
 			Deleting: func(key string) {
 				if strings.HasPrefix(key, "nar/") {
@@ -74,9 +70,9 @@ func TestKilledWhileWaitingOutASweep(t *testing.T) {
 	if err := handOver(d, top); err != nil {
 		t.Fatal(err)
 	}
-	waitFor(t, time.Minute, "the daemon waiting for the sweep", func() bool {
+	eventually(t, time.Minute, func() bool {
 		return strings.Contains(d.Log.String(), "a gc is sweeping the cache: waiting")
-	})
+	}, "the daemon waiting for the sweep")
 	if n := countNarinfos(t, m, "sweepwait"); n != 5 {
 		t.Fatalf("%d .narinfos written before the wait; want the closure's 5", n)
 	}
@@ -89,7 +85,7 @@ func TestKilledWhileWaitingOutASweep(t *testing.T) {
 	if rep.Deleted.NARs != 5 {
 		t.Fatalf("gc deleted %d NARs; want the 5 it listed", rep.Deleted.NARs)
 	}
-	if problems, _ := checkBucket(t, m, "sweepwait"); len(problems) == 0 {
+	if problems, _ := bucketProblems(t, m.Client(t), "sweepwait", false); len(problems) == 0 {
 		t.Fatal("the bucket is whole after gc deleted the NARs it listed: the interleaving did not happen")
 	}
 
@@ -100,5 +96,5 @@ func TestKilledWhileWaitingOutASweep(t *testing.T) {
 	if err != nil {
 		t.Fatalf("verify: %v\n%+v", err, res)
 	}
-	checkFetched(t, nx, m.HTTPURL("sweepwait"), pub, top)
+	f.checkFetched(top)
 }

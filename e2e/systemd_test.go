@@ -1,6 +1,7 @@
 package e2e
 
 import (
+	"fmt"
 	"net"
 	"path/filepath"
 	"strings"
@@ -45,31 +46,34 @@ func newNotifySocket(t *testing.T) *notifySocket {
 // waitFor waits until a message matching ok has arrived and returns it.
 func (n *notifySocket) waitFor(t *testing.T, what string, ok func(string) bool) string {
 	t.Helper()
-	deadline := time.Now().Add(30 * time.Second)
-	for time.Now().Before(deadline) {
+	var found string
+	eventually(t, 30*time.Second, func() bool {
 		n.mu.Lock()
+		defer n.mu.Unlock()
 		for _, m := range n.msgs {
 			if ok(m) {
-				n.mu.Unlock()
-				return m
+				found = m
+				return true
 			}
 		}
-		n.mu.Unlock()
-		time.Sleep(20 * time.Millisecond)
-	}
+		return false
+	}, "no %s among the sd_notify messages: %v", what, n)
+	return found
+}
+
+// String quotes the messages that have arrived.
+func (n *notifySocket) String() string {
 	n.mu.Lock()
 	defer n.mu.Unlock()
-	t.Fatalf("no %s among the sd_notify messages: %q", what, n.msgs)
-	return ""
+	return fmt.Sprintf("%q", n.msgs)
 }
 
 // TestSdNotify checks what systemd hears on NOTIFY_SOCKET: READY=1, STATUS=
 // lines with live figures, watchdog pings, STOPPING=1.
 func TestSdNotify(t *testing.T) {
-	nx := testenv.Nix(t)
-	sec, _ := keys(t, "nixpush-e2e-notify-1")
 	ns := newNotifySocket(t)
-	d := startDaemon(t, []string{"NOTIFY_SOCKET=" + ns.Path, "WATCHDOG_USEC=1000000"}, "--secret-key-file", sec)
+	f := newFixture(t, "nixpush-e2e-notify-1", daemonEnv("NOTIFY_SOCKET="+ns.Path, "WATCHDOG_USEC=1000000"))
+	nx, d := f.nx, f.d
 	ns.waitFor(t, "READY=1", func(m string) bool { return m == "READY=1" })
 	idle := ns.waitFor(t, "an idle STATUS", func(m string) bool { return strings.HasPrefix(m, "STATUS=0 queued, 0 uploading, 0 failed; 0 paths") })
 	t.Log(idle)

@@ -13,8 +13,8 @@ import (
 	"testing"
 	"time"
 
-	"github.com/nixpush/nixpush/hook"
-	"github.com/nixpush/nixpush/hook/client"
+	"github.com/nixpush/nixpush/api"
+	"github.com/nixpush/nixpush/api/client"
 	"github.com/nixpush/nixpush/internal/testenv"
 )
 
@@ -22,7 +22,7 @@ import (
 // store_traffic answer.
 type trafficLog struct {
 	mu      sync.Mutex
-	samples []hook.Traffic
+	samples []api.Traffic
 	stop    chan struct{}
 	done    chan struct{}
 }
@@ -48,7 +48,7 @@ func watchTraffic(d *daemon, every time.Duration) *trafficLog {
 	return l
 }
 
-func (l *trafficLog) end() []hook.Traffic {
+func (l *trafficLog) end() []api.Traffic {
 	close(l.stop)
 	<-l.done
 	return l.samples
@@ -60,17 +60,13 @@ func (l *trafficLog) end() []hook.Traffic {
 // concurrency drops and climbs back, the queue drains, and the cache is
 // whole for Nix.
 func TestStoreSlowDown(t *testing.T) {
-	nx := testenv.Nix(t)
-	m := testenv.MinIO(t)
 	const bucket = "slowdown"
-	m.MakeBucket(t, bucket, true)
-	p := testenv.NewProxy(t, m.Endpoint)
-	sec, pub := keys(t, "nixpush-e2e-slowdown-1")
+	f := newFixture(t, "nixpush-e2e-slowdown-1", onBucket(bucket), throughProxy(0), laterDaemon())
+	nx, m, p := f.nx, f.m, f.p
 	out := nx.Build(t, testenv.DAG(seed(), 300, 4, true))
 	closure := closureOf(t, nx, out...)
 	metrics := fmt.Sprintf("127.0.0.1:%d", testenv.FreePort(t))
-	d := startDaemon(t, m.CredentialsEnv(), "--store-uri", m.StoreURIVia(bucket, p.Addr), "--secret-key-file", sec,
-		"--metrics-listen", metrics)
+	d := f.startDaemon("--metrics-listen", metrics)
 
 	p.SetSlowDown(0.3)
 	watch := watchTraffic(d, 100*time.Millisecond)
@@ -79,9 +75,9 @@ func TestStoreSlowDown(t *testing.T) {
 		t.Fatalf("push: %v\n%s", err, o)
 	}
 	// Throttling for a while: until a third of the closure is up, at most 20 s.
-	waitFor(t, 3*time.Minute, "a third of the closure up under SlowDown", func() bool {
+	eventually(t, 3*time.Minute, func() bool {
 		return countNarinfos(t, m, bucket) >= len(closure)/3 || time.Since(start) > 20*time.Second
-	})
+	}, "a third of the closure up under SlowDown")
 	p.SetSlowDown(0)
 	lifted := time.Now()
 	midStatus := fullStatus(t, d)
@@ -133,7 +129,7 @@ func TestStoreSlowDown(t *testing.T) {
 	if n := mustBeValid(t, m, bucket, "at the end"); n != len(closure) {
 		t.Fatalf("final bucket: %d .narinfo, want %d", n, len(closure))
 	}
-	checkFetched(t, nx, m.HTTPURL(bucket), pub, out...)
+	f.checkFetched(out...)
 }
 
 // TestUploadRateCap pushes one path of random data (96 MiB; set
@@ -142,12 +138,9 @@ func TestStoreSlowDown(t *testing.T) {
 // the whole transfer, first request byte to last: it holds within 5% of
 // the cap, and status shows the cap and the rate.
 func TestUploadRateCap(t *testing.T) {
-	nx := testenv.Nix(t)
-	m := testenv.MinIO(t)
 	const bucket = "ratecap"
-	m.MakeBucket(t, bucket, true)
-	p := testenv.NewProxy(t, m.Endpoint)
-	sec, pub := keys(t, "nixpush-e2e-ratecap-1")
+	f := newFixture(t, "nixpush-e2e-ratecap-1", onBucket(bucket), throughProxy(0), laterDaemon())
+	nx, p := f.nx, f.p
 	size := int64(96 << 20)
 	if v := os.Getenv("NIXPUSH_E2E_RATECAP_MIB"); v != "" {
 		n, err := strconv.Atoi(v)
@@ -165,8 +158,7 @@ func TestUploadRateCap(t *testing.T) {
 	from := time.Now().Add(6 * time.Hour).Truncate(time.Minute)
 	window := from.Format("15:04") + "-" + from.Add(time.Hour).Format("15:04")
 	metrics := fmt.Sprintf("127.0.0.1:%d", testenv.FreePort(t))
-	d := startDaemon(t, m.CredentialsEnv(), "--store-uri", m.StoreURIVia(bucket, p.Addr), "--secret-key-file", sec,
-		"--max-upload-rate", "20MiB, "+window+"=unlimited", "--metrics-listen", metrics)
+	d := f.startDaemon("--max-upload-rate", "20MiB, "+window+"=unlimited", "--metrics-listen", metrics)
 
 	type sample struct {
 		at   time.Time
@@ -175,7 +167,7 @@ func TestUploadRateCap(t *testing.T) {
 	var samples []sample
 	stop := make(chan struct{})
 	sampled := make(chan struct{})
-	var mid *hook.Status
+	var mid *api.Status
 	var loads []string
 	base := p.Sent()
 	go func() {
@@ -282,7 +274,7 @@ func TestUploadRateCap(t *testing.T) {
 			t.Errorf("metrics lack %q", want)
 		}
 	}
-	checkFetched(t, nx, m.HTTPURL(bucket), pub, out...)
+	f.checkFetched(out...)
 }
 
 // loadAvg is the load average of the last minute, as uptime shows it.

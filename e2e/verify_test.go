@@ -42,17 +42,12 @@ func runVerify(t *testing.T, env []string, cacheDir string, args ...string) (ver
 // and exits non-zero; verify --repair makes the cache whole again, for
 // verify and for real Nix.
 func TestVerify(t *testing.T) {
-	m := testenv.MinIO(t)
-	m.MakeBucket(t, "verify", true)
-	nx := testenv.Nix(t)
-	sec, pub := keys(t, "nixpush-e2e-verify-1")
+	f := newFixture(t, "nixpush-e2e-verify-1", onBucket("verify"))
 	_, otherPub := keys(t, "nixpush-e2e-verify-1")
-	uri := m.StoreURI("verify")
-	env := m.CredentialsEnv()
+	nx, pub, d := f.nx, f.pub, f.d
+	uri, env, c := f.uri, f.env, f.client()
 	cacheDir := t.TempDir()
-	c := m.Client(t)
 	ctx := context.Background()
-	d := startDaemon(t, env, "--store-uri", uri, "--secret-key-file", sec)
 
 	tip := nx.Build(t, testenv.Chain(seed(), 8))[0]
 	if o, err := d.CLI("push", "--wait", tip); err != nil {
@@ -136,6 +131,6 @@ func TestVerify(t *testing.T) {
 	if res, err := runVerify(t, env, cacheDir, "--store-uri", uri, "--public-key", pubArg, "--full"); err != nil || len(res.Problems) != 0 || res.Paths != 8 {
 		t.Fatalf("verify after repair: %v, %d paths, problems %+v", err, res.Paths, res.Problems)
 	}
-	checkWhole(t, c, "verify")
-	checkFetched(t, nx, m.HTTPURL("verify"), pub, tip)
+	checkClosed(t, c, "verify", true)
+	f.checkFetched(tip)
 }

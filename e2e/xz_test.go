@@ -17,9 +17,8 @@ func TestXZLargeNARInBlocks(t *testing.T) {
 	if _, err := exec.LookPath("xz"); err != nil {
 		t.Fatal("xz is not on PATH; install xz-utils (scripts/test.sh does)")
 	}
-	nx := testenv.Nix(t)
-	sec, pub := keys(t, "nixpush-e2e-xz-1")
-	d := startDaemon(t, nil, "--secret-key-file", sec, "--compression", "xz")
+	f := newFixture(t, "nixpush-e2e-xz-1", daemonArgs("--compression", "xz"))
+	nx, d := f.nx, f.d
 	out := nx.Build(t, fmt.Sprintf(`derivation { name = "xz-blocks"; system = builtins.currentSystem; builder = "/bin/sh";
   args = [ "-c" "PATH=/bin:/usr/bin; mkdir $out; head -c 12M /dev/urandom > $out/random; yes 'nixpush xz %s' | head -c 12M > $out/text" ]; }`, seed()))
 	if o, err := d.CLI("push", "--wait", out[0]); err != nil {
@@ -47,5 +46,5 @@ func TestXZLargeNARInBlocks(t *testing.T) {
 	if !totals {
 		t.Fatalf("xz --list --robot gave no totals line:\n%s", list)
 	}
-	checkFetched(t, nx, "file://"+cache, pub, out...)
+	f.checkFetched(out...)
 }

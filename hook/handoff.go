@@ -3,6 +3,7 @@ package hook
 import (
 	"bytes"
 	"errors"
+	"github.com/nixpush/nixpush/api"
 	"strconv"
 	"strings"
 	"syscall"
@@ -16,15 +17,15 @@ import (
 // process start-up cost: one Unix socket by raw syscalls and a hand-made
 // HTTP/1.1 request, without net or net/http (whose initialisation and
 // dynamic linking cost several milliseconds per run on small machines).
-// The daemon speaks ordinary HTTP; everything else uses hook/client.
-func Handoff(socket string, req EnqueueRequest, timeout time.Duration) error {
+// The daemon speaks ordinary HTTP; everything else uses api/client.
+func Handoff(socket string, req api.EnqueueRequest, timeout time.Duration) error {
 	return HandoffTraced(socket, req, timeout, nil)
 }
 
 // HandoffTraced is Handoff that, when connected is not nil, sets it to
 // the moment the connection was made: for timing where a hook's time goes
 // (accepted, then answered).
-func HandoffTraced(socket string, req EnqueueRequest, timeout time.Duration, connected *time.Time) error {
+func HandoffTraced(socket string, req api.EnqueueRequest, timeout time.Duration, connected *time.Time) error {
 	body := req.AppendJSON(nil)
 	fd, err := syscall.Socket(syscall.AF_UNIX, syscall.SOCK_STREAM|syscall.SOCK_CLOEXEC, 0)
 	if err != nil {
@@ -65,7 +66,7 @@ func HandoffTraced(socket string, req EnqueueRequest, timeout time.Duration, con
 }
 
 // HandoffError is the daemon being unreachable or not answering in time,
-// as opposed to an *APIError, the daemon refusing the request.
+// as opposed to an *api.APIError, the daemon refusing the request.
 type HandoffError struct {
 	Socket string
 	Err    error
@@ -123,7 +124,7 @@ func parseAnswer(socket string, resp []byte) error {
 			msg = m
 		}
 	}
-	return &APIError{StatusCode: status, Message: msg}
+	return &api.APIError{StatusCode: status, Message: msg}
 }
 
 // errorMessage is the "error" string of the daemon's {"error": "..."}

@@ -3,53 +3,13 @@ package hook
 import (
 	"encoding/json"
 	"errors"
+	"github.com/nixpush/nixpush/api"
 	"net"
 	"net/http"
 	"path/filepath"
 	"testing"
 	"time"
 )
-
-func TestAppendJSONMatchesEncodingJSON(t *testing.T) {
-	for _, req := range []EnqueueRequest{
-		{},
-		{Paths: []string{"/nix/store/00000000000000000000000000000000-a"}},
-		{DrvPath: "/nix/store/00000000000000000000000000000000-a.drv"},
-		{Paths: []string{"a", "b"}, DrvPath: "c"},
-		{Paths: []string{"a"}, Recheck: true},
-		{Recheck: true},
-		{Paths: []string{"quote\" back\\ nl\n tab\t cr\r nul\x00 \x1f <>& \u2028\u2029 é 日本 \xff\xfe bad"}},
-	} {
-		checkJSON(t, req)
-	}
-}
-
-func FuzzAppendJSON(f *testing.F) {
-	f.Add("/nix/store/00000000000000000000000000000000-a", "x.drv")
-	f.Add("\x00\xff\"\\<\u2028", "")
-	f.Fuzz(func(t *testing.T, p, drv string) {
-		checkJSON(t, EnqueueRequest{Paths: []string{p, drv}, DrvPath: drv})
-	})
-}
-
-// checkJSON asserts that AppendJSON writes what encoding/json writes for
-// the same fields, and that it reads back.
-func checkJSON(t *testing.T, req EnqueueRequest) {
-	t.Helper()
-	type plain EnqueueRequest // no MarshalJSON method
-	want, err := json.Marshal(plain(req))
-	if err != nil {
-		t.Fatal(err)
-	}
-	got := req.AppendJSON(nil)
-	if string(got) != string(want) {
-		t.Fatalf("AppendJSON(%+v)\n got %s\nwant %s", req, got, want)
-	}
-	var back EnqueueRequest
-	if err := json.Unmarshal(got, &back); err != nil {
-		t.Fatalf("%s does not parse: %v", got, err)
-	}
-}
 
 // serve runs h on a Unix socket and returns its path.
 func serve(t *testing.T, h http.HandlerFunc) string {
@@ -66,9 +26,9 @@ func serve(t *testing.T, h http.HandlerFunc) string {
 }
 
 func TestHandoff(t *testing.T) {
-	req := EnqueueRequest{Paths: []string{"/nix/store/00000000000000000000000000000000-a"}}
+	req := api.EnqueueRequest{Paths: []string{"/nix/store/00000000000000000000000000000000-a"}}
 	t.Run("committed", func(t *testing.T) {
-		var got EnqueueRequest
+		var got api.EnqueueRequest
 		sock := serve(t, func(w http.ResponseWriter, r *http.Request) {
 			if r.Method != "POST" || r.URL.Path != "/v1/enqueue" || r.Header.Get("Content-Type") != "application/json" {
 				http.Error(w, "bad request line", 400)
@@ -88,18 +48,18 @@ func TestHandoff(t *testing.T) {
 		sock := serve(t, func(w http.ResponseWriter, r *http.Request) {
 			w.Header().Set("Content-Type", "application/json")
 			w.WriteHeader(400)
-			json.NewEncoder(w).Encode(ErrorResponse{Error: `path "/x" is not in /nix/store; give store paths <like> this`})
+			json.NewEncoder(w).Encode(api.ErrorResponse{Error: `path "/x" is not in /nix/store; give store paths <like> this`})
 		})
 		err := Handoff(sock, req, time.Second)
-		var api *APIError
-		if !errors.As(err, &api) || api.StatusCode != 400 || api.Message != `path "/x" is not in /nix/store; give store paths <like> this` {
+		var ae *api.APIError
+		if !errors.As(err, &ae) || ae.StatusCode != 400 || ae.Message != `path "/x" is not in /nix/store; give store paths <like> this` {
 			t.Fatalf("got %#v", err)
 		}
 	})
 	t.Run("no daemon", func(t *testing.T) {
 		err := Handoff(filepath.Join(t.TempDir(), "none.sock"), req, time.Second)
 		var he *HandoffError
-		if !errors.As(err, &he) || IsAPIError(err) {
+		if !errors.As(err, &he) || api.IsAPIError(err) {
 			t.Fatalf("got %#v", err)
 		}
 	})
@@ -131,7 +91,7 @@ func TestHandoff(t *testing.T) {
 				c.Close()
 			}
 		}()
-		if err := Handoff(sock, req, time.Second); err == nil || IsAPIError(err) {
+		if err := Handoff(sock, req, time.Second); err == nil || api.IsAPIError(err) {
 			t.Fatalf("got %v", err)
 		}
 	})

@@ -10,6 +10,12 @@
 // parts sent, one small key per part, so that a large upload cut off by a
 // restart or a crash sends only the rest.
 //
+// The files follow the concerns: open.go opens the file and keeps its
+// schema, commit.go the group commit, enqueue.go what queues items,
+// lease.go leases and how they end (complete, retry, release, fail),
+// heal.go the failed set's classes, stats.go the counts, uploads.go the
+// uploads' progress; queue.go holds the types and transaction helpers.
+//
 // Invariants: an enqueue returns only after its transaction has committed,
 // so an acknowledged item survives any crash; an item leased by a worker
 // returns to the queue when the queue is next opened, so a daemon that dies

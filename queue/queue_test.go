@@ -335,9 +335,8 @@ func TestRelease(t *testing.T) {
 	}
 }
 
-// TestGroupCommit: enqueues that arrive together share commits, every one
-// of them is durable when it returns, and one failing update does not fail
-// those it shared a transaction with.
+// TestGroupCommit: enqueues that arrive together share commits, and every
+// one of them is durable when it returns.
 func TestGroupCommit(t *testing.T) {
 	path := filepath.Join(t.TempDir(), "q.db")
 	q := open(t, path, nil)
@@ -386,8 +385,12 @@ func TestGroupCommit(t *testing.T) {
 			t.Fatalf("after reopening: %s is not in the queue", p)
 		}
 	}
+}
 
-	// A failing update among good ones: only it fails.
+// TestGroupCommitOneFails: a failing update among good ones that share a
+// commit fails alone; the others are retried and committed.
+func TestGroupCommitOneFails(t *testing.T) {
+	q := open(t, filepath.Join(t.TempDir(), "q.db"), nil)
 	boom := errors.New("boom")
 	var errs [8]error
 	var wg2 sync.WaitGroup

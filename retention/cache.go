@@ -13,7 +13,6 @@ import (
 	"os"
 	"path/filepath"
 	"slices"
-	"strconv"
 	"strings"
 	"sync"
 	"syscall"
@@ -319,41 +318,4 @@ func (c *Cache) commit() error {
 		c.old, c.index = nil, nil
 	}
 	return nil
-}
-
-// compactNarInfo is what the cache keeps of a .narinfo: the lines a walk
-// reads (ParseNarInfo gives the same from it as from the whole text), or
-// the whole text when it cannot be read.
-func compactNarInfo(data []byte) []byte {
-	ni, err := ParseNarInfo(data)
-	if err != nil {
-		return data
-	}
-	var b bytes.Buffer
-	b.Grow(len(data))
-	line := func(k, v string) {
-		b.WriteString(k)
-		b.WriteString(": ")
-		b.WriteString(v)
-		b.WriteByte('\n')
-	}
-	line("StorePath", ni.StorePath)
-	line("URL", ni.URL)
-	line("Compression", ni.Compression)
-	if ni.FileSize != 0 {
-		line("FileSize", strconv.FormatUint(ni.FileSize, 10))
-	}
-	line("NarHash", ni.NarHash.String())
-	line("NarSize", strconv.FormatUint(ni.NarSize, 10))
-	line("References", strings.Join(ni.References, " "))
-	if ni.Deriver != "" {
-		line("Deriver", ni.Deriver)
-	}
-	for _, s := range ni.Signatures {
-		line("Sig", s.String())
-	}
-	if ni.CA != "" {
-		line("CA", ni.CA)
-	}
-	return b.Bytes()
 }

@@ -9,12 +9,12 @@ import (
 	"time"
 
 	"github.com/nixpush/nixpush/nix"
-	"github.com/nixpush/nixpush/uploader"
+	"github.com/nixpush/nixpush/store"
 )
 
 // unconditional is a store that ignores the conditions of PutIf, as some
 // S3-compatible servers do: every conditional write succeeds.
-type unconditional struct{ uploader.Bucket }
+type unconditional struct{ store.Bucket }
 
 func (u unconditional) PutIf(ctx context.Context, key string, data []byte, ct, etag string) (string, error) {
 	if err := u.Put(ctx, key, bytes.NewReader(data), int64(len(data)), ct); err != nil {
@@ -42,7 +42,7 @@ func TestStoreIgnoringConditions(t *testing.T) {
 		t.Fatal("gc deleted or wrote its marker before refusing")
 	}
 	var probes []string
-	f.b.List(ctx, probePrefix, func(o uploader.Object) error { probes = append(probes, o.Key); return nil })
+	f.b.List(ctx, probePrefix, func(o store.Object) error { probes = append(probes, o.Key); return nil })
 	if len(probes) != 0 {
 		t.Errorf("probes left behind: %v", probes)
 	}
@@ -57,7 +57,7 @@ func TestStoreIgnoringConditions(t *testing.T) {
 	p := f.add("broken", "base")
 	f.root("broken", time.Now())
 	data, _ := f.b.Get(ctx, nix.NarInfoKey(p))
-	ni, err := ParseNarInfo(data)
+	ni, err := nix.ParseNarInfo(data)
 	if err != nil {
 		t.Fatal(err)
 	}

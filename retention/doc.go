@@ -2,7 +2,13 @@
 // no server and no database: the bucket is the truth. It owns the layout
 // nixpush keeps under nixpush/ (roots, pins, gc's marker), the walk (one
 // streamed listing, each .narinfo read once per ETag thanks to a local
-// cache file, a compact graph of hash → references), gc, and verify.
+// cache file, a compact graph of hash → references; walk.go, with a
+// handler per kind of key in walkkinds.go), gc, and verify. gc runs in
+// three phases: mark (the walk and the closure of what stays: mark.go),
+// plan (what goes, in which waves, and the figures: a value a dry run
+// reports, plan.go) and execute (the deletions under the marker: plan.go,
+// delete.go, sweep.go). The text of a .narinfo is read by the nix
+// package (nix.ParseNarInfo).
 //
 // Invariant: a cache gc has swept is closed under references, and stays
 // so while daemons push to it: no .narinfo is left whose NAR or whose
@@ -32,10 +38,10 @@
 //     --older-than, and of every .narinfo written within --grace of the
 //     marker's time (the store's clock): such a .narinfo may belong to a
 //     push in progress whose root is not written yet; so is the output of
-//     a realisation written within --grace. A .narinfo it cannot read (a
-//     field such as NarHash that does not parse; a Sig line of another
-//     tool is no such field: it is left out, as Nix ignores a signature
-//     it cannot check) is kept too, with the closure of the References it
+//     a realisation written within --grace. A .narinfo it cannot read
+//     (nix.ParseNarInfo: a field such as NarHash that does not parse; a
+//     Sig line of another tool is no such field: it is left out, as Nix
+//     ignores a signature it cannot check) is kept too, with the closure of the References it
 //     names, read past the bad line; one without a References line refers
 //     to nothing, as for Nix. No kept .narinfo, readable or not, loses a
 //     reference. Pins and root records written after the walk listed them are found just before

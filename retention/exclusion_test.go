@@ -11,6 +11,7 @@ import (
 	"time"
 
 	"github.com/nixpush/nixpush/nix"
+	"github.com/nixpush/nixpush/store"
 	"github.com/nixpush/nixpush/uploader"
 )
 
@@ -23,7 +24,7 @@ import (
 // of gc's marker, at the listing of pending uploads (after the walk,
 // before the deletions), at the first deletion.
 type steps struct {
-	uploader.Bucket
+	store.Bucket
 	afterMarkerRead func(n int) // n: the how-manieth read of the marker
 	beforeUploads   func()
 	beforeDelete    func()
@@ -50,7 +51,7 @@ func (s *steps) GetTagged(ctx context.Context, key string) ([]byte, string, erro
 	return data, etag, err
 }
 
-func (s *steps) ListUploads(ctx context.Context, fn func(uploader.PendingUpload) error) error {
+func (s *steps) ListUploads(ctx context.Context, fn func(store.PendingUpload) error) error {
 	if s.beforeUploads != nil {
 		s.uploadsOnce.Do(s.beforeUploads)
 	}
@@ -143,7 +144,7 @@ func TestGCBesideRepair(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	ni, err := ParseNarInfo(data)
+	ni, err := nix.ParseNarInfo(data)
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -12,7 +12,7 @@ import (
 	"sync"
 	"time"
 
-	"github.com/nixpush/nixpush/uploader"
+	"github.com/nixpush/nixpush/store"
 )
 
 // clock is the harness's time. It is real time plus an offset the
@@ -49,7 +49,7 @@ type memObject struct {
 	etag string
 }
 
-// memBucket is an in-memory uploader.Bucket: ETags are content hashes,
+// memBucket is an in-memory store.Bucket: ETags are content hashes,
 // LastModified comes from the harness clock, conditional writes compare
 // and swap. Every method is one atomic step; the gate (gated) decides
 // when it runs.
@@ -68,7 +68,7 @@ func etagOf(data []byte) string {
 	return `"` + hex.EncodeToString(sum[:16]) + `"`
 }
 
-func notExist(key string) error { return fmt.Errorf("%s: %w", key, uploader.ErrNotExist) }
+func notExist(key string) error { return fmt.Errorf("%s: %w", key, store.ErrNotExist) }
 
 func (m *memBucket) String() string { return "mem://interleave" }
 
@@ -109,25 +109,25 @@ func (m *memBucket) Get(ctx context.Context, key string) ([]byte, error) {
 	return bytes.Clone(o.data), nil
 }
 
-func (m *memBucket) object(key string, o *memObject) uploader.Object {
-	return uploader.Object{Key: key, Size: int64(len(o.data)), LastModified: o.mod, ETag: o.etag}
+func (m *memBucket) object(key string, o *memObject) store.Object {
+	return store.Object{Key: key, Size: int64(len(o.data)), LastModified: o.mod, ETag: o.etag}
 }
 
 // snapshot lists the objects under prefix, in key order, as they are now.
-func (m *memBucket) snapshot(prefix string) []uploader.Object {
+func (m *memBucket) snapshot(prefix string) []store.Object {
 	m.mu.Lock()
 	defer m.mu.Unlock()
-	var out []uploader.Object
+	var out []store.Object
 	for k, o := range m.objs {
 		if strings.HasPrefix(k, prefix) {
 			out = append(out, m.object(k, o))
 		}
 	}
-	slices.SortFunc(out, func(a, b uploader.Object) int { return strings.Compare(a.Key, b.Key) })
+	slices.SortFunc(out, func(a, b store.Object) int { return strings.Compare(a.Key, b.Key) })
 	return out
 }
 
-func (m *memBucket) List(ctx context.Context, prefix string, fn func(uploader.Object) error) error {
+func (m *memBucket) List(ctx context.Context, prefix string, fn func(store.Object) error) error {
 	for _, o := range m.snapshot(prefix) {
 		if err := fn(o); err != nil {
 			return err
@@ -136,12 +136,12 @@ func (m *memBucket) List(ctx context.Context, prefix string, fn func(uploader.Ob
 	return nil
 }
 
-func (m *memBucket) Stat(ctx context.Context, key string) (uploader.Object, error) {
+func (m *memBucket) Stat(ctx context.Context, key string) (store.Object, error) {
 	m.mu.Lock()
 	defer m.mu.Unlock()
 	o, ok := m.objs[key]
 	if !ok {
-		return uploader.Object{}, notExist(key)
+		return store.Object{}, notExist(key)
 	}
 	return m.object(key, o), nil
 }
@@ -170,11 +170,11 @@ func (m *memBucket) DeleteMany(ctx context.Context, keys []string) error {
 	return nil
 }
 
-func (m *memBucket) ListUploads(ctx context.Context, fn func(uploader.PendingUpload) error) error {
+func (m *memBucket) ListUploads(ctx context.Context, fn func(store.PendingUpload) error) error {
 	return nil
 }
 
-func (m *memBucket) AbortUpload(ctx context.Context, up uploader.PendingUpload) error { return nil }
+func (m *memBucket) AbortUpload(ctx context.Context, up store.PendingUpload) error { return nil }
 
 func (m *memBucket) GetTagged(ctx context.Context, key string) ([]byte, string, error) {
 	m.mu.Lock()
@@ -192,7 +192,7 @@ func (m *memBucket) PutIf(ctx context.Context, key string, data []byte, ct, etag
 	o, ok := m.objs[key]
 	switch {
 	case etag == "" && ok, etag != "" && (!ok || o.etag != etag):
-		return "", fmt.Errorf("put %s: %w", key, uploader.ErrConditionFailed)
+		return "", fmt.Errorf("put %s: %w", key, store.ErrConditionFailed)
 	}
 	return m.put(key, bytes.Clone(data)), nil
 }
@@ -216,7 +216,7 @@ type gated struct {
 	actor string
 }
 
-var _ uploader.Bucket = (*gated)(nil)
+var _ store.Bucket = (*gated)(nil)
 
 func (g *gated) String() string { return g.m.String() }
 
@@ -252,8 +252,8 @@ func (g *gated) Get(ctx context.Context, key string) (data []byte, err error) {
 
 // List takes its snapshot as one step; fn then runs outside the gate
 // (it may wait for the reads the walk starts from it).
-func (g *gated) List(ctx context.Context, prefix string, fn func(uploader.Object) error) error {
-	var objs []uploader.Object
+func (g *gated) List(ctx context.Context, prefix string, fn func(store.Object) error) error {
+	var objs []store.Object
 	if err := g.do(ctx, "list", prefix, nil, func() error { objs = g.m.snapshot(prefix); return nil }); err != nil {
 		return err
 	}
@@ -265,7 +265,7 @@ func (g *gated) List(ctx context.Context, prefix string, fn func(uploader.Object
 	return nil
 }
 
-func (g *gated) Stat(ctx context.Context, key string) (o uploader.Object, err error) {
+func (g *gated) Stat(ctx context.Context, key string) (o store.Object, err error) {
 	err = g.do(ctx, "stat", key, nil, func() error { o, err = g.m.Stat(ctx, key); return err })
 	return o, err
 }
@@ -283,11 +283,11 @@ func (g *gated) DeleteMany(ctx context.Context, keys []string) error {
 	return g.do(ctx, "delete-many", strings.Join(keys, ","), nil, func() error { return g.m.DeleteMany(ctx, keys) })
 }
 
-func (g *gated) ListUploads(ctx context.Context, fn func(uploader.PendingUpload) error) error {
+func (g *gated) ListUploads(ctx context.Context, fn func(store.PendingUpload) error) error {
 	return nil // none: every Put here is one request
 }
 
-func (g *gated) AbortUpload(ctx context.Context, up uploader.PendingUpload) error { return nil }
+func (g *gated) AbortUpload(ctx context.Context, up store.PendingUpload) error { return nil }
 
 func (g *gated) GetTagged(ctx context.Context, key string) (data []byte, etag string, err error) {
 	err = g.do(ctx, "get-tagged", key, nil, func() error { data, etag, err = g.m.GetTagged(ctx, key); return err })

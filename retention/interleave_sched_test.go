@@ -12,7 +12,7 @@ import (
 	"sync"
 	"time"
 
-	"github.com/nixpush/nixpush/uploader"
+	"github.com/nixpush/nixpush/store"
 )
 
 // op is one request of one actor, waiting at the gate for its grant.
@@ -264,9 +264,9 @@ func result(err error) string {
 	switch {
 	case err == nil:
 		return "ok"
-	case errors.Is(err, uploader.ErrNotExist):
+	case errors.Is(err, store.ErrNotExist):
 		return "absent"
-	case errors.Is(err, uploader.ErrConditionFailed):
+	case errors.Is(err, store.ErrConditionFailed):
 		return "condition-failed"
 	case errors.Is(err, errInjected):
 		return "fault"

@@ -11,6 +11,7 @@ import (
 	"strings"
 	"time"
 
+	"github.com/nixpush/nixpush/store"
 	"github.com/nixpush/nixpush/uploader"
 )
 
@@ -66,7 +67,7 @@ func hashPart(p string) string {
 	return b[:32]
 }
 
-func putJSON(ctx context.Context, b uploader.Store, key string, v any) error {
+func putJSON(ctx context.Context, b store.Store, key string, v any) error {
 	data, err := json.Marshal(v)
 	if err != nil {
 		return err
@@ -77,7 +78,7 @@ func putJSON(ctx context.Context, b uploader.Store, key string, v any) error {
 
 // WriteRoot records a push of p now (the daemon's side of the layout,
 // here for tools and tests).
-func WriteRoot(ctx context.Context, b uploader.Store, r Root) error {
+func WriteRoot(ctx context.Context, b store.Store, r Root) error {
 	h := hashPart(r.Path)
 	if h == "" {
 		return fmt.Errorf("root %q is not a store path", r.Path)
@@ -105,11 +106,11 @@ const sweepSkew = 30 * time.Second
 // found, AddPin waits for it to finish (polling the marker, at most until
 // its deadline plus the skew margin) and checks p again; if it is gone,
 // the pin is kept and the error says to push p again.
-func AddPin(ctx context.Context, b uploader.Bucket, name, p string, now time.Time) error {
-	return addPin(ctx, b, name, p, now, time.Now, uploader.Sleep)
+func AddPin(ctx context.Context, b store.Bucket, name, p string, now time.Time) error {
+	return addPin(ctx, b, name, p, now, time.Now, store.Sleep)
 }
 
-func addPin(ctx context.Context, b uploader.Bucket, name, p string, now time.Time,
+func addPin(ctx context.Context, b store.Bucket, name, p string, now time.Time,
 	clock func() time.Time, sleep func(context.Context, time.Duration) error) error {
 	if err := CheckPinName(name); err != nil {
 		return err
@@ -135,7 +136,7 @@ func addPin(ctx context.Context, b uploader.Bucket, name, p string, now time.Tim
 	var first *Sweep
 	for {
 		data, err := b.Get(ctx, SweepKey)
-		if errors.Is(err, uploader.ErrNotExist) {
+		if errors.Is(err, store.ErrNotExist) {
 			if first == nil {
 				return nil // never swept
 			}
@@ -178,12 +179,12 @@ func addPin(ctx context.Context, b uploader.Bucket, name, p string, now time.Tim
 var ErrNoPin = errors.New("no such pin")
 
 // RemovePin deletes the pin name.
-func RemovePin(ctx context.Context, b uploader.Bucket, name string) error {
+func RemovePin(ctx context.Context, b store.Bucket, name string) error {
 	if err := CheckPinName(name); err != nil {
 		return err
 	}
 	if _, err := b.Stat(ctx, PinPrefix+name); err != nil {
-		if errors.Is(err, uploader.ErrNotExist) {
+		if errors.Is(err, store.ErrNotExist) {
 			return fmt.Errorf("pin %q: %w in %s (nixpush pins lists them)", name, ErrNoPin, b)
 		}
 		return err
@@ -192,11 +193,11 @@ func RemovePin(ctx context.Context, b uploader.Bucket, name string) error {
 }
 
 // Pins lists the bucket's pins by name.
-func Pins(ctx context.Context, b uploader.Bucket) ([]Pin, error) {
+func Pins(ctx context.Context, b store.Bucket) ([]Pin, error) {
 	var pins []Pin
-	err := b.List(ctx, PinPrefix, func(o uploader.Object) error {
+	err := b.List(ctx, PinPrefix, func(o store.Object) error {
 		data, err := b.Get(ctx, o.Key)
-		if errors.Is(err, uploader.ErrNotExist) {
+		if errors.Is(err, store.ErrNotExist) {
 			return nil // unpinned meanwhile
 		}
 		if err != nil {

@@ -21,13 +21,14 @@ import (
 	"github.com/nix-community/go-nix/pkg/nixhash"
 
 	"github.com/nixpush/nixpush/nix"
+	"github.com/nixpush/nixpush/store"
 	"github.com/nixpush/nixpush/uploader"
 )
 
 // fixture is a file:// cache of synthetic signed paths.
 type fixture struct {
 	t     *testing.T
-	b     *uploader.FileStore
+	b     *store.FileStore
 	key   signature.SecretKey
 	paths map[string]string // name → store path
 	dir   string            // when set, files are written there directly
@@ -37,7 +38,7 @@ type fixture struct {
 func newFixture(t *testing.T) *fixture {
 	t.Helper()
 	base := t.TempDir()
-	b, err := uploader.NewFileStore(base)
+	b, err := store.NewFileStore(base)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -297,7 +298,7 @@ func TestParseNarInfo(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	ni, err := ParseNarInfo(data)
+	ni, err := nix.ParseNarInfo(data)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -306,7 +307,7 @@ func TestParseNarInfo(t *testing.T) {
 		t.Fatalf("parsed %+v", ni)
 	}
 	for _, bad := range []string{"", "StorePath: /nix/store/x\n", "StorePath: /nix/store/x\nURL: nar/x\nNarHash: nonsense\nNarSize: 1\n"} {
-		if _, err := ParseNarInfo([]byte(bad)); err == nil {
+		if _, err := nix.ParseNarInfo([]byte(bad)); err == nil {
 			t.Errorf("%q parsed", bad)
 		}
 	}

@@ -15,16 +15,16 @@ import (
 	"github.com/nix-community/go-nix/pkg/narinfo/signature"
 
 	"github.com/nixpush/nixpush/internal/synthcache"
-	"github.com/nixpush/nixpush/uploader"
+	"github.com/nixpush/nixpush/store"
 )
 
 var update = flag.Bool("update", false, "rewrite the golden files of TestGCSameSets")
 
 // listKeys is every key of the store, sorted.
-func listKeys(t *testing.T, b uploader.Bucket) []string {
+func listKeys(t *testing.T, b store.Bucket) []string {
 	t.Helper()
 	var keys []string
-	if err := b.List(context.Background(), "", func(o uploader.Object) error {
+	if err := b.List(context.Background(), "", func(o store.Object) error {
 		keys = append(keys, o.Key)
 		return nil
 	}); err != nil {
@@ -50,7 +50,7 @@ func TestGCSameSets(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	b, err := uploader.NewFileStore(dir)
+	b, err := store.NewFileStore(dir)
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -31,7 +31,7 @@ func (f *fixture) narOf(name string) string {
 	if err != nil {
 		f.t.Fatal(err)
 	}
-	ni, err := ParseNarInfo(data)
+	ni, err := nix.ParseNarInfo(data)
 	if ni == nil || ni.URL == "" {
 		f.t.Fatalf("no URL in the .narinfo of %s: %v", name, err)
 	}
@@ -216,7 +216,7 @@ func TestParseNarInfoLenient(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	ni, err := ParseNarInfo(data)
+	ni, err := nix.ParseNarInfo(data)
 	if err != nil {
 		t.Fatalf("a foreign Sig line: %v", err)
 	}
@@ -224,7 +224,7 @@ func TestParseNarInfoLenient(t *testing.T) {
 		t.Fatalf("parsed %+v; want the one signature nixpush made, checked, and a reference", ni)
 	}
 
-	ni, err = ParseNarInfo([]byte("StorePath: " + brokenPath + "\nNarHash: nonsense\nURL: nar/x.nar\nReferences: " +
+	ni, err = nix.ParseNarInfo([]byte("StorePath: " + brokenPath + "\nNarHash: nonsense\nURL: nar/x.nar\nReferences: " +
 		path.Base(f.paths["a"]) + "\nNarSize: 1\n"))
 	if err == nil {
 		t.Fatal("a NarHash that does not parse: no error")

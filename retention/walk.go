@@ -2,23 +2,18 @@ package retention
 
 import (
 	"context"
-	"encoding/json"
 	"errors"
 	"fmt"
-	"path"
-	"strconv"
 	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
 
-	"github.com/nix-community/go-nix/pkg/narinfo"
 	"github.com/nix-community/go-nix/pkg/narinfo/signature"
-	"github.com/nix-community/go-nix/pkg/nixhash"
 	"golang.org/x/sync/errgroup"
 
 	"github.com/nixpush/nixpush/nix"
-	"github.com/nixpush/nixpush/uploader"
+	"github.com/nixpush/nixpush/store"
 )
 
 // WalkOptions say how to walk a cache.
@@ -113,36 +108,6 @@ type realisation struct {
 	out int32 // node of its outPath; -1 when it cannot be read
 }
 
-// Where Nix keeps build logs and realisations in a binary cache: Nix 2.8
-// to 2.34 realisations/<id>.doi, Nix 2.35 build-trace-v2/<drv>/<output>.doi.
-const (
-	LogPrefix         = "log/"
-	RealisationPrefix = "realisations/"
-	BuildTracePrefix  = "build-trace-v2/"
-)
-
-// isRealisationKey reports whether key is a realisation in either layout:
-// both bodies name the output as "outPath", and both are kept, deleted and
-// verified alike.
-func isRealisationKey(key string) bool {
-	return (strings.HasPrefix(key, RealisationPrefix) || strings.HasPrefix(key, BuildTracePrefix)) && strings.HasSuffix(key, ".doi")
-}
-
-// realisationOut is the outPath of a .doi: a store path or its base name
-// (as Nix writes it).
-func realisationOut(data []byte) (string, error) {
-	var r struct {
-		OutPath string `json:"outPath"`
-	}
-	if err := json.Unmarshal(data, &r); err != nil {
-		return "", err
-	}
-	if hashPart(r.OutPath) == "" {
-		return "", fmt.Errorf("outPath %q is not a store path", r.OutPath)
-	}
-	return r.OutPath, nil
-}
-
 type node struct {
 	hash       [20]byte // the hash part, nixbase32-decoded (unless odd)
 	deriver    [20]byte // the Deriver's hash part, decoded (when hasDrv)
@@ -195,225 +160,32 @@ func (g *Graph) NarInfoCount() int {
 	return n
 }
 
-// isNarInfoKey reports whether key is a top-level <hash>.narinfo.
-func isNarInfoKey(key string) bool { return isHashKey(key, ".narinfo") }
-
-// isListingKey reports whether key is a top-level <hash>.ls NAR listing.
-func isListingKey(key string) bool { return isHashKey(key, ".ls") }
-
-// isHashKey reports whether key is a top-level <hash><ext>.
-func isHashKey(key, ext string) bool {
-	return len(key) == 32+len(ext) && strings.HasSuffix(key, ext) && !strings.Contains(key, "/")
-}
-
 // Walk lists the whole store once, streaming, and reads each .narinfo,
-// root and pin it has not read at the same ETag before.
-func Walk(ctx context.Context, b uploader.Bucket, opts WalkOptions) (*Graph, error) {
+// root and pin it has not read at the same ETag before. Each listed
+// object goes to the handler of its kind (walkKinds, in walkkinds.go).
+func Walk(ctx context.Context, b store.Bucket, opts WalkOptions) (*Graph, error) {
 	if opts.Jobs < 1 {
 		opts.Jobs = 32
 	}
-	g := &Graph{StoreDir: "", oddIndex: make(map[string]int32), oddHash: make(map[int32]string), oddDrv: make(map[int32]string), bad: make(map[int32]string),
-		full: make(map[int32]narCheck), roots: make(map[int32]time.Time), rootRecords: make(map[int32]bool), rootBatches: make(map[string]time.Time)}
-	var mu sync.Mutex // guards g while reads run
-	var stats struct{ objects, narinfos, read, hits, requests atomic.Int64 }
-	snapshot := func() WalkStats {
-		return WalkStats{Objects: stats.objects.Load(), NarInfos: stats.narinfos.Load(), Read: stats.read.Load(),
-			CacheHits: stats.hits.Load(), Requests: stats.requests.Load() + stats.objects.Load()/1000 + 1}
-	}
+	w := &walker{b: b, opts: opts, g: newGraph()}
 	if opts.Progress != nil {
-		stop := make(chan struct{})
-		done := make(chan struct{})
-		go func() {
-			defer close(done)
-			t := time.NewTicker(200 * time.Millisecond)
-			defer t.Stop()
-			for {
-				select {
-				case <-t.C:
-					opts.Progress(snapshot())
-				case <-stop:
-					return
-				}
-			}
-		}()
-		defer func() { close(stop); <-done }()
+		defer w.reportProgress()()
 	}
-
-	// read returns a small object's content, from the cache when it holds
-	// the object at this ETag.
-	read := func(ctx context.Context, o uploader.Object) ([]byte, error) {
-		if data, ok := opts.Cache.get(o.Key, o.ETag); ok {
-			stats.hits.Add(1)
-			return data, nil
-		}
-		stats.requests.Add(1)
-		data, err := b.Get(ctx, o.Key)
-		if err != nil {
-			return nil, err
-		}
-		stats.read.Add(1)
-		if isNarInfoKey(o.Key) {
-			opts.Cache.put(o.Key, o.ETag, compactNarInfo(data))
-		} else {
-			opts.Cache.put(o.Key, o.ETag, data)
-		}
-		return data, nil
-	}
-
 	if n := opts.Cache.begin(); n > 0 {
-		g.presize(n) // about as many nodes as the last walk read objects
+		w.g.presize(n) // about as many nodes as the last walk read objects
 	}
 	eg, ectx := errgroup.WithContext(ctx)
 	eg.SetLimit(opts.Jobs + 1)
-	// readThen reads o in the group and hands its content to use; an
-	// object deleted since the listing is passed over.
-	readThen := func(o uploader.Object, use func(data []byte) error) {
-		eg.Go(func() error {
-			data, err := read(ectx, o)
-			if errors.Is(err, uploader.ErrNotExist) {
-				return nil // deleted since the listing
-			}
-			if err != nil {
-				return err
-			}
-			return use(data)
-		})
-	}
-	eg.Go(func() error {
-		return b.List(ectx, "", func(o uploader.Object) error {
-			stats.objects.Add(1)
-			switch {
-			case isNarInfoKey(o.Key):
-				stats.narinfos.Add(1)
-				readThen(o, func(data []byte) error {
-					ni, perr := ParseNarInfo(data)
-					sigOK := false
-					if perr == nil {
-						for _, k := range opts.Keys {
-							if nix.VerifyNarInfo(ni, k) {
-								sigOK = true
-								break
-							}
-						}
-					}
-					mu.Lock()
-					defer mu.Unlock()
-					g.addNarInfo(o, ni, perr, sigOK, opts.NarHashes)
-					return nil
-				})
-			case isListingKey(o.Key):
-				mu.Lock()
-				g.listings = append(g.listings, listing{node: g.intern(o.Key[:32]), mod: o.LastModified.UnixNano()})
-				mu.Unlock()
-			case strings.HasPrefix(o.Key, "nar/"):
-				mu.Lock()
-				nar := g.nar(g.internNAR(o.Key))
-				nar.size, nar.mod, nar.listed = o.Size, o.LastModified.UnixNano(), true
-				mu.Unlock()
-			case o.Key == "nix-cache-info":
-				g.CacheInfo = true
-			case strings.HasPrefix(o.Key, RootBatchPrefix):
-				readThen(o, func(data []byte) error {
-					r, ok := parseRootBatch(data, o.LastModified)
-					if !ok {
-						r.PushedAt = o.LastModified // unreadable: it keeps nothing, and goes when old
-					}
-					mu.Lock()
-					defer mu.Unlock()
-					g.rootBatches[o.Key] = r.PushedAt
-					for _, p := range r.Paths {
-						h := hashPart(p)
-						if h == "" {
-							continue
-						}
-						i := g.intern(h)
-						if r.PushedAt.After(g.roots[i]) {
-							g.roots[i] = r.PushedAt
-						}
-					}
-					return nil
-				})
-			case strings.HasPrefix(o.Key, RootPrefix):
-				readThen(o, func(data []byte) error {
-					h := strings.TrimPrefix(o.Key, RootPrefix)
-					if len(h) != 32 {
-						return nil // not ours
-					}
-					at := o.LastModified
-					if r, ok := parseRoot(o.Key, data, o.LastModified); ok {
-						at = r.PushedAt
-					}
-					mu.Lock()
-					defer mu.Unlock()
-					i := g.intern(h)
-					g.rootRecords[i] = true
-					if at.After(g.roots[i]) {
-						g.roots[i] = at
-					}
-					return nil
-				})
-			case strings.HasPrefix(o.Key, LogPrefix) && strings.HasSuffix(o.Key, ".drv"):
-				mu.Lock()
-				g.logs = append(g.logs, logObject{key: g.addStr(o.Key), mod: o.LastModified.UnixNano()})
-				mu.Unlock()
-			case isRealisationKey(o.Key):
-				eg.Go(func() error {
-					data, err := read(ectx, o)
-					if errors.Is(err, uploader.ErrNotExist) {
-						return nil
-					}
-					if err != nil {
-						return err
-					}
-					out, perr := realisationOut(data)
-					mu.Lock()
-					defer mu.Unlock()
-					r := realisation{key: g.addStr(o.Key), mod: o.LastModified.UnixNano(), out: -1}
-					if perr == nil { // one gc cannot read, it keeps
-						r.out = g.intern(hashPart(out))
-						if n := g.node(r.out); n.name.n == 0 && !n.present {
-							n.name = g.addStr(path.Base(out)[33:])
-						}
-					}
-					g.realisations = append(g.realisations, r)
-					return nil
-				})
-			case strings.HasPrefix(o.Key, PinPrefix):
-				readThen(o, func(data []byte) error {
-					p, err := parsePin(strings.TrimPrefix(o.Key, PinPrefix), data, o.LastModified)
-					if err != nil {
-						return err
-					}
-					mu.Lock()
-					defer mu.Unlock()
-					g.Pins = append(g.Pins, p)
-					return nil
-				})
-			case o.Key == SweepKey:
-				eg.Go(func() error {
-					stats.requests.Add(1)
-					data, err := b.Get(ectx, o.Key)
-					if err != nil {
-						return nil // gone: the other gc ended
-					}
-					if s, err := parseSweep(data); err == nil {
-						mu.Lock()
-						g.Sweep = &s
-						mu.Unlock()
-					}
-					return nil
-				})
-			}
-			return nil
-		})
-	})
+	w.eg, w.ctx = eg, ectx
+	eg.Go(func() error { return b.List(ectx, "", w.listed) })
 	if err := eg.Wait(); err != nil {
 		return nil, fmt.Errorf("walk %s: %w", b, err)
 	}
+	g := w.g
 	if g.StoreDir == "" {
 		g.StoreDir = nix.DefaultStoreDir
 	}
-	g.Stats = snapshot()
+	g.Stats = w.snapshot()
 	if opts.Progress != nil {
 		opts.Progress(g.Stats)
 	}
@@ -423,155 +195,97 @@ func Walk(ctx context.Context, b uploader.Bucket, opts WalkOptions) (*Graph, err
 	return g, nil
 }
 
-// addNarInfo records a .narinfo. One that cannot be read is recorded as
-// such (verify reports it; gc keeps it) with what it could read: its NAR,
-// Deriver and References, so gc keeps what it refers to as for any other
-// (a .narinfo without a References line refers to nothing, as for Nix).
-func (g *Graph) addNarInfo(o uploader.Object, ni *narinfo.NarInfo, err error, sigOK, narHashes bool) {
-	i := g.intern(o.Key[:32])
-	n := g.node(i)
-	n.present = true
-	n.mod = o.LastModified.UnixNano()
-	if err == nil && hashPart(ni.StorePath) != o.Key[:32] {
-		err = fmt.Errorf("StorePath %s does not match the object name", ni.StorePath)
+// newGraph is an empty Graph, its maps made.
+func newGraph() *Graph {
+	return &Graph{StoreDir: "", oddIndex: make(map[string]int32), oddHash: make(map[int32]string), oddDrv: make(map[int32]string), bad: make(map[int32]string),
+		full: make(map[int32]narCheck), roots: make(map[int32]time.Time), rootRecords: make(map[int32]bool), rootBatches: make(map[string]time.Time)}
+}
+
+// walker is a walk under way: the graph it fills, and the reads it runs in
+// its group while the listing streams.
+type walker struct {
+	b     store.Bucket
+	opts  WalkOptions
+	g     *Graph
+	mu    sync.Mutex // guards g while reads run
+	eg    *errgroup.Group
+	ctx   context.Context // the group's
+	stats struct{ objects, narinfos, read, hits, requests atomic.Int64 }
+}
+
+// listed hands a listed object to the handler of its kind; an object of
+// no kind the walk knows is passed over.
+func (w *walker) listed(o store.Object) error {
+	w.stats.objects.Add(1)
+	for _, k := range walkKinds {
+		if k.is(o.Key) {
+			k.take(w, o)
+			break
+		}
 	}
-	if ni == nil {
-		ni = &narinfo.NarInfo{}
+	return nil
+}
+
+// snapshot is the walk's figures so far.
+func (w *walker) snapshot() WalkStats {
+	s := &w.stats
+	return WalkStats{Objects: s.objects.Load(), NarInfos: s.narinfos.Load(), Read: s.read.Load(),
+		CacheHits: s.hits.Load(), Requests: s.requests.Load() + s.objects.Load()/store.PageSize + 1}
+}
+
+// reportProgress calls opts.Progress now and then until the function it
+// returns is called.
+func (w *walker) reportProgress() (stop func()) {
+	quit := make(chan struct{})
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		t := time.NewTicker(200 * time.Millisecond)
+		defer t.Stop()
+		for {
+			select {
+			case <-t.C:
+				w.opts.Progress(w.snapshot())
+			case <-quit:
+				return
+			}
+		}
+	}()
+	return func() { close(quit); <-done }
+}
+
+// read returns a small object's content, from the cache when it holds
+// the object at this ETag.
+func (w *walker) read(ctx context.Context, o store.Object) ([]byte, error) {
+	if data, ok := w.opts.Cache.get(o.Key, o.ETag); ok {
+		w.stats.hits.Add(1)
+		return data, nil
 	}
+	w.stats.requests.Add(1)
+	data, err := w.b.Get(ctx, o.Key)
 	if err != nil {
-		n.unreadable = true
-		g.bad[i] = err.Error()
-		g.unreadable = append(g.unreadable, o.Key)
-		if hashPart(ni.StorePath) == o.Key[:32] {
-			n.name = g.addStr(path.Base(ni.StorePath)[33:])
-		}
-		if ni.URL != "" {
-			// Its NAR is not an orphan: gc keeps it with the .narinfo.
-			n.nar = g.internNAR(ni.URL)
-		}
+		return nil, err
+	}
+	w.stats.read.Add(1)
+	if isNarInfoKey(o.Key) {
+		w.opts.Cache.put(o.Key, o.ETag, nix.CompactNarInfo(data))
 	} else {
-		if g.StoreDir == "" {
-			g.StoreDir = path.Dir(ni.StorePath)
-		}
-		// Copies, so no node keeps its .narinfo's text alive.
-		n.name = g.addStr(path.Base(ni.StorePath)[33:])
-		n.comp = g.internComp(ni.Compression)
-		n.fileSize = ni.FileSize
-		if ni.NarHash != nil && narHashes {
-			g.full[i] = narCheck{hash: ni.NarHash.String(), size: ni.NarSize}
-		}
-		n.nar = g.internNAR(ni.URL)
-		n.sigOK = sigOK
+		w.opts.Cache.put(o.Key, o.ETag, data)
 	}
-	if ni.Deriver != "" {
-		drv := path.Base(ni.Deriver)
-		n.hasDrv = true
-		if d, ok := drvHash(drv); ok {
-			n.deriver = d
-		} else {
-			g.oddDrv[i] = drv
-		}
-	}
-	var refs [64]int32
-	rs := refs[:0]
-	for _, r := range ni.References {
-		h := hashPart(r)
-		if h == "" || h == o.Key[:32] {
-			continue // self-references keep nothing
-		}
-		rs = append(rs, g.intern(h)) // intern may add a chunk of nodes: n stays valid
-	}
-	n.refs = g.addRefs(rs)
+	return data, nil
 }
 
-// drvHash is the decoded hash part of a derivation's file name, when it
-// is <nixbase32>-<name>.drv (that hash names the derivation, as its
-// store path's hash does).
-func drvHash(drv string) ([20]byte, bool) {
-	if len(drv) < 34 || drv[32] != '-' || !strings.HasSuffix(drv, ".drv") {
-		return [20]byte{}, false
-	}
-	return decodeHash(drv[:32])
-}
-
-// internComp returns the index of a compression in g.comps.
-func (g *Graph) internComp(c string) uint8 {
-	for i, x := range g.comps {
-		if x == c {
-			return uint8(i)
+// readThen reads o in the group and hands its content to use; an object
+// deleted since the listing is passed over.
+func (w *walker) readThen(o store.Object, use func(data []byte) error) {
+	w.eg.Go(func() error {
+		data, err := w.read(w.ctx, o)
+		if errors.Is(err, store.ErrNotExist) {
+			return nil // deleted since the listing
 		}
-	}
-	if len(g.comps) == 255 {
-		return 0 // a cache of 255 compressions: not worth telling apart
-	}
-	g.comps = append(g.comps, strings.Clone(c))
-	return uint8(len(g.comps) - 1)
-}
-
-// ParseNarInfo parses a .narinfo as leniently as Nix does. It reads the
-// lines nixpush needs and leaves out those it does not know (another
-// tool's), where go-nix's parser refuses them; a Sig line it cannot parse
-// (another tool's scheme, any string) is left out too, as Nix ignores a
-// signature it cannot check. A field that does not parse (NarHash, say)
-// is an error, but the lines after it are read all the same: with an
-// error, what it read (the URL, the References) comes back too. It
-// allocates no line buffer of 1 MiB per .narinfo as go-nix's does, which
-// a walk of ten thousand felt.
-func ParseNarInfo(data []byte) (*narinfo.NarInfo, error) {
-	ni := &narinfo.NarInfo{}
-	var first error // the first field that does not parse
-	text := string(data)
-	for len(text) > 0 {
-		var line string
-		line, text, _ = strings.Cut(text, "\n")
-		k, v, ok := strings.Cut(line, ":")
-		if !ok {
-			continue
+		if err != nil {
+			return err
 		}
-		v = strings.TrimPrefix(v, " ")
-		var err error
-		switch k {
-		case "StorePath":
-			ni.StorePath = v
-		case "URL":
-			ni.URL = v
-		case "Compression":
-			ni.Compression = v
-		case "FileHash":
-			ni.FileHash, err = nixhash.ParseAny(v, nil)
-		case "FileSize":
-			ni.FileSize, err = strconv.ParseUint(v, 10, 64)
-		case "NarHash":
-			ni.NarHash, err = nixhash.ParseAny(v, nil)
-		case "NarSize":
-			ni.NarSize, err = strconv.ParseUint(v, 10, 64)
-		case "References":
-			ni.References = strings.Fields(v)
-		case "Deriver":
-			if v != "unknown-deriver" {
-				ni.Deriver = v
-			}
-		case "System":
-			ni.System = v
-		case "Sig":
-			if sig, serr := signature.ParseSignature(v); serr == nil {
-				ni.Signatures = append(ni.Signatures, sig)
-			}
-		case "CA":
-			ni.CA = v
-		}
-		if err != nil && first == nil {
-			first = fmt.Errorf("line %q: %v", line, err)
-		}
-	}
-	if ni.Compression == "" {
-		ni.Compression = "bzip2" // as Nix reads a .narinfo without the line
-	}
-	if first != nil {
-		return ni, first
-	}
-	if ni.StorePath == "" || ni.URL == "" || ni.NarHash == nil || ni.NarSize == 0 {
-		return ni, errors.New("lacks StorePath, URL, NarHash or NarSize")
-	}
-	return ni, nil
+		return use(data)
+	})
 }

@@ -10,8 +10,7 @@ import (
 	"testing"
 
 	"github.com/nix-community/go-nix/pkg/narinfo/signature"
-
-	"github.com/nixpush/nixpush/uploader"
+	"github.com/nixpush/nixpush/store"
 )
 
 // BenchmarkWalkHeap measures what a walk's graph keeps per path: the
@@ -22,7 +21,7 @@ func BenchmarkWalkHeap(b *testing.B) {
 	const n = 10000
 	f := &fixture{t: &testing.T{}, paths: make(map[string]string), dir: b.TempDir()}
 	var err error
-	if f.b, err = uploader.NewFileStore(f.dir); err != nil {
+	if f.b, err = store.NewFileStore(f.dir); err != nil {
 		b.Fatal(err)
 	}
 	if f.key, _, err = signature.GenerateKeypair("bench-1", rand.Reader); err != nil {

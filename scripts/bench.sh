@@ -13,6 +13,11 @@
 #   NIXPUSH_BENCH_ROOTS= ./scripts/bench.sh Push   # the machine's Nix only
 #   NIXPUSH_BENCH_DAEMON_ENV=NIXPUSH_ZSTD_FRAMES=on ./scripts/bench.sh Push   # this build's
 #                                      # daemon with more environment (zstd frames on 2 cores)
+#   NIXPUSH_BENCH_FLOOR=1 ./scripts/bench.sh 'Push/^(10-paths|1-path-1GiB)$'   # the floor's
+#                                      # sides too (bench/pushfloor: pack into nothing, send
+#                                      # packed bytes), in the same rounds (zstd rows)
+#   NIXPUSH_BENCH_PROFILE_DIR=$PWD/prof ./scripts/bench.sh Push   # a CPU profile of this
+#                                      # build's daemon per row and round, in that directory
 #   NIXPUSH_BENCH_GC_PATHS=100000,1000000 ./scripts/bench.sh GCScale   # gc and verify of synthetic
 #                                      # caches: file:// at each size, 100,000 paths in MinIO
 #   NIXPUSH_BENCH_BASE=/tmp/main-bin ./scripts/bench.sh SlowDown   # a 300-path push under 30% and 60%

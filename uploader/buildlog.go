@@ -11,6 +11,7 @@ import (
 	"github.com/nix-community/go-nix/pkg/narinfo/signature"
 
 	"github.com/nixpush/nixpush/nix"
+	"github.com/nixpush/nixpush/store"
 )
 
 // LogKey is where a binary cache holds the build log of the derivation
@@ -37,16 +38,15 @@ func (u *Uploader) PutLog(ctx context.Context, drvPath string, r io.Reader) erro
 	if err != nil {
 		// A local log that cannot be read (a corrupt .bz2) reads no
 		// better on the next attempt.
-		return Permanent(fmt.Errorf("read build log of %s: %w", drvPath, err))
+		return store.Permanent(fmt.Errorf("read build log of %s: %w", drvPath, err))
 	}
 	var body io.Reader = bytes.NewReader(buf.Bytes())
 	size := n
 	if n > smallNAR {
 		body, size = io.MultiReader(body, r), -1
 	}
-	u.count(1)
 	at := u.cfg.Now()
-	if err := u.cfg.Store.Put(ctx, LogKey(drvPath), body, size, "text/plain; charset=utf-8"); err != nil {
+	if err := u.counted.Put(ctx, LogKey(drvPath), body, size, "text/plain; charset=utf-8"); err != nil {
 		return fmt.Errorf("upload build log of %s: %w", drvPath, err)
 	}
 	// A sweep may have listed an older log under this key, to delete it.
@@ -100,20 +100,19 @@ func (u *Uploader) PutRealisation(ctx context.Context, r nix.Realisation) error 
 	if r.HasTrace() {
 		body, err := r.TraceSigned(keys...)
 		if err != nil {
-			return Permanent(err)
+			return store.Permanent(err)
 		}
 		objs = append(objs, object{BuildTraceKey(r.DrvPath, r.Output), "build trace " + r.TraceKey(), body})
 	}
 	if len(objs) == 0 {
-		return Permanent(fmt.Errorf("realisation of %s: %w: neither an id nor a derivation and output to key it by", r.OutPath, nix.ErrRealisationFormat))
+		return store.Permanent(fmt.Errorf("realisation of %s: %w: neither an id nor a derivation and output to key it by", r.OutPath, nix.ErrRealisationFormat))
 	}
 	put := func(only map[string]bool) error {
 		for _, o := range objs {
 			if only != nil && !only[o.key] {
 				continue
 			}
-			u.count(1)
-			if err := u.cfg.Store.Put(ctx, o.key, bytes.NewReader(o.body), int64(len(o.body)), "application/json"); err != nil {
+			if err := u.counted.Put(ctx, o.key, bytes.NewReader(o.body), int64(len(o.body)), "application/json"); err != nil {
 				return fmt.Errorf("upload %s: %w", o.what, err)
 			}
 		}

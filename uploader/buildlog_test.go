@@ -16,6 +16,7 @@ import (
 	"github.com/rs/zerolog"
 
 	"github.com/nixpush/nixpush/nix"
+	"github.com/nixpush/nixpush/store"
 )
 
 type failingReader struct{}
@@ -26,7 +27,7 @@ func (failingReader) Read([]byte) (int, error) { return 0, errors.New("bzip2 dat
 // cannot be read fails permanently, since retrying reads it no better.
 func TestPutLog(t *testing.T) {
 	dir := t.TempDir()
-	s, err := NewFileStore(dir)
+	s, err := store.NewFileStore(dir)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -44,7 +45,7 @@ func TestPutLog(t *testing.T) {
 		t.Fatalf("stats: %+v", u.Stats())
 	}
 	err = u.PutLog(ctx, drv, io.MultiReader(strings.NewReader("x"), failingReader{}))
-	if err == nil || !IsPermanent(err) {
+	if err == nil || !store.IsPermanent(err) {
 		t.Fatalf("an unreadable log: %v; want a permanent error", err)
 	}
 }
@@ -84,7 +85,7 @@ func TestPutRealisation(t *testing.T) {
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			dir := t.TempDir()
-			base, err := NewFileStore(dir)
+			base, err := store.NewFileStore(dir)
 			if err != nil {
 				t.Fatal(err)
 			}
@@ -92,7 +93,7 @@ func TestPutRealisation(t *testing.T) {
 			if err := base.Put(context.Background(), nix.NarInfoKey(out), strings.NewReader("StorePath: "+out+"\n"), -1, "text/x-nix-narinfo"); err != nil {
 				t.Fatal(err)
 			}
-			var s Store = base
+			var s store.Store = base
 			var g *gcStore
 			if tc.victims != nil {
 				g = &gcStore{FileStore: base, t: t, trigger: tc.want[len(tc.want)-1], victims: tc.victims, after: true}
@@ -138,7 +139,7 @@ func TestPutRealisation(t *testing.T) {
 		})
 	}
 	u := New(Config{Store: nil, Key: testKey(t), Log: zerolog.Nop()})
-	if err := u.PutRealisation(context.Background(), nix.Realisation{OutPath: out}); !IsPermanent(err) {
+	if err := u.PutRealisation(context.Background(), nix.Realisation{OutPath: out}); !store.IsPermanent(err) {
 		t.Fatalf("a realisation with neither id nor derivation: %v; want a permanent error", err)
 	}
 }

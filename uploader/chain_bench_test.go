@@ -14,6 +14,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/nixpush/nixpush/store"
+
 	"github.com/rs/zerolog"
 
 	"github.com/nixpush/nixpush/internal/testenv"
@@ -21,7 +23,7 @@ import (
 
 // timingStore records how long each .narinfo PUT took and when it ended.
 type timingStore struct {
-	Bucket
+	store.Bucket
 	mu       sync.Mutex
 	narinfo  []time.Duration
 	nars     int
@@ -47,10 +49,10 @@ func (s *timingStore) ListTop(ctx context.Context, fn func(string) bool) error {
 	s.mu.Lock()
 	s.requests++
 	s.mu.Unlock()
-	return s.Bucket.(Lister).ListTop(ctx, fn)
+	return s.Bucket.(store.Lister).ListTop(ctx, fn)
 }
 
-func (s *timingStore) List(ctx context.Context, prefix string, fn func(Object) error) error {
+func (s *timingStore) List(ctx context.Context, prefix string, fn func(store.Object) error) error {
 	s.mu.Lock()
 	s.requests++
 	s.mu.Unlock()
@@ -105,11 +107,11 @@ func BenchmarkChainS3(b *testing.B) {
 		bucket := fmt.Sprintf("chain-%d", round)
 		round++
 		m.MakeBucket(b, bucket, false)
-		st, err := OpenStore(context.Background(), m.StoreURI(bucket), StoreOptions{})
+		st, err := store.Open(context.Background(), m.StoreURI(bucket), store.Options{})
 		if err != nil {
 			b.Fatal(err)
 		}
-		ts := &timingStore{Bucket: st.(Bucket)}
+		ts := &timingStore{Bucket: st.(store.Bucket)}
 		u := New(Config{Store: ts, Nix: fs, Key: key, Compression: Zstd, Jobs: benchJobs(), StoreDir: fs.dir, Log: zerolog.Nop()})
 		m0, _ := m.CPUTime()
 		c0 := selfCPU()
@@ -137,7 +139,7 @@ func BenchmarkChainS3(b *testing.B) {
 	}
 	// The floor: the same number of small PUTs one after the other, on
 	// an idle MinIO.
-	st, err := OpenStore(context.Background(), m.StoreURI("chain-0"), StoreOptions{})
+	st, err := store.Open(context.Background(), m.StoreURI("chain-0"), store.Options{})
 	if err != nil {
 		b.Fatal(err)
 	}

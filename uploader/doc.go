@@ -26,14 +26,13 @@
 // docs/resumable-uploads.md). The .narinfo still follows the completed
 // NAR.
 //
-// The Store interface hides whether the cache is an S3 bucket or a file://
-// directory; nothing above it can tell them apart. Bucket adds listing,
-// reading and deleting, for the retention package. Store errors are
-// classified once, where they are understood (StoreError: unreachable,
-// certificate, credentials, bucket missing, access denied), and Preflight
-// checks a store the way the daemon and nixpush check do; init.go and
-// admin.go prepare a bucket (nix-cache-info, anonymous read, policies, a
-// MinIO user) for nixpush init.
+// The store package's Store hides whether the cache is an S3 bucket or a
+// file:// directory; nothing here can tell them apart. Store errors are
+// classified there, once, where they are understood (store.StoreError),
+// and Preflight checks a store the way the daemon and nixpush check do;
+// init.go prepares a cache (the store's own preparation, then
+// nix-cache-info) and holds the IAM policies of nixpush init. The
+// requests of Stats are counted by a store.Count around Config.Store.
 //
 // # Knowledge with a lifetime
 //

@@ -7,6 +7,7 @@ import (
 	"sync"
 
 	"github.com/klauspost/compress/zstd"
+	"github.com/nixpush/nixpush/store"
 )
 
 // With more than two cores (zstdFrames), a large NAR is compressed with
@@ -66,8 +67,8 @@ var frameEncoder = sync.OnceValues(func() (*zstd.Encoder, error) {
 // two, where frames are used only when NIXPUSH_ZSTD_FRAMES=on). Two per
 // core, 32 MiB on two cores, made the daemon's peak 75 MiB against 46 MiB
 // with one zstd stream per NAR.
-var frameBufs = sync.OnceValue(func() *partPool {
-	return newPartPool(frameSize+frameBound, min(runtime.GOMAXPROCS(0), frameCores)+1)
+var frameBufs = sync.OnceValue(func() *store.PartPool {
+	return store.NewPartPool(frameSize+frameBound, min(runtime.GOMAXPROCS(0), frameCores)+1)
 })
 
 // frameCores is the most cores frames are compressed on at once, which
@@ -91,7 +92,7 @@ type frame struct {
 type frameWriter struct {
 	w       io.Writer
 	enc     *zstd.Encoder
-	bufs    *partPool
+	bufs    *store.PartPool
 	cur     *frame
 	queue   chan *frame   // frames in order, to the writing goroutine
 	failed  chan struct{} // closed when writing to w failed
@@ -107,7 +108,7 @@ func newFrameWriter(w io.Writer) (*frameWriter, error) {
 		return nil, err
 	}
 	bufs := frameBufs()
-	f := &frameWriter{w: w, enc: enc, bufs: bufs, queue: make(chan *frame, bufs.max),
+	f := &frameWriter{w: w, enc: enc, bufs: bufs, queue: make(chan *frame, bufs.Max()),
 		failed: make(chan struct{}), written: make(chan struct{})}
 	go f.writeFrames()
 	return f, nil
@@ -125,7 +126,7 @@ func (f *frameWriter) writeFrames() {
 				close(f.failed)
 			}
 		}
-		f.bufs.put(fr.buf)
+		f.bufs.Put(fr.buf)
 	}
 }
 
@@ -163,20 +164,10 @@ func (f *frameWriter) getBuf() ([]byte, error) {
 		return nil, f.err
 	default:
 	}
-	select {
-	case b := <-f.bufs.free:
-		return b, nil
-	default:
-	}
-	if b, ok := f.bufs.tryMake(); ok {
+	if b, ok := f.bufs.Take(f.failed); ok {
 		return b, nil
 	}
-	select {
-	case b := <-f.bufs.free:
-		return b, nil
-	case <-f.failed:
-		return nil, f.err
-	}
+	return nil, f.err
 }
 
 // send starts compressing the current chunk and queues it for writing.

@@ -119,7 +119,7 @@ func TestFrameWriter(t *testing.T) {
 // is right, and every buffer is back in the pool at the end.
 func TestFrameWritersShareBuffers(t *testing.T) {
 	bufs := frameBufs()
-	n := bufs.max + 3
+	n := bufs.Max() + 3
 	inputs := make([][]byte, n)
 	for i := range inputs {
 		inputs[i] = halfRandom(2*frameSize + i*100_003)
@@ -149,15 +149,15 @@ func TestFrameWritersShareBuffers(t *testing.T) {
 	select {
 	case <-finished:
 	case <-time.After(2 * time.Minute):
-		t.Fatalf("%d frame writers sharing %d buffers: not done after 2 minutes", n, bufs.max)
+		t.Fatalf("%d frame writers sharing %d buffers: not done after 2 minutes", n, bufs.Max())
 	}
 	for i := range inputs {
 		if want := oneByOne(t, inputs[i]); !bytes.Equal(outs[i], want) {
 			t.Errorf("writer %d: %d bytes of frames, want %d", i, len(outs[i]), len(want))
 		}
 	}
-	if got := len(bufs.free); got != bufs.made {
-		t.Errorf("%d of %d frame buffers back in the pool", got, bufs.made)
+	if got := bufs.Free(); got != bufs.Made() {
+		t.Errorf("%d of %d frame buffers back in the pool", got, bufs.Made())
 	}
 }
 
@@ -186,8 +186,8 @@ func TestFrameWriterRefused(t *testing.T) {
 			t.Errorf("error %q, want the destination's (refused)", err)
 		}
 	}
-	if got := len(bufs.free); got != bufs.made {
-		t.Errorf("%d of %d frame buffers back in the pool", got, bufs.made)
+	if got := bufs.Free(); got != bufs.Made() {
+		t.Errorf("%d of %d frame buffers back in the pool", got, bufs.Made())
 	}
 	if _, err := w.Write([]byte("x")); !errors.Is(err, errFrameWriterClosed) {
 		t.Errorf("write after close: %v, want %v", err, errFrameWriterClosed)

@@ -2,46 +2,27 @@ package uploader
 
 import (
 	"context"
-	"encoding/json"
-	"errors"
 	"fmt"
-	"slices"
 	"strings"
 
-	"github.com/minio/minio-go/v7"
-	"github.com/minio/minio-go/v7/pkg/lifecycle"
+	"github.com/nixpush/nixpush/store"
 )
-
-// InitOptions say how to prepare a cache.
-type InitOptions struct {
-	StoreDir   string // for nix-cache-info; "" means /nix/store
-	Priority   int    // for nix-cache-info; 0 means 40
-	PublicRead bool   // allow anonymous GetObject on the bucket's objects
-	ExpireDays int    // > 0: expire objects after this many days
-}
-
-// Initializer is a store that can prepare itself to be a cache.
-type Initializer interface {
-	// Init makes the store ready and returns what it changed, in words;
-	// nothing when it was ready already.
-	Init(ctx context.Context, opts InitOptions) ([]string, error)
-}
 
 // Init prepares store as a binary cache: the store's own preparation (for a
 // bucket: create it, allow anonymous reads, add an expiry rule), then
 // nix-cache-info when missing. Running it again changes nothing.
-func Init(ctx context.Context, store Store, opts InitOptions) ([]string, error) {
+func Init(ctx context.Context, st store.Store, opts store.InitOptions) ([]string, error) {
 	var changes []string
-	if in, ok := store.(Initializer); ok {
+	if in, ok := store.As[store.Initializer](st); ok {
 		c, err := in.Init(ctx, opts)
 		if err != nil {
 			return changes, err
 		}
 		changes = append(changes, c...)
 	} else if opts.PublicRead || opts.ExpireDays > 0 {
-		return nil, fmt.Errorf("%s: --public-read and --expire-days apply to S3 buckets only", store)
+		return nil, fmt.Errorf("%s: --public-read and --expire-days apply to S3 buckets only", st)
 	}
-	has, err := store.Has(ctx, "nix-cache-info")
+	has, err := st.Has(ctx, "nix-cache-info")
 	if err != nil {
 		return changes, err
 	}
@@ -53,7 +34,7 @@ func Init(ctx context.Context, store Store, opts InitOptions) ([]string, error) 
 			opts.Priority = 40
 		}
 		text := CacheInfo(opts.StoreDir, opts.Priority)
-		if err := store.Put(ctx, "nix-cache-info", strings.NewReader(text), int64(len(text)), "text/x-nix-cache-info"); err != nil {
+		if err := st.Put(ctx, "nix-cache-info", strings.NewReader(text), int64(len(text)), "text/x-nix-cache-info"); err != nil {
 			return changes, err
 		}
 		changes = append(changes, "wrote nix-cache-info")
@@ -79,14 +60,14 @@ var UploaderActions = []string{
 // its resumable uploads (only under nixpush/preflight/ and
 // nixpush/uploads/, so the account cannot delete cache objects).
 func UploaderPolicy(bucket string) string {
-	return policyJSON([]statement{{
+	return store.PolicyJSON([]store.Statement{{
 		Effect:   "Allow",
 		Action:   UploaderActions,
 		Resource: []string{"arn:aws:s3:::" + bucket, "arn:aws:s3:::" + bucket + "/*"},
 	}, {
 		Effect:   "Allow",
 		Action:   []string{"s3:DeleteObject"},
-		Resource: []string{"arn:aws:s3:::" + bucket + "/" + probePrefix + "*", "arn:aws:s3:::" + bucket + "/" + UploadMarkerPrefix + "*"},
+		Resource: []string{"arn:aws:s3:::" + bucket + "/" + store.ProbePrefix + "*", "arn:aws:s3:::" + bucket + "/" + UploadMarkerPrefix + "*"},
 	}})
 }
 
@@ -96,150 +77,9 @@ func UploaderPolicy(bucket string) string {
 // UploaderPolicy: a builder that could delete could wipe the cache.
 func GCPolicy(bucket string) string {
 	arn := "arn:aws:s3:::" + bucket
-	return policyJSON([]statement{
+	return store.PolicyJSON([]store.Statement{
 		{Effect: "Allow", Action: []string{"s3:GetBucketLocation", "s3:ListBucket", "s3:ListBucketMultipartUploads"}, Resource: []string{arn}},
 		{Effect: "Allow", Action: []string{"s3:AbortMultipartUpload", "s3:DeleteObject", "s3:GetObject", "s3:ListMultipartUploadParts"}, Resource: []string{arn + "/*"}},
 		{Effect: "Allow", Action: []string{"s3:PutObject"}, Resource: []string{arn + "/nixpush/*"}},
 	})
-}
-
-type statement struct {
-	Sid       string `json:"Sid,omitempty"`
-	Effect    string `json:"Effect"`
-	Principal any    `json:"Principal,omitempty"`
-	Action    any    `json:"Action"`
-	Resource  any    `json:"Resource"`
-}
-
-type policy struct {
-	Version   string      `json:"Version"`
-	Statement []statement `json:"Statement"`
-}
-
-func policyJSON(st []statement) string {
-	b, _ := json.MarshalIndent(policy{Version: "2012-10-17", Statement: st}, "", "  ")
-	return string(b)
-}
-
-// publicReadSid names the statement nixpush adds for anonymous reads.
-const publicReadSid = "nixpush-public-read"
-
-// expireRuleID names the lifecycle rule nixpush adds.
-const expireRuleID = "nixpush-expire"
-
-// Init creates the bucket when missing and sets anonymous read access and
-// the expiry rule when asked, leaving what is already right alone.
-func (s *S3Store) Init(ctx context.Context, opts InitOptions) ([]string, error) {
-	var changes []string
-	exists, err := s.client.BucketExists(ctx, s.bucket)
-	if err != nil {
-		return nil, s.wrap("check bucket", s.bucket, err)
-	}
-	if !exists {
-		if err := s.client.MakeBucket(ctx, s.bucket, minio.MakeBucketOptions{Region: s.region}); err != nil {
-			return nil, s.wrap("create bucket", s.bucket, err)
-		}
-		changes = append(changes, "created bucket "+s.bucket)
-	}
-	if opts.PublicRead {
-		current, err := s.client.GetBucketPolicy(ctx, s.bucket)
-		if err != nil && minio.ToErrorResponse(err).Code != "NoSuchBucketPolicy" {
-			return changes, s.wrap("get policy", s.bucket, err)
-		}
-		var p policy
-		if current != "" {
-			if err := json.Unmarshal([]byte(current), &p); err != nil {
-				return changes, fmt.Errorf("%s: bucket policy is not JSON I can read (%v); fix or remove it", s.name, err)
-			}
-		}
-		if !grantsPublicRead(p, s.bucket) {
-			p.Statement = append(p.Statement, statement{
-				Sid: publicReadSid, Effect: "Allow", Principal: map[string]any{"AWS": []string{"*"}},
-				Action: []string{"s3:GetObject"}, Resource: []string{"arn:aws:s3:::" + s.bucket + "/*"},
-			})
-			if err := s.client.SetBucketPolicy(ctx, s.bucket, policyJSON(p.Statement)); err != nil {
-				return changes, s.wrap("set policy", s.bucket, err)
-			}
-			changes = append(changes, "allowed anonymous download (s3:GetObject) of "+s.bucket+"/*")
-		}
-	}
-	if opts.ExpireDays > 0 {
-		cfg, err := s.client.GetBucketLifecycle(ctx, s.bucket)
-		if err != nil {
-			if code := minio.ToErrorResponse(err).Code; code != "NoSuchLifecycleConfiguration" {
-				return changes, s.wrap("get lifecycle", s.bucket, err)
-			}
-			cfg = lifecycle.NewConfiguration()
-		}
-		i := slices.IndexFunc(cfg.Rules, func(r lifecycle.Rule) bool { return r.ID == expireRuleID })
-		if i < 0 || int(cfg.Rules[i].Expiration.Days) != opts.ExpireDays || cfg.Rules[i].Status != "Enabled" {
-			rule := lifecycle.Rule{ID: expireRuleID, Status: "Enabled",
-				Expiration: lifecycle.Expiration{Days: lifecycle.ExpirationDays(opts.ExpireDays)}}
-			if i < 0 {
-				cfg.Rules = append(cfg.Rules, rule)
-			} else {
-				cfg.Rules[i] = rule
-			}
-			if err := s.client.SetBucketLifecycle(ctx, s.bucket, cfg); err != nil {
-				return changes, s.wrap("set lifecycle", s.bucket, err)
-			}
-			changes = append(changes, fmt.Sprintf("objects expire after %d days (lifecycle rule %s)", opts.ExpireDays, expireRuleID))
-		}
-	}
-	return changes, nil
-}
-
-// grantsPublicRead reports whether p lets anyone GET the bucket's objects.
-func grantsPublicRead(p policy, bucket string) bool {
-	for _, st := range p.Statement {
-		if st.Effect == "Allow" && anyoneIn(st.Principal) && contains(st.Action, "s3:GetObject") &&
-			contains(st.Resource, "arn:aws:s3:::"+bucket+"/*") {
-			return true
-		}
-	}
-	return false
-}
-
-func anyoneIn(principal any) bool {
-	switch p := principal.(type) {
-	case string:
-		return p == "*"
-	case map[string]any:
-		return contains(p["AWS"], "*")
-	}
-	return false
-}
-
-// contains reports whether a policy field (a string or a list) holds s.
-func contains(field any, s string) bool {
-	switch f := field.(type) {
-	case string:
-		return f == s
-	case []any:
-		for _, x := range f {
-			if x == s {
-				return true
-			}
-		}
-	case []string:
-		return slices.Contains(f, s)
-	}
-	return false
-}
-
-// HTTPURL is the plain URL consumers can read a public bucket at.
-func (s *S3Store) HTTPURL() string {
-	scheme := "https"
-	if !s.secure {
-		scheme = "http"
-	}
-	return scheme + "://" + s.endpoint + "/" + s.bucket
-}
-
-// Init on a directory creates it; there is nothing else to prepare.
-func (s *FileStore) Init(ctx context.Context, opts InitOptions) ([]string, error) {
-	if opts.PublicRead || opts.ExpireDays > 0 {
-		return nil, errors.New("--public-read and --expire-days apply to S3 buckets only")
-	}
-	return nil, nil // NewFileStore made the directory
 }

@@ -16,6 +16,7 @@ import (
 	"golang.org/x/sync/errgroup"
 
 	"github.com/nixpush/nixpush/nix"
+	"github.com/nixpush/nixpush/store"
 )
 
 // The objects nixpush keeps beside the cache, under a prefix Nix never
@@ -111,8 +112,7 @@ func (u *Uploader) recordRoots(ctx context.Context, roots []string, errs []error
 	body, err := json.Marshal(rec)
 	if err == nil {
 		body = append(body, '\n')
-		u.count(1)
-		err = u.cfg.Store.Put(ctx, key, bytes.NewReader(body), int64(len(body)), "application/json")
+		err = u.counted.Put(ctx, key, bytes.NewReader(body), int64(len(body)), "application/json")
 	}
 	if err == nil && len(idx) == 1 {
 		// Rewritten in place: a sweep may have listed the record before.
@@ -173,7 +173,7 @@ func (u *Uploader) absent(ctx context.Context, top, deep []string) (gone map[str
 // on the budget listNarInfos keeps: on a 500-path push, one listing
 // instead of 500 existence checks.
 func (u *Uploader) listDir(ctx context.Context, keys []string) (map[string]bool, bool) {
-	b, ok := u.cfg.Store.(Bucket)
+	b, ok := store.As[store.Bucket](u.counted)
 	if !ok || len(keys) < 32 {
 		return nil, false
 	}
@@ -188,17 +188,15 @@ func (u *Uploader) listDir(ctx context.Context, keys []string) (map[string]bool,
 		}
 	}
 	names := make(map[string]bool)
-	budget, seen := len(keys)*listBudget, int64(0)
+	budget := len(keys) * listBudget
 	errBudget := errors.New("over budget")
-	err := b.List(ctx, dir, func(o Object) error {
-		seen++
+	err := b.List(ctx, dir, func(o store.Object) error {
 		names[o.Key] = true
 		if budget--; budget <= 0 {
 			return errBudget
 		}
 		return nil
 	})
-	u.count(seen/1000 + 1) // list requests
 	if err != nil {
 		return nil, false // too large or failing: check key by key
 	}

@@ -20,6 +20,8 @@ import (
 	"github.com/rs/zerolog"
 
 	"github.com/nixpush/nixpush/nix"
+	"github.com/nixpush/nixpush/store"
+	"github.com/nixpush/nixpush/store/storetest"
 )
 
 type fakeClock struct {
@@ -35,14 +37,14 @@ func (c *fakeClock) Add(d time.Duration) {
 }
 
 // remove deletes an object of a file store behind the uploader's back.
-func remove(t *testing.T, s *FileStore, key string) {
+func remove(t *testing.T, s *store.FileStore, key string) {
 	t.Helper()
-	if err := os.Remove(filepath.Join(s.dir, key)); err != nil {
+	if err := os.Remove(filepath.Join(s.Dir(), key)); err != nil {
 		t.Fatal(err)
 	}
 }
 
-func narURL(t *testing.T, s Store, p string) string {
+func narURL(t *testing.T, s store.Store, p string) string {
 	t.Helper()
 	b, err := s.Get(context.Background(), nix.NarInfoKey(p))
 	if err != nil {
@@ -64,7 +66,7 @@ func TestTrustWindow(t *testing.T) {
 	a := fs.add(t, "a", []byte("a"))
 	b := fs.add(t, "b", []byte("b"), a)
 	c := fs.add(t, "c", []byte("c"), b)
-	base, _ := NewFileStore(t.TempDir())
+	base, _ := store.NewFileStore(t.TempDir())
 	clk := &fakeClock{t: time.Unix(2e9, 0)}
 	u := New(Config{Store: base, Nix: fs, Key: testKey(t), StoreDir: fs.dir, Log: zerolog.Nop(), TrustCacheFor: time.Hour, Now: clk.Now})
 	push := func(p string) {
@@ -106,7 +108,7 @@ func TestTrustNothing(t *testing.T) {
 		chain = append(chain, p)
 		prev = []string{p}
 	}
-	base, _ := NewFileStore(t.TempDir())
+	base, _ := store.NewFileStore(t.TempDir())
 	u := New(Config{Store: base, Nix: fs, Key: testKey(t), StoreDir: fs.dir, Log: zerolog.Nop()})
 	if err := u.Push(context.Background(), []string{chain[10]})[0]; err != nil {
 		t.Fatal(err)
@@ -132,13 +134,13 @@ func TestRecheckRestoresWipedCache(t *testing.T) {
 	leaf := fs.add(t, "leaf", []byte("leaf"))
 	top := fs.add(t, "top", []byte("top"), leaf)
 	dir := t.TempDir()
-	base, _ := NewFileStore(dir)
+	base, _ := store.NewFileStore(dir)
 	u := New(Config{Store: base, Nix: fs, Key: testKey(t), StoreDir: fs.dir, Log: zerolog.Nop(), TrustCacheFor: time.Hour})
 	if err := u.Push(context.Background(), []string{top})[0]; err != nil {
 		t.Fatal(err)
 	}
 	os.RemoveAll(dir)
-	base, _ = NewFileStore(dir)
+	base, _ = store.NewFileStore(dir)
 	if err := u.Recheck(context.Background(), []string{top})[0]; err != nil {
 		t.Fatal(err)
 	}
@@ -155,7 +157,7 @@ func TestRecheckRestoresWipedCache(t *testing.T) {
 func TestRootRecords(t *testing.T) {
 	fs := newFakeStore(t)
 	top := fs.add(t, "top", []byte("top"))
-	base, _ := NewFileStore(t.TempDir())
+	base, _ := store.NewFileStore(t.TempDir())
 	clk := &fakeClock{t: time.Unix(2e9, 0)}
 	u := New(Config{Store: base, Nix: fs, Key: testKey(t), StoreDir: fs.dir, Log: zerolog.Nop(), TrustCacheFor: time.Hour, Now: clk.Now, Host: "builder-1"})
 	read := func() RootRecord {
@@ -187,7 +189,7 @@ func TestRootRecords(t *testing.T) {
 // .narinfo of trigger: before that write, or just after it, before the
 // sweep's deadline.
 type gcStore struct {
-	*FileStore
+	*store.FileStore
 	t        *testing.T
 	trigger  string   // the .narinfo key whose write sets the gc off
 	victims  []string // keys the gc deletes
@@ -214,7 +216,7 @@ func (g *gcStore) Put(ctx context.Context, key string, r io.Reader, size int64, 
 	}()
 	sweep := func() {
 		for _, k := range g.victims {
-			os.Remove(filepath.Join(g.dir, k))
+			os.Remove(filepath.Join(g.Dir(), k))
 		}
 	}
 	if !g.after {
@@ -253,7 +255,7 @@ func TestPushRacingGC(t *testing.T) {
 			leaf := fs.add(t, "leaf", []byte("leaf"))
 			mid := fs.add(t, "mid", []byte("mid"), leaf)
 			top := fs.add(t, "top", []byte("top"), mid)
-			base, _ := NewFileStore(t.TempDir())
+			base, _ := store.NewFileStore(t.TempDir())
 			g := &gcStore{FileStore: base, t: t, trigger: nix.NarInfoKey(top), after: after}
 			u := New(Config{Store: g, Nix: fs, Key: testKey(t), StoreDir: fs.dir, Log: zerolog.Nop(), TrustCacheFor: time.Hour})
 			u.cfg.ClockSkew = 50 * time.Millisecond
@@ -288,7 +290,7 @@ func TestPushRacingGC(t *testing.T) {
 // listing of nar/ when there are many, and a missing one is still found.
 func TestAbsentListsNARs(t *testing.T) {
 	ctx := context.Background()
-	s, err := NewFileStore(t.TempDir())
+	s, err := store.NewFileStore(t.TempDir())
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -331,7 +333,7 @@ func TestAbsentListsNARs(t *testing.T) {
 }
 
 // finishSweep leaves a gc's marker up as gc does after its last deletion.
-func finishSweep(t *testing.T, s *FileStore, deadline time.Time) {
+func finishSweep(t *testing.T, s *store.FileStore, deadline time.Time) {
 	m, _ := json.Marshal(SweepMarker{ListedAt: time.Now().Add(-time.Second), Deadline: deadline, Host: "gc-host", FinishedAt: time.Now()})
 	if err := s.Put(context.Background(), SweepKey, bytes.NewReader(m), int64(len(m)), "application/json"); err != nil {
 		t.Error(err)
@@ -340,7 +342,7 @@ func finishSweep(t *testing.T, s *FileStore, deadline time.Time) {
 
 // checksStore records the existence checks made of it.
 type checksStore struct {
-	*FileStore
+	*store.FileStore
 	mu     sync.Mutex
 	checks []string
 }
@@ -385,7 +387,7 @@ func TestRecheckAfterWritesFollowsTheMarker(t *testing.T) {
 			leaf := fs.add(t, "leaf", []byte("leaf"))
 			mid := fs.add(t, "mid", []byte("mid"), leaf)
 			top := fs.add(t, "top", []byte("top"), mid)
-			base, _ := NewFileStore(t.TempDir())
+			base, _ := store.NewFileStore(t.TempDir())
 			cs := &checksStore{FileStore: base}
 			u := New(Config{Store: cs, Nix: fs, Key: testKey(t), StoreDir: fs.dir, Log: zerolog.Nop(), TrustCacheFor: time.Hour})
 			u.cfg.ClockSkew = 20 * time.Millisecond
@@ -439,7 +441,7 @@ func TestRecheckCoversOldNARs(t *testing.T) {
 	fs := newFakeStore(t)
 	dep := fs.add(t, "dep", []byte("dep"))
 	top := fs.add(t, "top", []byte("top"), dep)
-	base, _ := NewFileStore(t.TempDir())
+	base, _ := store.NewFileStore(t.TempDir())
 	u := New(Config{Store: base, Nix: fs, Key: testKey(t), StoreDir: fs.dir, Log: zerolog.Nop(), TrustCacheFor: time.Hour})
 	u.cfg.ClockSkew = 20 * time.Millisecond
 	if err := u.Push(ctx, []string{dep})[0]; err != nil {
@@ -469,7 +471,7 @@ func TestRecheckCoversOldNARs(t *testing.T) {
 func TestEnsureRecordsNoRoot(t *testing.T) {
 	fs := newFakeStore(t)
 	top := fs.add(t, "top", []byte("top"))
-	base, _ := NewFileStore(t.TempDir())
+	base, _ := store.NewFileStore(t.TempDir())
 	u := New(Config{Store: base, Nix: fs, Key: testKey(t), StoreDir: fs.dir, Log: zerolog.Nop()})
 	if err := u.Ensure(context.Background(), []string{top})[0]; err != nil {
 		t.Fatal(err)
@@ -478,19 +480,6 @@ func TestEnsureRecordsNoRoot(t *testing.T) {
 	if has, err := base.Has(context.Background(), RootKey(top)); err != nil || has {
 		t.Fatalf("root record after Ensure: %v, %v; want none", has, err)
 	}
-}
-
-// failingHasStore fails the existence check of one key.
-type failingHasStore struct {
-	*FileStore
-	key string
-}
-
-func (f *failingHasStore) Has(ctx context.Context, key string) (bool, error) {
-	if key == f.key {
-		return false, fmt.Errorf("check of %s failed", key)
-	}
-	return f.FileStore.Has(ctx, key)
 }
 
 // TestAbsentReportsFailedChecks: a check that fails is neither gone nor
@@ -504,11 +493,16 @@ func TestAbsentReportsFailedChecks(t *testing.T) {
 	flaky := fs.add(t, "flaky", []byte("flaky"))
 	gone := fs.add(t, "gone", []byte("gone"))
 	top := fs.add(t, "top", []byte("top"), flaky)
-	base, _ := NewFileStore(t.TempDir())
+	base, _ := store.NewFileStore(t.TempDir())
 	if err := New(Config{Store: base, Nix: fs, Key: testKey(t), StoreDir: fs.dir, Log: zerolog.Nop()}).Push(ctx, []string{present, flaky})[0]; err != nil {
 		t.Fatal(err)
 	}
-	s := &failingHasStore{FileStore: base, key: nix.NarInfoKey(flaky)}
+	s := storetest.NewFaulty(base, func(op, key string) error {
+		if op == "Has" && key == nix.NarInfoKey(flaky) {
+			return fmt.Errorf("check of %s failed", key)
+		}
+		return nil
+	})
 	u := New(Config{Store: s, Nix: fs, Key: testKey(t), StoreDir: fs.dir, Log: zerolog.Nop()})
 	keys := []string{nix.NarInfoKey(present), nix.NarInfoKey(flaky), nix.NarInfoKey(gone)}
 	g, failed := u.absent(ctx, keys, nil)

@@ -15,6 +15,7 @@ import (
 	"github.com/nix-community/go-nix/pkg/nixhash"
 
 	"github.com/nixpush/nixpush/nix"
+	"github.com/nixpush/nixpush/store"
 )
 
 // smallNAR is the NAR size up to which a path is compressed in memory and
@@ -81,7 +82,7 @@ func pack(info nix.PathInfo, c Compression, list bool, w io.Writer) (packed, err
 	}
 	got := narc.hash()
 	if narc.n != info.NarSize || !bytes.Equal(got.Digest(), info.NarHash.Digest()) {
-		return packed{}, Permanent(fmt.Errorf("%w: %s: the Nix database has %s (%d bytes), the store has %s (%d bytes); run nix-store --verify --check-contents",
+		return packed{}, store.Permanent(fmt.Errorf("%w: %s: the Nix database has %s (%d bytes), the store has %s (%d bytes); run nix-store --verify --check-contents",
 			ErrHashMismatch, info.Path, info.NarHash.Format(nixhash.NixBase32, true), info.NarSize,
 			got.Format(nixhash.NixBase32, true), narc.n))
 	}
@@ -112,7 +113,7 @@ func packSmall(info nix.PathInfo, c Compression, list bool, narBuf, fileBuf *byt
 	sum := sha256.Sum256(narBytes)
 	if uint64(len(narBytes)) != info.NarSize || !bytes.Equal(sum[:], info.NarHash.Digest()) {
 		got := nixhash.MustNewHash(nixhash.SHA256, sum[:])
-		return nil, packed{}, Permanent(fmt.Errorf("%w: %s: the Nix database has %s (%d bytes), the store has %s (%d bytes); run nix-store --verify --check-contents",
+		return nil, packed{}, store.Permanent(fmt.Errorf("%w: %s: the Nix database has %s (%d bytes), the store has %s (%d bytes); run nix-store --verify --check-contents",
 			ErrHashMismatch, info.Path, info.NarHash.Format(nixhash.NixBase32, true), info.NarSize,
 			got.Format(nixhash.NixBase32, true), len(narBytes)))
 	}
@@ -162,7 +163,7 @@ func putBuffer(b *bytes.Buffer) {
 // putNAR packs and uploads the NAR of info under key. Small NARs are packed
 // in memory and sent with one PUT; large ones stream through a pipe into a
 // multipart upload that is aborted if packing fails.
-func putNAR(ctx context.Context, s Store, info nix.PathInfo, c Compression, list bool, key string) (packed, error) {
+func putNAR(ctx context.Context, s store.Store, info nix.PathInfo, c Compression, list bool, key string) (packed, error) {
 	if info.NarSize <= smallNAR {
 		narBuf, fileBuf := getBuffer(), getBuffer()
 		defer putBuffer(narBuf)

@@ -13,12 +13,13 @@ import (
 	"testing"
 	"time"
 
+	"github.com/nixpush/nixpush/store"
 	"github.com/rs/zerolog"
 )
 
 // startOrderStore records the order in which NAR uploads start.
 type startOrderStore struct {
-	Store
+	store.Store
 	mu     sync.Mutex
 	starts []string
 }
@@ -48,7 +49,7 @@ func TestLargestNARStartsFirst(t *testing.T) {
 	large := fs.add(t, "large", big, paths[len(paths)-1])
 	// The top refers to every small path, so the closure holds all 301.
 	top := fs.add(t, "top", []byte("top"), append([]string{large}, paths...)...)
-	base, err := NewFileStore(t.TempDir())
+	base, err := store.NewFileStore(t.TempDir())
 	if err != nil {
 		t.Fatal(err)
 	}

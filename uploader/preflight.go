@@ -6,29 +6,16 @@ import (
 	"fmt"
 	"os"
 	"strings"
+
+	"github.com/nixpush/nixpush/store"
 )
-
-// probePrefix is where the write check puts and deletes its object, apart
-// from the cache's own objects (the uploader policy may delete here only).
-const probePrefix = "nixpush/preflight/"
-
-// Checker is a store that can tell whether it is reachable and exists
-// with one cheap request (for a bucket: endpoint, credentials, bucket).
-type Checker interface {
-	Check(ctx context.Context) error
-}
-
-// Deleter is a store that can remove an object.
-type Deleter interface {
-	Delete(ctx context.Context, key string) error
-}
 
 // CheckResult is one line of a preflight: what was checked and, when it
 // failed, the classified error (whose Fix says what to do).
 type CheckResult struct {
 	Name string
-	Note string      // a remark on a check that passed
-	Err  *StoreError // nil: passed
+	Note string            // a remark on a check that passed
+	Err  *store.StoreError // nil: passed
 }
 
 // PreflightOptions say what a preflight may do.
@@ -48,7 +35,7 @@ type PreflightOptions struct {
 // the first failure: endpoint reachable, credentials accepted, bucket
 // present, write allowed (a probe object put and deleted under
 // nixpush/preflight/), nix-cache-info present with the right StoreDir.
-func Preflight(ctx context.Context, store Store, opts PreflightOptions) []CheckResult {
+func Preflight(ctx context.Context, st store.Store, opts PreflightOptions) []CheckResult {
 	if opts.StoreDir == "" {
 		opts.StoreDir = "/nix/store"
 	}
@@ -62,39 +49,39 @@ func Preflight(ctx context.Context, store Store, opts PreflightOptions) []CheckR
 		}
 	}
 	var out []CheckResult
-	fail := func(name string, err error, otherwise StoreProblem) []CheckResult {
-		se := AsStoreError(err)
+	fail := func(name string, err error, otherwise store.StoreProblem) []CheckResult {
+		se := store.AsStoreError(err)
 		if se == nil {
-			se = &StoreError{Problem: otherwise, Err: err}
+			se = &store.StoreError{Problem: otherwise, Err: err}
 		}
 		return append(out, CheckResult{Name: name, Err: se})
 	}
 
 	// Reaching the store: one request tells which of the first three
 	// failed; the ones before it passed.
-	_, isS3 := store.(*S3Store)
+	_, isS3 := store.As[*store.S3Store](st)
 	steps := []struct {
 		name    string
-		problem StoreProblem
-	}{{"endpoint reachable", Certificate}, {"credentials accepted", Credentials}, {"bucket present", NoBucket}}
+		problem store.StoreProblem
+	}{{"endpoint reachable", store.Certificate}, {"credentials accepted", store.Credentials}, {"bucket present", store.NoBucket}}
 	if !isS3 {
 		steps = steps[2:]
 		steps[0].name = "cache directory present"
 	}
 	var err error
-	if c, ok := store.(Checker); ok {
+	if c, ok := store.As[store.Checker](st); ok {
 		err = c.Check(ctx)
 	}
-	se := AsStoreError(err)
+	se := store.AsStoreError(err)
 	if err != nil && se == nil {
-		se = &StoreError{Problem: Unreachable, Err: err} // a 5xx, say: the server is not serving
+		se = &store.StoreError{Problem: store.Unreachable, Err: err} // a 5xx, say: the server is not serving
 	}
 	for i, st := range steps {
 		if se == nil {
 			out = append(out, CheckResult{Name: st.name})
 			continue
 		}
-		owns := se.Problem == st.problem || (i == 0 && (se.Problem == Unreachable || se.Problem == NotWritable))
+		owns := se.Problem == st.problem || (i == 0 && (se.Problem == store.Unreachable || se.Problem == store.NotWritable))
 		if !owns && i < len(steps)-1 {
 			out = append(out, CheckResult{Name: st.name})
 			continue
@@ -103,44 +90,44 @@ func Preflight(ctx context.Context, store Store, opts PreflightOptions) []CheckR
 	}
 
 	// Writing: put and delete a probe object.
-	key := probePrefix + opts.Probe
+	key := store.ProbePrefix + opts.Probe
 	text := "nixpush preflight write check\n"
-	if err := store.Put(ctx, key, strings.NewReader(text), int64(len(text)), "text/plain"); err != nil {
-		return fail("write allowed", err, NotWritable)
+	if err := st.Put(ctx, key, strings.NewReader(text), int64(len(text)), "text/plain"); err != nil {
+		return fail("write allowed", err, store.NotWritable)
 	}
 	res := CheckResult{Name: "write allowed"}
-	if d, ok := store.(Deleter); ok {
+	if d, ok := store.As[store.Deleter](st); ok {
 		if err := d.Delete(ctx, key); err != nil {
 			// Not fatal: the cache works; the probe is overwritten next time.
-			res.Note = "the probe object " + key + " could not be deleted (" + err.Error() + "); allow s3:DeleteObject on " + probePrefix + "* (nixpush init --print-policy)"
+			res.Note = "the probe object " + key + " could not be deleted (" + err.Error() + "); allow s3:DeleteObject on " + store.ProbePrefix + "* (nixpush init --print-policy)"
 		}
 	}
 	out = append(out, res)
 
 	// nix-cache-info.
-	b, err := store.Get(ctx, "nix-cache-info")
+	b, err := st.Get(ctx, "nix-cache-info")
 	switch {
-	case errors.Is(err, ErrNotExist) && opts.WriteCacheInfo:
+	case errors.Is(err, store.ErrNotExist) && opts.WriteCacheInfo:
 		text := CacheInfo(opts.StoreDir, opts.Priority)
-		if err := store.Put(ctx, "nix-cache-info", strings.NewReader(text), int64(len(text)), "text/x-nix-cache-info"); err != nil {
-			return fail("nix-cache-info", err, NotWritable)
+		if err := st.Put(ctx, "nix-cache-info", strings.NewReader(text), int64(len(text)), "text/x-nix-cache-info"); err != nil {
+			return fail("nix-cache-info", err, store.NotWritable)
 		}
 		return append(out, CheckResult{Name: "nix-cache-info", Note: "written (StoreDir: " + opts.StoreDir + ")"})
-	case errors.Is(err, ErrNotExist):
-		return append(out, CheckResult{Name: "nix-cache-info", Err: &StoreError{Problem: NoCacheInfo,
-			Err: fmt.Errorf("%s has no nix-cache-info; Nix will not use it as a cache", store)}})
+	case errors.Is(err, store.ErrNotExist):
+		return append(out, CheckResult{Name: "nix-cache-info", Err: &store.StoreError{Problem: store.NoCacheInfo,
+			Err: fmt.Errorf("%s has no nix-cache-info; Nix will not use it as a cache", st)}})
 	case err != nil:
-		return fail("nix-cache-info", err, Unreachable)
+		return fail("nix-cache-info", err, store.Unreachable)
 	}
 	if dir := cacheInfoStoreDir(string(b)); dir != opts.StoreDir {
-		return append(out, CheckResult{Name: "nix-cache-info", Err: &StoreError{Problem: CacheInfoMismatch,
-			Err: fmt.Errorf("%s: nix-cache-info says StoreDir: %s; this machine's store is %s", store, dir, opts.StoreDir)}})
+		return append(out, CheckResult{Name: "nix-cache-info", Err: &store.StoreError{Problem: store.CacheInfoMismatch,
+			Err: fmt.Errorf("%s: nix-cache-info says StoreDir: %s; this machine's store is %s", st, dir, opts.StoreDir)}})
 	}
 	return append(out, CheckResult{Name: "nix-cache-info", Note: "StoreDir: " + opts.StoreDir})
 }
 
 // PreflightError is the first failure of a preflight, or nil.
-func PreflightError(results []CheckResult) *StoreError {
+func PreflightError(results []CheckResult) *store.StoreError {
 	for _, r := range results {
 		if r.Err != nil {
 			return r.Err

@@ -19,6 +19,7 @@ import (
 	"github.com/nix-community/go-nix/pkg/nixhash"
 
 	"github.com/nixpush/nixpush/nix"
+	"github.com/nixpush/nixpush/store"
 )
 
 // Resumable uploads. A large NAR goes to an S3 store as a multipart
@@ -59,19 +60,11 @@ type Journal interface {
 	BeginUpload(name, id string, record []byte) error
 	// AddUploadPart records a part sent, durably, if name's upload is
 	// still id.
-	AddUploadPart(name, id string, p SentPart) error
+	AddUploadPart(name, id string, p store.Part) error
 	LoadUpload(name string) (JournalUpload, bool, error)
 	// DropUpload forgets name's upload if it is still id ("" any).
 	DropUpload(name, id string) error
 	Uploads() ([]JournalUpload, error)
-}
-
-// SentPart is a part of a multipart upload.
-type SentPart struct {
-	Num  int    `json:"-"`
-	ETag string `json:"etag"`
-	Size int64  `json:"size"`
-	MD5  string `json:"md5,omitempty"`
 }
 
 // JournalUpload is an upload as a Journal recorded it.
@@ -79,7 +72,7 @@ type JournalUpload struct {
 	Name   string
 	ID     string
 	Record []byte
-	Parts  []SentPart
+	Parts  []store.Part
 }
 
 // resumeVersion is the layout of uploadRecord, and of the part stream it
@@ -171,7 +164,7 @@ func (u *Uploader) getJournal() Journal {
 // resumable is one attempt at a resumable upload of a NAR.
 type resumable struct {
 	u    *Uploader
-	ms   multipart
+	ms   store.Multipart
 	j    Journal
 	info nix.PathInfo
 	want uploadRecord
@@ -201,7 +194,7 @@ const (
 // storedPart is a part the store holds, with what the journal recorded
 // of it (recorded: it did, and with the same ETag and size).
 type storedPart struct {
-	SentPart
+	store.Part
 	recorded bool
 	conflict string // the journal recorded another ETag or size
 }
@@ -209,11 +202,11 @@ type storedPart struct {
 // putResumable packs and uploads the NAR of info under key as a
 // resumable multipart upload (one PUT when it compresses to less than a
 // part).
-func (u *Uploader) putResumable(ctx context.Context, ms multipart, j Journal, info nix.PathInfo, key string) (packed, error) {
+func (u *Uploader) putResumable(ctx context.Context, ms store.Multipart, j Journal, info nix.PathInfo, key string) (packed, error) {
 	c := u.cfg.Compression
 	want := uploadRecord{
 		Version: resumeVersion, Store: ms.String(), Key: key, Path: info.Path,
-		NarHash: info.NarHash.Format(nixhash.NixBase32, true), NarSize: info.NarSize, PartSize: partSize,
+		NarHash: info.NarHash.Format(nixhash.NixBase32, true), NarSize: info.NarSize, PartSize: store.PartSize,
 		Compression: string(c), Settings: c.Settings(info.NarSize),
 	}
 	u.mu.Lock()
@@ -255,7 +248,7 @@ func (r *resumable) run(ctx context.Context) (packed, error) {
 	}
 	if err != nil && r.id != "" && !errors.Is(err, errStartOver) {
 		packFailed := perr != nil && !errors.Is(perr, errUploadEnded)
-		if !packFailed && !r.unrecorded && !IsPermanent(err) && (ctx.Err() != nil || !errors.Is(err, errNoSuchUpload)) {
+		if !packFailed && !r.unrecorded && !store.IsPermanent(err) && (ctx.Err() != nil || !errors.Is(err, store.ErrNoSuchUpload)) {
 			// Cut off (stopping, or a failure that may pass): kept for
 			// the next attempt, which resumes it.
 			r.u.cfg.Log.Debug().Err(err).Str("path", r.info.Path).Str("upload_id", r.id).Msg("upload cut off; kept to resume")
@@ -271,14 +264,14 @@ func (r *resumable) run(ctx context.Context) (packed, error) {
 
 // send reads the compressed NAR from src part by part and uploads it.
 func (r *resumable) send(ctx context.Context, src io.Reader) error {
-	buf, err := parts.get(ctx)
+	buf, err := store.Parts.Get(ctx)
 	if err != nil {
 		return err
 	}
 	n, rerr := io.ReadFull(src, buf)
 	if rerr == io.EOF || rerr == io.ErrUnexpectedEOF {
 		// Less than a part: one PUT; an upload recorded before goes.
-		defer parts.put(buf)
+		defer store.Parts.Put(buf)
 		if ju, ok, _ := r.j.LoadUpload(r.info.Path); ok {
 			r.id, r.upKey = ju.ID, recordKey(ju, r.want.Key)
 			r.discard(ctx)
@@ -286,20 +279,20 @@ func (r *resumable) send(ctx context.Context, src io.Reader) error {
 		return r.ms.Put(ctx, r.want.Key, bytes.NewReader(buf[:n]), int64(n), "application/x-nix-nar")
 	}
 	if rerr != nil {
-		parts.put(buf)
+		store.Parts.Put(buf)
 		return rerr
 	}
 	if err := r.open(ctx); err != nil {
-		parts.put(buf)
+		store.Parts.Put(buf)
 		return err
 	}
 	key := r.want.Key
 
 	type result struct {
-		part SentPart
+		part store.Part
 		err  error
 	}
-	var all []SentPart
+	var all []store.Part
 	var inflight <-chan result
 	wait := func() error {
 		if inflight == nil {
@@ -328,16 +321,16 @@ func (r *resumable) send(ctx context.Context, src io.Reader) error {
 			check = r.check(num, h, md, n)
 		}
 		if check == nil {
-			all = append(all, SentPart{Num: num, ETag: r.have[num].ETag, Size: int64(n), MD5: md})
+			all = append(all, store.Part{Num: num, ETag: r.have[num].ETag, Size: int64(n), MD5: md})
 			skipped += int64(n)
-			parts.put(buf)
+			store.Parts.Put(buf)
 		} else if check != errResend {
-			parts.put(buf)
+			store.Parts.Put(buf)
 			wait()
 			return r.startOver(ctx, check.Error())
 		} else {
 			if err := wait(); err != nil {
-				parts.put(buf)
+				store.Parts.Put(buf)
 				return err
 			}
 			ch := make(chan result, 1)
@@ -345,8 +338,8 @@ func (r *resumable) send(ctx context.Context, src io.Reader) error {
 			recs.Add(1)
 			go func(num int, buf []byte, n int) {
 				defer recs.Done()
-				etag, err := r.ms.putPart(ctx, key, r.id, num, buf[:n])
-				parts.put(buf)
+				etag, err := r.ms.PutPart(ctx, key, r.id, num, buf[:n])
+				store.Parts.Put(buf)
 				if err == nil && md != "" && r.etags.Load() == etagsUnknown {
 					if etag == md {
 						r.etags.CompareAndSwap(etagsUnknown, etagsAreMD5)
@@ -354,7 +347,7 @@ func (r *resumable) send(ctx context.Context, src io.Reader) error {
 						r.etags.CompareAndSwap(etagsUnknown, etagsOpaque)
 					}
 				}
-				p := SentPart{Num: num, ETag: etag, Size: int64(n), MD5: md}
+				p := store.Part{Num: num, ETag: etag, Size: int64(n), MD5: md}
 				// The next part goes at once; the record of this one
 				// commits meanwhile (a kill before it commits costs at
 				// most a check of the part by its ETag, or sending it
@@ -371,21 +364,21 @@ func (r *resumable) send(ctx context.Context, src io.Reader) error {
 		if rerr == io.ErrUnexpectedEOF {
 			break // that was the last part
 		}
-		if num == maxParts {
+		if num == store.MaxParts {
 			wait()
-			return Permanent(fmt.Errorf("%s put %s: more than %d parts of %d MiB", r.ms, key, maxParts, partSize>>20))
+			return store.Permanent(fmt.Errorf("%s put %s: more than %d parts of %d MiB", r.ms, key, store.MaxParts, store.PartSize>>20))
 		}
-		if buf, err = parts.get(ctx); err != nil {
+		if buf, err = store.Parts.Get(ctx); err != nil {
 			wait()
 			return err
 		}
 		n, rerr = io.ReadFull(src, buf)
 		if rerr == io.EOF {
-			parts.put(buf)
+			store.Parts.Put(buf)
 			break
 		}
 		if rerr != nil && rerr != io.ErrUnexpectedEOF {
-			parts.put(buf)
+			store.Parts.Put(buf)
 			wait()
 			return rerr
 		}
@@ -394,7 +387,7 @@ func (r *resumable) send(ctx context.Context, src io.Reader) error {
 		return err
 	}
 	recs.Wait()
-	if err := r.ms.complete(ctx, key, r.id, all); err != nil {
+	if err := r.ms.Complete(ctx, key, r.id, all); err != nil {
 		return err
 	}
 	if err := r.j.DropUpload(r.info.Path, r.id); err != nil {
@@ -473,7 +466,7 @@ func (r *resumable) open(ctx context.Context) error {
 		r.u.stats.StartedOver++
 		r.u.mu.Unlock()
 	}
-	id, err := r.ms.newUpload(ctx, r.want.Key, "application/x-nix-nar")
+	id, err := r.ms.NewUpload(ctx, r.want.Key, "application/x-nix-nar")
 	if err != nil {
 		return err
 	}
@@ -505,23 +498,23 @@ func (r *resumable) resume(ctx context.Context, ju JournalUpload) string {
 	}
 	gone := false
 	if why == "" {
-		stored, err := r.ms.listParts(ctx, rec.Key, ju.ID)
+		stored, err := r.ms.ListParts(ctx, rec.Key, ju.ID)
 		switch {
-		case errors.Is(err, errNoSuchUpload):
+		case errors.Is(err, store.ErrNoSuchUpload):
 			gone = true
 			why = "the store no longer has the upload (NoSuchUpload: aborted, completed or expired while the daemon was away)"
 		case err != nil:
 			r.listErr = err
 			return "-"
 		default:
-			recorded := make(map[int]SentPart, len(ju.Parts))
+			recorded := make(map[int]store.Part, len(ju.Parts))
 			for _, p := range ju.Parts {
 				recorded[p.Num] = p
 			}
 			r.have = make(map[int]storedPart, len(stored))
 			var bytesThere int64
 			for num, p := range stored {
-				sp := storedPart{SentPart: p}
+				sp := storedPart{Part: p}
 				if rp, ok := recorded[num]; ok {
 					if rp.ETag == p.ETag && rp.Size == p.Size {
 						sp.recorded, sp.MD5 = true, rp.MD5
@@ -543,7 +536,7 @@ func (r *resumable) resume(ctx context.Context, ju JournalUpload) string {
 		}
 	}
 	if !gone {
-		if err := r.ms.abort(ctx, rec.Key, ju.ID); err != nil {
+		if err := r.ms.Abort(ctx, rec.Key, ju.ID); err != nil {
 			r.u.cfg.Log.Warn().Err(err).Str("path", r.info.Path).Msg("abort the upload that starts over (gc aborts it later)")
 		}
 	}
@@ -568,7 +561,7 @@ func (r *resumable) startOver(ctx context.Context, why string) error {
 
 // discard aborts the upload, drops its record and deletes its marker.
 func (r *resumable) discard(ctx context.Context) {
-	if err := r.ms.abort(ctx, r.upKey, r.id); err != nil {
+	if err := r.ms.Abort(ctx, r.upKey, r.id); err != nil {
 		r.u.cfg.Log.Warn().Err(err).Str("path", r.info.Path).Str("upload_id", r.id).Msg("abort upload (gc aborts it later)")
 	}
 	if err := r.j.DropUpload(r.info.Path, r.id); err != nil {
@@ -584,8 +577,7 @@ func (u *Uploader) writeMarker(ctx context.Context, rec uploadRecord, id string)
 	m, _ := json.Marshal(UploadMarker{Key: rec.Key, UploadID: id, Path: rec.Path, Host: u.cfg.Host, StartedAt: rec.Started})
 	m = append(m, '\n')
 	key := UploadMarkerKey(rec.Key, id)
-	u.count(1)
-	if err := u.cfg.Store.Put(ctx, key, bytes.NewReader(m), int64(len(m)), "application/json"); err != nil {
+	if err := u.counted.Put(ctx, key, bytes.NewReader(m), int64(len(m)), "application/json"); err != nil {
 		u.cfg.Log.Warn().Err(err).Str("marker", key).Msg("write the marker of a resumable upload (gc may abort it after its grace period)")
 	}
 }
@@ -593,13 +585,10 @@ func (u *Uploader) writeMarker(ctx context.Context, rec uploadRecord, id string)
 // deleteMarker removes upload id's marker; one left behind is deleted by
 // gc once older than its grace period.
 func (u *Uploader) deleteMarker(ctx context.Context, key, id string) {
-	d, ok := u.cfg.Store.(interface {
-		Delete(ctx context.Context, key string) error
-	})
+	d, ok := store.As[store.Deleter](u.counted)
 	if !ok {
 		return
 	}
-	u.count(1)
 	if err := d.Delete(context.WithoutCancel(ctx), UploadMarkerKey(key, id)); err != nil {
 		u.cfg.Log.Debug().Err(err).Str("marker", UploadMarkerKey(key, id)).Msg("delete the marker of a finished upload (gc deletes it later)")
 	}
@@ -632,7 +621,7 @@ func (u *Uploader) HeartbeatUploads(ctx context.Context) error {
 // how many it abandoned.
 func (u *Uploader) AbandonUploads(ctx context.Context) (int, error) {
 	j := u.getJournal()
-	ms, ok := u.cfg.Store.(multipart)
+	ms, ok := store.As[store.Multipart](u.cfg.Store)
 	if j == nil || !ok {
 		return 0, nil
 	}
@@ -650,7 +639,7 @@ func (u *Uploader) AbandonUploads(ctx context.Context) (int, error) {
 		}
 		key := recordKey(ju, "")
 		if key != "" {
-			if err := ms.abort(ctx, key, ju.ID); err != nil {
+			if err := ms.Abort(ctx, key, ju.ID); err != nil {
 				return n, err
 			}
 			u.deleteMarker(ctx, key, ju.ID)

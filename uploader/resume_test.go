@@ -16,6 +16,7 @@ import (
 	"github.com/nixpush/nixpush/internal/testenv"
 	"github.com/nixpush/nixpush/nix"
 	"github.com/nixpush/nixpush/queue"
+	"github.com/nixpush/nixpush/store"
 )
 
 // queueJournal is the daemon's adapter of the queue (daemon/resume.go),
@@ -25,7 +26,7 @@ type queueJournal struct{ q *queue.Queue }
 func (j queueJournal) BeginUpload(name, id string, rec []byte) error {
 	return j.q.BeginUpload(name, id, rec)
 }
-func (j queueJournal) AddUploadPart(name, id string, p SentPart) error {
+func (j queueJournal) AddUploadPart(name, id string, p store.Part) error {
 	return j.q.AddUploadPart(name, id, queue.Part(p))
 }
 func (j queueJournal) LoadUpload(name string) (JournalUpload, bool, error) {
@@ -44,7 +45,7 @@ func (j queueJournal) Uploads() ([]JournalUpload, error) {
 func toJournal(up queue.Upload) JournalUpload {
 	ju := JournalUpload{Name: up.Name, ID: up.ID, Record: up.Record}
 	for _, p := range up.Parts {
-		ju.Parts = append(ju.Parts, SentPart(p))
+		ju.Parts = append(ju.Parts, store.Part(p))
 	}
 	return ju
 }
@@ -53,7 +54,7 @@ func toJournal(up queue.Upload) JournalUpload {
 // parts it cancels the push (as a SIGKILL stops the daemon: the parts
 // sent stay in the store and in the queue), and it counts what it sends.
 type cutStore struct {
-	*S3Store
+	*store.S3Store
 	mu        sync.Mutex
 	cutAfter  int // parts to let through before cutting (0: never cut)
 	cut       context.CancelFunc
@@ -61,7 +62,7 @@ type cutStore struct {
 	partBytes atomic.Int64
 }
 
-func (c *cutStore) putPart(ctx context.Context, key, id string, num int, data []byte) (string, error) {
+func (c *cutStore) PutPart(ctx context.Context, key, id string, num int, data []byte) (string, error) {
 	c.mu.Lock()
 	if c.cutAfter > 0 && c.parts.Load() >= int64(c.cutAfter) {
 		c.cut()
@@ -69,7 +70,7 @@ func (c *cutStore) putPart(ctx context.Context, key, id string, num int, data []
 		return "", ctx.Err()
 	}
 	c.mu.Unlock()
-	etag, err := c.S3Store.putPart(ctx, key, id, num, data)
+	etag, err := c.S3Store.PutPart(ctx, key, id, num, data)
 	if err == nil {
 		c.parts.Add(1)
 		c.partBytes.Add(int64(len(data)))
@@ -81,7 +82,7 @@ func (c *cutStore) putPart(ctx context.Context, key, id string, num int, data []
 // incompressible data several parts long.
 type resumeEnv struct {
 	m     *testenv.MinIOServer
-	s3    *S3Store
+	s3    *store.S3Store
 	fs    *fakeStore
 	path  string
 	qfile string
@@ -91,14 +92,14 @@ type resumeEnv struct {
 func newResumeEnv(t *testing.T, bucket string) *resumeEnv {
 	m, s := minioStore(t, bucket)
 	fs := newFakeStore(t)
-	data := make([]byte, 5*partSize+partSize/3) // six parts, the last short
+	data := make([]byte, 5*store.PartSize+store.PartSize/3) // six parts, the last short
 	rand.Read(data)
 	return &resumeEnv{m: m, s3: s, fs: fs, path: fs.add(t, "big", data), qfile: filepath.Join(t.TempDir(), "queue.db"), log: &testenv.SyncBuffer{}}
 }
 
 // uploader is a fresh Uploader (as after a restart) over store, its
 // journal the queue file opened again.
-func (e *resumeEnv) uploader(t *testing.T, store Store, c Compression) (*Uploader, *queue.Queue) {
+func (e *resumeEnv) uploader(t *testing.T, store store.Store, c Compression) (*Uploader, *queue.Queue) {
 	t.Helper()
 	q, err := queue.Open(e.qfile, queue.Options{})
 	if err != nil {
@@ -151,13 +152,13 @@ func (e *resumeEnv) finish(t *testing.T, c Compression) (*cutStore, Stats) {
 	if _, ok, _ := q.LoadUpload(e.path); ok {
 		t.Error("the upload is still recorded after it completed")
 	}
-	var pending []PendingUpload
-	e.s3.ListUploads(context.Background(), func(p PendingUpload) error { pending = append(pending, p); return nil })
+	var pending []store.PendingUpload
+	e.s3.ListUploads(context.Background(), func(p store.PendingUpload) error { pending = append(pending, p); return nil })
 	if len(pending) != 0 {
 		t.Errorf("uploads left pending in the bucket: %+v", pending)
 	}
 	var markers []string
-	e.s3.List(context.Background(), UploadMarkerPrefix, func(o Object) error { markers = append(markers, o.Key); return nil })
+	e.s3.List(context.Background(), UploadMarkerPrefix, func(o store.Object) error { markers = append(markers, o.Key); return nil })
 	if len(markers) != 0 {
 		t.Errorf("markers left behind: %v", markers)
 	}
@@ -187,8 +188,8 @@ func TestResumeAfterCut(t *testing.T) {
 	if got := cs.parts.Load(); got != 3 {
 		t.Errorf("resumed upload sent %d parts, want the 3 missing", got)
 	}
-	if st.Resumed != 1 || st.ResumedBytes != 3*partSize || st.StartedOver != 0 {
-		t.Errorf("stats: resumed %d (%d bytes), started over %d; want 1 (%d bytes), 0", st.Resumed, st.ResumedBytes, st.StartedOver, 3*partSize)
+	if st.Resumed != 1 || st.ResumedBytes != 3*store.PartSize || st.StartedOver != 0 {
+		t.Errorf("stats: resumed %d (%d bytes), started over %d; want 1 (%d bytes), 0", st.Resumed, st.ResumedBytes, st.StartedOver, 3*store.PartSize)
 	}
 	if !strings.Contains(e.log.String(), `"message":"resuming upload"`) {
 		t.Errorf("log does not say it resumed:\n%s", e.log)
@@ -207,7 +208,7 @@ func TestResumeStartsOver(t *testing.T) {
 		name: "upload gone",
 		change: func(t *testing.T, e *resumeEnv, up queue.Upload) {
 			// Aborted behind the daemon's back (gc, a lifecycle rule).
-			if err := e.s3.abort(context.Background(), narKey(e.fs.infos[e.path], Zstd), up.ID); err != nil {
+			if err := e.s3.Abort(context.Background(), narKey(e.fs.infos[e.path], Zstd), up.ID); err != nil {
 				t.Fatal(err)
 			}
 		},
@@ -220,9 +221,9 @@ func TestResumeStartsOver(t *testing.T) {
 	}, {
 		name: "part replaced in the store",
 		change: func(t *testing.T, e *resumeEnv, up queue.Upload) {
-			junk := make([]byte, partSize)
+			junk := make([]byte, store.PartSize)
 			rand.Read(junk)
-			if _, err := e.s3.putPart(context.Background(), narKey(e.fs.infos[e.path], Zstd), up.ID, 2, junk); err != nil {
+			if _, err := e.s3.PutPart(context.Background(), narKey(e.fs.infos[e.path], Zstd), up.ID, 2, junk); err != nil {
 				t.Fatal(err)
 			}
 		},
@@ -289,7 +290,7 @@ func TestAbandonUploads(t *testing.T) {
 		t.Error("abandoned upload still recorded")
 	}
 	var pending int
-	e.s3.ListUploads(context.Background(), func(PendingUpload) error { pending++; return nil })
+	e.s3.ListUploads(context.Background(), func(store.PendingUpload) error { pending++; return nil })
 	if pending != 0 {
 		t.Errorf("%d uploads pending after AbandonUploads", pending)
 	}
@@ -312,15 +313,32 @@ func TestResumableHashMismatchAborts(t *testing.T) {
 	u, q := e.uploader(t, e.s3, Zstd)
 	defer q.Close()
 	err := u.Push(context.Background(), []string{e.path})[0]
-	if !errors.Is(err, ErrHashMismatch) || !IsPermanent(err) {
+	if !errors.Is(err, ErrHashMismatch) || !store.IsPermanent(err) {
 		t.Fatalf("push of a path whose NAR does not match: %v, want a permanent ErrHashMismatch", err)
 	}
 	if _, ok, _ := q.LoadUpload(e.path); ok {
 		t.Error("the upload of a NAR that does not match is still recorded")
 	}
 	var pending int
-	e.s3.ListUploads(context.Background(), func(PendingUpload) error { pending++; return nil })
+	e.s3.ListUploads(context.Background(), func(store.PendingUpload) error { pending++; return nil })
 	if pending != 0 {
 		t.Errorf("%d uploads pending", pending)
 	}
+}
+
+// minioStore starts a MinIO with a private bucket and opens it as a store
+// the way the daemon does, credentials from the environment.
+func minioStore(t *testing.T, bucket string) (*testenv.MinIOServer, *store.S3Store) {
+	t.Helper()
+	m := testenv.MinIO(t)
+	m.MakeBucket(t, bucket, false)
+	for _, kv := range m.CredentialsEnv() {
+		k, v, _ := strings.Cut(kv, "=")
+		t.Setenv(k, v)
+	}
+	st, err := store.Open(context.Background(), m.StoreURI(bucket), store.Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return m, st.(*store.S3Store)
 }

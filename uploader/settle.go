@@ -10,6 +10,7 @@ import (
 	"time"
 
 	"github.com/nixpush/nixpush/nix"
+	"github.com/nixpush/nixpush/store"
 )
 
 // ledger is what one push (or Ensure, or one log or realisation upload)
@@ -240,9 +241,8 @@ func (u *Uploader) recheck(ctx context.Context, s snapshot) (again []string, for
 // also checks the uploader's settings against the sweep's (see
 // SettingsProblem).
 func (u *Uploader) readMarker(ctx context.Context) (*SweepMarker, error) {
-	u.count(1)
-	b, err := u.cfg.Store.Get(ctx, SweepKey)
-	if errors.Is(err, ErrNotExist) {
+	b, err := u.counted.Get(ctx, SweepKey)
+	if errors.Is(err, store.ErrNotExist) {
 		if u.markerSeen.Load() {
 			if !u.markerGone.Swap(true) {
 				u.cfg.Log.Warn().Str("marker", SweepKey).
@@ -376,17 +376,4 @@ func (u *Uploader) SettingsProblem() string {
 		return *p
 	}
 	return ""
-}
-
-// Sleep waits d, or until ctx is done: Config.Sleep's default, and the
-// retention package's between reads of gc's marker.
-func Sleep(ctx context.Context, d time.Duration) error {
-	t := time.NewTimer(d)
-	defer t.Stop()
-	select {
-	case <-t.C:
-		return nil
-	case <-ctx.Done():
-		return ctx.Err()
-	}
 }

@@ -17,6 +17,7 @@ import (
 	"github.com/rs/zerolog"
 
 	"github.com/nixpush/nixpush/nix"
+	"github.com/nixpush/nixpush/store"
 )
 
 // The tests of this file play, step by step, the interleavings of issue
@@ -28,7 +29,7 @@ import (
 // hookStore is a file store that runs before (or after) the Put of one
 // key, once: a sweep that acts at that moment.
 type hookStore struct {
-	*FileStore
+	*store.FileStore
 	key          string
 	before       func()
 	after        func()
@@ -57,7 +58,7 @@ func (h *hookStore) Put(ctx context.Context, key string, r io.Reader, size int64
 }
 
 // putMarker puts a sweep marker up, unfinished (finished zero) or not.
-func putMarker(t *testing.T, s *FileStore, deadline, finished time.Time) {
+func putMarker(t *testing.T, s *store.FileStore, deadline, finished time.Time) {
 	t.Helper()
 	m, _ := json.Marshal(SweepMarker{ListedAt: time.Now().Add(-time.Second), Deadline: deadline, Host: "gc-host", FinishedAt: finished})
 	if err := s.Put(context.Background(), SweepKey, bytes.NewReader(m), int64(len(m)), "application/json"); err != nil {
@@ -65,16 +66,16 @@ func putMarker(t *testing.T, s *FileStore, deadline, finished time.Time) {
 	}
 }
 
-func removeAll(t *testing.T, s *FileStore, keys ...string) {
+func removeAll(t *testing.T, s *store.FileStore, keys ...string) {
 	t.Helper()
 	for _, k := range keys {
-		if err := os.Remove(filepath.Join(s.dir, k)); err != nil {
+		if err := os.Remove(filepath.Join(s.Dir(), k)); err != nil {
 			t.Error(err)
 		}
 	}
 }
 
-func newSweepUploader(t *testing.T, s Store, fs *fakeStore) *Uploader {
+func newSweepUploader(t *testing.T, s store.Store, fs *fakeStore) *Uploader {
 	return New(Config{Store: s, Nix: fs, Key: testKey(t), StoreDir: fs.dir, Log: zerolog.Nop(), TrustCacheFor: time.Hour,
 		ClockSkew: 20 * time.Millisecond, PollSweep: 10 * time.Millisecond, MaxSweepWait: time.Minute})
 }
@@ -90,7 +91,7 @@ func TestRetryAfterInterruptedCheckFindsNARGone(t *testing.T) {
 	ctx := context.Background()
 	fs := newFakeStore(t)
 	r := fs.add(t, "r", []byte("r content"))
-	base, _ := NewFileStore(t.TempDir())
+	base, _ := store.NewFileStore(t.TempDir())
 	if err := newSweepUploader(t, base, fs).Push(ctx, []string{r})[0]; err != nil {
 		t.Fatal(err)
 	}
@@ -127,7 +128,7 @@ func TestRootPushedAgainDuringSweep(t *testing.T) {
 	fs := newFakeStore(t)
 	dep := fs.add(t, "dep", []byte("dep"))
 	root := fs.add(t, "root", []byte("root"), dep)
-	base, _ := NewFileStore(t.TempDir())
+	base, _ := store.NewFileStore(t.TempDir())
 	h := &hookStore{FileStore: base, afterInAGoer: true}
 	u := newSweepUploader(t, h, fs)
 	if err := u.Push(ctx, []string{root})[0]; err != nil {
@@ -171,7 +172,7 @@ func TestRepairDuringPush(t *testing.T) {
 	leaf := fs.add(t, "leaf", []byte("leaf"))
 	mid := fs.add(t, "mid", []byte("mid"), leaf)
 	top := fs.add(t, "top", []byte("top"), mid)
-	base, _ := NewFileStore(t.TempDir())
+	base, _ := store.NewFileStore(t.TempDir())
 	h := &hookStore{FileStore: base, key: nix.NarInfoKey(top), afterInAGoer: true}
 	u := newSweepUploader(t, h, fs)
 	if err := u.Push(ctx, []string{leaf})[0]; err != nil {
@@ -216,7 +217,7 @@ func TestForgottenSightingForcesCheck(t *testing.T) {
 				refs = []string{s, r}
 			}
 			top := fs.add(t, "top", []byte("top"), refs...)
-			base, _ := NewFileStore(t.TempDir())
+			base, _ := store.NewFileStore(t.TempDir())
 			h := &hookStore{FileStore: base, key: nix.NarInfoKey(top)}
 			u := newSweepUploader(t, h, fs)
 			if err := u.Push(ctx, []string{r, s}); err[0] != nil || err[1] != nil {
@@ -252,7 +253,7 @@ func TestSettingsThatDoNotFitGC(t *testing.T) {
 	ctx := context.Background()
 	fs := newFakeStore(t)
 	p := fs.add(t, "p", []byte("p"))
-	base, _ := NewFileStore(t.TempDir())
+	base, _ := store.NewFileStore(t.TempDir())
 	cs := &checksStore{FileStore: base}
 	u := newSweepUploader(t, cs, fs) // trusts for 1h, waits at most 1 min
 	marker := func(grace, olderThan, window time.Duration) {

@@ -18,6 +18,7 @@ import (
 	"golang.org/x/sync/errgroup"
 
 	"github.com/nixpush/nixpush/nix"
+	"github.com/nixpush/nixpush/store"
 )
 
 // PathInfoSource is where the uploader learns what the Nix database knows.
@@ -28,7 +29,7 @@ type PathInfoSource interface {
 
 // Config configures an Uploader.
 type Config struct {
-	Store Store
+	Store store.Store
 	Nix   PathInfoSource
 	Key   signature.SecretKey
 	// Keys are further signing keys (during a key rotation): each .narinfo
@@ -70,10 +71,11 @@ type Config struct {
 // Uploader pushes closures to one store. It is safe for concurrent use: a
 // path wanted by several pushes at once is uploaded once.
 type Uploader struct {
-	cfg  Config
-	jobs chan struct{} // a token per pack-and-upload
-	big  chan struct{} // a token per large NAR streaming (each holds ~12 MiB of buffers)
-	stat chan struct{} // a token per existence check
+	counted *store.Counting // cfg.Store, counting the requests of Stats
+	cfg     Config
+	jobs    chan struct{} // a token per pack-and-upload
+	big     chan struct{} // a token per large NAR streaming (each holds ~12 MiB of buffers)
+	stat    chan struct{} // a token per existence check
 
 	infoMu   sync.Mutex
 	infoSeen time.Time // when nix-cache-info was last found or written
@@ -165,13 +167,14 @@ func New(cfg Config) *Uploader {
 		cfg.ClockSkew = DefaultClockSkew
 	}
 	if cfg.Sleep == nil {
-		cfg.Sleep = Sleep
+		cfg.Sleep = store.Sleep
 	}
 	if cfg.Host == "" {
 		cfg.Host, _ = os.Hostname()
 	}
 	return &Uploader{
 		cfg:      cfg,
+		counted:  store.Count(cfg.Store),
 		jobs:     make(chan struct{}, cfg.Jobs),
 		big:      make(chan struct{}, bigStreams),
 		stat:     make(chan struct{}, 4*cfg.Jobs),
@@ -188,13 +191,9 @@ func New(cfg Config) *Uploader {
 func (u *Uploader) Stats() Stats {
 	u.mu.Lock()
 	defer u.mu.Unlock()
-	return u.stats
-}
-
-func (u *Uploader) count(requests int64) {
-	u.mu.Lock()
-	u.stats.Requests += requests
-	u.mu.Unlock()
+	s := u.stats
+	s.Requests = u.counted.Requests()
+	return s
 }
 
 // Push uploads what the cache lacks of the closures of roots and returns
@@ -617,8 +616,7 @@ func (u *Uploader) narsGone(ctx context.Context, paths []string, infos map[strin
 		if !gone[keys[i]] && failed[keys[i]] == nil {
 			continue
 		}
-		u.count(1)
-		text, err := u.cfg.Store.Get(ctx, nix.NarInfoKey(p))
+		text, err := u.counted.Get(ctx, nix.NarInfoKey(p))
 		if err != nil {
 			out[p] = true
 			continue
@@ -652,21 +650,19 @@ const listBudget = 50
 // listNarInfos lists the .narinfo names in the store when that is cheaper
 // than checking n paths one by one, which it is unless the cache is large.
 func (u *Uploader) listNarInfos(ctx context.Context, n int) (map[string]bool, bool) {
-	l, ok := u.cfg.Store.(Lister)
+	l, ok := store.As[store.Lister](u.counted)
 	if !ok || n < 32 {
 		return nil, false
 	}
 	names := make(map[string]bool)
-	budget, seen := n*listBudget, int64(0)
+	budget := n * listBudget
 	err := l.ListTop(ctx, func(name string) bool {
-		seen++
 		if strings.HasSuffix(name, ".narinfo") {
 			names[name] = true
 		}
 		budget--
 		return budget > 0
 	})
-	u.count(seen/1000 + 1) // list requests
 	if err != nil || budget <= 0 {
 		return nil, false // too large or failing: check path by path
 	}
@@ -834,7 +830,7 @@ func (u *Uploader) closure(ctx context.Context, roots []string, cutoff time.Time
 	}
 	if err != nil {
 		if nix.IsInvalid(err) {
-			return nil, Permanent(err)
+			return nil, store.Permanent(err)
 		}
 		return nil, err
 	}
@@ -940,13 +936,12 @@ func (u *Uploader) has(ctx context.Context, key string) (bool, error) {
 		return false, ctx.Err()
 	}
 	defer func() { <-u.stat }()
-	u.count(1)
-	return u.cfg.Store.Has(ctx, key)
+	return u.counted.Has(ctx, key)
 }
 
 // bigStreams bounds the large NARs packed at once: each streams through a
 // multipart part buffer and a zstd window, and two keep both cores busy.
-const bigStreams = 2
+const bigStreams = store.BigStreams
 
 // putNAR packs and uploads the NAR of info.
 func (u *Uploader) putNAR(ctx context.Context, info nix.PathInfo) (packed, error) {
@@ -958,12 +953,12 @@ func (u *Uploader) putNAR(ctx context.Context, info nix.PathInfo) (packed, error
 			return packed{}, ctx.Err()
 		}
 	}
-	u.count(1)
+	u.counted.Add(1) // one request a NAR, whatever it takes: one PUT, a multipart upload, none when packing fails first
 	at := u.cfg.Now()
 	var p packed
 	var err error
 	key := narKey(info, u.cfg.Compression)
-	if ms, ok := u.cfg.Store.(multipart); ok && info.NarSize > smallNAR && u.getJournal() != nil {
+	if ms, ok := store.As[store.Multipart](u.cfg.Store); ok && info.NarSize > smallNAR && u.getJournal() != nil {
 		p, err = u.putResumable(ctx, ms, u.getJournal(), info, key)
 	} else {
 		p, err = putNAR(ctx, u.cfg.Store, info, u.cfg.Compression, u.cfg.WriteNARListing, key)
@@ -1006,14 +1001,12 @@ func (u *Uploader) upload(ctx context.Context, info nix.PathInfo, pl *plan) erro
 	}
 	if p.listing != nil {
 		// Before the .narinfo, as Nix writes it: a .narinfo never lacks its listing.
-		u.count(1)
-		if err := u.cfg.Store.Put(ctx, ListingKey(info.Path), bytes.NewReader(p.listing), int64(len(p.listing)), "application/json"); err != nil {
+		if err := u.counted.Put(ctx, ListingKey(info.Path), bytes.NewReader(p.listing), int64(len(p.listing)), "application/json"); err != nil {
 			return fmt.Errorf("upload listing of %s: %w", info.Path, err)
 		}
 	}
 	text := p.narinfo
-	u.count(1)
-	if err := u.cfg.Store.Put(ctx, nix.NarInfoKey(info.Path), strings.NewReader(text), int64(len(text)), "text/x-nix-narinfo"); err != nil {
+	if err := u.counted.Put(ctx, nix.NarInfoKey(info.Path), strings.NewReader(text), int64(len(text)), "text/x-nix-narinfo"); err != nil {
 		return fmt.Errorf("upload %s: %w", info.Path, err)
 	}
 	d := time.Since(start)
@@ -1046,12 +1039,10 @@ func (u *Uploader) ensureCacheInfo(ctx context.Context, cutoff time.Time) error 
 		return nil
 	}
 	at := u.cfg.Now()
-	u.count(1)
-	has, err := u.cfg.Store.Has(ctx, "nix-cache-info")
+	has, err := u.counted.Has(ctx, "nix-cache-info")
 	if err == nil && !has {
-		u.count(1)
 		text := CacheInfo(u.cfg.StoreDir, u.cfg.Priority)
-		err = u.cfg.Store.Put(ctx, "nix-cache-info", strings.NewReader(text), int64(len(text)), "text/x-nix-cache-info")
+		err = u.counted.Put(ctx, "nix-cache-info", strings.NewReader(text), int64(len(text)), "text/x-nix-cache-info")
 	}
 	if err != nil {
 		return fmt.Errorf("nix-cache-info: %w", err)
@@ -1077,15 +1068,15 @@ func (u *Uploader) ForgetCache() {
 }
 
 // Store is the store the uploader pushes to.
-func (u *Uploader) Store() Store { return u.cfg.Store }
+func (u *Uploader) Store() store.Store { return u.cfg.Store }
 
 // Traffic is what the requests to the store look like now (throttling,
 // concurrency, upload rate and cap); false for a store that does not say
 // (file://).
-func (u *Uploader) Traffic() (Traffic, bool) {
-	s, ok := u.cfg.Store.(interface{ Traffic() Traffic })
+func (u *Uploader) Traffic() (store.Traffic, bool) {
+	s, ok := store.As[store.TrafficReporter](u.cfg.Store)
 	if !ok {
-		return Traffic{}, false
+		return store.Traffic{}, false
 	}
 	return s.Traffic(), true
 }

@@ -14,8 +14,12 @@ import (
 	"runtime"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
+
+	"github.com/nixpush/nixpush/store"
+	"github.com/nixpush/nixpush/store/storetest"
 
 	"github.com/klauspost/compress/zstd"
 	"github.com/nix-community/go-nix/pkg/nar"
@@ -120,7 +124,7 @@ func (f *fakeStore) randomDAG(t *testing.T, rng *rand.Rand, n, refs int, content
 // checkingStore wraps a store and checks, at every .narinfo write, that the
 // NAR it names and the .narinfo of every reference are already there.
 type checkingStore struct {
-	Store
+	store.Store
 	storeDir string
 	delay    func() time.Duration
 	mu       sync.Mutex
@@ -183,14 +187,14 @@ func TestPushDAGKeepsOrderWithParallelJobs(t *testing.T) {
 	paths := fs.randomDAG(t, rng, 300, 3, func(i int) []byte {
 		return bytes.Repeat([]byte(fmt.Sprintf("path %d ", i)), rng.IntN(2000)+1)
 	})
-	base, err := NewFileStore(t.TempDir())
+	base, err := store.NewFileStore(t.TempDir())
 	if err != nil {
 		t.Fatal(err)
 	}
 	cs := &checkingStore{Store: base, storeDir: fs.dir, delay: func() time.Duration { return time.Duration(rand.IntN(500)) * time.Microsecond }}
 	for _, c := range []Compression{Zstd, XZ, None} {
 		t.Run(string(c), func(t *testing.T) {
-			sub, _ := NewFileStore(t.TempDir())
+			sub, _ := store.NewFileStore(t.TempDir())
 			cs := &checkingStore{Store: sub, storeDir: fs.dir, delay: cs.delay}
 			u := New(Config{Store: cs, Nix: fs, Key: testKey(t), Compression: c, Jobs: 8, StoreDir: fs.dir, Log: zerolog.Nop()})
 			// Several pushes at once over overlapping closures.
@@ -278,7 +282,7 @@ func dedup(s []string) []string {
 }
 
 // checkPushed checks a path's narinfo and NAR in store.
-func checkPushed(t *testing.T, s Store, info nix.PathInfo) {
+func checkPushed(t *testing.T, s store.Store, info nix.PathInfo) {
 	t.Helper()
 	ctx := context.Background()
 	data, err := s.Get(ctx, nix.NarInfoKey(info.Path))
@@ -348,10 +352,10 @@ func TestPushRefusesHashMismatch(t *testing.T) {
 			os.Chmod(p, 0o644)
 			os.WriteFile(p, bytes.Repeat([]byte{'y'}, size), 0o444)
 			dir := t.TempDir()
-			s, _ := NewFileStore(dir)
+			s, _ := store.NewFileStore(dir)
 			u := New(Config{Store: s, Nix: fs, Key: testKey(t), Jobs: 2, StoreDir: fs.dir, Log: zerolog.Nop()})
 			err := u.Push(context.Background(), []string{p})[0]
-			if !errors.Is(err, ErrHashMismatch) || !IsPermanent(err) {
+			if !errors.Is(err, ErrHashMismatch) || !store.IsPermanent(err) {
 				t.Fatalf("err = %v; want a permanent ErrHashMismatch", err)
 			}
 			if ok, _ := s.Has(context.Background(), nix.NarInfoKey(p)); ok {
@@ -372,29 +376,15 @@ func TestPushInvalidRootDoesNotFailOthers(t *testing.T) {
 	fs := newFakeStore(t)
 	good := fs.add(t, "good", []byte("good"))
 	bad := filepath.Join(fs.dir, "00000000000000000000000000000000-gone")
-	s, _ := NewFileStore(t.TempDir())
+	s, _ := store.NewFileStore(t.TempDir())
 	u := New(Config{Store: s, Nix: fs, Key: testKey(t), StoreDir: fs.dir, Log: zerolog.Nop()})
 	errs := u.Push(context.Background(), []string{bad, good})
 	if errs[1] != nil {
 		t.Fatalf("good root: %v", errs[1])
 	}
-	if !IsPermanent(errs[0]) || !nix.IsInvalid(errs[0]) {
+	if !store.IsPermanent(errs[0]) || !nix.IsInvalid(errs[0]) {
 		t.Fatalf("invalid root: %v; want permanent ErrInvalidPath", errs[0])
 	}
-}
-
-// flakyStore fails every Put of a chosen key until told otherwise.
-type flakyStore struct {
-	Store
-	failKey string
-	fail    bool
-}
-
-func (f *flakyStore) Put(ctx context.Context, key string, r io.Reader, size int64, ct string) error {
-	if f.fail && key == f.failKey {
-		return errors.New("injected: connection reset")
-	}
-	return f.Store.Put(ctx, key, r, size, ct)
 }
 
 func TestPushFailedDependencyBlocksDependents(t *testing.T) {
@@ -402,12 +392,19 @@ func TestPushFailedDependencyBlocksDependents(t *testing.T) {
 	leaf := fs.add(t, "leaf", []byte("leaf"))
 	mid := fs.add(t, "mid", []byte("mid"), leaf)
 	top := fs.add(t, "top", []byte("top"), mid)
-	base, _ := NewFileStore(t.TempDir())
-	fl := &flakyStore{Store: base, failKey: nix.NarInfoKey(leaf), fail: true}
+	base, _ := store.NewFileStore(t.TempDir())
+	var fail atomic.Bool
+	fail.Store(true)
+	fl := storetest.NewFaulty(base, func(op, key string) error {
+		if op == "Put" && key == nix.NarInfoKey(leaf) && fail.Load() {
+			return errors.New("injected: connection reset")
+		}
+		return nil
+	})
 	u := New(Config{Store: fl, Nix: fs, Key: testKey(t), StoreDir: fs.dir, Log: zerolog.Nop()})
 	err := u.Push(context.Background(), []string{top})[0]
 	var dep *DependencyError
-	if !errors.As(err, &dep) || IsPermanent(err) {
+	if !errors.As(err, &dep) || store.IsPermanent(err) {
 		t.Fatalf("err = %v; want a transient DependencyError", err)
 	}
 	for _, p := range []string{mid, top} {
@@ -415,7 +412,7 @@ func TestPushFailedDependencyBlocksDependents(t *testing.T) {
 			t.Fatalf("%s pushed although its dependency failed", p)
 		}
 	}
-	fl.fail = false
+	fail.Store(false)
 	if err := u.Push(context.Background(), []string{top})[0]; err != nil {
 		t.Fatalf("retry: %v", err)
 	}
@@ -428,7 +425,7 @@ func TestPushSkipsWhatTheCacheHas(t *testing.T) {
 	fs := newFakeStore(t)
 	leaf := fs.add(t, "leaf", []byte("leaf"))
 	top := fs.add(t, "top", []byte("top"), leaf)
-	base, _ := NewFileStore(t.TempDir())
+	base, _ := store.NewFileStore(t.TempDir())
 	u := New(Config{Store: base, Nix: fs, Key: testKey(t), StoreDir: fs.dir, Log: zerolog.Nop()})
 	if err := u.Push(context.Background(), []string{top})[0]; err != nil {
 		t.Fatal(err)
@@ -456,7 +453,7 @@ func TestPushSkipsWhatTheCacheHas(t *testing.T) {
 }
 
 type countingStore struct {
-	Store
+	store.Store
 	mu   sync.Mutex
 	puts int
 	has  int
@@ -491,7 +488,7 @@ func TestOpenStoreErrors(t *testing.T) {
 		{"file://relative", "want file:///absolute/dir"},
 		{"file:///d?x=1", "take no parameters"},
 	} {
-		_, err := OpenStore(context.Background(), tc.uri, StoreOptions{})
+		_, err := store.Open(context.Background(), tc.uri, store.Options{})
 		if err == nil || !strings.Contains(err.Error(), tc.want) {
 			t.Errorf("OpenStore(%q) = %v; want %q", tc.uri, err, tc.want)
 		}
@@ -508,7 +505,7 @@ func (l *listingStore) ListTop(ctx context.Context, fn func(string) bool) error 
 	l.mu.Lock()
 	l.lists++
 	l.mu.Unlock()
-	return l.Store.(Lister).ListTop(ctx, fn)
+	return l.Store.(store.Lister).ListTop(ctx, fn)
 }
 
 // TestPushListsInsteadOfChecking: a closure of 60 paths of which the cache
@@ -523,7 +520,7 @@ func TestPushListsInsteadOfChecking(t *testing.T) {
 		chain = append(chain, p)
 		prev = []string{p}
 	}
-	base, _ := NewFileStore(t.TempDir())
+	base, _ := store.NewFileStore(t.TempDir())
 	first := New(Config{Store: base, Nix: fs, Key: testKey(t), StoreDir: fs.dir, Log: zerolog.Nop()})
 	if err := first.Push(context.Background(), []string{chain[29]})[0]; err != nil {
 		t.Fatal(err)
@@ -557,7 +554,7 @@ func TestConcurrentPushesDoNotDeadlock(t *testing.T) {
 	})
 	for round := range 5 {
 		for _, jobs := range []int{1, 2} {
-			sub, _ := NewFileStore(t.TempDir())
+			sub, _ := store.NewFileStore(t.TempDir())
 			cs := &checkingStore{Store: sub, storeDir: fs.dir, delay: func() time.Duration { return time.Duration(rand.IntN(300)) * time.Microsecond }}
 			u := New(Config{Store: cs, Nix: fs, Key: testKey(t), Jobs: jobs, StoreDir: fs.dir, Log: zerolog.Nop()})
 			var wg sync.WaitGroup

@@ -17,8 +17,9 @@ import (
 	"strings"
 	"time"
 
+	"github.com/nixpush/nixpush/store"
+
 	"github.com/nixpush/nixpush/internal/synthcache"
-	"github.com/nixpush/nixpush/uploader"
 )
 
 func main() {
@@ -37,8 +38,8 @@ func main() {
 	var c *synthcache.Cache
 	var err error
 	if dest := flag.Arg(0); strings.Contains(dest, "://") {
-		var s uploader.Store
-		if s, err = uploader.OpenStore(ctx, dest, uploader.StoreOptions{}); err == nil {
+		var s store.Store
+		if s, err = store.Open(ctx, dest, store.Options{}); err == nil {
 			if opts.Jobs == 0 {
 				opts.Jobs = 64 // a request's latency, not the CPU, bounds a store
 			}

@@ -14,8 +14,8 @@ import (
 	"testing"
 	"time"
 
-	"github.com/nixpush/nixpush/daemon"
-	"github.com/nixpush/nixpush/hook"
+	"github.com/nixpush/nixpush/api"
+	"github.com/nixpush/nixpush/spool"
 )
 
 func env(m map[string]string) func(string) string {
@@ -23,7 +23,7 @@ func env(m map[string]string) func(string) string {
 }
 
 // fakeDaemon answers /v1/enqueue on a Unix socket with a fixed status.
-func fakeDaemon(t *testing.T, code int, got *[]hook.EnqueueRequest) string {
+func fakeDaemon(t *testing.T, code int, got *[]api.EnqueueRequest) string {
 	t.Helper()
 	sock := filepath.Join(t.TempDir(), "d.sock")
 	ln, err := net.Listen("unix", sock)
@@ -31,15 +31,15 @@ func fakeDaemon(t *testing.T, code int, got *[]hook.EnqueueRequest) string {
 		t.Fatal(err)
 	}
 	srv := &http.Server{Handler: http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		var req hook.EnqueueRequest
+		var req api.EnqueueRequest
 		json.NewDecoder(r.Body).Decode(&req)
 		*got = append(*got, req)
 		w.WriteHeader(code)
 		if code != 200 {
-			json.NewEncoder(w).Encode(hook.ErrorResponse{Error: "enqueue: refused for the test"})
+			json.NewEncoder(w).Encode(api.ErrorResponse{Error: "enqueue: refused for the test"})
 			return
 		}
-		json.NewEncoder(w).Encode(hook.EnqueueResponse{Added: len(req.Paths)})
+		json.NewEncoder(w).Encode(api.EnqueueResponse{Added: len(req.Paths)})
 	})}
 	go srv.Serve(ln)
 	t.Cleanup(func() { srv.Shutdown(context.Background()) })
@@ -55,39 +55,39 @@ func TestHook(t *testing.T) {
 		env        map[string]string
 		daemon     int // 0: no daemon
 		code       int
-		wantSent   *hook.EnqueueRequest
+		wantSent   *api.EnqueueRequest
 		wantSpool  bool
 		wantStderr string
 	}{
 		{name: "out paths", env: map[string]string{"OUT_PATHS": out1 + " " + out2, "DRV_PATH": drv}, daemon: 200,
-			wantSent: &hook.EnqueueRequest{Paths: []string{out1, out2}, DrvPath: drv}},
+			wantSent: &api.EnqueueRequest{Paths: []string{out1, out2}, DrvPath: drv}},
 		{name: "nix 2.8.0 empty OUT_PATHS", env: map[string]string{"OUT_PATHS": "", "DRV_PATH": drv}, daemon: 200,
-			wantSent: &hook.EnqueueRequest{DrvPath: drv}},
+			wantSent: &api.EnqueueRequest{DrvPath: drv}},
 		{name: "nothing to do", env: map[string]string{}, daemon: 200, wantStderr: "nothing to push"},
 		{name: "daemon down spools", env: map[string]string{"OUT_PATHS": out1}, wantSpool: true, wantStderr: "spooled " + out1},
 		{name: "daemon refuses", env: map[string]string{"OUT_PATHS": out1}, daemon: 400, wantStderr: "refused for the test",
-			wantSent: &hook.EnqueueRequest{Paths: []string{out1}}},
+			wantSent: &api.EnqueueRequest{Paths: []string{out1}}},
 		{name: "caller not allowed", env: map[string]string{"OUT_PATHS": out1}, daemon: 403, wantStderr: "refused for the test",
-			wantSent: &hook.EnqueueRequest{Paths: []string{out1}}},
+			wantSent: &api.EnqueueRequest{Paths: []string{out1}}},
 		// Answers that are not a decision about the paths: the hook keeps them.
 		{name: "queue cannot write spools", env: map[string]string{"OUT_PATHS": out1}, daemon: 503, wantSpool: true,
-			wantStderr: "could not queue them (enqueue: refused for the test); spooled " + out1, wantSent: &hook.EnqueueRequest{Paths: []string{out1}}},
+			wantStderr: "could not queue them (enqueue: refused for the test); spooled " + out1, wantSent: &api.EnqueueRequest{Paths: []string{out1}}},
 		{name: "internal error spools", env: map[string]string{"OUT_PATHS": out1}, daemon: 500, wantSpool: true,
-			wantStderr: "spooled " + out1, wantSent: &hook.EnqueueRequest{Paths: []string{out1}}},
+			wantStderr: "spooled " + out1, wantSent: &api.EnqueueRequest{Paths: []string{out1}}},
 		{name: "request timeout spools", env: map[string]string{"OUT_PATHS": out1}, daemon: 408, wantSpool: true,
-			wantStderr: "spooled " + out1, wantSent: &hook.EnqueueRequest{Paths: []string{out1}}},
+			wantStderr: "spooled " + out1, wantSent: &api.EnqueueRequest{Paths: []string{out1}}},
 		{name: "too many requests spools", env: map[string]string{"OUT_PATHS": out1}, daemon: 429, wantSpool: true,
-			wantStderr: "spooled " + out1, wantSent: &hook.EnqueueRequest{Paths: []string{out1}}},
+			wantStderr: "spooled " + out1, wantSent: &api.EnqueueRequest{Paths: []string{out1}}},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
-			var got []hook.EnqueueRequest
+			var got []api.EnqueueRequest
 			sock := filepath.Join(t.TempDir(), "none.sock")
 			if tc.daemon != 0 {
 				sock = fakeDaemon(t, tc.daemon, &got)
 			}
-			spool := filepath.Join(t.TempDir(), "spool")
+			spoolDir := filepath.Join(t.TempDir(), "spool")
 			var stderr bytes.Buffer
-			code := run([]string{"--socket", sock, "--spool-dir", spool}, env(tc.env), &stderr)
+			code := run([]string{"--socket", sock, "--spool-dir", spoolDir}, env(tc.env), &stderr)
 			if code != 0 {
 				t.Fatalf("exit %d: %s", code, stderr.String())
 			}
@@ -96,12 +96,12 @@ func TestHook(t *testing.T) {
 					t.Fatalf("daemon got %+v; want %+v", got, *tc.wantSent)
 				}
 			}
-			files, _ := daemon.SpoolFiles(spool)
+			files, _ := spool.Files(spoolDir)
 			if tc.wantSpool != (len(files) == 1) {
 				t.Fatalf("spool files %v; want spooled=%v", files, tc.wantSpool)
 			}
 			if tc.wantSpool {
-				req, err := daemon.ReadSpoolFile(files[0])
+				req, err := spool.Read(files[0], json.Unmarshal)
 				if err != nil || len(req.Paths) != 1 || req.Paths[0] != out1 {
 					t.Fatalf("spooled %+v, %v", req, err)
 				}
@@ -144,10 +144,10 @@ func TestHookBoundedAgainstHungDaemon(t *testing.T) {
 			defer c.Close() // hold it, answer nothing
 		}
 	}()
-	spool := filepath.Join(t.TempDir(), "spool")
+	spoolDir := filepath.Join(t.TempDir(), "spool")
 	var stderr bytes.Buffer
 	start := time.Now()
-	code := run([]string{"--socket", sock, "--spool-dir", spool},
+	code := run([]string{"--socket", sock, "--spool-dir", spoolDir},
 		env(map[string]string{"OUT_PATHS": "/nix/store/84iphvw7rs2syhrdmwicjk2726dprxcw-t1"}), &stderr)
 	took := time.Since(start)
 	// The outcome: it waited for the daemon (not spooling at once), then
@@ -155,8 +155,60 @@ func TestHookBoundedAgainstHungDaemon(t *testing.T) {
 	if code != 0 || took < handoffTimeout || took > handoffTimeout+30*time.Second {
 		t.Fatalf("exit %d after %s (hand-off timeout %s): %s", code, took, handoffTimeout, stderr.String())
 	}
-	if files, _ := daemon.SpoolFiles(spool); len(files) != 1 {
+	if files, _ := spool.Files(spoolDir); len(files) != 1 {
 		t.Fatalf("spool: %v", files)
+	}
+}
+
+// TestHookTimeout: --timeout (or NIXPUSH_HOOK_TIMEOUT) sets how long the
+// hook waits for a hung daemon before it spools; a bad value keeps the
+// default and says so, without failing the build.
+func TestHookTimeout(t *testing.T) {
+	sock := filepath.Join(t.TempDir(), "hung.sock")
+	ln, err := net.Listen("unix", sock)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	go func() {
+		for {
+			c, err := ln.Accept()
+			if err != nil {
+				return
+			}
+			defer c.Close() // hold it, answer nothing
+		}
+	}()
+	for _, tc := range []struct {
+		args     []string
+		env      string
+		min, max time.Duration
+		warns    bool
+	}{
+		{args: []string{"--timeout", "3s"}, min: 3 * time.Second, max: 30 * time.Second},
+		{args: []string{"--timeout=200ms"}, min: 200 * time.Millisecond, max: handoffTimeout},
+		{env: "300ms", min: 300 * time.Millisecond, max: handoffTimeout},
+		{args: []string{"--timeout", "soon"}, min: handoffTimeout, max: 30 * time.Second, warns: true},
+		{env: "-1s", min: handoffTimeout, max: 30 * time.Second, warns: true},
+	} {
+		spoolDir := filepath.Join(t.TempDir(), "spool")
+		vars := map[string]string{"OUT_PATHS": "/nix/store/84iphvw7rs2syhrdmwicjk2726dprxcw-t1"}
+		if tc.env != "" {
+			vars["NIXPUSH_HOOK_TIMEOUT"] = tc.env
+		}
+		var stderr bytes.Buffer
+		start := time.Now()
+		code := run(append([]string{"--socket", sock, "--spool-dir", spoolDir}, tc.args...), env(vars), &stderr)
+		took := time.Since(start)
+		if code != 0 || took < tc.min || took > tc.max {
+			t.Errorf("%v %q: exit %d after %s, want %s to %s: %s", tc.args, tc.env, code, took, tc.min, tc.max, stderr.String())
+		}
+		if warned := strings.Contains(stderr.String(), "is not a positive duration"); warned != tc.warns {
+			t.Errorf("%v %q: warning %v, want %v: %s", tc.args, tc.env, warned, tc.warns, stderr.String())
+		}
+		if files, _ := spool.Files(spoolDir); len(files) != 1 {
+			t.Errorf("%v %q: spool: %v", tc.args, tc.env, files)
+		}
 	}
 }
 
@@ -194,9 +246,9 @@ func TestModulePathsAreTheDefaults(t *testing.T) {
 		return string(m[1])
 	}
 	socket := binding("socket")
-	spool := strings.ReplaceAll(binding("spoolDir"), "${stateDir}", binding("stateDir"))
-	if socket != hook.DefaultSocket || spool != hook.DefaultSpoolDir {
-		t.Errorf("module: socket %s, spool %s; nixpush-hook's defaults: %s, %s", socket, spool, hook.DefaultSocket, hook.DefaultSpoolDir)
+	spoolDir := strings.ReplaceAll(binding("spoolDir"), "${stateDir}", binding("stateDir"))
+	if socket != api.DefaultSocket || spoolDir != spool.DefaultDir {
+		t.Errorf("module: socket %s, spool %s; nixpush-hook's defaults: %s, %s", socket, spoolDir, api.DefaultSocket, spool.DefaultDir)
 	}
 	if !regexp.MustCompile(`hook = "\$\{cfg.package\}/bin/nixpush-hook";`).Match(src) {
 		t.Error("module: post-build-hook is not the nixpush-hook binary itself")

@@ -1,14 +1,14 @@
 package main
 
-import "github.com/nixpush/nixpush/uploader"
+import "github.com/nixpush/nixpush/store"
 
 // rateFlag is --max-upload-rate: a rate, optionally with time-of-day
 // windows of their own ("20MiB, 00:00-07:00=unlimited"); see
-// uploader.ParseRateSchedule.
-type rateFlag struct{ uploader.RateSchedule }
+// store.ParseRateSchedule.
+type rateFlag struct{ store.RateSchedule }
 
 func (r *rateFlag) Set(s string) error {
-	rs, err := uploader.ParseRateSchedule(s)
+	rs, err := store.ParseRateSchedule(s)
 	if err != nil {
 		return err
 	}

@@ -3,7 +3,6 @@ package main
 import (
 	"context"
 	"crypto/tls"
-	"crypto/x509"
 	"encoding/json"
 	"flag"
 	"fmt"
@@ -14,10 +13,11 @@ import (
 	"strings"
 	"time"
 
-	"github.com/nixpush/nixpush/hook"
-	"github.com/nixpush/nixpush/hook/client"
+	"github.com/nixpush/nixpush/api"
+	"github.com/nixpush/nixpush/api/client"
 	"github.com/nixpush/nixpush/internal/version"
 	"github.com/nixpush/nixpush/nix"
+	"github.com/nixpush/nixpush/store"
 	"github.com/nixpush/nixpush/uploader"
 )
 
@@ -35,113 +35,151 @@ type checkReport struct {
 	Checks  []checkLine  `json:"checks"`
 }
 
-func runCheck(ctx context.Context, args []string, stdout, stderr io.Writer) int {
+// checkFlags are nixpush check's flags.
+type checkFlags struct {
+	storeURI, publicKey, caCert, socket, storeDir string
+	keyFiles                                      stringsFlag
+	asJSON                                        bool
+}
+
+func parseCheckFlags(args []string, stderr io.Writer) (*checkFlags, bool) {
 	fs := flag.NewFlagSet("nixpush check", flag.ContinueOnError)
 	fs.SetOutput(stderr)
-	storeURI := fs.String("store-uri", os.Getenv("NIXPUSH_STORE_URI"), "the cache to check: s3://BUCKET?endpoint=HOST&... or file:///DIR (env NIXPUSH_STORE_URI)")
-	var keyFiles stringsFlag
-	fs.Var(&keyFiles, "secret-key-file", "signing key to check (repeatable); its public half is printed")
-	publicKey := fs.String("public-key", "", "the public key consumers trust (name:base64): must be the public half of a --secret-key-file")
-	caCert := fs.String("ca-certificate", "", "PEM file of a private CA that signed the S3 endpoint's certificate")
-	socket := fs.String("socket", envOr("NIXPUSH_SOCKET", hook.DefaultSocket), "daemon socket (env NIXPUSH_SOCKET)")
-	storeDir := fs.String("store-dir", envOr("NIX_STORE_DIR", nix.DefaultStoreDir), "the Nix store directory")
-	asJSON := fs.Bool("json", false, "print JSON for machines")
+	f := &checkFlags{}
+	fs.StringVar(&f.storeURI, "store-uri", os.Getenv("NIXPUSH_STORE_URI"), "the cache to check: s3://BUCKET?endpoint=HOST&... or file:///DIR (env NIXPUSH_STORE_URI)")
+	fs.Var(&f.keyFiles, "secret-key-file", "signing key to check (repeatable); its public half is printed")
+	fs.StringVar(&f.publicKey, "public-key", "", "the public key consumers trust (name:base64): must be the public half of a --secret-key-file")
+	fs.StringVar(&f.caCert, "ca-certificate", "", "PEM file of a private CA that signed the S3 endpoint's certificate")
+	fs.StringVar(&f.socket, "socket", envOr("NIXPUSH_SOCKET", api.DefaultSocket), "daemon socket (env NIXPUSH_SOCKET)")
+	fs.StringVar(&f.storeDir, "store-dir", envOr("NIX_STORE_DIR", nix.DefaultStoreDir), "the Nix store directory")
+	fs.BoolVar(&f.asJSON, "json", false, "print JSON for machines")
 	if !parseNoArgs(fs, args) {
+		return f, false
+	}
+	if len(f.keyFiles) == 0 && os.Getenv("NIXPUSH_SECRET_KEY_FILE") != "" {
+		f.keyFiles = stringsFlag{os.Getenv("NIXPUSH_SECRET_KEY_FILE")}
+	}
+	return f, true
+}
+
+// add records one check.
+func (rep *checkReport) add(c checkLine) {
+	rep.Checks = append(rep.Checks, c)
+	rep.OK = rep.OK && c.OK
+}
+
+// runCheck checks what nixpush needs and reports each check; a problem
+// found is a failed check, never a refusal: check changes nothing.
+func runCheck(ctx context.Context, args []string, stdout, stderr io.Writer) int {
+	f, ok := parseCheckFlags(args, stderr)
+	if !ok {
 		return 2
 	}
-	if len(keyFiles) == 0 && os.Getenv("NIXPUSH_SECRET_KEY_FILE") != "" {
-		keyFiles = stringsFlag{os.Getenv("NIXPUSH_SECRET_KEY_FILE")}
-	}
-	rep := checkReport{Version: version.Get(), OK: true}
-	add := func(c checkLine) {
-		rep.Checks = append(rep.Checks, c)
-		rep.OK = rep.OK && c.OK
-	}
-
-	// The store, as the daemon checks it, and then as consumers read it.
-	if *storeURI == "" {
-		add(checkLine{Name: "store", Detail: "no --store-uri given", Fix: "pass --store-uri (or set NIXPUSH_STORE_URI) to check the cache"})
-	} else if store, err := uploader.OpenStore(ctx, *storeURI, uploader.StoreOptions{CACertFile: *caCert}); err != nil {
-		add(checkLine{Name: "store URI", Detail: err.Error(), Fix: "see nixpush daemon -h for the URI syntax"})
-	} else {
-		cctx, cancel := context.WithTimeout(ctx, 30*time.Second)
-		for _, r := range uploader.Preflight(cctx, store, uploader.PreflightOptions{StoreDir: *storeDir}) {
-			c := checkLine{Name: r.Name, OK: r.Err == nil, Detail: r.Note}
-			if r.Err != nil {
-				c.Detail, c.Fix = r.Err.Error(), strings.ReplaceAll(r.Err.Fix(), "URI", *storeURI)
-			}
-			add(c)
-		}
-		cancel()
-		if s3, ok := store.(*uploader.S3Store); ok {
-			add(anonymousRead(ctx, s3.HTTPURL(), *caCert, *storeURI))
-		}
-	}
-
-	// The signing keys.
-	var pubs []string
-	for _, f := range keyFiles {
-		key, err := nix.LoadSecretKeyFile(f)
-		if err != nil {
-			add(checkLine{Name: "secret key " + f, Detail: err.Error(), Fix: "make one with: nixpush keygen --name NAME --out DIR"})
-			continue
-		}
-		pub := key.ToPublicKey().String()
-		pubs = append(pubs, pub)
-		add(checkLine{Name: "secret key " + f, OK: true, Detail: "public key " + pub})
-	}
-	if *publicKey != "" {
-		want := strings.TrimSpace(*publicKey)
-		c := checkLine{Name: "public key " + want}
-		switch {
-		case len(pubs) == 0:
-			c.Detail, c.Fix = "no --secret-key-file to compare it with", "pass the daemon's --secret-key-file"
-		case contains(pubs, want):
-			c.OK, c.Detail = true, "matches a secret key: consumers trusting it accept what the daemon signs"
-		default:
-			c.Detail = "matches no secret key given (their public keys: " + strings.Join(pubs, ", ") + ")"
-			c.Fix = "give consumers the public key printed above in trusted-public-keys, or sign with the key they trust"
-		}
-		add(c)
-	}
-
+	rep := &checkReport{Version: version.Get(), OK: true}
+	f.checkStore(ctx, rep)
+	f.checkKeys(rep)
 	// The Nix side: the hook, and the daemon behind it.
-	add(hookSetting(ctx))
-	if st, err := client.New(*socket).Status(ctx); err != nil {
-		add(checkLine{Name: "daemon socket " + *socket, Detail: explain(err).Error(), Fix: "start nixpush daemon (systemctl start nixpush), or pass --socket"})
-	} else {
-		c := checkLine{Name: "daemon socket " + *socket, OK: true, Detail: "nixpush " + st.Version.String() + " pushing to " + st.Store}
-		if !st.StoreCheck.OK && st.StoreCheck.Error != "" {
-			c.OK, c.Detail, c.Fix = false, "the daemon's store check fails: "+st.StoreCheck.Error, st.StoreCheck.Fix
-		}
-		add(c)
-	}
-
-	if *asJSON {
+	rep.add(hookSetting(ctx))
+	rep.add(f.checkDaemon(ctx))
+	if f.asJSON {
 		enc := json.NewEncoder(stdout)
 		enc.SetIndent("", "  ")
 		enc.Encode(rep)
 	} else {
-		fmt.Fprintf(stdout, "nixpush %s\n", rep.Version)
-		for _, c := range rep.Checks {
-			mark := "✓"
-			if !c.OK {
-				mark = "✗"
-			}
-			line := mark + " " + c.Name
-			if c.Detail != "" {
-				line += ": " + c.Detail
-			}
-			fmt.Fprintln(stdout, line)
-			if c.Fix != "" && !c.OK {
-				fmt.Fprintf(stdout, "    fix: %s\n", c.Fix)
-			}
-		}
+		printCheck(stdout, rep)
 	}
 	if !rep.OK {
 		return 1
 	}
 	return 0
+}
+
+// checkStore checks the store as the daemon does, and then as consumers
+// read it.
+func (f *checkFlags) checkStore(ctx context.Context, rep *checkReport) {
+	if f.storeURI == "" {
+		rep.add(checkLine{Name: "store", Detail: "no --store-uri given", Fix: "pass --store-uri (or set NIXPUSH_STORE_URI) to check the cache"})
+		return
+	}
+	st, err := store.Open(ctx, f.storeURI, store.Options{CACertFile: f.caCert})
+	if err != nil {
+		rep.add(checkLine{Name: "store URI", Detail: err.Error(), Fix: "see nixpush daemon -h for the URI syntax"})
+		return
+	}
+	cctx, cancel := context.WithTimeout(ctx, 30*time.Second)
+	for _, r := range uploader.Preflight(cctx, st, uploader.PreflightOptions{StoreDir: f.storeDir}) {
+		c := checkLine{Name: r.Name, OK: r.Err == nil, Detail: r.Note}
+		if r.Err != nil {
+			c.Detail, c.Fix = r.Err.Error(), strings.ReplaceAll(r.Err.Fix(), "URI", f.storeURI)
+		}
+		rep.add(c)
+	}
+	cancel()
+	if s3, ok := store.As[*store.S3Store](st); ok {
+		rep.add(anonymousRead(ctx, s3.HTTPURL(), f.caCert, f.storeURI))
+	}
+}
+
+// checkKeys checks the signing keys, and that --public-key is the public
+// half of one.
+func (f *checkFlags) checkKeys(rep *checkReport) {
+	var pubs []string
+	for _, file := range f.keyFiles {
+		key, err := nix.LoadSecretKeyFile(file)
+		if err != nil {
+			rep.add(checkLine{Name: "secret key " + file, Detail: err.Error(), Fix: "make one with: nixpush keygen --name NAME --out DIR"})
+			continue
+		}
+		pub := key.ToPublicKey().String()
+		pubs = append(pubs, pub)
+		rep.add(checkLine{Name: "secret key " + file, OK: true, Detail: "public key " + pub})
+	}
+	if f.publicKey == "" {
+		return
+	}
+	want := strings.TrimSpace(f.publicKey)
+	c := checkLine{Name: "public key " + want}
+	switch {
+	case len(pubs) == 0:
+		c.Detail, c.Fix = "no --secret-key-file to compare it with", "pass the daemon's --secret-key-file"
+	case contains(pubs, want):
+		c.OK, c.Detail = true, "matches a secret key: consumers trusting it accept what the daemon signs"
+	default:
+		c.Detail = "matches no secret key given (their public keys: " + strings.Join(pubs, ", ") + ")"
+		c.Fix = "give consumers the public key printed above in trusted-public-keys, or sign with the key they trust"
+	}
+	rep.add(c)
+}
+
+// checkDaemon asks the daemon behind --socket how it fares.
+func (f *checkFlags) checkDaemon(ctx context.Context) checkLine {
+	st, err := client.New(f.socket).Status(ctx)
+	if err != nil {
+		return checkLine{Name: "daemon socket " + f.socket, Detail: explain(err).Error(), Fix: "start nixpush daemon (systemctl start nixpush), or pass --socket"}
+	}
+	c := checkLine{Name: "daemon socket " + f.socket, OK: true, Detail: "nixpush " + st.Version.String() + " pushing to " + st.Store}
+	if !st.StoreCheck.OK && st.StoreCheck.Error != "" {
+		c.OK, c.Detail, c.Fix = false, "the daemon's store check fails: "+st.StoreCheck.Error, st.StoreCheck.Fix
+	}
+	return c
+}
+
+func printCheck(w io.Writer, rep *checkReport) {
+	fmt.Fprintf(w, "nixpush %s\n", rep.Version)
+	for _, c := range rep.Checks {
+		mark := "✓"
+		if !c.OK {
+			mark = "✗"
+		}
+		line := mark + " " + c.Name
+		if c.Detail != "" {
+			line += ": " + c.Detail
+		}
+		fmt.Fprintln(w, line)
+		if c.Fix != "" && !c.OK {
+			fmt.Fprintf(w, "    fix: %s\n", c.Fix)
+		}
+	}
 }
 
 // anonymousRead fetches nix-cache-info over plain HTTP(S) with no
@@ -150,12 +188,8 @@ func anonymousRead(ctx context.Context, base, caCert, uri string) checkLine {
 	c := checkLine{Name: "anonymous read " + base + "/nix-cache-info"}
 	tr := http.DefaultTransport.(*http.Transport).Clone()
 	if caCert != "" {
-		if pem, err := os.ReadFile(caCert); err == nil {
-			pool, _ := x509.SystemCertPool()
-			if pool == nil {
-				pool = x509.NewCertPool()
-			}
-			pool.AppendCertsFromPEM(pem)
+		// OpenStore read it already: an error here is not news.
+		if pool, err := store.CAPool(caCert); err == nil {
 			tr.TLSClientConfig = &tls.Config{RootCAs: pool, MinVersion: tls.VersionTLS12}
 		}
 	}

@@ -8,22 +8,21 @@ import (
 	"fmt"
 	"io"
 	"os"
-	"os/exec"
 	"path/filepath"
 	"strings"
 	"time"
 
 	"github.com/mattn/go-isatty"
 
-	"github.com/nixpush/nixpush/hook"
-	"github.com/nixpush/nixpush/hook/client"
+	"github.com/nixpush/nixpush/api"
+	"github.com/nixpush/nixpush/api/client"
 	"github.com/nixpush/nixpush/nix"
 )
 
 func clientFlags(name string, stderr io.Writer) (*flag.FlagSet, *string) {
 	fs := flag.NewFlagSet("nixpush "+name, flag.ContinueOnError)
 	fs.SetOutput(stderr)
-	socket := fs.String("socket", envOr("NIXPUSH_SOCKET", hook.DefaultSocket), "daemon socket (env NIXPUSH_SOCKET)")
+	socket := fs.String("socket", envOr("NIXPUSH_SOCKET", api.DefaultSocket), "daemon socket (env NIXPUSH_SOCKET)")
 	return fs, socket
 }
 
@@ -55,7 +54,7 @@ func runPush(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 	start := time.Now() // progress shown is of the work that starts after this
 	// An explicit push checks the cache again: it may have lost paths
 	// since the daemon last looked (expiry, a wiped bucket, a new store).
-	res, err := c.Enqueue(ctx, hook.EnqueueRequest{Paths: paths, Recheck: true})
+	res, err := c.Enqueue(ctx, api.EnqueueRequest{Paths: paths, Recheck: true})
 	if err != nil {
 		fmt.Fprintf(stderr, "nixpush push: %v\n", explain(err))
 		return 1
@@ -90,12 +89,11 @@ func resolveStorePath(storeDir, arg string) (string, error) {
 // checkValid refuses paths the Nix database does not register as valid, at
 // once rather than when the daemon gets to them.
 func checkValid(ctx context.Context, paths []string) error {
-	cmd := exec.CommandContext(ctx, "nix-store", append([]string{"--check-validity", "--print-invalid", "--"}, paths...)...)
-	out, err := cmd.Output()
+	_, bad, err := (&nix.Client{}).CheckValidity(ctx, paths)
 	if err != nil {
-		return fmt.Errorf("nix-store --check-validity: %v (is Nix installed?)", err)
+		return err
 	}
-	if bad := strings.Fields(string(out)); len(bad) > 0 {
+	if len(bad) > 0 {
 		return fmt.Errorf("%s is not a valid path in the Nix store (not built, or garbage-collected); build it first", strings.Join(bad, ", "))
 	}
 	return nil
@@ -122,7 +120,7 @@ func runStatus(ctx context.Context, args []string, stdout, stderr io.Writer) int
 	return 0
 }
 
-func printStatus(w io.Writer, st hook.Status, now time.Time) {
+func printStatus(w io.Writer, st api.Status, now time.Time) {
 	fmt.Fprintln(w, st.Line(now))
 	sc := st.StoreCheck
 	switch {
@@ -154,15 +152,15 @@ func printStatus(w io.Writer, st hook.Status, now time.Time) {
 	}
 	if p := st.Progress; p.Since != nil {
 		fmt.Fprintf(w, "progress: %d/%d paths, %s/%s NAR uploaded, %d already in the cache, since %s\n",
-			p.PathsDone, p.Paths, hook.Bytes(p.NarBytesDone), hook.Bytes(p.NarBytes), p.Cached, p.Since.Format(time.DateTime))
+			p.PathsDone, p.Paths, api.Bytes(p.NarBytesDone), api.Bytes(p.NarBytes), p.Cached, p.Since.Format(time.DateTime))
 	}
 	fmt.Fprintf(w, "queued:   %d%s\n", st.Queued, oldest)
 	fmt.Fprintf(w, "active:   %d\n", st.Active)
 	fmt.Fprintf(w, "failed:   %d\n", st.Failed)
 	fmt.Fprintf(w, "done:     %d\n", st.Done)
 	fmt.Fprintf(w, "uploaded: %d paths, %s NAR, %s compressed, %d already cached, since %s; now %s/s\n",
-		st.Uploaded.Paths, hook.Bytes(st.Uploaded.NarBytes), hook.Bytes(st.Uploaded.FileBytes), st.Uploaded.Skipped,
-		st.Uploaded.Since.Format(time.DateTime), hook.Bytes(int64(st.Uploaded.NarBytesPerSecond)))
+		st.Uploaded.Paths, api.Bytes(st.Uploaded.NarBytes), api.Bytes(st.Uploaded.FileBytes), st.Uploaded.Skipped,
+		st.Uploaded.Since.Format(time.DateTime), api.Bytes(int64(st.Uploaded.NarBytesPerSecond)))
 	fmt.Fprintf(w, "also:     %d build logs, %d realisations uploaded; %d paths filtered (--exclude, --skip-signed-by)\n",
 		st.Uploaded.Logs, st.Uploaded.Realisations, st.Uploaded.Filtered)
 	for _, f := range st.Failures {
@@ -182,7 +180,7 @@ func runRetry(ctx context.Context, args []string, stdout, stderr io.Writer) int 
 		fmt.Fprintln(stderr, "nixpush retry: give --all or the failed paths (nixpush status lists them), not both")
 		return 2
 	}
-	req := hook.RetryRequest{All: *all}
+	req := api.RetryRequest{All: *all}
 	for _, a := range fs.Args() {
 		// A derivation's items keep their suffix: x.drv#log, x.drv^*.
 		base, suffix := a, ""
@@ -209,6 +207,10 @@ func runWait(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 	fs, socket := clientFlags("wait", stderr)
 	timeout := fs.Duration("timeout", 0, "give up after this long (0: no limit)")
 	if !parseNoArgs(fs, args) {
+		return 2
+	}
+	if *timeout < 0 {
+		fmt.Fprintf(stderr, "nixpush wait: --timeout %s: want a duration such as 30m, or 0 for no limit\n", *timeout)
 		return 2
 	}
 	return waitDrained(ctx, client.New(*socket), *timeout, time.Time{}, stdout, stderr)
@@ -271,7 +273,7 @@ func waitDrained(ctx context.Context, c *client.Client, timeout time.Duration, s
 }
 
 // healNote says that a failure heals by itself.
-func healNote(f hook.Failure) string {
+func healNote(f api.Failure) string {
 	if f.Class == "store" {
 		return " (queued again by itself once the store check passes)"
 	}
@@ -280,7 +282,7 @@ func healNote(f hook.Failure) string {
 
 // explain adds the usual fix to an unreachable daemon.
 func explain(err error) error {
-	if hook.IsAPIError(err) {
+	if api.IsAPIError(err) {
 		return err
 	}
 	if errors.Is(err, os.ErrNotExist) || strings.Contains(err.Error(), "connection refused") || strings.Contains(err.Error(), "no such file") {
@@ -291,17 +293,17 @@ func explain(err error) error {
 
 // trafficLine says how requests to the store go: throttling and the
 // concurrency it left, the upload rate and its cap.
-func trafficLine(t *hook.Traffic, now time.Time) string {
-	rate := hook.Bytes(int64(t.UploadRate)) + "/s"
+func trafficLine(t *api.Traffic, now time.Time) string {
+	rate := api.Bytes(int64(t.UploadRate)) + "/s"
 	if t.UploadRateCap > 0 {
-		rate += " (cap " + hook.Bytes(t.UploadRateCap) + "/s"
+		rate += " (cap " + api.Bytes(t.UploadRateCap) + "/s"
 	} else {
 		rate += " (no cap"
 	}
 	if t.UploadRateCapNextAt != nil {
 		next := "no cap"
 		if t.UploadRateCapNext > 0 {
-			next = hook.Bytes(t.UploadRateCapNext) + "/s"
+			next = api.Bytes(t.UploadRateCapNext) + "/s"
 		}
 		in := strings.TrimSuffix(t.UploadRateCapNextAt.Sub(now).Round(time.Minute).String(), "0s")
 		rate += fmt.Sprintf("; %s from %s, in %s", next, t.UploadRateCapNextAt.Local().Format("15:04"), in)

@@ -9,6 +9,7 @@ import (
 	"flag"
 	"fmt"
 	"io"
+	"net/url"
 	"os"
 	"regexp"
 	"runtime/debug"
@@ -19,10 +20,10 @@ import (
 
 	"github.com/mattn/go-isatty"
 
-	"github.com/nixpush/nixpush/hook"
+	"github.com/nixpush/nixpush/api"
 	"github.com/nixpush/nixpush/nix"
 	"github.com/nixpush/nixpush/retention"
-	"github.com/nixpush/nixpush/uploader"
+	"github.com/nixpush/nixpush/store"
 )
 
 // bucketFlags are the flags of the commands that work on the bucket
@@ -43,16 +44,23 @@ func addBucketFlags(fs *flag.FlagSet) bucketFlags {
 	}
 }
 
-func (f bucketFlags) open(ctx context.Context, cmd string) (uploader.Bucket, error) {
+func (f bucketFlags) open(ctx context.Context, cmd string) (store.Bucket, error) {
 	walkMemoryPolicy()
 	if *f.storeURI == "" {
 		return nil, fmt.Errorf("--store-uri is required (or NIXPUSH_STORE_URI), e.g. nixpush %s --store-uri 's3://nix-cache?endpoint=minio.lan:9000&scheme=http'", cmd)
 	}
-	s, err := uploader.OpenStore(ctx, *f.storeURI, uploader.StoreOptions{CACertFile: *f.caCert})
+	if u, err := url.Parse(*f.storeURI); err == nil && u.Scheme == "file" && u.Path != "" {
+		// Opening a file:// store makes its directory: a mistyped one
+		// would read as an empty cache.
+		if _, err := os.Stat(u.Path); os.IsNotExist(err) {
+			return nil, fmt.Errorf("--store-uri %s: no such directory; prepare a cache there first: nixpush init --store-uri %s", *f.storeURI, *f.storeURI)
+		}
+	}
+	s, err := store.Open(ctx, *f.storeURI, store.Options{CACertFile: *f.caCert})
 	if err != nil {
 		return nil, err
 	}
-	b, ok := s.(uploader.Bucket)
+	b, ok := store.As[store.Bucket](s)
 	if !ok {
 		return nil, fmt.Errorf("%s cannot be listed", s)
 	}
@@ -119,7 +127,7 @@ func writeGCJSON(w io.Writer, rep *retention.GCReport) error {
 }
 
 // cache opens the walk cache of b, or runs without one (with a warning).
-func (f bucketFlags) cache(b uploader.Bucket, stderr io.Writer, cmd string) *retention.Cache {
+func (f bucketFlags) cache(b store.Bucket, stderr io.Writer, cmd string) *retention.Cache {
 	if *f.cacheDir == "" {
 		return nil
 	}
@@ -229,17 +237,7 @@ func runGC(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 	opts := retention.GCOptions{OlderThan: olderThan, Grace: grace, Window: *window, DryRun: *dryRun, Host: hostname(), SingleGC: *singleGC,
 		Walk: retention.WalkOptions{Cache: cache, Progress: show}}
 	if show != nil {
-		kept, toDelete, deleting, last := 0, 0, 0, time.Time{}
-		opts.Marked = func(k, d int) {
-			kept, toDelete = k, d
-			fmt.Fprintf(stderr, "\rgc: marked %d paths kept, %d objects to delete\x1b[K", kept, toDelete)
-		}
-		opts.Deleting = func(key string) {
-			if deleting++; time.Since(last) > 200*time.Millisecond || deleting == toDelete {
-				last = time.Now()
-				fmt.Fprintf(stderr, "\rgc: %d paths kept; deleted %d of %d objects (%s)\x1b[K", kept, deleting, toDelete, key)
-			}
-		}
+		gcProgress(stderr, &opts)
 	}
 	rep, err := retention.GC(ctx, b, opts)
 	// A sweep longer than its window stopped deleting at the deadline;
@@ -267,6 +265,27 @@ func runGC(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 		}
 		return 0
 	}
+	printGC(stdout, rep, olderThan, grace, start)
+	return 0
+}
+
+// gcProgress shows the marking and the deletions on one rewritten line.
+func gcProgress(stderr io.Writer, opts *retention.GCOptions) {
+	kept, toDelete, deleting, last := 0, 0, 0, time.Time{}
+	opts.Marked = func(k, d int) {
+		kept, toDelete = k, d
+		fmt.Fprintf(stderr, "\rgc: marked %d paths kept, %d objects to delete\x1b[K", kept, toDelete)
+	}
+	opts.Deleting = func(key string) {
+		if deleting++; time.Since(last) > 200*time.Millisecond || deleting == toDelete {
+			last = time.Now()
+			fmt.Fprintf(stderr, "\rgc: %d paths kept; deleted %d of %d objects (%s)\x1b[K", kept, deleting, toDelete, key)
+		}
+	}
+}
+
+// printGC prints what gc deleted (or would), kept and walked.
+func printGC(stdout io.Writer, rep *retention.GCReport, olderThan, grace time.Duration, start time.Time) {
 	verb := "deleted"
 	if rep.DryRun {
 		verb = "would delete"
@@ -275,13 +294,12 @@ func runGC(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 		fmt.Fprintf(stdout, "%s %s\n", verb, p)
 	}
 	fmt.Fprintf(stdout, "kept:     %d paths (closures of %d pins, %d roots pushed within %s, %d .narinfos written within %s), %d NARs, %s\n",
-		rep.Kept.Paths, rep.Kept.Pinned, rep.Kept.Rooted, ageFlag{&olderThan}, rep.Kept.InGrace, ageFlag{&grace}, rep.Kept.NARs, hook.Bytes(rep.Kept.Bytes))
+		rep.Kept.Paths, rep.Kept.Pinned, rep.Kept.Rooted, ageFlag{&olderThan}, rep.Kept.InGrace, ageFlag{&grace}, rep.Kept.NARs, api.Bytes(rep.Kept.Bytes))
 	fmt.Fprintf(stdout, "%s: %d paths, %d NARs, %s, %d NAR listings, %d build logs, %d realisations, %d root records, %d pending uploads (%d kept to resume)\n", verb,
-		len(rep.Deleted.Paths), rep.Deleted.NARs, hook.Bytes(rep.Deleted.Bytes), rep.Deleted.Listings, rep.Deleted.Logs, rep.Deleted.Realisations,
+		len(rep.Deleted.Paths), rep.Deleted.NARs, api.Bytes(rep.Deleted.Bytes), rep.Deleted.Listings, rep.Deleted.Logs, rep.Deleted.Realisations,
 		rep.Deleted.RootRecords, rep.Deleted.Uploads, rep.Kept.Uploads)
 	fmt.Fprintf(stdout, "walked:   %d objects, %d .narinfos read, %d remembered; %d requests; %s\n", rep.Walk.Objects, rep.Walk.Read, rep.Walk.CacheHits, rep.Requests,
 		time.Since(start).Round(100*time.Millisecond))
-	return 0
 }
 
 const singleGCHelp = "only one gc or repair ever runs on this store: skip the conditional-write check"

@@ -8,6 +8,7 @@ import (
 	"io"
 	"os"
 	"path/filepath"
+	"strings"
 
 	"github.com/nix-community/go-nix/pkg/narinfo/signature"
 )
@@ -22,6 +23,11 @@ func runKeygen(ctx context.Context, args []string, stdout, stderr io.Writer) int
 	}
 	if *name == "" || *out == "" {
 		fmt.Fprintln(stderr, "nixpush keygen: --name and --out are required, e.g. nixpush keygen --name cache.example.org-1 --out /var/lib/nixpush/keys")
+		return 2
+	}
+	if strings.ContainsAny(*name, ": \t\n") {
+		// Nix splits a key at its first colon: the name would not read back.
+		fmt.Fprintf(stderr, "nixpush keygen: --name %q: want a name without colons or spaces, such as cache.example.org-1\n", *name)
 		return 2
 	}
 	sec := filepath.Join(*out, "secret.key")

@@ -8,8 +8,8 @@ import (
 	"sync"
 	"time"
 
-	"github.com/nixpush/nixpush/hook"
-	"github.com/nixpush/nixpush/hook/client"
+	"github.com/nixpush/nixpush/api"
+	"github.com/nixpush/nixpush/api/client"
 )
 
 // progressEvery is how often the progress line is redrawn.
@@ -64,23 +64,23 @@ type sample struct {
 
 // sessionOf reports whether the daemon's progress figures are of work
 // started after since.
-func sessionOf(st hook.Status, since time.Time) bool {
+func sessionOf(st api.Status, since time.Time) bool {
 	return st.Progress.Since != nil && !st.Progress.Since.Before(since)
 }
 
 // progressLine is "pushing: 12/300 paths, 45.2 MiB/300.0 MiB, 3 cached,
 // 12.3 MiB/s, ETA 21s, 1 failed".
-func progressLine(st hook.Status, since time.Time, first *sample, now time.Time) string {
+func progressLine(st api.Status, since time.Time, first *sample, now time.Time) string {
 	var b strings.Builder
 	if !sessionOf(st, since) {
 		fmt.Fprintf(&b, "waiting: %d queued, %d active", st.Queued, st.Active)
 	} else {
 		p := st.Progress
-		fmt.Fprintf(&b, "pushing: %d/%d paths, %s/%s, %d cached", p.PathsDone, p.Paths, hook.Bytes(p.NarBytesDone), hook.Bytes(p.NarBytes), p.Cached)
+		fmt.Fprintf(&b, "pushing: %d/%d paths, %s/%s, %d cached", p.PathsDone, p.Paths, api.Bytes(p.NarBytesDone), api.Bytes(p.NarBytes), p.Cached)
 		if first != nil {
 			if dt := now.Sub(first.at).Seconds(); dt > 0.5 {
 				rate := float64(p.NarBytesDone-first.bytes) / dt
-				fmt.Fprintf(&b, ", %s/s", hook.Bytes(int64(rate)))
+				fmt.Fprintf(&b, ", %s/s", api.Bytes(int64(rate)))
 				if left := p.NarBytes - p.NarBytesDone; rate > 0 && left > 0 {
 					fmt.Fprintf(&b, ", ETA %s", (time.Duration(float64(left)/rate) * time.Second).Round(time.Second))
 				}
@@ -98,7 +98,7 @@ func progressLine(st hook.Status, since time.Time, first *sample, now time.Time)
 
 // summary is the last line of push --wait and wait: "pushed 300 paths
 // (300.0 MiB NAR) in 25s, 5 already in the cache; nothing queued or failed".
-func summary(st hook.Status, since time.Time) string {
+func summary(st api.Status, since time.Time) string {
 	tail := "nothing queued or failed"
 	if st.Failed > 0 {
 		tail = fmt.Sprintf("%d failed", st.Failed)
@@ -113,7 +113,7 @@ func summary(st hook.Status, since time.Time) string {
 		took = " in " + time.Since(*p.Since).Round(100*time.Millisecond).String()
 	}
 	return fmt.Sprintf("pushed %d paths (%s NAR)%s, %d already in the cache; %s",
-		p.PathsDone, hook.Bytes(p.NarBytesDone), took, p.Cached, tail)
+		p.PathsDone, api.Bytes(p.NarBytesDone), took, p.Cached, tail)
 }
 
 // afterProgress ends the progress line before the first write of a final

@@ -32,6 +32,7 @@ import (
 	"golang.org/x/sync/errgroup"
 
 	"github.com/nixpush/nixpush/nix"
+	"github.com/nixpush/nixpush/store"
 	"github.com/nixpush/nixpush/uploader"
 )
 
@@ -109,7 +110,7 @@ func WriteDir(ctx context.Context, dir string, opts Options) (*Cache, error) {
 // WriteBucket writes the cache into b (a MinIO bucket, say). The store
 // dates the objects itself: every object is new, and a gc must be given a
 // grace period shorter than the time since.
-func WriteBucket(ctx context.Context, b uploader.Store, opts Options) (*Cache, error) {
+func WriteBucket(ctx context.Context, b store.Store, opts Options) (*Cache, error) {
 	return Generate(ctx, opts, func(o Object) error {
 		return b.Put(ctx, o.Key, bytes.NewReader(o.Data), int64(len(o.Data)), "application/octet-stream")
 	})
@@ -210,92 +211,124 @@ func (g *gen) drv(i int) string {
 	return nix.DefaultStoreDir + "/" + nixbase32.EncodeToString(h[:20]) + "-" + name(i) + ".drv"
 }
 
+// project emits project p: its paths, then its root and pin.
 func (g *gen) project(p int, emit func(Object) error) error {
-	pr := g.projects[p]
 	r := rand.New(rand.NewPCG(g.opts.Seed, uint64(p)+2))
-	now := g.opts.Now
-	old := now.Add(-48 * time.Hour)
-	base := g.projects[0]
-	for k := range pr.size {
-		i := pr.start + k
-		path := g.path(i)
-		// References: the previous path (depth), up to five earlier ones
-		// of the project, up to three of the base.
-		refs := map[int]bool{}
-		if k > 0 {
-			refs[i-1] = true
-			for range r.IntN(6) {
-				refs[pr.start+r.IntN(k)] = true
-			}
-		}
-		if p > 0 {
-			for range 1 + r.IntN(3) {
-				refs[base.start+r.IntN(base.size)] = true
-			}
-		}
-		var refPaths []string
-		for j := range refs {
-			refPaths = append(refPaths, g.path(j))
-		}
-		if r.IntN(10) == 0 {
-			refPaths = append(refPaths, path) // a self-reference, as Nix has them
-		}
-		refPaths = sortedUnique(refPaths)
-		var buf bytes.Buffer
-		nw, err := nar.NewWriter(&buf)
-		if err != nil {
+	for k := range g.projects[p].size {
+		if err := g.projectPath(r, p, k, emit); err != nil {
 			return err
-		}
-		content := fmt.Appendf(nil, "%s\n%s\n", path, strings.Join(refPaths, "\n"))
-		if err := nw.WriteHeader(&nar.Header{Path: "/", Type: nar.TypeRegular, Size: int64(len(content))}); err != nil {
-			return err
-		}
-		nw.Write(content)
-		if err := nw.Close(); err != nil {
-			return err
-		}
-		sum := sha256.Sum256(buf.Bytes())
-		hash := nixhash.MustNewHash(nixhash.SHA256, sum[:])
-		url := "nar/" + nixbase32.EncodeToString(sum[:]) + ".nar"
-		ni, err := nix.NarInfo(nix.PathInfo{Path: path, NarHash: *hash, NarSize: uint64(buf.Len()), References: refPaths, Deriver: g.drv(i)},
-			nix.Upload{URL: url, Compression: "none", FileHash: *hash, FileSize: uint64(buf.Len())}, g.sk)
-		if err != nil {
-			return err
-		}
-		mod := old
-		if r.Float64() < g.opts.InGrace {
-			mod = now.Add(-time.Minute)
-		}
-		hp := nix.HashPart(path)
-		if err := emit(Object{Key: url, Data: buf.Bytes(), Mod: mod.Add(-time.Second)}); err != nil {
-			return err
-		}
-		if r.Float64() < g.opts.Listings {
-			ls := fmt.Appendf(nil, `{"version":1,"root":{"type":"regular","size":%d}}`, len(content))
-			if err := emit(Object{Key: hp + ".ls", Data: ls, Mod: mod}); err != nil {
-				return err
-			}
-		}
-		if err := emit(Object{Key: nix.NarInfoKey(path), Data: []byte(ni.String()), Mod: mod}); err != nil {
-			return err
-		}
-		if r.Float64() < g.opts.Logs {
-			if err := emit(Object{Key: uploader.LogKey(g.drv(i)), Data: fmt.Appendf(nil, "building %s\n", name(i)), Mod: mod}); err != nil {
-				return err
-			}
-		}
-		if r.Float64() < g.opts.Realisations {
-			h := sha256.Sum256([]byte(g.drv(i)))
-			id := "sha256:" + hex.EncodeToString(h[:]) + "!out"
-			body, _ := json.Marshal(map[string]any{"dependentRealisations": map[string]any{}, "id": id, "outPath": filepath.Base(path), "signatures": []string{}})
-			if err := emit(Object{Key: uploader.RealisationKey(id), Data: body, Mod: mod}); err != nil {
-				return err
-			}
 		}
 	}
 	if p == 0 {
 		return nil // the base is kept by what refers to it
 	}
+	return g.root(p, emit)
+}
+
+// projectPath emits path k of project p: its NAR and .narinfo and, as r
+// draws them, its listing, build log and realisation.
+func (g *gen) projectPath(r *rand.Rand, p, k int, emit func(Object) error) error {
+	now := g.opts.Now
+	old := now.Add(-48 * time.Hour)
+	i := g.projects[p].start + k
+	path := g.path(i)
+	refPaths := g.refs(r, p, k)
+	narData, size, err := narOf(path, refPaths)
+	if err != nil {
+		return err
+	}
+	sum := sha256.Sum256(narData)
+	hash := nixhash.MustNewHash(nixhash.SHA256, sum[:])
+	url := "nar/" + nixbase32.EncodeToString(sum[:]) + ".nar"
+	ni, err := nix.NarInfo(nix.PathInfo{Path: path, NarHash: *hash, NarSize: uint64(len(narData)), References: refPaths, Deriver: g.drv(i)},
+		nix.Upload{URL: url, Compression: "none", FileHash: *hash, FileSize: uint64(len(narData))}, g.sk)
+	if err != nil {
+		return err
+	}
+	mod := old
+	if r.Float64() < g.opts.InGrace {
+		mod = now.Add(-time.Minute)
+	}
+	hp := nix.HashPart(path)
+	if err := emit(Object{Key: url, Data: narData, Mod: mod.Add(-time.Second)}); err != nil {
+		return err
+	}
+	if r.Float64() < g.opts.Listings {
+		ls := fmt.Appendf(nil, `{"version":1,"root":{"type":"regular","size":%d}}`, size)
+		if err := emit(Object{Key: hp + ".ls", Data: ls, Mod: mod}); err != nil {
+			return err
+		}
+	}
+	if err := emit(Object{Key: nix.NarInfoKey(path), Data: []byte(ni.String()), Mod: mod}); err != nil {
+		return err
+	}
+	if r.Float64() < g.opts.Logs {
+		if err := emit(Object{Key: uploader.LogKey(g.drv(i)), Data: fmt.Appendf(nil, "building %s\n", name(i)), Mod: mod}); err != nil {
+			return err
+		}
+	}
+	if r.Float64() < g.opts.Realisations {
+		h := sha256.Sum256([]byte(g.drv(i)))
+		id := "sha256:" + hex.EncodeToString(h[:]) + "!out"
+		body, _ := json.Marshal(map[string]any{"dependentRealisations": map[string]any{}, "id": id, "outPath": filepath.Base(path), "signatures": []string{}})
+		if err := emit(Object{Key: uploader.RealisationKey(id), Data: body, Mod: mod}); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// refs draws the references of path k of project p: the previous path
+// (depth), up to five earlier ones of the project, up to three of the
+// base, and now and then the path itself. Sorted, without duplicates.
+func (g *gen) refs(r *rand.Rand, p, k int) []string {
+	pr, base := g.projects[p], g.projects[0]
+	i := pr.start + k
+	refs := map[int]bool{}
+	if k > 0 {
+		refs[i-1] = true
+		for range r.IntN(6) {
+			refs[pr.start+r.IntN(k)] = true
+		}
+	}
+	if p > 0 {
+		for range 1 + r.IntN(3) {
+			refs[base.start+r.IntN(base.size)] = true
+		}
+	}
+	var refPaths []string
+	for j := range refs {
+		refPaths = append(refPaths, g.path(j))
+	}
+	if r.IntN(10) == 0 {
+		refPaths = append(refPaths, g.path(i)) // a self-reference, as Nix has them
+	}
+	return sortedUnique(refPaths)
+}
+
+// narOf is the NAR of path's one regular file, which names path and its
+// references, and that file's size.
+func narOf(path string, refPaths []string) ([]byte, int, error) {
+	var buf bytes.Buffer
+	nw, err := nar.NewWriter(&buf)
+	if err != nil {
+		return nil, 0, err
+	}
+	content := fmt.Appendf(nil, "%s\n%s\n", path, strings.Join(refPaths, "\n"))
+	if err := nw.WriteHeader(&nar.Header{Path: "/", Type: nar.TypeRegular, Size: int64(len(content))}); err != nil {
+		return nil, 0, err
+	}
+	nw.Write(content)
+	if err := nw.Close(); err != nil {
+		return nil, 0, err
+	}
+	return buf.Bytes(), len(content), nil
+}
+
+// root emits project p's root record, its newest path pushed an hour ago
+// (OldRoot ago if the project is dead), and its pin if it has one.
+func (g *gen) root(p int, emit func(Object) error) error {
+	pr, now := g.projects[p], g.opts.Now
 	top := g.path(pr.start + pr.size - 1)
 	pushed := now.Add(-time.Hour)
 	if pr.dead {
