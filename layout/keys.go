@@ -108,13 +108,3 @@ func UploadMarkerKey(key, id string) string {
 	sum := sha256.Sum256([]byte(id))
 	return UploadMarkerPrefix + strings.TrimLeft(path.Base(key), ".") + "-" + hex.EncodeToString(sum[:8])
 }
-
-// hashPart is the 32-character hash of a store path or of its base name,
-// or "" when p is neither.
-func hashPart(p string) string {
-	b := path.Base(p)
-	if len(b) < 33 || b[32] != '-' {
-		return ""
-	}
-	return b[:32]
-}

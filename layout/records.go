@@ -7,6 +7,8 @@ import (
 	"regexp"
 	"strings"
 	"time"
+
+	"github.com/nixpush/nixpush/nix"
 )
 
 // Root is the body of a root's object (RootKey): the last push of a path
@@ -100,7 +102,7 @@ func CheckPinName(name string) error {
 // a time was pinned when its object was last written (mod).
 func ParsePin(name string, data []byte, mod time.Time) (Pin, error) {
 	var p Pin
-	if err := json.Unmarshal(data, &p); err != nil || hashPart(p.Path) == "" {
+	if err := json.Unmarshal(data, &p); err != nil || nix.StoreHashPart(p.Path) == "" {
 		return Pin{}, fmt.Errorf("pin %s%s is not a pin record (%v); fix it or remove it with nixpush unpin %s", PinPrefix, name, err, name)
 	}
 	p.Name = name
@@ -115,7 +117,7 @@ func ParsePin(name string, data []byte, mod time.Time) (Pin, error) {
 // object was last written (mod).
 func ParseRoot(key string, data []byte, mod time.Time) (Root, bool) {
 	var r Root
-	if err := json.Unmarshal(data, &r); err != nil || hashPart(r.Path) != strings.TrimPrefix(key, RootPrefix) {
+	if err := json.Unmarshal(data, &r); err != nil || nix.StoreHashPart(r.Path) != strings.TrimPrefix(key, RootPrefix) {
 		return Root{}, false
 	}
 	if r.PushedAt.IsZero() {

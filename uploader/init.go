@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"strings"
 
+	"github.com/nixpush/nixpush/layout"
 	"github.com/nixpush/nixpush/store"
 )
 
@@ -22,7 +23,7 @@ func Init(ctx context.Context, st store.Store, opts store.InitOptions) ([]string
 	} else if opts.PublicRead || opts.ExpireDays > 0 {
 		return nil, fmt.Errorf("%s: --public-read and --expire-days apply to S3 buckets only", st)
 	}
-	has, err := st.Has(ctx, "nix-cache-info")
+	has, err := st.Has(ctx, layout.CacheInfoKey)
 	if err != nil {
 		return changes, err
 	}
@@ -34,7 +35,7 @@ func Init(ctx context.Context, st store.Store, opts store.InitOptions) ([]string
 			opts.Priority = 40
 		}
 		text := CacheInfo(opts.StoreDir, opts.Priority)
-		if err := st.Put(ctx, "nix-cache-info", strings.NewReader(text), int64(len(text)), "text/x-nix-cache-info"); err != nil {
+		if err := st.Put(ctx, layout.CacheInfoKey, strings.NewReader(text), int64(len(text)), "text/x-nix-cache-info"); err != nil {
 			return changes, err
 		}
 		changes = append(changes, "wrote nix-cache-info")
@@ -67,7 +68,7 @@ func UploaderPolicy(bucket string) string {
 	}, {
 		Effect:   "Allow",
 		Action:   []string{"s3:DeleteObject"},
-		Resource: []string{"arn:aws:s3:::" + bucket + "/" + store.ProbePrefix + "*", "arn:aws:s3:::" + bucket + "/" + UploadMarkerPrefix + "*"},
+		Resource: []string{"arn:aws:s3:::" + bucket + "/" + layout.PreflightPrefix + "*", "arn:aws:s3:::" + bucket + "/" + layout.UploadMarkerPrefix + "*"},
 	}})
 }
 

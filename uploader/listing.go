@@ -11,13 +11,6 @@ import (
 	"github.com/nix-community/go-nix/pkg/nar"
 )
 
-// ListingKey is where a binary cache holds the NAR listing of a store
-// path: <hash>.ls beside <hash>.narinfo, as Nix writes it with
-// write-nar-listing=true.
-func ListingKey(storePath string) string {
-	return filepath.Base(storePath)[:32] + ".ls"
-}
-
 // lsNode is one node of a NAR listing in Nix's JSON: regular files carry
 // size, narOffset (where their contents start in the NAR) and executable
 // when set; symlinks their target; directories their entries (an empty

@@ -14,6 +14,7 @@ import (
 	"github.com/nix-community/go-nix/pkg/nixbase32"
 	"github.com/nix-community/go-nix/pkg/nixhash"
 
+	"github.com/nixpush/nixpush/layout"
 	"github.com/nixpush/nixpush/nix"
 	"github.com/nixpush/nixpush/store"
 )
@@ -25,7 +26,7 @@ const smallNAR = 4 << 20
 // narKey names a NAR object by its NAR hash, which the Nix database knows
 // before packing, so the upload can start before compression ends.
 func narKey(info nix.PathInfo, c Compression) string {
-	return "nar/" + nixbase32.EncodeToString(info.NarHash.Digest()) + ".nar" + c.Ext()
+	return layout.NarKey(nixbase32.EncodeToString(info.NarHash.Digest()), c.Ext())
 }
 
 // counter is a hash plus a byte count.

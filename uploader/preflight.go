@@ -7,6 +7,7 @@ import (
 	"os"
 	"strings"
 
+	"github.com/nixpush/nixpush/layout"
 	"github.com/nixpush/nixpush/store"
 )
 
@@ -90,7 +91,7 @@ func Preflight(ctx context.Context, st store.Store, opts PreflightOptions) []Che
 	}
 
 	// Writing: put and delete a probe object.
-	key := store.ProbePrefix + opts.Probe
+	key := layout.PreflightPrefix + opts.Probe
 	text := "nixpush preflight write check\n"
 	if err := st.Put(ctx, key, strings.NewReader(text), int64(len(text)), "text/plain"); err != nil {
 		return fail("write allowed", err, store.NotWritable)
@@ -99,17 +100,17 @@ func Preflight(ctx context.Context, st store.Store, opts PreflightOptions) []Che
 	if d, ok := store.As[store.Deleter](st); ok {
 		if err := d.Delete(ctx, key); err != nil {
 			// Not fatal: the cache works; the probe is overwritten next time.
-			res.Note = "the probe object " + key + " could not be deleted (" + err.Error() + "); allow s3:DeleteObject on " + store.ProbePrefix + "* (nixpush init --print-policy)"
+			res.Note = "the probe object " + key + " could not be deleted (" + err.Error() + "); allow s3:DeleteObject on " + layout.PreflightPrefix + "* (nixpush init --print-policy)"
 		}
 	}
 	out = append(out, res)
 
 	// nix-cache-info.
-	b, err := st.Get(ctx, "nix-cache-info")
+	b, err := st.Get(ctx, layout.CacheInfoKey)
 	switch {
 	case errors.Is(err, store.ErrNotExist) && opts.WriteCacheInfo:
 		text := CacheInfo(opts.StoreDir, opts.Priority)
-		if err := st.Put(ctx, "nix-cache-info", strings.NewReader(text), int64(len(text)), "text/x-nix-cache-info"); err != nil {
+		if err := st.Put(ctx, layout.CacheInfoKey, strings.NewReader(text), int64(len(text)), "text/x-nix-cache-info"); err != nil {
 			return fail("nix-cache-info", err, store.NotWritable)
 		}
 		return append(out, CheckResult{Name: "nix-cache-info", Note: "written (StoreDir: " + opts.StoreDir + ")"})

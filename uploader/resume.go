@@ -4,20 +4,18 @@ import (
 	"bytes"
 	"context"
 	"crypto/md5"
-	"crypto/sha256"
 	"encoding/hex"
 	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
-	"path"
-	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
 
 	"github.com/nix-community/go-nix/pkg/nixhash"
 
+	"github.com/nixpush/nixpush/layout"
 	"github.com/nixpush/nixpush/nix"
 	"github.com/nixpush/nixpush/store"
 )
@@ -46,7 +44,7 @@ import (
 //
 // gc, which runs elsewhere without the queue, aborts multipart uploads
 // older than its grace period. So that it leaves a resumable one alone,
-// each upload recorded has a marker object UploadMarkerKey(key, id),
+// each upload recorded has a marker object layout.UploadMarkerKey(key, id),
 // written when it begins and rewritten while the daemon keeps the record
 // (when it resumes, and every HeartbeatEvery): gc keeps an upload whose
 // marker it finds written within its grace period, and deletes markers
@@ -112,27 +110,6 @@ func (r uploadRecord) differs(want uploadRecord) string {
 		return fmt.Sprintf("object key changed (%s -> %s)", r.Key, want.Key)
 	}
 	return ""
-}
-
-// UploadMarkerPrefix holds a marker per resumable upload a daemon keeps:
-// UploadMarkerKey(key, id), {"key", "upload_id", "path", "host",
-// "started_at"}, rewritten as a heartbeat. gc leaves the upload alone
-// while the marker's last write is within its grace period.
-const UploadMarkerPrefix = "nixpush/uploads/"
-
-// UploadMarkerKey is the marker of upload id of object key.
-func UploadMarkerKey(key, id string) string {
-	sum := sha256.Sum256([]byte(id))
-	return UploadMarkerPrefix + strings.TrimLeft(path.Base(key), ".") + "-" + hex.EncodeToString(sum[:8])
-}
-
-// UploadMarker is the body of an upload's marker.
-type UploadMarker struct {
-	Key       string    `json:"key"`
-	UploadID  string    `json:"upload_id"`
-	Path      string    `json:"path"`
-	Host      string    `json:"host"`
-	StartedAt time.Time `json:"started_at"`
 }
 
 // HeartbeatEvery is how often the daemon rewrites the markers of the
@@ -574,9 +551,9 @@ func (r *resumable) discard(ctx context.Context) {
 // writeMarker writes (or rewrites, as a heartbeat) the marker of upload id.
 // A marker that cannot be written costs at worst the upload, if gc runs.
 func (u *Uploader) writeMarker(ctx context.Context, rec uploadRecord, id string) {
-	m, _ := json.Marshal(UploadMarker{Key: rec.Key, UploadID: id, Path: rec.Path, Host: u.cfg.Host, StartedAt: rec.Started})
+	m, _ := json.Marshal(layout.UploadMarker{Key: rec.Key, UploadID: id, Path: rec.Path, Host: u.cfg.Host, StartedAt: rec.Started})
 	m = append(m, '\n')
-	key := UploadMarkerKey(rec.Key, id)
+	key := layout.UploadMarkerKey(rec.Key, id)
 	if err := u.counted.Put(ctx, key, bytes.NewReader(m), int64(len(m)), "application/json"); err != nil {
 		u.cfg.Log.Warn().Err(err).Str("marker", key).Msg("write the marker of a resumable upload (gc may abort it after its grace period)")
 	}
@@ -589,8 +566,8 @@ func (u *Uploader) deleteMarker(ctx context.Context, key, id string) {
 	if !ok {
 		return
 	}
-	if err := d.Delete(context.WithoutCancel(ctx), UploadMarkerKey(key, id)); err != nil {
-		u.cfg.Log.Debug().Err(err).Str("marker", UploadMarkerKey(key, id)).Msg("delete the marker of a finished upload (gc deletes it later)")
+	if err := d.Delete(context.WithoutCancel(ctx), layout.UploadMarkerKey(key, id)); err != nil {
+		u.cfg.Log.Debug().Err(err).Str("marker", layout.UploadMarkerKey(key, id)).Msg("delete the marker of a finished upload (gc deletes it later)")
 	}
 }
 

@@ -17,6 +17,7 @@ import (
 	"github.com/rs/zerolog"
 	"golang.org/x/sync/errgroup"
 
+	"github.com/nixpush/nixpush/layout"
 	"github.com/nixpush/nixpush/nix"
 	"github.com/nixpush/nixpush/store"
 )
@@ -300,7 +301,7 @@ func (u *Uploader) push(ctx context.Context, roots []string, recheck, record boo
 		// its own, never listed by a sweep that began before it).
 		var lost []string
 		for _, r := range ok {
-			if slices.Contains(keys, RootKey(r)) {
+			if slices.Contains(keys, layout.RootKey(r)) {
 				lost = append(lost, r)
 			}
 		}
@@ -560,7 +561,7 @@ func (u *Uploader) probe(ctx context.Context, infos map[string]nix.PathInfo, fil
 	at := u.cfg.Now()
 	keys := make([]string, len(rest))
 	for i, p := range rest {
-		keys[i] = nix.NarInfoKey(p)
+		keys[i] = layout.NarInfoKey(p)
 	}
 	gone, failed := u.absent(ctx, keys, nil)
 	var present []string
@@ -616,7 +617,7 @@ func (u *Uploader) narsGone(ctx context.Context, paths []string, infos map[strin
 		if !gone[keys[i]] && failed[keys[i]] == nil {
 			continue
 		}
-		text, err := u.counted.Get(ctx, nix.NarInfoKey(p))
+		text, err := u.counted.Get(ctx, layout.NarInfoKey(p))
 		if err != nil {
 			out[p] = true
 			continue
@@ -657,7 +658,7 @@ func (u *Uploader) listNarInfos(ctx context.Context, n int) (map[string]bool, bo
 	names := make(map[string]bool)
 	budget := n * listBudget
 	err := l.ListTop(ctx, func(name string) bool {
-		if strings.HasSuffix(name, ".narinfo") {
+		if strings.HasSuffix(name, layout.NarInfoExt) {
 			names[name] = true
 		}
 		budget--
@@ -888,7 +889,7 @@ func (u *Uploader) ensureOnce(ctx context.Context, p string, pl *plan) error {
 	// paths may need: they are ensured below all the same.
 	if !pl.missing[p] && !pl.filtered[p] { // not probed by this push: check now
 		at := u.cfg.Now()
-		has, err := u.has(ctx, nix.NarInfoKey(p))
+		has, err := u.has(ctx, layout.NarInfoKey(p))
 		if err != nil {
 			return err
 		}
@@ -1001,12 +1002,12 @@ func (u *Uploader) upload(ctx context.Context, info nix.PathInfo, pl *plan) erro
 	}
 	if p.listing != nil {
 		// Before the .narinfo, as Nix writes it: a .narinfo never lacks its listing.
-		if err := u.counted.Put(ctx, ListingKey(info.Path), bytes.NewReader(p.listing), int64(len(p.listing)), "application/json"); err != nil {
+		if err := u.counted.Put(ctx, layout.ListingKey(info.Path), bytes.NewReader(p.listing), int64(len(p.listing)), "application/json"); err != nil {
 			return fmt.Errorf("upload listing of %s: %w", info.Path, err)
 		}
 	}
 	text := p.narinfo
-	if err := u.counted.Put(ctx, nix.NarInfoKey(info.Path), strings.NewReader(text), int64(len(text)), "text/x-nix-narinfo"); err != nil {
+	if err := u.counted.Put(ctx, layout.NarInfoKey(info.Path), strings.NewReader(text), int64(len(text)), "text/x-nix-narinfo"); err != nil {
 		return fmt.Errorf("upload %s: %w", info.Path, err)
 	}
 	d := time.Since(start)
@@ -1039,10 +1040,10 @@ func (u *Uploader) ensureCacheInfo(ctx context.Context, cutoff time.Time) error 
 		return nil
 	}
 	at := u.cfg.Now()
-	has, err := u.counted.Has(ctx, "nix-cache-info")
+	has, err := u.counted.Has(ctx, layout.CacheInfoKey)
 	if err == nil && !has {
 		text := CacheInfo(u.cfg.StoreDir, u.cfg.Priority)
-		err = u.counted.Put(ctx, "nix-cache-info", strings.NewReader(text), int64(len(text)), "text/x-nix-cache-info")
+		err = u.counted.Put(ctx, layout.CacheInfoKey, strings.NewReader(text), int64(len(text)), "text/x-nix-cache-info")
 	}
 	if err != nil {
 		return fmt.Errorf("nix-cache-info: %w", err)
