@@ -25,6 +25,7 @@ import (
 
 	"github.com/nixpush/nixpush/internal/synthcache"
 	"github.com/nixpush/nixpush/internal/testenv"
+	"github.com/nixpush/nixpush/layout"
 	"github.com/nixpush/nixpush/nix"
 )
 
@@ -93,7 +94,7 @@ func synthCache(b *testing.B, m *testenv.MinIOServer, bucket string, projects, s
 				if err := put(url, buf.Bytes()); err != nil {
 					return err
 				}
-				if err := put(nix.NarInfoKey(path), []byte(ni.String())); err != nil {
+				if err := put(layout.NarInfoKey(path), []byte(ni.String())); err != nil {
 					return err
 				}
 				if i == size-1 {

@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"strings"
 
+	"github.com/nixpush/nixpush/layout"
 	"github.com/nixpush/nixpush/store"
 	"github.com/nixpush/nixpush/uploader"
 )
@@ -68,7 +69,7 @@ func UploaderPolicy(bucket string) string {
 	}, {
 		Effect:   "Allow",
 		Action:   []string{"s3:DeleteObject"},
-		Resource: []string{"arn:aws:s3:::" + bucket + "/" + store.ProbePrefix + "*", "arn:aws:s3:::" + bucket + "/" + uploader.UploadMarkerPrefix + "*"},
+		Resource: []string{"arn:aws:s3:::" + bucket + "/" + layout.PreflightPrefix + "*", "arn:aws:s3:::" + bucket + "/" + layout.UploadMarkerPrefix + "*"},
 	}})
 }
 

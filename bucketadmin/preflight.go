@@ -7,6 +7,7 @@ import (
 	"os"
 	"strings"
 
+	"github.com/nixpush/nixpush/layout"
 	"github.com/nixpush/nixpush/store"
 	"github.com/nixpush/nixpush/uploader"
 )
@@ -109,7 +110,7 @@ func checkReach(ctx context.Context, st store.Store) ([]CheckResult, bool) {
 
 // checkWrite puts and deletes a probe object; false when the put failed.
 func checkWrite(ctx context.Context, st store.Store, probe string) (CheckResult, bool) {
-	key := store.ProbePrefix + probe
+	key := layout.PreflightPrefix + probe
 	text := "nixpush preflight write check\n"
 	if err := st.Put(ctx, key, strings.NewReader(text), int64(len(text)), "text/plain"); err != nil {
 		return failed("write allowed", err, store.NotWritable), false
@@ -118,7 +119,7 @@ func checkWrite(ctx context.Context, st store.Store, probe string) (CheckResult,
 	if d, ok := store.As[store.Deleter](st); ok {
 		if err := d.Delete(ctx, key); err != nil {
 			// Not fatal: the cache works; the probe is overwritten next time.
-			res.Note = "the probe object " + key + " could not be deleted (" + err.Error() + "); allow s3:DeleteObject on " + store.ProbePrefix + "* (nixpush init --print-policy)"
+			res.Note = "the probe object " + key + " could not be deleted (" + err.Error() + "); allow s3:DeleteObject on " + layout.PreflightPrefix + "* (nixpush init --print-policy)"
 		}
 	}
 	return res, true

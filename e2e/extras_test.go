@@ -17,6 +17,7 @@ import (
 	"github.com/nix-community/go-nix/pkg/narinfo/signature"
 
 	"github.com/nixpush/nixpush/internal/testenv"
+	"github.com/nixpush/nixpush/layout"
 	"github.com/nixpush/nixpush/nix"
 )
 
@@ -406,7 +407,7 @@ func checkBuildTraces(t *testing.T, c *minio.Client, bucket, pub string) map[str
 		if !verified {
 			t.Errorf("%s: %s has no signature by %s over %s", o.Key, body.Bytes(), pk.Name, fp)
 		}
-		if _, err := c.StatObject(ctx, bucket, nix.NarInfoKey(r.OutPath), minio.StatObjectOptions{}); err != nil {
+		if _, err := c.StatObject(ctx, bucket, layout.NarInfoKey(r.OutPath), minio.StatObjectOptions{}); err != nil {
 			t.Errorf("%s: the .narinfo of its outPath %s: %v", o.Key, r.OutPath, err)
 		}
 		if output == "out" {

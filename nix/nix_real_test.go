@@ -117,7 +117,7 @@ func TestNarInfoMatchesNix(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		want, err := os.ReadFile(filepath.Join(cache, NarInfoKey(info.Path)))
+		want, err := os.ReadFile(filepath.Join(cache, HashPart(info.Path)+".narinfo"))
 		if err != nil {
 			t.Fatal(err)
 		}

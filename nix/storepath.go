@@ -58,5 +58,13 @@ func HashPart(p string) string {
 	return base[:hashLen]
 }
 
-// NarInfoKey is the object name of a store path's .narinfo in a binary cache.
-func NarInfoKey(p string) string { return HashPart(p) + ".narinfo" }
+// StoreHashPart is the hash part of a store path or of its base name, or
+// "" when p is neither (no '-' after 32 characters); HashPart takes any
+// name as it comes.
+func StoreHashPart(p string) string {
+	b := filepath.Base(p)
+	if len(b) < hashLen+1 || b[hashLen] != '-' {
+		return ""
+	}
+	return b[:hashLen]
+}

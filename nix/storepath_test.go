@@ -45,8 +45,8 @@ func TestStorePath(t *testing.T) {
 }
 
 func TestHashPart(t *testing.T) {
-	if got := NarInfoKey("/nix/store/84iphvw7rs2syhrdmwicjk2726dprxcw-t1"); got != "84iphvw7rs2syhrdmwicjk2726dprxcw.narinfo" {
-		t.Fatalf("NarInfoKey = %q", got)
+	if got := HashPart("/nix/store/84iphvw7rs2syhrdmwicjk2726dprxcw-t1"); got != "84iphvw7rs2syhrdmwicjk2726dprxcw" {
+		t.Fatalf("HashPart = %q", got)
 	}
 }
 

@@ -10,9 +10,7 @@ import (
 	"time"
 
 	"github.com/nix-community/go-nix/pkg/nixbase32"
-
-	"github.com/nixpush/nixpush/nix"
-	"github.com/nixpush/nixpush/uploader"
+	"github.com/nixpush/nixpush/layout"
 )
 
 // buildTrace puts Nix 2.35's build trace entry of name's derivation's
@@ -25,7 +23,7 @@ func (f *fixture) buildTrace(name string) string {
 		h := sha256.Sum256([]byte(name))
 		p = "/nix/store/" + nixbase32.EncodeToString(h[:20]) + "-" + name
 	}
-	key := uploader.BuildTraceKey(f.drv(name), "out")
+	key := layout.BuildTraceKey(f.drv(name), "out")
 	f.put(key, `{"outPath":"`+filepath.Base(p)+`","signatures":[{"keyName":"test-1","sig":"AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA=="}]}`)
 	return key
 }
@@ -80,7 +78,7 @@ func TestGCBuildTraces(t *testing.T) {
 		}
 	}
 	for _, name := range []string{"old", "old-dep"} {
-		r, ni := slices.Index(order, traces[name]), slices.Index(order, nix.NarInfoKey(f.paths[name]))
+		r, ni := slices.Index(order, traces[name]), slices.Index(order, layout.NarInfoKey(f.paths[name]))
 		if r < 0 || ni < 0 || r > ni {
 			t.Errorf("deletion order %v: the build trace of %s must go before its .narinfo", order, name)
 		}

@@ -8,6 +8,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/nixpush/nixpush/layout"
 	"github.com/nixpush/nixpush/nix"
 	"github.com/nixpush/nixpush/store"
 )
@@ -38,11 +39,11 @@ func TestStoreIgnoringConditions(t *testing.T) {
 		!strings.Contains(err.Error(), "--single-gc") || strings.Contains(err.Error(), "\n") {
 		t.Fatalf("gc on a store that ignores conditional writes: %v; want one line naming the store and --single-gc", err)
 	}
-	if !f.has("dead") || f.exists(SweepKey) {
+	if !f.has("dead") || f.exists(layout.SweepKey) {
 		t.Fatal("gc deleted or wrote its marker before refusing")
 	}
 	var probes []string
-	f.b.List(ctx, probePrefix, func(o store.Object) error { probes = append(probes, o.Key); return nil })
+	f.b.List(ctx, layout.GCProbePrefix, func(o store.Object) error { probes = append(probes, o.Key); return nil })
 	if len(probes) != 0 {
 		t.Errorf("probes left behind: %v", probes)
 	}
@@ -56,7 +57,7 @@ func TestStoreIgnoringConditions(t *testing.T) {
 	f.add("base")
 	p := f.add("broken", "base")
 	f.root("broken", time.Now())
-	data, _ := f.b.Get(ctx, nix.NarInfoKey(p))
+	data, _ := f.b.Get(ctx, layout.NarInfoKey(p))
 	ni, err := nix.ParseNarInfo(data)
 	if err != nil {
 		t.Fatal(err)
@@ -84,11 +85,11 @@ func TestMarkerKindAndSettings(t *testing.T) {
 	if _, err := GC(ctx, f.b, GCOptions{OlderThan: 30 * 24 * time.Hour, Grace: 24 * time.Hour, Window: 20 * time.Minute, Host: "h"}); err != nil {
 		t.Fatal(err)
 	}
-	data, err := f.b.Get(ctx, SweepKey)
+	data, err := f.b.Get(ctx, layout.SweepKey)
 	if err != nil {
 		t.Fatal(err)
 	}
-	s, err := parseSweep(data)
+	s, err := layout.ParseSweep(data)
 	if err != nil || s.Kind != "gc" || s.Host != "h" || s.GraceSeconds != 86400 || s.OlderThanSeconds != 30*86400 ||
 		s.WindowSeconds != 1200 || s.FinishedAt.IsZero() || !s.Deadline.Equal(s.ListedAt.Add(20*time.Minute)) {
 		t.Fatalf("marker %s (%v)", data, err)
@@ -100,23 +101,23 @@ func TestMarkerKindAndSettings(t *testing.T) {
 func TestSweepEndKeepsAnotherMarker(t *testing.T) {
 	f := newFixture(t)
 	ctx := context.Background()
-	slow, err := startSweep(ctx, f.b, Sweep{Host: "slow", Kind: "gc"}, time.Millisecond, false)
+	slow, err := startSweep(ctx, f.b, layout.Sweep{Host: "slow", Kind: "gc"}, time.Millisecond, false)
 	if err != nil {
 		t.Fatal(err)
 	}
 	time.Sleep(5 * time.Millisecond)
-	if _, err := startSweep(ctx, f.b, Sweep{Host: "next", Kind: "gc"}, time.Hour, false); err != nil {
+	if _, err := startSweep(ctx, f.b, layout.Sweep{Host: "next", Kind: "gc"}, time.Hour, false); err != nil {
 		t.Fatalf("a sweep after a stale marker: %v", err)
 	}
 	if err := slow.end(ctx); err == nil || !strings.Contains(err.Error(), "replaced by another run") {
 		t.Fatalf("end of a run whose marker was replaced: %v", err)
 	}
-	data, _ := f.b.Get(ctx, SweepKey)
-	if s, err := parseSweep(data); err != nil || s.Host != "next" || !s.FinishedAt.IsZero() {
+	data, _ := f.b.Get(ctx, layout.SweepKey)
+	if s, err := layout.ParseSweep(data); err != nil || s.Host != "next" || !s.FinishedAt.IsZero() {
 		t.Fatalf("marker after the slow run ended: %s; want next's, unfinished", data)
 	}
 	// And the live one stops a third.
-	if _, err := startSweep(ctx, f.b, Sweep{Host: "third"}, time.Hour, false); !errors.Is(err, ErrSweepRunning) ||
+	if _, err := startSweep(ctx, f.b, layout.Sweep{Host: "third"}, time.Hour, false); !errors.Is(err, ErrSweepRunning) ||
 		!strings.Contains(err.Error(), `"next"`) {
 		t.Fatalf("a sweep beside a live one: %v", err)
 	}
@@ -154,7 +155,7 @@ func TestAddPinWaitsForSweep(t *testing.T) {
 	f := newFixture(t)
 	ctx := context.Background()
 	p := f.add("app")
-	sw, err := startSweep(ctx, f.b, Sweep{Host: "gc"}, time.Hour, false)
+	sw, err := startSweep(ctx, f.b, layout.Sweep{Host: "gc"}, time.Hour, false)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -180,7 +181,7 @@ func TestAddPinWaitsForSweep(t *testing.T) {
 	}
 	// A sweep that never finishes: waited for until its deadline plus
 	// the skew margin, no longer.
-	f.b.Put(ctx, SweepKey, strings.NewReader(`{"listed_at":"2000-01-01T00:00:00Z","deadline":"2000-01-01T00:10:00Z","host":"crashed"}`), -1, "application/json")
+	f.b.Put(ctx, layout.SweepKey, strings.NewReader(`{"listed_at":"2000-01-01T00:00:00Z","deadline":"2000-01-01T00:10:00Z","host":"crashed"}`), -1, "application/json")
 	if err := addPin(ctx, f.b, "r", p, time.Now(), time.Now, sleep); err != nil || len(slept) != 0 {
 		t.Fatalf("pin beside a stale marker: %v, slept %v", err, slept)
 	}

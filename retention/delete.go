@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"time"
 
+	"github.com/nixpush/nixpush/layout"
 	"github.com/nixpush/nixpush/store"
 	"golang.org/x/sync/errgroup"
 )
@@ -34,7 +35,7 @@ func (d *deleter) waves(ctx context.Context, g *Graph, w waves) error {
 		d.nwaves++
 		keys := make([]string, end-start)
 		for k, i := range w.order[start:end] {
-			keys[k] = g.hashOf(i) + ".narinfo"
+			keys[k] = g.hashOf(i) + layout.NarInfoExt
 		}
 		if err := d.all(ctx, keys); err != nil {
 			return err

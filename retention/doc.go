@@ -1,9 +1,10 @@
 // Package retention walks a binary cache beside the uploader's Store, with
-// no server and no database: the bucket is the truth. It owns the layout
-// nixpush keeps under nixpush/ (roots, pins, gc's marker), the walk (one
-// streamed listing, each .narinfo read once per ETag thanks to a local
-// cache file, a compact graph of hash → references; walk.go, with a
-// handler per kind of key in walkkinds.go), gc, and verify. gc runs in
+// no server and no database: the bucket is the truth. It owns pins and
+// roots as tools write them (records.go; their keys and bodies are the
+// layout package's), the walk (one streamed listing, each .narinfo read
+// once per ETag thanks to a local cache file, a compact graph of hash →
+// references; walk.go, with a handler per kind of key, as layout.Classify
+// tells it, in walkkinds.go), gc, and verify. gc runs in
 // three phases: mark (the walk and the closure of what stays: mark.go),
 // plan (what goes, in which waves, and the figures: a value a dry run
 // reports, plan.go) and execute (the deletions under the marker: plan.go,

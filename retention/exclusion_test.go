@@ -10,9 +10,9 @@ import (
 	"testing"
 	"time"
 
+	"github.com/nixpush/nixpush/layout"
 	"github.com/nixpush/nixpush/nix"
 	"github.com/nixpush/nixpush/store"
-	"github.com/nixpush/nixpush/uploader"
 )
 
 // These tests interleave a sweep with another run at a fixed step, on a
@@ -34,7 +34,7 @@ type steps struct {
 }
 
 func (s *steps) marker(key string) {
-	if key == SweepKey && s.afterMarkerRead != nil {
+	if key == layout.SweepKey && s.afterMarkerRead != nil {
 		s.afterMarkerRead(int(s.reads.Add(1)))
 	}
 }
@@ -140,7 +140,7 @@ func TestGCBesideRepair(t *testing.T) {
 	f.root("broken", time.Now())
 	f.age(time.Now().Add(-48 * time.Hour))
 	// broken loses its NAR: verify finds it, repair deletes its .narinfo.
-	data, err := f.b.Get(ctx, nix.NarInfoKey(broken))
+	data, err := f.b.Get(ctx, layout.NarInfoKey(broken))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -183,7 +183,7 @@ func TestPinAfterWalkSurvives(t *testing.T) {
 	b := &steps{Bucket: f.b, beforeUploads: func() {
 		// Another host's nixpush pin: it found app in the cache and
 		// writes its pin now.
-		if err := putJSON(ctx, f.b, PinPrefix+"late", Pin{Path: app, PinnedAt: time.Now()}); err != nil {
+		if err := putJSON(ctx, f.b, layout.PinPrefix+"late", layout.Pin{Path: app, PinnedAt: time.Now()}); err != nil {
 			t.Error(err)
 		}
 	}}
@@ -213,7 +213,7 @@ func TestRootRewrittenAfterWalk(t *testing.T) {
 	f.age(time.Now().Add(-48 * time.Hour))
 	pushed := time.Now().UTC().Truncate(time.Second)
 	b := &steps{Bucket: f.b, beforeUploads: func() {
-		if err := WriteRoot(ctx, f.b, Root{Path: app, PushedAt: pushed, Host: "builder"}); err != nil {
+		if err := WriteRoot(ctx, f.b, layout.Root{Path: app, PushedAt: pushed, Host: "builder"}); err != nil {
 			t.Error(err)
 		}
 	}}
@@ -226,11 +226,11 @@ func TestRootRewrittenAfterWalk(t *testing.T) {
 			t.Errorf("%s deleted, though its root was pushed again during the sweep; gc deleted %v", name, rep.Deleted.Paths)
 		}
 	}
-	data, err := f.b.Get(ctx, uploader.RootKey(app))
+	data, err := f.b.Get(ctx, layout.RootKey(app))
 	if err != nil {
 		t.Fatalf("the root record written during the sweep: %v", err)
 	}
-	r, ok := parseRoot(uploader.RootKey(app), data, time.Time{})
+	r, ok := layout.ParseRoot(layout.RootKey(app), data, time.Time{})
 	if !ok || !r.PushedAt.Equal(pushed) {
 		t.Fatalf("root record %s; want pushed_at %s", data, pushed)
 	}
@@ -249,7 +249,7 @@ func TestPinDuringSweepReportsDeletion(t *testing.T) {
 	b := &steps{Bucket: f.b, beforeDelete: func() {
 		go func() { pinned <- AddPin(ctx, f.b, "late", app, time.Now()) }()
 		// Delete once the pin is written (AddPin found app present).
-		for deadline := time.Now().Add(10 * time.Second); !f.exists(PinPrefix + "late"); time.Sleep(time.Millisecond) {
+		for deadline := time.Now().Add(10 * time.Second); !f.exists(layout.PinPrefix + "late"); time.Sleep(time.Millisecond) {
 			if time.Now().After(deadline) {
 				t.Error("the pin was never written")
 				return
@@ -272,7 +272,7 @@ func TestPinDuringSweepReportsDeletion(t *testing.T) {
 		!strings.Contains(err.Error(), "nixpush push --wait "+app) {
 		t.Fatalf("AddPin during a sweep that deleted its path: %v; want it to say the path was deleted and to push it again", err)
 	}
-	if !f.exists(PinPrefix + "late") {
+	if !f.exists(layout.PinPrefix + "late") {
 		t.Error("the pin was removed; it should be kept")
 	}
 	v, err := Verify(ctx, f.b, VerifyOptions{})

@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"time"
 
+	"github.com/nixpush/nixpush/layout"
 	"github.com/nixpush/nixpush/store"
 )
 
@@ -159,7 +160,7 @@ func GC(ctx context.Context, b store.Bucket, opts GCOptions) (*GCReport, error) 
 		// (a conditional write of the marker); delete permission, before
 		// anything else; then the marker, before the listing.
 		var err error
-		m := Sweep{Host: opts.Host, Kind: "gc", GraceSeconds: seconds(opts.Grace),
+		m := layout.Sweep{Host: opts.Host, Kind: "gc", GraceSeconds: seconds(opts.Grace),
 			OlderThanSeconds: seconds(opts.OlderThan), WindowSeconds: seconds(opts.Window)}
 		if sw, err = startSweep(ctx, b, m, opts.Window, opts.SingleGC); err != nil {
 			return nil, err

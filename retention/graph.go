@@ -7,6 +7,7 @@ import (
 	"slices"
 
 	"github.com/nix-community/go-nix/pkg/nixbase32"
+	"github.com/nixpush/nixpush/layout"
 )
 
 // The graph's storage, compact at a million paths: a node's hash part and
@@ -236,19 +237,14 @@ func (g *Graph) grow() {
 
 var narSeed = maphash.MakeSeed()
 
-// narExts are the ends of the NAR keys kept as a digest and a number
-// (nar/<nixbase32 of 32 bytes><end>, as Nix and nixpush name them): 64
-// bytes a NAR rather than 32 and a 60-byte key in the arena.
-var narExts = []string{".nar", ".nar.xz", ".nar.zst", ".nar.bz2", ".nar.br", ".nar.gz", ".nar.lz4", ".nar.lzip"}
-
-// parseNARKey is the digest and end (index in narExts, plus one) of a NAR
+// parseNARKey is the digest and end (index in layout.NarExts, plus one) of a NAR
 // key of the usual form, which reads back the same.
 func parseNARKey(key string) (d [32]byte, ext uint8, ok bool) {
-	const n = len("nar/") + 52
-	if len(key) <= n || key[:4] != "nar/" {
+	const n = len(layout.NarPrefix) + 52
+	if len(key) <= n || key[:len(layout.NarPrefix)] != layout.NarPrefix {
 		return d, 0, false
 	}
-	e := slices.Index(narExts, key[n:])
+	e := slices.Index(layout.NarExts, key[n:])
 	if e < 0 {
 		return d, 0, false
 	}
@@ -281,7 +277,7 @@ func (g *Graph) appendNARKey(dst []byte, j int32) []byte {
 	}
 	var enc [52]byte
 	nixbase32.Encode(enc[:], o.digest[:])
-	return append(append(append(dst, "nar/"...), enc[:]...), narExts[o.ext-1]...)
+	return append(append(append(dst, layout.NarPrefix...), enc[:]...), layout.NarExts[o.ext-1]...)
 }
 
 // compareNARKeys orders NARs a and b by key, allocating nothing.

@@ -47,6 +47,7 @@ import (
 	"github.com/nix-community/go-nix/pkg/nixhash"
 	"github.com/rs/zerolog"
 
+	"github.com/nixpush/nixpush/layout"
 	"github.com/nixpush/nixpush/narpack"
 	"github.com/nixpush/nixpush/nix"
 	"github.com/nixpush/nixpush/retention"
@@ -318,16 +319,16 @@ func (h *harness) short(key string) string {
 			parts = append(parts, h.short(k))
 		}
 		return "[" + strings.Join(parts, " ") + "]"
-	case strings.HasPrefix(key, uploader.RootBatchPrefix):
-		return uploader.RootBatchPrefix + "*"
+	case strings.HasPrefix(key, layout.RootBatchPrefix):
+		return layout.RootBatchPrefix + "*"
 	case strings.HasPrefix(key, "nixpush/gc/probe-"):
 		return "nixpush/gc/probe-*"
 	case strings.HasPrefix(key, "nar/"):
 		if n, ok := h.narNames()[key]; ok {
 			return "nar(" + n + ")"
 		}
-	case strings.HasPrefix(key, uploader.RootPrefix) && len(key) == len(uploader.RootPrefix)+32:
-		if n, ok := h.u.names[key[len(uploader.RootPrefix):]]; ok {
+	case strings.HasPrefix(key, layout.RootPrefix) && len(key) == len(layout.RootPrefix)+32:
+		if n, ok := h.u.names[key[len(layout.RootPrefix):]]; ok {
 			return "root(" + n + ")"
 		}
 	case len(key) > 32 && !strings.Contains(key, "/"):
@@ -386,8 +387,8 @@ func (h *harness) exec(o *op) error {
 			h.writers[o.key] = map[string]bool{}
 		}
 		h.writers[o.key][o.job] = true
-	case (o.kind == "put" || o.kind == "put-if") && o.key == uploader.SweepKey:
-		var m uploader.SweepMarker
+	case (o.kind == "put" || o.kind == "put-if") && o.key == layout.SweepKey:
+		var m layout.Sweep
 		json.Unmarshal(o.body, &m)
 		h.sweeping[o.actor] = m.FinishedAt.IsZero()
 	}
@@ -455,13 +456,13 @@ func (h *harness) check(final bool) {
 		}
 	}
 	for _, root := range slices.Sorted(maps.Keys(h.ackRoots)) {
-		if _, ok := objs[nix.NarInfoKey(root)]; !ok {
+		if _, ok := objs[layout.NarInfoKey(root)]; !ok {
 			h.violate(fmt.Sprintf("(c) root %s, acknowledged by %s, is gone", h.u.name(root), h.ackRoots[root]))
 			return
 		}
 	}
 	for _, p := range slices.Sorted(maps.Keys(h.ackPins)) {
-		if _, ok := objs[nix.NarInfoKey(p)]; !ok {
+		if _, ok := objs[layout.NarInfoKey(p)]; !ok {
 			h.violate(fmt.Sprintf("(c) %s, pinned as %s (acknowledged), is gone", h.u.name(p), h.ackPins[p]))
 			return
 		}
@@ -507,13 +508,13 @@ func (h *harness) rewrite(key string, fn func([]byte) []byte) {
 // foreignSig appends a line go-nix's parser rejects (Nix ignores it) to
 // p's .narinfo: hole 6.
 func (h *harness) foreignSig(p string) {
-	h.rewrite(nix.NarInfoKey(p), func(b []byte) []byte { return append(b, "Sig: other-tool:not-ed25519\n"...) })
+	h.rewrite(layout.NarInfoKey(p), func(b []byte) []byte { return append(b, "Sig: other-tool:not-ed25519\n"...) })
 	h.log("setup: foreign Sig line on " + h.u.name(p))
 }
 
 // damage truncates p's NAR: verify reports nar-size, repair sweeps.
 func (h *harness) damage(p string) {
-	url, _ := narinfoFields(h.m.objs[nix.NarInfoKey(p)].data)
+	url, _ := narinfoFields(h.m.objs[layout.NarInfoKey(p)].data)
 	h.rewrite(url, func(b []byte) []byte { return b[:len(b)/2] })
 	h.log("setup: damaged NAR of " + h.u.name(p))
 }
@@ -998,9 +999,9 @@ func buildH5(h *harness) error {
 
 // putPin writes a pin at setup, aged with the rest.
 func putPin(h *harness, name, p string) {
-	data, _ := json.Marshal(retention.Pin{Path: p, PinnedAt: h.clk.Now().Add(-10 * 24 * time.Hour)})
+	data, _ := json.Marshal(layout.Pin{Path: p, PinnedAt: h.clk.Now().Add(-10 * 24 * time.Hour)})
 	h.m.mu.Lock()
-	h.m.put(retention.PinPrefix+name, data)
+	h.m.put(layout.PinPrefix+name, data)
 	h.m.mu.Unlock()
 }
 

@@ -8,8 +8,9 @@ import (
 	"sync"
 	"time"
 
+	"github.com/nixpush/nixpush/layout"
+	"github.com/nixpush/nixpush/nix"
 	"github.com/nixpush/nixpush/store"
-	"github.com/nixpush/nixpush/uploader"
 )
 
 // liveSet is gc's mark: the nodes whose .narinfo stays, closed under
@@ -33,7 +34,7 @@ type liveSet struct {
 func markLive(g *Graph, now time.Time, olderThan, grace time.Duration) *liveSet {
 	s := &liveSet{g: g, live: make([]bool, g.nodeCount()), lateRecords: make(map[string]bool)}
 	for _, p := range g.Pins {
-		if i, ok := g.lookup(hashPart(p.Path)); ok {
+		if i, ok := g.lookup(nix.StoreHashPart(p.Path)); ok {
 			s.pinned++
 			s.mark(i)
 		}
@@ -137,7 +138,7 @@ type pendingUploads struct {
 // listPending lists the upload markers, then the pending uploads.
 func listPending(ctx context.Context, b store.Bucket) (pendingUploads, error) {
 	p := pendingUploads{markers: make(map[string]time.Time)}
-	if err := b.List(ctx, uploader.UploadMarkerPrefix, func(o store.Object) error {
+	if err := b.List(ctx, layout.UploadMarkerPrefix, func(o store.Object) error {
 		p.markers[o.Key] = o.LastModified
 		return nil
 	}); err != nil {
@@ -162,7 +163,7 @@ type late struct {
 // ETag the walk did not list (seen: key → ETag).
 func listLate(ctx context.Context, b store.Bucket, seen map[string]string) ([]late, error) {
 	var keys []string
-	for _, prefix := range []string{PinPrefix, RootPrefix} {
+	for _, prefix := range []string{layout.PinPrefix, layout.RootPrefix} {
 		if err := b.List(ctx, prefix, func(o store.Object) error {
 			if etag, ok := seen[o.Key]; !ok || etag != o.ETag {
 				keys = append(keys, o.Key)
@@ -181,18 +182,18 @@ func listLate(ctx context.Context, b store.Bucket, seen map[string]string) ([]la
 		if err != nil {
 			return nil, fmt.Errorf("read %s, written since the walk: %w", key, err)
 		}
-		l := late{key: key, record: strings.HasPrefix(key, RootPrefix)}
+		l := late{key: key, record: strings.HasPrefix(key, layout.RootPrefix)}
 		switch {
-		case strings.HasPrefix(key, PinPrefix):
-			p, err := parsePin(strings.TrimPrefix(key, PinPrefix), data, time.Time{})
+		case strings.HasPrefix(key, layout.PinPrefix):
+			p, err := layout.ParsePin(strings.TrimPrefix(key, layout.PinPrefix), data, time.Time{})
 			if err != nil {
 				return nil, err
 			}
-			l.hashes = []string{hashPart(p.Path)}
-		case strings.HasPrefix(key, RootBatchPrefix):
-			r, _ := parseRootBatch(data, time.Time{})
+			l.hashes = []string{nix.StoreHashPart(p.Path)}
+		case strings.HasPrefix(key, layout.RootBatchPrefix):
+			r, _ := layout.ParseRootBatch(data, time.Time{})
 			for _, p := range r.Paths {
-				if h := hashPart(p); h != "" {
+				if h := nix.StoreHashPart(p); h != "" {
 					l.hashes = append(l.hashes, h)
 				}
 			}
@@ -200,7 +201,7 @@ func listLate(ctx context.Context, b store.Bucket, seen map[string]string) ([]la
 			// Written during this sweep, the path was pushed now, whatever
 			// the record's pushed_at says; one unreadable keeps its key's
 			// path all the same.
-			if h := strings.TrimPrefix(key, RootPrefix); len(h) == 32 {
+			if h := strings.TrimPrefix(key, layout.RootPrefix); len(h) == 32 {
 				l.hashes = []string{h}
 			}
 		}
@@ -229,7 +230,7 @@ func (r *recording) ListUnordered(ctx context.Context, prefix string, fn func(st
 
 func (r *recording) remember(fn func(store.Object) error) func(store.Object) error {
 	return func(o store.Object) error {
-		if strings.HasPrefix(o.Key, PinPrefix) || strings.HasPrefix(o.Key, RootPrefix) {
+		if strings.HasPrefix(o.Key, layout.PinPrefix) || strings.HasPrefix(o.Key, layout.RootPrefix) {
 			r.mu.Lock()
 			r.seen[o.Key] = o.ETag
 			r.mu.Unlock()

@@ -6,8 +6,8 @@ import (
 	"slices"
 	"time"
 
+	"github.com/nixpush/nixpush/layout"
 	"github.com/nixpush/nixpush/store"
-	"github.com/nixpush/nixpush/uploader"
 )
 
 // gcPlan is what a gc deletes and keeps, decided from its mark before
@@ -50,7 +50,7 @@ func planGC(g *Graph, live *liveSet, pending pendingUploads, now time.Time, opts
 	for _, l := range g.listings {
 		n := g.node(l.node)
 		if (n.present && !live.live[l.node]) || (!n.present && now.Sub(time.Unix(0, l.mod)) >= opts.Grace) {
-			p.listings = append(p.listings, g.hashOf(l.node)+".ls")
+			p.listings = append(p.listings, g.hashOf(l.node)+layout.ListingExt)
 		}
 	}
 	slices.Sort(p.listings)
@@ -79,7 +79,7 @@ func (p *gcPlan) planUploads(pending pendingUploads, now time.Time, grace time.D
 		if now.Sub(u.Initiated) < grace {
 			continue
 		}
-		if at, ok := pending.markers[uploader.UploadMarkerKey(u.Key, u.ID)]; ok && now.Sub(at) < grace {
+		if at, ok := pending.markers[layout.UploadMarkerKey(u.Key, u.ID)]; ok && now.Sub(at) < grace {
 			p.Kept.Uploads++
 			continue
 		}
@@ -149,7 +149,7 @@ func (p *gcPlan) planNARs(live []bool, now time.Time, grace time.Duration) {
 func (p *gcPlan) planRecords(live *liveSet, now time.Time, olderThan time.Duration) {
 	g := p.g
 	for i := range g.rootRecords {
-		key := RootPrefix + g.hashOf(i)
+		key := layout.RootPrefix + g.hashOf(i)
 		if !live.live[i] && now.Sub(g.roots[i]) >= olderThan && !live.lateRecords[key] {
 			p.records = append(p.records, key)
 		}

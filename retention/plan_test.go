@@ -6,11 +6,10 @@ import (
 	"testing"
 	"time"
 
+	"github.com/nixpush/nixpush/layout"
 	"github.com/nixpush/nixpush/store"
 
 	"github.com/nix-community/go-nix/pkg/narinfo"
-
-	"github.com/nixpush/nixpush/uploader"
 )
 
 // planGraph is a walk's result built in memory, with no store: .narinfos,
@@ -75,19 +74,19 @@ func TestPlanWithoutStore(t *testing.T) {
 		p.narInfo('g', old, "", 'h')
 		p.narInfo('h', old, "")
 		p.narInfo('i', recent, "")
-		p.g.Pins = append(p.g.Pins, Pin{Name: "d", Path: "/nix/store/" + hash('d') + "-d"})
+		p.g.Pins = append(p.g.Pins, layout.Pin{Name: "d", Path: "/nix/store/" + hash('d') + "-d"})
 		p.root('g', recent)
 		p.root('c', old)
-		p.g.rootBatches[RootBatchPrefix+"old"] = old
+		p.g.rootBatches[layout.RootBatchPrefix+"old"] = old
 		// Orphan NARs, one old and one recent; c's listing; the logs of
 		// c's and d's derivations; realisations of c and d.
 		p.w.narFile(store.Object{Key: "nar/" + hash('j') + ".nar", Size: 7, LastModified: old})
 		p.w.narFile(store.Object{Key: "nar/" + hash('k') + ".nar", Size: 9, LastModified: recent})
 		p.w.listing(store.Object{Key: hash('c') + ".ls", LastModified: old})
-		p.w.log(store.Object{Key: LogPrefix + hash('l') + "-c.drv", LastModified: old})
-		p.w.log(store.Object{Key: LogPrefix + hash('m') + "-d.drv", LastModified: old})
+		p.w.log(store.Object{Key: layout.LogPrefix + hash('l') + "-c.drv", LastModified: old})
+		p.w.log(store.Object{Key: layout.LogPrefix + hash('m') + "-d.drv", LastModified: old})
 		for _, c := range []byte{'c', 'd'} {
-			p.g.realisations = append(p.g.realisations, realisation{key: p.g.addStr(RealisationPrefix + string(c) + ".doi"),
+			p.g.realisations = append(p.g.realisations, realisation{key: p.g.addStr(layout.RealisationPrefix + string(c) + ".doi"),
 				mod: old.UnixNano(), out: p.g.intern(hash(c))})
 		}
 		return p
@@ -95,7 +94,7 @@ func TestPlanWithoutStore(t *testing.T) {
 	pending := pendingUploads{
 		uploads: []store.PendingUpload{{Key: "nar/x", ID: "1", Initiated: old}, {Key: "nar/y", ID: "2", Initiated: old},
 			{Key: "nar/z", ID: "3", Initiated: recent}},
-		markers: map[string]time.Time{uploader.UploadMarkerKey("nar/y", "2"): recent, uploader.UploadMarkerPrefix + "stale": old},
+		markers: map[string]time.Time{layout.UploadMarkerKey("nar/y", "2"): recent, layout.UploadMarkerPrefix + "stale": old},
 	}
 
 	for _, tc := range []struct {
@@ -107,7 +106,7 @@ func TestPlanWithoutStore(t *testing.T) {
 	}{
 		{name: "as walked", waves: [][]string{{"c"}, {"b"}, {"a"}},
 			kept: Kept{Paths: 5, Pinned: 1, Rooted: 1, InGrace: 1, NARs: 6, Bytes: 500, Uploads: 1}, nars: 4, bytes: 307},
-		{name: "a pin taken since the walk", late: []late{{key: PinPrefix + "late", hashes: []string{hash('b')}}},
+		{name: "a pin taken since the walk", late: []late{{key: layout.PinPrefix + "late", hashes: []string{hash('b')}}},
 			waves: [][]string{{"c"}}, kept: Kept{Paths: 7, Pinned: 1, Rooted: 1, InGrace: 1, Late: 1, NARs: 8, Bytes: 700, Uploads: 1}, nars: 2, bytes: 107},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
@@ -132,10 +131,10 @@ func TestPlanWithoutStore(t *testing.T) {
 				d.RootRecords != 2 || d.Uploads != 1 || d.UploadMarkers != 1 || d.Paths != nil || d.Waves != 0 {
 				t.Errorf("deleted %+v", d)
 			}
-			if want := []string{RootBatchPrefix + "old", RootPrefix + hash('c')}; !slices.Equal(plan.records, want) {
+			if want := []string{layout.RootBatchPrefix + "old", layout.RootPrefix + hash('c')}; !slices.Equal(plan.records, want) {
 				t.Errorf("root records %v, want %v", plan.records, want)
 			}
-			if want := []string{RealisationPrefix + "c.doi"}; !slices.Equal(plan.realisations, want) {
+			if want := []string{layout.RealisationPrefix + "c.doi"}; !slices.Equal(plan.realisations, want) {
 				t.Errorf("realisations %v, want %v", plan.realisations, want)
 			}
 			if len(plan.uploads) != 1 || plan.uploads[0].ID != "1" {

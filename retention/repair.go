@@ -6,6 +6,7 @@ import (
 	"slices"
 	"time"
 
+	"github.com/nixpush/nixpush/layout"
 	"github.com/nixpush/nixpush/store"
 )
 
@@ -50,7 +51,7 @@ func Repair(ctx context.Context, b store.Bucket, rep *VerifyReport, opts RepairO
 	if window <= 0 {
 		window = DefaultWindow
 	}
-	sw, err := startSweep(ctx, b, Sweep{Host: opts.Host, Kind: "repair", WindowSeconds: seconds(window)}, window, opts.SingleGC)
+	sw, err := startSweep(ctx, b, layout.Sweep{Host: opts.Host, Kind: "repair", WindowSeconds: seconds(window)}, window, opts.SingleGC)
 	if err != nil {
 		return nil, err
 	}
@@ -144,7 +145,7 @@ func repairSweep(ctx context.Context, del *deleter, g *Graph, doomed []bool, rep
 	var listings []string
 	for _, l := range g.listings {
 		if doomed[l.node] && g.node(l.node).present {
-			listings = append(listings, g.hashOf(l.node)+".ls")
+			listings = append(listings, g.hashOf(l.node)+layout.ListingExt)
 		}
 	}
 	slices.Sort(listings)

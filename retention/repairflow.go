@@ -5,7 +5,7 @@ import (
 	"fmt"
 	"io"
 
-	"github.com/nixpush/nixpush/nix"
+	"github.com/nixpush/nixpush/layout"
 	"github.com/nixpush/nixpush/store"
 )
 
@@ -106,7 +106,7 @@ func pushAgain(ctx context.Context, b store.Bucket, p Pusher, paths []string) ([
 	}
 	var missing []string
 	for _, path := range paths {
-		has, err := b.Has(ctx, nix.NarInfoKey(path))
+		has, err := b.Has(ctx, layout.NarInfoKey(path))
 		if err != nil {
 			return missing, err
 		}

@@ -6,7 +6,7 @@ import (
 	"path/filepath"
 	"testing"
 
-	"github.com/nixpush/nixpush/nix"
+	"github.com/nixpush/nixpush/layout"
 )
 
 // TestRepairDeletesOnlyWhatIsStillBroken (found by TestInterleavings on
@@ -23,12 +23,12 @@ func TestRepairDeletesOnlyWhatIsStillBroken(t *testing.T) {
 	f.add("top", "mid")
 	f.add("lone")
 	f.add("above-lone", "lone")
-	leafKey := nix.NarInfoKey(f.paths["leaf"])
+	leafKey := layout.NarInfoKey(f.paths["leaf"])
 	leaf, err := os.ReadFile(filepath.Join(f.base, leafKey))
 	if err != nil {
 		t.Fatal(err)
 	}
-	for _, k := range []string{leafKey, nix.NarInfoKey(f.paths["lone"])} {
+	for _, k := range []string{leafKey, layout.NarInfoKey(f.paths["lone"])} {
 		if err := os.Remove(filepath.Join(f.base, k)); err != nil {
 			t.Fatal(err)
 		}

@@ -7,7 +7,7 @@ import (
 	"testing"
 	"time"
 
-	"github.com/nixpush/nixpush/uploader"
+	"github.com/nixpush/nixpush/layout"
 )
 
 // TestGCLeavesResumableUploads: of the pending uploads begun before the
@@ -32,9 +32,9 @@ func TestGCLeavesResumableUploads(t *testing.T) {
 		pending[name] = rel
 	}
 	marker := func(name string, at time.Time) string {
-		key := uploader.UploadMarkerKey(pending[name], pending[name])
+		key := layout.UploadMarkerKey(pending[name], pending[name])
 		if name == "orphan-old" || name == "orphan-new" {
-			key = uploader.UploadMarkerKey("nar/x.nar.zst", name)
+			key = layout.UploadMarkerKey("nar/x.nar.zst", name)
 		}
 		f.put(key, `{"key":"k"}`)
 		p := filepath.Join(f.base, filepath.FromSlash(key))

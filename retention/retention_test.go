@@ -20,9 +20,9 @@ import (
 	"github.com/nix-community/go-nix/pkg/nixbase32"
 	"github.com/nix-community/go-nix/pkg/nixhash"
 
+	"github.com/nixpush/nixpush/layout"
 	"github.com/nixpush/nixpush/nix"
 	"github.com/nixpush/nixpush/store"
-	"github.com/nixpush/nixpush/uploader"
 )
 
 // fixture is a file:// cache of synthetic signed paths.
@@ -73,7 +73,7 @@ func (f *fixture) add(name string, refs ...string) string {
 		f.t.Fatal(err)
 	}
 	f.put(url, buf.String())
-	f.put(nix.NarInfoKey(p), ni.String()+"Unknown: kept out, not refused\n")
+	f.put(layout.NarInfoKey(p), ni.String()+"Unknown: kept out, not refused\n")
 	f.paths[name] = p
 	return p
 }
@@ -87,7 +87,7 @@ func (f *fixture) drv(name string) string {
 // log puts the build log of name's derivation; it returns its key.
 func (f *fixture) log(name string) string {
 	f.t.Helper()
-	key := uploader.LogKey(f.drv(name))
+	key := layout.LogKey(f.drv(name))
 	f.put(key, "building "+name+"\n")
 	return key
 }
@@ -103,7 +103,7 @@ func (f *fixture) realisation(name string) string {
 	}
 	h := sha256.Sum256([]byte(f.drv(name)))
 	id := "sha256:" + hex.EncodeToString(h[:]) + "!out"
-	key := uploader.RealisationKey(id)
+	key := layout.RealisationKey(id)
 	f.put(key, `{"dependentRealisations":{},"id":"`+id+`","outPath":"`+filepath.Base(p)+`","signatures":[]}`)
 	return key
 }
@@ -149,7 +149,7 @@ func (f *fixture) put(key, data string) {
 
 func (f *fixture) root(name string, at time.Time) {
 	f.t.Helper()
-	if err := WriteRoot(context.Background(), f.b, Root{Path: f.paths[name], PushedAt: at}); err != nil {
+	if err := WriteRoot(context.Background(), f.b, layout.Root{Path: f.paths[name], PushedAt: at}); err != nil {
 		f.t.Fatal(err)
 	}
 }
@@ -166,7 +166,7 @@ func (f *fixture) cache() *Cache {
 }
 
 func (f *fixture) has(name string) bool {
-	ok, err := f.b.Has(context.Background(), nix.NarInfoKey(f.paths[name]))
+	ok, err := f.b.Has(context.Background(), layout.NarInfoKey(f.paths[name]))
 	if err != nil {
 		f.t.Fatal(err)
 	}
@@ -210,7 +210,7 @@ func TestGCFileStore(t *testing.T) {
 	if !slices.Equal(rep.Deleted.Paths, want) || rep.Deleted.NARs != 2 || rep.Deleted.RootRecords != 1 {
 		t.Fatalf("deleted %+v; want paths %v, 2 NARs, 1 root record", rep.Deleted, want)
 	}
-	if i, j := slices.Index(order, nix.NarInfoKey(f.paths["old"])), slices.Index(order, nix.NarInfoKey(f.paths["old-dep"])); i < 0 || j < 0 || i > j {
+	if i, j := slices.Index(order, layout.NarInfoKey(f.paths["old"])), slices.Index(order, layout.NarInfoKey(f.paths["old-dep"])); i < 0 || j < 0 || i > j {
 		t.Fatalf("deletion order %v: old's .narinfo must go before old-dep's", order)
 	}
 	for _, name := range []string{"base", "lib", "app", "pinned", "pinned-dep"} {
@@ -225,9 +225,9 @@ func TestGCFileStore(t *testing.T) {
 	}
 	// The marker stays up, saying the sweep is over: daemons read its
 	// absence as "no gc has ever swept".
-	if data, err := f.b.Get(ctx, SweepKey); err != nil {
+	if data, err := f.b.Get(ctx, layout.SweepKey); err != nil {
 		t.Errorf("the marker is gone: %v", err)
-	} else if m, err := parseSweep(data); err != nil || m.FinishedAt.IsZero() || m.FinishedAt.Before(m.ListedAt) {
+	} else if m, err := layout.ParseSweep(data); err != nil || m.FinishedAt.IsZero() || m.FinishedAt.Before(m.ListedAt) {
 		t.Errorf("the marker after gc: %s (%v); want it finished", data, err)
 	}
 	if rep.Kept.Paths != 5 || rep.Kept.Pinned != 1 || rep.Kept.Rooted != 1 {
@@ -267,14 +267,14 @@ func TestGCRefusesWhileAnotherSweeps(t *testing.T) {
 	f.add("dead")
 	time.Sleep(5 * time.Millisecond)
 	ctx := context.Background()
-	if err := putJSON(ctx, f.b, SweepKey, Sweep{ListedAt: time.Now(), Deadline: time.Now().Add(time.Hour), Host: "other"}); err != nil {
+	if err := putJSON(ctx, f.b, layout.SweepKey, layout.Sweep{ListedAt: time.Now(), Deadline: time.Now().Add(time.Hour), Host: "other"}); err != nil {
 		t.Fatal(err)
 	}
 	opts := GCOptions{OlderThan: time.Hour, Grace: time.Millisecond}
 	if _, err := GC(ctx, f.b, opts); !errors.Is(err, ErrSweepRunning) || !f.has("dead") {
 		t.Fatalf("gc beside another's live marker: %v", err)
 	}
-	if err := putJSON(ctx, f.b, SweepKey, Sweep{ListedAt: time.Now().Add(-time.Hour), Deadline: time.Now().Add(-time.Minute), Host: "crashed"}); err != nil {
+	if err := putJSON(ctx, f.b, layout.SweepKey, layout.Sweep{ListedAt: time.Now().Add(-time.Hour), Deadline: time.Now().Add(-time.Minute), Host: "crashed"}); err != nil {
 		t.Fatal(err)
 	}
 	if rep, err := GC(ctx, f.b, opts); err != nil || len(rep.Deleted.Paths) != 1 {
@@ -294,7 +294,7 @@ func TestParseNarInfo(t *testing.T) {
 	f := newFixture(t)
 	f.add("a")
 	p := f.add("b", "a")
-	data, err := f.b.Get(context.Background(), nix.NarInfoKey(p))
+	data, err := f.b.Get(context.Background(), layout.NarInfoKey(p))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -409,7 +409,7 @@ func TestGCLogsAndRealisations(t *testing.T) {
 		t.Error("the output of a realisation within the grace period was deleted")
 	}
 	for _, name := range []string{"old", "old-dep"} {
-		r, ni := slices.Index(order, real[name]), slices.Index(order, nix.NarInfoKey(f.paths[name]))
+		r, ni := slices.Index(order, real[name]), slices.Index(order, layout.NarInfoKey(f.paths[name]))
 		if r < 0 || ni < 0 || r > ni {
 			t.Errorf("deletion order %v: the realisation of %s must go before its .narinfo", order, name)
 		}
@@ -471,11 +471,11 @@ func TestGCBatchRootRecords(t *testing.T) {
 		for _, n := range names {
 			paths = append(paths, f.paths[n])
 		}
-		data, _ := json.Marshal(RootBatch{Paths: paths, PushedAt: at, Host: "builder"})
+		data, _ := json.Marshal(layout.RootBatch{Paths: paths, PushedAt: at, Host: "builder"})
 		f.put(key, string(data))
 	}
-	batch(RootBatchPrefix+"20261125T120000.000000000Z-aaaaaaaaaaaa", time.Now(), "a", "b")
-	old := RootBatchPrefix + "20261120T120000.000000000Z-bbbbbbbbbbbb"
+	batch(layout.RootBatchPrefix+"20261125T120000.000000000Z-aaaaaaaaaaaa", time.Now(), "a", "b")
+	old := layout.RootBatchPrefix + "20261120T120000.000000000Z-bbbbbbbbbbbb"
 	batch(old, time.Now().Add(-48*time.Hour), "old-a", "old-b")
 	time.Sleep(20 * time.Millisecond)
 	cache := f.cache()

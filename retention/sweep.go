@@ -11,22 +11,14 @@ import (
 	"io/fs"
 	"time"
 
+	"github.com/nixpush/nixpush/layout"
 	"github.com/nixpush/nixpush/store"
 )
-
-func parseSweep(data []byte) (Sweep, error) {
-	var s Sweep
-	err := json.Unmarshal(data, &s)
-	if err == nil && s.Deadline.IsZero() {
-		err = errors.New("no deadline")
-	}
-	return s, err
-}
 
 // sweep is a run that deletes: gc's, or verify --repair's.
 type sweep struct {
 	b      store.Bucket
-	marker Sweep
+	marker layout.Sweep
 	etag   string    // of the marker this run wrote
 	now    time.Time // the store's clock when the marker went up
 	window time.Duration
@@ -48,21 +40,21 @@ func seconds(d time.Duration) int64 {
 // A write whose condition fails lost the race to another sweep: it
 // refuses too. Before writing, it checks that the credentials may delete
 // and that the store honours the condition (unless single).
-func startSweep(ctx context.Context, b store.Bucket, m Sweep, window time.Duration, single bool) (*sweep, error) {
+func startSweep(ctx context.Context, b store.Bucket, m layout.Sweep, window time.Duration, single bool) (*sweep, error) {
 	if window <= 0 {
 		window = DefaultWindow
 	}
 	now := time.Now()
-	data, etag, err := b.GetTagged(ctx, SweepKey)
+	data, etag, err := b.GetTagged(ctx, layout.SweepKey)
 	switch {
 	case errors.Is(err, store.ErrNotExist):
 		etag = "" // never swept: create it only if it is still absent
 	case err != nil:
-		return nil, fmt.Errorf("read the gc marker %s: %w", SweepKey, err)
+		return nil, fmt.Errorf("read the gc marker %s: %w", layout.SweepKey, err)
 	default:
 		// Unreadable, finished, or stale (a crashed run's, past its
 		// deadline): replaced below, if still the same.
-		if s, err := parseSweep(data); err == nil && s.FinishedAt.IsZero() && now.Before(s.Deadline) {
+		if s, err := layout.ParseSweep(data); err == nil && s.FinishedAt.IsZero() && now.Before(s.Deadline) {
 			return nil, sweepRunning(s)
 		}
 	}
@@ -77,28 +69,28 @@ func startSweep(ctx context.Context, b store.Bucket, m Sweep, window time.Durati
 	}
 	body = append(body, '\n')
 	if single {
-		err = b.Put(ctx, SweepKey, bytes.NewReader(body), int64(len(body)), "application/json")
+		err = b.Put(ctx, layout.SweepKey, bytes.NewReader(body), int64(len(body)), "application/json")
 	} else {
-		sw.etag, err = b.PutIf(ctx, SweepKey, body, "application/json", etag)
+		sw.etag, err = b.PutIf(ctx, layout.SweepKey, body, "application/json", etag)
 	}
 	if errors.Is(err, store.ErrConditionFailed) {
 		// Another sweep wrote its marker between this one's read and
 		// write: it runs, this one does not.
-		if data, _, err := b.GetTagged(ctx, SweepKey); err == nil {
-			if s, err := parseSweep(data); err == nil {
+		if data, _, err := b.GetTagged(ctx, layout.SweepKey); err == nil {
+			if s, err := layout.ParseSweep(data); err == nil {
 				return nil, sweepRunning(s)
 			}
 		}
-		return nil, fmt.Errorf("%w: its marker %s went up between this run's read and write of it", ErrSweepRunning, SweepKey)
+		return nil, fmt.Errorf("%w: its marker %s went up between this run's read and write of it", ErrSweepRunning, layout.SweepKey)
 	}
 	if err != nil {
-		return nil, fmt.Errorf("write the gc marker %s: %w", SweepKey, err)
+		return nil, fmt.Errorf("write the gc marker %s: %w", layout.SweepKey, err)
 	}
 	// Ages are measured on the store's clock: the marker's time, as a
 	// listing gives it (to the millisecond; a HEAD's Last-Modified is
 	// truncated to the second).
-	b.List(ctx, SweepKey, func(o store.Object) error {
-		if o.Key == SweepKey && !o.LastModified.IsZero() {
+	b.List(ctx, layout.SweepKey, func(o store.Object) error {
+		if o.Key == layout.SweepKey && !o.LastModified.IsZero() {
 			sw.now = o.LastModified
 		}
 		return nil
@@ -107,7 +99,7 @@ func startSweep(ctx context.Context, b store.Bucket, m Sweep, window time.Durati
 }
 
 // sweepRunning is the refusal to sweep beside s.
-func sweepRunning(s Sweep) error {
+func sweepRunning(s layout.Sweep) error {
 	kind := s.Kind
 	if kind == "" {
 		kind = "gc"
@@ -137,16 +129,16 @@ func (sw *sweep) end(ctx context.Context) error {
 	}
 	body = append(body, '\n')
 	if sw.single {
-		err = sw.b.Put(dctx, SweepKey, bytes.NewReader(body), int64(len(body)), "application/json")
+		err = sw.b.Put(dctx, layout.SweepKey, bytes.NewReader(body), int64(len(body)), "application/json")
 	} else {
-		_, err = sw.b.PutIf(dctx, SweepKey, body, "application/json", sw.etag)
+		_, err = sw.b.PutIf(dctx, layout.SweepKey, body, "application/json", sw.etag)
 	}
 	if errors.Is(err, store.ErrConditionFailed) {
 		return fmt.Errorf("the marker %s was replaced by another run after this one's deadline %s; left as it is (this run deleted nothing after its deadline)",
-			SweepKey, sw.marker.Deadline.Format(time.RFC3339))
+			layout.SweepKey, sw.marker.Deadline.Format(time.RFC3339))
 	}
 	if err != nil {
-		return fmt.Errorf("could not mark %s finished (daemons wait for its deadline %s instead): %v", SweepKey, sw.marker.Deadline.Format(time.RFC3339), err)
+		return fmt.Errorf("could not mark %s finished (daemons wait for its deadline %s instead): %v", layout.SweepKey, sw.marker.Deadline.Format(time.RFC3339), err)
 	}
 	return nil
 }
@@ -165,7 +157,7 @@ func (sw *sweep) deleter(notify func(string)) *deleter {
 func probeDelete(ctx context.Context, b store.Bucket, single bool) error {
 	var r [8]byte
 	rand.Read(r[:])
-	key := probePrefix + hex.EncodeToString(r[:])
+	key := layout.GCProbePrefix + hex.EncodeToString(r[:])
 	body := []byte("probe\n")
 	var err error
 	if single {
@@ -175,7 +167,7 @@ func probeDelete(ctx context.Context, b store.Bucket, single bool) error {
 	}
 	if err != nil {
 		if denied(err) {
-			return fmt.Errorf("gc needs s3:PutObject on %s* for its marker: %w", Prefix, err)
+			return fmt.Errorf("gc needs s3:PutObject on %s* for its marker: %w", layout.Prefix, err)
 		}
 		if !single {
 			return fmt.Errorf("%s: a conditional write (If-None-Match: *) of %s failed: %w; if the store cannot do conditional writes and only one gc or repair ever runs on it, pass --single-gc", b, key, err)

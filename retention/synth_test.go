@@ -15,6 +15,7 @@ import (
 	"github.com/nix-community/go-nix/pkg/narinfo/signature"
 
 	"github.com/nixpush/nixpush/internal/synthcache"
+	"github.com/nixpush/nixpush/layout"
 	"github.com/nixpush/nixpush/store"
 )
 
@@ -68,7 +69,7 @@ func TestGCSameSets(t *testing.T) {
 	after := listKeys(t, b)
 	var deleted []string
 	for _, k := range before {
-		if _, ok := slices.BinarySearch(after, k); !ok && !strings.HasPrefix(k, Prefix) {
+		if _, ok := slices.BinarySearch(after, k); !ok && !strings.HasPrefix(k, layout.Prefix) {
 			deleted = append(deleted, k)
 		}
 	}

@@ -10,13 +10,14 @@ import (
 
 	"github.com/nix-community/go-nix/pkg/narinfo/signature"
 
+	"github.com/nixpush/nixpush/layout"
 	"github.com/nixpush/nixpush/nix"
 )
 
 // appendLine adds a line to the .narinfo of the path named name.
 func (f *fixture) appendLine(name, line string) {
 	f.t.Helper()
-	key := nix.NarInfoKey(f.paths[name])
+	key := layout.NarInfoKey(f.paths[name])
 	data, err := f.b.Get(context.Background(), key)
 	if err != nil {
 		f.t.Fatal(err)
@@ -27,7 +28,7 @@ func (f *fixture) appendLine(name, line string) {
 // narOf is the NAR key the .narinfo of the path named name gives.
 func (f *fixture) narOf(name string) string {
 	f.t.Helper()
-	data, err := f.b.Get(context.Background(), nix.NarInfoKey(f.paths[name]))
+	data, err := f.b.Get(context.Background(), layout.NarInfoKey(f.paths[name]))
 	if err != nil {
 		f.t.Fatal(err)
 	}
@@ -174,7 +175,7 @@ func TestUnreadableKeepsReferences(t *testing.T) {
 			}
 
 			// A reference gone (by hand: gc would not): verify names it.
-			if err := f.b.Delete(ctx, nix.NarInfoKey(f.paths["other"])); err != nil {
+			if err := f.b.Delete(ctx, layout.NarInfoKey(f.paths["other"])); err != nil {
 				t.Fatal(err)
 			}
 			v, err := Verify(ctx, f.b, VerifyOptions{})
@@ -183,7 +184,7 @@ func TestUnreadableKeepsReferences(t *testing.T) {
 			}
 			var kinds []string
 			for _, p := range v.Problems {
-				if hashPart(p.Path) != brokenHash {
+				if nix.StoreHashPart(p.Path) != brokenHash {
 					t.Errorf("problem of another path: %+v", p)
 				}
 				kinds = append(kinds, p.Kind)
@@ -212,7 +213,7 @@ func TestParseNarInfoLenient(t *testing.T) {
 	f.add("a")
 	f.add("b", "a")
 	f.appendLine("b", "Sig: other-tool:not-ed25519")
-	data, err := f.b.Get(context.Background(), nix.NarInfoKey(f.paths["b"]))
+	data, err := f.b.Get(context.Background(), layout.NarInfoKey(f.paths["b"]))
 	if err != nil {
 		t.Fatal(err)
 	}

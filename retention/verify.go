@@ -10,6 +10,7 @@ import (
 
 	"github.com/nix-community/go-nix/pkg/narinfo/signature"
 
+	"github.com/nixpush/nixpush/layout"
 	"github.com/nixpush/nixpush/nix"
 	"github.com/nixpush/nixpush/store"
 )
@@ -116,7 +117,7 @@ func Verify(ctx context.Context, b store.Bucket, opts VerifyOptions) (*VerifyRep
 			Detail: g.str(r.key) + " points at it, which has no .narinfo in the cache"})
 	}
 	for _, p := range g.Pins {
-		if i, ok := g.lookup(hashPart(p.Path)); !ok || !g.node(i).present {
+		if i, ok := g.lookup(nix.StoreHashPart(p.Path)); !ok || !g.node(i).present {
 			rep.Problems = append(rep.Problems, Problem{Path: p.Path, Kind: PinMissing,
 				Detail: fmt.Sprintf("pin %s keeps nothing: the path has no .narinfo in the cache; push it again: nixpush push --wait %s", p.Name, p.Path)})
 		}
@@ -221,7 +222,7 @@ func (v *verifier) checkReferences(ctx context.Context, b store.Bucket, missingR
 // references (the walk keeps references as numbers, and a missing one has
 // no .narinfo of its own to name it). Only broken paths pay the read.
 func referenceNames(ctx context.Context, b store.Bucket, g *Graph, i int32) []string {
-	data, err := b.Get(ctx, g.hashOf(i)+".narinfo")
+	data, err := b.Get(ctx, g.hashOf(i)+layout.NarInfoExt)
 	if err != nil {
 		return nil
 	}

@@ -12,6 +12,7 @@ import (
 	"github.com/nix-community/go-nix/pkg/narinfo/signature"
 	"golang.org/x/sync/errgroup"
 
+	"github.com/nixpush/nixpush/layout"
 	"github.com/nixpush/nixpush/nix"
 	"github.com/nixpush/nixpush/store"
 )
@@ -44,10 +45,10 @@ type WalkStats struct {
 // size and age; the roots and pins. It grows with the number of paths,
 // not with the bytes of the listing or of the .narinfos.
 type Graph struct {
-	StoreDir  string // of the first .narinfo read; /nix/store when none
-	CacheInfo bool   // nix-cache-info is there
-	Sweep     *Sweep // a gc marker found in the listing
-	Pins      []Pin
+	StoreDir  string        // of the first .narinfo read; /nix/store when none
+	CacheInfo bool          // nix-cache-info is there
+	Sweep     *layout.Sweep // a gc marker found in the listing
+	Pins      []layout.Pin
 	Stats     WalkStats
 
 	// The compact storage of graph.go: nodes by hash part (slots), their
@@ -99,7 +100,7 @@ type logObject struct {
 }
 
 // drv is the file name of the derivation the log is of.
-func (g *Graph) logDrv(l logObject) string { return strings.TrimPrefix(g.str(l.key), LogPrefix) }
+func (g *Graph) logDrv(l logObject) string { return strings.TrimPrefix(g.str(l.key), layout.LogPrefix) }
 
 // realisation is a realisations/<id>.doi or build-trace-v2/<drv>/<output>.doi object.
 type realisation struct {
@@ -130,7 +131,7 @@ type narObject struct {
 	key    str      // when it has not
 	size   int64
 	mod    int64 // LastModified, Unix nanoseconds
-	ext    uint8 // in narExts, plus one; 0: the key is in the arena
+	ext    uint8 // in layout.NarExts, plus one; 0: the key is in the arena
 	listed bool  // the object is in the store
 }
 
@@ -162,7 +163,7 @@ func (g *Graph) NarInfoCount() int {
 
 // Walk lists the whole store once, streaming, and reads each .narinfo,
 // root and pin it has not read at the same ETag before. Each listed
-// object goes to the handler of its kind (walkKinds, in walkkinds.go).
+// object goes to the handler of its kind (walkKinds, in walkkinds.go, by layout.Classify).
 func Walk(ctx context.Context, b store.Bucket, opts WalkOptions) (*Graph, error) {
 	if opts.Jobs < 1 {
 		opts.Jobs = 32
@@ -217,11 +218,8 @@ type walker struct {
 // no kind the walk knows is passed over.
 func (w *walker) listed(o store.Object) error {
 	w.stats.objects.Add(1)
-	for _, k := range walkKinds {
-		if k.is(o.Key) {
-			k.take(w, o)
-			break
-		}
+	if k := layout.Classify(o.Key); int(k) < len(walkKinds) && walkKinds[k] != nil {
+		walkKinds[k](w, o)
 	}
 	return nil
 }
@@ -267,7 +265,7 @@ func (w *walker) read(ctx context.Context, o store.Object) ([]byte, error) {
 		return nil, err
 	}
 	w.stats.read.Add(1)
-	if isNarInfoKey(o.Key) {
+	if layout.Classify(o.Key) == layout.KindNarInfo {
 		w.opts.Cache.put(o.Key, o.ETag, nix.CompactNarInfo(data))
 	} else {
 		w.opts.Cache.put(o.Key, o.ETag, data)

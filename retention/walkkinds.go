@@ -8,32 +8,27 @@ import (
 
 	"github.com/nix-community/go-nix/pkg/narinfo"
 
+	"github.com/nixpush/nixpush/layout"
 	"github.com/nixpush/nixpush/nix"
 	"github.com/nixpush/nixpush/store"
 )
 
-// walkKind is what the walk does with a listed object of one kind: is
-// tells the kind by the key, take records the object in the graph (in the
-// walker's group when it must be read).
-type walkKind struct {
-	is   func(key string) bool
-	take func(w *walker, o store.Object)
-}
-
-// walkKinds are the kinds of object the walk knows, the first that
-// matches a key taking the object: batch root records before the root
-// records they are listed among.
-var walkKinds = []walkKind{
-	{isNarInfoKey, (*walker).narInfo},
-	{isListingKey, (*walker).listing},
-	{func(k string) bool { return strings.HasPrefix(k, "nar/") }, (*walker).narFile},
-	{func(k string) bool { return k == "nix-cache-info" }, (*walker).cacheInfo},
-	{func(k string) bool { return strings.HasPrefix(k, RootBatchPrefix) }, (*walker).rootBatch},
-	{func(k string) bool { return strings.HasPrefix(k, RootPrefix) }, (*walker).root},
-	{func(k string) bool { return strings.HasPrefix(k, LogPrefix) && strings.HasSuffix(k, ".drv") }, (*walker).log},
-	{isRealisationKey, (*walker).realisation},
-	{func(k string) bool { return strings.HasPrefix(k, PinPrefix) }, (*walker).pin},
-	{func(k string) bool { return k == SweepKey }, (*walker).sweep},
+// walkKinds is what the walk does with a listed object of each kind
+// (layout.Classify tells it by the key): record it in the graph, in the
+// walker's group when it must be read. Kinds without a handler are passed
+// over.
+var walkKinds = [...]func(w *walker, o store.Object){
+	layout.KindNarInfo:     (*walker).narInfo,
+	layout.KindListing:     (*walker).listing,
+	layout.KindNAR:         (*walker).narFile,
+	layout.KindCacheInfo:   (*walker).cacheInfo,
+	layout.KindRootBatch:   (*walker).rootBatch,
+	layout.KindRoot:        (*walker).root,
+	layout.KindLog:         (*walker).log,
+	layout.KindRealisation: (*walker).realisation,
+	layout.KindBuildTrace:  (*walker).realisation,
+	layout.KindPin:         (*walker).pin,
+	layout.KindSweep:       (*walker).sweep,
 }
 
 // narInfo reads a .narinfo (leniently: nix.ParseNarInfo), checks its
@@ -79,7 +74,7 @@ func (w *walker) cacheInfo(store.Object) { w.g.CacheInfo = true }
 // its pushed_at, unless a later record says later.
 func (w *walker) rootBatch(o store.Object) {
 	w.readThen(o, func(data []byte) error {
-		r, ok := parseRootBatch(data, o.LastModified)
+		r, ok := layout.ParseRootBatch(data, o.LastModified)
 		if !ok {
 			r.PushedAt = o.LastModified // unreadable: it keeps nothing, and goes when old
 		}
@@ -88,7 +83,7 @@ func (w *walker) rootBatch(o store.Object) {
 		g := w.g
 		g.rootBatches[o.Key] = r.PushedAt
 		for _, p := range r.Paths {
-			h := hashPart(p)
+			h := nix.StoreHashPart(p)
 			if h == "" {
 				continue
 			}
@@ -105,12 +100,9 @@ func (w *walker) rootBatch(o store.Object) {
 // its pushed_at (its LastModified when unreadable).
 func (w *walker) root(o store.Object) {
 	w.readThen(o, func(data []byte) error {
-		h := strings.TrimPrefix(o.Key, RootPrefix)
-		if len(h) != 32 {
-			return nil // not ours
-		}
+		h := strings.TrimPrefix(o.Key, layout.RootPrefix)
 		at := o.LastModified
-		if r, ok := parseRoot(o.Key, data, o.LastModified); ok {
+		if r, ok := layout.ParseRoot(o.Key, data, o.LastModified); ok {
 			at = r.PushedAt
 		}
 		w.mu.Lock()
@@ -141,7 +133,7 @@ func (w *walker) realisation(o store.Object) {
 		g := w.g
 		r := realisation{key: g.addStr(o.Key), mod: o.LastModified.UnixNano(), out: -1}
 		if perr == nil { // one gc cannot read, it keeps
-			r.out = g.intern(hashPart(out))
+			r.out = g.intern(nix.StoreHashPart(out))
 			if n := g.node(r.out); n.name.n == 0 && !n.present {
 				n.name = g.addStr(path.Base(out)[33:])
 			}
@@ -154,7 +146,7 @@ func (w *walker) realisation(o store.Object) {
 // pin reads a pin; one that cannot be read fails the walk.
 func (w *walker) pin(o store.Object) {
 	w.readThen(o, func(data []byte) error {
-		p, err := parsePin(strings.TrimPrefix(o.Key, PinPrefix), data, o.LastModified)
+		p, err := layout.ParsePin(strings.TrimPrefix(o.Key, layout.PinPrefix), data, o.LastModified)
 		if err != nil {
 			return err
 		}
@@ -173,39 +165,13 @@ func (w *walker) sweep(o store.Object) {
 		if err != nil {
 			return nil // gone: the other gc ended
 		}
-		if s, err := parseSweep(data); err == nil {
+		if s, err := layout.ParseSweep(data); err == nil {
 			w.mu.Lock()
 			w.g.Sweep = &s
 			w.mu.Unlock()
 		}
 		return nil
 	})
-}
-
-// isNarInfoKey reports whether key is a top-level <hash>.narinfo.
-func isNarInfoKey(key string) bool { return isHashKey(key, ".narinfo") }
-
-// isListingKey reports whether key is a top-level <hash>.ls NAR listing.
-func isListingKey(key string) bool { return isHashKey(key, ".ls") }
-
-// isHashKey reports whether key is a top-level <hash><ext>.
-func isHashKey(key, ext string) bool {
-	return len(key) == 32+len(ext) && strings.HasSuffix(key, ext) && !strings.Contains(key, "/")
-}
-
-// Where Nix keeps build logs and realisations in a binary cache: Nix 2.8
-// to 2.34 realisations/<id>.doi, Nix 2.35 build-trace-v2/<drv>/<output>.doi.
-const (
-	LogPrefix         = "log/"
-	RealisationPrefix = "realisations/"
-	BuildTracePrefix  = "build-trace-v2/"
-)
-
-// isRealisationKey reports whether key is a realisation in either layout:
-// both bodies name the output as "outPath", and both are kept, deleted and
-// verified alike.
-func isRealisationKey(key string) bool {
-	return (strings.HasPrefix(key, RealisationPrefix) || strings.HasPrefix(key, BuildTracePrefix)) && strings.HasSuffix(key, ".doi")
 }
 
 // realisationOut is the outPath of a .doi: a store path or its base name
@@ -217,7 +183,7 @@ func realisationOut(data []byte) (string, error) {
 	if err := json.Unmarshal(data, &r); err != nil {
 		return "", err
 	}
-	if hashPart(r.OutPath) == "" {
+	if nix.StoreHashPart(r.OutPath) == "" {
 		return "", fmt.Errorf("outPath %q is not a store path", r.OutPath)
 	}
 	return r.OutPath, nil
@@ -232,7 +198,7 @@ func (g *Graph) addNarInfo(o store.Object, ni *narinfo.NarInfo, err error, sigOK
 	n := g.node(i)
 	n.present = true
 	n.mod = o.LastModified.UnixNano()
-	if err == nil && hashPart(ni.StorePath) != o.Key[:32] {
+	if err == nil && nix.StoreHashPart(ni.StorePath) != o.Key[:32] {
 		err = fmt.Errorf("StorePath %s does not match the object name", ni.StorePath)
 	}
 	if ni == nil {
@@ -242,7 +208,7 @@ func (g *Graph) addNarInfo(o store.Object, ni *narinfo.NarInfo, err error, sigOK
 		n.unreadable = true
 		g.bad[i] = err.Error()
 		g.unreadable = append(g.unreadable, o.Key)
-		if hashPart(ni.StorePath) == o.Key[:32] {
+		if nix.StoreHashPart(ni.StorePath) == o.Key[:32] {
 			n.name = g.addStr(path.Base(ni.StorePath)[33:])
 		}
 		if ni.URL != "" {
@@ -275,7 +241,7 @@ func (g *Graph) addNarInfo(o store.Object, ni *narinfo.NarInfo, err error, sigOK
 	var refs [64]int32
 	rs := refs[:0]
 	for _, r := range ni.References {
-		h := hashPart(r)
+		h := nix.StoreHashPart(r)
 		if h == "" || h == o.Key[:32] {
 			continue // self-references keep nothing
 		}

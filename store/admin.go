@@ -12,6 +12,7 @@ import (
 	"github.com/minio/madmin-go/v3"
 	"github.com/minio/minio-go/v7"
 	"github.com/minio/minio-go/v7/pkg/credentials"
+	"github.com/nixpush/nixpush/layout"
 )
 
 // ErrNoAdminAPI reports a store whose MinIO admin API cannot be used with
@@ -87,8 +88,8 @@ func (s *S3Store) CheckKey(ctx context.Context, accessKey, secret string) error 
 	if err != nil {
 		return err
 	}
-	if _, err := (minio.Core{Client: c}).ListObjectsV2(s.bucket, ProbePrefix, "", "", "/", 1); err != nil {
-		return s.wrap("list", ProbePrefix, err)
+	if _, err := (minio.Core{Client: c}).ListObjectsV2(s.bucket, layout.PreflightPrefix, "", "", "/", 1); err != nil {
+		return s.wrap("list", layout.PreflightPrefix, err)
 	}
 	return nil
 }

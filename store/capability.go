@@ -2,10 +2,6 @@ package store
 
 import "context"
 
-// ProbePrefix is where the write check puts and deletes its object, apart
-// from the cache's own objects (the uploader policy may delete here only).
-const ProbePrefix = "nixpush/preflight/"
-
 // Checker is a store that can tell whether it is reachable and exists
 // with one cheap request (for a bucket: endpoint, credentials, bucket).
 type Checker interface {

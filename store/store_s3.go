@@ -15,6 +15,7 @@ import (
 
 	"github.com/minio/minio-go/v7"
 	"github.com/minio/minio-go/v7/pkg/credentials"
+	"github.com/nixpush/nixpush/layout"
 )
 
 // S3Store is a binary cache in an S3 bucket (AWS, MinIO, R2, Garage, …).
@@ -383,11 +384,11 @@ func innerURLError(err error) error {
 // from a policy that denies).
 func (s *S3Store) Check(ctx context.Context) error {
 	err := persist(ctx, nil, func() error {
-		_, err := minio.Core{Client: s.probe}.ListObjectsV2(s.bucket, ProbePrefix, "", "", "/", 1)
+		_, err := minio.Core{Client: s.probe}.ListObjectsV2(s.bucket, layout.PreflightPrefix, "", "", "/", 1)
 		return err
 	})
 	if err != nil {
-		return s.wrap("list", ProbePrefix, err)
+		return s.wrap("list", layout.PreflightPrefix, err)
 	}
 	return nil
 }

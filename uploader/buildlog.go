@@ -5,8 +5,9 @@ import (
 	"context"
 	"fmt"
 	"io"
-	"path/filepath"
 	"time"
+
+	"github.com/nixpush/nixpush/layout"
 
 	"github.com/nix-community/go-nix/pkg/narinfo/signature"
 
@@ -14,11 +15,6 @@ import (
 	"github.com/nixpush/nixpush/nix"
 	"github.com/nixpush/nixpush/store"
 )
-
-// LogKey is where a binary cache holds the build log of the derivation
-// drvPath: the object `nix store copy-log --to` writes and `nix log` reads
-// from a substituter.
-func LogKey(drvPath string) string { return "log/" + filepath.Base(drvPath) }
 
 // PutLog uploads the build log of drvPath, read from r, as plain text:
 // Nix 2.8 reads a log from a file:// cache as it is and from an HTTP cache
@@ -47,12 +43,12 @@ func (u *Uploader) PutLog(ctx context.Context, drvPath string, r io.Reader) erro
 		body, size = io.MultiReader(body, r), -1
 	}
 	at := u.cfg.Now()
-	if err := u.counted.Put(ctx, LogKey(drvPath), body, size, "text/plain; charset=utf-8"); err != nil {
+	if err := u.counted.Put(ctx, layout.LogKey(drvPath), body, size, "text/plain; charset=utf-8"); err != nil {
 		return fmt.Errorf("upload build log of %s: %w", drvPath, err)
 	}
 	// A sweep may have listed an older log under this key, to delete it.
 	lg := newLedger()
-	lg.wroteKey(LogKey(drvPath), at)
+	lg.wroteKey(layout.LogKey(drvPath), at)
 	if err := u.settle(ctx, lg, func([]string, map[string]bool, []string) error {
 		return fmt.Errorf("the build log of %s vanished while a gc swept; will retry", drvPath)
 	}); err != nil {
@@ -64,18 +60,6 @@ func (u *Uploader) PutLog(ctx context.Context, drvPath string, r io.Reader) erro
 	u.cfg.Log.Info().Str("drv", drvPath).Int64("log_bytes", n).Int64("duration_ms", time.Since(start).Milliseconds()).
 		Msg("uploaded build log")
 	return nil
-}
-
-// RealisationKey is where a binary cache holds a realisation: what Nix 2.8
-// to 2.34 write (`nix copy`) and read when substituting a
-// content-addressed derivation's output.
-func RealisationKey(id string) string { return "realisations/" + id + ".doi" }
-
-// BuildTraceKey is where a binary cache holds the build trace entry of
-// output of the derivation drvPath: what Nix 2.35 and later write and
-// read instead of realisations/.
-func BuildTraceKey(drvPath, output string) string {
-	return "build-trace-v2/" + filepath.Base(drvPath) + "/" + output + ".doi"
 }
 
 // PutRealisation uploads r, with the uploader's signatures added, to
@@ -96,14 +80,14 @@ func (u *Uploader) PutRealisation(ctx context.Context, r nix.Realisation) error 
 		if err != nil {
 			return err
 		}
-		objs = append(objs, object{RealisationKey(r.ID), "realisation " + r.ID, body})
+		objs = append(objs, object{layout.RealisationKey(r.ID), "realisation " + r.ID, body})
 	}
 	if r.HasTrace() {
 		body, err := r.TraceSigned(keys...)
 		if err != nil {
 			return store.Permanent(err)
 		}
-		objs = append(objs, object{BuildTraceKey(r.DrvPath, r.Output), "build trace " + r.TraceKey(), body})
+		objs = append(objs, object{layout.BuildTraceKey(r.DrvPath, r.Output), "build trace " + r.TraceKey(), body})
 	}
 	if len(objs) == 0 {
 		return store.Permanent(fmt.Errorf("realisation of %s: %w: neither an id nor a derivation and output to key it by", r.OutPath, nix.ErrRealisationFormat))

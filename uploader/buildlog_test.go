@@ -15,6 +15,7 @@ import (
 	"github.com/nix-community/go-nix/pkg/narinfo/signature"
 	"github.com/rs/zerolog"
 
+	"github.com/nixpush/nixpush/layout"
 	"github.com/nixpush/nixpush/nix"
 	"github.com/nixpush/nixpush/store"
 )
@@ -78,10 +79,10 @@ func TestPutRealisation(t *testing.T) {
 		want    []string // keys written
 		victims []string // deleted by a sweep right after the first write of the last key
 	}{
-		{"nix 2.8 to 2.34", old[0], []string{RealisationKey(id), traceKey}, nil},
+		{"nix 2.8 to 2.34", old[0], []string{layout.RealisationKey(id), traceKey}, nil},
 		{"nix 2.35", trace[0], []string{traceKey}, nil},
-		{"build trace swept", old[0], []string{RealisationKey(id), traceKey}, []string{traceKey}},
-		{"both swept", old[0], []string{RealisationKey(id), traceKey}, []string{RealisationKey(id), traceKey}},
+		{"build trace swept", old[0], []string{layout.RealisationKey(id), traceKey}, []string{traceKey}},
+		{"both swept", old[0], []string{layout.RealisationKey(id), traceKey}, []string{layout.RealisationKey(id), traceKey}},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			dir := t.TempDir()
@@ -90,7 +91,7 @@ func TestPutRealisation(t *testing.T) {
 				t.Fatal(err)
 			}
 			// The output's .narinfo, which the realisation relies on.
-			if err := base.Put(context.Background(), nix.NarInfoKey(out), strings.NewReader("StorePath: "+out+"\n"), -1, "text/x-nix-narinfo"); err != nil {
+			if err := base.Put(context.Background(), layout.NarInfoKey(out), strings.NewReader("StorePath: "+out+"\n"), -1, "text/x-nix-narinfo"); err != nil {
 				t.Fatal(err)
 			}
 			var s store.Store = base

@@ -3,9 +3,6 @@ package uploader
 import (
 	"bytes"
 	"context"
-	"crypto/rand"
-	"encoding/hex"
-	"encoding/json"
 	"errors"
 	"fmt"
 	"path"
@@ -15,71 +12,13 @@ import (
 
 	"golang.org/x/sync/errgroup"
 
-	"github.com/nixpush/nixpush/nix"
+	"github.com/nixpush/nixpush/layout"
 	"github.com/nixpush/nixpush/store"
 )
 
-// The objects nixpush keeps beside the cache, under a prefix Nix never
-// reads: the daemon's side of the layout, which the retention package
-// reads and extends (pins, gc's probes).
-const (
-	// RootPrefix + <hash part>: a RootRecord, rewritten at every push of
-	// a path handed to the daemon once its .narinfo is in the cache; or,
-	// for a push of several roots, RootBatchPrefix + <time>-<random>: one
-	// RootBatch naming them all (never rewritten; gc deletes it once it
-	// has expired).
-	RootPrefix      = "nixpush/roots/"
-	RootBatchPrefix = RootPrefix + "batch-"
-	// SweepKey is gc's marker: a SweepMarker, up from before its listing,
-	// and left up, finished, after its last deletion.
-	SweepKey = "nixpush/gc/sweep"
-	// DefaultClockSkew is added to a sweep's deadline and finish for
-	// clocks that disagree (Config.ClockSkew).
-	DefaultClockSkew = 30 * time.Second
-)
-
-// RootRecord is the body of a root's object: the last push of a path
-// handed to a daemon.
-type RootRecord struct {
-	Path     string    `json:"path"`
-	PushedAt time.Time `json:"pushed_at"`
-	Host     string    `json:"host,omitempty"`
-}
-
-// RootBatch is the body of a record of several roots pushed together.
-type RootBatch struct {
-	Paths    []string  `json:"paths"`
-	PushedAt time.Time `json:"pushed_at"`
-	Host     string    `json:"host,omitempty"`
-}
-
-// SweepMarker is the body of gc's marker: it may delete from ListedAt
-// until Deadline, never after; once it has made its last deletion it says
-// so in FinishedAt and leaves the marker up. A daemon that wrote a
-// .narinfo relying on what it saw before FinishedAt (or while the sweep
-// runs, after the deadline) re-checks the references; one that finds no
-// marker, or a sweep that finished before its sightings, need not (see
-// the package doc).
-type SweepMarker struct {
-	ListedAt   time.Time `json:"listed_at"`
-	Deadline   time.Time `json:"deadline"`
-	Host       string    `json:"host,omitempty"`
-	FinishedAt time.Time `json:"finished_at,omitzero"`
-	// Kind is "gc" or "repair" (verify --repair): what swept.
-	Kind string `json:"kind,omitempty"`
-	// The sweep's settings, for daemons to check theirs against (see
-	// SweepSettings): gc's --grace, --older-than and --sweep-window, in
-	// seconds; 0 when the writer did not say (an older gc, or repair,
-	// which keeps no grace).
-	GraceSeconds     int64 `json:"grace_s,omitempty"`
-	OlderThanSeconds int64 `json:"older_than_s,omitempty"`
-	WindowSeconds    int64 `json:"window_s,omitempty"`
-}
-
-// RootKey is the object that records pushes of the root p.
-func RootKey(p string) string {
-	return RootPrefix + strings.TrimSuffix(nix.NarInfoKey(p), ".narinfo")
-}
+// DefaultClockSkew is added to a sweep's deadline and finish for clocks
+// that disagree (Config.ClockSkew).
+const DefaultClockSkew = 30 * time.Second
 
 // recordRoots records the roots pushed without error: one record of its
 // own for a lone root, one batch record for several (a push cycle of the
@@ -99,19 +38,16 @@ func (u *Uploader) recordRoots(ctx context.Context, roots []string, errs []error
 	var key string
 	var rec any
 	if len(idx) == 1 {
-		key, rec = RootKey(roots[idx[0]]), RootRecord{Path: roots[idx[0]], PushedAt: now, Host: u.cfg.Host}
+		key, rec = layout.RootKey(roots[idx[0]]), layout.Root{Path: roots[idx[0]], PushedAt: now, Host: u.cfg.Host}
 	} else {
-		b := RootBatch{PushedAt: now, Host: u.cfg.Host}
+		b := layout.RootBatch{PushedAt: now, Host: u.cfg.Host}
 		for _, i := range idx {
 			b.Paths = append(b.Paths, roots[i])
 		}
-		var r [6]byte
-		rand.Read(r[:])
-		key, rec = fmt.Sprintf("%s%s-%s", RootBatchPrefix, now.Format("20060102T150405.000000000Z"), hex.EncodeToString(r[:])), b
+		key, rec = layout.NewRootBatchKey(now), b
 	}
-	body, err := json.Marshal(rec)
+	body, err := layout.Marshal(rec)
 	if err == nil {
-		body = append(body, '\n')
 		err = u.counted.Put(ctx, key, bytes.NewReader(body), int64(len(body)), "application/json")
 	}
 	if err == nil && len(idx) == 1 {

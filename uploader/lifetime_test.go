@@ -16,6 +16,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/nixpush/nixpush/layout"
+
 	"github.com/nix-community/go-nix/pkg/narinfo"
 	"github.com/rs/zerolog"
 
@@ -47,7 +49,7 @@ func remove(t *testing.T, s *store.FileStore, key string) {
 
 func narURL(t *testing.T, s store.Store, p string) string {
 	t.Helper()
-	b, err := s.Get(context.Background(), nix.NarInfoKey(p))
+	b, err := s.Get(context.Background(), layout.NarInfoKey(p))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -78,13 +80,13 @@ func TestTrustWindow(t *testing.T) {
 	}
 	push(c)
 	aNAR := narURL(t, base, a)
-	remove(t, base, nix.NarInfoKey(a))
+	remove(t, base, layout.NarInfoKey(a))
 	remove(t, base, aNAR)
 
 	clk.Add(59 * time.Minute)
 	d := fs.add(t, "d", []byte("d"), c)
 	push(d)
-	if has, _ := base.Has(context.Background(), nix.NarInfoKey(a)); has {
+	if has, _ := base.Has(context.Background(), layout.NarInfoKey(a)); has {
 		t.Fatalf("%s was checked again within the trust window", a)
 	}
 
@@ -116,7 +118,7 @@ func TestTrustNothing(t *testing.T) {
 	}
 	for _, p := range chain[2:6] { // deep, not the top
 		url := narURL(t, base, p)
-		remove(t, base, nix.NarInfoKey(p))
+		remove(t, base, layout.NarInfoKey(p))
 		remove(t, base, url)
 	}
 	if err := u.Push(context.Background(), []string{chain[11]})[0]; err != nil {
@@ -161,13 +163,13 @@ func TestRootRecords(t *testing.T) {
 	base, _ := store.NewFileStore(t.TempDir())
 	clk := &fakeClock{t: time.Unix(2e9, 0)}
 	u := New(Config{Store: base, Nix: fs, Key: testKey(t), StoreDir: fs.dir, Log: zerolog.Nop(), TrustCacheFor: time.Hour, Now: clk.Now, Host: "builder-1"})
-	read := func() RootRecord {
+	read := func() layout.Root {
 		t.Helper()
 		b, err := base.Get(context.Background(), "nixpush/roots/"+filepath.Base(top)[:32])
 		if err != nil {
 			t.Fatal(err)
 		}
-		var r RootRecord
+		var r layout.Root
 		if err := json.Unmarshal(b, &r); err != nil {
 			t.Fatalf("root record %s: %v", b, err)
 		}
@@ -210,8 +212,8 @@ func (g *gcStore) Put(ctx context.Context, key string, r io.Reader, size int64, 
 	}
 	func() {
 		g.deadline = time.Now().Add(400 * time.Millisecond)
-		m, _ := json.Marshal(SweepMarker{ListedAt: time.Now().Add(-time.Second), Deadline: g.deadline, Host: "gc-host"})
-		if err := g.FileStore.Put(ctx, SweepKey, bytes.NewReader(m), int64(len(m)), "application/json"); err != nil {
+		m, _ := json.Marshal(layout.Sweep{ListedAt: time.Now().Add(-time.Second), Deadline: g.deadline, Host: "gc-host"})
+		if err := g.FileStore.Put(ctx, layout.SweepKey, bytes.NewReader(m), int64(len(m)), "application/json"); err != nil {
 			g.t.Error(err)
 		}
 	}()
@@ -257,7 +259,7 @@ func TestPushRacingGC(t *testing.T) {
 			mid := fs.add(t, "mid", []byte("mid"), leaf)
 			top := fs.add(t, "top", []byte("top"), mid)
 			base, _ := store.NewFileStore(t.TempDir())
-			g := &gcStore{FileStore: base, t: t, trigger: nix.NarInfoKey(top), after: after}
+			g := &gcStore{FileStore: base, t: t, trigger: layout.NarInfoKey(top), after: after}
 			u := New(Config{Store: g, Nix: fs, Key: testKey(t), StoreDir: fs.dir, Log: zerolog.Nop(), TrustCacheFor: time.Hour})
 			u.cfg.ClockSkew = 50 * time.Millisecond
 			if err := u.Push(context.Background(), []string{mid})[0]; err != nil {
@@ -270,7 +272,7 @@ func TestPushRacingGC(t *testing.T) {
 				g.victims = []string{narKey(fs.infos[top], narpack.Zstd)}
 			} else {
 				for _, p := range []string{mid, leaf} {
-					g.victims = append(g.victims, nix.NarInfoKey(p), narURL(t, base, p))
+					g.victims = append(g.victims, layout.NarInfoKey(p), narURL(t, base, p))
 				}
 			}
 			if err := u.Push(context.Background(), []string{top})[0]; err != nil {
@@ -335,8 +337,8 @@ func TestAbsentListsNARs(t *testing.T) {
 
 // finishSweep leaves a gc's marker up as gc does after its last deletion.
 func finishSweep(t *testing.T, s *store.FileStore, deadline time.Time) {
-	m, _ := json.Marshal(SweepMarker{ListedAt: time.Now().Add(-time.Second), Deadline: deadline, Host: "gc-host", FinishedAt: time.Now()})
-	if err := s.Put(context.Background(), SweepKey, bytes.NewReader(m), int64(len(m)), "application/json"); err != nil {
+	m, _ := json.Marshal(layout.Sweep{ListedAt: time.Now().Add(-time.Second), Deadline: deadline, Host: "gc-host", FinishedAt: time.Now()})
+	if err := s.Put(context.Background(), layout.SweepKey, bytes.NewReader(m), int64(len(m)), "application/json"); err != nil {
 		t.Error(err)
 	}
 }
@@ -403,11 +405,11 @@ func TestRecheckAfterWritesFollowsTheMarker(t *testing.T) {
 				time.Sleep(50 * time.Millisecond)
 				for _, p := range []string{mid, leaf} {
 					nar := narURL(t, base, p)
-					remove(t, base, nix.NarInfoKey(p))
+					remove(t, base, layout.NarInfoKey(p))
 					remove(t, base, nar)
 				}
 				if tc.marker == "removed" {
-					remove(t, base, SweepKey)
+					remove(t, base, layout.SweepKey)
 				} else {
 					finishSweep(t, base, time.Now())
 				}
@@ -417,11 +419,11 @@ func TestRecheckAfterWritesFollowsTheMarker(t *testing.T) {
 				t.Fatal(err)
 			}
 			checks := cs.take()
-			if want := []string{nix.NarInfoKey(top)}; !tc.recheck && !slices.Equal(checks, want) {
+			if want := []string{layout.NarInfoKey(top)}; !tc.recheck && !slices.Equal(checks, want) {
 				t.Errorf("existence checks %v; want only the probe %v", checks, want)
 			}
-			if tc.recheck && !slices.Contains(checks, nix.NarInfoKey(mid)) {
-				t.Errorf("existence checks %v; want %s checked after the write", checks, nix.NarInfoKey(mid))
+			if tc.recheck && !slices.Contains(checks, layout.NarInfoKey(mid)) {
+				t.Errorf("existence checks %v; want %s checked after the write", checks, layout.NarInfoKey(mid))
 			}
 			if !tc.recheck {
 				return
@@ -478,7 +480,7 @@ func TestEnsureRecordsNoRoot(t *testing.T) {
 		t.Fatal(err)
 	}
 	checkPushed(t, base, fs.infos[top])
-	if has, err := base.Has(context.Background(), RootKey(top)); err != nil || has {
+	if has, err := base.Has(context.Background(), layout.RootKey(top)); err != nil || has {
 		t.Fatalf("root record after Ensure: %v, %v; want none", has, err)
 	}
 }
@@ -499,13 +501,13 @@ func TestAbsentReportsFailedChecks(t *testing.T) {
 		t.Fatal(err)
 	}
 	s := storetest.NewFaulty(base, func(op, key string) error {
-		if op == "Has" && key == nix.NarInfoKey(flaky) {
+		if op == "Has" && key == layout.NarInfoKey(flaky) {
 			return fmt.Errorf("check of %s failed", key)
 		}
 		return nil
 	})
 	u := New(Config{Store: s, Nix: fs, Key: testKey(t), StoreDir: fs.dir, Log: zerolog.Nop()})
-	keys := []string{nix.NarInfoKey(present), nix.NarInfoKey(flaky), nix.NarInfoKey(gone)}
+	keys := []string{layout.NarInfoKey(present), layout.NarInfoKey(flaky), layout.NarInfoKey(gone)}
 	g, failed := u.absent(ctx, keys, nil)
 	if !maps.Equal(g, map[string]bool{keys[2]: true}) || len(failed) != 1 || failed[keys[1]] == nil {
 		t.Fatalf("gone %v, failed %v; want %s gone and %s failed", g, failed, keys[2], keys[1])

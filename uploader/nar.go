@@ -6,9 +6,10 @@ import (
 	"errors"
 	"fmt"
 	"io"
-	"path/filepath"
 	"sync"
 	"time"
+
+	"github.com/nixpush/nixpush/layout"
 
 	"github.com/nix-community/go-nix/pkg/nixbase32"
 
@@ -20,14 +21,7 @@ import (
 // narKey names a NAR object by its NAR hash, which the Nix database knows
 // before packing, so the upload can start before compression ends.
 func narKey(info nix.PathInfo, c narpack.Compression) string {
-	return "nar/" + nixbase32.EncodeToString(info.NarHash.Digest()) + ".nar" + c.Ext()
-}
-
-// ListingKey is where a binary cache holds the NAR listing of a store
-// path: <hash>.ls beside <hash>.narinfo, as Nix writes it with
-// write-nar-listing=true.
-func ListingKey(storePath string) string {
-	return filepath.Base(storePath)[:32] + ".ls"
+	return layout.NarKey(nixbase32.EncodeToString(info.NarHash.Digest()), c.Ext())
 }
 
 // packed describes a NAR after it has been packed, compressed and

@@ -8,6 +8,7 @@ import (
 	"sync"
 	"time"
 
+	"github.com/nixpush/nixpush/layout"
 	"github.com/nixpush/nixpush/narpack"
 	"github.com/nixpush/nixpush/nix"
 	"github.com/nixpush/nixpush/store"
@@ -104,7 +105,7 @@ func (u *Uploader) probe(ctx context.Context, infos map[string]nix.PathInfo, fil
 	at := u.cfg.Now()
 	keys := make([]string, len(rest))
 	for i, p := range rest {
-		keys[i] = nix.NarInfoKey(p)
+		keys[i] = layout.NarInfoKey(p)
 	}
 	gone, failed := u.absent(ctx, keys, nil)
 	var present []string
@@ -160,7 +161,7 @@ func (u *Uploader) narsGone(ctx context.Context, paths []string, infos map[strin
 		if !gone[keys[i]] && failed[keys[i]] == nil {
 			continue
 		}
-		text, err := u.counted.Get(ctx, nix.NarInfoKey(p))
+		text, err := u.counted.Get(ctx, layout.NarInfoKey(p))
 		if err != nil {
 			out[p] = true
 			continue

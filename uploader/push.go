@@ -6,6 +6,8 @@ import (
 	"slices"
 	"sync"
 	"time"
+
+	"github.com/nixpush/nixpush/layout"
 )
 
 // Push uploads what the cache lacks of the closures of roots and returns
@@ -140,7 +142,7 @@ func (u *Uploader) settleRoots(ctx context.Context, ok []string, lg *ledger) err
 		// its own, never listed by a sweep that began before it).
 		var lost []string
 		for _, r := range ok {
-			if slices.Contains(keys, RootKey(r)) {
+			if slices.Contains(keys, layout.RootKey(r)) {
 				lost = append(lost, r)
 			}
 		}

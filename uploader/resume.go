@@ -2,14 +2,10 @@ package uploader
 
 import (
 	"context"
-	"crypto/sha256"
-	"encoding/hex"
 	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
-	"path"
-	"strings"
 	"sync/atomic"
 	"time"
 
@@ -43,7 +39,7 @@ import (
 //
 // gc, which runs elsewhere without the queue, aborts multipart uploads
 // older than its grace period. So that it leaves a resumable one alone,
-// each upload recorded has a marker object UploadMarkerKey(key, id),
+// each upload recorded has a marker object layout.UploadMarkerKey(key, id),
 // written when it begins and rewritten while the daemon keeps the record
 // (when it resumes, and every HeartbeatEvery): gc keeps an upload whose
 // marker it finds written within its grace period, and deletes markers
@@ -109,27 +105,6 @@ func (r uploadRecord) differs(want uploadRecord) string {
 		return fmt.Sprintf("object key changed (%s -> %s)", r.Key, want.Key)
 	}
 	return ""
-}
-
-// UploadMarkerPrefix holds a marker per resumable upload a daemon keeps:
-// UploadMarkerKey(key, id), {"key", "upload_id", "path", "host",
-// "started_at"}, rewritten as a heartbeat. gc leaves the upload alone
-// while the marker's last write is within its grace period.
-const UploadMarkerPrefix = "nixpush/uploads/"
-
-// UploadMarkerKey is the marker of upload id of object key.
-func UploadMarkerKey(key, id string) string {
-	sum := sha256.Sum256([]byte(id))
-	return UploadMarkerPrefix + strings.TrimLeft(path.Base(key), ".") + "-" + hex.EncodeToString(sum[:8])
-}
-
-// UploadMarker is the body of an upload's marker.
-type UploadMarker struct {
-	Key       string    `json:"key"`
-	UploadID  string    `json:"upload_id"`
-	Path      string    `json:"path"`
-	Host      string    `json:"host"`
-	StartedAt time.Time `json:"started_at"`
 }
 
 // HeartbeatEvery is how often the daemon rewrites the markers of the

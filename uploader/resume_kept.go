@@ -5,15 +5,16 @@ import (
 	"context"
 	"encoding/json"
 
+	"github.com/nixpush/nixpush/layout"
 	"github.com/nixpush/nixpush/store"
 )
 
 // writeMarker writes (or rewrites, as a heartbeat) the marker of upload id.
 // A marker that cannot be written costs at worst the upload, if gc runs.
 func (u *Uploader) writeMarker(ctx context.Context, rec uploadRecord, id string) {
-	m, _ := json.Marshal(UploadMarker{Key: rec.Key, UploadID: id, Path: rec.Path, Host: u.cfg.Host, StartedAt: rec.Started})
+	m, _ := json.Marshal(layout.UploadMarker{Key: rec.Key, UploadID: id, Path: rec.Path, Host: u.cfg.Host, StartedAt: rec.Started})
 	m = append(m, '\n')
-	key := UploadMarkerKey(rec.Key, id)
+	key := layout.UploadMarkerKey(rec.Key, id)
 	if err := u.counted.Put(ctx, key, bytes.NewReader(m), int64(len(m)), "application/json"); err != nil {
 		u.cfg.Log.Warn().Err(err).Str("marker", key).Msg("write the marker of a resumable upload (gc may abort it after its grace period)")
 	}
@@ -26,8 +27,8 @@ func (u *Uploader) deleteMarker(ctx context.Context, key, id string) {
 	if !ok {
 		return
 	}
-	if err := d.Delete(context.WithoutCancel(ctx), UploadMarkerKey(key, id)); err != nil {
-		u.cfg.Log.Debug().Err(err).Str("marker", UploadMarkerKey(key, id)).Msg("delete the marker of a finished upload (gc deletes it later)")
+	if err := d.Delete(context.WithoutCancel(ctx), layout.UploadMarkerKey(key, id)); err != nil {
+		u.cfg.Log.Debug().Err(err).Str("marker", layout.UploadMarkerKey(key, id)).Msg("delete the marker of a finished upload (gc deletes it later)")
 	}
 }
 

@@ -11,11 +11,12 @@ import (
 	"sync/atomic"
 	"testing"
 
+	"github.com/nixpush/nixpush/layout"
+
 	"github.com/rs/zerolog"
 
 	"github.com/nixpush/nixpush/internal/testenv"
 	"github.com/nixpush/nixpush/narpack"
-	"github.com/nixpush/nixpush/nix"
 	"github.com/nixpush/nixpush/queue"
 	"github.com/nixpush/nixpush/store"
 )
@@ -132,7 +133,7 @@ func (e *resumeEnv) cutPush(t *testing.T, n int) queue.Upload {
 	if len(up.Parts) != n {
 		t.Fatalf("%d parts recorded after cutting at %d", len(up.Parts), n)
 	}
-	if has, _ := e.s3.Has(context.Background(), nix.NarInfoKey(e.path)); has {
+	if has, _ := e.s3.Has(context.Background(), layout.NarInfoKey(e.path)); has {
 		t.Fatal("a .narinfo was written for a NAR cut off")
 	}
 	return up
@@ -159,7 +160,7 @@ func (e *resumeEnv) finish(t *testing.T, c narpack.Compression) (*cutStore, Stat
 		t.Errorf("uploads left pending in the bucket: %+v", pending)
 	}
 	var markers []string
-	e.s3.List(context.Background(), UploadMarkerPrefix, func(o store.Object) error { markers = append(markers, o.Key); return nil })
+	e.s3.List(context.Background(), layout.UploadMarkerPrefix, func(o store.Object) error { markers = append(markers, o.Key); return nil })
 	if len(markers) != 0 {
 		t.Errorf("markers left behind: %v", markers)
 	}
@@ -182,7 +183,7 @@ func TestResumeAfterCut(t *testing.T) {
 		t.Errorf("part %d recorded MD5 %q, ETag %q: want no MD5 once the store's ETags were seen to be MD5s", len(up.Parts), last.MD5, last.ETag)
 	}
 	// The marker for gc is up while the upload is kept.
-	if has, _ := e.s3.Has(context.Background(), UploadMarkerKey(narKey(e.fs.infos[e.path], narpack.Zstd), up.ID)); !has {
+	if has, _ := e.s3.Has(context.Background(), layout.UploadMarkerKey(narKey(e.fs.infos[e.path], narpack.Zstd), up.ID)); !has {
 		t.Error("no marker for the upload kept to resume")
 	}
 	cs, st := e.finish(t, narpack.Zstd)
@@ -295,7 +296,7 @@ func TestAbandonUploads(t *testing.T) {
 	if pending != 0 {
 		t.Errorf("%d uploads pending after AbandonUploads", pending)
 	}
-	if has, _ := e.s3.Has(context.Background(), UploadMarkerKey(narKey(e.fs.infos[e.path], narpack.Zstd), up.ID)); has {
+	if has, _ := e.s3.Has(context.Background(), layout.UploadMarkerKey(narKey(e.fs.infos[e.path], narpack.Zstd), up.ID)); has {
 		t.Error("marker left after AbandonUploads")
 	}
 }

@@ -9,6 +9,7 @@ import (
 	"sync"
 	"time"
 
+	"github.com/nixpush/nixpush/layout"
 	"github.com/nixpush/nixpush/nix"
 	"github.com/nixpush/nixpush/store"
 )
@@ -182,12 +183,12 @@ func (u *Uploader) settle(ctx context.Context, l *ledger, redo func(again []stri
 func (u *Uploader) recheck(ctx context.Context, s snapshot) (again []string, force map[string]bool, keys []string, err error) {
 	var top, nars, other []string
 	for r := range s.relied {
-		top = append(top, nix.NarInfoKey(r))
+		top = append(top, layout.NarInfoKey(r))
 	}
 	for p, w := range s.written {
-		top = append(top, nix.NarInfoKey(p))
+		top = append(top, layout.NarInfoKey(p))
 		if w.listing {
-			top = append(top, ListingKey(p))
+			top = append(top, layout.ListingKey(p))
 		}
 		nars = append(nars, w.key)
 	}
@@ -210,7 +211,7 @@ func (u *Uploader) recheck(ctx context.Context, s snapshot) (again []string, for
 	u.mu.Lock()
 	defer u.mu.Unlock()
 	for r := range s.relied {
-		if gone[nix.NarInfoKey(r)] {
+		if gone[layout.NarInfoKey(r)] {
 			u.goneAt(r, at)
 			again = append(again, r)
 		} else {
@@ -218,7 +219,7 @@ func (u *Uploader) recheck(ctx context.Context, s snapshot) (again []string, for
 		}
 	}
 	for p, w := range s.written {
-		if gone[nix.NarInfoKey(p)] || gone[w.key] || (w.listing && gone[ListingKey(p)]) {
+		if gone[layout.NarInfoKey(p)] || gone[w.key] || (w.listing && gone[layout.ListingKey(p)]) {
 			delete(u.seen, p)
 			force[p] = true
 			again = append(again, p)
@@ -240,26 +241,26 @@ func (u *Uploader) recheck(ctx context.Context, s snapshot) (again []string, for
 // as an unfinished sweep whose deadline has passed: a re-check, then. It
 // also checks the uploader's settings against the sweep's (see
 // SettingsProblem).
-func (u *Uploader) readMarker(ctx context.Context) (*SweepMarker, error) {
-	b, err := u.counted.Get(ctx, SweepKey)
+func (u *Uploader) readMarker(ctx context.Context) (*layout.Sweep, error) {
+	b, err := u.counted.Get(ctx, layout.SweepKey)
 	if errors.Is(err, store.ErrNotExist) {
 		if u.markerSeen.Load() {
 			if !u.markerGone.Swap(true) {
-				u.cfg.Log.Warn().Str("marker", SweepKey).
+				u.cfg.Log.Warn().Str("marker", layout.SweepKey).
 					Msg("gc's marker is gone (a gc older than this daemon removes it, or it was deleted by hand): checking what each push relied on until one is up again")
 			}
-			return &SweepMarker{Deadline: time.Unix(1, 0)}, nil
+			return &layout.Sweep{Deadline: time.Unix(1, 0)}, nil
 		}
 		return nil, nil
 	}
 	if err != nil {
-		return nil, fmt.Errorf("read the gc marker %s: %w", SweepKey, err)
+		return nil, fmt.Errorf("read the gc marker %s: %w", layout.SweepKey, err)
 	}
 	u.markerSeen.Store(true)
 	u.markerGone.Store(false)
-	var m SweepMarker
+	var m layout.Sweep
 	if err := json.Unmarshal(b, &m); err != nil || m.Deadline.IsZero() {
-		return nil, fmt.Errorf("the gc marker %s is not one (%v); a gc may be deleting: if none is, run nixpush gc, which replaces it", SweepKey, err)
+		return nil, fmt.Errorf("the gc marker %s is not one (%v); a gc may be deleting: if none is, run nixpush gc, which replaces it", layout.SweepKey, err)
 	}
 	u.checkSettings(&m)
 	return &m, nil
@@ -272,7 +273,7 @@ func (u *Uploader) readMarker(ctx context.Context) (*SweepMarker, error) {
 // holds a push up for seconds. Past Config.MaxSweepWait it fails, to be
 // retried. A push about to wait first calls the context's OnSweepWait
 // function (the daemon frees its push slot for other work).
-func (u *Uploader) awaitSweep(ctx context.Context, m *SweepMarker) error {
+func (u *Uploader) awaitSweep(ctx context.Context, m *layout.Sweep) error {
 	begun := u.cfg.Now()
 	told := false
 	for {
@@ -286,7 +287,7 @@ func (u *Uploader) awaitSweep(ctx context.Context, m *SweepMarker) error {
 		}
 		if now.Sub(begun)+min(left, u.cfg.PollSweep) > u.cfg.MaxSweepWait {
 			return fmt.Errorf("a %s from %s may delete until %s, and this push has waited %s of at most %s (--max-sweep-wait); will retry",
-				m.kind(), m.Host, m.Deadline.Format(time.RFC3339), now.Sub(begun).Round(time.Second), u.cfg.MaxSweepWait)
+				m.Sweeper(), m.Host, m.Deadline.Format(time.RFC3339), now.Sub(begun).Round(time.Second), u.cfg.MaxSweepWait)
 		}
 		if !told {
 			told = true
@@ -306,13 +307,6 @@ func (u *Uploader) awaitSweep(ctx context.Context, m *SweepMarker) error {
 	}
 }
 
-func (m *SweepMarker) kind() string {
-	if m.Kind == "" {
-		return "gc"
-	}
-	return m.Kind
-}
-
 type sweepWaitKey struct{}
 
 // OnSweepWait returns a context whose pushes call f (once each) when they
@@ -326,7 +320,7 @@ func (u *Uploader) skew() time.Duration { return u.cfg.ClockSkew }
 // sweptSince reports whether a gc may have deleted anything since t, by
 // the marker m read after that: unless no gc has ever swept (m is nil) or
 // the last one finished (plus the skew margin) before t, it may have.
-func (u *Uploader) sweptSince(m *SweepMarker, t time.Time) bool {
+func (u *Uploader) sweptSince(m *layout.Sweep, t time.Time) bool {
 	if m == nil {
 		return false
 	}
@@ -339,7 +333,7 @@ func (u *Uploader) sweptSince(m *SweepMarker, t time.Time) bool {
 // gc may collect; a sweep window above the wait limit fails every push
 // that meets such a sweep. While they do not fit, the uploader says so
 // (SettingsProblem, the log) and trusts nothing it remembers.
-func (u *Uploader) checkSettings(m *SweepMarker) {
+func (u *Uploader) checkSettings(m *layout.Sweep) {
 	var probs []string
 	secs := func(n int64) time.Duration { return time.Duration(n) * time.Second }
 	trust := u.cfg.TrustCacheFor

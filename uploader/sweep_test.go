@@ -14,10 +14,11 @@ import (
 	"testing"
 	"time"
 
+	"github.com/nixpush/nixpush/layout"
+
 	"github.com/rs/zerolog"
 
 	"github.com/nixpush/nixpush/narpack"
-	"github.com/nixpush/nixpush/nix"
 	"github.com/nixpush/nixpush/store"
 )
 
@@ -61,8 +62,8 @@ func (h *hookStore) Put(ctx context.Context, key string, r io.Reader, size int64
 // putMarker puts a sweep marker up, unfinished (finished zero) or not.
 func putMarker(t *testing.T, s *store.FileStore, deadline, finished time.Time) {
 	t.Helper()
-	m, _ := json.Marshal(SweepMarker{ListedAt: time.Now().Add(-time.Second), Deadline: deadline, Host: "gc-host", FinishedAt: finished})
-	if err := s.Put(context.Background(), SweepKey, bytes.NewReader(m), int64(len(m)), "application/json"); err != nil {
+	m, _ := json.Marshal(layout.Sweep{ListedAt: time.Now().Add(-time.Second), Deadline: deadline, Host: "gc-host", FinishedAt: finished})
+	if err := s.Put(context.Background(), layout.SweepKey, bytes.NewReader(m), int64(len(m)), "application/json"); err != nil {
 		t.Error(err)
 	}
 }
@@ -99,7 +100,7 @@ func TestRetryAfterInterruptedCheckFindsNARGone(t *testing.T) {
 	k := narKey(fs.infos[r], narpack.Zstd)
 	// The sweep: listed r and K as dead, deletes r's .narinfo now.
 	putMarker(t, base, time.Now().Add(time.Hour), time.Time{})
-	removeAll(t, base, nix.NarInfoKey(r))
+	removeAll(t, base, layout.NarInfoKey(r))
 	// The push of r again, cut off while it waits for the sweep.
 	u := New(Config{Store: base, Nix: fs, Key: testKey(t), StoreDir: fs.dir, Log: zerolog.Nop(), TrustCacheFor: time.Hour,
 		ClockSkew: 20 * time.Millisecond, MaxSweepWait: time.Millisecond})
@@ -135,12 +136,12 @@ func TestRootPushedAgainDuringSweep(t *testing.T) {
 	if err := u.Push(ctx, []string{root})[0]; err != nil {
 		t.Fatal(err)
 	}
-	h.key = RootKey(root) // the sweep acts at the next write of the record
+	h.key = layout.RootKey(root) // the sweep acts at the next write of the record
 	deadline := time.Now().Add(10 * time.Second)
 	putMarker(t, base, deadline, time.Time{})
 	h.after = func() {
 		time.Sleep(100 * time.Millisecond) // the push reads the marker meanwhile
-		removeAll(t, base, nix.NarInfoKey(root), narKey(fs.infos[root], narpack.Zstd), nix.NarInfoKey(dep), narKey(fs.infos[dep], narpack.Zstd), RootKey(root))
+		removeAll(t, base, layout.NarInfoKey(root), narKey(fs.infos[root], narpack.Zstd), layout.NarInfoKey(dep), narKey(fs.infos[dep], narpack.Zstd), layout.RootKey(root))
 		putMarker(t, base, deadline, time.Now())
 	}
 	var waited atomic.Bool
@@ -157,8 +158,8 @@ func TestRootPushedAgainDuringSweep(t *testing.T) {
 	for _, p := range []string{dep, root} {
 		checkPushed(t, base, fs.infos[p])
 	}
-	if has, _ := base.Has(ctx, RootKey(root)); !has {
-		t.Errorf("the root record %s, rewritten by an acknowledged push, is gone", RootKey(root))
+	if has, _ := base.Has(ctx, layout.RootKey(root)); !has {
+		t.Errorf("the root record %s, rewritten by an acknowledged push, is gone", layout.RootKey(root))
 	}
 }
 
@@ -174,7 +175,7 @@ func TestRepairDuringPush(t *testing.T) {
 	mid := fs.add(t, "mid", []byte("mid"), leaf)
 	top := fs.add(t, "top", []byte("top"), mid)
 	base, _ := store.NewFileStore(t.TempDir())
-	h := &hookStore{FileStore: base, key: nix.NarInfoKey(top), afterInAGoer: true}
+	h := &hookStore{FileStore: base, key: layout.NarInfoKey(top), afterInAGoer: true}
 	u := newSweepUploader(t, h, fs)
 	if err := u.Push(ctx, []string{leaf})[0]; err != nil {
 		t.Fatal(err)
@@ -182,7 +183,7 @@ func TestRepairDuringPush(t *testing.T) {
 	deadline := time.Now().Add(10 * time.Second)
 	h.before = func() {
 		putMarker(t, base, deadline, time.Time{})
-		removeAll(t, base, nix.NarInfoKey(leaf), narKey(fs.infos[leaf], narpack.Zstd), nix.NarInfoKey(mid))
+		removeAll(t, base, layout.NarInfoKey(leaf), narKey(fs.infos[leaf], narpack.Zstd), layout.NarInfoKey(mid))
 	}
 	h.after = func() {
 		time.Sleep(50 * time.Millisecond)
@@ -219,13 +220,13 @@ func TestForgottenSightingForcesCheck(t *testing.T) {
 			}
 			top := fs.add(t, "top", []byte("top"), refs...)
 			base, _ := store.NewFileStore(t.TempDir())
-			h := &hookStore{FileStore: base, key: nix.NarInfoKey(top)}
+			h := &hookStore{FileStore: base, key: layout.NarInfoKey(top)}
 			u := newSweepUploader(t, h, fs)
 			if err := u.Push(ctx, []string{r, s}); err[0] != nil || err[1] != nil {
 				t.Fatal(err)
 			}
 			// The sweep deletes r and finishes, well before the push.
-			removeAll(t, base, nix.NarInfoKey(r), narKey(fs.infos[r], narpack.Zstd))
+			removeAll(t, base, layout.NarInfoKey(r), narKey(fs.infos[r], narpack.Zstd))
 			putMarker(t, base, time.Now(), time.Now())
 			time.Sleep(50 * time.Millisecond) // past the skew margin
 			h.before = func() {
@@ -258,9 +259,9 @@ func TestSettingsThatDoNotFitGC(t *testing.T) {
 	cs := &checksStore{FileStore: base}
 	u := newSweepUploader(t, cs, fs) // trusts for 1h, waits at most 1 min
 	marker := func(grace, olderThan, window time.Duration) {
-		m, _ := json.Marshal(SweepMarker{ListedAt: time.Now().Add(-time.Hour), Deadline: time.Now().Add(-time.Minute), FinishedAt: time.Now().Add(-time.Minute),
+		m, _ := json.Marshal(layout.Sweep{ListedAt: time.Now().Add(-time.Hour), Deadline: time.Now().Add(-time.Minute), FinishedAt: time.Now().Add(-time.Minute),
 			Kind: "gc", GraceSeconds: int64(grace / time.Second), OlderThanSeconds: int64(olderThan / time.Second), WindowSeconds: int64(window / time.Second)})
-		if err := base.Put(ctx, SweepKey, bytes.NewReader(m), int64(len(m)), "application/json"); err != nil {
+		if err := base.Put(ctx, layout.SweepKey, bytes.NewReader(m), int64(len(m)), "application/json"); err != nil {
 			t.Fatal(err)
 		}
 	}
@@ -288,7 +289,7 @@ func TestSettingsThatDoNotFitGC(t *testing.T) {
 			if err := u.Push(ctx, []string{p})[0]; err != nil {
 				t.Fatal(err)
 			}
-			checked := slices.Contains(cs.take(), nix.NarInfoKey(p))
+			checked := slices.Contains(cs.take(), layout.NarInfoKey(p))
 			if checked != (tc.problem != "") {
 				t.Errorf("%s checked again: %v; want %v (trust nothing while the settings do not fit)", p, checked, tc.problem != "")
 			}

@@ -9,6 +9,8 @@ import (
 	"sync"
 	"time"
 
+	"github.com/nixpush/nixpush/layout"
+
 	"github.com/nix-community/go-nix/pkg/narinfo/signature"
 	"golang.org/x/sync/errgroup"
 
@@ -91,7 +93,7 @@ func (u *Uploader) ensureOnce(ctx context.Context, p string, pl *plan) error {
 	// paths may need: they are ensured below all the same.
 	if !pl.missing[p] && !pl.filtered[p] { // not probed by this push: check now
 		at := u.cfg.Now()
-		has, err := u.has(ctx, nix.NarInfoKey(p))
+		has, err := u.has(ctx, layout.NarInfoKey(p))
 		if err != nil {
 			return err
 		}
@@ -285,12 +287,12 @@ func (u *Uploader) upload(ctx context.Context, info nix.PathInfo, pl *plan) erro
 	}
 	if p.Listing != nil {
 		// Before the .narinfo, as Nix writes it: a .narinfo never lacks its listing.
-		if err := u.counted.Put(ctx, ListingKey(info.Path), bytes.NewReader(p.Listing), int64(len(p.Listing)), "application/json"); err != nil {
+		if err := u.counted.Put(ctx, layout.ListingKey(info.Path), bytes.NewReader(p.Listing), int64(len(p.Listing)), "application/json"); err != nil {
 			return fmt.Errorf("upload listing of %s: %w", info.Path, err)
 		}
 	}
 	text := p.narinfo
-	if err := u.counted.Put(ctx, nix.NarInfoKey(info.Path), strings.NewReader(text), int64(len(text)), "text/x-nix-narinfo"); err != nil {
+	if err := u.counted.Put(ctx, layout.NarInfoKey(info.Path), strings.NewReader(text), int64(len(text)), "text/x-nix-narinfo"); err != nil {
 		return fmt.Errorf("upload %s: %w", info.Path, err)
 	}
 	d := time.Since(start)

@@ -18,6 +18,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/nixpush/nixpush/layout"
 	"github.com/nixpush/nixpush/narpack"
 	"github.com/nixpush/nixpush/store"
 	"github.com/nixpush/nixpush/store/storetest"
@@ -180,7 +181,7 @@ func (c *checkingStore) check(ctx context.Context, ni *narinfo.NarInfo) {
 		if filepath.Join(c.storeDir, r) == ni.StorePath {
 			continue
 		}
-		if ok, _ := c.Store.Has(ctx, nix.NarInfoKey(r)); !ok {
+		if ok, _ := c.Store.Has(ctx, layout.NarInfoKey(r)); !ok {
 			c.errs = append(c.errs, fmt.Errorf("%s: narinfo written before that of its reference %s", ni.StorePath, r))
 		}
 	}
@@ -254,7 +255,7 @@ func TestPushDAGKeepsOrderWithParallelJobs(t *testing.T) {
 			recorded := map[string]int{}
 			batches := 0
 			for key := range cs.puts {
-				if !strings.HasPrefix(key, RootBatchPrefix) {
+				if !strings.HasPrefix(key, layout.RootBatchPrefix) {
 					continue
 				}
 				batches++
@@ -262,7 +263,7 @@ func TestPushDAGKeepsOrderWithParallelJobs(t *testing.T) {
 				if err != nil {
 					t.Fatal(err)
 				}
-				var b RootBatch
+				var b layout.RootBatch
 				if err := json.Unmarshal(data, &b); err != nil || len(b.Paths) != 2 || b.PushedAt.IsZero() {
 					t.Errorf("batch record %s: %s (%v); want two paths and a time", key, data, err)
 				}
@@ -274,8 +275,8 @@ func TestPushDAGKeepsOrderWithParallelJobs(t *testing.T) {
 				t.Errorf("%d batch root records for 4 pushes of 2 roots; want 4", batches)
 			}
 			for _, r := range all {
-				if recorded[r] != 1 || cs.puts[RootKey(r)] != 0 {
-					t.Errorf("root %s: in %d batch records and %d records of its own; want one batch", r, recorded[r], cs.puts[RootKey(r)])
+				if recorded[r] != 1 || cs.puts[layout.RootKey(r)] != 0 {
+					t.Errorf("root %s: in %d batch records and %d records of its own; want one batch", r, recorded[r], cs.puts[layout.RootKey(r)])
 				}
 			}
 		})
@@ -298,7 +299,7 @@ func dedup(s []string) []string {
 func checkPushed(t *testing.T, s store.Store, info nix.PathInfo) {
 	t.Helper()
 	ctx := context.Background()
-	data, err := s.Get(ctx, nix.NarInfoKey(info.Path))
+	data, err := s.Get(ctx, layout.NarInfoKey(info.Path))
 	if err != nil {
 		t.Fatalf("%s: %v", info.Path, err)
 	}
@@ -371,14 +372,14 @@ func TestPushRefusesHashMismatch(t *testing.T) {
 			if !errors.Is(err, narpack.ErrHashMismatch) || !store.IsPermanent(err) {
 				t.Fatalf("err = %v; want a permanent ErrHashMismatch", err)
 			}
-			if ok, _ := s.Has(context.Background(), nix.NarInfoKey(p)); ok {
+			if ok, _ := s.Has(context.Background(), layout.NarInfoKey(p)); ok {
 				t.Fatal("narinfo written for a mismatching path")
 			}
 			if ok, _ := s.Has(context.Background(), narKey(fs.infos[p], narpack.Zstd)); ok {
 				t.Fatal("NAR object left for a mismatching path")
 			}
 			// The dependency is fine and is in the cache.
-			if ok, _ := s.Has(context.Background(), nix.NarInfoKey(dep)); !ok {
+			if ok, _ := s.Has(context.Background(), layout.NarInfoKey(dep)); !ok {
 				t.Fatal("dependency not pushed")
 			}
 		})
@@ -409,7 +410,7 @@ func TestPushFailedDependencyBlocksDependents(t *testing.T) {
 	var fail atomic.Bool
 	fail.Store(true)
 	fl := storetest.NewFaulty(base, func(op, key string) error {
-		if op == "Put" && key == nix.NarInfoKey(leaf) && fail.Load() {
+		if op == "Put" && key == layout.NarInfoKey(leaf) && fail.Load() {
 			return errors.New("injected: connection reset")
 		}
 		return nil
@@ -421,7 +422,7 @@ func TestPushFailedDependencyBlocksDependents(t *testing.T) {
 		t.Fatalf("err = %v; want a transient DependencyError", err)
 	}
 	for _, p := range []string{mid, top} {
-		if ok, _ := base.Has(context.Background(), nix.NarInfoKey(p)); ok {
+		if ok, _ := base.Has(context.Background(), layout.NarInfoKey(p)); ok {
 			t.Fatalf("%s pushed although its dependency failed", p)
 		}
 	}

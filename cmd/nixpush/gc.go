@@ -21,6 +21,7 @@ import (
 	"github.com/mattn/go-isatty"
 
 	"github.com/nixpush/nixpush/api"
+	"github.com/nixpush/nixpush/layout"
 	"github.com/nixpush/nixpush/nix"
 	"github.com/nixpush/nixpush/retention"
 	"github.com/nixpush/nixpush/store"
@@ -331,7 +332,7 @@ func runPin(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 		return 2
 	}
 	name := fs.Arg(0)
-	if err := retention.CheckPinName(name); err != nil {
+	if err := layout.CheckPinName(name); err != nil {
 		fmt.Fprintf(stderr, "nixpush pin: %v\n", err)
 		return 2
 	}
@@ -398,7 +399,7 @@ func runPins(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 	if *asJSON {
 		type pinJSON struct {
 			Name string `json:"name"`
-			retention.Pin
+			layout.Pin
 		}
 		out := make([]pinJSON, 0, len(pins))
 		for _, p := range pins {

@@ -31,9 +31,9 @@ import (
 	"github.com/nix-community/go-nix/pkg/nixhash"
 	"golang.org/x/sync/errgroup"
 
+	"github.com/nixpush/nixpush/layout"
 	"github.com/nixpush/nixpush/nix"
 	"github.com/nixpush/nixpush/store"
-	"github.com/nixpush/nixpush/uploader"
 )
 
 // Version names the caches this package writes: a change to what it
@@ -143,7 +143,7 @@ func Generate(ctx context.Context, opts Options, put func(Object) error) (*Cache
 		objects.Add(1)
 		return put(o)
 	}
-	if err := emit(Object{Key: "nix-cache-info", Data: []byte("StoreDir: /nix/store\nWantMassQuery: 1\nPriority: 40\n"), Mod: opts.Now.Add(-90 * 24 * time.Hour)}); err != nil {
+	if err := emit(Object{Key: layout.CacheInfoKey, Data: []byte("StoreDir: /nix/store\nWantMassQuery: 1\nPriority: 40\n"), Mod: opts.Now.Add(-90 * 24 * time.Hour)}); err != nil {
 		return nil, err
 	}
 	eg, ectx := errgroup.WithContext(ctx)
@@ -239,7 +239,7 @@ func (g *gen) projectPath(r *rand.Rand, p, k int, emit func(Object) error) error
 	}
 	sum := sha256.Sum256(narData)
 	hash := nixhash.MustNewHash(nixhash.SHA256, sum[:])
-	url := "nar/" + nixbase32.EncodeToString(sum[:]) + ".nar"
+	url := layout.NarKey(nixbase32.EncodeToString(sum[:]), "")
 	ni, err := nix.NarInfo(nix.PathInfo{Path: path, NarHash: *hash, NarSize: uint64(len(narData)), References: refPaths, Deriver: g.drv(i)},
 		nix.Upload{URL: url, Compression: "none", FileHash: *hash, FileSize: uint64(len(narData))}, g.sk)
 	if err != nil {
@@ -255,15 +255,15 @@ func (g *gen) projectPath(r *rand.Rand, p, k int, emit func(Object) error) error
 	}
 	if r.Float64() < g.opts.Listings {
 		ls := fmt.Appendf(nil, `{"version":1,"root":{"type":"regular","size":%d}}`, size)
-		if err := emit(Object{Key: hp + ".ls", Data: ls, Mod: mod}); err != nil {
+		if err := emit(Object{Key: hp + layout.ListingExt, Data: ls, Mod: mod}); err != nil {
 			return err
 		}
 	}
-	if err := emit(Object{Key: nix.NarInfoKey(path), Data: []byte(ni.String()), Mod: mod}); err != nil {
+	if err := emit(Object{Key: layout.NarInfoKey(path), Data: []byte(ni.String()), Mod: mod}); err != nil {
 		return err
 	}
 	if r.Float64() < g.opts.Logs {
-		if err := emit(Object{Key: uploader.LogKey(g.drv(i)), Data: fmt.Appendf(nil, "building %s\n", name(i)), Mod: mod}); err != nil {
+		if err := emit(Object{Key: layout.LogKey(g.drv(i)), Data: fmt.Appendf(nil, "building %s\n", name(i)), Mod: mod}); err != nil {
 			return err
 		}
 	}
@@ -271,7 +271,7 @@ func (g *gen) projectPath(r *rand.Rand, p, k int, emit func(Object) error) error
 		h := sha256.Sum256([]byte(g.drv(i)))
 		id := "sha256:" + hex.EncodeToString(h[:]) + "!out"
 		body, _ := json.Marshal(map[string]any{"dependentRealisations": map[string]any{}, "id": id, "outPath": filepath.Base(path), "signatures": []string{}})
-		if err := emit(Object{Key: uploader.RealisationKey(id), Data: body, Mod: mod}); err != nil {
+		if err := emit(Object{Key: layout.RealisationKey(id), Data: body, Mod: mod}); err != nil {
 			return err
 		}
 	}
@@ -334,13 +334,13 @@ func (g *gen) root(p int, emit func(Object) error) error {
 	if pr.dead {
 		pushed = now.Add(-g.opts.OldRoot)
 	}
-	root, _ := json.Marshal(uploader.RootRecord{Path: top, PushedAt: pushed.UTC(), Host: "synth"})
-	if err := emit(Object{Key: uploader.RootPrefix + nix.HashPart(top), Data: root, Mod: pushed}); err != nil {
+	root, _ := json.Marshal(layout.Root{Path: top, PushedAt: pushed.UTC(), Host: "synth"})
+	if err := emit(Object{Key: layout.RootKey(top), Data: root, Mod: pushed}); err != nil {
 		return err
 	}
 	if pr.pinned {
 		pin, _ := json.Marshal(map[string]any{"path": top, "pinned_at": pushed.UTC()})
-		if err := emit(Object{Key: fmt.Sprintf("nixpush/pins/synth-%d", p), Data: pin, Mod: pushed}); err != nil {
+		if err := emit(Object{Key: layout.PinKey(fmt.Sprintf("synth-%d", p)), Data: pin, Mod: pushed}); err != nil {
 			return err
 		}
 	}

@@ -2,88 +2,34 @@ package retention
 
 import (
 	"context"
-	"encoding/json"
 	"errors"
 	"fmt"
-	"path"
-	"regexp"
 	"slices"
 	"strings"
 	"time"
 
+	"github.com/nixpush/nixpush/layout"
+	"github.com/nixpush/nixpush/nix"
 	"github.com/nixpush/nixpush/store"
-	"github.com/nixpush/nixpush/uploader"
 )
 
-// The bucket layout nixpush keeps beside the cache, under a prefix Nix
-// never reads. The daemon writes roots; gc, pin and unpin write the rest.
-const (
-	// Prefix holds everything nixpush keeps in the bucket besides the cache.
-	Prefix = "nixpush/"
-	// RootPrefix + <hashpart>: a Root; RootBatchPrefix + <time>-<random>:
-	// a RootBatch (the daemon writes both: see the uploader package).
-	RootPrefix      = uploader.RootPrefix
-	RootBatchPrefix = uploader.RootBatchPrefix
-	// PinPrefix + <name>: a Pin.
-	PinPrefix = "nixpush/pins/"
-	// SweepKey is gc's marker: a Sweep.
-	SweepKey = uploader.SweepKey
-	// probePrefix is where gc tests its delete permission.
-	probePrefix = "nixpush/gc/probe-"
-)
-
-// Root records the last push of a path handed to a daemon.
-type Root = uploader.RootRecord
-
-// RootBatch records a push of several roots at once.
-type RootBatch = uploader.RootBatch
-
-// Pin keeps a path's closure in the cache whatever its age.
-type Pin struct {
-	Name     string    `json:"-"`
-	Path     string    `json:"path"`
-	PinnedAt time.Time `json:"pinned_at"`
-}
-
-// Sweep is gc's marker; how daemons read it is the uploader package's.
-type Sweep = uploader.SweepMarker
-
-var pinName = regexp.MustCompile(`^[A-Za-z0-9][A-Za-z0-9._+-]{0,127}$`)
-
-// CheckPinName refuses a name that cannot be an object name of its own.
-func CheckPinName(name string) error {
-	if !pinName.MatchString(name) {
-		return fmt.Errorf("pin name %q: use letters, digits and . _ + - (up to 128), starting with a letter or digit", name)
-	}
-	return nil
-}
-
-// hashPart is the 32-character hash of a store path or of its base name.
-func hashPart(p string) string {
-	b := path.Base(p)
-	if len(b) < 33 || b[32] != '-' {
-		return ""
-	}
-	return b[:32]
-}
-
+// putJSON writes the record v under key.
 func putJSON(ctx context.Context, b store.Store, key string, v any) error {
-	data, err := json.Marshal(v)
+	data, err := layout.Marshal(v)
 	if err != nil {
 		return err
 	}
-	data = append(data, '\n')
 	return b.Put(ctx, key, strings.NewReader(string(data)), int64(len(data)), "application/json")
 }
 
 // WriteRoot records a push of p now (the daemon's side of the layout,
 // here for tools and tests).
-func WriteRoot(ctx context.Context, b store.Store, r Root) error {
-	h := hashPart(r.Path)
+func WriteRoot(ctx context.Context, b store.Store, r layout.Root) error {
+	h := nix.StoreHashPart(r.Path)
 	if h == "" {
 		return fmt.Errorf("root %q is not a store path", r.Path)
 	}
-	return putJSON(ctx, b, RootPrefix+h, r)
+	return putJSON(ctx, b, layout.RootPrefix+h, r)
 }
 
 // ErrNotCached reports a path whose .narinfo the cache lacks.
@@ -112,30 +58,30 @@ func AddPin(ctx context.Context, b store.Bucket, name, p string, now time.Time) 
 
 func addPin(ctx context.Context, b store.Bucket, name, p string, now time.Time,
 	clock func() time.Time, sleep func(context.Context, time.Duration) error) error {
-	if err := CheckPinName(name); err != nil {
+	if err := layout.CheckPinName(name); err != nil {
 		return err
 	}
-	h := hashPart(p)
+	h := nix.StoreHashPart(p)
 	if h == "" {
 		return fmt.Errorf("%q is not a store path", p)
 	}
 	checked := clock()
-	has, err := b.Has(ctx, h+".narinfo")
+	has, err := b.Has(ctx, h+layout.NarInfoExt)
 	if err != nil {
 		return err
 	}
 	if !has {
 		return fmt.Errorf("%s: %w (%s has no %s.narinfo); push it first: nixpush push --wait %s", p, ErrNotCached, b, h, p)
 	}
-	if err := putJSON(ctx, b, PinPrefix+name, Pin{Path: p, PinnedAt: now.UTC()}); err != nil {
+	if err := putJSON(ctx, b, layout.PinPrefix+name, layout.Pin{Path: p, PinnedAt: now.UTC()}); err != nil {
 		return err
 	}
 	// A sweep whose marker went up after the pin did lists it, and keeps
 	// p. One that may have listed before, and deleted after the check
 	// above, is waited for; then p is checked again.
-	var first *Sweep
+	var first *layout.Sweep
 	for {
-		data, err := b.Get(ctx, SweepKey)
+		data, err := b.Get(ctx, layout.SweepKey)
 		if errors.Is(err, store.ErrNotExist) {
 			if first == nil {
 				return nil // never swept
@@ -143,9 +89,9 @@ func addPin(ctx context.Context, b store.Bucket, name, p string, now time.Time,
 			break // removed by hand or an old gc: the sweep is over
 		}
 		if err != nil {
-			return fmt.Errorf("pinned %s as %s, but cannot read gc's marker %s to see whether a gc overlapped the pin: %w", p, name, SweepKey, err)
+			return fmt.Errorf("pinned %s as %s, but cannot read gc's marker %s to see whether a gc overlapped the pin: %w", p, name, layout.SweepKey, err)
 		}
-		s, err := parseSweep(data)
+		s, err := layout.ParseSweep(data)
 		if err != nil {
 			break // unreadable: check p now
 		}
@@ -165,7 +111,7 @@ func addPin(ctx context.Context, b store.Bucket, name, p string, now time.Time,
 			return fmt.Errorf("pinned %s as %s, but stopped waiting for the gc that overlaps the pin (%s); check it with nixpush verify: %w", p, name, first.Host, err)
 		}
 	}
-	has, err = b.Has(ctx, h+".narinfo")
+	has, err = b.Has(ctx, h+layout.NarInfoExt)
 	if err != nil {
 		return fmt.Errorf("pinned %s as %s, but cannot check it is still there after a gc that overlapped the pin: %w", p, name, err)
 	}
@@ -180,22 +126,22 @@ var ErrNoPin = errors.New("no such pin")
 
 // RemovePin deletes the pin name.
 func RemovePin(ctx context.Context, b store.Bucket, name string) error {
-	if err := CheckPinName(name); err != nil {
+	if err := layout.CheckPinName(name); err != nil {
 		return err
 	}
-	if _, err := b.Stat(ctx, PinPrefix+name); err != nil {
+	if _, err := b.Stat(ctx, layout.PinPrefix+name); err != nil {
 		if errors.Is(err, store.ErrNotExist) {
 			return fmt.Errorf("pin %q: %w in %s (nixpush pins lists them)", name, ErrNoPin, b)
 		}
 		return err
 	}
-	return b.Delete(ctx, PinPrefix+name)
+	return b.Delete(ctx, layout.PinPrefix+name)
 }
 
 // Pins lists the bucket's pins by name.
-func Pins(ctx context.Context, b store.Bucket) ([]Pin, error) {
-	var pins []Pin
-	err := b.List(ctx, PinPrefix, func(o store.Object) error {
+func Pins(ctx context.Context, b store.Bucket) ([]layout.Pin, error) {
+	var pins []layout.Pin
+	err := b.List(ctx, layout.PinPrefix, func(o store.Object) error {
 		data, err := b.Get(ctx, o.Key)
 		if errors.Is(err, store.ErrNotExist) {
 			return nil // unpinned meanwhile
@@ -203,47 +149,13 @@ func Pins(ctx context.Context, b store.Bucket) ([]Pin, error) {
 		if err != nil {
 			return err
 		}
-		p, err := parsePin(strings.TrimPrefix(o.Key, PinPrefix), data, o.LastModified)
+		p, err := layout.ParsePin(strings.TrimPrefix(o.Key, layout.PinPrefix), data, o.LastModified)
 		if err != nil {
 			return err
 		}
 		pins = append(pins, p)
 		return nil
 	})
-	slices.SortFunc(pins, func(a, b Pin) int { return strings.Compare(a.Name, b.Name) })
+	slices.SortFunc(pins, func(a, b layout.Pin) int { return strings.Compare(a.Name, b.Name) })
 	return pins, err
-}
-
-func parsePin(name string, data []byte, mod time.Time) (Pin, error) {
-	var p Pin
-	if err := json.Unmarshal(data, &p); err != nil || hashPart(p.Path) == "" {
-		return Pin{}, fmt.Errorf("pin %s%s is not a pin record (%v); fix it or remove it with nixpush unpin %s", PinPrefix, name, err, name)
-	}
-	p.Name = name
-	if p.PinnedAt.IsZero() {
-		p.PinnedAt = mod
-	}
-	return p, nil
-}
-
-func parseRoot(key string, data []byte, mod time.Time) (Root, bool) {
-	var r Root
-	if err := json.Unmarshal(data, &r); err != nil || hashPart(r.Path) != strings.TrimPrefix(key, RootPrefix) {
-		return Root{}, false
-	}
-	if r.PushedAt.IsZero() {
-		r.PushedAt = mod
-	}
-	return r, true
-}
-
-func parseRootBatch(data []byte, mod time.Time) (RootBatch, bool) {
-	var r RootBatch
-	if err := json.Unmarshal(data, &r); err != nil {
-		return RootBatch{}, false
-	}
-	if r.PushedAt.IsZero() {
-		r.PushedAt = mod
-	}
-	return r, true
 }
