@@ -6,8 +6,8 @@ import (
 	"strings"
 
 	"github.com/nixpush/nixpush/layout"
+	"github.com/nixpush/nixpush/nix"
 	"github.com/nixpush/nixpush/store"
-	"github.com/nixpush/nixpush/uploader"
 )
 
 // Init prepares store as a binary cache: the store's own preparation (for a
@@ -35,7 +35,7 @@ func Init(ctx context.Context, st store.Store, opts store.InitOptions) ([]string
 		if opts.Priority == 0 {
 			opts.Priority = 40
 		}
-		text := uploader.CacheInfo(opts.StoreDir, opts.Priority)
+		text := nix.CacheInfo(opts.StoreDir, opts.Priority)
 		if err := st.Put(ctx, "nix-cache-info", strings.NewReader(text), int64(len(text)), "text/x-nix-cache-info"); err != nil {
 			return changes, err
 		}

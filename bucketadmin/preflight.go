@@ -8,8 +8,8 @@ import (
 	"strings"
 
 	"github.com/nixpush/nixpush/layout"
+	"github.com/nixpush/nixpush/nix"
 	"github.com/nixpush/nixpush/store"
-	"github.com/nixpush/nixpush/uploader"
 )
 
 // CheckResult is one line of a preflight: what was checked and, when it
@@ -131,7 +131,7 @@ func checkCacheInfo(ctx context.Context, st store.Store, opts PreflightOptions) 
 	b, err := st.Get(ctx, "nix-cache-info")
 	switch {
 	case errors.Is(err, store.ErrNotExist) && opts.WriteCacheInfo:
-		text := uploader.CacheInfo(opts.StoreDir, opts.Priority)
+		text := nix.CacheInfo(opts.StoreDir, opts.Priority)
 		if err := st.Put(ctx, "nix-cache-info", strings.NewReader(text), int64(len(text)), "text/x-nix-cache-info"); err != nil {
 			return failed("nix-cache-info", err, store.NotWritable)
 		}

@@ -12,6 +12,6 @@
 // resumed.
 //
 // It knows nothing of stores, buckets or keys: the uploader names the
-// objects and sends the bytes. PartPool, the buffers outside the Go heap
-// of its zstd frames, also holds the uploads' parts.
+// objects and sends the bytes. Its zstd frames take their buffers outside
+// the Go heap from internal/partbuf, as the uploads' parts do.
 package narpack

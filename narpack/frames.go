@@ -7,6 +7,7 @@ import (
 	"sync"
 
 	"github.com/klauspost/compress/zstd"
+	"github.com/nixpush/nixpush/internal/partbuf"
 )
 
 // With more than two cores (zstdFrames), a large NAR is compressed with
@@ -66,8 +67,8 @@ var frameEncoder = sync.OnceValues(func() (*zstd.Encoder, error) {
 // two, where frames are used only when NIXPUSH_ZSTD_FRAMES=on). Two per
 // core, 32 MiB on two cores, made the daemon's peak 75 MiB against 46 MiB
 // with one zstd stream per NAR.
-var frameBufs = sync.OnceValue(func() *PartPool {
-	return NewPartPool(frameSize+frameBound, min(runtime.GOMAXPROCS(0), frameCores)+1)
+var frameBufs = sync.OnceValue(func() *partbuf.PartPool {
+	return partbuf.NewPartPool(frameSize+frameBound, min(runtime.GOMAXPROCS(0), frameCores)+1)
 })
 
 // frameCores is the most cores frames are compressed on at once, which
@@ -91,7 +92,7 @@ type frame struct {
 type frameWriter struct {
 	w       io.Writer
 	enc     *zstd.Encoder
-	bufs    *PartPool
+	bufs    *partbuf.PartPool
 	cur     *frame
 	queue   chan *frame   // frames in order, to the writing goroutine
 	failed  chan struct{} // closed when writing to w failed

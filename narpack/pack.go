@@ -11,6 +11,7 @@ import (
 
 	"github.com/nix-community/go-nix/pkg/nixhash"
 
+	"github.com/nixpush/nixpush/internal/partbuf"
 	"github.com/nixpush/nixpush/nix"
 )
 
@@ -19,10 +20,8 @@ import (
 // (Pack) into multipart uploads.
 const SmallNAR = 4 << 20
 
-// BigStreams bounds the large NARs packed at once: each streams through a
-// multipart part buffer and a zstd window, and two keep both cores busy.
-// The uploader packs no more at once, and the pools here are sized for it.
-const BigStreams = 2
+// BigStreams bounds the large NARs packed at once (partbuf.BigStreams).
+const BigStreams = partbuf.BigStreams
 
 // ErrHashMismatch reports a path whose NAR no longer matches the hash the
 // Nix database registered for it (the store was modified behind Nix's back).

@@ -109,3 +109,8 @@ func sortedCopy(s []string) []string {
 	slices.Sort(c)
 	return c
 }
+
+// CacheInfo is the text of a binary cache's nix-cache-info.
+func CacheInfo(storeDir string, priority int) string {
+	return fmt.Sprintf("StoreDir: %s\nWantMassQuery: 1\nPriority: %d\n", storeDir, priority)
+}

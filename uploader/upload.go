@@ -31,7 +31,7 @@ func (u *Uploader) ensureCacheInfo(ctx context.Context, cutoff time.Time) error 
 	at := u.cfg.Now()
 	has, err := u.counted.Has(ctx, "nix-cache-info")
 	if err == nil && !has {
-		text := CacheInfo(u.cfg.StoreDir, u.cfg.Priority)
+		text := nix.CacheInfo(u.cfg.StoreDir, u.cfg.Priority)
 		err = u.counted.Put(ctx, "nix-cache-info", strings.NewReader(text), int64(len(text)), "text/x-nix-cache-info")
 	}
 	if err != nil {
@@ -39,11 +39,6 @@ func (u *Uploader) ensureCacheInfo(ctx context.Context, cutoff time.Time) error 
 	}
 	u.infoSeen = at
 	return nil
-}
-
-// CacheInfo is the text of a binary cache's nix-cache-info.
-func CacheInfo(storeDir string, priority int) string {
-	return fmt.Sprintf("StoreDir: %s\nWantMassQuery: 1\nPriority: %d\n", storeDir, priority)
 }
 
 // ensure makes sure the cache holds p's .narinfo, written after those of

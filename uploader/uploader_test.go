@@ -488,7 +488,7 @@ func (c *countingStore) Put(ctx context.Context, key string, r io.Reader, size i
 }
 
 func TestCacheInfo(t *testing.T) {
-	if got := CacheInfo("/nix/store", 40); got != "StoreDir: /nix/store\nWantMassQuery: 1\nPriority: 40\n" {
+	if got := nix.CacheInfo("/nix/store", 40); got != "StoreDir: /nix/store\nWantMassQuery: 1\nPriority: 40\n" {
 		t.Fatalf("CacheInfo = %q", got)
 	}
 }

@@ -1,4 +1,8 @@
-package narpack
+// Package partbuf holds large buffers outside the Go heap, shared by the
+// code that packs large NARs (narpack's zstd frames) and the code that
+// sends them in parts (store's multipart uploads), and the bound on the
+// large NARs that stream at once, which sizes both.
+package partbuf
 
 import (
 	"context"
@@ -85,3 +89,9 @@ func (p *PartPool) tryMake() ([]byte, bool) {
 
 // Put gives a buffer back.
 func (p *PartPool) Put(b []byte) { p.free <- b[:p.size] }
+
+// BigStreams bounds the large NARs packed and sent at once: each streams
+// through a multipart part buffer and a zstd window, and two keep both
+// cores busy. The uploader packs no more at once, and the pools are sized
+// for it.
+const BigStreams = 2
