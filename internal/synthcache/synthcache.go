@@ -1,4 +1,4 @@
-// Package synthcache writes synthetic binary caches for tests and
+// synthcache writes synthetic binary caches for tests and
 // benchmarks of gc and verify: N signed paths in closures of realistic
 // shape (a shared base every project refers to, projects of a few to a few
 // hundred paths, each path referring to a handful of earlier ones, chains
