@@ -30,15 +30,25 @@ const lockName = ".nixpush-lock"
 // ETag is its modification time and size: Put replaces a file whole, so
 // either changes with it.
 func (s *FileStore) List(ctx context.Context, prefix string, fn func(Object) error) error {
+	return s.listWith(ctx, s.walk, prefix, fn)
+}
+
+// walker walks the directory of key prefix dir and those under it that
+// may hold keys under prefix, calling fn with each regular file's key, its
+// name and a way to stat it.
+type walker func(ctx context.Context, dir, prefix string, fn func(key, name string, stat func() (fs.FileInfo, error)) error) error
+
+// listWith lists the objects under prefix as walk finds them.
+func (s *FileStore) listWith(ctx context.Context, walk walker, prefix string, fn func(Object) error) error {
 	root := ""
 	if i := strings.LastIndexByte(prefix, '/'); i >= 0 {
 		root = prefix[:i]
 	}
-	err := s.walk(ctx, root, prefix, func(key, name string) error {
+	err := walk(ctx, root, prefix, func(key, name string, stat func() (fs.FileInfo, error)) error {
 		if strings.HasPrefix(name, tmpPrefix) || key == lockName || !strings.HasPrefix(key, prefix) {
 			return nil
 		}
-		info, err := os.Lstat(filepath.Join(s.dir, filepath.FromSlash(key)))
+		info, err := stat()
 		if errors.Is(err, fs.ErrNotExist) {
 			return nil // deleted while listing
 		}
@@ -58,7 +68,7 @@ func (s *FileStore) List(ctx context.Context, prefix string, fn func(Object) err
 // under it that may hold keys under prefix, in key order. It reads a
 // directory PageSize entries at a time, keeping their names (a
 // directory's with a "/" after it, where its keys sort).
-func (s *FileStore) walk(ctx context.Context, dir, prefix string, fn func(key, name string) error) error {
+func (s *FileStore) walk(ctx context.Context, dir, prefix string, fn func(key, name string, stat func() (fs.FileInfo, error)) error) error {
 	names, err := s.readNames(dir)
 	if err != nil {
 		return err
@@ -79,7 +89,8 @@ func (s *FileStore) walk(ctx context.Context, dir, prefix string, fn func(key, n
 			}
 			continue
 		}
-		if err := fn(key, n); err != nil {
+		stat := func() (fs.FileInfo, error) { return os.Lstat(filepath.Join(s.dir, filepath.FromSlash(key))) }
+		if err := fn(key, n, stat); err != nil {
 			return err
 		}
 	}
@@ -123,33 +134,13 @@ func (s *FileStore) readNames(dir string) ([]string, error) {
 // the entries, holding a page of PageSize of them at a time rather than a
 // whole directory's names.
 func (s *FileStore) ListUnordered(ctx context.Context, prefix string, fn func(Object) error) error {
-	root := ""
-	if i := strings.LastIndexByte(prefix, '/'); i >= 0 {
-		root = prefix[:i]
-	}
-	err := s.walkPages(ctx, root, prefix, func(key string, d fs.DirEntry) error {
-		if strings.HasPrefix(d.Name(), tmpPrefix) || key == lockName || !strings.HasPrefix(key, prefix) {
-			return nil
-		}
-		info, err := d.Info()
-		if errors.Is(err, fs.ErrNotExist) {
-			return nil // deleted while listing
-		}
-		if err != nil {
-			return err
-		}
-		return fn(fileObject(key, info))
-	})
-	if err != nil {
-		return fmt.Errorf("file store: list %s: %w", prefix, err)
-	}
-	return nil
+	return s.listWith(ctx, s.walkPages, prefix, fn)
 }
 
 // walkPages calls fn with each regular file of the directory of key
 // prefix dir ("" for the top) and of the directories under it that may
 // hold keys under prefix, a page of entries at a time.
-func (s *FileStore) walkPages(ctx context.Context, dir, prefix string, fn func(key string, d fs.DirEntry) error) error {
+func (s *FileStore) walkPages(ctx context.Context, dir, prefix string, fn func(key, name string, stat func() (fs.FileInfo, error)) error) error {
 	f, err := os.Open(filepath.Join(s.dir, filepath.FromSlash(dir)))
 	if errors.Is(err, fs.ErrNotExist) {
 		return nil
@@ -176,7 +167,7 @@ func (s *FileStore) walkPages(ctx context.Context, dir, prefix string, fn func(k
 					}
 				}
 			case d.Type().IsRegular():
-				if err := fn(key, d); err != nil {
+				if err := fn(key, d.Name(), d.Info); err != nil {
 					return err
 				}
 			}
@@ -236,11 +227,11 @@ func (s *FileStore) DeleteMany(ctx context.Context, keys []string) error {
 func (s *FileStore) ListUploads(ctx context.Context, fn func(PendingUpload) error) error {
 	// In no order: a sorted walk would hold every name of the top
 	// directory (18 MB more at 100,000 paths), at gc's peak.
-	return s.walkPages(ctx, "", "", func(key string, d fs.DirEntry) error {
-		if !strings.HasPrefix(d.Name(), tmpPrefix) {
+	return s.walkPages(ctx, "", "", func(key, name string, stat func() (fs.FileInfo, error)) error {
+		if !strings.HasPrefix(name, tmpPrefix) {
 			return nil
 		}
-		info, err := d.Info()
+		info, err := stat()
 		if err != nil {
 			return nil
 		}

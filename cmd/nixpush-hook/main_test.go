@@ -129,21 +129,7 @@ func TestHookFailsOnlyWhenNeitherHandedOverNorSpooled(t *testing.T) {
 // but never answers holds the hook for the hand-off timeout at most; the
 // hook then spools and exits 0.
 func TestHookBoundedAgainstHungDaemon(t *testing.T) {
-	sock := filepath.Join(t.TempDir(), "hung.sock")
-	ln, err := net.Listen("unix", sock)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer ln.Close()
-	go func() {
-		for {
-			c, err := ln.Accept()
-			if err != nil {
-				return
-			}
-			defer c.Close() // hold it, answer nothing
-		}
-	}()
+	sock := hungDaemon(t)
 	spoolDir := filepath.Join(t.TempDir(), "spool")
 	var stderr bytes.Buffer
 	start := time.Now()
@@ -160,16 +146,16 @@ func TestHookBoundedAgainstHungDaemon(t *testing.T) {
 	}
 }
 
-// TestHookTimeout: --timeout (or NIXPUSH_HOOK_TIMEOUT) sets how long the
-// hook waits for a hung daemon before it spools; a bad value keeps the
-// default and says so, without failing the build.
-func TestHookTimeout(t *testing.T) {
+// hungDaemon is a socket whose daemon accepts connections and never
+// answers, until the test ends.
+func hungDaemon(t *testing.T) string {
+	t.Helper()
 	sock := filepath.Join(t.TempDir(), "hung.sock")
 	ln, err := net.Listen("unix", sock)
 	if err != nil {
 		t.Fatal(err)
 	}
-	defer ln.Close()
+	t.Cleanup(func() { ln.Close() })
 	go func() {
 		for {
 			c, err := ln.Accept()
@@ -179,6 +165,14 @@ func TestHookTimeout(t *testing.T) {
 			defer c.Close() // hold it, answer nothing
 		}
 	}()
+	return sock
+}
+
+// TestHookTimeout: --timeout (or NIXPUSH_HOOK_TIMEOUT) sets how long the
+// hook waits for a hung daemon before it spools; a bad value keeps the
+// default and says so, without failing the build.
+func TestHookTimeout(t *testing.T) {
+	sock := hungDaemon(t)
 	for _, tc := range []struct {
 		args     []string
 		env      string
