@@ -69,16 +69,7 @@ func run(args []string, getenv func(string) string, stderr io.Writer) int {
 		}
 		*dst = value
 	}
-	wait := handoffTimeout
-	if timeout != "" {
-		d, err := time.ParseDuration(timeout)
-		if err != nil || d <= 0 {
-			// A bad setting must not stop builds: say so, keep the default.
-			io.WriteString(stderr, "nixpush-hook: timeout "+strqq(timeout)+" is not a positive duration (say 1.5s or 10s); using 1.5s\n")
-		} else {
-			wait = d
-		}
-	}
+	wait := handoffWait(timeout, stderr)
 	// DRV_PATH goes along with the outputs: the daemon uploads its build log.
 	req := api.EnqueueRequest{Paths: strings.Fields(getenv("OUT_PATHS")), DrvPath: getenv("DRV_PATH")}
 	if len(req.Paths) == 0 && req.DrvPath == "" {
@@ -121,6 +112,21 @@ func run(args []string, getenv func(string) string, stderr io.Writer) int {
 	}
 	io.WriteString(stderr, "nixpush-hook: "+why+" ("+err.Error()+"); spooled "+describe(req)+" to "+file+"\n")
 	return 0
+}
+
+// handoffWait is the wait --timeout (or NIXPUSH_HOOK_TIMEOUT) sets, else
+// handoffTimeout. A bad setting must not stop builds: it says so and
+// keeps the default.
+func handoffWait(timeout string, stderr io.Writer) time.Duration {
+	if timeout == "" {
+		return handoffTimeout
+	}
+	d, err := time.ParseDuration(timeout)
+	if err != nil || d <= 0 {
+		io.WriteString(stderr, "nixpush-hook: timeout "+strqq(timeout)+" is not a positive duration (say 1.5s or 10s); using 1.5s\n")
+		return handoffTimeout
+	}
+	return d
 }
 
 func strqq(s string) string { return `"` + s + `"` }
