@@ -344,3 +344,49 @@ func minioStore(t *testing.T, bucket string) (*testenv.MinIOServer, *store.S3Sto
 	}
 	return m, st.(*store.S3Store)
 }
+
+// TestPartETagsLearnedOnce: what a store's part ETags are is found out
+// once per uploader, not once per upload: a later upload's first part
+// sent pays no MD5 when an earlier one showed the ETags are MD5s (an MD5
+// of every large NAR's first parts was 9% of the daemon's CPU pushing
+// 10 x 50 MiB).
+func TestPartETagsLearnedOnce(t *testing.T) {
+	e := newResumeEnv(t, "etags-once")
+	cs := &cutStore{S3Store: e.s3, cutAfter: 3}
+	u, q := e.uploader(t, cs, narpack.Zstd)
+	defer q.Close()
+	cutAt := func(n int) queue.Upload {
+		t.Helper()
+		ctx, cancel := context.WithCancel(context.Background())
+		defer cancel()
+		cs.mu.Lock()
+		cs.cutAfter, cs.cut = n, cancel
+		cs.mu.Unlock()
+		if errs := u.Push(ctx, []string{e.path}); errs[0] == nil {
+			t.Fatal("the push cut off after parts succeeded")
+		}
+		up, ok, err := q.LoadUpload(e.path)
+		if err != nil || !ok {
+			t.Fatalf("no upload recorded after the cut: %v", err)
+		}
+		return up
+	}
+	up := cutAt(3)
+	if got := u.partETags.Load(); got != etagsAreMD5 {
+		t.Fatalf("after an upload to MinIO the uploader knows its part ETags as %d; want etagsAreMD5", got)
+	}
+	if up.Parts[0].MD5 == "" {
+		t.Error("the first upload's part 1 has no MD5: nothing showed the ETags are MD5s")
+	}
+	// The same uploader resumes (a new resumable upload, parts 1-3 held
+	// by the store) and sends parts 4 and 5: they record no MD5.
+	up = cutAt(5)
+	for _, p := range up.Parts {
+		if p.Num > 3 && p.MD5 != "" {
+			t.Errorf("part %d, sent after the ETags were known to be MD5s, recorded MD5 %s", p.Num, p.MD5)
+		}
+	}
+	if len(up.Parts) != 5 {
+		t.Errorf("%d parts recorded; want 5", len(up.Parts))
+	}
+}
