@@ -88,7 +88,7 @@ echo "== fuzz (bounded)"
 # a count has no deadline to race. -timeout bounds a stuck run.
 go test -run '^$' -fuzz '^FuzzStorePath$' -fuzztime 500000x -timeout 5m ./nix/
 go test -run '^$' -fuzz '^FuzzEnqueueRequest$' -fuzztime 30000x -timeout 5m ./daemon/
-go test -run '^$' -fuzz '^FuzzAppendJSON$' -fuzztime 200000x -timeout 5m ./hook/
+go test -run '^$' -fuzz '^FuzzAppendJSON$' -fuzztime 200000x -timeout 5m ./api/
 
 declare -a times=() failed=()
 # record NAME T0 [STATUS]: notes the time since T0 (seconds) of a part.
