@@ -120,7 +120,7 @@ part "go test: Nix $(nix --version | awk '{print $NF}') (this machine), all" \
 # needs the code run, and the hundred run above without it.
 part "go test -race: unit packages" \
 	env CGO_ENABLED=1 NIXPUSH_INTERLEAVE_SEEDS=10 go test -race -count=1 -timeout 20m "$@" \
-	./nix/ ./queue/ ./hook/... ./daemon/ ./uploader/ ./retention/ ./internal/... ./cmd/...
+	$(go list ./... | grep -v -e '/e2e$' -e '/bench$' -e '/bench/')
 
 if [ "${NIXPUSH_MATRIX:-1}" != 0 ]; then
 	echo "== Nix roots (Debian sid, trixie)"
