@@ -145,12 +145,11 @@ func (r *resumable) sendPart(ctx context.Context, num int, buf []byte, n int, md
 		etag, err := r.ms.PutPart(ctx, r.want.Key, r.id, num, buf[:n])
 		store.Parts.Put(buf)
 		if err == nil && md != "" && r.etags.Load() == etagsUnknown {
-			found := etagsOpaque
 			if etag == md {
-				found = etagsAreMD5
+				r.etags.CompareAndSwap(etagsUnknown, etagsAreMD5)
+			} else {
+				r.etags.CompareAndSwap(etagsUnknown, etagsOpaque)
 			}
-			r.etags.CompareAndSwap(etagsUnknown, found)
-			r.u.partETags.CompareAndSwap(etagsUnknown, found)
 		}
 		p := store.Part{Num: num, ETag: etag, Size: int64(n), MD5: md}
 		// The next part goes at once; the record of this one

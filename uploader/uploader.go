@@ -83,10 +83,6 @@ type Uploader struct {
 	// problem is how the settings do not fit the last sweep's ("": they
 	// do); nil until a sweep said its settings.
 	problem atomic.Pointer[string]
-	// partETags is what the store's multipart ETags were found to be
-	// (etagsUnknown until a part told): each resumable upload starts from
-	// it, so only the first large NAR's first parts pay an MD5 to find out.
-	partETags atomic.Int32
 
 	mu       sync.Mutex
 	seen     map[string]time.Time // when each path's .narinfo was last found in the store or written (filtered paths: their references ensured)
